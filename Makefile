@@ -1,0 +1,47 @@
+# Turnpike. `make run` serves the demo on http://127.0.0.1:8000; `make test` runs the tests.
+PY      ?= .venv/bin/python
+PORT    ?= 8000
+FAKE_PORT ?= 8900
+# The tests need PostgreSQL and Redis; these are the defaults on a development machine.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/turnpike
+TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
+
+.PHONY: help venv run migrate demo fake serve test lint worker beat
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: .venv/.installed ## Create .venv and install Turnpike with its test dependencies
+
+migrate: venv ## Apply database migrations
+	$(PY) manage.py migrate --noinput
+
+demo: migrate ## Seed the demo tenant, key and upstream; prints the key
+	$(PY) manage.py demo --upstream-url http://127.0.0.1:$(FAKE_PORT)/v1 --gateway-url http://127.0.0.1:$(PORT)
+
+run: demo ## Run the fake upstream and the gateway (embedded default: SQLite, no Redis)
+	@$(PY) manage.py fakeupstream --port $(FAKE_PORT) & fake=$$!; \
+	trap 'kill $$fake 2>/dev/null' EXIT INT TERM; \
+	$(PY) -m portal.server -b 127.0.0.1 -p $(PORT)
+
+serve: venv ## Run only the gateway (daphne + uvloop) with the current environment
+	$(PY) -m portal.server -b 0.0.0.0 -p $(PORT)
+
+test: venv ## Run the test suite against PostgreSQL and Redis
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+	SECRET_KEY=$${SECRET_KEY:-test-secret} $(PY) -m pytest $(ARGS)
+
+lint: venv ## Ruff
+	$(PY) -m ruff check .
+
+worker: venv ## A Celery worker
+	.venv/bin/celery -A portal worker -l info
+
+beat: venv ## Celery beat
+	.venv/bin/celery -A portal beat -l info

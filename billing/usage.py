@@ -1,0 +1,147 @@
+"""record_usage(): the only writer of UsageLog.
+
+The gateway calls ``record_usage(event)`` when a request ends; it appends to an in-memory
+queue and returns at once. A background task on the same event loop writes the queue in
+batches (one INSERT per batch, in a worker thread), so a slow database never delays a
+response. At shutdown (daphne's reactor stopping) the queue is flushed before exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    created_at: datetime
+    request_id: str
+    endpoint: str
+    status_code: int
+    key_id: int | None = None
+    key_prefix: str = ""
+    tenant_id: int | None = None
+    model: str = ""
+    upstream_id: int | None = None
+    credential_id: int | None = None
+    error_code: str = ""
+    stream: bool = False
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: Decimal = field(default_factory=Decimal)
+    latency_ms: int = 0
+    ttfb_ms: int | None = None
+    client_ip: str | None = None
+    user_agent: str = ""
+
+
+def write_events(events: list[UsageEvent]) -> None:
+    """Insert a batch (sync). Rows whose key/tenant was deleted meanwhile lose the link."""
+    from billing.models import UsageLog
+
+    rows = [
+        UsageLog(
+            created_at=e.created_at, request_id=e.request_id, endpoint=e.endpoint,
+            status_code=e.status_code, key_id=e.key_id, key_prefix=e.key_prefix,
+            tenant_id=e.tenant_id, model=e.model[:200], upstream_id=e.upstream_id,
+            credential_id=e.credential_id, error_code=e.error_code[:64], stream=e.stream,
+            input_tokens=e.input_tokens, cached_tokens=e.cached_tokens,
+            output_tokens=e.output_tokens, reasoning_tokens=e.reasoning_tokens, cost=e.cost,
+            latency_ms=e.latency_ms, ttfb_ms=e.ttfb_ms, client_ip=e.client_ip,
+            user_agent=e.user_agent[:300],
+        )
+        for e in events
+    ]
+    UsageLog.objects.bulk_create(rows)
+
+
+class UsageWriter:
+    """Per-event-loop queue plus the task that drains it."""
+
+    def __init__(self) -> None:
+        self._queue: list[UsageEvent] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def add(self, event: UsageEvent) -> None:
+        self._queue.append(event)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+            _flush_at_reactor_shutdown(self)
+        if len(self._queue) >= settings.GATEWAY_USAGE_BATCH_SIZE:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), settings.GATEWAY_USAGE_FLUSH_INTERVAL)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        while self._queue:
+            batch = self._queue[: settings.GATEWAY_USAGE_BATCH_SIZE]
+            del self._queue[: len(batch)]
+            try:
+                await sync_to_async(write_events, thread_sensitive=False)(batch)
+            except Exception:
+                # Keep the rows and retry on the next tick; the queue is bounded below.
+                log.exception("usage write failed; %d rows kept for retry", len(batch))
+                self._queue[:0] = batch
+                if len(self._queue) > 100_000:
+                    dropped = len(self._queue) - 100_000
+                    del self._queue[:dropped]
+                    log.error("usage queue over 100000 rows: dropped the %d oldest", dropped)
+                return
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        await self.flush()
+
+
+_writers: dict[int, UsageWriter] = {}
+
+
+def _writer() -> UsageWriter:
+    loop_id = id(asyncio.get_running_loop())
+    writer = _writers.get(loop_id)
+    if writer is None:
+        writer = _writers[loop_id] = UsageWriter()
+    return writer
+
+
+def record_usage(event: UsageEvent) -> None:
+    """Queue one usage row; never blocks, never raises into the request."""
+    _writer().add(event)
+
+
+async def flush_usage() -> None:
+    await _writer().flush()
+
+
+def _flush_at_reactor_shutdown(writer: UsageWriter) -> None:
+    """Under daphne (Twisted on asyncio) flush the queue before the reactor stops."""
+    try:
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+    except ImportError:
+        return
+    if not getattr(reactor, "running", False):
+        return
+    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+        "before", "shutdown", lambda: Deferred.fromFuture(asyncio.ensure_future(writer.close()))
+    )

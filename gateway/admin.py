@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+
+from gateway.models import Credential, Upstream
+
+
+class CredentialForm(forms.ModelForm):
+    """The secret is write-only: typed in, encrypted, never rendered back."""
+
+    secret = forms.CharField(
+        required=False, strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="The upstream API key. Leave blank to keep the current one.",
+    )
+
+    class Meta:
+        model = Credential
+        fields = ("upstream", "name", "secret", "status", "disabled_reason")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not self.instance.pk and not data.get("secret"):
+            upstream = data.get("upstream")
+            if upstream is None or upstream.kind != "ollama":
+                self.add_error("secret", "A new credential needs its secret.")
+        return data
+
+    def save(self, commit: bool = True) -> Credential:
+        credential: Credential = super().save(commit=False)
+        if self.cleaned_data.get("secret"):
+            credential.set_secret(self.cleaned_data["secret"])
+        if commit:
+            credential.save()
+        return credential
+
+
+class CredentialInline(admin.TabularInline):
+    model = Credential
+    form = CredentialForm
+    extra = 0
+    fields = ("name", "secret", "masked_secret", "status", "disabled_reason")
+    readonly_fields = ("masked_secret",)
+
+    @admin.display(description="stored key")
+    def masked_secret(self, obj: Credential) -> str:
+        return obj.masked if obj.pk else "-"
+
+
+@admin.register(Upstream)
+class UpstreamAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "base_url", "models_display", "priority", "weight",
+                    "status", "credential_count")
+    list_filter = ("kind", "status")
+    search_fields = ("name", "base_url")
+    inlines = (CredentialInline,)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Upstream]:
+        return super().get_queryset(request).annotate(_creds=Count("credentials"))
+
+    @admin.display(description="models")
+    def models_display(self, obj: Upstream) -> str:
+        names = obj.served_models or []
+        return ", ".join(names[:6]) + (f" (+{len(names) - 6})" if len(names) > 6 else "")
+
+    @admin.display(description="credentials", ordering="_creds")
+    def credential_count(self, obj: Upstream) -> int:
+        return obj._creds  # type: ignore[attr-defined]
+
+
+@admin.register(Credential)
+class CredentialAdmin(admin.ModelAdmin):
+    form = CredentialForm
+    list_display = ("__str__", "upstream", "name", "masked_secret", "status",
+                    "disabled_reason", "created_at")
+    list_filter = ("status", "upstream")
+    search_fields = ("name", "upstream__name", "last4")
+    list_select_related = ("upstream",)
+
+    @admin.display(description="stored key")
+    def masked_secret(self, obj: Credential) -> str:
+        return obj.masked

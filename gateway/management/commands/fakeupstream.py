@@ -1,0 +1,33 @@
+"""`manage.py fakeupstream`: run the scriptable fake LLM upstream (gateway/fakeupstream.py)."""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from gateway.fakeupstream import serve, split_models
+
+
+class Command(BaseCommand):
+    help = "Run the fake OpenAI/Anthropic/Ollama upstream used by tests, the demo and benchmarks."
+    # The fake touches no models or database; skipping checks keeps its start-up instant.
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
+        parser.add_argument(
+            "--api-key", action="append", dest="api_keys", help="required key (repeatable)"
+        )
+        parser.add_argument("--models", help="comma-separated model ids to list")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        # serve() prints its own "listening" line to stdout; tests and `make run` wait on it.
+        serve(
+            options["host"],
+            options["port"],
+            options["api_keys"],
+            split_models(options["models"]),
+        )

@@ -1,0 +1,74 @@
+"""Upstreams (LLM providers Turnpike relays to) and their credentials."""
+
+from __future__ import annotations
+
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from gateway.crypto import decrypt, encrypt
+from keys.fields import ListField
+from keys.models import Status
+
+
+class UpstreamKind(models.TextChoices):
+    # Speaks /chat/completions and /responses (OpenAI itself, and most compatible servers).
+    OPENAI = "openai", "OpenAI (Chat Completions + Responses)"
+    # Speaks only /responses and demands stream=true (Codex-style backends).
+    OPENAI_RESPONSES = "openai-responses", "OpenAI Responses only (Codex-style)"
+    ANTHROPIC = "anthropic", "Anthropic Messages"
+    OLLAMA = "ollama", "Ollama chat"
+
+
+class Upstream(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=32, choices=UpstreamKind.choices)
+    base_url = models.URLField(
+        max_length=500,
+        help_text="For OpenAI kinds include the version path (https://api.openai.com/v1); "
+        "for Anthropic and Ollama the server root.",
+    )
+    served_models = ListField(
+        "models", help_text="Model names (or wildcards like gpt-5*) this upstream serves."
+    )
+    priority = models.IntegerField(default=0, help_text="Higher tiers are tried first.")
+    weight = models.PositiveIntegerField(
+        default=1, validators=[MinValueValidator(1)], help_text="Share within a priority tier."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-priority", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Credential(models.Model):
+    """An upstream's API key, encrypted at rest; only its last four characters are shown."""
+
+    upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="credentials")
+    name = models.CharField(max_length=100, blank=True)
+    secret_encrypted = models.TextField(editable=False)
+    last4 = models.CharField(max_length=4, editable=False, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    disabled_reason = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["upstream", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.upstream.name}: {self.name or 'credential'} (…{self.last4})"
+
+    def set_secret(self, secret: str) -> None:
+        self.secret_encrypted = encrypt(secret)
+        self.last4 = secret[-4:] if len(secret) >= 8 else ""
+
+    def get_secret(self) -> str:
+        return decrypt(self.secret_encrypted) if self.secret_encrypted else ""
+
+    @property
+    def masked(self) -> str:
+        return f"…{self.last4}" if self.last4 else "(hidden)"

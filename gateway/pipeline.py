@@ -1,0 +1,414 @@
+"""The /v1 request flow, one function per step, readable top to bottom.
+
+    handle()            any /v1 request: context, auth, dispatch, error rendering, usage row
+      authenticate()    key from the headers -> KeySnapshot (no SQL for a known key)
+      list_models()     GET /v1/models[/{id}]
+      relay()           POST /v1/responses, /v1/responses/compact, /v1/chat/completions
+        read_request()  body -> (bytes, dict) with the checks every endpoint shares
+        plan_route()    model permission, model -> upstream + credential
+        send upstream; non-stream: return its JSON; stream: relay events as they arrive
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import orjson
+from django.conf import settings
+
+from billing.usage import UsageEvent, record_usage
+from gateway.context import RelayContext
+from gateway.errors import (
+    BodyTooLarge,
+    GatewayError,
+    InvalidApiKey,
+    InvalidJSON,
+    InvalidRequest,
+    MethodNotAllowed,
+    MissingApiKey,
+    MissingModel,
+    ModelNotAllowed,
+    ModelNotFound,
+    NotFound,
+    PermissionDenied,
+    AuthenticationFailed,
+    UnsupportedContentType,
+    UnsupportedProtocol,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.providers import openai as openai_provider
+from gateway.providers.base import upstream_error
+from gateway.providers.http import upstream_session
+from gateway.routing import Route, aget_route_table, choose_route
+from gateway.streaming import ChatTap, ResponsesTap, StreamTap
+from gateway.wire import usage as usage_wire
+from keys.secrets import hash_secret
+from keys.snapshots import KeySnapshot, aget_key_snapshot
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+# endpoint name (from the URL router) -> (HTTP method, operation)
+ENDPOINTS: dict[str, tuple[str, str]] = {
+    "responses": ("POST", "responses"),
+    "responses/compact": ("POST", "compact"),
+    "chat/completions": ("POST", "chat"),
+    "models": ("GET", "models"),
+}
+# The client protocol of each operation, matched against what upstream kinds speak.
+PROTOCOL = {"responses": "responses", "compact": "responses", "chat": "chat"}
+
+
+class ClientGone(Exception):
+    """The client disconnected; nothing more can be sent."""
+
+
+# --- responses -------------------------------------------------------------------------
+
+def _base_headers(ctx: RelayContext, content_type: bytes) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", content_type), (b"x-request-id", ctx.request_id.encode())]
+
+
+async def send_json(ctx: RelayContext, send: Send, status: int, body: bytes,
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = _base_headers(ctx, b"application/json")
+    headers.append((b"content-length", str(len(body)).encode()))
+    if extra:
+        headers.extend(extra)
+    ctx.status = status
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    ctx.mark_first_byte()
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(ctx: RelayContext, send: Send, error: GatewayError) -> None:
+    ctx.error_code = error.code
+    await send_json(ctx, send, error.status, error.render(), error.headers())
+
+
+# --- steps ------------------------------------------------------------------------------
+
+def api_key_from_headers(headers: dict[bytes, bytes]) -> str | None:
+    """``Authorization: Bearer sk-…``, bare ``Authorization: sk-…``, ``x-api-key``, ``api-key``."""
+    auth = headers.get(b"authorization")
+    if auth:
+        value = auth.decode("latin-1").strip()
+        if value[:7].lower() == "bearer ":
+            value = value[7:].strip()
+        if value:
+            return value
+    for name in (b"x-api-key", b"api-key"):
+        raw = headers.get(name)
+        if raw and raw.strip():
+            return raw.decode("latin-1").strip()
+    return None
+
+
+async def authenticate(ctx: RelayContext) -> KeySnapshot:
+    secret = api_key_from_headers(ctx.headers)
+    if secret is None:
+        raise MissingApiKey(
+            "No API key was provided. Send it as 'Authorization: Bearer sk-tp-…' "
+            "(or in an 'x-api-key' header)."
+        )
+    key = await aget_key_snapshot(hash_secret(secret))
+    if key is None:
+        raise InvalidApiKey("The API key is not valid. Check it, or create a new one.")
+    ctx.key = key
+    if not key.active:
+        who = "API key" if not key.key_active else "tenant that owns this API key"
+        raise PermissionDenied(f"The {who} is disabled.", code="api_key_disabled")
+    if key.is_expired():
+        raise AuthenticationFailed("The API key has expired.", code="api_key_expired")
+    return key
+
+
+async def read_body(receive: Receive, ctx: RelayContext) -> bytes:
+    limit = settings.GATEWAY_MAX_BODY_BYTES
+    declared = ctx.headers.get(b"content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"The request body is over the {limit}-byte limit.")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            raise BodyTooLarge(f"The request body is over the {limit}-byte limit.")
+        chunks.append(body)
+        if not message.get("more_body"):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def parse_request(ctx: RelayContext, body: bytes) -> dict[str, Any]:
+    ctype = ctx.headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if ctype and ctype != b"application/json" and not ctype.endswith(b"+json"):
+        raise UnsupportedContentType(
+            f"Content-Type must be application/json, not {ctype.decode('latin-1')!r}."
+        )
+    if not body.strip():
+        raise InvalidJSON("The request body is empty; send a JSON object.")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(payload, dict):
+        raise InvalidJSON("The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise MissingModel("'model' is required: a non-empty string naming the model.")
+    ctx.model = model
+    stream = payload.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be true or false.", param="stream")
+    ctx.stream = stream
+    return payload
+
+
+async def plan_route(ctx: RelayContext, key: KeySnapshot, operation: str) -> Route:
+    model = ctx.model
+    if not key.allows(model):
+        raise ModelNotAllowed(f"This API key may not use the model '{model}'.")
+    table = await aget_route_table()
+    candidates = table.serving(model)
+    if not candidates:
+        raise ModelNotFound(f"The model '{model}' does not exist or no upstream serves it.")
+    protocol = PROTOCOL[operation]
+    speaking = [u for u in candidates if protocol in u.protocols]
+    if not speaking:
+        raise UnsupportedProtocol(
+            f"The model '{model}' is served only by upstreams that do not speak this "
+            f"endpoint's protocol ({protocol})."
+        )
+    route = choose_route(speaking, model)
+    ctx.route = route
+    return route
+
+
+def upstream_body(operation: str, payload: dict[str, Any], body: bytes) -> tuple[bytes, bool]:
+    """The body to send upstream, and whether the client asked for the usage chunk.
+
+    Same-protocol relay sends the client's bytes untouched, except that a streamed chat
+    request always asks for usage, so every request can be metered.
+    """
+    if operation != "chat" or not payload.get("stream"):
+        return body, False
+    options = payload.get("stream_options")
+    wants = isinstance(options, dict) and options.get("include_usage") is True
+    if wants:
+        return body, True
+    payload = dict(payload)
+    payload["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                 "include_usage": True}
+    return orjson.dumps(payload), False
+
+
+# --- the relay --------------------------------------------------------------------------
+
+async def relay(ctx: RelayContext, operation: str, receive: Receive, send: Send) -> None:
+    key = await authenticate(ctx)
+    body = await read_body(receive, ctx)
+    payload = parse_request(ctx, body)
+    route = await plan_route(ctx, key, operation)
+    out_body, client_wants_usage = upstream_body(operation, payload, body)
+    url, headers = openai_provider.build_request(route, operation, ctx.stream, ctx.headers)
+    secret = route.credential.secret if route.credential else None
+    await watch_disconnect(ctx, receive, _exchange(
+        ctx, operation, url, headers, out_body, secret, client_wants_usage, send))
+
+
+async def _exchange(ctx: RelayContext, operation: str, url: str, headers: dict[str, str],
+                    body: bytes, secret: str | None, client_wants_usage: bool,
+                    send: Send) -> None:
+    session = upstream_session()
+    try:
+        async with session.post(url, data=body, headers=headers) as resp:
+            if resp.status >= 400:
+                raise upstream_error(resp.status, await resp.read(), resp.headers, secret)
+            ctype = resp.headers.get("content-type", "")
+            if ctx.stream and ctype.startswith("text/event-stream"):
+                tap: StreamTap = ChatTap(client_wants_usage) if operation == "chat" \
+                    else ResponsesTap()
+                await _relay_stream(ctx, resp, tap, send)
+            else:
+                await _relay_json(ctx, operation, resp, send)
+    except TimeoutError:
+        raise UpstreamTimeout("The upstream did not answer in time.") from None
+    except aiohttp.ClientConnectionError as exc:
+        if ctx.first_byte_at is not None:
+            raise
+        raise UpstreamUnavailable(f"Could not reach the upstream: {type(exc).__name__}.") \
+            from None
+
+
+async def _relay_json(ctx: RelayContext, operation: str, resp: aiohttp.ClientResponse,
+                      send: Send) -> None:
+    payload = await resp.read()
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("The upstream answered with something that is not JSON.") from None
+    if isinstance(data, dict):
+        ctx.usage = (usage_wire.from_chat if operation == "chat"
+                     else usage_wire.from_responses)(data.get("usage"))
+    await send_json(ctx, send, 200, payload)
+
+
+async def _relay_stream(ctx: RelayContext, resp: aiohttp.ClientResponse, tap: StreamTap,
+                        send: Send) -> None:
+    headers = _base_headers(ctx, b"text/event-stream; charset=utf-8")
+    headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+    ctx.status = 200
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    failure: GatewayError | None = None
+    try:
+        async for chunk in resp.content.iter_any():
+            out = tap.feed(chunk)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+                ctx.mark_first_byte()
+    except TimeoutError:
+        failure = UpstreamTimeout("The upstream stopped sending mid-stream.")
+    except aiohttp.ClientError:
+        failure = UpstreamError("The upstream connection broke mid-stream.",
+                                code="upstream_stream_cut")
+    tail = tap.finish()
+    if failure is None and not tap.complete:
+        failure = UpstreamError("The upstream ended the stream before it was complete.",
+                                code="upstream_stream_cut")
+    if failure is not None:
+        ctx.error_code = failure.code
+        tail += tap.error_event(failure)
+    ctx.usage = tap.usage
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+    ctx.mark_first_byte()
+
+
+async def watch_disconnect(ctx: RelayContext, receive: Receive, work: Awaitable[None]) -> None:
+    """Run ``work``; if the client disconnects first, cancel it (which closes the upstream
+    request too) and raise ClientGone."""
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                ctx.client_gone = True
+                task.cancel()
+                return
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not ctx.client_gone:
+            raise
+        task.uncancel()
+        raise ClientGone from None
+    finally:
+        watcher.cancel()
+
+
+# --- models -----------------------------------------------------------------------------
+
+def _model_object(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "turnpike"}
+
+
+async def list_models(ctx: RelayContext, model_id: str | None, send: Send) -> None:
+    key = await authenticate(ctx)
+    table = await aget_route_table()
+    if model_id is not None:
+        ctx.model = model_id
+        serving = table.serving(model_id)
+        if not serving or not key.allows(model_id):
+            raise ModelNotFound(f"The model '{model_id}' does not exist.")
+        body = orjson.dumps(_model_object(model_id, min(u.created for u in serving)))
+    else:
+        data = [_model_object(name, up.created)
+                for name, up in table.listed_models().items() if key.allows(name)]
+        body = orjson.dumps({"object": "list", "data": data})
+    await send_json(ctx, send, 200, body)
+
+
+# --- entry ------------------------------------------------------------------------------
+
+async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    kwargs = scope.get("url_route", {}).get("kwargs", {})
+    endpoint = kwargs.get("endpoint") or ""
+    ctx = RelayContext.start(scope, endpoint or scope.get("path", ""))
+    try:
+        spec = ENDPOINTS.get(endpoint)
+        if spec is None:
+            raise NotFound(f"Unknown API path {scope.get('path')!r}.", code="unknown_url")
+        method, operation = spec
+        if scope["method"] != method:
+            raise MethodNotAllowed(f"Use {method} for this path, not {scope['method']}.")
+        if operation == "models":
+            await list_models(ctx, kwargs.get("model_id"), send)
+        else:
+            await relay(ctx, operation, receive, send)
+    except ClientGone:
+        ctx.status = ctx.status or 499
+        ctx.error_code = ctx.error_code or "client_disconnected"
+    except GatewayError as exc:
+        if ctx.status:  # headers already sent: nothing more can be said on this response
+            ctx.error_code = ctx.error_code or exc.code
+        else:
+            await send_error(ctx, send, exc)
+    except Exception:
+        log.exception("unhandled error on %s %s (%s)", scope["method"], scope.get("path"),
+                      ctx.request_id)
+        if not ctx.status:
+            await send_error(ctx, send, GatewayError(
+                "Turnpike hit an internal error; the request was not completed. "
+                f"Request id: {ctx.request_id}."))
+        ctx.error_code = ctx.error_code or "internal_error"
+    finally:
+        _record(ctx)
+
+
+def _record(ctx: RelayContext) -> None:
+    key = ctx.key
+    usage = ctx.usage
+    route = ctx.route
+    end = time.perf_counter()
+    record_usage(UsageEvent(
+        created_at=ctx.started_at,
+        request_id=ctx.request_id,
+        endpoint=ctx.endpoint,
+        status_code=ctx.status or 500,
+        key_id=key.key_id if key else None,
+        key_prefix=key.prefix if key else "",
+        tenant_id=key.tenant_id if key else None,
+        model=ctx.model,
+        upstream_id=route.upstream.id if route else None,
+        credential_id=route.credential.id if route and route.credential else None,
+        error_code=ctx.error_code,
+        stream=ctx.stream,
+        input_tokens=usage.input_tokens if usage else 0,
+        cached_tokens=usage.cached_tokens if usage else 0,
+        output_tokens=usage.output_tokens if usage else 0,
+        reasoning_tokens=usage.reasoning_tokens if usage else 0,
+        cost=Decimal(0),
+        latency_ms=ctx.elapsed_ms(end),
+        ttfb_ms=ctx.elapsed_ms(ctx.first_byte_at) if ctx.first_byte_at else None,
+        client_ip=ctx.client_ip,
+        user_agent=ctx.user_agent,
+    ))

@@ -1,0 +1,18 @@
+"""Drop the cached route table after any committed change to upstreams or credentials."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from gateway.models import Credential, Upstream
+from gateway.routing import route_tables
+
+
+@receiver([post_save, post_delete], sender=Upstream)
+@receiver([post_save, post_delete], sender=Credential)
+def _routes_changed(sender: type, instance: Any, **kwargs: Any) -> None:
+    transaction.on_commit(lambda: route_tables.invalidate(["all"]))

@@ -1,0 +1,64 @@
+"""Server-sent events: split a byte stream into whole events, and encode events.
+
+The relay forwards upstream events byte for byte (CRLF normalised to LF), so it only needs
+to know where each event ends and, for the few events it inspects, what their data is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+DONE = b"[DONE]"
+
+
+class SseSplitter:
+    """Feed raw chunks; get back the complete events (without their blank-line end)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf + chunk
+        if b"\r" in buf:
+            # A CRLF split across two chunks leaves "\r" at the end of the buffer; it is
+            # joined with its "\n" on the next feed, so replacing on the whole buffer is exact.
+            buf = buf.replace(b"\r\n", b"\n")
+        parts = buf.split(b"\n\n")
+        self._buf = parts.pop()
+        return [p for p in parts if p]
+
+    def rest(self) -> bytes:
+        """What is left after the stream ended: an event that lacked its final blank line."""
+        rest, self._buf = self._buf.strip(b"\n"), b""
+        return rest
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The payload of an event's ``data:`` lines (joined by LF), or None if it has none."""
+    if event.startswith(b"data:") and b"\n" not in event:  # the common one-line case
+        return event[5:].lstrip(b" ")
+    lines = [
+        line[5:].lstrip(b" ") if line.startswith(b"data:") else None
+        for line in event.split(b"\n")
+    ]
+    data = [line for line in lines if line is not None]
+    return b"\n".join(data) if data else None
+
+
+def event_json(event: bytes) -> Any:
+    data = event_data(event)
+    if data is None or data == DONE:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def encode(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + orjson.dumps(data) + b"\n\n"

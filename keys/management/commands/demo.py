@@ -1,0 +1,69 @@
+"""``manage.py demo``: seed a demo tenant, user, key and an upstream on the fake upstream.
+
+Safe to run again: the tenant, user and upstream are reused and the demo key is replaced
+(its secret is only known at creation, so each run prints a fresh one).
+"""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from gateway.models import Upstream
+from gateway.services import upstream_create
+from keys.models import ApiKey, Membership
+from keys.services import key_create, tenant_get_or_create
+
+DEMO_MODELS = ["gpt-4o-mini", "gpt-5", "gpt-5-codex"]
+
+
+class Command(BaseCommand):
+    help = "Seed demo data that relays to the fake upstream, and print a working key."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--upstream-url", default="http://127.0.0.1:8900/v1",
+                            help="Base URL of the fake upstream (default: %(default)s).")
+        parser.add_argument("--gateway-url", default="http://127.0.0.1:8000",
+                            help="Where Turnpike listens, for the printed curl line.")
+        parser.add_argument("--password", default="demo",
+                            help="Password of the demo admin user 'demo'.")
+
+    @transaction.atomic
+    def handle(self, *args: Any, **opts: Any) -> None:
+        tenant, _ = tenant_get_or_create(name="demo")
+        user_model = get_user_model()
+        user, made_user = user_model.objects.get_or_create(
+            username="demo", defaults={"email": "demo@example.com", "is_staff": True,
+                                       "is_superuser": True},
+        )
+        if made_user:
+            user.set_password(opts["password"])
+            user.save()
+        Membership.objects.get_or_create(tenant=tenant, user=user,
+                                         defaults={"role": Membership.Role.OWNER})
+        upstream = Upstream.objects.filter(name="fake").first()
+        if upstream is None:
+            upstream = upstream_create(name="fake", kind="openai", base_url=opts["upstream_url"],
+                                       models=DEMO_MODELS, api_keys=["sk-fake-upstream-key"])
+        elif upstream.base_url != opts["upstream_url"].rstrip("/"):
+            upstream.base_url = opts["upstream_url"].rstrip("/")
+            upstream.save()
+        for old in ApiKey.objects.filter(tenant=tenant, name="demo key"):
+            old.delete()
+        made = key_create(tenant=tenant, name="demo key", created_by=user)
+        url = opts["gateway_url"].rstrip("/")
+        self.stdout.write(
+            f"Demo ready: tenant 'demo', admin user 'demo' (password '{opts['password']}' "
+            f"if new) at {url}/admin/, upstream 'fake' -> {upstream.base_url} "
+            f"serving {', '.join(upstream.served_models)}.\n"
+            "Try:\n"
+            f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {made.secret}' "
+            "-H 'Content-Type: application/json' "
+            "-d '{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'\n"
+            "Demo key:"
+        )
+        self.stdout.write(made.secret)

@@ -1,0 +1,158 @@
+"""Tenants, their members, groups (plans) and API keys.
+
+The gateway never reads these models on the hot path: it reads ``KeySnapshot`` (see
+``keys/snapshots.py``), rebuilt from here when a key is first seen or after a change.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from keys.fields import ListField
+from keys.secrets import masked
+
+MONEY = {"max_digits": 18, "decimal_places": 6}
+
+
+class Status(models.TextChoices):
+    ACTIVE = "active", "Active"
+    DISABLED = "disabled", "Disabled"
+
+
+class Group(models.Model):
+    """A plan: which models its keys may call, their default limits, and a price factor.
+
+    A key's own limit wins when set; an unset (null) key limit falls back to the group's;
+    0 means unlimited at either level.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    allowed_models = ListField(
+        help_text="Model names or wildcards (gpt-5*), one per line. Empty: every model."
+    )
+    rpm = models.PositiveIntegerField("requests per minute", default=0, help_text="0: unlimited")
+    rpd = models.PositiveIntegerField("requests per day", default=0, help_text="0: unlimited")
+    concurrency = models.PositiveIntegerField(default=0, help_text="0: unlimited")
+    max_tokens = models.PositiveIntegerField(
+        "max tokens cap", default=0, help_text="Largest max_tokens a request may ask; 0: no cap"
+    )
+    price_multiplier = models.DecimalField(
+        max_digits=8, decimal_places=4, default=Decimal("1"),
+        validators=[MinValueValidator(Decimal("0"))],
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Tenant(models.Model):
+    """An organisation or team: owns the balance and the keys; users are its members."""
+
+    name = models.CharField(max_length=100, unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="tenants",
+        help_text="Default group for the tenant's keys.",
+    )
+    balance = models.DecimalField(**MONEY, default=Decimal("0"))
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="tenants", blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        ADMIN = "admin", "Admin"
+        MEMBER = "member", "Member"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "user"], name="unique_membership"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.tenant} ({self.role})"
+
+
+class ApiKey(models.Model):
+    """A Turnpike key. The secret is shown once at creation; only its hash is kept."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="keys")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="created_keys",
+    )
+    group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="keys",
+        help_text="Overrides the tenant's group.",
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, editable=False, db_index=True)
+    last4 = models.CharField(max_length=4, editable=False)
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    allowed_models = ListField(help_text="Model names or wildcards; empty: the group's list.")
+    denied_models = ListField(help_text="Model names or wildcards this key may never call.")
+    allowed_ips = ListField(help_text="IP addresses or CIDRs; empty: any address.")
+    rpm = models.PositiveIntegerField(
+        "requests per minute", null=True, blank=True, help_text="Empty: group default; 0: none"
+    )
+    rpd = models.PositiveIntegerField(
+        "requests per day", null=True, blank=True, help_text="Empty: group default; 0: none"
+    )
+    tpm = models.PositiveIntegerField(
+        "tokens per minute", null=True, blank=True, help_text="Empty or 0: unlimited"
+    )
+    concurrency = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests in flight; empty: group default; 0: none"
+    )
+    max_tokens = models.PositiveIntegerField(
+        "max tokens cap", null=True, blank=True, help_text="Empty: group default; 0: no cap"
+    )
+    quota = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="Spending cap for this key; empty: none",
+        validators=[MinValueValidator(Decimal("0"))],
+    )
+    quota_used = models.DecimalField(**MONEY, default=Decimal("0"))
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.masked})"
+
+    @property
+    def masked(self) -> str:
+        return masked(self.prefix, self.last4)
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()

@@ -1,0 +1,48 @@
+"""Invalidate gateway snapshots after any change that affects a key's policy.
+
+Runs on commit, so a rolled-back change never evicts anything and a committed one is seen
+by every gateway process within GATEWAY_SNAPSHOT_TTL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q
+from django.db.models.signals import post_delete, post_save, pre_delete
+from django.dispatch import receiver
+
+from keys.models import ApiKey, Group, Tenant
+from keys.snapshots import key_snapshots
+
+
+def _invalidate_hashes_on_commit(hashes: list[str]) -> None:
+    if hashes:
+        transaction.on_commit(lambda: key_snapshots.invalidate(hashes))
+
+
+@receiver([post_save, post_delete], sender=ApiKey)
+def _key_changed(sender: type, instance: ApiKey, **kwargs: Any) -> None:
+    _invalidate_hashes_on_commit([instance.secret_hash])
+
+
+@receiver([post_save, post_delete], sender=Tenant)
+def _tenant_changed(sender: type, instance: Tenant, **kwargs: Any) -> None:
+    if kwargs.get("created"):
+        return
+    hashes = list(ApiKey.objects.filter(tenant_id=instance.pk).values_list("secret_hash", flat=True))
+    _invalidate_hashes_on_commit(hashes)
+
+
+# pre_delete: deleting a group nulls its keys' FK by a bulk UPDATE that sends no signals.
+@receiver([post_save, pre_delete], sender=Group)
+def _group_changed(sender: type, instance: Group, **kwargs: Any) -> None:
+    if kwargs.get("created"):
+        return
+    hashes = list(
+        ApiKey.objects.filter(Q(group_id=instance.pk) | Q(group__isnull=True,
+                                                           tenant__group_id=instance.pk))
+        .values_list("secret_hash", flat=True)
+    )
+    _invalidate_hashes_on_commit(hashes)

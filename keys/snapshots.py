@@ -1,0 +1,110 @@
+"""KeySnapshot: everything the gateway needs to know about a key, without the database.
+
+Built from ApiKey + Tenant + Group, cached by ``portal.snapshots.LayeredCache`` under the
+key's secret hash, and invalidated by ``keys.signals`` whenever one of those rows changes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from portal.snapshots import LayeredCache
+
+
+def model_matches(pattern: str, model: str) -> bool:
+    """Exact name, or a shell-style wildcard (``gpt-5*``), compared case-sensitively."""
+    if "*" in pattern or "?" in pattern or "[" in pattern:
+        return fnmatch.fnmatchcase(model, pattern)
+    return pattern == model
+
+
+@dataclass(frozen=True, slots=True)
+class KeySnapshot:
+    key_id: int
+    tenant_id: int
+    prefix: str
+    key_active: bool
+    tenant_active: bool
+    expires_at: float | None  # unix seconds
+    allowed_models: tuple[str, ...]  # empty: any model
+    denied_models: tuple[str, ...]
+    allowed_ips: tuple[str, ...]
+    rpm: int  # effective limits after group fallback; 0 = unlimited
+    rpd: int
+    tpm: int
+    concurrency: int
+    max_tokens: int
+    group_id: int | None
+
+    @property
+    def active(self) -> bool:
+        return self.key_active and self.tenant_active
+
+    def is_expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or time.time())
+
+    def allows(self, model: str) -> bool:
+        if any(model_matches(p, model) for p in self.denied_models):
+            return False
+        if not self.allowed_models:
+            return True
+        return any(model_matches(p, model) for p in self.allowed_models)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KeySnapshot:
+        for name in ("allowed_models", "denied_models", "allowed_ips"):
+            data[name] = tuple(data[name])
+        return cls(**data)
+
+
+def _effective(key_value: int | None, group_value: int | None) -> int:
+    if key_value is not None:
+        return key_value
+    return group_value or 0
+
+
+def build_key_snapshot(secret_hash: str) -> dict[str, Any] | None:
+    """Read one key from the database (sync). None when no key has this hash."""
+    from keys.models import ApiKey, Status
+
+    key = (
+        ApiKey.objects.select_related("tenant", "group", "tenant__group")
+        .filter(secret_hash=secret_hash)
+        .first()
+    )
+    if key is None:
+        return None
+    group = key.group or key.tenant.group
+    snap = KeySnapshot(
+        key_id=key.pk,
+        tenant_id=key.tenant_id,
+        prefix=key.prefix,
+        key_active=key.status == Status.ACTIVE,
+        tenant_active=key.tenant.status == Status.ACTIVE,
+        expires_at=key.expires_at.timestamp() if key.expires_at else None,
+        allowed_models=tuple(key.allowed_models or (group.allowed_models if group else []) or []),
+        denied_models=tuple(key.denied_models or []),
+        allowed_ips=tuple(key.allowed_ips or []),
+        rpm=_effective(key.rpm, group.rpm if group else None),
+        rpd=_effective(key.rpd, group.rpd if group else None),
+        tpm=key.tpm or 0,
+        concurrency=_effective(key.concurrency, group.concurrency if group else None),
+        max_tokens=_effective(key.max_tokens, group.max_tokens if group else None),
+        group_id=group.pk if group else None,
+    )
+    return snap.to_dict()
+
+
+key_snapshots: LayeredCache[KeySnapshot] = LayeredCache(
+    "key", build_key_snapshot, KeySnapshot.from_dict
+)
+
+
+async def aget_key_snapshot(secret_hash: str) -> KeySnapshot | None:
+    return await key_snapshots.get(secret_hash)

@@ -1,0 +1,53 @@
+"""The shared-state connection: one Redis client per process (and per event loop).
+
+Returns None when REDIS_URL is unset (the embedded default); callers then use their
+in-process fallback. Every key Turnpike writes goes through ``rkey()`` so it carries
+settings.GATEWAY_REDIS_PREFIX.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+_async_clients: dict[int, redis.asyncio.Redis] = {}
+_sync_client: redis.Redis | None = None
+
+
+def rkey(*parts: str | int) -> str:
+    return settings.GATEWAY_REDIS_PREFIX + ":".join(str(p) for p in parts)
+
+
+def async_redis() -> redis.asyncio.Redis | None:
+    """The client bound to the running loop (redis-py connections cannot cross loops)."""
+    url = settings.REDIS_URL
+    if not url:
+        return None
+    loop_id = id(asyncio.get_running_loop())
+    client = _async_clients.get(loop_id)
+    if client is None:
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
+        )
+        _async_clients[loop_id] = client
+    return client
+
+
+def sync_redis() -> redis.Redis | None:
+    global _sync_client
+    url = settings.REDIS_URL
+    if not url:
+        return None
+    if _sync_client is None:
+        import redis
+
+        _sync_client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+    return _sync_client

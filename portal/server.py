@@ -1,0 +1,35 @@
+"""Start daphne with uvloop: ``python -m portal.server [daphne options]``.
+
+daphne creates its event loop when ``daphne.server`` is first imported, so the uvloop
+policy has to be installed before that import; setting it in asgi.py would be too late.
+Any daphne option works (``-b``, ``-p``, ``--proxy-headers`` ...); the application defaults
+to ``portal.asgi:application``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    if os.environ.get("TURNPIKE_UVLOOP", "1") != "0":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    from daphne.cli import CommandLineInterface
+
+    if not args or not re.fullmatch(r"[\w.]+:\w+", args[-1]):
+        args.append("portal.asgi:application")
+    CommandLineInterface().run(args)
+
+
+if __name__ == "__main__":
+    main()

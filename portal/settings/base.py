@@ -1,0 +1,165 @@
+"""Turnpike settings. Everything comes from the environment; see README "Configuration".
+
+With no environment at all this is the embedded default: a SQLite file next to manage.py,
+in-process cache/limits/channel layer, and Celery tasks run eagerly in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import dj_database_url
+
+from portal.settings.env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+
+# A missing SECRET_KEY is only tolerated for the embedded default (no DATABASE_URL): a
+# per-checkout key is derived from the path so sessions survive restarts on one machine.
+# Production (DATABASE_URL set) must provide one.
+_secret = env_str("SECRET_KEY")
+if _secret is None:
+    if env_str("DATABASE_URL"):
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("SECRET_KEY must be set when DATABASE_URL is set")
+    _secret = "insecure-dev-" + hashlib.sha256(str(BASE_DIR).encode()).hexdigest()
+SECRET_KEY: str = _secret
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "ninja",
+    "keys",
+    "gateway",
+    "billing",
+    "portal",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+ASGI_APPLICATION = "portal.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'turnpike.sqlite3'}",
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the usage writer and the admin work at the same time on the embedded default.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+
+LOGIN_URL = "/admin/login/"
+
+# --- Redis and shared state -------------------------------------------------------------
+# REDIS_URL unset: every shared-state backend is in-process (fine for one process).
+REDIS_URL = env_str("REDIS_URL")
+
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                          "LOCATION": REDIS_URL}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Gateway -----------------------------------------------------------------------------
+# Extra path prefixes the /v1 API is also served under, e.g. "/codex,/openai" makes
+# /codex/v1/responses and /codex/responses work.
+GATEWAY_PATH_PREFIXES = env_list("GATEWAY_PATH_PREFIXES", ["/codex"])
+# Every Redis key the gateway writes starts with this (several deployments, or test
+# workers, can share one Redis).
+GATEWAY_REDIS_PREFIX = env_str("GATEWAY_REDIS_PREFIX", "gw:") or "gw:"
+# How long a process trusts its in-memory copy of a key/route snapshot before re-reading
+# the shared copy; an admin change is visible everywhere within this many seconds.
+GATEWAY_SNAPSHOT_TTL = env_float("GATEWAY_SNAPSHOT_TTL", 1.0)
+GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 32 * 1024 * 1024)
+GATEWAY_CONNECT_TIMEOUT = env_float("GATEWAY_CONNECT_TIMEOUT", 10.0)
+# Longest silence tolerated between two reads from the upstream (reasoning models can
+# think for minutes before the first token).
+GATEWAY_READ_TIMEOUT = env_float("GATEWAY_READ_TIMEOUT", 600.0)
+GATEWAY_POOL_SIZE = env_int("GATEWAY_POOL_SIZE", 0)  # 0: unbounded connections per process
+GATEWAY_TRUST_X_FORWARDED_FOR = env_bool("GATEWAY_TRUST_X_FORWARDED_FOR", False)
+# Usage rows are queued in memory and written in batches by a background task.
+GATEWAY_USAGE_FLUSH_INTERVAL = env_float("GATEWAY_USAGE_FLUSH_INTERVAL", 0.5)
+GATEWAY_USAGE_BATCH_SIZE = env_int("GATEWAY_USAGE_BATCH_SIZE", 500)
+
+# Fernet keys (comma-separated, newest first) that encrypt upstream credentials at rest.
+# Unset: one key derived from SECRET_KEY. Rotating: put the new key first, keep the old.
+CREDENTIAL_ENCRYPTION_KEYS = env_list("CREDENTIAL_ENCRYPTION_KEYS", [])
+
+# --- Celery --------------------------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "memory://")
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", None)
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", REDIS_URL is None)
+CELERY_TIMEZONE = TIME_ZONE
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.server": {"level": "WARNING"}},
+}
