@@ -45,10 +45,32 @@ class UsageEvent:
     user_agent: str = ""
 
 
+def _drop_dangling_links(events: list[UsageEvent]) -> None:
+    """Null links to rows deleted while the request ran (a key or upstream removed by an
+    admin mid-stream): one bad FK must not sink the whole batch's INSERT."""
+    from gateway.models import Credential, Upstream
+    from keys.models import ApiKey, Tenant
+
+    for attr, model in (("key_id", ApiKey), ("tenant_id", Tenant),
+                        ("upstream_id", Upstream), ("credential_id", Credential)):
+        ids = {getattr(e, attr) for e in events} - {None}
+        if not ids:
+            continue
+        existing = set(model.objects.filter(pk__in=ids).values_list("pk", flat=True))
+        if len(existing) == len(ids):
+            continue
+        for e in events:
+            if getattr(e, attr) is not None and getattr(e, attr) not in existing:
+                setattr(e, attr, None)
+
+
 def write_events(events: list[UsageEvent]) -> None:
-    """Insert a batch (sync). Rows whose key/tenant was deleted meanwhile lose the link."""
+    """Insert a batch (sync)."""
+    from django.db import transaction
+
     from billing.models import UsageLog
 
+    _drop_dangling_links(events)
     rows = [
         UsageLog(
             created_at=e.created_at, request_id=e.request_id, endpoint=e.endpoint,
@@ -62,7 +84,8 @@ def write_events(events: list[UsageEvent]) -> None:
         )
         for e in events
     ]
-    UsageLog.objects.bulk_create(rows)
+    with transaction.atomic():
+        UsageLog.objects.bulk_create(rows)
 
 
 class UsageWriter:

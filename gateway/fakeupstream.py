@@ -33,7 +33,8 @@ chunks=N           number of text deltas, default 3; chunk i is ``f"tok{i} "`` (
 echo=1             reply with the last user message's text (token removed, stripped), split
                    into ``chunks`` near-equal pieces
 delay=S            seconds between streamed frames (events / chunks / lines)
-hold=S             seconds to wait before sending status and headers (any response)
+hold=S             seconds to wait before sending status and headers (errors from status=
+                   included; 401s for a bad key are not held)
 status=CODE        answer this 4xx/5xx with the protocol's error body,
                    message ``fake upstream error CODE``
 retry_after=S      with ``status``: add ``Retry-After: S``
@@ -42,7 +43,8 @@ cut=K              streams only: stop after the K-th content frame, before any t
                    is sent)
 cut_mode=M         ``abort`` (default): drop the TCP connection mid-body; ``clean``: end the
                    body normally without the terminal events
-tool=NAME          reply with a function call to NAME instead of text
+tool=NAME          reply with a function call to NAME instead of text (``tool=`` with no
+                   name turns it off again, e.g. from a later tool result in the history)
 tools=N            N parallel calls named NAME, NAME_1, ... (default 1)
 args=JSON          call arguments, a JSON object without spaces (default ``{"city":"Paris"}``);
                    each call's argument string is streamed in max(2, chunks) pieces
@@ -65,8 +67,8 @@ Usage rule (deterministic):
   ``system`` keys, where a string counts when it is that top-level value itself (or an element of
   a top-level list) or sits under a key named ``content``, ``text`` or ``output`` (at any depth).
   So tool-call ``arguments``, ``name``, ``role``, ids, image URLs and ``encrypted_content`` do not
-  count; ``[[fake ...]]`` tokens count like any other words.  The rule gives the same number for
-  a conversation expressed in chat, Responses, Anthropic or Ollama form.
+  count; ``[[fake ...]]`` tokens count like any other words. The text of a conversation gives
+  the same number in chat, Responses, Anthropic or Ollama form (structured tool inputs aside).
 * output tokens = the number of text chunks, or for tool calls the number of argument pieces
   over all calls; total = input + output.
 * Anthropic reports ``input_tokens = max(0, input - cached)`` and
@@ -157,32 +159,18 @@ class Script:
     force_json: bool = False
 
 
-def _count(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError(value)
-    return number
+def _number(cast: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        number = cast(value)
+        if not low <= number <= high:
+            raise ValueError(value)
+        return number
+
+    return parse
 
 
-def _chunks(value: str) -> int:
-    number = _count(value)
-    if number > MAX_CHUNKS:
-        raise ValueError(value)
-    return number
-
-
-def _positive(value: str) -> int:
-    number = _count(value)
-    if not 1 <= number <= 128:
-        raise ValueError(value)
-    return number
-
-
-def _seconds(value: str) -> float:
-    seconds = float(value)
-    if not 0 <= seconds < 86_400:
-        raise ValueError(value)
-    return seconds
+_count = _number(int, 0, sys.maxsize)
+_seconds = _number(float, 0, 86_400)
 
 
 def _flag(value: str) -> bool:
@@ -194,19 +182,16 @@ def _flag(value: str) -> bool:
     raise ValueError(value)
 
 
-def _error_status(value: str) -> int:
-    status = int(value)
-    if not 400 <= status <= 599:
-        raise ValueError(value)
-    return status
-
-
 def _retry_after(value: str) -> str:
     _seconds(value)
     return value
 
 
-def _tool_name(value: str) -> str:
+def _tool_name(value: str) -> str | None:
+    # An empty value switches a tool call asked for earlier in the history back to text, so a
+    # tool round trip can end: put "[[fake tool=]]" in the tool result.
+    if not value:
+        return None
     if not _TOOL_NAME_RE.match(value):
         raise ValueError(value)
     return value
@@ -230,16 +215,16 @@ def _one_of(*allowed: str) -> Callable[[str], str]:
 
 
 _DIRECTIVES: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "chunks": ("chunks", _chunks),
+    "chunks": ("chunks", _number(int, 0, MAX_CHUNKS)),
     "echo": ("echo", _flag),
     "delay": ("delay", _seconds),
     "hold": ("hold", _seconds),
-    "status": ("status", _error_status),
+    "status": ("status", _number(int, 400, 599)),
     "retry_after": ("retry_after", _retry_after),
     "cut": ("cut", _count),
     "cut_mode": ("cut_mode", _one_of("abort", "clean")),
     "tool": ("tool", _tool_name),
-    "tools": ("tools", _positive),
+    "tools": ("tools", _number(int, 1, 128)),
     "args": ("args", _tool_args),
     "reasoning": ("reasoning", _flag),
     "finish": ("finish", _one_of("stop", "length")),
@@ -267,7 +252,9 @@ def _token_pairs(raw_token: bytes) -> list[tuple[str, str]]:
 
 def parse_script(headers: Mapping[str, str], raw_body: bytes) -> Script:
     """Collect directives from x-fake-* headers, then [[fake ...]] tokens in the body."""
-    pairs = [(key[7:], value) for key, value in headers.items() if key.lower().startswith("x-fake-")]
+    pairs = [
+        (key[7:], value) for key, value in headers.items() if key.lower().startswith("x-fake-")
+    ]
     if b"[[fake" in raw_body:
         for match in _TOKEN_RE.finditer(raw_body):
             if match.group(1):
@@ -463,7 +450,8 @@ async def _abort(request: web.Request) -> None:
     # kernel so the client sees exactly the K chunks, then break the chunked body mid-way.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 2.0
-    while transport.get_write_buffer_size() and loop.time() < deadline:
+    # asyncio offers no event for "write buffer empty", hence the short poll.
+    while transport.get_write_buffer_size() and loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.001)
     transport.abort()
 
@@ -629,7 +617,9 @@ def chat_frames(reply: Reply, completion_id: str, include_usage: bool) -> list[F
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
 
-    frames: list[Frame] = [(chunk({"role": "assistant", "content": None if reply.calls else ""}), OTHER)]
+    frames: list[Frame] = [
+        (chunk({"role": "assistant", "content": None if reply.calls else ""}), OTHER)
+    ]
     if reply.reasoning:
         frames += [(chunk({"reasoning_content": piece}), OTHER) for piece in REASONING_PIECES]
     frames += [(chunk({"content": piece}), CONTENT) for piece in reply.pieces]
@@ -676,7 +666,9 @@ def _responses_usage(usage: Usage) -> Json:
     }
 
 
-def _response_object(body: Json, reply: Reply, response_id: str, output: list[Json], done: bool) -> Json:
+def _response_object(
+    body: Json, reply: Reply, response_id: str, output: list[Json], done: bool
+) -> Json:
     incomplete = reply.finish == "length"
     status = ("incomplete" if incomplete else "completed") if done else "in_progress"
     payload: Json = {
@@ -767,7 +759,9 @@ def _reasoning_events(events: EventFrames, items: ResponseItems, index: int) -> 
     added = {"id": item_id, "type": "reasoning", "summary": []}
     where: Json = {"item_id": item_id, "output_index": index, "summary_index": 0}
     events.add("response.output_item.added", output_index=index, item=added)
-    events.add("response.reasoning_summary_part.added", **where, part={"type": "summary_text", "text": ""})
+    events.add(
+        "response.reasoning_summary_part.added", **where, part={"type": "summary_text", "text": ""}
+    )
     for piece in REASONING_PIECES:
         events.add("response.reasoning_summary_text.delta", **where, delta=piece)
     events.add("response.reasoning_summary_text.done", **where, text=REASONING_TEXT)
@@ -795,7 +789,9 @@ def _message_events(events: EventFrames, items: ResponseItems, index: int) -> No
     events.add("response.output_item.done", output_index=index, item=items.message())
 
 
-def _function_call_events(events: EventFrames, items: ResponseItems, call: ToolCall, index: int) -> None:
+def _function_call_events(
+    events: EventFrames, items: ResponseItems, call: ToolCall, index: int
+) -> None:
     item_id = f"fc_{call.hex}"
     added = items.function_call(call, "", status="in_progress")
     where: Json = {"item_id": item_id, "output_index": index}
@@ -803,10 +799,16 @@ def _function_call_events(events: EventFrames, items: ResponseItems, call: ToolC
     for piece in call.pieces:
         events.add("response.function_call_arguments.delta", CONTENT, **where, delta=piece)
     events.add("response.function_call_arguments.done", **where, arguments=call.arguments)
-    events.add("response.output_item.done", output_index=index, item=items.function_call(call, call.arguments))
+    events.add(
+        "response.output_item.done",
+        output_index=index,
+        item=items.function_call(call, call.arguments),
+    )
 
 
-def responses_frames(body: Json, reply: Reply, response_id: str, items: ResponseItems) -> list[Frame]:
+def responses_frames(
+    body: Json, reply: Reply, response_id: str, items: ResponseItems
+) -> list[Frame]:
     events = EventFrames(numbered=True)
     pending = _response_object(body, reply, response_id, [], done=False)
     events.add("response.created", response=pending)
@@ -892,12 +894,16 @@ def _anthropic_usage(usage: Usage) -> Json:
 def anthropic_message(reply: Reply, message_id: str) -> Json:
     content: list[Json] = []
     if reply.reasoning:
-        content.append({"type": "thinking", "thinking": REASONING_TEXT, "signature": THINKING_SIGNATURE})
+        content.append(
+            {"type": "thinking", "thinking": REASONING_TEXT, "signature": THINKING_SIGNATURE}
+        )
     if not reply.calls:
         content.append({"type": "text", "text": reply.text})
     for call in reply.calls:
         tool_input = orjson.loads(call.arguments)
-        content.append({"type": "tool_use", "id": f"toolu_{call.hex}", "name": call.name, "input": tool_input})
+        content.append(
+            {"type": "tool_use", "id": f"toolu_{call.hex}", "name": call.name, "input": tool_input}
+        )
     payload: Json = {
         "id": message_id,
         "type": "message",
@@ -1086,7 +1092,9 @@ async def _serve_protocol(
             valid = False
     state.record(request, body)
 
-    async def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    async def error(
+        status: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> web.Response:
         return await send_json(request, protocol.error_body(status, message), status, headers)
 
     if state.api_keys and _presented_key(request, protocol) not in state.api_keys:
@@ -1174,7 +1182,12 @@ def _models_body(models: Sequence[str]) -> Json:
 
 
 def _tags_body(models: Sequence[str]) -> Json:
-    details = {"format": "gguf", "family": "fake", "parameter_size": "1B", "quantization_level": "Q4_0"}
+    details = {
+        "format": "gguf",
+        "family": "fake",
+        "parameter_size": "1B",
+        "quantization_level": "Q4_0",
+    }
     tags = [
         {
             "name": name,
@@ -1189,7 +1202,9 @@ def _tags_body(models: Sequence[str]) -> Json:
     return {"models": tags}
 
 
-def build_app(api_keys: list[str] | None = None, models: list[str] | None = None) -> web.Application:
+def build_app(
+    api_keys: list[str] | None = None, models: list[str] | None = None
+) -> web.Application:
     """The fake upstream app. Run it with handler_cancellation=True (as serve() does) so a
     client disconnect cancels the handler at once, even while it sleeps between frames."""
     model_names = tuple(models) if models else DEFAULT_MODELS
@@ -1270,7 +1285,9 @@ def split_models(value: str | None) -> list[str] | None:
 
 
 def main(argv: Iterable[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gateway.fakeupstream", description="Scriptable fake LLM upstream.")
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.fakeupstream", description="Scriptable fake LLM upstream."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
     parser.add_argument("--api-key", action="append", dest="api_keys", help="repeatable")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.core.validators import MinValueValidator
+from django.core.validators import MinValueValidator, URLValidator
 from django.db import models
 
 from gateway.crypto import decrypt, encrypt
@@ -22,8 +22,11 @@ class UpstreamKind(models.TextChoices):
 class Upstream(models.Model):
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=32, choices=UpstreamKind.choices)
-    base_url = models.URLField(
+    # A CharField with a URL validator rather than URLField: URLField's form field guesses a
+    # scheme for bare hosts, and an upstream URL must say http or https explicitly.
+    base_url = models.CharField(
         max_length=500,
+        validators=[URLValidator(schemes=["http", "https"])],
         help_text="For OpenAI kinds include the version path (https://api.openai.com/v1); "
         "for Anthropic and Ollama the server root.",
     )

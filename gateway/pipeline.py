@@ -105,6 +105,8 @@ def api_key_from_headers(headers: dict[bytes, bytes]) -> str | None:
         value = auth.decode("latin-1").strip()
         if value[:7].lower() == "bearer ":
             value = value[7:].strip()
+        elif value.lower() == "bearer":
+            value = ""
         if value:
             return value
     for name in (b"x-api-key", b"api-key"):

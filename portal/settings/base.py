@@ -111,6 +111,9 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 
 LOGIN_URL = "/admin/login/"
+# Session storage, not the default cookie: the admin shows a new key's secret once in a
+# message, and a cookie would carry it (signed, not encrypted) through the browser.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 # --- Redis and shared state -------------------------------------------------------------
 # REDIS_URL unset: every shared-state backend is in-process (fine for one process).

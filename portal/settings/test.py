@@ -10,3 +10,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Each test run gets its own Redis key prefix so concurrent runs never see each other.
 GATEWAY_REDIS_PREFIX = f"gwtest{os.getpid()}:"
 CELERY_TASK_ALWAYS_EAGER = True
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    # The gateway runs in a subprocess during tests, so the test database must be a file
+    # both processes can open (the usual in-memory test database is per-connection).
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test_turnpike.sqlite3")}  # noqa: F405

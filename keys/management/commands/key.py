@@ -10,6 +10,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -66,15 +67,16 @@ class Command(BaseCommand):
         except InvalidOperation as exc:
             raise CommandError(f"--quota {opts['quota']!r} is not a decimal number") from exc
         try:
-            tenant, created = tenant_get_or_create(name=opts["tenant"])
-            made = key_create(
-                tenant=tenant, name=opts["name"], group=group, models=opts["models"],
-                denied_models=opts["deny"], allowed_ips=opts["ips"], rpm=opts["rpm"],
-                rpd=opts["rpd"], tpm=opts["tpm"], concurrency=opts["concurrency"],
-                max_tokens=opts["max_tokens"], quota=quota,
-                expires_at=_expiry(opts["expires"]) if opts["expires"] else None,
-                secret=opts["secret"],
-            )
+            with transaction.atomic():  # a rejected key must not leave a new tenant behind
+                tenant, created = tenant_get_or_create(name=opts["tenant"])
+                made = key_create(
+                    tenant=tenant, name=opts["name"], group=group, models=opts["models"],
+                    denied_models=opts["deny"], allowed_ips=opts["ips"], rpm=opts["rpm"],
+                    rpd=opts["rpd"], tpm=opts["tpm"], concurrency=opts["concurrency"],
+                    max_tokens=opts["max_tokens"], quota=quota,
+                    expires_at=_expiry(opts["expires"]) if opts["expires"] else None,
+                    secret=opts["secret"],
+                )
         except (ApplicationError, ValidationError) as exc:
             raise CommandError(str(exc)) from exc
         if opts["json"]:
@@ -87,7 +89,7 @@ class Command(BaseCommand):
         self.stdout.write(made.secret)
 
     def _list(self, opts: dict[str, Any]) -> None:
-        qs = ApiKey.objects.select_related("tenant")
+        qs = ApiKey.objects.select_related("tenant", "group")
         if opts["tenant"]:
             qs = qs.filter(tenant__name=opts["tenant"])
         rows = [_as_dict(k) for k in qs]

@@ -1,0 +1,117 @@
+"""Shared fixtures: real PostgreSQL/Redis (from DATABASE_URL/REDIS_URL), a real fake
+upstream process and a real gateway process (daphne) on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from billing.models import UsageLog
+from gateway.models import Upstream
+from gateway.services import upstream_create
+from keys.models import Tenant
+from keys.services import CreatedKey, key_create, tenant_get_or_create
+from portal.redis import sync_redis
+from tests.servers import FakeUpstream, Gateway, database_url, start_fake_upstream, start_gateway, stop
+
+UPSTREAM_SECRET = "sk-upstream-test-credential-0001"
+DEMO_MODELS = ["gpt-4o-mini", "gpt-5", "gpt-5-codex", "o3"]
+TEST_BODY_LIMIT = 4 * 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis() -> Iterator[None]:
+    """Each test starts with no Turnpike state in Redis (cached snapshots included)."""
+    client = sync_redis()
+
+    def wipe() -> None:
+        if client is not None:
+            keys = list(client.scan_iter(settings.GATEWAY_REDIS_PREFIX + "*", count=1000))
+            if keys:
+                client.delete(*keys)
+
+    wipe()
+    yield
+    wipe()
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeUpstream]:
+    server = start_fake_upstream(UPSTREAM_SECRET)
+    yield server
+    stop(server.proc)
+
+
+@pytest.fixture(scope="session")
+def gateway(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Gateway]:
+    """One daphne process serving portal.asgi against the test database.
+
+    GATEWAY_SNAPSHOT_TTL=0 makes the gateway re-read the shared (Redis) snapshot on every
+    request, so a row committed by a test is visible to its very next request.
+    """
+    with django_db_blocker.unblock():
+        db_url = database_url(connection.settings_dict)
+    env = {
+        "DATABASE_URL": db_url,
+        "SECRET_KEY": settings.SECRET_KEY,
+        "GATEWAY_REDIS_PREFIX": settings.GATEWAY_REDIS_PREFIX,
+        "GATEWAY_SNAPSHOT_TTL": "0",
+        "GATEWAY_USAGE_FLUSH_INTERVAL": "0.05",
+        "GATEWAY_MAX_BODY_BYTES": str(TEST_BODY_LIMIT),
+        "TURNPIKE_UVLOOP": "1",
+        "LOG_LEVEL": "WARNING",
+    }
+    if settings.REDIS_URL:
+        env["REDIS_URL"] = settings.REDIS_URL
+    server = start_gateway(env)
+    yield server
+    stop(server.proc)
+
+
+@pytest.fixture
+def upstream(fake_upstream: FakeUpstream) -> Upstream:
+    fake_upstream.clear()
+    return upstream_create(name="fake", kind="openai", base_url=fake_upstream.openai_url,
+                           models=DEMO_MODELS, api_keys=[UPSTREAM_SECRET])
+
+
+@pytest.fixture
+def tenant() -> Tenant:
+    return tenant_get_or_create(name="acme")[0]
+
+
+@pytest.fixture
+def make_key(tenant: Tenant) -> Callable[..., CreatedKey]:
+    def make(**kwargs: Any) -> CreatedKey:
+        kwargs.setdefault("name", "test key")
+        return key_create(tenant=kwargs.pop("tenant", tenant), **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def api_key(make_key: Callable[..., CreatedKey]) -> CreatedKey:
+    return make_key()
+
+
+@pytest.fixture
+def client(gateway: Gateway, upstream: Upstream, api_key: CreatedKey) -> openai.OpenAI:
+    """The official SDK pointed at Turnpike, with retries off so failures show."""
+    return openai.OpenAI(base_url=gateway.base_url, api_key=api_key.secret, max_retries=0)
+
+
+def wait_for_usage(request_id: str, timeout: float = 10.0) -> UsageLog:
+    """Usage rows are written off the response path; poll until this one lands."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = UsageLog.objects.filter(request_id=request_id).first()
+        if row is not None:
+            return row
+        time.sleep(0.05)
+    raise AssertionError(f"no usage row for {request_id} after {timeout}s")

@@ -1,0 +1,108 @@
+"""Real processes for end-to-end tests: the fake upstream and the gateway under daphne."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class FakeUpstream:
+    proc: subprocess.Popen[Any]
+    url: str  # server root: http://127.0.0.1:PORT
+
+    @property
+    def openai_url(self) -> str:
+        return self.url + "/v1"
+
+    def requests(self) -> list[dict[str, Any]]:
+        return httpx.get(self.url + "/_fake/requests").json()
+
+    def clear(self) -> None:
+        httpx.delete(self.url + "/_fake/requests")
+        httpx.post(self.url + "/_fake/stats/reset")
+
+    def stats(self) -> dict[str, int]:
+        return httpx.get(self.url + "/_fake/stats").json()
+
+
+def start_fake_upstream(*api_keys: str) -> FakeUpstream:
+    port = free_port()
+    args = [sys.executable, "-m", "gateway.fakeupstream", "--port", str(port)]
+    for key in api_keys:
+        args += ["--api-key", key]
+    proc = subprocess.Popen(args, cwd=ROOT)
+    wait_for_port(port, proc)
+    return FakeUpstream(proc=proc, url=f"http://127.0.0.1:{port}")
+
+
+def database_url(settings_dict: dict[str, Any]) -> str:
+    if settings_dict["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{settings_dict['NAME']}"
+    user = quote(settings_dict.get("USER") or "", safe="")
+    password = quote(settings_dict.get("PASSWORD") or "", safe="")
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    host = settings_dict.get("HOST") or "127.0.0.1"
+    port = settings_dict.get("PORT") or 5432
+    return f"postgres://{auth}{host}:{port}/{settings_dict['NAME']}"
+
+
+@dataclass
+class Gateway:
+    proc: subprocess.Popen[Any]
+    url: str  # http://127.0.0.1:PORT
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+
+def start_gateway(env_overrides: dict[str, str]) -> Gateway:
+    port = free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings", **env_overrides}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT, env=env,
+    )
+    wait_for_port(port, proc)
+    return Gateway(proc=proc, url=f"http://127.0.0.1:{port}")
