@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -136,14 +137,16 @@ class UsageWriter:
         await self.flush()
 
 
-_writers: dict[int, UsageWriter] = {}
+_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, UsageWriter] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _writer() -> UsageWriter:
-    loop_id = id(asyncio.get_running_loop())
-    writer = _writers.get(loop_id)
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(loop)
     if writer is None:
-        writer = _writers[loop_id] = UsageWriter()
+        writer = _writers[loop] = UsageWriter()
     return writer
 
 

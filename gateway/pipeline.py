@@ -25,6 +25,7 @@ from django.conf import settings
 from billing.usage import UsageEvent, record_usage
 from gateway.context import RelayContext
 from gateway.errors import (
+    AuthenticationFailed,
     BodyTooLarge,
     GatewayError,
     InvalidApiKey,
@@ -37,7 +38,6 @@ from gateway.errors import (
     ModelNotFound,
     NotFound,
     PermissionDenied,
-    AuthenticationFailed,
     UnsupportedContentType,
     UnsupportedProtocol,
     UpstreamError,

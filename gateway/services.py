@@ -21,7 +21,8 @@ def upstream_create(
     weight: int = 1,
 ) -> Upstream:
     if kind not in UpstreamKind.values:
-        raise ApplicationError(f"Unknown kind {kind!r}; use one of {', '.join(UpstreamKind.values)}.")
+        kinds = ", ".join(UpstreamKind.values)
+        raise ApplicationError(f"Unknown kind {kind!r}; use one of {kinds}.")
     if Upstream.objects.filter(name=name).exists():
         raise ApplicationError(f"An upstream named {name!r} already exists.")
     upstream = Upstream(

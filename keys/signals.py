@@ -31,7 +31,8 @@ def _key_changed(sender: type, instance: ApiKey, **kwargs: Any) -> None:
 def _tenant_changed(sender: type, instance: Tenant, **kwargs: Any) -> None:
     if kwargs.get("created"):
         return
-    hashes = list(ApiKey.objects.filter(tenant_id=instance.pk).values_list("secret_hash", flat=True))
+    keys = ApiKey.objects.filter(tenant_id=instance.pk)
+    hashes = list(keys.values_list("secret_hash", flat=True))
     _invalidate_hashes_on_commit(hashes)
 
 

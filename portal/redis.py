@@ -8,6 +8,7 @@ settings.GATEWAY_REDIS_PREFIX.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -16,7 +17,9 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-_async_clients: dict[int, redis.asyncio.Redis] = {}
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+    weakref.WeakKeyDictionary()
+)
 _sync_client: redis.Redis | None = None
 
 
@@ -29,15 +32,15 @@ def async_redis() -> redis.asyncio.Redis | None:
     url = settings.REDIS_URL
     if not url:
         return None
-    loop_id = id(asyncio.get_running_loop())
-    client = _async_clients.get(loop_id)
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
     if client is None:
         import redis.asyncio
 
         client = redis.asyncio.Redis.from_url(
             url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
         )
-        _async_clients[loop_id] = client
+        _async_clients[loop] = client
     return client
 
 

@@ -18,7 +18,14 @@ from gateway.services import upstream_create
 from keys.models import Tenant
 from keys.services import CreatedKey, key_create, tenant_get_or_create
 from portal.redis import sync_redis
-from tests.servers import FakeUpstream, Gateway, database_url, start_fake_upstream, start_gateway, stop
+from tests.servers import (
+    FakeUpstream,
+    Gateway,
+    database_url,
+    start_fake_upstream,
+    start_gateway,
+    stop,
+)
 
 UPSTREAM_SECRET = "sk-upstream-test-credential-0001"
 DEMO_MODELS = ["gpt-4o-mini", "gpt-5", "gpt-5-codex", "o3"]

@@ -2,8 +2,9 @@
 
 import django.core.validators
 import django.db.models.deletion
-import keys.fields
 from django.db import migrations, models
+
+import keys.fields
 
 
 class Migration(migrations.Migration):

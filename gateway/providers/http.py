@@ -12,16 +12,19 @@ with a credential attached); compressed bodies are decoded as they stream.
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 import aiohttp
 from django.conf import settings
 
-_sessions: dict[int, aiohttp.ClientSession] = {}
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def upstream_session() -> aiohttp.ClientSession:
-    loop_id = id(asyncio.get_running_loop())
-    session = _sessions.get(loop_id)
+    loop = asyncio.get_running_loop()
+    session = _sessions.get(loop)
     if session is None or session.closed:
         connector = aiohttp.TCPConnector(
             limit=settings.GATEWAY_POOL_SIZE,
@@ -40,7 +43,7 @@ def upstream_session() -> aiohttp.ClientSession:
             skip_auto_headers=("User-Agent",),
             raise_for_status=False,
         )
-        _sessions[loop_id] = session
+        _sessions[loop] = session
     return session
 
 

@@ -51,6 +51,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -109,6 +110,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# WhiteNoise serves the admin's and portal's static files from daphne itself; with no
+# collectstatic run (the embedded default) it finds them in the apps directly.
+WHITENOISE_USE_FINDERS = True
 
 LOGIN_URL = "/admin/login/"
 # Session storage, not the default cookie: the admin shows a new key's secret once in a

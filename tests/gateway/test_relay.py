@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
 from billing.models import UsageLog

@@ -19,6 +19,7 @@ from keys.models import ApiKey, Membership
 from keys.services import key_create, tenant_get_or_create
 
 DEMO_MODELS = ["gpt-4o-mini", "gpt-5", "gpt-5-codex"]
+CURL_BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 
 
 class Command(BaseCommand):
@@ -63,7 +64,7 @@ class Command(BaseCommand):
             "Try:\n"
             f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {made.secret}' "
             "-H 'Content-Type: application/json' "
-            "-d '{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'\n"
+            f"-d '{CURL_BODY}'\n"
             "Demo key:"
         )
         self.stdout.write(made.secret)
