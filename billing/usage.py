@@ -97,6 +97,12 @@ class UsageWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._writing = 0
+
+    @property
+    def pending(self) -> int:
+        """Rows queued or being written right now."""
+        return len(self._queue) + self._writing
 
     def add(self, event: UsageEvent) -> None:
         self._queue.append(event)
@@ -119,6 +125,7 @@ class UsageWriter:
         while self._queue:
             batch = self._queue[: settings.GATEWAY_USAGE_BATCH_SIZE]
             del self._queue[: len(batch)]
+            self._writing = len(batch)
             try:
                 await sync_to_async(write_events, thread_sensitive=False)(batch)
             except Exception:
@@ -130,6 +137,8 @@ class UsageWriter:
                     del self._queue[:dropped]
                     log.error("usage queue over 100000 rows: dropped the %d oldest", dropped)
                 return
+            finally:
+                self._writing = 0
 
     async def close(self) -> None:
         self._closing = True
@@ -157,6 +166,10 @@ def record_usage(event: UsageEvent) -> None:
 
 async def flush_usage() -> None:
     await _writer().flush()
+
+
+def pending_usage() -> int:
+    return _writer().pending
 
 
 def _flush_at_reactor_shutdown(writer: UsageWriter) -> None:

@@ -9,9 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.pipeline import Receive, Send, handle
+import orjson
+
+from billing.usage import pending_usage
+from gateway.pipeline import Receive, Send, handle, in_flight
 
 
 async def gateway_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     if scope["type"] == "http":
         await handle(scope, receive, send)
+
+
+async def status_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """GET /_gateway/status: this process's requests in flight and usage rows not yet
+    written. A readiness probe for load balancers, and a drain check before a restart."""
+    body = orjson.dumps({"ok": True, "in_flight": in_flight(), "usage_pending": pending_usage()})
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store")]})
+    await send({"type": "http.response.body", "body": body})

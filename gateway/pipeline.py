@@ -351,10 +351,19 @@ async def list_models(ctx: RelayContext, model_id: str | None, send: Send) -> No
 
 # --- entry ------------------------------------------------------------------------------
 
+_in_flight = 0
+
+
+def in_flight() -> int:
+    return _in_flight
+
+
 async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    global _in_flight
     kwargs = scope.get("url_route", {}).get("kwargs", {})
     endpoint = kwargs.get("endpoint") or ""
     ctx = RelayContext.start(scope, endpoint or scope.get("path", ""))
+    _in_flight += 1
     try:
         spec = ENDPOINTS.get(endpoint)
         if spec is None:
@@ -383,6 +392,7 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
                 f"Request id: {ctx.request_id}."))
         ctx.error_code = ctx.error_code or "internal_error"
     finally:
+        _in_flight -= 1
         _record(ctx)
 
 

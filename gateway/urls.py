@@ -12,7 +12,7 @@ import re
 from django.conf import settings
 from django.urls import URLPattern, re_path
 
-from gateway.app import gateway_app
+from gateway.app import gateway_app, status_app
 
 ENDPOINT = r"(?P<endpoint>responses/compact|responses|chat/completions|models)"
 
@@ -21,6 +21,7 @@ def gateway_patterns() -> list[URLPattern]:
     prefixes = [re.escape(p.strip("/")) for p in settings.GATEWAY_PATH_PREFIXES if p.strip("/")]
     prefix = f"(?:(?:{'|'.join(prefixes)})/)?" if prefixes else ""
     return [
+        re_path(r"^_gateway/status$", status_app),
         re_path(rf"^{prefix}(?:v1/)?{ENDPOINT}/?$", gateway_app),
         re_path(rf"^{prefix}(?:v1/)?(?P<endpoint>models)/(?P<model_id>.+)$", gateway_app),
         re_path(rf"^{prefix}v1(?:/.*)?$", gateway_app),

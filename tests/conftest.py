@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from django.conf import settings
@@ -79,6 +80,23 @@ def gateway(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Gateway]:
     server = start_gateway(env)
     yield server
     stop(server.proc)
+
+
+@pytest.fixture(autouse=True)
+def _gateway_quiet(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the gateway, wait until it has finished every request and
+    written every usage row, so the database flush between tests never races its writes."""
+    yield
+    if "gateway" not in request.fixturenames:
+        return
+    server: Gateway = request.getfixturevalue("gateway")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        state = httpx.get(server.url + "/_gateway/status").json()
+        if state["in_flight"] == 0 and state["usage_pending"] == 0:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"gateway still busy after the test: {state}")
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ in-process cache/limits/channel layer, and Celery tasks run eagerly in-process.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -113,6 +114,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # WhiteNoise serves the admin's and portal's static files from daphne itself; with no
 # collectstatic run (the embedded default) it finds them in the apps directly.
 WHITENOISE_USE_FINDERS = True
+warnings.filterwarnings("ignore", message="No directory at: ")
 
 LOGIN_URL = "/admin/login/"
 # Session storage, not the default cookie: the admin shows a new key's secret once in a
