@@ -15,3 +15,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     # The gateway runs in a subprocess during tests, so the test database must be a file
     # both processes can open (the usual in-memory test database is per-connection).
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test_turnpike.sqlite3")}  # noqa: F405
+elif os.environ.get("TEST_DATABASE_NAME"):
+    # Two test runs on one server at once (a developer's and CI's) need different names.
+    DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}  # noqa: F405

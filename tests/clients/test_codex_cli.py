@@ -1,0 +1,71 @@
+"""The real Codex CLI (npm @openai/codex) as a client of Turnpike, run the way
+../shared/CLIENTS.md describes: `codex exec` with a custom model provider on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+CODEX = shutil.which("codex")
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.e2e,
+    pytest.mark.skipif(CODEX is None, reason="Codex CLI not installed: npm i -g @openai/codex"),
+]
+
+CONFIG = """
+model = "gpt-5-codex"
+model_provider = "turnpike"
+check_for_update_on_startup = false
+
+[analytics]
+enabled = false
+
+[features]
+plugins = false
+unbounded_connection_retries = false
+
+[model_providers.turnpike]
+name = "Turnpike"
+base_url = "{base_url}"
+env_key = "TURNPIKE_KEY"
+wire_api = "responses"
+request_max_retries = 0
+stream_max_retries = 0
+"""
+
+
+def run_codex(base_url: str, key: str, prompt: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    home = tmp / "codex-home"
+    work = tmp / "work"
+    home.mkdir()
+    work.mkdir()
+    (home / "config.toml").write_text(CONFIG.format(base_url=base_url))
+    env = {**os.environ, "CODEX_HOME": str(home), "TURNPIKE_KEY": key}
+    env.pop("OPENAI_API_KEY", None)
+    return subprocess.run(
+        [CODEX, "exec", "--skip-git-repo-check", prompt],
+        cwd=work, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+
+
+def test_codex_cli_gets_its_answer_through_turnpike(gateway, upstream, api_key, fake_upstream,
+                                                    tmp_path):
+    result = run_codex(gateway.base_url, api_key.secret, "say hi [[fake chunks=4]]", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tok0 tok1 tok2 tok3" in result.stdout
+    sent = [r for r in fake_upstream.requests() if r["path"] == "/v1/responses"][-1]
+    assert sent["body"]["stream"] is True and sent["body"]["store"] is False
+    assert sent["headers"]["originator"] == "codex_exec"  # Codex's own headers pass through
+    assert sent["headers"]["authorization"].startswith("Bearer sk-upstream-")
+
+
+def test_codex_cli_reports_a_turnpike_auth_error(gateway, upstream, tmp_path):
+    result = run_codex(gateway.base_url, "sk-tp-not-a-real-key", "say hi", tmp_path)
+    assert result.returncode != 0
+    assert "invalid_api_key" in result.stderr or "not valid" in result.stderr
