@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from portal.redis import async_redis, rkey, sync_redis
 
@@ -80,17 +81,26 @@ class LayeredCache(Generic[T]):
     async def _fetch(self, ident: str) -> T | None:
         client = async_redis()
         if client is not None:
-            raw = await client.get(self._redis_key(ident))
-            if raw is not None:
-                data = orjson.loads(raw)
-                return None if data == _MISSING else self._decode(data)
+            try:
+                raw = await client.get(self._redis_key(ident))
+            except RedisError:
+                # Fail open to the source of truth: a Redis outage costs one query per
+                # identity per TTL, not an outage of the gateway.
+                log.warning("Redis unavailable; reading %s %s from the database",
+                            self.name, ident[:12], exc_info=True)
+                client = None
+            else:
+                if raw is not None:
+                    data = orjson.loads(raw)
+                    return None if data == _MISSING else self._decode(data)
         data = await sync_to_async(self._load, thread_sensitive=False)(ident)
         if client is not None:
-            if data is None:
-                await client.set(self._redis_key(ident), orjson.dumps(_MISSING),
-                                 ex=self._negative_ttl)
-            else:
-                await client.set(self._redis_key(ident), orjson.dumps(data), ex=self._redis_ttl)
+            payload, ttl = ((orjson.dumps(_MISSING), self._negative_ttl) if data is None
+                            else (orjson.dumps(data), self._redis_ttl))
+            try:
+                await client.set(self._redis_key(ident), payload, ex=ttl)
+            except RedisError:
+                log.warning("Redis unavailable; %s %s not shared", self.name, ident[:12])
         return None if data is None else self._decode(data)
 
     def _evict(self, now: float) -> None:

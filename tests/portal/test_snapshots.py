@@ -76,3 +76,10 @@ async def test_invalidate_drops_the_shared_copy(settings):
     assert loader.calls == ["a", "a"]
     if settings.REDIS_URL:
         await async_redis().aclose()  # type: ignore[union-attr]
+
+
+@override_settings(GATEWAY_SNAPSHOT_TTL=0, REDIS_URL="redis://127.0.0.1:1/0")
+async def test_a_redis_outage_falls_back_to_the_database():
+    loader = CountingLoader({"a": {"v": 1}})
+    assert await make_cache(loader, "down").get("a") == {"v": 1}
+    assert loader.calls == ["a"]
