@@ -56,6 +56,21 @@ def fake_upstream() -> Iterator[FakeUpstream]:
     stop(server.proc)
 
 
+def gateway_env(**overrides: str) -> dict[str, str]:
+    """Environment for a gateway process that shares this test run's database and Redis."""
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "GATEWAY_REDIS_PREFIX": settings.GATEWAY_REDIS_PREFIX,
+        "GATEWAY_USAGE_FLUSH_INTERVAL": "0.05",
+        "GATEWAY_MAX_BODY_BYTES": str(TEST_BODY_LIMIT),
+        "LOG_LEVEL": "WARNING",
+    }
+    if settings.REDIS_URL:
+        env["REDIS_URL"] = settings.REDIS_URL
+    return {**env, **overrides}
+
+
 @pytest.fixture(scope="session")
 def gateway(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Gateway]:
     """One daphne process serving portal.asgi against the test database.
@@ -64,20 +79,16 @@ def gateway(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Gateway]:
     request, so a row committed by a test is visible to its very next request.
     """
     with django_db_blocker.unblock():
-        db_url = database_url(connection.settings_dict)
-    env = {
-        "DATABASE_URL": db_url,
-        "SECRET_KEY": settings.SECRET_KEY,
-        "GATEWAY_REDIS_PREFIX": settings.GATEWAY_REDIS_PREFIX,
-        "GATEWAY_SNAPSHOT_TTL": "0",
-        "GATEWAY_USAGE_FLUSH_INTERVAL": "0.05",
-        "GATEWAY_MAX_BODY_BYTES": str(TEST_BODY_LIMIT),
-        "TURNPIKE_UVLOOP": "1",
-        "LOG_LEVEL": "WARNING",
-    }
-    if settings.REDIS_URL:
-        env["REDIS_URL"] = settings.REDIS_URL
-    server = start_gateway(env)
+        server = start_gateway(gateway_env(GATEWAY_SNAPSHOT_TTL="0"))
+    yield server
+    stop(server.proc)
+
+
+@pytest.fixture(scope="session")
+def gateway_default_ttl(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Gateway]:
+    """A second gateway process with the production snapshot TTL (1 s)."""
+    with django_db_blocker.unblock():
+        server = start_gateway(gateway_env())
     yield server
     stop(server.proc)
 
@@ -87,16 +98,18 @@ def _gateway_quiet(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a test that used the gateway, wait until it has finished every request and
     written every usage row, so the database flush between tests never races its writes."""
     yield
-    if "gateway" not in request.fixturenames:
-        return
-    server: Gateway = request.getfixturevalue("gateway")
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        state = httpx.get(server.url + "/_gateway/status").json()
-        if state["in_flight"] == 0 and state["usage_pending"] == 0:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"gateway still busy after the test: {state}")
+    for name in ("gateway", "gateway_default_ttl"):
+        if name not in request.fixturenames:
+            continue
+        server: Gateway = request.getfixturevalue(name)
+        deadline = time.monotonic() + 15
+        while True:
+            state = httpx.get(server.url + "/_gateway/status").json()
+            if state["in_flight"] == 0 and state["usage_pending"] == 0:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} still busy after the test: {state}")
+            time.sleep(0.02)
 
 
 @pytest.fixture
