@@ -19,10 +19,14 @@ class ModelPrice(models.Model):
 
     model = models.CharField(max_length=200, unique=True)
     input_per_million = models.DecimalField(**PRICE)
-    cached_input_per_million = models.DecimalField(**PRICE)
+    cached_input_per_million = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True,
+        help_text="Price of cached input tokens; empty: the input price.",
+    )
     output_per_million = models.DecimalField(**PRICE)
     reasoning_per_million = models.DecimalField(
-        **PRICE, help_text="Usually the output price; reasoning tokens are output tokens."
+        max_digits=14, decimal_places=6, null=True, blank=True,
+        help_text="Price of reasoning tokens (part of the output); empty: the output price.",
     )
     per_request = models.DecimalField(**PRICE, help_text="Fixed price per request; 0: none.")
     updated_at = models.DateTimeField(auto_now=True)

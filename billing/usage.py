@@ -87,6 +87,29 @@ def write_events(events: list[UsageEvent]) -> None:
     ]
     with transaction.atomic():
         UsageLog.objects.bulk_create(rows)
+        _charge(events)
+
+
+def _charge(events: list[UsageEvent]) -> None:
+    """Take the batch's costs off tenant balances and onto key quotas, one UPDATE per
+    tenant and key, in the transaction that logs them (the limiter already holds the
+    same amounts in its accounts)."""
+    from django.db.models import F
+
+    from keys.models import ApiKey, Tenant
+
+    by_tenant: dict[int, Decimal] = {}
+    by_key: dict[int, Decimal] = {}
+    for e in events:
+        if e.cost:
+            if e.tenant_id is not None:
+                by_tenant[e.tenant_id] = by_tenant.get(e.tenant_id, Decimal(0)) + e.cost
+            if e.key_id is not None:
+                by_key[e.key_id] = by_key.get(e.key_id, Decimal(0)) + e.cost
+    for tenant_id, amount in sorted(by_tenant.items()):  # sorted: a fixed lock order
+        Tenant.objects.filter(pk=tenant_id).update(balance=F("balance") - amount)
+    for key_id, amount in sorted(by_key.items()):
+        ApiKey.objects.filter(pk=key_id).update(quota_used=F("quota_used") + amount)
 
 
 class UsageWriter:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.policy import Ticket
 from gateway.routing import Route
 from gateway.wire.usage import Usage
 from keys.snapshots import KeySnapshot
@@ -31,7 +32,8 @@ class RelayContext:
     usage: Usage | None = None
     first_byte_at: float | None = None
     client_gone: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    ticket: Ticket | None = None  # set once the policy admitted the request
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     @classmethod
     def start(cls, scope: dict[str, Any], endpoint: str) -> RelayContext:

@@ -23,6 +23,7 @@ import orjson
 from django.conf import settings
 
 from billing.usage import UsageEvent, record_usage
+from gateway import policy
 from gateway.context import RelayContext
 from gateway.errors import (
     AuthenticationFailed,
@@ -76,7 +77,8 @@ class ClientGone(Exception):
 # --- responses -------------------------------------------------------------------------
 
 def _base_headers(ctx: RelayContext, content_type: bytes) -> list[tuple[bytes, bytes]]:
-    return [(b"content-type", content_type), (b"x-request-id", ctx.request_id.encode())]
+    return [(b"content-type", content_type), (b"x-request-id", ctx.request_id.encode()),
+            *ctx.extra_headers]
 
 
 async def send_json(ctx: RelayContext, send: Send, status: int, body: bytes,
@@ -130,6 +132,7 @@ async def authenticate(ctx: RelayContext) -> KeySnapshot:
     if not key.active:
         who = "API key" if not key.key_active else "tenant that owns this API key"
         raise PermissionDenied(f"The {who} is disabled.", code="api_key_disabled")
+    policy.check_ip(key, ctx.client_ip)
     if key.is_expired():
         raise AuthenticationFailed("The API key has expired.", code="api_key_expired")
     return key
@@ -227,6 +230,8 @@ async def relay(ctx: RelayContext, operation: str, receive: Receive, send: Send)
     body = await read_body(receive, ctx)
     payload = parse_request(ctx, body)
     route = await plan_route(ctx, key, operation)
+    ctx.ticket = await policy.admit(key, ctx.request_id, ctx.model, payload, len(body))
+    ctx.extra_headers = ctx.ticket.headers
     out_body, client_wants_usage = upstream_body(operation, payload, body)
     url, headers = openai_provider.build_request(route, operation, ctx.stream, ctx.headers)
     secret = route.credential.secret if route.credential else None
@@ -401,6 +406,11 @@ def _record(ctx: RelayContext) -> None:
     usage = ctx.usage
     route = ctx.route
     end = time.perf_counter()
+    cost = Decimal(0)
+    if ctx.ticket is not None:
+        served = ctx.status == 200 and ctx.first_byte_at is not None
+        cost = policy.charge(ctx.ticket, usage, served)
+        policy.settle(ctx.ticket, cost, usage)
     record_usage(UsageEvent(
         created_at=ctx.started_at,
         request_id=ctx.request_id,
@@ -418,7 +428,7 @@ def _record(ctx: RelayContext) -> None:
         cached_tokens=usage.cached_tokens if usage else 0,
         output_tokens=usage.output_tokens if usage else 0,
         reasoning_tokens=usage.reasoning_tokens if usage else 0,
-        cost=Decimal(0),
+        cost=cost,
         latency_ms=ctx.elapsed_ms(end),
         ttfb_ms=ctx.elapsed_ms(ctx.first_byte_at) if ctx.first_byte_at else None,
         client_ip=ctx.client_ip,

@@ -10,10 +10,12 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import Q
-from django.db.models.signals import post_delete, post_save, pre_delete
+from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 from django.dispatch import receiver
 
+from keys import limits
 from keys.models import ApiKey, Group, Tenant
+from keys.money import to_micro
 from keys.snapshots import key_snapshots
 
 
@@ -22,15 +24,37 @@ def _invalidate_hashes_on_commit(hashes: list[str]) -> None:
         transaction.on_commit(lambda: key_snapshots.invalidate(hashes))
 
 
+@receiver(pre_save, sender=ApiKey)
+def _remember_quota(sender: type, instance: ApiKey, **kwargs: Any) -> None:
+    instance._quota_before = (  # type: ignore[attr-defined]
+        ApiKey.objects.filter(pk=instance.pk).values_list("quota", flat=True).first()
+        if instance.pk else None
+    )
+
+
 @receiver([post_save, post_delete], sender=ApiKey)
 def _key_changed(sender: type, instance: ApiKey, **kwargs: Any) -> None:
     _invalidate_hashes_on_commit([instance.secret_hash])
+    before = getattr(instance, "_quota_before", None)
+    after = None if kwargs.get("signal") is post_delete else instance.quota
+    if before == after:
+        return
+    key_id = instance.pk
+    if before is None or after is None:
+        # The key's account starts (or stops) existing: load it afresh when next needed.
+        transaction.on_commit(lambda: limits.limiter().drop_account("key", key_id))
+    else:
+        delta = to_micro(after - before)
+        transaction.on_commit(lambda: limits.limiter().adjust_account("key", key_id, delta))
 
 
 @receiver([post_save, post_delete], sender=Tenant)
 def _tenant_changed(sender: type, instance: Tenant, **kwargs: Any) -> None:
     if kwargs.get("created"):
         return
+    if kwargs.get("signal") is post_delete:
+        tenant_id = instance.pk
+        transaction.on_commit(lambda: limits.limiter().drop_account("tenant", tenant_id))
     keys = ApiKey.objects.filter(tenant_id=instance.pk)
     hashes = list(keys.values_list("secret_hash", flat=True))
     _invalidate_hashes_on_commit(hashes)

@@ -38,6 +38,8 @@ class KeySnapshot:
     concurrency: int
     max_tokens: int
     group_id: int | None
+    price_multiplier: str  # Decimal as text: exact, and JSON-safe
+    has_quota: bool
 
     @property
     def active(self) -> bool:
@@ -97,6 +99,8 @@ def build_key_snapshot(secret_hash: str) -> dict[str, Any] | None:
         concurrency=_effective(key.concurrency, group.concurrency if group else None),
         max_tokens=_effective(key.max_tokens, group.max_tokens if group else None),
         group_id=group.pk if group else None,
+        price_multiplier=str(group.price_multiplier if group else 1),
+        has_quota=key.quota is not None,
     )
     return snap.to_dict()
 

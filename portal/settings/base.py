@@ -154,6 +154,13 @@ GATEWAY_TRUST_X_FORWARDED_FOR = env_bool("GATEWAY_TRUST_X_FORWARDED_FOR", False)
 GATEWAY_USAGE_FLUSH_INTERVAL = env_float("GATEWAY_USAGE_FLUSH_INTERVAL", 0.5)
 GATEWAY_USAGE_BATCH_SIZE = env_int("GATEWAY_USAGE_BATCH_SIZE", 500)
 
+# --- Billing -------------------------------------------------------------------------------
+# Reservations estimate input tokens from the body size (tokenizing on the hot path costs
+# more than the whole request): bytes per token, calibrated on JSON chat/Responses bodies.
+BILLING_BYTES_PER_TOKEN = env_float("BILLING_BYTES_PER_TOKEN", 3.0)
+# The output a request without max_tokens/max_output_tokens reserves for.
+BILLING_DEFAULT_MAX_OUTPUT_TOKENS = env_int("BILLING_DEFAULT_MAX_OUTPUT_TOKENS", 4096)
+
 # Fernet keys (comma-separated, newest first) that encrypt upstream credentials at rest.
 # Unset: one key derived from SECRET_KEY. Rotating: put the new key first, keep the old.
 CREDENTIAL_ENCRYPTION_KEYS = env_list("CREDENTIAL_ENCRYPTION_KEYS", [])

@@ -17,7 +17,8 @@ from keys.snapshots import KeySnapshot
 def snapshot(**kw) -> KeySnapshot:
     base = dict(key_id=1, tenant_id=1, prefix="sk-tp-abcd", key_active=True, tenant_active=True,
                 expires_at=None, allowed_models=(), denied_models=(), allowed_ips=(), rpm=0,
-                rpd=0, tpm=0, concurrency=0, max_tokens=0, group_id=None)
+                rpd=0, tpm=0, concurrency=0, max_tokens=0, group_id=None,
+                price_multiplier="1", has_quota=False)
     base.update(kw)
     return KeySnapshot(**base)
 

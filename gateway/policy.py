@@ -1,0 +1,260 @@
+"""The key policy, checked in the reference's order (shared/reference/000_…txt):
+
+    1 key present and known       401 missing_api_key / invalid_api_key  (pipeline.authenticate)
+    2 key and tenant active, IP   403 api_key_disabled / ip_not_allowed  (pipeline.authenticate)
+    3 not expired                 401 api_key_expired                    (pipeline.authenticate)
+    4 model allowed               403 model_not_allowed                  (pipeline.plan_route)
+    5 balance / key quota         429 quota_exceeded         ┐
+    6 requests per minute         429 rate_limit_rpm         │ admit(): one limiter call
+    7 requests per day (+ TPM)    429 rate_limit_rpd / _tpm  │ that takes every counter
+    8 requests in flight          429 concurrent_limit       ┘ only when all pass
+    9 max_tokens cap              400 max_tokens_exceeded
+
+Check 9 needs no counter, but a request that fails it must still report an earlier failing
+check first, so it is decided locally and the limiter then runs in check-only mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from billing import pricing
+from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, RateLimited
+from gateway.wire.usage import Usage
+from keys import limits
+from keys.limits import Admission, Decision
+from keys.snapshots import KeySnapshot
+
+log = logging.getLogger(__name__)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class QuotaExceeded(RateLimited):
+    type = "insufficient_quota"
+    code = "quota_exceeded"
+
+
+REFUSALS: dict[int, tuple[str, str]] = {
+    limits.QUOTA: ("quota_exceeded",
+                   "Quota exceeded: the tenant's balance or this key's quota is used up."),
+    limits.RPM: ("rate_limit_rpm", "Rate limit exceeded: too many requests per minute."),
+    limits.RPD: ("rate_limit_rpd", "Rate limit exceeded: too many requests today."),
+    limits.TPM: ("rate_limit_tpm", "Rate limit exceeded: too many tokens per minute."),
+    limits.CONCURRENCY: ("concurrent_limit",
+                         "Too many requests in flight for this key; wait for one to finish."),
+}
+
+
+# --- check 2: client IP ----------------------------------------------------------------
+
+@lru_cache(maxsize=1024)
+def _networks(entries: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    nets = []
+    for entry in entries:
+        try:
+            nets.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            log.warning("ignoring malformed IP allow-list entry %r", entry)
+    return tuple(nets)
+
+
+def check_ip(key: KeySnapshot, client_ip: str | None) -> None:
+    if not key.allowed_ips:
+        return
+    try:
+        address = ipaddress.ip_address(client_ip or "")
+    except ValueError:
+        address = None
+    if address is not None and address.version == 6 and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if address is None or not any(address in net for net in _networks(key.allowed_ips)):
+        raise PermissionDenied(f"This API key may not be used from {client_ip}.",
+                               code="ip_not_allowed")
+
+
+# --- checks 5-9 ----------------------------------------------------------------------
+
+def requested_max_tokens(payload: dict[str, Any]) -> int | None:
+    """The largest output cap the request asks for, over every name clients use."""
+    values = [payload.get(name) for name in ("max_tokens", "max_output_tokens",
+                                             "max_completion_tokens")]
+    caps = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    return max(caps) if caps else None
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted request: what it reserved, and what settling it needs."""
+
+    admission: Admission
+    price: pricing.Price
+    multiplier: Decimal
+    headers: list[tuple[bytes, bytes]]
+
+
+def _format_reset(ms: int) -> str:
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    minutes, rest = divmod(math.ceil(seconds), 60)
+    return f"{minutes}m{rest}s"
+
+
+async def admit(key: KeySnapshot, request_id: str, model: str, payload: dict[str, Any],
+                body_size: int) -> Ticket:
+    table = await pricing.aget_price_table()
+    price = table.lookup(model)
+    multiplier = Decimal(key.price_multiplier)
+    asked = requested_max_tokens(payload)
+    over_cap = bool(key.max_tokens and asked is not None and asked > key.max_tokens)
+    reserve = 0
+    if not price.is_free:
+        estimate = pricing.estimate(
+            price,
+            input_tokens=math.ceil(body_size / settings.BILLING_BYTES_PER_TOKEN),
+            max_output_tokens=asked or settings.BILLING_DEFAULT_MAX_OUTPUT_TOKENS,
+            multiplier=multiplier,
+        )
+        reserve = pricing.to_micro(estimate, round_up=True)
+    admission = Admission(
+        key_id=key.key_id, tenant_id=key.tenant_id, request_id=request_id, rpm=key.rpm,
+        rpd=key.rpd, tpm=key.tpm, concurrency=key.concurrency, reserve=reserve,
+        key_quota=key.has_quota, commit=not over_cap,
+    )
+    decision = await _admit_with_accounts(admission)
+    if decision.code != limits.OK:
+        code, message = REFUSALS[decision.code]
+        error_class = QuotaExceeded if decision.code == limits.QUOTA else RateLimited
+        raise error_class(message, code=code, type=None if decision.code == limits.QUOTA
+                          else "invalid_request_error",
+                          retry_after=decision.retry_after_ms / 1000)
+    if over_cap:
+        raise InvalidRequest(
+            f"max_tokens/max_output_tokens of {asked} is over this key's limit of "
+            f"{key.max_tokens}.", code="max_tokens_exceeded", param="max_tokens")
+    headers: list[tuple[bytes, bytes]] = []
+    if key.rpm:
+        headers = [
+            (b"x-ratelimit-limit-requests", str(key.rpm).encode()),
+            (b"x-ratelimit-remaining-requests", str(max(0, key.rpm - decision.rpm_used)).encode()),
+            (b"x-ratelimit-reset-requests", _format_reset(decision.rpm_reset_ms).encode()),
+        ]
+    ticket = Ticket(admission=admission, price=price, multiplier=multiplier, headers=headers)
+    if key.concurrency:
+        leases.hold(admission)
+    return ticket
+
+
+async def _admit_with_accounts(admission: Admission) -> Decision:
+    lim = limits.limiter()
+    for _ in range(3):
+        decision = await lim.admit(admission)
+        if decision.code == limits.NO_TENANT_ACCOUNT:
+            avail = await sync_to_async(_tenant_available, thread_sensitive=False)(
+                admission.tenant_id)
+            await lim.init_account("tenant", admission.tenant_id, avail)
+        elif decision.code == limits.NO_KEY_ACCOUNT:
+            avail = await sync_to_async(_key_available, thread_sensitive=False)(
+                admission.key_id)
+            await lim.init_account("key", admission.key_id, avail)
+        else:
+            return decision
+    raise GatewayError("Could not load the tenant's balance into the limiter.")
+
+
+def _tenant_available(tenant_id: int) -> int:
+    from keys.models import Tenant
+
+    balance = Tenant.objects.filter(pk=tenant_id).values_list("balance", flat=True).first()
+    return pricing.to_micro(balance or Decimal(0))
+
+
+def _key_available(key_id: int) -> int:
+    from keys.models import ApiKey
+
+    row = ApiKey.objects.filter(pk=key_id).values_list("quota", "quota_used").first()
+    if row is None or row[0] is None:
+        return 0
+    return pricing.to_micro(row[0] - row[1])
+
+
+# --- settling -------------------------------------------------------------------------
+
+def charge(ticket: Ticket, usage: Usage | None, served: bool) -> Decimal:
+    """What the request costs: nothing unless the upstream served it."""
+    if not served:
+        return Decimal(0)
+    usage = usage or Usage()
+    return pricing.cost(
+        ticket.price, input_tokens=usage.input_tokens, cached_tokens=usage.cached_tokens,
+        output_tokens=usage.output_tokens, reasoning_tokens=usage.reasoning_tokens,
+        multiplier=ticket.multiplier,
+    )
+
+
+_settling: set[asyncio.Task[None]] = set()
+
+
+def settle(ticket: Ticket, cost: Decimal, usage: Usage | None) -> None:
+    """Free the slot, refund the unused reservation, count TPM tokens. Runs as its own task
+    so neither the response nor a cancelled request can skip or wait for it."""
+    a = ticket.admission
+    leases.release(a)
+    refund = a.reserve - pricing.to_micro(cost)
+    tokens = (usage.input_tokens + usage.output_tokens) if usage else 0
+    if not (a.concurrency or refund or (a.tpm and tokens)):
+        return
+    task = asyncio.get_running_loop().create_task(_settle(a, refund, tokens))
+    _settling.add(task)
+    task.add_done_callback(_settling.discard)
+
+
+async def _settle(a: Admission, refund: int, tokens: int) -> None:
+    try:
+        await limits.limiter().settle(a, refund, tokens)
+    except Exception:
+        # The lease expires by itself; a lost refund is restored when the account is
+        # next loaded from the database.
+        log.exception("settling %s failed", a.request_id)
+
+
+class LeaseKeeper:
+    """Renews the concurrency leases of this process's running requests, so a long stream
+    keeps its slot while a crashed process's slots expire after limits.LEASE_MS."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, Admission] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def hold(self, a: Admission) -> None:
+        self._held[a.request_id] = a
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def release(self, a: Admission) -> None:
+        self._held.pop(a.request_id, None)
+
+    async def _run(self) -> None:
+        while self._held:
+            await asyncio.sleep(limits.LEASE_MS / 3000)
+            held = [(a.key_id, a.request_id) for a in self._held.values()]
+            if held:
+                try:
+                    await limits.limiter().renew(held)
+                except Exception:
+                    log.exception("renewing %d concurrency leases failed", len(held))
+
+
+leases = LeaseKeeper()

@@ -1,0 +1,268 @@
+"""Rate limits, concurrency and quota reservations, checked and taken in one step.
+
+Two backends with the same answers:
+
+* ``RedisLimiter`` (REDIS_URL set): two Lua scripts, ``lua/admit.lua`` (checks 5-8 of the
+  key policy in order and takes every counter only if all pass: one round trip) and
+  ``lua/settle.lua`` (frees the concurrency slot, refunds the unused reservation, counts
+  tokens for TPM). Every gateway process shares the counters, so limits are exact across
+  processes.
+* ``MemoryLimiter`` (embedded default): the same algorithm on dicts, for one process.
+
+Counters: RPM is a sliding log of the last 60 s (exact), RPD a counter per local calendar
+day (resets at midnight in settings.TIME_ZONE), TPM six 10 s buckets, concurrency a set
+of leases that expire on their own when a process dies (``LEASE_MS``; running requests
+renew theirs). Quotas are "accounts" holding the available amount in integer micro-units:
+the tenant's balance and, when the key has a quota, the key's remaining quota. An account
+is loaded from the database the first time it is needed (``init_account``) and is then
+kept in step by the limiter itself (reservations, refunds) and by ``adjust_account``
+(top-ups, quota edits).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from django.conf import settings
+
+from portal.redis import async_redis, rkey, sync_redis
+
+LEASE_MS = 90_000
+LUA_DIR = Path(__file__).with_name("lua")
+
+# Decision codes, in check order.
+OK, NO_TENANT_ACCOUNT, NO_KEY_ACCOUNT = 0, -1, -2
+QUOTA, RPM, RPD, TPM, CONCURRENCY = 5, 6, 7, 9, 8
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    key_id: int
+    tenant_id: int
+    request_id: str
+    rpm: int
+    rpd: int
+    tpm: int
+    concurrency: int
+    reserve: int  # micro-units
+    key_quota: bool
+    commit: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    code: int
+    retry_after_ms: int = 0  # for refusals
+    rpm_used: int = 0  # for admissions: requests in the RPM window, this one included
+    rpm_reset_ms: int = 0
+
+
+class Limiter(Protocol):
+    async def admit(self, a: Admission) -> Decision: ...
+    async def settle(self, a: Admission, refund: int, tokens: int) -> None: ...
+    async def init_account(self, kind: str, ident: int, avail: int) -> None: ...
+    async def renew(self, leases: list[tuple[int, str]]) -> None: ...
+    def adjust_account(self, kind: str, ident: int, delta: int) -> None: ...
+    def drop_account(self, kind: str, ident: int) -> None: ...
+
+
+def local_day_and_seconds_left(now: float | None = None) -> tuple[str, int]:
+    """The local calendar day (settings.TIME_ZONE) and whole seconds until it ends."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(settings.TIME_ZONE)
+    current = datetime.fromtimestamp(now if now is not None else time.time(), tz)
+    midnight = (current + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return current.strftime("%Y%m%d"), max(1, int((midnight - current).total_seconds()) + 1)
+
+
+def account_key(kind: str, ident: int) -> str:
+    return rkey("acct", kind, ident)
+
+
+class RedisLimiter:
+    def __init__(self) -> None:
+        self._admit_src = (LUA_DIR / "admit.lua").read_text()
+        self._settle_src = (LUA_DIR / "settle.lua").read_text()
+        self._scripts: weakref.WeakKeyDictionary[object, tuple[object, object]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _registered(self) -> tuple[object, object]:
+        """The two scripts bound to this loop's client (EVALSHA, loaded on first NOSCRIPT)."""
+        client = async_redis()
+        assert client is not None
+        pair = self._scripts.get(client)
+        if pair is None:
+            pair = (client.register_script(self._admit_src),
+                    client.register_script(self._settle_src))
+            self._scripts[client] = pair
+        return pair
+
+    async def admit(self, a: Admission) -> Decision:
+        admit, _ = self._registered()
+        day, seconds_left = local_day_and_seconds_left()
+        k = a.key_id
+        keys = [rkey("rpm", k), rkey("rpd", k, day), rkey("tpm", k), rkey("conc", k),
+                account_key("tenant", a.tenant_id), account_key("key", k)]
+        args = [int(time.time() * 1000), a.request_id, a.rpm, a.rpd, seconds_left, a.tpm,
+                a.concurrency, LEASE_MS, a.reserve, int(a.key_quota), int(a.commit)]
+        code, x, y = await admit(keys=keys, args=args)  # type: ignore[operator]
+        if code == OK:
+            return Decision(OK, rpm_used=int(x), rpm_reset_ms=int(y))
+        return Decision(int(code), retry_after_ms=int(x))
+
+    async def settle(self, a: Admission, refund: int, tokens: int) -> None:
+        _, settle = self._registered()
+        k = a.key_id
+        keys = [rkey("conc", k), account_key("tenant", a.tenant_id), account_key("key", k),
+                rkey("tpm", k)]
+        args = [a.request_id, refund, int(a.key_quota), tokens if a.tpm else 0,
+                int(time.time() * 1000)]
+        await settle(keys=keys, args=args)  # type: ignore[operator]
+
+    async def init_account(self, kind: str, ident: int, avail: int) -> None:
+        client = async_redis()
+        assert client is not None
+        await client.hsetnx(account_key(kind, ident), "avail", avail)  # type: ignore[misc]
+
+    async def renew(self, leases: list[tuple[int, str]]) -> None:
+        client = async_redis()
+        assert client is not None
+        expiry = int(time.time() * 1000) + LEASE_MS
+        async with client.pipeline(transaction=False) as pipe:
+            for key_id, request_id in leases:
+                pipe.zadd(rkey("conc", key_id), {request_id: expiry}, xx=True)
+                pipe.pexpire(rkey("conc", key_id), LEASE_MS * 2)
+            await pipe.execute()
+
+    def adjust_account(self, kind: str, ident: int, delta: int) -> None:
+        client = sync_redis()
+        assert client is not None
+        # Only an account already loaded is adjusted; a missing one loads the new value
+        # from the database when next needed.
+        client.eval(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then "
+            "return redis.call('HINCRBY', KEYS[1], 'avail', ARGV[1]) end return nil",
+            1, account_key(kind, ident), delta,
+        )
+
+    def drop_account(self, kind: str, ident: int) -> None:
+        client = sync_redis()
+        assert client is not None
+        client.delete(account_key(kind, ident))
+
+
+class MemoryLimiter:
+    """The same algorithm for one process. A lock makes it safe to adjust accounts from the
+    admin's worker threads while the event loop admits requests."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rpm: dict[int, deque[tuple[float, str]]] = {}
+        self._rpd: dict[tuple[int, str], int] = {}
+        self._tpm: dict[int, dict[int, int]] = {}
+        self._conc: dict[int, dict[str, float]] = {}
+        self._accounts: dict[tuple[str, int], int] = {}
+
+    async def admit(self, a: Admission) -> Decision:
+        with self._lock:
+            return self._admit(a, time.time() * 1000)
+
+    def _admit(self, a: Admission, now: float) -> Decision:
+        tenant = self._accounts.get(("tenant", a.tenant_id))
+        if tenant is None:
+            return Decision(NO_TENANT_ACCOUNT)
+        key_avail = self._accounts.get(("key", a.key_id)) if a.key_quota else None
+        if a.key_quota and key_avail is None:
+            return Decision(NO_KEY_ACCOUNT)
+        if tenant < a.reserve or (key_avail is not None and key_avail < a.reserve):
+            return Decision(QUOTA, retry_after_ms=60_000)
+        window = self._rpm.setdefault(a.key_id, deque())
+        while window and window[0][0] <= now - 60_000:
+            window.popleft()
+        reset = int(window[0][0] + 60_000 - now) if window else 0
+        if a.rpm and len(window) >= a.rpm:
+            return Decision(RPM, retry_after_ms=reset)
+        day, seconds_left = local_day_and_seconds_left(now / 1000)
+        if a.rpd and self._rpd.get((a.key_id, day), 0) >= a.rpd:
+            return Decision(RPD, retry_after_ms=seconds_left * 1000)
+        if a.tpm:
+            bucket = int(now // 10_000)
+            live = {b: n for b, n in self._tpm.get(a.key_id, {}).items() if b > bucket - 6}
+            self._tpm[a.key_id] = live
+            if sum(live.values()) >= a.tpm:
+                return Decision(TPM, retry_after_ms=int((min(live) + 6) * 10_000 - now))
+        leases = self._conc.setdefault(a.key_id, {})
+        for request_id in [r for r, expiry in leases.items() if expiry <= now]:
+            del leases[request_id]
+        if a.concurrency and len(leases) >= a.concurrency:
+            return Decision(CONCURRENCY, retry_after_ms=1000)
+        if not a.commit:
+            return Decision(OK, rpm_used=len(window), rpm_reset_ms=reset)
+        if a.reserve:
+            self._accounts[("tenant", a.tenant_id)] = tenant - a.reserve
+            if key_avail is not None:
+                self._accounts[("key", a.key_id)] = key_avail - a.reserve
+        if a.rpm:
+            window.append((now, a.request_id))
+            reset = reset or 60_000
+        if a.rpd:
+            self._rpd = {k: v for k, v in self._rpd.items() if k[1] >= day}
+            self._rpd[(a.key_id, day)] = self._rpd.get((a.key_id, day), 0) + 1
+        if a.concurrency:
+            leases[a.request_id] = now + LEASE_MS
+        return Decision(OK, rpm_used=len(window), rpm_reset_ms=reset)
+
+    async def settle(self, a: Admission, refund: int, tokens: int) -> None:
+        with self._lock:
+            self._conc.get(a.key_id, {}).pop(a.request_id, None)
+            if refund:
+                for account in (("tenant", a.tenant_id), ("key", a.key_id)):
+                    if account in self._accounts and (account[0] == "tenant" or a.key_quota):
+                        self._accounts[account] += refund
+            if tokens and a.tpm:
+                bucket = int(time.time() // 10)
+                buckets = self._tpm.setdefault(a.key_id, {})
+                buckets[bucket] = buckets.get(bucket, 0) + tokens
+
+    async def init_account(self, kind: str, ident: int, avail: int) -> None:
+        with self._lock:
+            self._accounts.setdefault((kind, ident), avail)
+
+    async def renew(self, leases: list[tuple[int, str]]) -> None:
+        expiry = time.time() * 1000 + LEASE_MS
+        with self._lock:
+            for key_id, request_id in leases:
+                if request_id in self._conc.get(key_id, {}):
+                    self._conc[key_id][request_id] = expiry
+
+    def adjust_account(self, kind: str, ident: int, delta: int) -> None:
+        with self._lock:
+            if (kind, ident) in self._accounts:
+                self._accounts[(kind, ident)] += delta
+
+    def drop_account(self, kind: str, ident: int) -> None:
+        with self._lock:
+            self._accounts.pop((kind, ident), None)
+
+
+_memory = MemoryLimiter()
+_redis: RedisLimiter | None = None
+
+
+def limiter() -> Limiter:
+    """The backend for this configuration (Redis when REDIS_URL is set)."""
+    global _redis
+    if not settings.REDIS_URL:
+        return _memory
+    if _redis is None:
+        _redis = RedisLimiter()
+    return _redis
