@@ -6,6 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from gateway.policy import Ticket
@@ -33,6 +34,9 @@ class RelayContext:
     first_byte_at: float | None = None
     client_gone: bool = False
     ticket: Ticket | None = None  # set once the policy admitted the request
+    upstream_ok: bool = False  # the upstream answered 2xx: the request is charged
+    settled: bool = False
+    cost: Decimal = Decimal(0)
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     @classmethod

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -83,6 +82,7 @@ def _base_headers(ctx: RelayContext, content_type: bytes) -> list[tuple[bytes, b
 
 async def send_json(ctx: RelayContext, send: Send, status: int, body: bytes,
                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    await finish_policy(ctx)
     headers = _base_headers(ctx, b"application/json")
     headers.append((b"content-length", str(len(body)).encode()))
     if extra:
@@ -96,6 +96,17 @@ async def send_json(ctx: RelayContext, send: Send, status: int, body: bytes,
 async def send_error(ctx: RelayContext, send: Send, error: GatewayError) -> None:
     ctx.error_code = error.code
     await send_json(ctx, send, error.status, error.render(), error.headers())
+
+
+async def finish_policy(ctx: RelayContext) -> None:
+    """Settle the request with the limiter just before its last bytes go out, so a client
+    that sends its next request on receiving this answer finds its concurrency slot free
+    and its refund back."""
+    if ctx.ticket is None or ctx.settled:
+        return
+    ctx.settled = True
+    ctx.cost = policy.charge(ctx.ticket, ctx.usage, ctx.upstream_ok)
+    await policy.settle(ctx.ticket, ctx.cost, ctx.usage)
 
 
 # --- steps ------------------------------------------------------------------------------
@@ -247,6 +258,7 @@ async def _exchange(ctx: RelayContext, operation: str, url: str, headers: dict[s
         async with session.post(url, data=body, headers=headers) as resp:
             if resp.status >= 400:
                 raise upstream_error(resp.status, await resp.read(), resp.headers, secret)
+            ctx.upstream_ok = True
             ctype = resp.headers.get("content-type", "")
             if ctx.stream and ctype.startswith("text/event-stream"):
                 tap: StreamTap = ChatTap(client_wants_usage) if operation == "chat" \
@@ -269,6 +281,7 @@ async def _relay_json(ctx: RelayContext, operation: str, resp: aiohttp.ClientRes
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
+        ctx.upstream_ok = False  # nothing usable was served: nothing is charged
         raise UpstreamError("The upstream answered with something that is not JSON.") from None
     if isinstance(data, dict):
         ctx.usage = (usage_wire.from_chat if operation == "chat"
@@ -302,6 +315,7 @@ async def _relay_stream(ctx: RelayContext, resp: aiohttp.ClientResponse, tap: St
         ctx.error_code = failure.code
         tail += tap.error_event(failure)
     ctx.usage = tap.usage
+    await finish_policy(ctx)
     await send({"type": "http.response.body", "body": tail, "more_body": False})
     ctx.mark_first_byte()
 
@@ -406,11 +420,12 @@ def _record(ctx: RelayContext) -> None:
     usage = ctx.usage
     route = ctx.route
     end = time.perf_counter()
-    cost = Decimal(0)
-    if ctx.ticket is not None:
-        served = ctx.status == 200 and ctx.first_byte_at is not None
-        cost = policy.charge(ctx.ticket, usage, served)
-        policy.settle(ctx.ticket, cost, usage)
+    if ctx.ticket is not None and not ctx.settled:
+        # The request ended without its last send (client gone, internal error): settle
+        # in the background, where a cancelled request cannot interrupt it.
+        ctx.settled = True
+        ctx.cost = policy.charge(ctx.ticket, usage, ctx.upstream_ok)
+        policy.settle_later(ctx.ticket, ctx.cost, usage)
     record_usage(UsageEvent(
         created_at=ctx.started_at,
         request_id=ctx.request_id,
@@ -428,7 +443,7 @@ def _record(ctx: RelayContext) -> None:
         cached_tokens=usage.cached_tokens if usage else 0,
         output_tokens=usage.output_tokens if usage else 0,
         reasoning_tokens=usage.reasoning_tokens if usage else 0,
-        cost=cost,
+        cost=ctx.cost,
         latency_ms=ctx.elapsed_ms(end),
         ttfb_ms=ctx.elapsed_ms(ctx.first_byte_at) if ctx.first_byte_at else None,
         client_ip=ctx.client_ip,

@@ -207,18 +207,30 @@ def charge(ticket: Ticket, usage: Usage | None, served: bool) -> Decimal:
 _settling: set[asyncio.Task[None]] = set()
 
 
-def settle(ticket: Ticket, cost: Decimal, usage: Usage | None) -> None:
-    """Free the slot, refund the unused reservation, count TPM tokens. Runs as its own task
-    so neither the response nor a cancelled request can skip or wait for it."""
+def _settle_task(ticket: Ticket, cost: Decimal, usage: Usage | None) -> asyncio.Task[None] | None:
     a = ticket.admission
     leases.release(a)
     refund = a.reserve - pricing.to_micro(cost)
     tokens = (usage.input_tokens + usage.output_tokens) if usage else 0
     if not (a.concurrency or refund or (a.tpm and tokens)):
-        return
+        return None
     task = asyncio.get_running_loop().create_task(_settle(a, refund, tokens))
     _settling.add(task)
     task.add_done_callback(_settling.discard)
+    return task
+
+
+async def settle(ticket: Ticket, cost: Decimal, usage: Usage | None) -> None:
+    """Free the slot, refund the unused reservation, count TPM tokens, and wait for it. The
+    work runs as its own task (shielded), so cancelling the request cannot cut it short."""
+    task = _settle_task(ticket, cost, usage)
+    if task is not None:
+        await asyncio.shield(task)
+
+
+def settle_later(ticket: Ticket, cost: Decimal, usage: Usage | None) -> None:
+    """Settle without waiting (the request is already over)."""
+    _settle_task(ticket, cost, usage)
 
 
 async def _settle(a: Admission, refund: int, tokens: int) -> None:
@@ -232,7 +244,7 @@ async def _settle(a: Admission, refund: int, tokens: int) -> None:
 
 class LeaseKeeper:
     """Renews the concurrency leases of this process's running requests, so a long stream
-    keeps its slot while a crashed process's slots expire after limits.LEASE_MS."""
+    keeps its slot while a crashed process's slots expire after limits.lease_ms()."""
 
     def __init__(self) -> None:
         self._held: dict[str, Admission] = {}
@@ -248,7 +260,7 @@ class LeaseKeeper:
 
     async def _run(self) -> None:
         while self._held:
-            await asyncio.sleep(limits.LEASE_MS / 3000)
+            await asyncio.sleep(limits.lease_ms() / 3000)
             held = [(a.key_id, a.request_id) for a in self._held.values()]
             if held:
                 try:

@@ -11,7 +11,7 @@ Two backends with the same answers:
 
 Counters: RPM is a sliding log of the last 60 s (exact), RPD a counter per local calendar
 day (resets at midnight in settings.TIME_ZONE), TPM six 10 s buckets, concurrency a set
-of leases that expire on their own when a process dies (``LEASE_MS``; running requests
+of leases that expire on their own when a process dies (``lease_ms()``; running requests
 renew theirs). Quotas are "accounts" holding the available amount in integer micro-units:
 the tenant's balance and, when the key has a quota, the key's remaining quota. An account
 is loaded from the database the first time it is needed (``init_account``) and is then
@@ -33,7 +33,11 @@ from django.conf import settings
 
 from portal.redis import async_redis, rkey, sync_redis
 
-LEASE_MS = 90_000
+
+def lease_ms() -> int:
+    """How long a concurrency slot outlives a silent process (running requests renew it)."""
+    return int(settings.GATEWAY_CONCURRENCY_LEASE_SECONDS * 1000)
+
 LUA_DIR = Path(__file__).with_name("lua")
 
 # Decision codes, in check order.
@@ -113,7 +117,7 @@ class RedisLimiter:
         keys = [rkey("rpm", k), rkey("rpd", k, day), rkey("tpm", k), rkey("conc", k),
                 account_key("tenant", a.tenant_id), account_key("key", k)]
         args = [int(time.time() * 1000), a.request_id, a.rpm, a.rpd, seconds_left, a.tpm,
-                a.concurrency, LEASE_MS, a.reserve, int(a.key_quota), int(a.commit)]
+                a.concurrency, lease_ms(), a.reserve, int(a.key_quota), int(a.commit)]
         code, x, y = await admit(keys=keys, args=args)  # type: ignore[operator]
         if code == OK:
             return Decision(OK, rpm_used=int(x), rpm_reset_ms=int(y))
@@ -136,11 +140,12 @@ class RedisLimiter:
     async def renew(self, leases: list[tuple[int, str]]) -> None:
         client = async_redis()
         assert client is not None
-        expiry = int(time.time() * 1000) + LEASE_MS
+        lease = lease_ms()
+        expiry = int(time.time() * 1000) + lease
         async with client.pipeline(transaction=False) as pipe:
             for key_id, request_id in leases:
                 pipe.zadd(rkey("conc", key_id), {request_id: expiry}, xx=True)
-                pipe.pexpire(rkey("conc", key_id), LEASE_MS * 2)
+                pipe.pexpire(rkey("conc", key_id), lease * 2)
             await pipe.execute()
 
     def adjust_account(self, kind: str, ident: int, delta: int) -> None:
@@ -218,7 +223,7 @@ class MemoryLimiter:
             self._rpd = {k: v for k, v in self._rpd.items() if k[1] >= day}
             self._rpd[(a.key_id, day)] = self._rpd.get((a.key_id, day), 0) + 1
         if a.concurrency:
-            leases[a.request_id] = now + LEASE_MS
+            leases[a.request_id] = now + lease_ms()
         return Decision(OK, rpm_used=len(window), rpm_reset_ms=reset)
 
     async def settle(self, a: Admission, refund: int, tokens: int) -> None:
@@ -238,7 +243,7 @@ class MemoryLimiter:
             self._accounts.setdefault((kind, ident), avail)
 
     async def renew(self, leases: list[tuple[int, str]]) -> None:
-        expiry = time.time() * 1000 + LEASE_MS
+        expiry = time.time() * 1000 + lease_ms()
         with self._lock:
             for key_id, request_id in leases:
                 if request_id in self._conc.get(key_id, {}):

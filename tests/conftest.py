@@ -93,12 +93,26 @@ def gateway_default_ttl(django_db_setup: Any, django_db_blocker: Any) -> Iterato
     stop(server.proc)
 
 
+@pytest.fixture(scope="session")
+def gateway_default_ttl_2(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Gateway]:
+    """A third gateway process, also with the production TTL: changes must reach both."""
+    with django_db_blocker.unblock():
+        server = start_gateway(gateway_env())
+    yield server
+    stop(server.proc)
+
+
 @pytest.fixture(autouse=True)
 def _gateway_quiet(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a test that used the gateway, wait until it has finished every request and
-    written every usage row, so the database flush between tests never races its writes."""
+    written every usage row, so the database flush between tests never races its writes.
+
+    Before a test that uses a gateway with the production snapshot TTL, wait that TTL out:
+    its in-memory route and price tables may still describe the previous test's rows."""
+    if {"gateway_default_ttl", "gateway_default_ttl_2"} & set(request.fixturenames):
+        time.sleep(1.1)
     yield
-    for name in ("gateway", "gateway_default_ttl"):
+    for name in ("gateway", "gateway_default_ttl", "gateway_default_ttl_2"):
         if name not in request.fixturenames:
             continue
         server: Gateway = request.getfixturevalue(name)

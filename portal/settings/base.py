@@ -124,6 +124,7 @@ MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 # --- Redis and shared state -------------------------------------------------------------
 # REDIS_URL unset: every shared-state backend is in-process (fine for one process).
 REDIS_URL = env_str("REDIS_URL")
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 64)  # per gateway process
 
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -150,6 +151,9 @@ GATEWAY_CONNECT_TIMEOUT = env_float("GATEWAY_CONNECT_TIMEOUT", 10.0)
 GATEWAY_READ_TIMEOUT = env_float("GATEWAY_READ_TIMEOUT", 600.0)
 GATEWAY_POOL_SIZE = env_int("GATEWAY_POOL_SIZE", 0)  # 0: unbounded connections per process
 GATEWAY_TRUST_X_FORWARDED_FOR = env_bool("GATEWAY_TRUST_X_FORWARDED_FOR", False)
+# A concurrency slot held by a process that died is freed after this many seconds
+# (running requests renew theirs every third of it).
+GATEWAY_CONCURRENCY_LEASE_SECONDS = env_float("GATEWAY_CONCURRENCY_LEASE_SECONDS", 90.0)
 # Usage rows are queued in memory and written in batches by a background task.
 GATEWAY_USAGE_FLUSH_INTERVAL = env_float("GATEWAY_USAGE_FLUSH_INTERVAL", 0.5)
 GATEWAY_USAGE_BATCH_SIZE = env_int("GATEWAY_USAGE_BATCH_SIZE", 500)

@@ -1,0 +1,154 @@
+"""The limiter's answers, the same for both backends: Redis (shared by every gateway
+process) and in-process (the embedded default)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import pytest
+from django.test import override_settings
+
+from keys import limits
+from keys.limits import Admission, MemoryLimiter, RedisLimiter
+
+BACKENDS = [pytest.param(MemoryLimiter, id="memory")]
+if os.environ.get("REDIS_URL"):
+    BACKENDS.append(pytest.param(RedisLimiter, id="redis"))
+
+
+@pytest.fixture(params=BACKENDS)
+def limiter(request):
+    return request.param()
+
+
+def admission(**kw) -> Admission:
+    base = dict(key_id=1, tenant_id=1, request_id="", rpm=0, rpd=0, tpm=0, concurrency=0,
+                reserve=0, key_quota=False, commit=True)
+    base.update(kw)
+    if not base["request_id"]:
+        base["request_id"] = uuid.uuid4().hex
+    return Admission(**base)
+
+
+async def funded(limiter, tenant_avail: int = 10**12, key_avail: int | None = None) -> None:
+    await limiter.init_account("tenant", 1, tenant_avail)
+    if key_avail is not None:
+        await limiter.init_account("key", 1, key_avail)
+
+
+async def test_an_unloaded_account_is_reported_before_anything_is_counted(limiter):
+    assert (await limiter.admit(admission(rpm=5))).code == limits.NO_TENANT_ACCOUNT
+    await funded(limiter)
+    assert (await limiter.admit(admission(key_quota=True))).code == limits.NO_KEY_ACCOUNT
+    assert (await limiter.admit(admission(rpm=5))).rpm_used == 1
+
+
+async def test_rpm_admits_exactly_the_limit_of_simultaneous_requests(limiter):
+    await funded(limiter)
+    decisions = await asyncio.gather(*(limiter.admit(admission(rpm=60)) for _ in range(150)))
+    codes = [d.code for d in decisions]
+    assert codes.count(limits.OK) == 60 and codes.count(limits.RPM) == 90
+    refused = [d for d in decisions if d.code == limits.RPM]
+    assert all(0 < d.retry_after_ms <= 60_000 for d in refused)
+
+
+async def test_rpd_counts_per_day_and_says_when_the_day_ends(limiter):
+    await funded(limiter)
+    assert [(await limiter.admit(admission(rpd=2))).code for _ in range(3)] == [0, 0, limits.RPD]
+    refused = await limiter.admit(admission(rpd=2))
+    _, seconds_left = limits.local_day_and_seconds_left()
+    assert abs(refused.retry_after_ms / 1000 - seconds_left) <= 2
+
+
+async def test_concurrency_slots_are_taken_and_given_back(limiter):
+    await funded(limiter)
+    held = [admission(concurrency=2) for _ in range(2)]
+    for a in held:
+        assert (await limiter.admit(a)).code == limits.OK
+    assert (await limiter.admit(admission(concurrency=2))).code == limits.CONCURRENCY
+    await limiter.settle(held[0], refund=0, tokens=0)
+    assert (await limiter.admit(admission(concurrency=2))).code == limits.OK
+
+
+@override_settings(GATEWAY_CONCURRENCY_LEASE_SECONDS=0.3)
+async def test_a_slot_whose_lease_is_not_renewed_expires(limiter):
+    await funded(limiter)
+    assert (await limiter.admit(admission(concurrency=1))).code == limits.OK
+    assert (await limiter.admit(admission(concurrency=1))).code == limits.CONCURRENCY
+    await asyncio.sleep(0.4)
+    assert (await limiter.admit(admission(concurrency=1))).code == limits.OK
+
+
+@override_settings(GATEWAY_CONCURRENCY_LEASE_SECONDS=0.5)
+async def test_a_renewed_lease_keeps_its_slot(limiter):
+    await funded(limiter)
+    running = admission(concurrency=1)
+    await limiter.admit(running)
+    for _ in range(4):
+        await asyncio.sleep(0.2)
+        await limiter.renew([(running.key_id, running.request_id)])
+    assert (await limiter.admit(admission(concurrency=1))).code == limits.CONCURRENCY
+
+
+async def test_a_refusal_by_a_later_check_consumes_no_earlier_counter(limiter):
+    await funded(limiter, tenant_avail=1000)
+    blocker = admission(concurrency=1)
+    assert (await limiter.admit(blocker)).code == limits.OK
+    for _ in range(5):  # each passes quota, rpm and rpd, then fails concurrency
+        refused = await limiter.admit(admission(rpm=2, rpd=2, concurrency=1, reserve=100))
+        assert refused.code == limits.CONCURRENCY
+    await limiter.settle(blocker, refund=0, tokens=0)
+    ok = await limiter.admit(admission(rpm=2, rpd=2, concurrency=1, reserve=100))
+    assert ok.code == limits.OK and ok.rpm_used == 1
+
+
+async def test_check_only_mode_answers_without_taking_anything(limiter):
+    await funded(limiter, tenant_avail=100)
+    for _ in range(3):
+        assert (await limiter.admit(admission(rpm=1, reserve=100, commit=False))).code == 0
+    assert (await limiter.admit(admission(rpm=1, reserve=100))).code == limits.OK
+    assert (await limiter.admit(admission(rpm=5, reserve=1))).code == limits.QUOTA
+
+
+async def test_parallel_reservations_never_overspend_a_balance(limiter):
+    await funded(limiter, tenant_avail=20 * 1000)
+    decisions = await asyncio.gather(*(limiter.admit(admission(reserve=1000))
+                                       for _ in range(64)))
+    assert [d.code for d in decisions].count(limits.OK) == 20
+
+
+async def test_a_key_quota_limits_independently_of_the_balance(limiter):
+    await funded(limiter, key_avail=3000)
+    codes = [(await limiter.admit(admission(reserve=1000, key_quota=True))).code
+             for _ in range(4)]
+    assert codes == [0, 0, 0, limits.QUOTA]
+
+
+async def test_settling_refunds_the_unused_reservation(limiter):
+    await funded(limiter, tenant_avail=1000)
+    first = admission(reserve=1000)
+    assert (await limiter.admit(first)).code == limits.OK
+    assert (await limiter.admit(admission(reserve=1))).code == limits.QUOTA
+    await limiter.settle(first, refund=600, tokens=0)  # it cost 400
+    assert (await limiter.admit(admission(reserve=600))).code == limits.OK
+    assert (await limiter.admit(admission(reserve=1))).code == limits.QUOTA
+
+
+async def test_tpm_counts_tokens_when_requests_settle(limiter):
+    await funded(limiter)
+    a = admission(tpm=100)
+    assert (await limiter.admit(a)).code == limits.OK
+    await limiter.settle(a, refund=0, tokens=100)
+    refused = await limiter.admit(admission(tpm=100))
+    assert refused.code == limits.TPM and 0 < refused.retry_after_ms <= 60_000
+
+
+async def test_adjusting_an_account_moves_the_available_amount(limiter):
+    await funded(limiter, tenant_avail=0)
+    assert (await limiter.admit(admission(reserve=5))).code == limits.QUOTA
+    await asyncio.to_thread(limiter.adjust_account, "tenant", 1, 5)
+    assert (await limiter.admit(admission(reserve=5))).code == limits.OK
+    await asyncio.to_thread(limiter.drop_account, "tenant", 1)
+    assert (await limiter.admit(admission())).code == limits.NO_TENANT_ACCOUNT
