@@ -175,3 +175,19 @@ def test_an_admin_change_applies_on_every_process_within_a_second(
     key.save()
     time.sleep(1.1)
     assert outcome(burst(urls, made.secret, 10)) == Counter({"ok": 1, "rate_limit_rpm": 9})
+
+
+def test_the_embedded_default_without_redis_gives_the_same_answers_in_one_process(
+        upstream, make_key, fake_upstream):
+    """No REDIS_URL: the in-process limiter, same order and exactness for one process."""
+    made = make_key(rpm=5, concurrency=2)
+    solo = start_gateway(gateway_env(REDIS_URL="", GATEWAY_SNAPSHOT_TTL="0"))
+    try:
+        body = {**CHAT, "messages": [{"role": "user", "content": "[[fake hold=0.5]]"}]}
+        first = outcome(burst([solo.base_url], made.secret, 6, body))
+        assert first == Counter({"ok": 2, "concurrent_limit": 4})
+        # The refusals took no RPM: 3 of the 5 are left.
+        second = outcome([burst([solo.base_url], made.secret, 1)[0] for _ in range(4)])
+        assert second == Counter({"ok": 3, "rate_limit_rpm": 1})
+    finally:
+        stop(solo.proc)
