@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from gateway.models import Credential, Upstream
+from gateway.models import Credential, ModelRule, Upstream
 
 
 class CredentialForm(forms.ModelForm):
@@ -85,3 +85,10 @@ class CredentialAdmin(admin.ModelAdmin):
     @admin.display(description="stored key")
     def masked_secret(self, obj: Credential) -> str:
         return obj.masked
+
+
+@admin.register(ModelRule)
+class ModelRuleAdmin(admin.ModelAdmin):
+    list_display = ("model_pattern", "protocol", "force", "defaults", "drop", "enabled", "note")
+    list_filter = ("protocol", "enabled")
+    search_fields = ("model_pattern", "note")

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 
 from billing.usage import pending_usage
-from gateway.pipeline import Receive, Send, handle, in_flight
+from gateway.pipeline import handle, in_flight
+from gateway.respond import Receive, Send
 
 
 async def gateway_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:

@@ -26,6 +26,7 @@ class RelayContext:
     headers: dict[bytes, bytes]
     key: KeySnapshot | None = None
     model: str = ""
+    effort: str | None = None  # from a model-name suffix (gpt-5-high)
     stream: bool = False
     route: Route | None = None
     status: int = 0

@@ -5,8 +5,7 @@
     │   ├── InvalidJSON               400 invalid_json
     │   ├── UnsupportedContentType    400 unsupported_content_type
     │   ├── BodyTooLarge              413 request_too_large
-    │   ├── MissingModel              400 missing_model
-    │   └── UnsupportedProtocol       400 unsupported_protocol
+    │   └── MissingModel              400 missing_model
     ├── NotFound                      404 not_found
     │   └── ModelNotFound             404 model_not_found
     ├── MethodNotAllowed              405 method_not_allowed
@@ -101,11 +100,6 @@ class BodyTooLarge(InvalidRequest):
 
 class MissingModel(InvalidRequest):
     code = "missing_model"
-    param = "model"
-
-
-class UnsupportedProtocol(InvalidRequest):
-    code = "unsupported_protocol"
     param = "model"
 
 

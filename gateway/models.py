@@ -13,6 +13,8 @@ from keys.models import Status
 class UpstreamKind(models.TextChoices):
     # Speaks /chat/completions and /responses (OpenAI itself, and most compatible servers).
     OPENAI = "openai", "OpenAI (Chat Completions + Responses)"
+    # Speaks only /chat/completions (most OpenAI-compatible servers: vLLM, llama.cpp …).
+    OPENAI_CHAT = "openai-chat", "OpenAI-compatible, Chat Completions only"
     # Speaks only /responses and demands stream=true (Codex-style backends).
     OPENAI_RESPONSES = "openai-responses", "OpenAI Responses only (Codex-style)"
     ANTHROPIC = "anthropic", "Anthropic Messages"
@@ -75,3 +77,34 @@ class Credential(models.Model):
     @property
     def masked(self) -> str:
         return f"…{self.last4}" if self.last4 else "(hidden)"
+
+
+class ModelRule(models.Model):
+    """Per-model adjustments of the body Turnpike sends upstream (in the upstream's
+    protocol): force values (e.g. gpt-5.4 always ``{"reasoning": {"effort": "xhigh"}}``),
+    set defaults the client left out, or drop parameters an upstream rejects."""
+
+    class Protocol(models.TextChoices):
+        ANY = "any", "Any"
+        CHAT = "chat", "Chat Completions"
+        RESPONSES = "responses", "Responses"
+        ANTHROPIC = "anthropic", "Anthropic Messages"
+        OLLAMA = "ollama", "Ollama chat"
+
+    model_pattern = models.CharField(max_length=200, help_text="Model name or wildcard (gpt-5*).")
+    protocol = models.CharField(max_length=16, choices=Protocol.choices, default=Protocol.ANY,
+                                help_text="Apply only to upstream bodies of this protocol.")
+    force = models.JSONField(
+        default=dict, blank=True,
+        help_text='Merged over the body, e.g. {"reasoning": {"effort": "xhigh"}}.')
+    defaults = models.JSONField(default=dict, blank=True,
+                                help_text="Merged under the body: only fills what is missing.")
+    drop = ListField(help_text="Top-level parameters to remove, one per line.")
+    enabled = models.BooleanField(default=True)
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["model_pattern", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.model_pattern} ({self.protocol})"

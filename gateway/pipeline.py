@@ -4,9 +4,10 @@
       authenticate()    key from the headers -> KeySnapshot (no SQL for a known key)
       list_models()     GET /v1/models[/{id}]
       relay()           POST /v1/responses, /v1/responses/compact, /v1/chat/completions
-        read_request()  body -> (bytes, dict) with the checks every endpoint shares
+        read_body(), parse_request()   the checks every endpoint shares
         plan_route()    model permission, model -> upstream + credential
-        send upstream; non-stream: return its JSON; stream: relay events as they arrive
+        policy.admit()  quota, rate limits, concurrency, max_tokens (one limiter call)
+        exchange.run()  send upstream; relay or translate the answer as it arrives
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
-import aiohttp
 import orjson
 from django.conf import settings
 
 from billing.usage import UsageEvent, record_usage
-from gateway import policy
+from gateway import exchange, policy
 from gateway.context import RelayContext
 from gateway.errors import (
     AuthenticationFailed,
@@ -39,24 +39,14 @@ from gateway.errors import (
     NotFound,
     PermissionDenied,
     UnsupportedContentType,
-    UnsupportedProtocol,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
-from gateway.providers import openai as openai_provider
-from gateway.providers.base import upstream_error
-from gateway.providers.http import upstream_session
+from gateway.respond import Receive, Send, send_error, send_json
 from gateway.routing import Route, aget_route_table, choose_route
-from gateway.streaming import ChatTap, ResponsesTap, StreamTap
-from gateway.wire import usage as usage_wire
+from gateway.translate import codex
 from keys.secrets import hash_secret
 from keys.snapshots import KeySnapshot, aget_key_snapshot
 
 log = logging.getLogger(__name__)
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 # endpoint name (from the URL router) -> (HTTP method, operation)
 ENDPOINTS: dict[str, tuple[str, str]] = {
@@ -65,48 +55,10 @@ ENDPOINTS: dict[str, tuple[str, str]] = {
     "chat/completions": ("POST", "chat"),
     "models": ("GET", "models"),
 }
-# The client protocol of each operation, matched against what upstream kinds speak.
-PROTOCOL = {"responses": "responses", "compact": "responses", "chat": "chat"}
 
 
 class ClientGone(Exception):
     """The client disconnected; nothing more can be sent."""
-
-
-# --- responses -------------------------------------------------------------------------
-
-def _base_headers(ctx: RelayContext, content_type: bytes) -> list[tuple[bytes, bytes]]:
-    return [(b"content-type", content_type), (b"x-request-id", ctx.request_id.encode()),
-            *ctx.extra_headers]
-
-
-async def send_json(ctx: RelayContext, send: Send, status: int, body: bytes,
-                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    await finish_policy(ctx)
-    headers = _base_headers(ctx, b"application/json")
-    headers.append((b"content-length", str(len(body)).encode()))
-    if extra:
-        headers.extend(extra)
-    ctx.status = status
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    ctx.mark_first_byte()
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_error(ctx: RelayContext, send: Send, error: GatewayError) -> None:
-    ctx.error_code = error.code
-    await send_json(ctx, send, error.status, error.render(), error.headers())
-
-
-async def finish_policy(ctx: RelayContext) -> None:
-    """Settle the request with the limiter just before its last bytes go out, so a client
-    that sends its next request on receiving this answer finds its concurrency slot free
-    and its refund back."""
-    if ctx.ticket is None or ctx.settled:
-        return
-    ctx.settled = True
-    ctx.cost = policy.charge(ctx.ticket, ctx.usage, ctx.upstream_ok)
-    await policy.settle(ctx.ticket, ctx.cost, ctx.usage)
 
 
 # --- steps ------------------------------------------------------------------------------
@@ -197,41 +149,24 @@ def parse_request(ctx: RelayContext, body: bytes) -> dict[str, Any]:
 
 
 async def plan_route(ctx: RelayContext, key: KeySnapshot, operation: str) -> Route:
+    """Check 4 (model permission), then model -> upstream + credential. A name no upstream
+    serves but that ends in an effort suffix (``gpt-5-high``) means the base model with
+    that reasoning effort."""
     model = ctx.model
-    if not key.allows(model):
-        raise ModelNotAllowed(f"This API key may not use the model '{model}'.")
     table = await aget_route_table()
     candidates = table.serving(model)
     if not candidates:
+        split = codex.split_effort_suffix(model)
+        if split is not None and table.serving(split[0]):
+            model, ctx.effort = split
+            candidates = table.serving(model)
+    if not key.allows(ctx.model) and not key.allows(model):
+        raise ModelNotAllowed(f"This API key may not use the model '{ctx.model}'.")
+    if not candidates:
         raise ModelNotFound(f"The model '{model}' does not exist or no upstream serves it.")
-    protocol = PROTOCOL[operation]
-    speaking = [u for u in candidates if protocol in u.protocols]
-    if not speaking:
-        raise UnsupportedProtocol(
-            f"The model '{model}' is served only by upstreams that do not speak this "
-            f"endpoint's protocol ({protocol})."
-        )
-    route = choose_route(speaking, model)
+    route = choose_route(candidates, model)
     ctx.route = route
     return route
-
-
-def upstream_body(operation: str, payload: dict[str, Any], body: bytes) -> tuple[bytes, bool]:
-    """The body to send upstream, and whether the client asked for the usage chunk.
-
-    Same-protocol relay sends the client's bytes untouched, except that a streamed chat
-    request always asks for usage, so every request can be metered.
-    """
-    if operation != "chat" or not payload.get("stream"):
-        return body, False
-    options = payload.get("stream_options")
-    wants = isinstance(options, dict) and options.get("include_usage") is True
-    if wants:
-        return body, True
-    payload = dict(payload)
-    payload["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                 "include_usage": True}
-    return orjson.dumps(payload), False
 
 
 # --- the relay --------------------------------------------------------------------------
@@ -241,83 +176,10 @@ async def relay(ctx: RelayContext, operation: str, receive: Receive, send: Send)
     body = await read_body(receive, ctx)
     payload = parse_request(ctx, body)
     route = await plan_route(ctx, key, operation)
-    ctx.ticket = await policy.admit(key, ctx.request_id, ctx.model, payload, len(body))
+    ctx.ticket = await policy.admit(key, ctx.request_id, route.model, payload, len(body))
     ctx.extra_headers = ctx.ticket.headers
-    out_body, client_wants_usage = upstream_body(operation, payload, body)
-    url, headers = openai_provider.build_request(route, operation, ctx.stream, ctx.headers)
-    secret = route.credential.secret if route.credential else None
-    await watch_disconnect(ctx, receive, _exchange(
-        ctx, operation, url, headers, out_body, secret, client_wants_usage, send))
-
-
-async def _exchange(ctx: RelayContext, operation: str, url: str, headers: dict[str, str],
-                    body: bytes, secret: str | None, client_wants_usage: bool,
-                    send: Send) -> None:
-    session = upstream_session()
-    try:
-        async with session.post(url, data=body, headers=headers) as resp:
-            if resp.status >= 400:
-                raise upstream_error(resp.status, await resp.read(), resp.headers, secret)
-            ctx.upstream_ok = True
-            ctype = resp.headers.get("content-type", "")
-            if ctx.stream and ctype.startswith("text/event-stream"):
-                tap: StreamTap = ChatTap(client_wants_usage) if operation == "chat" \
-                    else ResponsesTap()
-                await _relay_stream(ctx, resp, tap, send)
-            else:
-                await _relay_json(ctx, operation, resp, send)
-    except TimeoutError:
-        raise UpstreamTimeout("The upstream did not answer in time.") from None
-    except aiohttp.ClientConnectionError as exc:
-        if ctx.first_byte_at is not None:
-            raise
-        raise UpstreamUnavailable(f"Could not reach the upstream: {type(exc).__name__}.") \
-            from None
-
-
-async def _relay_json(ctx: RelayContext, operation: str, resp: aiohttp.ClientResponse,
-                      send: Send) -> None:
-    payload = await resp.read()
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        ctx.upstream_ok = False  # nothing usable was served: nothing is charged
-        raise UpstreamError("The upstream answered with something that is not JSON.") from None
-    if isinstance(data, dict):
-        ctx.usage = (usage_wire.from_chat if operation == "chat"
-                     else usage_wire.from_responses)(data.get("usage"))
-    await send_json(ctx, send, 200, payload)
-
-
-async def _relay_stream(ctx: RelayContext, resp: aiohttp.ClientResponse, tap: StreamTap,
-                        send: Send) -> None:
-    headers = _base_headers(ctx, b"text/event-stream; charset=utf-8")
-    headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-    ctx.status = 200
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    failure: GatewayError | None = None
-    try:
-        async for chunk in resp.content.iter_any():
-            out = tap.feed(chunk)
-            if out:
-                await send({"type": "http.response.body", "body": out, "more_body": True})
-                ctx.mark_first_byte()
-    except TimeoutError:
-        failure = UpstreamTimeout("The upstream stopped sending mid-stream.")
-    except aiohttp.ClientError:
-        failure = UpstreamError("The upstream connection broke mid-stream.",
-                                code="upstream_stream_cut")
-    tail = tap.finish()
-    if failure is None and not tap.complete:
-        failure = UpstreamError("The upstream ended the stream before it was complete.",
-                                code="upstream_stream_cut")
-    if failure is not None:
-        ctx.error_code = failure.code
-        tail += tap.error_event(failure)
-    ctx.usage = tap.usage
-    await finish_policy(ctx)
-    await send({"type": "http.response.body", "body": tail, "more_body": False})
-    ctx.mark_first_byte()
+    await watch_disconnect(ctx, receive, exchange.run(ctx, operation, route, payload, body,
+                                                      send))
 
 
 async def watch_disconnect(ctx: RelayContext, receive: Receive, work: Awaitable[None]) -> None:

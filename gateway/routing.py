@@ -15,15 +15,6 @@ from gateway.crypto import decrypt
 from keys.snapshots import model_matches
 from portal.snapshots import LayeredCache
 
-# Which client protocols each upstream kind speaks natively.
-KIND_PROTOCOLS: dict[str, frozenset[str]] = {
-    "openai": frozenset({"chat", "responses"}),
-    "openai-responses": frozenset({"responses"}),
-    "anthropic": frozenset({"anthropic"}),
-    "ollama": frozenset({"ollama"}),
-}
-
-
 @dataclass(frozen=True, slots=True)
 class CredentialRef:
     id: int
@@ -44,10 +35,6 @@ class UpstreamRef:
 
     def serves(self, model: str) -> bool:
         return any(model_matches(p, model) for p in self.models)
-
-    @property
-    def protocols(self) -> frozenset[str]:
-        return KIND_PROTOCOLS.get(self.kind, frozenset())
 
 
 @dataclass(frozen=True, slots=True)

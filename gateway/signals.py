@@ -8,11 +8,17 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from gateway.models import Credential, Upstream
+from gateway.models import Credential, ModelRule, Upstream
 from gateway.routing import route_tables
+from gateway.rules import rule_sets
 
 
 @receiver([post_save, post_delete], sender=Upstream)
 @receiver([post_save, post_delete], sender=Credential)
 def _routes_changed(sender: type, instance: Any, **kwargs: Any) -> None:
     transaction.on_commit(lambda: route_tables.invalidate(["all"]))
+
+
+@receiver([post_save, post_delete], sender=ModelRule)
+def _rules_changed(sender: type, instance: Any, **kwargs: Any) -> None:
+    transaction.on_commit(lambda: rule_sets.invalidate(["all"]))

@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from billing.models import ModelPrice, UsageLog
-from gateway.models import Credential, Upstream
+from gateway.models import Credential, ModelRule, Upstream
 from gateway.services import credential_add, upstream_create
 from keys.models import ApiKey, Group, Membership, Status, Tenant
 from keys.secrets import KEY_PREFIX, hash_secret
@@ -67,6 +67,8 @@ def rows(admin_user: Any) -> dict[type, Any]:
     credential = credential_add(upstream=upstream, secret=UPSTREAM_PLAINTEXT, name="primary")
     price = ModelPrice.objects.create(model="gpt-5*", input_per_million=Decimal("1.25"),
                                       output_per_million=Decimal("10"))
+    rule = ModelRule.objects.create(model_pattern="gpt-5.4", protocol="responses",
+                                    force={"reasoning": {"effort": "xhigh"}}, drop=["top_p"])
     usage = UsageLog.objects.create(
         created_at=timezone.now(), request_id="req-ok-1", key=made.key,
         key_prefix=made.key.prefix, tenant=tenant, endpoint="chat", model="gpt-5",
@@ -82,6 +84,7 @@ def rows(admin_user: Any) -> dict[type, Any]:
     return {
         Group: group, Tenant: tenant, Membership: membership, ApiKey: made.key,
         Upstream: upstream, Credential: credential, ModelPrice: price, UsageLog: usage,
+        ModelRule: rule,
         "secret": made.secret,
     }
 

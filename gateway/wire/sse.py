@@ -49,6 +49,14 @@ def event_data(event: bytes) -> bytes | None:
     return b"\n".join(data) if data else None
 
 
+def event_name(event: bytes) -> str | None:
+    """The ``event:`` field, when the event has one."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"event:"):
+            return line[6:].strip().decode("utf-8", "replace")
+    return None
+
+
 def event_json(event: bytes) -> Any:
     data = event_data(event)
     if data is None or data == DONE:

@@ -45,3 +45,24 @@ def from_responses(usage: Any) -> Usage | None:
         output_tokens=_int(usage.get("output_tokens")),
         reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens"),
     )
+
+
+def to_chat(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+def to_responses(usage: Usage) -> dict[str, Any]:
+    """Complete, as the Codex CLI requires: integer totals and both details objects."""
+    return {
+        "input_tokens": usage.input_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
+        "output_tokens": usage.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }

@@ -149,6 +149,9 @@ GATEWAY_CONNECT_TIMEOUT = env_float("GATEWAY_CONNECT_TIMEOUT", 10.0)
 # Longest silence tolerated between two reads from the upstream (reasoning models can
 # think for minutes before the first token).
 GATEWAY_READ_TIMEOUT = env_float("GATEWAY_READ_TIMEOUT", 600.0)
+# An upstream silent this long mid-stream gets a keep-alive event sent to the client (a
+# data-bearing one for Responses clients: the Codex CLI's idle timer ignores comments).
+GATEWAY_KEEPALIVE_SECONDS = env_float("GATEWAY_KEEPALIVE_SECONDS", 15.0)
 GATEWAY_POOL_SIZE = env_int("GATEWAY_POOL_SIZE", 0)  # 0: unbounded connections per process
 GATEWAY_TRUST_X_FORWARDED_FOR = env_bool("GATEWAY_TRUST_X_FORWARDED_FOR", False)
 # A concurrency slot held by a process that died is freed after this many seconds

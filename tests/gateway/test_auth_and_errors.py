@@ -12,7 +12,7 @@ from django.utils import timezone
 from billing.models import UsageLog
 from gateway.services import upstream_create
 from keys.models import Status
-from tests.conftest import TEST_BODY_LIMIT, wait_for_usage
+from tests.conftest import TEST_BODY_LIMIT, UPSTREAM_SECRET, wait_for_usage
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
@@ -229,13 +229,14 @@ def test_an_unreachable_upstream_is_502_upstream_unavailable(gateway, api_key):
     assert row.error_code == "upstream_unavailable" and row.upstream is not None
 
 
-def test_a_model_only_served_by_another_protocol_is_a_clear_400(gateway, fake_upstream, api_key):
+def test_a_model_served_by_another_protocol_is_translated(gateway, fake_upstream, api_key):
     upstream_create(name="claude", kind="anthropic", base_url=fake_upstream.url,
-                    models=["claude-x"], api_keys=["sk-ant"])
+                    models=["claude-x"], api_keys=[UPSTREAM_SECRET])
     resp = httpx.post(gateway.base_url + "/chat/completions",
                       json={**CHAT, "model": "claude-x"},
                       headers={"Authorization": f"Bearer {api_key.secret}"})
-    assert_envelope(resp, 400, "unsupported_protocol")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
 
 
 def test_every_request_gets_a_usage_row(gateway, upstream, api_key):

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.crypto import decrypt, encrypt
 from gateway.errors import RateLimited
-from gateway.pipeline import api_key_from_headers, upstream_body
+from gateway.pipeline import api_key_from_headers
 from gateway.providers.base import upstream_error
 from gateway.streaming import ChatTap, ResponsesTap
 from gateway.wire.sse import SseSplitter, event_data
@@ -119,17 +119,6 @@ def test_upstream_errors_map_to_client_errors_and_hide_the_credential():
                                                                       "Overloaded")
     ollama = upstream_error(500, b'{"error":"model not loaded"}', {}, None)
     assert (ollama.status, ollama.message) == (500, "model not loaded")
-
-
-def test_streamed_chat_requests_always_ask_the_upstream_for_usage():
-    payload = {"model": "m", "stream": True, "messages": []}
-    body, wants = upstream_body("chat", payload, orjson.dumps(payload))
-    assert orjson.loads(body)["stream_options"] == {"include_usage": True} and wants is False
-    payload["stream_options"] = {"include_usage": True}
-    raw = orjson.dumps(payload)
-    assert upstream_body("chat", payload, raw) == (raw, True)
-    raw = orjson.dumps({"model": "m", "stream": True, "input": "x"})
-    assert upstream_body("responses", orjson.loads(raw), raw) == (raw, False)
 
 
 @pytest.mark.parametrize(("allowed", "denied", "model", "ok"), [

@@ -1,0 +1,523 @@
+"""One request's exchange with its upstream: choose how, send, and relay the answer.
+
+    passthrough   the upstream speaks the client's protocol and needs no fixing (an
+                  ``openai`` upstream, or raw mode): the client's bytes go up (touched only
+                  for the model name, effort, usage metering and model rules) and the
+                  upstream's events come back byte for byte.
+    translated    anything else: client body -> canonical -> upstream body; upstream
+                  JSON/SSE/NDJSON -> canonical events -> the client's protocol. Codex-style
+                  upstreams always take this path (forced streaming, fixed requests, XML
+                  tool text cleaned, non-stream answers aggregated).
+    compaction    /v1/responses/compact, or an input ending in ``compaction_trigger``, for an
+                  upstream without native compaction: Turnpike summarises the history with
+                  the routed model and answers with its own compaction item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+from django.conf import settings
+
+from gateway.context import RelayContext
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.providers import registry
+from gateway.providers.base import upstream_error
+from gateway.providers.http import upstream_session
+from gateway.respond import (
+    Send,
+    end_stream,
+    send_chunk,
+    send_json,
+    start_stream,
+)
+from gateway.routing import Route
+from gateway.rules import aget_rules, apply_rules
+from gateway.streaming import ChatTap, ResponsesTap, StreamTap
+from gateway.translate import anthropic, chat, codex, ollama, responses
+from gateway.translate import canonical as c
+from gateway.wire import usage as usage_wire
+from gateway.wire.sse import DONE, SseSplitter, encode, event_data, event_name
+
+log = logging.getLogger(__name__)
+
+# The protocol each upstream kind is spoken in, per client operation.
+UPSTREAM_PROTOCOL: dict[str, dict[str, str]] = {
+    "openai": {"chat": "chat", "responses": "responses", "compact": "compact"},
+    "openai-chat": {"chat": "chat", "responses": "chat", "compact": "chat"},
+    "openai-responses": {"chat": "responses", "responses": "responses", "compact": "compact"},
+    "anthropic": {"chat": "anthropic", "responses": "anthropic", "compact": "anthropic"},
+    "ollama": {"chat": "ollama", "responses": "ollama", "compact": "ollama"},
+}
+CLIENT_PROTOCOL = {"chat": "chat", "responses": "responses", "compact": "compact"}
+NATIVE_COMPACTION = frozenset({"openai", "openai-responses"})
+BUILDERS = {"chat": chat.build_request, "responses": responses.build_request,
+            "anthropic": anthropic.build_request, "ollama": ollama.build_request}
+COMPACT_PROMPT = (
+    "You are compacting a conversation so it can continue in a fresh context window. Write a "
+    "handoff summary for another model: the user's goals and constraints, decisions made, work "
+    "done so far (files, commands, results), open questions and the next steps. Be complete but "
+    "concise; plain text."
+)
+
+
+def raw_mode(headers: dict[bytes, bytes]) -> bool:
+    """``X-Codex-Mode: raw`` / ``X-Codex-Raw-Passthrough: true``: no compatibility fixes."""
+    mode = headers.get(b"x-codex-mode", b"").strip().lower()
+    flag = headers.get(b"x-codex-raw-passthrough", b"").strip().lower()
+    return mode == b"raw" or flag in (b"true", b"1", b"yes")
+
+
+def has_compaction_trigger(payload: dict[str, Any]) -> bool:
+    items = payload.get("input")
+    return (isinstance(items, list) and bool(items) and isinstance(items[-1], dict)
+            and items[-1].get("type") == "compaction_trigger")
+
+
+async def run(ctx: RelayContext, operation: str, route: Route, payload: dict[str, Any],
+              body: bytes, send: Send) -> None:
+    kind = route.upstream.kind
+    protocol = UPSTREAM_PROTOCOL[kind][operation]
+    raw = raw_mode(ctx.headers)
+    if kind not in NATIVE_COMPACTION and (operation == "compact"
+                                          or has_compaction_trigger(payload)):
+        await compact(ctx, operation, route, payload, send)
+        return
+    sealed = any(marker in body for marker in c.SEAL_MARKERS)
+    if protocol == CLIENT_PROTOCOL[operation] and (kind in ("openai", "openai-chat") or raw) \
+            and not sealed:
+        await passthrough(ctx, operation, route, payload, body, raw, send)
+    else:
+        await translated(ctx, operation, protocol, route, payload, raw, send)
+
+
+# --- upstream I/O -----------------------------------------------------------------------
+
+class Upstream:
+    """One open upstream answer."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self.resp = resp
+
+    @property
+    def streaming(self) -> bool:
+        ctype = self.resp.headers.get("content-type", "")
+        return ctype.startswith("text/event-stream") or ctype.startswith("application/x-ndjson")
+
+    async def chunks(self) -> AsyncIterator[bytes | None]:
+        """Body chunks as they arrive; None after GATEWAY_KEEPALIVE_SECONDS of silence."""
+        content = self.resp.content
+        wait = settings.GATEWAY_KEEPALIVE_SECONDS
+        while True:
+            try:
+                async with asyncio.timeout(wait) as timer:
+                    chunk = await content.readany()
+            except TimeoutError:
+                if timer.expired():
+                    yield None
+                    continue
+                raise
+            if not chunk:
+                return
+            yield chunk
+
+
+async def call_upstream(ctx: RelayContext, route: Route, protocol: str, stream: bool,
+                        body: bytes) -> aiohttp.ClientResponse:
+    """Send the request; raise the client-facing error for any non-2xx answer."""
+    url, headers = registry.target(route, protocol, stream, ctx.headers)
+    secret = route.credential.secret if route.credential else None
+    try:
+        resp = await upstream_session().post(url, data=body, headers=headers)
+    except TimeoutError:
+        raise UpstreamTimeout("The upstream did not answer in time.") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable(f"Could not reach the upstream: {type(exc).__name__}.") \
+            from None
+    if resp.status >= 400:
+        try:
+            raise upstream_error(resp.status, await resp.read(), resp.headers, secret)
+        finally:
+            resp.release()
+    ctx.upstream_ok = True
+    return resp
+
+
+# --- passthrough ------------------------------------------------------------------------
+
+async def passthrough(ctx: RelayContext, operation: str, route: Route, payload: dict[str, Any],
+                      body: bytes, raw: bool, send: Send) -> None:
+    changed = False
+    client_wants_usage = False
+    if not raw:
+        payload, changed = await _adjust_same_protocol(ctx, operation, route, payload)
+        if operation == "chat" and ctx.stream:
+            options = payload.get("stream_options")
+            client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+            if not client_wants_usage:  # meter every stream: ask for usage, drop it again
+                payload = {**payload, "stream_options": {
+                    **(options if isinstance(options, dict) else {}), "include_usage": True}}
+                changed = True
+    out = orjson.dumps(payload) if changed else body
+    resp = await call_upstream(ctx, route, CLIENT_PROTOCOL[operation], ctx.stream, out)
+    async with resp:
+        upstream = Upstream(resp)
+        if ctx.stream and upstream.streaming:
+            tap: StreamTap = ChatTap(client_wants_usage or raw) if operation == "chat" \
+                else ResponsesTap()
+            await _relay_tapped(ctx, upstream, tap, send)
+        else:
+            await _relay_json(ctx, operation, resp, send)
+
+
+async def _adjust_same_protocol(ctx: RelayContext, operation: str, route: Route,
+                                payload: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Model name, effort from a model suffix, the session_id alias and model rules."""
+    changed = False
+    if payload.get("model") != route.model:
+        payload = {**payload, "model": route.model}
+        changed = True
+    if ctx.effort:
+        if operation == "chat":
+            payload = {**payload, "reasoning_effort": ctx.effort}
+        else:
+            reasoning = payload.get("reasoning") if isinstance(payload.get("reasoning"),
+                                                               dict) else {}
+            payload = {**payload, "reasoning": {**reasoning, "effort": ctx.effort}}
+        changed = True
+    if operation != "chat" and "session_id" in payload:
+        payload = dict(payload)
+        session = payload.pop("session_id")
+        payload.setdefault("prompt_cache_key", session)
+        changed = True
+    rules = await aget_rules()
+    if rules:
+        payload, matched = apply_rules(rules, route.model, CLIENT_PROTOCOL[operation], payload)
+        changed = changed or matched
+    return payload, changed
+
+
+async def _relay_json(ctx: RelayContext, operation: str, resp: aiohttp.ClientResponse,
+                      send: Send) -> None:
+    payload = await resp.read()
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        ctx.upstream_ok = False  # nothing usable was served: nothing is charged
+        raise UpstreamError("The upstream answered with something that is not JSON.") from None
+    if isinstance(data, dict):
+        ctx.usage = (usage_wire.from_chat if operation == "chat"
+                     else usage_wire.from_responses)(data.get("usage"))
+    await send_json(ctx, send, 200, payload)
+
+
+async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,
+                        send: Send) -> None:
+    await start_stream(ctx, send)
+    failure: GatewayError | None = None
+    keepalive = (b": keepalive\n\n" if isinstance(tap, ChatTap) else None)
+    try:
+        async for chunk in upstream.chunks():
+            if chunk is None:
+                await send_chunk(ctx, send, keepalive or encode(
+                    {"type": "keepalive", "sequence_number": tap.events}, event="keepalive"))
+                continue
+            await send_chunk(ctx, send, tap.feed(chunk))
+    except TimeoutError:
+        failure = UpstreamTimeout("The upstream stopped sending mid-stream.")
+    except aiohttp.ClientError:
+        failure = UpstreamError("The upstream connection broke mid-stream.",
+                                code="upstream_stream_cut")
+    tail = tap.finish()
+    if failure is None and not tap.complete:
+        failure = UpstreamError("The upstream ended the stream before it was complete.",
+                                code="upstream_stream_cut")
+    if failure is not None:
+        ctx.error_code = failure.code
+        tail += tap.error_event(failure)
+    ctx.usage = tap.usage
+    await end_stream(ctx, send, tail)
+
+
+# --- translated -------------------------------------------------------------------------
+
+def parse_client(operation: str, payload: dict[str, Any]) -> c.CanonicalRequest:
+    try:
+        if operation == "chat":
+            return chat.parse_request(payload)
+        return responses.parse_request(payload)
+    except c.TranslationError as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from None
+
+
+def client_encoder(ctx: RelayContext, operation: str, req: c.CanonicalRequest,
+                   payload: dict[str, Any], clean_xml: bool) -> chat.ChatEncoder | \
+        responses.ResponsesEncoder:
+    if operation == "chat":
+        return chat.ChatEncoder(ctx.model, req.include_usage)
+    echo = {k: payload.get(k) for k in ("instructions", "tools", "tool_choice",
+                                        "parallel_tool_calls", "max_output_tokens",
+                                        "previous_response_id", "reasoning", "store",
+                                        "temperature", "top_p", "text", "metadata", "user")
+            if payload.get(k) is not None}
+    return responses.ResponsesEncoder(ctx.model, echo, clean_xml_tools=clean_xml)
+
+
+async def build_upstream_body(ctx: RelayContext, operation: str, protocol: str, route: Route,
+                              payload: dict[str, Any], req: c.CanonicalRequest,
+                              raw: bool) -> tuple[dict[str, Any], c.ToolMap]:
+    kind = route.upstream.kind
+    tool_map = c.ToolMap()
+    if protocol != "responses":
+        tool_map = c.lower_tools(req)
+        if tool_map.dropped:
+            log.info("%s: tools %s have no form upstream (%s) and were dropped",
+                     ctx.request_id, ", ".join(tool_map.dropped), protocol)
+    try:
+        if protocol == "responses" and CLIENT_PROTOCOL[operation] == "responses" and \
+                not any(m in orjson.dumps(payload) for m in c.SEAL_MARKERS):
+            # Same protocol: keep every field the client sent.
+            body = {**payload, "model": route.model, "stream": req.stream}
+            if ctx.effort:
+                body["reasoning"] = {**(body.get("reasoning") or {}), "effort": ctx.effort}
+        else:
+            body = BUILDERS[protocol](req, route.model)
+    except c.TranslationError as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from None
+    if kind == "openai-responses" and not raw:
+        body = codex.fix_request(body)
+    rules = await aget_rules()
+    if rules:
+        body, _ = apply_rules(rules, route.model, protocol, body)
+    return body, tool_map
+
+
+async def translated(ctx: RelayContext, operation: str, protocol: str, route: Route,
+                     payload: dict[str, Any], raw: bool, send: Send) -> None:
+    kind = route.upstream.kind
+    req = parse_client(operation, payload)
+    if ctx.effort:
+        req.reasoning_effort = ctx.effort
+    # Codex-style upstreams only stream; a non-stream client gets the aggregated answer.
+    req.stream = ctx.stream or kind == "openai-responses"
+    body, tool_map = await build_upstream_body(ctx, operation, protocol, route, payload, req,
+                                               raw)
+    encoder = client_encoder(ctx, operation, req, payload,
+                             clean_xml=kind == "openai-responses" and not raw)
+    restorer = c.ToolCallRestorer(tool_map)
+    resp = await call_upstream(ctx, route, protocol, bool(body.get("stream")),
+                               orjson.dumps(body))
+    async with resp:
+        await pump(ctx, Upstream(resp), protocol, encoder, restorer, send)
+
+
+async def pump(ctx: RelayContext, upstream: Upstream, protocol: str,
+               encoder: chat.ChatEncoder | responses.ResponsesEncoder,
+               restorer: c.ToolCallRestorer, send: Send) -> None:
+    """Upstream answer -> canonical events -> the client's protocol, as they arrive."""
+    client_stream = ctx.stream
+    decoder = EventDecoder(protocol)
+    if client_stream:
+        await start_stream(ctx, send)
+
+    async def emit(events: list[c.Event]) -> None:
+        out = b"".join(encoder.feed(e) for ev in events for e in restorer.feed(ev))
+        if client_stream:
+            await send_chunk(ctx, send, out)
+
+    if not upstream.streaming:
+        data = await upstream.resp.read()
+        try:
+            await emit(decoder.decode_body(orjson.loads(data)))
+        except orjson.JSONDecodeError:
+            await emit([c.Failure("upstream_error", "The upstream's answer is not JSON.")])
+    else:
+        try:
+            async for chunk in upstream.chunks():
+                if chunk is None:
+                    if client_stream:
+                        await send_chunk(ctx, send, _keepalive(encoder))
+                    continue
+                await emit(decoder.feed(chunk))
+            await emit(decoder.finish())
+        except TimeoutError:
+            await emit([c.Failure("upstream_timeout", "The upstream stopped sending.")])
+        except aiohttp.ClientError:
+            await emit([c.Failure("upstream_stream_cut",
+                                  "The upstream connection broke mid-stream.")])
+    await emit(restorer.close())
+    tail = encoder.close()
+    ctx.usage = encoder.usage
+    if encoder.failure is not None:
+        ctx.error_code = encoder.failure.code
+        if encoder.failure.code in ("upstream_stream_cut", "upstream_timeout",
+                                    "upstream_error") and not decoder.saw_content:
+            ctx.upstream_ok = False  # nothing was served: nothing is charged
+    if client_stream:
+        await end_stream(ctx, send, tail)
+        return
+    if encoder.failure is not None:
+        raise UpstreamError(encoder.failure.message, code=encoder.failure.code)
+    await send_json(ctx, send, 200, orjson.dumps(encoder.final()))
+
+
+def _keepalive(encoder: chat.ChatEncoder | responses.ResponsesEncoder) -> bytes:
+    if isinstance(encoder, responses.ResponsesEncoder) and encoder.started:
+        return encoder.keepalive()
+    return b": keepalive\n\n"
+
+
+class EventDecoder:
+    """Frames (SSE or NDJSON) of one upstream protocol -> canonical events; notices a
+    stream that ends without its protocol's end."""
+
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+        self.splitter = SseSplitter()
+        self.buffer = b""
+        self.ended = False
+        self.saw_content = False
+        self.decoder: Any = {
+            "chat": chat.StreamDecoder, "responses": responses.StreamDecoder,
+            "anthropic": anthropic.StreamDecoder, "ollama": ollama.StreamDecoder,
+        }[protocol]()
+
+    def decode_body(self, data: Any) -> list[c.Event]:
+        if not isinstance(data, dict):
+            return [c.Failure("upstream_error", "The upstream's answer is not an object.")]
+        events = {"chat": chat.decode_response, "responses": responses.decode_response,
+                  "anthropic": anthropic.decode_response,
+                  "ollama": ollama.decode_response}[self.protocol](data)
+        self.ended = True
+        return self._note(events)
+
+    def feed(self, chunk: bytes) -> list[c.Event]:
+        events: list[c.Event] = []
+        if self.protocol == "ollama":
+            lines = (self.buffer + chunk).split(b"\n")
+            self.buffer = lines.pop()
+            for line in lines:
+                events += self._ollama_line(line)
+            return self._note(events)
+        for frame in self.splitter.feed(chunk):
+            events += self._sse(frame)
+        return self._note(events)
+
+    def finish(self) -> list[c.Event]:
+        events: list[c.Event] = []
+        if self.protocol == "ollama":
+            events += self._ollama_line(self.buffer)
+            self.buffer = b""
+        else:
+            rest = self.splitter.rest()
+            if rest:
+                events += self._sse(rest)
+        events = self._note(events)
+        if not self.ended:
+            events.append(c.Failure("upstream_stream_cut",
+                                    "The upstream ended the stream before it was complete."))
+        return events
+
+    def _ollama_line(self, line: bytes) -> list[c.Event]:
+        if not line.strip():
+            return []
+        try:
+            return self.decoder.feed(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            return []
+
+    def _sse(self, frame: bytes) -> list[c.Event]:
+        data = event_data(frame)
+        if data is None:
+            return []
+        if data == DONE:
+            self.ended = True
+            return []
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return []
+        if not isinstance(parsed, dict):
+            return []
+        if self.protocol == "anthropic":
+            return self.decoder.feed(event_name(frame), parsed)
+        return self.decoder.feed(parsed)
+
+    def _note(self, events: list[c.Event]) -> list[c.Event]:
+        for event in events:
+            if isinstance(event, (c.Failure,)) or (
+                    isinstance(event, (c.Finish, c.UsageReport)) and self.protocol != "chat"):
+                self.ended = True
+            elif isinstance(event, (c.TextDelta, c.ToolCallStart, c.ReasoningDelta,
+                                    c.OpaqueItem)):
+                self.saw_content = True
+        return events
+
+
+# --- compaction by Turnpike ---------------------------------------------------------------
+
+async def compact(ctx: RelayContext, operation: str, route: Route, payload: dict[str, Any],
+                  send: Send) -> None:
+    """Summarise the history with the routed model and answer with a compaction item."""
+    protocol = UPSTREAM_PROTOCOL[route.upstream.kind][operation]
+    history = dict(payload)
+    items = payload.get("input")
+    if isinstance(items, list) and items and isinstance(items[-1], dict) and \
+            items[-1].get("type") == "compaction_trigger":
+        history["input"] = items[:-1]
+    req = parse_client("responses", history)
+    req.instructions = [COMPACT_PROMPT]
+    req.items.append(c.Message(role="user", parts=[c.Part(
+        "text", text="Write the handoff summary of the conversation above now.")]))
+    req.tools, req.tool_choice, req.stream = [], None, False
+    req.reasoning_effort = None
+    body, _ = await build_upstream_body(ctx, operation, protocol, route, {}, req, raw=True)
+    body["stream"] = False
+    resp = await call_upstream(ctx, route, protocol, False, orjson.dumps(body))
+    async with resp:
+        data = await resp.read()
+    try:
+        events = EventDecoder(protocol).decode_body(orjson.loads(data))
+    except orjson.JSONDecodeError:
+        raise UpstreamError("The upstream's answer is not JSON.") from None
+    summary = "".join(e.text for e in events if isinstance(e, c.TextDelta))
+    usage = next((e.usage for e in events if isinstance(e, c.UsageReport)), usage_wire.Usage())
+    failure = next((e for e in events if isinstance(e, c.Failure)), None)
+    if failure is not None or not summary:
+        raise UpstreamError(failure.message if failure else "The model returned no summary.",
+                            code=failure.code if failure else "compaction_failed")
+    ctx.usage = usage
+    item = {"type": "compaction", "id": responses.new_id("cmp"),
+            "encrypted_content": c.seal_compaction(summary)}
+    if operation == "compact":
+        kept = [i for i in (items if isinstance(items, list) else [])
+                if isinstance(i, dict) and i.get("role") == "user"
+                and i.get("type", "message") == "message"]
+        if isinstance(items, str):
+            kept = [{"type": "message", "role": "user",
+                     "content": [{"type": "input_text", "text": items}]}]
+        answer = {"id": item["id"], "object": "response.compaction",
+                  "created_at": int(time.time()), "output": [*kept, item],
+                  "usage": usage_wire.to_responses(usage)}
+        await send_json(ctx, send, 200, orjson.dumps(answer))
+        return
+    encoder = responses.ResponsesEncoder(ctx.model)
+    stream = b"".join(encoder.feed(e) for e in (c.Start(), c.OpaqueItem(item), c.Finish("stop"),
+                                                  c.UsageReport(usage)))
+    if ctx.stream:
+        await start_stream(ctx, send)
+        await end_stream(ctx, send, stream + encoder.close())
+    else:
+        await send_json(ctx, send, 200, orjson.dumps(encoder.final()))
