@@ -8,7 +8,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import orjson
 import pytest
+
+from gateway.services import upstream_create
+from tests.conftest import UPSTREAM_SECRET
 
 CODEX = shutil.which("codex")
 
@@ -19,7 +23,7 @@ pytestmark = [
 ]
 
 CONFIG = """
-model = "gpt-5-codex"
+model = "{model}"
 model_provider = "turnpike"
 check_for_update_on_startup = false
 
@@ -40,12 +44,15 @@ stream_max_retries = 0
 """
 
 
-def run_codex(base_url: str, key: str, prompt: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+def run_codex(base_url: str, key: str, prompt: str, tmp: Path,
+              model: str = "gpt-5-codex") -> subprocess.CompletedProcess[str]:
     home = tmp / "codex-home"
     work = tmp / "work"
     home.mkdir()
     work.mkdir()
-    (home / "config.toml").write_text(CONFIG.format(base_url=base_url))
+    (home / "config.toml").write_text(CONFIG.format(base_url=base_url, model=model))
+    # The tool's output carries the token that ends tool calling at the fake upstream.
+    (work / "hint.txt").write_text("[[fake tool=]] the hint says hello\n")
     env = {**os.environ, "CODEX_HOME": str(home), "TURNPIKE_KEY": key}
     env.pop("OPENAI_API_KEY", None)
     return subprocess.run(
@@ -69,3 +76,26 @@ def test_codex_cli_reports_a_turnpike_auth_error(gateway, upstream, tmp_path):
     result = run_codex(gateway.base_url, "sk-tp-not-a-real-key", "say hi", tmp_path)
     assert result.returncode != 0
     assert "invalid_api_key" in result.stderr or "not valid" in result.stderr
+
+
+# The fake answers the first turn with a call of Codex's own shell tool; Codex runs it
+# (reading hint.txt) and sends the output back, which ends the tool calls.
+TOOL_PROMPT = 'read the hint [[fake tool=exec_command args={"cmd":"cat\\u0020hint.txt"}]]'
+
+
+@pytest.mark.parametrize("kind", ["openai", "openai-chat", "openai-responses", "anthropic",
+                                  "ollama"])
+def test_codex_cli_completes_a_tool_task_against_every_upstream_kind(
+        gateway, api_key, fake_upstream, tmp_path, kind):
+    base = fake_upstream.openai_url if kind.startswith("openai") else fake_upstream.url
+    upstream_create(name=f"codex-{kind}", kind=kind, base_url=base, models=[f"m-{kind}"],
+                    api_keys=[UPSTREAM_SECRET])
+    fake_upstream.clear()
+    result = run_codex(gateway.base_url, api_key.secret, TOOL_PROMPT, tmp_path,
+                       model=f"m-{kind}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tok0 tok1 tok2" in result.stdout
+    bodies = [r["body"] for r in fake_upstream.requests() if r["body"]]
+    assert len(bodies) >= 2  # the tool call, then the answer after the tool ran
+    assert "the hint says hello" in orjson.dumps(bodies[-1]).decode()
+    assert "the hint says hello" not in orjson.dumps(bodies[0]).decode()
