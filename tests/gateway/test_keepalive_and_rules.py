@@ -35,7 +35,7 @@ def test_long_upstream_silences_get_data_bearing_keepalives_for_responses_client
     resp = httpx.post(impatient_gateway.base_url + "/responses", timeout=30,
                       headers={"Authorization": f"Bearer {api_key.secret}"},
                       json={"model": "slow", "stream": True,
-                            "input": "[[fake chunks=2 delay=0.7]]"})
+                            "input": "[[fake chunks=1 delay=0.35]]"})
     events = frames(resp.text)
     keepalives = [f for f in events if f.startswith("event: keepalive")]
     assert keepalives, resp.text
@@ -50,7 +50,7 @@ def test_chat_clients_get_comment_keepalives(impatient_gateway, fake_upstream, a
     resp = httpx.post(impatient_gateway.base_url + "/chat/completions", timeout=30,
                       headers={"Authorization": f"Bearer {api_key.secret}"},
                       json={"model": "slow", "stream": True, "messages": [
-                          {"role": "user", "content": "[[fake chunks=2 delay=0.7]]"}]})
+                          {"role": "user", "content": "[[fake chunks=1 delay=0.35]]"}]})
     assert ": keepalive" in frames(resp.text)
     assert frames(resp.text)[-1] == "data: [DONE]"
 
