@@ -70,6 +70,9 @@ class UsageLog(models.Model):
     latency_ms = models.PositiveIntegerField(default=0)
     ttfb_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Time to first byte")
     client_ip = models.GenericIPAddressField(null=True, blank=True)
+    attempts = models.JSONField(
+        default=list, blank=True,
+        help_text="Every upstream tried: upstream, credential, status, error, latency (ms).")
     user_agent = models.CharField(max_length=300, blank=True)
 
     class Meta:

@@ -44,6 +44,7 @@ class UsageEvent:
     ttfb_ms: int | None = None
     client_ip: str | None = None
     user_agent: str = ""
+    attempts: list[dict[str, object]] = field(default_factory=list)
 
 
 def _drop_dangling_links(events: list[UsageEvent]) -> None:
@@ -81,7 +82,7 @@ def write_events(events: list[UsageEvent]) -> None:
             input_tokens=e.input_tokens, cached_tokens=e.cached_tokens,
             output_tokens=e.output_tokens, reasoning_tokens=e.reasoning_tokens, cost=e.cost,
             latency_ms=e.latency_ms, ttfb_ms=e.ttfb_ms, client_ip=e.client_ip,
-            user_agent=e.user_agent[:300],
+            user_agent=e.user_agent[:300], attempts=e.attempts,
         )
         for e in events
     ]

@@ -39,6 +39,7 @@ class RelayContext:
     settled: bool = False
     cost: Decimal = Decimal(0)
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # every upstream tried
 
     @classmethod
     def start(cls, scope: dict[str, Any], endpoint: str) -> RelayContext:

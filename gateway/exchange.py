@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from gateway.context import RelayContext
@@ -86,8 +87,83 @@ def has_compaction_trigger(payload: dict[str, Any]) -> bool:
             and items[-1].get("type") == "compaction_trigger")
 
 
-async def run(ctx: RelayContext, operation: str, route: Route, payload: dict[str, Any],
+async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: dict[str, Any],
               body: bytes, send: Send) -> None:
+    """Try the routes in order until one answers. Before the first byte reaches the client,
+    a connect error, timeout, 429, 5xx or credential refusal moves on to the next route
+    (bounded attempts, growing backoff); a 429 cools its credential for the time the
+    upstream asked, a 401/403 disables it. After the first byte, errors end the stream."""
+    from keys.limits import limiter
+
+    last: GatewayError | None = None
+    skip_upstreams: set[int] = set()
+    attempts = 0
+    for route in routes:
+        if attempts >= settings.GATEWAY_MAX_ATTEMPTS:
+            break
+        if route.upstream.id in skip_upstreams:
+            continue
+        cred = route.credential
+        if cred is not None and cred.rpm and not await limiter().hit_credential(cred.id,
+                                                                                cred.rpm):
+            ctx.attempts.append(_attempt(route, 0, "credential_rpm_full", 0.0))
+            continue
+        if attempts:
+            await asyncio.sleep(settings.GATEWAY_RETRY_BACKOFF * 2 ** (attempts - 1))
+        attempts += 1
+        ctx.route = route
+        try:
+            await run_route(ctx, operation, route, payload, body, send)
+            return
+        except GatewayError as exc:
+            if exc.failover is None or ctx.status:
+                raise
+            last = exc
+            await _after_failure(route, exc)
+            if exc.failover == "upstream":
+                skip_upstreams.add(route.upstream.id)
+    if last is not None:
+        raise last
+    raise UpstreamUnavailable("Every upstream credential for this model is cooling down or "
+                              "at its limit; try again shortly.", code="no_upstream_available")
+
+
+async def _after_failure(route: Route, exc: GatewayError) -> None:
+    from keys.limits import limiter
+
+    cred = route.credential
+    if cred is None:
+        return
+    if exc.disable_credential:
+        await limiter().cool(cred.id, 3600)  # every process skips it at once
+        await sync_to_async(_disable_credential, thread_sensitive=False)(
+            cred.id, f"Upstream answered {exc.message[:200]}")
+    elif exc.status == 429:
+        await limiter().cool(cred.id, exc.cooldown or settings.GATEWAY_COOLDOWN_SECONDS)
+
+
+def _disable_credential(credential_id: int, reason: str) -> None:
+    from gateway.models import Credential
+    from keys.models import Status
+
+    credential = Credential.objects.filter(pk=credential_id).first()
+    if credential is not None and credential.status == Status.ACTIVE:
+        credential.status = Status.DISABLED
+        credential.disabled_reason = reason[:300]
+        credential.save(update_fields=["status", "disabled_reason"])  # drops the route table
+        log.warning("disabled credential %s of %s: %s", credential_id,
+                    credential.upstream_id, reason)
+
+
+def _attempt(route: Route, status: int, error: str, started: float) -> dict[str, Any]:
+    return {"upstream": route.upstream.name, "upstream_id": route.upstream.id,
+            "credential_id": route.credential.id if route.credential else None,
+            "status": status, "error": error,
+            "ms": int((time.perf_counter() - started) * 1000) if started else 0}
+
+
+async def run_route(ctx: RelayContext, operation: str, route: Route, payload: dict[str, Any],
+                    body: bytes, send: Send) -> None:
     kind = route.upstream.kind
     protocol = UPSTREAM_PROTOCOL[kind][operation]
     raw = raw_mode(ctx.headers)
@@ -136,21 +212,38 @@ class Upstream:
 
 async def call_upstream(ctx: RelayContext, route: Route, protocol: str, stream: bool,
                         body: bytes) -> aiohttp.ClientResponse:
-    """Send the request; raise the client-facing error for any non-2xx answer."""
+    """Send the request and wait for the answer's start (the upstream's own timeouts);
+    raise the client-facing error, marked for failover, for anything but a 2xx."""
     url, headers = registry.target(route, protocol, stream, ctx.headers)
+    up = route.upstream
     secret = route.credential.secret if route.credential else None
+    started = time.perf_counter()
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=up.timeout_connect or settings.GATEWAY_CONNECT_TIMEOUT,
+        sock_read=up.timeout_idle or settings.GATEWAY_READ_TIMEOUT)
+    error: GatewayError
     try:
-        resp = await upstream_session().post(url, data=body, headers=headers)
+        async with asyncio.timeout(up.timeout_first_byte):
+            resp = await upstream_session().post(url, data=body, headers=headers,
+                                                 timeout=timeout, proxy=up.proxy)
     except TimeoutError:
-        raise UpstreamTimeout("The upstream did not answer in time.") from None
+        error = UpstreamTimeout("The upstream did not answer in time.")
+        error.failover = "upstream"
+        ctx.attempts.append(_attempt(route, 0, error.code, started))
+        raise error from None
     except aiohttp.ClientError as exc:
-        raise UpstreamUnavailable(f"Could not reach the upstream: {type(exc).__name__}.") \
-            from None
+        error = UpstreamUnavailable(f"Could not reach the upstream: {type(exc).__name__}.")
+        error.failover = "upstream"
+        ctx.attempts.append(_attempt(route, 0, error.code, started))
+        raise error from None
     if resp.status >= 400:
         try:
-            raise upstream_error(resp.status, await resp.read(), resp.headers, secret)
+            error = upstream_error(resp.status, await resp.read(), resp.headers, secret)
         finally:
             resp.release()
+        ctx.attempts.append(_attempt(route, resp.status, error.code, started))
+        raise error
+    ctx.attempts.append(_attempt(route, resp.status, "", started))
     ctx.upstream_ok = True
     return resp
 

@@ -35,11 +35,39 @@ class Upstream(models.Model):
     served_models = ListField(
         "models", help_text="Model names (or wildcards like gpt-5*) this upstream serves."
     )
+    model_map = models.JSONField(
+        default=dict, blank=True,
+        help_text='Client-facing name -> name sent upstream, e.g. {"gpt-5-codex": '
+        '"gpt-5.1-codex"}. Mapped names are served too.',
+    )
+    groups = models.ManyToManyField(
+        "keys.Group", blank=True, related_name="upstreams",
+        help_text="Only keys of these groups may use this upstream; none: every key.",
+    )
     priority = models.IntegerField(default=0, help_text="Higher tiers are tried first.")
     weight = models.PositiveIntegerField(
         default=1, validators=[MinValueValidator(1)], help_text="Share within a priority tier."
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    timeout_connect = models.FloatField(
+        null=True, blank=True, help_text="Seconds; empty: GATEWAY_CONNECT_TIMEOUT.")
+    timeout_first_byte = models.FloatField(
+        null=True, blank=True, help_text="Seconds until the response starts; empty: no limit.")
+    timeout_idle = models.FloatField(
+        null=True, blank=True,
+        help_text="Longest silence between chunks, seconds; empty: GATEWAY_READ_TIMEOUT.")
+    proxy_url = models.CharField(
+        max_length=300, blank=True, validators=[URLValidator(schemes=["http", "https"])],
+        help_text="HTTP proxy for this upstream, e.g. http://proxy:3128.")
+    # Health, written by the probe task (gateway.tasks.probe_upstreams).
+    health = models.CharField(max_length=16, default="unknown", editable=False)
+    health_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    health_latency_ms = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    health_failures = models.PositiveIntegerField(default=0, editable=False)
+    health_error = models.CharField(max_length=300, blank=True, editable=False)
+    auto_disabled = models.BooleanField(
+        default=False, help_text="Set by the health probe after repeated failures; cleared "
+        "when the upstream recovers. Routing skips it meanwhile.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -59,6 +87,9 @@ class Credential(models.Model):
     last4 = models.CharField(max_length=4, editable=False, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     disabled_reason = models.CharField(max_length=300, blank=True)
+    rpm = models.PositiveIntegerField(
+        "requests per minute", null=True, blank=True,
+        help_text="The upstream's limit for this key; Turnpike moves on before hitting it.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

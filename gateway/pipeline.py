@@ -22,7 +22,7 @@ import orjson
 from django.conf import settings
 
 from billing.usage import UsageEvent, record_usage
-from gateway import exchange, policy
+from gateway import exchange, policy, routing
 from gateway.context import RelayContext
 from gateway.errors import (
     AuthenticationFailed,
@@ -40,8 +40,8 @@ from gateway.errors import (
     PermissionDenied,
     UnsupportedContentType,
 )
-from gateway.respond import Receive, Send, send_error, send_json
-from gateway.routing import Route, aget_route_table, choose_route
+from gateway.respond import Receive, Send, send_error, send_json, served_binding
+from gateway.routing import UpstreamRef, aget_route_table
 from gateway.translate import codex
 from keys.secrets import hash_secret
 from keys.snapshots import KeySnapshot, aget_key_snapshot
@@ -148,25 +148,56 @@ def parse_request(ctx: RelayContext, body: bytes) -> dict[str, Any]:
     return payload
 
 
-async def plan_route(ctx: RelayContext, key: KeySnapshot, operation: str) -> Route:
-    """Check 4 (model permission), then model -> upstream + credential. A name no upstream
-    serves but that ends in an effort suffix (``gpt-5-high``) means the base model with
-    that reasoning effort."""
+async def resolve_model(ctx: RelayContext, key: KeySnapshot) -> tuple[str, list[UpstreamRef]]:
+    """Check 4 (model permission), then the upstreams this key may use for the model. A
+    name no upstream serves but that ends in an effort suffix (``gpt-5-high``) means the
+    base model with that reasoning effort."""
     model = ctx.model
     table = await aget_route_table()
-    candidates = table.serving(model)
+    group, dedicated = key.group_id, key.dedicated_upstreams
+    candidates = table.serving(model, group, dedicated)
     if not candidates:
         split = codex.split_effort_suffix(model)
-        if split is not None and table.serving(split[0]):
+        if split is not None and table.serving(split[0], group, dedicated):
             model, ctx.effort = split
-            candidates = table.serving(model)
+            candidates = table.serving(model, group, dedicated)
     if not key.allows(ctx.model) and not key.allows(model):
         raise ModelNotAllowed(f"This API key may not use the model '{ctx.model}'.")
     if not candidates:
         raise ModelNotFound(f"The model '{model}' does not exist or no upstream serves it.")
-    route = choose_route(candidates, model)
-    ctx.route = route
-    return route
+    return model, candidates
+
+
+def session_of(ctx: RelayContext, key: KeySnapshot,
+               payload: dict[str, Any]) -> tuple[str | None, str]:
+    """(the explicit session id, if the client sent one; the routing session).
+
+    Explicit: ``prompt_cache_key`` (or its alias ``session_id``) in the body, or a
+    ``session_id``/``session-id`` header (the Codex CLI sends both). Without one, the key
+    plus the conversation's first user message: stable across a conversation's turns."""
+    explicit = payload.get("prompt_cache_key") or payload.get("session_id")
+    if not isinstance(explicit, str) or not explicit:
+        raw = ctx.headers.get(b"session_id") or ctx.headers.get(b"session-id")
+        explicit = raw.decode("latin-1") if raw else None
+    if explicit:
+        return explicit[:200], f"{key.key_id}:s:{explicit}"
+    return None, f"{key.key_id}:m:{first_user_text(payload)[:2000]}"
+
+
+def first_user_text(payload: dict[str, Any]) -> str:
+    items = payload.get("messages")
+    if items is None:
+        items = payload.get("input")
+    if isinstance(items, str):
+        return items
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and item.get("role") == "user":
+            content = item.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
 
 
 # --- the relay --------------------------------------------------------------------------
@@ -175,10 +206,13 @@ async def relay(ctx: RelayContext, operation: str, receive: Receive, send: Send)
     key = await authenticate(ctx)
     body = await read_body(receive, ctx)
     payload = parse_request(ctx, body)
-    route = await plan_route(ctx, key, operation)
-    ctx.ticket = await policy.admit(key, ctx.request_id, route.model, payload, len(body))
+    model, candidates = await resolve_model(ctx, key)
+    explicit, session = session_of(ctx, key, payload)
+    ctx.ticket = await policy.admit(key, ctx.request_id, model, payload, len(body),
+                                    session=explicit)
     ctx.extra_headers = ctx.ticket.headers
-    await watch_disconnect(ctx, receive, exchange.run(ctx, operation, route, payload, body,
+    routes = routing.plan(candidates, model, session, ctx.ticket.binding, ctx.ticket.cooled)
+    await watch_disconnect(ctx, receive, exchange.run(ctx, operation, routes, payload, body,
                                                       send))
 
 
@@ -219,13 +253,15 @@ async def list_models(ctx: RelayContext, model_id: str | None, send: Send) -> No
     table = await aget_route_table()
     if model_id is not None:
         ctx.model = model_id
-        serving = table.serving(model_id)
+        serving = table.serving(model_id, key.group_id, key.dedicated_upstreams)
         if not serving or not key.allows(model_id):
             raise ModelNotFound(f"The model '{model_id}' does not exist.")
         body = orjson.dumps(_model_object(model_id, min(u.created for u in serving)))
     else:
         data = [_model_object(name, up.created)
-                for name, up in table.listed_models().items() if key.allows(name)]
+                for name, up in table.listed_models(key.group_id,
+                                                    key.dedicated_upstreams).items()
+                if key.allows(name)]
         body = orjson.dumps({"object": "list", "data": data})
     await send_json(ctx, send, 200, body)
 
@@ -287,7 +323,7 @@ def _record(ctx: RelayContext) -> None:
         # in the background, where a cancelled request cannot interrupt it.
         ctx.settled = True
         ctx.cost = policy.charge(ctx.ticket, usage, ctx.upstream_ok)
-        policy.settle_later(ctx.ticket, ctx.cost, usage)
+        policy.settle_later(ctx.ticket, ctx.cost, usage, served_binding(ctx))
     record_usage(UsageEvent(
         created_at=ctx.started_at,
         request_id=ctx.request_id,
@@ -310,4 +346,5 @@ def _record(ctx: RelayContext) -> None:
         ttfb_ms=ctx.elapsed_ms(ctx.first_byte_at) if ctx.first_byte_at else None,
         client_ip=ctx.client_ip,
         user_agent=ctx.user_agent,
+        attempts=ctx.attempts,
     ))

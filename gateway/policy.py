@@ -100,6 +100,8 @@ class Ticket:
     price: pricing.Price
     multiplier: Decimal
     headers: list[tuple[bytes, bytes]]
+    binding: str | None = None  # the session's sticky route when admitted
+    cooled: frozenset[int] = frozenset()  # credentials cooling down when admitted
 
 
 def _format_reset(ms: int) -> str:
@@ -113,7 +115,7 @@ def _format_reset(ms: int) -> str:
 
 
 async def admit(key: KeySnapshot, request_id: str, model: str, payload: dict[str, Any],
-                body_size: int) -> Ticket:
+                body_size: int, session: str | None = None) -> Ticket:
     table = await pricing.aget_price_table()
     price = table.lookup(model)
     multiplier = Decimal(key.price_multiplier)
@@ -131,7 +133,7 @@ async def admit(key: KeySnapshot, request_id: str, model: str, payload: dict[str
     admission = Admission(
         key_id=key.key_id, tenant_id=key.tenant_id, request_id=request_id, rpm=key.rpm,
         rpd=key.rpd, tpm=key.tpm, concurrency=key.concurrency, reserve=reserve,
-        key_quota=key.has_quota, commit=not over_cap,
+        key_quota=key.has_quota, commit=not over_cap, session=session,
     )
     decision = await _admit_with_accounts(admission)
     if decision.code != limits.OK:
@@ -151,7 +153,8 @@ async def admit(key: KeySnapshot, request_id: str, model: str, payload: dict[str
             (b"x-ratelimit-remaining-requests", str(max(0, key.rpm - decision.rpm_used)).encode()),
             (b"x-ratelimit-reset-requests", _format_reset(decision.rpm_reset_ms).encode()),
         ]
-    ticket = Ticket(admission=admission, price=price, multiplier=multiplier, headers=headers)
+    ticket = Ticket(admission=admission, price=price, multiplier=multiplier, headers=headers,
+                    binding=decision.binding, cooled=decision.cooled)
     if key.concurrency:
         leases.hold(admission)
     return ticket
@@ -207,35 +210,40 @@ def charge(ticket: Ticket, usage: Usage | None, served: bool) -> Decimal:
 _settling: set[asyncio.Task[None]] = set()
 
 
-def _settle_task(ticket: Ticket, cost: Decimal, usage: Usage | None) -> asyncio.Task[None] | None:
+def _settle_task(ticket: Ticket, cost: Decimal, usage: Usage | None,
+                 binding: str | None) -> asyncio.Task[None] | None:
     a = ticket.admission
     leases.release(a)
     refund = a.reserve - pricing.to_micro(cost)
     tokens = (usage.input_tokens + usage.output_tokens) if usage else 0
-    if not (a.concurrency or refund or (a.tpm and tokens)):
+    binding = binding if a.session else None
+    if not (a.concurrency or refund or (a.tpm and tokens) or binding):
         return None
-    task = asyncio.get_running_loop().create_task(_settle(a, refund, tokens))
+    task = asyncio.get_running_loop().create_task(_settle(a, refund, tokens, binding))
     _settling.add(task)
     task.add_done_callback(_settling.discard)
     return task
 
 
-async def settle(ticket: Ticket, cost: Decimal, usage: Usage | None) -> None:
-    """Free the slot, refund the unused reservation, count TPM tokens, and wait for it. The
-    work runs as its own task (shielded), so cancelling the request cannot cut it short."""
-    task = _settle_task(ticket, cost, usage)
+async def settle(ticket: Ticket, cost: Decimal, usage: Usage | None,
+                 binding: str | None = None) -> None:
+    """Free the slot, refund the unused reservation, count TPM tokens, bind the session to
+    the route that served it, and wait for it. The work runs as its own task (shielded),
+    so cancelling the request cannot cut it short."""
+    task = _settle_task(ticket, cost, usage, binding)
     if task is not None:
         await asyncio.shield(task)
 
 
-def settle_later(ticket: Ticket, cost: Decimal, usage: Usage | None) -> None:
+def settle_later(ticket: Ticket, cost: Decimal, usage: Usage | None,
+                 binding: str | None = None) -> None:
     """Settle without waiting (the request is already over)."""
-    _settle_task(ticket, cost, usage)
+    _settle_task(ticket, cost, usage, binding)
 
 
-async def _settle(a: Admission, refund: int, tokens: int) -> None:
+async def _settle(a: Admission, refund: int, tokens: int, binding: str | None) -> None:
     try:
-        await limits.limiter().settle(a, refund, tokens)
+        await limits.limiter().settle(a, refund, tokens, binding)
     except Exception:
         # The lease expires by itself; a lost refund is restored when the account is
         # next loaded from the database.

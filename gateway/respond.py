@@ -29,7 +29,12 @@ async def finish_policy(ctx: RelayContext) -> None:
         return
     ctx.settled = True
     ctx.cost = policy.charge(ctx.ticket, ctx.usage, ctx.upstream_ok)
-    await policy.settle(ctx.ticket, ctx.cost, ctx.usage)
+    await policy.settle(ctx.ticket, ctx.cost, ctx.usage, served_binding(ctx))
+
+
+def served_binding(ctx: RelayContext) -> str | None:
+    """The route to bind the session to: the one that served it (re-set to renew its TTL)."""
+    return ctx.route.binding if ctx.route is not None and ctx.upstream_ok else None
 
 
 async def send_json(ctx: RelayContext, send: Send, status: int, body: bytes,

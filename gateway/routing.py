@@ -1,12 +1,19 @@
-"""Model name -> upstream + credential, from a cached snapshot of the Upstream table.
+"""Model name -> an ordered list of routes (upstream + credential), from a cached snapshot of
+the Upstream table (no SQL on the hot path; ``gateway.signals`` drops it on any change).
 
-The table is read through ``LayeredCache`` like key snapshots, so routing costs no SQL;
-``gateway.signals`` drops it whenever an upstream or credential changes.
+Order of the routes a request tries:
+  1. the session's sticky binding, when it still serves the model and is not cooling down;
+  2. then by priority tier, highest first; inside a tier upstreams by weighted rendezvous
+     hashing of the session, and inside an upstream its credentials likewise.
+Rendezvous hashing makes the choice a pure function of (session, candidates): every gateway
+process picks the same credential for a conversation, conversations spread over upstreams in
+proportion to their weights, and when a credential drops out only its sessions move.
 """
 
 from __future__ import annotations
 
-import random
+import hashlib
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -15,10 +22,12 @@ from gateway.crypto import decrypt
 from keys.snapshots import model_matches
 from portal.snapshots import LayeredCache
 
+
 @dataclass(frozen=True, slots=True)
 class CredentialRef:
     id: int
     secret: str
+    rpm: int = 0  # the upstream's limit for this key; 0: none known
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +37,32 @@ class UpstreamRef:
     kind: str
     base_url: str
     models: tuple[str, ...]
+    model_map: tuple[tuple[str, str], ...]
     priority: int
     weight: int
     created: int  # unix seconds, shown as the models' "created"
     credentials: tuple[CredentialRef, ...]
+    groups: frozenset[int] = frozenset()
+    timeout_connect: float | None = None
+    timeout_first_byte: float | None = None
+    timeout_idle: float | None = None
+    proxy: str | None = None
 
     def serves(self, model: str) -> bool:
-        return any(model_matches(p, model) for p in self.models)
+        return any(name == model for name, _ in self.model_map) or \
+            any(model_matches(p, model) for p in self.models)
+
+    def upstream_model(self, model: str) -> str:
+        for name, target in self.model_map:
+            if name == model:
+                return target
+        return model
+
+    def open_to(self, group_id: int | None, dedicated: bool) -> bool:
+        """Whether a key of this group may use this upstream."""
+        if dedicated:
+            return group_id is not None and group_id in self.groups
+        return not self.groups or group_id in self.groups
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,20 +71,30 @@ class Route:
     credential: CredentialRef | None
     model: str  # the name sent upstream
 
+    @property
+    def binding(self) -> str:
+        """How a sticky session records this route."""
+        return f"{self.upstream.id}:{self.credential.id if self.credential else 0}"
+
 
 @dataclass(frozen=True, slots=True)
 class RouteTable:
     upstreams: tuple[UpstreamRef, ...]
 
-    def serving(self, model: str) -> list[UpstreamRef]:
-        return [u for u in self.upstreams if u.serves(model)]
+    def serving(self, model: str, group_id: int | None = None,
+                dedicated: bool = False) -> list[UpstreamRef]:
+        return [u for u in self.upstreams if u.open_to(group_id, dedicated) and u.serves(model)]
 
-    def listed_models(self) -> dict[str, UpstreamRef]:
-        """Concrete model names (wildcards cannot be listed) -> the first upstream serving
-        each, in routing order."""
+    def listed_models(self, group_id: int | None = None,
+                      dedicated: bool = False) -> dict[str, UpstreamRef]:
+        """Concrete client-facing model names (wildcards cannot be listed) -> the first
+        upstream serving each, over every upstream this group may use."""
         seen: dict[str, UpstreamRef] = {}
         for upstream in self.upstreams:
-            for name in upstream.models:
+            if not upstream.open_to(group_id, dedicated):
+                continue
+            names = [*upstream.models, *(name for name, _ in upstream.model_map)]
+            for name in names:
                 if not any(ch in name for ch in "*?["):
                     seen.setdefault(name, upstream)
         return seen
@@ -67,17 +105,23 @@ def build_route_table(_ident: str) -> dict[str, Any]:
     from keys.models import Status
 
     upstreams = []
-    qs = Upstream.objects.filter(status=Status.ACTIVE).prefetch_related("credentials")
+    qs = (Upstream.objects.filter(status=Status.ACTIVE, auto_disabled=False)
+          .prefetch_related("credentials", "groups"))
     for up in qs:
         creds = [
-            {"id": c.pk, "secret_encrypted": c.secret_encrypted}
+            {"id": c.pk, "secret_encrypted": c.secret_encrypted, "rpm": c.rpm or 0}
             for c in up.credentials.all()
             if c.status == Status.ACTIVE
         ]
         upstreams.append({
             "id": up.pk, "name": up.name, "kind": up.kind, "base_url": up.base_url.rstrip("/"),
-            "models": list(up.served_models or []), "priority": up.priority, "weight": up.weight,
+            "models": list(up.served_models or []),
+            "model_map": sorted((str(k), str(v)) for k, v in (up.model_map or {}).items()),
+            "priority": up.priority, "weight": up.weight,
             "created": int(up.created_at.timestamp()), "credentials": creds,
+            "groups": sorted(g.pk for g in up.groups.all()),
+            "timeouts": [up.timeout_connect, up.timeout_first_byte, up.timeout_idle],
+            "proxy": up.proxy_url or None,
         })
     return {"upstreams": upstreams}
 
@@ -91,13 +135,18 @@ def decode_route_table(data: dict[str, Any]) -> RouteTable:
     ups = []
     for u in data["upstreams"]:
         creds = tuple(
-            CredentialRef(id=c["id"], secret=_decrypt_cached(c["secret_encrypted"]))
+            CredentialRef(id=c["id"], secret=_decrypt_cached(c["secret_encrypted"]) if
+                          c["secret_encrypted"] else "", rpm=c.get("rpm", 0))
             for c in u["credentials"]
         )
+        connect, first_byte, idle = u.get("timeouts") or (None, None, None)
         ups.append(UpstreamRef(
             id=u["id"], name=u["name"], kind=u["kind"], base_url=u["base_url"],
-            models=tuple(u["models"]), priority=u["priority"], weight=max(1, u["weight"]),
-            created=u["created"], credentials=creds,
+            models=tuple(u["models"]), model_map=tuple(tuple(p) for p in u.get("model_map", [])),
+            priority=u["priority"], weight=max(1, u["weight"]), created=u["created"],
+            credentials=creds, groups=frozenset(u.get("groups", [])),
+            timeout_connect=connect, timeout_first_byte=first_byte, timeout_idle=idle,
+            proxy=u.get("proxy"),
         ))
     ups.sort(key=lambda u: -u.priority)
     return RouteTable(upstreams=tuple(ups))
@@ -113,17 +162,38 @@ async def aget_route_table() -> RouteTable:
     return table if table is not None else RouteTable(upstreams=())
 
 
-def pick(candidates: list[UpstreamRef], rng: random.Random | None = None) -> UpstreamRef:
-    """Highest priority tier first; weighted random inside the tier."""
-    rng = rng or random
-    top = max(u.priority for u in candidates)
-    tier = [u for u in candidates if u.priority == top]
-    if len(tier) == 1:
-        return tier[0]
-    return rng.choices(tier, weights=[u.weight for u in tier], k=1)[0]
+# --- ordering -----------------------------------------------------------------------------
+
+def _unit(session: str, node: str) -> float:
+    """A uniform number in (0, 1) from (session, node): the same in every process."""
+    digest = hashlib.blake2b(f"{session}\x00{node}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") + 1) / (2**64 + 1)
 
 
-def choose_route(candidates: list[UpstreamRef], model: str) -> Route:
-    upstream = pick(candidates)
-    credential = random.choice(upstream.credentials) if upstream.credentials else None
-    return Route(upstream=upstream, credential=credential, model=model)
+def rendezvous(session: str, nodes: list[Any], key: Any, weight: Any) -> list[Any]:
+    """Weighted rendezvous (highest random weight) order: node n wins with probability
+    weight(n) / sum(weights) over sessions, and a session's order is stable."""
+    return sorted(nodes, key=lambda n: weight(n) / -math.log(_unit(session, key(n))),
+                  reverse=True)
+
+
+def plan(candidates: list[UpstreamRef], model: str, session: str,
+         sticky: str | None = None, cooled: frozenset[int] = frozenset()) -> list[Route]:
+    """Every route this request may try, best first (see the module docstring)."""
+    routes: list[Route] = []
+    for priority in sorted({u.priority for u in candidates}, reverse=True):
+        tier = [u for u in candidates if u.priority == priority]
+        for upstream in rendezvous(session, tier, lambda u: f"u{u.id}", lambda u: u.weight):
+            name = upstream.upstream_model(model)
+            if not upstream.credentials:
+                routes.append(Route(upstream=upstream, credential=None, model=name))
+                continue
+            creds = [c for c in upstream.credentials if c.id not in cooled]
+            for cred in rendezvous(session, creds, lambda c: f"c{c.id}", lambda c: 1):
+                routes.append(Route(upstream=upstream, credential=cred, model=name))
+    if sticky:
+        for index, route in enumerate(routes):
+            if route.binding == sticky:
+                routes.insert(0, routes.pop(index))
+                break
+    return routes

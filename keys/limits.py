@@ -57,6 +57,7 @@ class Admission:
     reserve: int  # micro-units
     key_quota: bool
     commit: bool = True
+    session: str | None = None  # an explicit session (prompt_cache_key / session_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +66,16 @@ class Decision:
     retry_after_ms: int = 0  # for refusals
     rpm_used: int = 0  # for admissions: requests in the RPM window, this one included
     rpm_reset_ms: int = 0
+    binding: str | None = None  # the session's sticky route, if any
+    cooled: frozenset[int] = frozenset()  # credentials cooling down
 
 
 class Limiter(Protocol):
     async def admit(self, a: Admission) -> Decision: ...
-    async def settle(self, a: Admission, refund: int, tokens: int) -> None: ...
+    async def settle(self, a: Admission, refund: int, tokens: int,
+                     binding: str | None = None) -> None: ...
+    async def cool(self, ident: int, seconds: float) -> None: ...
+    async def hit_credential(self, ident: int, rpm: int) -> bool: ...
     async def init_account(self, kind: str, ident: int, avail: int) -> None: ...
     async def renew(self, leases: list[tuple[int, str]]) -> None: ...
     def adjust_account(self, kind: str, ident: int, delta: int) -> None: ...
@@ -89,6 +95,15 @@ def local_day_and_seconds_left(now: float | None = None) -> tuple[str, int]:
 
 def account_key(kind: str, ident: int) -> str:
     return rkey("acct", kind, ident)
+
+
+def sticky_key(a: Admission) -> str:
+    """Sessions are per key, so two tenants' equal session ids never share a binding."""
+    return rkey("sticky", a.key_id, a.session or "-")
+
+
+def sticky_ttl() -> int:
+    return int(settings.GATEWAY_STICKY_SECONDS)
 
 
 class RedisLimiter:
@@ -115,22 +130,47 @@ class RedisLimiter:
         day, seconds_left = local_day_and_seconds_left()
         k = a.key_id
         keys = [rkey("rpm", k), rkey("rpd", k, day), rkey("tpm", k), rkey("conc", k),
-                account_key("tenant", a.tenant_id), account_key("key", k)]
+                account_key("tenant", a.tenant_id), account_key("key", k), sticky_key(a),
+                rkey("cool")]
         args = [int(time.time() * 1000), a.request_id, a.rpm, a.rpd, seconds_left, a.tpm,
                 a.concurrency, lease_ms(), a.reserve, int(a.key_quota), int(a.commit)]
-        code, x, y = await admit(keys=keys, args=args)  # type: ignore[operator]
+        result = await admit(keys=keys, args=args)  # type: ignore[operator]
+        code, x, y = result[:3]
         if code == OK:
-            return Decision(OK, rpm_used=int(x), rpm_reset_ms=int(y))
+            binding = result[3].decode() if a.session and result[3] else None
+            cooled = frozenset(int(i) for i in result[4])
+            return Decision(OK, rpm_used=int(x), rpm_reset_ms=int(y), binding=binding,
+                            cooled=cooled)
         return Decision(int(code), retry_after_ms=int(x))
 
-    async def settle(self, a: Admission, refund: int, tokens: int) -> None:
+    async def settle(self, a: Admission, refund: int, tokens: int,
+                     binding: str | None = None) -> None:
         _, settle = self._registered()
         k = a.key_id
         keys = [rkey("conc", k), account_key("tenant", a.tenant_id), account_key("key", k),
-                rkey("tpm", k)]
+                rkey("tpm", k), sticky_key(a)]
         args = [a.request_id, refund, int(a.key_quota), tokens if a.tpm else 0,
-                int(time.time() * 1000)]
+                int(time.time() * 1000), binding if a.session and binding else "",
+                sticky_ttl()]
         await settle(keys=keys, args=args)  # type: ignore[operator]
+
+    async def cool(self, ident: int, seconds: float) -> None:
+        client = async_redis()
+        assert client is not None
+        await client.hset(rkey("cool"), str(ident),  # type: ignore[misc]
+                          int((time.time() + seconds) * 1000))
+
+    async def hit_credential(self, ident: int, rpm: int) -> bool:
+        """Count a request on a credential with a known upstream RPM; False once this minute
+        is used up (fixed one-minute windows: enough to stay under the upstream's limit)."""
+        client = async_redis()
+        assert client is not None
+        key = rkey("crpm", ident, int(time.time() // 60))
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 120)
+            count, _ = await pipe.execute()
+        return int(count) <= rpm
 
     async def init_account(self, kind: str, ident: int, avail: int) -> None:
         client = async_redis()
@@ -176,6 +216,9 @@ class MemoryLimiter:
         self._tpm: dict[int, dict[int, int]] = {}
         self._conc: dict[int, dict[str, float]] = {}
         self._accounts: dict[tuple[str, int], int] = {}
+        self._sticky: dict[tuple[int, str], tuple[str, float]] = {}
+        self._cool: dict[int, float] = {}
+        self._crpm: dict[tuple[int, int], int] = {}
 
     async def admit(self, a: Admission) -> Decision:
         with self._lock:
@@ -211,7 +254,8 @@ class MemoryLimiter:
         if a.concurrency and len(leases) >= a.concurrency:
             return Decision(CONCURRENCY, retry_after_ms=1000)
         if not a.commit:
-            return Decision(OK, rpm_used=len(window), rpm_reset_ms=reset)
+            return Decision(OK, rpm_used=len(window), rpm_reset_ms=reset,
+                            **self._routing_state(a, now))
         if a.reserve:
             self._accounts[("tenant", a.tenant_id)] = tenant - a.reserve
             if key_avail is not None:
@@ -224,11 +268,26 @@ class MemoryLimiter:
             self._rpd[(a.key_id, day)] = self._rpd.get((a.key_id, day), 0) + 1
         if a.concurrency:
             leases[a.request_id] = now + lease_ms()
-        return Decision(OK, rpm_used=len(window), rpm_reset_ms=reset)
+        return Decision(OK, rpm_used=len(window), rpm_reset_ms=reset,
+                        **self._routing_state(a, now))
 
-    async def settle(self, a: Admission, refund: int, tokens: int) -> None:
+    def _routing_state(self, a: Admission, now: float) -> dict[str, object]:
+        binding = None
+        if a.session:
+            entry = self._sticky.get((a.key_id, a.session))
+            if entry is not None and entry[1] > now:
+                binding = entry[0]
+        for ident in [i for i, until in self._cool.items() if until <= now]:
+            del self._cool[ident]
+        return {"binding": binding, "cooled": frozenset(self._cool)}
+
+    async def settle(self, a: Admission, refund: int, tokens: int,
+                     binding: str | None = None) -> None:
         with self._lock:
             self._conc.get(a.key_id, {}).pop(a.request_id, None)
+            if a.session and binding:
+                self._sticky[(a.key_id, a.session)] = (
+                    binding, time.time() * 1000 + sticky_ttl() * 1000)
             if refund:
                 for account in (("tenant", a.tenant_id), ("key", a.key_id)):
                     if account in self._accounts and (account[0] == "tenant" or a.key_quota):
@@ -241,6 +300,17 @@ class MemoryLimiter:
     async def init_account(self, kind: str, ident: int, avail: int) -> None:
         with self._lock:
             self._accounts.setdefault((kind, ident), avail)
+
+    async def cool(self, ident: int, seconds: float) -> None:
+        with self._lock:
+            self._cool[ident] = (time.time() + seconds) * 1000
+
+    async def hit_credential(self, ident: int, rpm: int) -> bool:
+        minute = int(time.time() // 60)
+        with self._lock:
+            self._crpm = {k: v for k, v in self._crpm.items() if k[1] >= minute}
+            count = self._crpm[(ident, minute)] = self._crpm.get((ident, minute), 0) + 1
+        return count <= rpm
 
     async def renew(self, leases: list[tuple[int, str]]) -> None:
         expiry = time.time() * 1000 + lease_ms()

@@ -46,6 +46,10 @@ class Group(models.Model):
         max_digits=8, decimal_places=4, default=Decimal("1"),
         validators=[MinValueValidator(Decimal("0"))],
     )
+    dedicated_upstreams = models.BooleanField(
+        default=False, help_text="Its keys use only the upstreams assigned to this group "
+        "(e.g. a premium group on premium upstreams).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

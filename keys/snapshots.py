@@ -40,6 +40,7 @@ class KeySnapshot:
     group_id: int | None
     price_multiplier: str  # Decimal as text: exact, and JSON-safe
     has_quota: bool
+    dedicated_upstreams: bool = False  # the group uses only upstreams assigned to it
 
     @property
     def active(self) -> bool:
@@ -101,6 +102,7 @@ def build_key_snapshot(secret_hash: str) -> dict[str, Any] | None:
         group_id=group.pk if group else None,
         price_multiplier=str(group.price_multiplier if group else 1),
         has_quota=key.quota is not None,
+        dedicated_upstreams=bool(group and group.dedicated_upstreams),
     )
     return snap.to_dict()
 

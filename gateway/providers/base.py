@@ -62,17 +62,22 @@ def upstream_error(status: int, body: bytes, headers: Any, secret: str | None) -
         if len(secret) > 12:
             message = message.replace(secret[-8:], "****")
     if status in (401, 403):
-        return UpstreamError(
+        error: GatewayError = UpstreamError(
             f"The upstream refused Turnpike's credential (HTTP {status}). "
             "An operator needs to check the upstream's API key.",
             code="upstream_auth_failed",
         )
+        error.failover, error.disable_credential = "credential", True
+        return error
     if status == 429:
-        return RateLimited(
+        asked = retry_after_seconds(headers)
+        error = RateLimited(
             message or "The upstream is rate limiting; try again shortly.",
             code=code or "rate_limit_exceeded",
-            retry_after=retry_after_seconds(headers) or DEFAULT_RETRY_AFTER,
+            retry_after=asked or DEFAULT_RETRY_AFTER,
         )
+        error.failover, error.cooldown = "credential", asked
+        return error
     if status == 404:
         return NotFound(message or "The upstream does not know this path or model.",
                         code=code or "not_found")
@@ -81,9 +86,11 @@ def upstream_error(status: int, body: bytes, headers: Any, secret: str | None) -
             message or f"The upstream rejected the request (HTTP {status}).",
             code=code or "upstream_rejected", status=status, param=param,
         )
-    return UpstreamError(
+    error = UpstreamError(
         message or f"The upstream failed (HTTP {status}).",
         code=code or "upstream_error",
         status=status if status in (500, 502, 503, 504) else 502,
         type="server_error",
     )
+    error.failover = "upstream"
+    return error

@@ -3,13 +3,16 @@
 --
 -- KEYS: 1 rpm zset (request ids scored by arrival ms), 2 rpd counter (this local day),
 --       3 tpm hash (10 s bucket -> tokens), 4 concurrency zset (request id -> lease expiry ms),
---       5 tenant account hash (avail, micro-units), 6 key account hash (avail, micro-units)
+--       5 tenant account hash (avail, micro-units), 6 key account hash (avail, micro-units),
+--       7 the session's sticky binding (string), 8 credential cool-downs (hash id -> until ms)
 -- ARGV: 1 now ms, 2 request id, 3 rpm, 4 rpd, 5 seconds to local midnight, 6 tpm,
 --       7 concurrency, 8 lease ms, 9 reservation (micro-units), 10 key has a quota (0/1),
 --       11 commit (0/1)
--- Returns {code, a, b}: code 0 = admitted (a = requests in the RPM window, b = ms until the
--- oldest leaves it); -1 = tenant account not loaded, -2 = key account not loaded;
--- 5 quota, 6 rpm, 7 rpd, 9 tpm, 8 concurrency (a = retry-after ms).
+-- Returns {code, a, b, binding, cooled}: code 0 = admitted (a = requests in the RPM window,
+-- b = ms until the oldest leaves it, binding = the sticky route or '', cooled = ids of
+-- credentials cooling down); -1 = tenant account not loaded, -2 = key account not loaded;
+-- 5 quota, 6 rpm, 7 rpd, 9 tpm, 8 concurrency (a = retry-after ms). Routing state rides
+-- along so a request costs one round trip for limits and routing together.
 local now = tonumber(ARGV[1])
 local reserve = tonumber(ARGV[9])
 local key_quota = ARGV[10] == '1'
@@ -66,7 +69,24 @@ if concurrency > 0 then
   if redis.call('ZCARD', KEYS[4]) >= concurrency then return {8, 1000, 0} end
 end
 
-if ARGV[11] ~= '1' then return {0, rpm_count, rpm_reset} end
+local function routing_state()
+  local binding = redis.call('GET', KEYS[7]) or ''
+  local cooled = {}
+  local fields = redis.call('HGETALL', KEYS[8])
+  for i = 1, #fields, 2 do
+    if tonumber(fields[i + 1]) > now then
+      cooled[#cooled + 1] = fields[i]
+    else
+      redis.call('HDEL', KEYS[8], fields[i])
+    end
+  end
+  return binding, cooled
+end
+
+if ARGV[11] ~= '1' then
+  local binding, cooled = routing_state()
+  return {0, rpm_count, rpm_reset, binding, cooled}
+end
 
 if reserve > 0 then
   redis.call('HINCRBY', KEYS[5], 'avail', -reserve)
@@ -87,4 +107,5 @@ if concurrency > 0 then
   redis.call('ZADD', KEYS[4], now + lease, ARGV[2])
   redis.call('PEXPIRE', KEYS[4], lease * 2)
 end
-return {0, rpm_count, rpm_reset}
+local binding, cooled = routing_state()
+return {0, rpm_count, rpm_reset, binding, cooled}

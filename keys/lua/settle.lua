@@ -1,7 +1,10 @@
 -- Settlement when a request ends: free its concurrency slot, return the unused part of its
 -- reservation (negative: charge the overrun), and count its tokens for the TPM window.
--- KEYS: 1 concurrency zset, 2 tenant account hash, 3 key account hash, 4 tpm hash
--- ARGV: 1 request id, 2 refund (micro-units), 3 key has a quota (0/1), 4 tokens, 5 now ms
+-- and record the route that served the session (sticky binding).
+-- KEYS: 1 concurrency zset, 2 tenant account hash, 3 key account hash, 4 tpm hash,
+--       5 the session's sticky binding
+-- ARGV: 1 request id, 2 refund (micro-units), 3 key has a quota (0/1), 4 tokens, 5 now ms,
+--       6 binding ('' = leave it), 7 binding ttl seconds
 redis.call('ZREM', KEYS[1], ARGV[1])
 local refund = tonumber(ARGV[2])
 if refund ~= 0 then
@@ -21,5 +24,8 @@ if tokens > 0 then
   for _, b in ipairs(fields) do
     if tonumber(b) <= bucket - 6 then redis.call('HDEL', KEYS[4], b) end
   end
+end
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[5], ARGV[6], 'EX', tonumber(ARGV[7]))
 end
 return 1

@@ -157,6 +157,15 @@ GATEWAY_TRUST_X_FORWARDED_FOR = env_bool("GATEWAY_TRUST_X_FORWARDED_FOR", False)
 # A concurrency slot held by a process that died is freed after this many seconds
 # (running requests renew theirs every third of it).
 GATEWAY_CONCURRENCY_LEASE_SECONDS = env_float("GATEWAY_CONCURRENCY_LEASE_SECONDS", 90.0)
+# Routing: how long a session stays bound to the credential that served it (renewed on use),
+# how many upstream attempts one request may make before the client sees the error, the
+# cool-down after an upstream 429 that names no Retry-After, and the health probe.
+GATEWAY_STICKY_SECONDS = env_int("GATEWAY_STICKY_SECONDS", 3600)
+GATEWAY_MAX_ATTEMPTS = env_int("GATEWAY_MAX_ATTEMPTS", 3)
+GATEWAY_RETRY_BACKOFF = env_float("GATEWAY_RETRY_BACKOFF", 0.05)
+GATEWAY_COOLDOWN_SECONDS = env_float("GATEWAY_COOLDOWN_SECONDS", 30.0)
+GATEWAY_HEALTH_INTERVAL = env_float("GATEWAY_HEALTH_INTERVAL", 60.0)
+GATEWAY_HEALTH_FAILURES = env_int("GATEWAY_HEALTH_FAILURES", 3)
 # Usage rows are queued in memory and written in batches by a background task.
 GATEWAY_USAGE_FLUSH_INTERVAL = env_float("GATEWAY_USAGE_FLUSH_INTERVAL", 0.5)
 GATEWAY_USAGE_BATCH_SIZE = env_int("GATEWAY_USAGE_BATCH_SIZE", 500)
