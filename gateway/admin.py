@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
@@ -21,7 +21,7 @@ class CredentialForm(forms.ModelForm):
 
     class Meta:
         model = Credential
-        fields = ("upstream", "name", "secret", "status", "disabled_reason")
+        fields = ("upstream", "name", "secret", "status", "disabled_reason", "rpm")
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -44,7 +44,7 @@ class CredentialInline(admin.TabularInline):
     model = Credential
     form = CredentialForm
     extra = 0
-    fields = ("name", "secret", "masked_secret", "status", "disabled_reason")
+    fields = ("name", "secret", "masked_secret", "status", "disabled_reason", "rpm")
     readonly_fields = ("masked_secret",)
 
     @admin.display(description="stored key")
@@ -55,10 +55,42 @@ class CredentialInline(admin.TabularInline):
 @admin.register(Upstream)
 class UpstreamAdmin(admin.ModelAdmin):
     list_display = ("name", "kind", "base_url", "models_display", "priority", "weight",
-                    "status", "credential_count")
-    list_filter = ("kind", "status")
+                    "status", "health_display", "health_latency_ms", "health_checked_at",
+                    "credential_count")
+    list_filter = ("kind", "status", "health", "auto_disabled", "groups")
     search_fields = ("name", "base_url")
     inlines = (CredentialInline,)
+    filter_horizontal = ("groups",)
+    readonly_fields = ("health", "health_checked_at", "health_latency_ms", "health_failures",
+                       "health_error")
+    actions = ("test_now",)
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "base_url", "status", "priority", "weight")}),
+        ("Models", {"fields": ("served_models", "model_map")}),
+        ("Access", {"fields": ("groups",)}),
+        ("Connection", {"fields": ("timeout_connect", "timeout_first_byte", "timeout_idle",
+                                   "proxy_url")}),
+        ("Health", {"fields": ("auto_disabled", "health", "health_checked_at",
+                               "health_latency_ms", "health_failures", "health_error")}),
+    )
+
+    @admin.display(description="health", ordering="health")
+    def health_display(self, obj: Upstream) -> str:
+        if obj.auto_disabled:
+            return f"auto-disabled ({obj.health_failures} failures)"
+        return obj.health
+
+    @admin.action(description="Test now (probe and record health)")
+    def test_now(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
+        from gateway.health import probe, record
+
+        for upstream in queryset:
+            result = probe(upstream)
+            record(upstream, result)
+            level = messages.SUCCESS if result.ok else messages.ERROR
+            detail = "healthy" if result.ok else f"failed: {result.error}"
+            self.message_user(request, f"{upstream.name}: {detail} in {result.latency_ms} ms",
+                              level)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Upstream]:
         return super().get_queryset(request).annotate(_creds=Count("credentials"))
@@ -77,7 +109,20 @@ class UpstreamAdmin(admin.ModelAdmin):
 class CredentialAdmin(admin.ModelAdmin):
     form = CredentialForm
     list_display = ("__str__", "upstream", "name", "masked_secret", "status",
-                    "disabled_reason", "created_at")
+                    "cooling_down", "disabled_reason", "rpm", "created_at")
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        from keys.limits import limiter
+
+        self._cooldowns = limiter().cooldowns()  # one read for the whole page
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="cool-down")
+    def cooling_down(self, obj: Credential) -> str:
+        import time
+
+        until = getattr(self, "_cooldowns", {}).get(obj.pk)
+        return f"{int(until - time.time())} s left" if until else "-"
     list_filter = ("status", "upstream")
     search_fields = ("name", "upstream__name", "last4")
     list_select_related = ("upstream",)

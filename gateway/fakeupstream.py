@@ -18,6 +18,8 @@ Anthropic and Ollama)::
     POST /v1/chat/completions   POST /v1/responses   POST /v1/responses/compact   GET /v1/models
     POST /v1/messages           POST /api/chat       GET /api/tags
     GET|DELETE /_fake/requests  GET /_fake/stats     POST /_fake/stats/reset     GET /_fake/health
+    POST|DELETE /_fake/keys     (per-credential failures: {"key", "status", "retry_after",
+                                 "hold", "count"})
 
 Auth: with one or more ``--api-key``, protocol requests must present one of them
 (``Authorization: Bearer K``; Anthropic also ``x-api-key: K``), else 401 in the protocol's error
@@ -1052,6 +1054,9 @@ class FakeState:
     total: int = 0
     inflight: int = 0
     max_inflight: int = 0
+    # Per-credential behaviour set through POST /_fake/keys: credential -> {"status",
+    # "retry_after", "hold", "count"} (count: how many requests it applies to; -1: all).
+    by_key: dict[str, Json] = field(default_factory=dict)
 
     def record(self, request: web.Request, body: Any) -> None:
         self.requests.append(
@@ -1097,8 +1102,22 @@ async def _serve_protocol(
     ) -> web.Response:
         return await send_json(request, protocol.error_body(status, message), status, headers)
 
-    if state.api_keys and _presented_key(request, protocol) not in state.api_keys:
+    presented = _presented_key(request, protocol)
+    if state.api_keys and presented not in state.api_keys:
         return await error(401, "invalid api key")
+    scripted = state.by_key.get(presented or "")
+    if scripted is not None:
+        if scripted.get("count", -1) > 0:
+            scripted["count"] -= 1
+            if scripted["count"] == 0:
+                del state.by_key[presented or ""]
+        if scripted.get("hold"):
+            await asyncio.sleep(float(scripted["hold"]))
+        if scripted.get("status"):
+            status = int(scripted["status"])
+            after = scripted.get("retry_after")
+            return await error(status, f"fake upstream error {status}",
+                               {"Retry-After": str(after)} if after else None)
     if not valid or (raw and not isinstance(body, dict)):
         return await error(400, "request body must be a JSON object")
     try:
@@ -1160,6 +1179,22 @@ async def reset_stats(request: web.Request) -> web.Response:
     # Requests still running keep counting; restart the high-water mark from them.
     state.max_inflight = state.inflight
     return web.json_response(state.stats(), dumps=_dumps)
+
+
+async def script_key(request: web.Request) -> web.Response:
+    """POST {"key", "status"?, "retry_after"?, "hold"?, "count"?}: make every request that
+    presents this credential fail (or wait) so tests can fail one credential of many."""
+    spec = await request.json(loads=orjson.loads)
+    if not isinstance(spec, dict) or not isinstance(spec.get("key"), str):
+        return web.json_response({"error": "send an object with a string 'key'"}, status=400,
+                                 dumps=_dumps)
+    request.app[STATE].by_key[spec["key"]] = spec
+    return web.json_response({"ok": True}, dumps=_dumps)
+
+
+async def clear_keys(request: web.Request) -> web.Response:
+    request.app[STATE].by_key.clear()
+    return web.json_response({"ok": True}, dumps=_dumps)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -1227,6 +1262,8 @@ def build_app(
     app.router.add_get("/_fake/stats", get_stats, allow_head=False)
     app.router.add_post("/_fake/stats/reset", reset_stats)
     app.router.add_get("/_fake/health", health, allow_head=False)
+    app.router.add_post("/_fake/keys", script_key)
+    app.router.add_delete("/_fake/keys", clear_keys)
     return app
 
 

@@ -108,11 +108,14 @@ def build_route_table(_ident: str) -> dict[str, Any]:
     qs = (Upstream.objects.filter(status=Status.ACTIVE, auto_disabled=False)
           .prefetch_related("credentials", "groups"))
     for up in qs:
+        all_creds = list(up.credentials.all())
         creds = [
             {"id": c.pk, "secret_encrypted": c.secret_encrypted, "rpm": c.rpm or 0}
-            for c in up.credentials.all()
+            for c in all_creds
             if c.status == Status.ACTIVE
         ]
+        if all_creds and not creds:
+            continue  # every credential disabled: unusable (an upstream with none is keyless)
         upstreams.append({
             "id": up.pk, "name": up.name, "kind": up.kind, "base_url": up.base_url.rstrip("/"),
             "models": list(up.served_models or []),

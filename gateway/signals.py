@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
 from gateway.models import Credential, ModelRule, Upstream
@@ -15,6 +15,7 @@ from gateway.rules import rule_sets
 
 @receiver([post_save, post_delete], sender=Upstream)
 @receiver([post_save, post_delete], sender=Credential)
+@receiver(m2m_changed, sender=Upstream.groups.through)
 def _routes_changed(sender: type, instance: Any, **kwargs: Any) -> None:
     transaction.on_commit(lambda: route_tables.invalidate(["all"]))
 

@@ -80,6 +80,7 @@ class Limiter(Protocol):
     async def renew(self, leases: list[tuple[int, str]]) -> None: ...
     def adjust_account(self, kind: str, ident: int, delta: int) -> None: ...
     def drop_account(self, kind: str, ident: int) -> None: ...
+    def cooldowns(self) -> dict[int, float]: ...
 
 
 def local_day_and_seconds_left(now: float | None = None) -> tuple[str, int]:
@@ -204,6 +205,14 @@ class RedisLimiter:
         assert client is not None
         client.delete(account_key(kind, ident))
 
+    def cooldowns(self) -> dict[int, float]:
+        """Credential id -> unix time its cool-down ends (sync; for the admin)."""
+        client = sync_redis()
+        assert client is not None
+        now = time.time()
+        return {int(k): int(v) / 1000 for k, v in client.hgetall(rkey("cool")).items()
+                if int(v) / 1000 > now}
+
 
 class MemoryLimiter:
     """The same algorithm for one process. A lock makes it safe to adjust accounts from the
@@ -327,6 +336,11 @@ class MemoryLimiter:
     def drop_account(self, kind: str, ident: int) -> None:
         with self._lock:
             self._accounts.pop((kind, ident), None)
+
+    def cooldowns(self) -> dict[int, float]:
+        now = time.time() * 1000
+        with self._lock:
+            return {k: v / 1000 for k, v in self._cool.items() if v > now}
 
 
 _memory = MemoryLimiter()

@@ -60,7 +60,12 @@ class FakeUpstream:
 
     def clear(self) -> None:
         httpx.delete(self.url + "/_fake/requests")
+        httpx.delete(self.url + "/_fake/keys")
         httpx.post(self.url + "/_fake/stats/reset")
+
+    def script_key(self, key: str, **behaviour: Any) -> None:
+        """Make requests presenting credential ``key`` fail or wait (see the fake)."""
+        httpx.post(self.url + "/_fake/keys", json={"key": key, **behaviour}).raise_for_status()
 
     def stats(self) -> dict[str, int]:
         return httpx.get(self.url + "/_fake/stats").json()

@@ -186,6 +186,9 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "memory://")
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", None)
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", REDIS_URL is None)
 CELERY_TIMEZONE = TIME_ZONE
+CELERY_BEAT_SCHEDULE = {
+    "probe-upstreams": {"task": "gateway.probe_upstreams", "schedule": GATEWAY_HEALTH_INTERVAL},
+}
 
 LOGGING = {
     "version": 1,

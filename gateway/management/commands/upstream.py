@@ -9,8 +9,9 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from gateway.health import probe, record
 from gateway.models import Upstream, UpstreamKind
-from gateway.services import upstream_create
+from gateway.services import upstream_create, upstream_set_status
 from keys.services import ApplicationError
 
 
@@ -26,20 +27,47 @@ class Command(BaseCommand):
                          help="OpenAI kinds: include /v1. Anthropic/Ollama: the server root.")
         add.add_argument("--api-key", action="append", default=[],
                          help="An upstream credential; repeat for several.")
-        add.add_argument("--models", required=True, help="Comma-separated names or wildcards.")
-        add.add_argument("--priority", type=int, default=0)
-        add.add_argument("--weight", type=int, default=1)
+        add.add_argument("--models", default="",
+                         help="Comma-separated names or wildcards (or use --map).")
+        add.add_argument("--priority", type=int, default=0, help="Higher tiers first.")
+        add.add_argument("--weight", type=int, default=1, help="Share within a tier.")
+        add.add_argument("--map", action="append", default=[], metavar="CLIENT=UPSTREAM",
+                         help="Serve CLIENT under the upstream's name UPSTREAM; repeatable.")
+        add.add_argument("--groups", help="Only keys of these groups (comma-separated).")
+        add.add_argument("--timeout-connect", type=float, metavar="SECONDS")
+        add.add_argument("--timeout-first-byte", type=float, metavar="SECONDS")
+        add.add_argument("--timeout-idle", type=float, metavar="SECONDS")
+        add.add_argument("--proxy", default="", help="HTTP proxy URL for this upstream.")
         add.add_argument("--json", action="store_true", help="Print the upstream as JSON.")
         lst = sub.add_parser("list", help="List upstreams.")
         lst.add_argument("--json", action="store_true")
+        for action, text in (("disable", "Take an upstream out of routing."),
+                             ("enable", "Put an upstream back (clears an automatic disable)."),
+                             ("test", "Probe an upstream now and record its health.")):
+            one = sub.add_parser(action, help=text)
+            one.add_argument("name")
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        if opts["action"] in ("disable", "enable", "test"):
+            self._one(opts["action"], opts["name"])
+            return
         if opts["action"] == "add":
+            mapping = {}
+            for pair in opts["map"]:
+                client, sep, target = pair.partition("=")
+                if not sep or not client.strip() or not target.strip():
+                    raise CommandError(f"--map {pair!r}: use CLIENT=UPSTREAM")
+                mapping[client.strip()] = target.strip()
+            if not opts["models"] and not mapping:
+                raise CommandError("Give the models it serves: --models and/or --map.")
             try:
                 upstream = upstream_create(
                     name=opts["name"], kind=opts["kind"], base_url=opts["base_url"],
                     models=opts["models"], api_keys=opts["api_key"],
-                    priority=opts["priority"], weight=opts["weight"],
+                    priority=opts["priority"], weight=opts["weight"], model_map=mapping,
+                    groups=opts["groups"], timeout_connect=opts["timeout_connect"],
+                    timeout_first_byte=opts["timeout_first_byte"],
+                    timeout_idle=opts["timeout_idle"], proxy_url=opts["proxy"],
                 )
             except (ApplicationError, ValidationError) as exc:
                 raise CommandError(str(exc)) from exc
@@ -49,7 +77,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"Added upstream {upstream.name} ({upstream.kind}) "
                                   f"with {upstream.credentials.count()} credential(s).")
             return
-        rows = [_as_dict(u) for u in Upstream.objects.prefetch_related("credentials")]
+        rows = [_as_dict(u) for u in Upstream.objects.prefetch_related("credentials", "groups")]
         if opts["json"]:
             self.stdout.write(json.dumps(rows))
             return
@@ -66,11 +94,32 @@ class Command(BaseCommand):
             )
 
 
+    def _one(self, action: str, name: str) -> None:
+        upstream = Upstream.objects.filter(name=name).first()
+        if upstream is None:
+            raise CommandError(f"No upstream named {name!r}.")
+        if action == "test":
+            result = probe(upstream)
+            record(upstream, result)
+            if not result.ok:
+                raise CommandError(f"{name}: unhealthy after {result.latency_ms} ms: "
+                                   f"{result.error}")
+            self.stdout.write(f"{name}: healthy ({result.latency_ms} ms)")
+            return
+        upstream_set_status(upstream=upstream, active=action == "enable")
+        self.stdout.write(f"{name}: {'enabled' if action == 'enable' else 'disabled'}")
+
+
 def _as_dict(upstream: Upstream) -> dict[str, Any]:
     return {
         "id": upstream.pk, "name": upstream.name, "kind": upstream.kind,
         "base_url": upstream.base_url, "models": upstream.served_models,
         "priority": upstream.priority, "weight": upstream.weight, "status": upstream.status,
+        "model_map": upstream.model_map, "groups": [g.name for g in upstream.groups.all()],
+        "health": upstream.health, "auto_disabled": upstream.auto_disabled,
+        "timeouts": {"connect": upstream.timeout_connect,
+                     "first_byte": upstream.timeout_first_byte, "idle": upstream.timeout_idle},
+        "proxy": upstream.proxy_url or None,
         "credentials": [{"id": c.pk, "name": c.name, "key": c.masked, "status": c.status}
                         for c in upstream.credentials.all()],
     }

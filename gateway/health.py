@@ -1,0 +1,93 @@
+"""Upstream health: probe one upstream cheaply (its model list), record what happened, and
+take it out of routing after repeated failures (back in when it recovers)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import httpx
+from django.conf import settings
+from django.utils import timezone
+
+from gateway.models import Upstream
+from gateway.routing import route_tables
+from keys.models import Status
+
+log = logging.getLogger(__name__)
+
+# A cheap authenticated GET per kind, relative to the upstream's base URL.
+PROBE_PATHS = {
+    "openai": "/models",
+    "openai-chat": "/models",
+    "openai-responses": "/models",
+    "anthropic": "/v1/models",
+    "ollama": "/api/tags",
+}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    latency_ms: int
+    error: str = ""
+
+
+def probe(upstream: Upstream, timeout: float = 10.0) -> ProbeResult:
+    """One request to the upstream with its first active credential (sync; for the task and
+    the admin's "test now")."""
+    credential = upstream.credentials.filter(status=Status.ACTIVE).first()
+    headers: dict[str, str] = {}
+    if credential is not None:
+        secret = credential.get_secret()
+        if upstream.kind == "anthropic":
+            headers = {"x-api-key": secret, "anthropic-version": "2023-06-01"}
+        else:
+            headers = {"Authorization": f"Bearer {secret}"}
+    url = upstream.base_url.rstrip("/") + PROBE_PATHS.get(upstream.kind, "/models")
+    started = time.perf_counter()
+    try:
+        with httpx.Client(timeout=timeout, proxy=upstream.proxy_url or None,
+                          follow_redirects=False) as client:
+            resp = client.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        return ProbeResult(False, int((time.perf_counter() - started) * 1000),
+                           f"{type(exc).__name__}: {exc}"[:300])
+    latency = int((time.perf_counter() - started) * 1000)
+    if resp.status_code >= 400:
+        return ProbeResult(False, latency, f"HTTP {resp.status_code}")
+    return ProbeResult(True, latency)
+
+
+def record(upstream: Upstream, result: ProbeResult) -> None:
+    """Store the probe's outcome; disable after GATEWAY_HEALTH_FAILURES failures in a row,
+    re-enable on the first success. Only the auto_disabled flag is touched, so an operator's
+    own disable is never undone."""
+    failures = 0 if result.ok else upstream.health_failures + 1
+    auto_disabled = upstream.auto_disabled
+    if result.ok:
+        auto_disabled = False
+    elif failures >= settings.GATEWAY_HEALTH_FAILURES:
+        auto_disabled = True
+    changed = auto_disabled != upstream.auto_disabled
+    Upstream.objects.filter(pk=upstream.pk).update(
+        health="healthy" if result.ok else "unhealthy", health_checked_at=timezone.now(),
+        health_latency_ms=result.latency_ms, health_failures=failures,
+        health_error=result.error, auto_disabled=auto_disabled,
+    )
+    if changed:
+        log.warning("upstream %s %s by the health probe (%s)", upstream.name,
+                    "disabled" if auto_disabled else "re-enabled", result.error or "ok")
+        route_tables.invalidate(["all"])
+
+
+def probe_all() -> dict[str, bool]:
+    """Probe every upstream an operator has enabled (auto-disabled ones included, so they can
+    recover). Returns name -> healthy."""
+    outcome = {}
+    for upstream in Upstream.objects.filter(status=Status.ACTIVE):
+        result = probe(upstream)
+        record(upstream, result)
+        outcome[upstream.name] = result.ok
+    return outcome
