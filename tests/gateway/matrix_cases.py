@@ -149,9 +149,13 @@ def chat_body(model: str, turns: tuple[Turn, ...], *, tools: tuple[Tool, ...] = 
     elif choice is not None:
         body["tool_choice"] = choice
     for neutral, name in (("max_tokens", "max_tokens"), ("temperature", "temperature"),
-                          ("top_p", "top_p"), ("stop", "stop"), ("effort", "reasoning_effort")):
+                          ("top_p", "top_p"), ("stop", "stop"), ("effort", "reasoning_effort"),
+                          ("max_completion_tokens", "max_completion_tokens"),
+                          ("parallel_tool_calls", "parallel_tool_calls")):
         if neutral in opts:
             body[name] = opts[neutral]
+    if "json_schema" in opts:
+        body["response_format"] = {"type": "json_schema", "json_schema": opts["json_schema"]}
     if stream:
         body["stream"] = True
         if opts.get("include_usage"):
@@ -201,6 +205,13 @@ def responses_body(model: str, turns: tuple[Turn, ...], *, tools: tuple[Tool, ..
             body[name] = opts[neutral]
     if "effort" in opts:
         body["reasoning"] = {"effort": opts["effort"]}
+    if "json_schema" in opts:
+        body["text"] = {"format": {"type": "json_schema", **opts["json_schema"]}}
+    if "parallel_tool_calls" in opts:
+        body["parallel_tool_calls"] = opts["parallel_tool_calls"]
+    if opts.get("string_input"):  # the plain-string form of a one-message input
+        [only] = items
+        body["input"] = only["content"]
     if stream:
         body["stream"] = True
     return body
@@ -238,6 +249,9 @@ class Answer:
     argument_deltas: int = 0  # stream mode: argument fragments streamed
     chunk_ids: set[str] = field(default_factory=set)  # chat streams: ids of all chunks
     events: list[str] = field(default_factory=list)  # Responses streams: event types
+    model: str = ""
+    output: list[dict[str, Any]] = field(default_factory=list)  # Responses output items
+    instructions: str | None = None  # Responses: the response's echo of its instructions
 
     @property
     def calls(self) -> list[tuple[str, Any]]:
@@ -257,6 +271,7 @@ def send_chat(sdk: openai.OpenAI, body: dict[str, Any]) -> Answer:
             finish=choice.finish_reason,
             usage=completion.usage.model_dump() if completion.usage else None,
             reasoning=(message.model_extra or {}).get("reasoning_content"),
+            model=completion.model,
         )
     kwargs = {k: v for k, v in body.items() if k != "stream"}
     reasoning: list[str] = []
@@ -287,6 +302,7 @@ def send_chat(sdk: openai.OpenAI, body: dict[str, Any]) -> Answer:
         reasoning="".join(reasoning) or None,
         argument_deltas=deltas,
         chunk_ids=ids,
+        model=completion.model,
     )
 
 
@@ -303,6 +319,9 @@ def _from_response(response: Any) -> Answer:
         usage=response.usage.model_dump() if response.usage else None,
         reasoning="".join(summaries) if summaries else None,
         incomplete_reason=details.reason if details else None,
+        model=response.model,
+        output=[item.model_dump(exclude_none=True) for item in response.output],
+        instructions=response.instructions,
     )
 
 

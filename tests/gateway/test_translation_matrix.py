@@ -45,6 +45,7 @@ from tests.gateway.matrix_cases import (
     client_body,
     client_path,
     developer,
+    dig,
     last_sent,
     model_for,
     pick,
@@ -110,7 +111,9 @@ class Case:
     argument_deltas: dict[str, int] | None = None  # stream mode, by pick
     history: dict[str, list[tuple[Any, ...]]] | None = None  # upstream_turns, by pick
     upstream: dict[str, dict[str, Any]] | None = None  # {path: value} in the body, by pick
+    reasoning_tokens: dict[str, int] | None = None  # usage details, by pick
     last_event: str | None = None  # Responses streams
+    clients: tuple[str, ...] = CLIENTS
     kinds: tuple[str, ...] = KINDS
     # fnmatch pattern on "<client>><kind>><mode>" -> "BUG: <file>: <what happens>"
     bugs: dict[str, str] = field(default_factory=dict)
@@ -121,6 +124,8 @@ HISTORY = [("user", "What is Turnpike?"), ("assistant", "A gateway."),
            ("user", "Say it again [[fake echo=1]]")]
 DEV_NOTE = "Prefer metric units."
 ASK_WEATHER = "What's the weather in Paris? [[fake tool=get_weather]]"
+WEATHER_SCHEMA = {"type": "object", "properties": {"celsius": {"type": "number"}},
+                  "required": ["celsius"], "additionalProperties": False}
 
 CHAT_WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": GET_WEATHER.description, "parameters": CITY}}
@@ -287,6 +292,68 @@ CASES = [
         },
     ),
     Case(
+        name="max_completion_tokens_is_mapped_like_max_tokens",
+        clients=("chat",),
+        turns=(user("Be short."),),
+        options={"max_completion_tokens": 40},
+        upstream={
+            "@chat": {"max_completion_tokens": 40},
+            "openai-responses": {"max_output_tokens": ABSENT},
+            "@anthropic": {"max_tokens": 40},
+            "@ollama": {"options": {"num_predict": 40}},
+        },
+    ),
+    Case(
+        name="parallel_tool_calls_false_is_mapped",
+        turns=(user("One call at a time."),),
+        tools=(GET_WEATHER,),
+        options={"parallel_tool_calls": False},
+        upstream={
+            "@chat": {"parallel_tool_calls": False},
+            "@responses": {"parallel_tool_calls": False},
+            "@anthropic": {"tool_choice": {"type": "auto", "disable_parallel_tool_use": True}},
+            "@ollama": {"parallel_tool_calls": ABSENT, "tools": [CHAT_WEATHER_TOOL]},
+        },
+    ),
+    Case(
+        name="a_json_schema_output_format_is_mapped",
+        turns=(user("Weather as JSON."),),
+        options={"json_schema": {"name": "weather", "schema": WEATHER_SCHEMA, "strict": True}},
+        upstream={
+            "@chat": {"response_format": {"type": "json_schema", "json_schema": {
+                "name": "weather", "schema": WEATHER_SCHEMA, "strict": True}}},
+            "@responses": {"text.format": {"type": "json_schema", "name": "weather",
+                                           "schema": WEATHER_SCHEMA, "strict": True}},
+            # Anthropic has no structured-output switch: the schema goes into the system text.
+            "@anthropic": {"system": "Respond with a single JSON value that conforms to the "
+                                     "following JSON schema and nothing else: no prose, no "
+                                     "code fences.\nJSON schema (weather): "
+                                     + json.dumps(WEATHER_SCHEMA, separators=(",", ":"))},
+            "@ollama": {"format": WEATHER_SCHEMA},
+        },
+    ),
+    Case(
+        name="a_plain_string_input_is_one_user_message",
+        clients=("responses",),
+        turns=(user("Just a string [[fake echo=1]]"),),
+        options={"string_input": True},
+        text="Just a string",
+        history={
+            "*": [("user", "Just a string [[fake echo=1]]")],
+            "openai-responses": [("instructions", CODEX_DEFAULT_INSTRUCTIONS),
+                                 ("user", "Just a string [[fake echo=1]]")],
+        },
+    ),
+    Case(
+        name="reasoning_tokens_are_reported_in_the_usage_details",
+        # 3 words + "[[fake" + "reasoning_tokens=2]]" = 5 input words
+        turns=(user("count these words [[fake reasoning_tokens=2]]"),),
+        options={"include_usage": True},
+        usage={"*": (5, 3, 0), "openai-responses": (10, 3, 0)},
+        # only the OpenAI protocols report reasoning tokens
+        reasoning_tokens={"*": 2, "anthropic": 0, "ollama": 0},
+    ),
+    Case(
         name="a_truncated_answer_ends_with_the_protocols_length_finish",
         turns=(user("Go on [[fake finish=length]]"),),
         finish={"chat": "length", "responses": "incomplete"},
@@ -317,7 +384,7 @@ CASES = [
 def _matrix() -> list[Any]:
     params = []
     for case in CASES:
-        for client in CLIENTS:
+        for client in case.clients:
             for kind in case.kinds:
                 for mode in MODES:
                     where = f"{client}>{kind}>{mode}"
@@ -354,6 +421,7 @@ def test_each_client_gets_what_the_case_expects_from_each_upstream_kind(
                        options=case.options, stream=stream)
     answer = send(sdk, client, body)
 
+    assert answer.model == model_for(kind)
     assert answer.text == case.text
     assert answer.calls == list(case.calls)
     ids = [call.call_id for call in answer.tool_calls]
@@ -368,6 +436,10 @@ def test_each_client_gets_what_the_case_expects_from_each_upstream_kind(
     if case.usage is not None:
         expected = usage_in_client_format(client, pick(case.usage, client, kind))
         assert subset(answer.usage, expected) == expected
+    if case.reasoning_tokens is not None:
+        details = "completion_tokens_details" if client == "chat" else "output_tokens_details"
+        tokens = pick(case.reasoning_tokens, client, kind)
+        assert answer.usage[details]["reasoning_tokens"] == tokens
     if stream and case.argument_deltas is not None:
         assert answer.argument_deltas == pick(case.argument_deltas, client, kind)
     if stream and client == "chat":
@@ -375,9 +447,14 @@ def test_each_client_gets_what_the_case_expects_from_each_upstream_kind(
     if stream and client == "responses":
         assert answer.events[0] == "response.created"
         assert answer.events[-1] == (case.last_event or "response.completed")
+    if client == "responses":
+        assert answer.instructions == body.get("instructions")  # echoed as the client sent it
 
     sent = last_sent(fake_upstream)
     assert sent.protocol == upstream_protocol(client, kind)
+    # Codex-style upstreams are always called streaming; the others as the client asked.
+    streamed = stream or kind == "openai-responses"
+    assert dig(sent.body, "stream") in ((True,) if streamed else (False, ABSENT))
     if case.history is not None:
         assert upstream_turns(sent) == pick(case.history, client, kind)
     if case.upstream is not None:
@@ -422,6 +499,46 @@ def test_a_tool_result_sent_back_reaches_the_upstream_and_the_answer_is_text(
         ("tool_result", call.call_id, RESULT),
     ]
     assert_paths(sent.body, pick(result_in_upstream_protocol(call.call_id), client, kind))
+
+
+@pytest.mark.parametrize(("client", "kind", "mode"), grid())
+def test_the_results_of_two_parallel_calls_reach_the_upstream_together(
+        client: str, kind: str, mode: str, sdk: openai.OpenAI, fake_upstream: Any) -> None:
+    stream = mode == "stream"
+    tools = (GET_WEATHER, GET_WEATHER_1)
+    ask = (user("Weather twice [[fake tool=get_weather tools=2]]"),)
+    first = send(sdk, client, client_body(client, model_for(kind), ask, tools=tools,
+                                          stream=stream))
+    one, two = first.tool_calls
+    turns = (*ask, tool_call(one.call_id, one.name, one.arguments),
+             tool_call(two.call_id, two.name, two.arguments),
+             tool_result(one.call_id, "Sunny"), tool_result(two.call_id, RESULT))
+    second = send(sdk, client, client_body(client, model_for(kind), turns, tools=tools,
+                                           stream=stream))
+
+    assert (second.text, second.finish) == (DEFAULT_TEXT, FINISHED[client])
+    sent = last_sent(fake_upstream)
+    assert upstream_turns(sent)[-5:] == [
+        ("user", "Weather twice [[fake tool=get_weather tools=2]]"),
+        ("tool_call", one.call_id, "get_weather", PARIS),
+        ("tool_call", two.call_id, "get_weather_1", PARIS),
+        ("tool_result", one.call_id, "Sunny"),
+        ("tool_result", two.call_id, RESULT),
+    ]
+    # Both calls in one assistant turn; Anthropic: both results in one user message.
+    assert_paths(sent.body, pick({
+        "@chat": {"messages.-3.tool_calls.0.id": one.call_id,
+                  "messages.-3.tool_calls.1.id": two.call_id, "messages.-2.role": "tool"},
+        "@responses": {"input.-4.call_id": one.call_id, "input.-3.call_id": two.call_id},
+        "@anthropic": {"messages.-2.content.0.id": one.call_id,
+                       "messages.-2.content.1.id": two.call_id,
+                       "messages.-1.content.0.tool_use_id": one.call_id,
+                       "messages.-1.content.1.tool_use_id": two.call_id},
+        "@ollama": {"messages.-3.tool_calls.0.id": one.call_id,
+                    "messages.-3.tool_calls.1.id": two.call_id,
+                    "messages.-2.tool_name": "get_weather",
+                    "messages.-1.tool_name": "get_weather_1"},
+    }, client, kind))
 
 
 # --- usage only when asked, for chat streams -------------------------------------------------
@@ -494,6 +611,32 @@ def test_a_stream_cut_mid_way_ends_with_the_protocols_error_event(
         assert "".join(deltas) == "tok0 tok1 "
 
 
+CUT_CALL_COMPLETED = (
+    "BUG: gateway/translate/responses.py: on a Failure, ResponsesEncoder.close() runs "
+    "_close_current(), which emits response.output_item.done with status 'completed' for the "
+    "half-streamed function_call (arguments '{\"city\":'), before response.failed; a client "
+    "that acts on output_item.done (the Codex CLI) runs a call with broken arguments")
+
+
+@pytest.mark.parametrize(("client", "kind", "mode"), grid(
+    clients=("responses",), modes=("stream",),
+    bugs={f"*>{kind}>*": CUT_CALL_COMPLETED
+          for kind in ("openai-chat", "openai-responses", "anthropic")}))
+def test_a_tool_call_cut_mid_stream_is_never_reported_as_completed(
+        client: str, kind: str, mode: str, gateway: Any, api_key: Any, upstreams: Any) -> None:
+    # 4 argument pieces; the stream breaks after the second.
+    turns = (user("Weather? [[fake tool=get_weather chunks=4 cut=2]]"),)
+    body = client_body(client, model_for(kind), turns, tools=(GET_WEATHER,), stream=True)
+    datas = [e.json for e in sse_events(raw_post(gateway, api_key.secret, "/responses",
+                                                 body).text)]
+    assert datas[-1]["type"] == "response.failed"
+    completed_calls = [d["item"] for d in datas if d["type"] == "response.output_item.done"
+                       and d["item"]["type"] == "function_call"
+                       and d["item"]["status"] == "completed"]
+    # (Ollama sends a call whole, so a call it started is complete.)
+    assert all(json.loads(item["arguments"]) == PARIS for item in completed_calls)
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_cut_upstream_stream_behind_a_non_stream_client_is_a_502(
         client: str, sdk: openai.OpenAI) -> None:
@@ -508,12 +651,27 @@ def test_a_cut_upstream_stream_behind_a_non_stream_client_is_a_502(
 
 # --- strict stream shapes (raw SSE) -------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Shape:
+    turns: tuple[Turn, ...]
+    tools: tuple[Tool, ...]
+    items: list[str]  # Responses: output item types, in order
+    end: str  # Responses: the terminal event
+    finish: str  # Chat: the one finish_reason
+
+
 SHAPES = {
-    "text": ((user("Hello [[fake chunks=4]]"),), ()),
-    "tool_call": ((user(ASK_WEATHER),), (GET_WEATHER,)),
-    "two_tool_calls": ((user("Twice [[fake tool=get_weather tools=2]]"),),
-                       (GET_WEATHER, GET_WEATHER_1)),
-    "reasoning_then_text": ((user("Think [[fake reasoning=1]]"),), ()),
+    "text": Shape((user("Hello [[fake chunks=4]]"),), (), ["message"],
+                  "response.completed", "stop"),
+    "tool_call": Shape((user(ASK_WEATHER),), (GET_WEATHER,), ["function_call"],
+                       "response.completed", "tool_calls"),
+    "two_tool_calls": Shape((user("Twice [[fake tool=get_weather tools=2]]"),),
+                            (GET_WEATHER, GET_WEATHER_1), ["function_call", "function_call"],
+                            "response.completed", "tool_calls"),
+    "reasoning_then_text": Shape((user("Think [[fake reasoning=1]]"),), (),
+                                 ["reasoning", "message"], "response.completed", "stop"),
+    "truncated": Shape((user("More [[fake finish=length]]"),), (), ["message"],
+                       "response.incomplete", "length"),
 }
 
 
@@ -521,8 +679,8 @@ SHAPES = {
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_responses_stream_has_the_strict_event_shape(
         kind: str, shape: str, gateway: Any, api_key: Any, upstreams: Any) -> None:
-    turns, tools = SHAPES[shape]
-    body = client_body("responses", model_for(kind), turns, tools=tools, stream=True)
+    spec = SHAPES[shape]
+    body = client_body("responses", model_for(kind), spec.turns, tools=spec.tools, stream=True)
     resp = raw_post(gateway, api_key.secret, "/responses", body)
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/event-stream")
@@ -544,7 +702,8 @@ def test_a_responses_stream_has_the_strict_event_shape(
         pieces = [d["delta"] for d in datas if d.get("item_id") == item["id"]
                   and d["type"].endswith(".delta")]
         if item["type"] == "message":
-            assert item["status"] == "completed"
+            if shape != "truncated":  # see test_a_truncated_message_item_is_marked_incomplete
+                assert item["status"] == "completed"
             assert item["content"][0]["text"] == "".join(pieces)
         elif item["type"] == "function_call":
             assert item["status"] == "completed"
@@ -555,26 +714,23 @@ def test_a_responses_stream_has_the_strict_event_shape(
             assert "".join(pieces) == "thinking about it"
 
     final = datas[-1]
-    assert final["type"] == "response.completed"
-    assert final["response"]["status"] == "completed"
+    assert final["type"] == spec.end
+    assert final["response"]["status"] == spec.end.removeprefix("response.")
     assert final["response"]["output"] == [d["item"] for d in done]
     usage = final["response"]["usage"]
     assert isinstance(usage["total_tokens"], int)
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
     assert isinstance(usage["input_tokens_details"]["cached_tokens"], int)
     assert isinstance(usage["output_tokens_details"]["reasoning_tokens"], int)
-    expected_types = {"text": ["message"], "tool_call": ["function_call"],
-                      "two_tool_calls": ["function_call", "function_call"],
-                      "reasoning_then_text": ["reasoning", "message"]}[shape]
-    assert [d["item"]["type"] for d in done] == expected_types
+    assert [d["item"]["type"] for d in done] == spec.items
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_chat_stream_has_one_id_and_ends_with_done(
         kind: str, shape: str, gateway: Any, api_key: Any, upstreams: Any) -> None:
-    turns, tools = SHAPES[shape]
-    body = client_body("chat", model_for(kind), turns, tools=tools,
+    spec = SHAPES[shape]
+    body = client_body("chat", model_for(kind), spec.turns, tools=spec.tools,
                        options={"include_usage": True}, stream=True)
     resp = raw_post(gateway, api_key.secret, "/chat/completions", body)
     assert resp.status_code == 200
@@ -586,8 +742,58 @@ def test_a_chat_stream_has_one_id_and_ends_with_done(
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     finishes = [ch["finish_reason"] for c in chunks for ch in c["choices"]
                 if ch["finish_reason"]]
-    assert finishes == ["tool_calls" if "tool" in shape else "stop"]
+    assert finishes == [spec.finish]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+
+
+# --- truncated answers: the message item -------------------------------------------------------
+
+TRUNCATED_ITEM_BUG = (
+    "BUG: gateway/translate/responses.py: ResponsesEncoder._close_current() sets every "
+    "non-reasoning item's status to 'completed', also when the response ends incomplete "
+    "(finish=length); OpenAI (and the relayed openai upstream) mark the truncated message "
+    "item 'incomplete'")
+
+
+@pytest.mark.parametrize(("client", "kind", "mode"), grid(
+    clients=("responses",), bugs={f"*>{kind}>*": TRUNCATED_ITEM_BUG
+                                  for kind in ("openai-chat", "openai-responses", "anthropic",
+                                               "ollama")}))
+def test_a_truncated_message_item_is_marked_incomplete(
+        client: str, kind: str, mode: str, sdk: openai.OpenAI) -> None:
+    body = client_body(client, model_for(kind), (user("Go on [[fake finish=length]]"),),
+                       stream=mode == "stream")
+    answer = send_responses(sdk, body)
+    assert answer.finish == "incomplete"
+    assert [(item["type"], item["status"]) for item in answer.output] == [
+        ("message", "incomplete")]
+
+
+# --- reasoning carried across a tool call ---------------------------------------------------
+
+@pytest.mark.parametrize(("client", "kind", "mode"), grid(clients=("responses",),
+                                                         kinds=("anthropic",)))
+def test_signed_thinking_is_replayed_to_anthropic_before_the_tool_call(
+        client: str, kind: str, mode: str, sdk: openai.OpenAI, fake_upstream: Any) -> None:
+    ask = "Weather? [[fake tool=get_weather reasoning=1]]"
+    body = client_body(client, model_for(kind), (user(ask),), tools=(GET_WEATHER,),
+                       options={"effort": "high"}, stream=mode == "stream")
+    first = send_responses(sdk, body)
+    reasoning, call = first.output
+    assert reasoning["type"] == "reasoning" and call["type"] == "function_call"
+    assert reasoning["encrypted_content"].startswith("tpr1.")  # Turnpike's sealed thinking
+
+    result = {"type": "function_call_output", "call_id": call["call_id"], "output": RESULT}
+    second = send_responses(sdk, {**body, "input": [*body["input"], reasoning, call, result]})
+    assert second.text == DEFAULT_TEXT
+    assert_paths(last_sent(fake_upstream).body, {
+        "messages.1": {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "thinking about it", "signature": "sig_fake"},
+            {"type": "tool_use", "id": call["call_id"], "name": "get_weather",
+             "input": PARIS}]},
+        "messages.2": {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call["call_id"], "content": RESULT}]},
+    })
 
 
 # --- Codex-style upstreams (kind openai-responses) ---------------------------------------------
@@ -696,7 +902,13 @@ def test_a_non_stream_client_gets_one_json_answer_aggregated_from_the_upstream_s
 XML_TEXT = 'Before <tool_use>{"name":"x"}</tool_use> after'
 
 
-@pytest.mark.parametrize(("client", "kind", "mode"), grid(kinds=("openai-responses",)))
+XML_BUG = ("BUG: gateway/exchange.py: client_encoder() gives only the ResponsesEncoder an "
+           "XmlToolUseFilter (clean_xml); ChatEncoder has none, so a chat client of an "
+           "openai-responses upstream gets the <tool_use>...</tool_use> text verbatim")
+
+
+@pytest.mark.parametrize(("client", "kind", "mode"),
+                         grid(kinds=("openai-responses",), bugs={"chat>*": XML_BUG}))
 def test_xml_tool_use_text_from_a_codex_style_upstream_is_removed(
         client: str, kind: str, mode: str, sdk: openai.OpenAI) -> None:
     # echo=1 answers with the text in 3 pieces, so the tags are split across deltas.
@@ -724,8 +936,8 @@ def test_compact_returns_one_turnpike_compaction_item(
         kind: str, sdk: openai.OpenAI, fake_upstream: Any) -> None:
     compacted = sdk.responses.compact(model=model_for(kind), input=HISTORY_TO_COMPACT)
     output = compacted.output
-    assert [item.type for item in output] == ["message", "message", "compaction"]
-    assert [item.content[0].text for item in output[:-1]] == ["Plan a trip.", "Then Rome."]
+    assert len(output) == 3  # the two user messages, then the compaction item
+    assert [item.type == "compaction" for item in output] == [False, False, True]
     assert summary_of(output[-1].encrypted_content) == DEFAULT_TEXT  # the model's summary
 
     sent = last_sent(fake_upstream)
@@ -735,6 +947,30 @@ def test_compact_returns_one_turnpike_compaction_item(
     assert turns == [("user", "Plan a trip."), ("assistant", "Paris first."),
                      ("user", "Then Rome."),
                      ("user", "Write the handoff summary of the conversation above now.")]
+
+
+COMPACT_KEEPS_RAW_ITEMS = (
+    "BUG: gateway/exchange.py: compact() copies the client's user input items verbatim into "
+    "the compaction output, so {'role': 'user', 'content': 'text'} comes back without "
+    "'type': 'message' and with string content (OpenAI's /responses/compact, the fake and "
+    "compact()'s own string-input branch return typed input_text messages)")
+
+
+@pytest.mark.parametrize("kind", [
+    pytest.param(kind, marks=pytest.mark.xfail(strict=True, reason=COMPACT_KEEPS_RAW_ITEMS))
+    for kind in ("anthropic", "ollama", "openai-chat")] + ["openai"])
+def test_compact_keeps_the_user_messages_as_typed_message_items(
+        kind: str, sdk: openai.OpenAI) -> None:
+    # "openai" (native compaction, relayed) is the reference shape.
+    raw = sdk.responses.with_raw_response.compact(model=model_for(kind),
+                                                  input=HISTORY_TO_COMPACT)
+    kept = raw.http_response.json()["output"][:-1]
+    assert [{k: v for k, v in item.items() if k != "id"} for item in kept] == [
+        {"type": "message", "role": "user",
+         "content": [{"type": "input_text", "text": "Plan a trip."}]},
+        {"type": "message", "role": "user",
+         "content": [{"type": "input_text", "text": "Then Rome."}]},
+    ]
 
 
 SUMMARY_MESSAGE = COMPACTION_PREAMBLE + DEFAULT_TEXT
@@ -769,9 +1005,10 @@ def test_an_input_ending_in_a_compaction_trigger_yields_one_compaction_item(
                                                 {"type": "compaction_trigger"}]}
     if mode == "stream":
         with sdk.responses.stream(**body) as stream:
-            types = [event.type for event in stream]
+            events = list(stream)
             response = stream.get_final_response()
-        assert types == ["response.created", "response.in_progress",
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        assert [e.type for e in events] == ["response.created", "response.in_progress",
                          "response.output_item.added", "response.output_item.done",
                          "response.completed"]
     else:
