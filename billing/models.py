@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
 
 from keys.models import MONEY
@@ -73,6 +74,9 @@ class UsageLog(models.Model):
     attempts = models.JSONField(
         default=list, blank=True,
         help_text="Every upstream tried: upstream, credential, status, error, latency (ms).")
+    estimated = models.BooleanField(
+        default=False, help_text="The upstream reported no usage (stream cut, client gone): "
+        "tokens were counted by Turnpike from what it relayed.")
     user_agent = models.CharField(max_length=300, blank=True)
 
     class Meta:
@@ -88,3 +92,84 @@ class UsageLog(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+class LedgerEntry(models.Model):
+    """Every change of a tenant's balance. The balance always equals the sum of its entries
+    (``manage.py billing check`` proves it); entries are never edited or deleted."""
+
+    class Kind(models.TextChoices):
+        TOPUP = "topup", "Top-up"
+        CHARGE = "charge", "Charge"
+        REFUND = "refund", "Refund"
+        ADJUSTMENT = "adjustment", "Adjustment"
+        REDEMPTION = "redemption", "Redemption code"
+
+    tenant = models.ForeignKey("keys.Tenant", on_delete=models.CASCADE, related_name="ledger")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    amount = models.DecimalField(**MONEY, help_text="Positive adds to the balance.")
+    reference = models.CharField(max_length=100, blank=True,
+                                 help_text="A usage batch, a redemption code prefix, a note.")
+    note = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "ledger entries"
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.kind} {self.amount}"
+
+
+class UsageRollup(models.Model):
+    """Usage per local day, tenant, key and model; rebuilt idempotently from UsageLog by
+    ``billing.tasks.rollup_usage`` and kept after the raw rows expire."""
+
+    date = models.DateField(db_index=True)
+    tenant = models.ForeignKey("keys.Tenant", null=True, blank=True, on_delete=models.CASCADE,
+                               related_name="rollups")
+    key = models.ForeignKey("keys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL,
+                            related_name="rollups")
+    model = models.CharField(max_length=200, blank=True)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    cached_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    reasoning_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=Decimal("0"))
+
+    class Meta:
+        ordering = ["-date", "tenant", "model"]
+        constraints = [
+            models.UniqueConstraint(fields=["date", "tenant", "key", "model"],
+                                    name="unique_rollup", nulls_distinct=False),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.date} {self.tenant} {self.model}"
+
+
+class RedemptionCode(models.Model):
+    """A single-use code that tops up the redeeming tenant's balance. Stored as a hash with
+    a visible prefix, like API keys; the code itself is shown once, when generated."""
+
+    code_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=16, editable=False, db_index=True)
+    amount = models.DecimalField(**MONEY)
+    batch = models.CharField(max_length=100, blank=True, db_index=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    redeemed_at = models.DateTimeField(null=True, blank=True)
+    redeemed_by = models.ForeignKey("keys.Tenant", null=True, blank=True,
+                                    on_delete=models.SET_NULL, related_name="redemptions")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.amount})"

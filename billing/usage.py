@@ -45,6 +45,7 @@ class UsageEvent:
     client_ip: str | None = None
     user_agent: str = ""
     attempts: list[dict[str, object]] = field(default_factory=list)
+    estimated: bool = False
 
 
 def _drop_dangling_links(events: list[UsageEvent]) -> None:
@@ -82,7 +83,7 @@ def write_events(events: list[UsageEvent]) -> None:
             input_tokens=e.input_tokens, cached_tokens=e.cached_tokens,
             output_tokens=e.output_tokens, reasoning_tokens=e.reasoning_tokens, cost=e.cost,
             latency_ms=e.latency_ms, ttfb_ms=e.ttfb_ms, client_ip=e.client_ip,
-            user_agent=e.user_agent[:300], attempts=e.attempts,
+            user_agent=e.user_agent[:300], attempts=e.attempts, estimated=e.estimated,
         )
         for e in events
     ]
@@ -92,29 +93,101 @@ def write_events(events: list[UsageEvent]) -> None:
 
 
 def _charge(events: list[UsageEvent]) -> None:
-    """Take the batch's costs off tenant balances and onto key quotas, one UPDATE per
-    tenant and key, in the transaction that logs them (the limiter already holds the
-    same amounts in its accounts)."""
+    """Take the batch's costs off tenant balances (one ledger entry per tenant) and onto key
+    quotas, in the transaction that logs them. The limiter settled the same amounts when
+    each request ended, so its copy of the balance is already right."""
     from django.db.models import F
 
+    from billing.services import ledger_post
     from keys.models import ApiKey, Tenant
 
-    by_tenant: dict[int, Decimal] = {}
+    by_tenant: dict[int, list[UsageEvent]] = {}
     by_key: dict[int, Decimal] = {}
     for e in events:
         if e.cost:
             if e.tenant_id is not None:
-                by_tenant[e.tenant_id] = by_tenant.get(e.tenant_id, Decimal(0)) + e.cost
+                by_tenant.setdefault(e.tenant_id, []).append(e)
             if e.key_id is not None:
                 by_key[e.key_id] = by_key.get(e.key_id, Decimal(0)) + e.cost
-    for tenant_id, amount in sorted(by_tenant.items()):  # sorted: a fixed lock order
-        Tenant.objects.filter(pk=tenant_id).update(balance=F("balance") - amount)
+    tenants = Tenant.objects.in_bulk(list(by_tenant))
+    for tenant_id, charged in sorted(by_tenant.items()):  # sorted: a fixed lock order
+        tenant = tenants.get(tenant_id)
+        if tenant is None:
+            continue
+        total = sum((e.cost for e in charged), Decimal(0))
+        ledger_post(tenant=tenant, kind="charge", amount=-total, limiter_knows=True,
+                    reference=charged[0].request_id,
+                    note=f"{len(charged)} request(s) from {charged[0].request_id}")
     for key_id, amount in sorted(by_key.items()):
         ApiKey.objects.filter(pk=key_id).update(quota_used=F("quota_used") + amount)
 
 
+SPOOL_BATCH = 500
+
+
+def _to_json(e: UsageEvent) -> dict[str, object]:
+    return {**{name: getattr(e, name) for name in e.__dataclass_fields__},
+            "created_at": e.created_at.isoformat(), "cost": str(e.cost)}
+
+
+def _from_json(data: dict[str, object]) -> UsageEvent:
+    data = dict(data)
+    data["created_at"] = datetime.fromisoformat(str(data["created_at"]))
+    data["cost"] = Decimal(str(data["cost"]))
+    return UsageEvent(**data)  # type: ignore[arg-type]
+
+
+def spool(events: list[UsageEvent]) -> bool:
+    """Keep a batch the database refused in Redis until it can be written (sync). False
+    when there is no Redis or it failed too."""
+    import orjson
+
+    from portal.redis import rkey, sync_redis
+
+    client = sync_redis()
+    if client is None:
+        return False
+    try:
+        client.rpush(rkey("usage", "spool"), orjson.dumps([_to_json(e) for e in events]))
+    except Exception:
+        log.exception("could not spool %d usage rows to Redis either", len(events))
+        return False
+    return True
+
+
+def drain_spool(max_batches: int = 100) -> int:
+    """Write spooled batches to the database (sync; from the writer and a Celery task).
+    A batch taken from Redis goes back to the front if the write fails. Returns rows
+    written."""
+    import orjson
+
+    from portal.redis import rkey, sync_redis
+
+    client = sync_redis()
+    if client is None:
+        return 0
+    key = rkey("usage", "spool")
+    written = 0
+    for _ in range(max_batches):
+        raw = client.lpop(key)
+        if raw is None:
+            break
+        events = [_from_json(d) for d in orjson.loads(raw)]
+        try:
+            write_events(events)
+        except Exception:
+            client.lpush(key, raw)
+            log.warning("usage spool: database still unavailable; %d rows wait", len(events))
+            break
+        written += len(events)
+    if written:
+        log.info("usage spool: wrote %d rows kept while the database was unavailable", written)
+    return written
+
+
 class UsageWriter:
-    """Per-event-loop queue plus the task that drains it."""
+    """Per-event-loop queue plus the task that drains it. A batch the database refuses is
+    spooled to Redis (or, without Redis, kept in memory) and written when it is back."""
 
     def __init__(self) -> None:
         self._queue: list[UsageEvent] = []
@@ -122,6 +195,7 @@ class UsageWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._writing = 0
+        self._ticks = 0
 
     @property
     def pending(self) -> int:
@@ -144,6 +218,12 @@ class UsageWriter:
                 pass
             self._wake.clear()
             await self.flush()
+            self._ticks += 1
+            if self._ticks % 4 == 0 and settings.REDIS_URL:
+                try:
+                    await sync_to_async(drain_spool, thread_sensitive=False)()
+                except Exception:
+                    log.exception("draining the usage spool failed")
 
     async def flush(self) -> None:
         while self._queue:
@@ -153,8 +233,10 @@ class UsageWriter:
             try:
                 await sync_to_async(write_events, thread_sensitive=False)(batch)
             except Exception:
-                # Keep the rows and retry on the next tick; the queue is bounded below.
-                log.exception("usage write failed; %d rows kept for retry", len(batch))
+                log.exception("usage write failed for %d rows", len(batch))
+                if await sync_to_async(spool, thread_sensitive=False)(batch):
+                    continue
+                # No Redis: keep the rows and retry on the next tick (bounded).
                 self._queue[:0] = batch
                 if len(self._queue) > 100_000:
                     dropped = len(self._queue) - 100_000

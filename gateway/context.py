@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -40,6 +41,9 @@ class RelayContext:
     cost: Decimal = Decimal(0)
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)  # every upstream tried
+    payload: dict[str, Any] | None = None  # the parsed request body
+    relayed: Callable[[], str] | None = None  # text relayed so far (for estimating usage)
+    estimated: bool = False  # usage counted by Turnpike, not reported by the upstream
 
     @classmethod
     def start(cls, scope: dict[str, Any], endpoint: str) -> RelayContext:

@@ -270,6 +270,7 @@ async def passthrough(ctx: RelayContext, operation: str, route: Route, payload: 
         if ctx.stream and upstream.streaming:
             tap: StreamTap = ChatTap(client_wants_usage or raw) if operation == "chat" \
                 else ResponsesTap()
+            ctx.relayed = tap.relayed_text
             await _relay_tapped(ctx, upstream, tap, send)
         else:
             await _relay_json(ctx, operation, resp, send)
@@ -328,6 +329,8 @@ async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,
                     {"type": "keepalive", "sequence_number": tap.events}, event="keepalive"))
                 continue
             await send_chunk(ctx, send, tap.feed(chunk))
+            if tap.usage is not None:
+                ctx.usage = tap.usage
     except TimeoutError:
         failure = UpstreamTimeout("The upstream stopped sending mid-stream.")
     except aiohttp.ClientError:
@@ -410,6 +413,7 @@ async def translated(ctx: RelayContext, operation: str, protocol: str, route: Ro
     encoder = client_encoder(ctx, operation, req, payload,
                              clean_xml=kind == "openai-responses" and not raw)
     restorer = c.ToolCallRestorer(tool_map)
+    ctx.relayed = encoder.relayed_text
     resp = await call_upstream(ctx, route, protocol, bool(body.get("stream")),
                                orjson.dumps(body))
     async with resp:
@@ -427,6 +431,8 @@ async def pump(ctx: RelayContext, upstream: Upstream, protocol: str,
 
     async def emit(events: list[c.Event]) -> None:
         out = b"".join(encoder.feed(e) for ev in events for e in restorer.feed(ev))
+        if encoder.usage is not None:
+            ctx.usage = encoder.usage
         if client_stream:
             await send_chunk(ctx, send, out)
 

@@ -40,7 +40,14 @@ from gateway.errors import (
     PermissionDenied,
     UnsupportedContentType,
 )
-from gateway.respond import Receive, Send, send_error, send_json, served_binding
+from gateway.respond import (
+    Receive,
+    Send,
+    finish_policy,
+    send_error,
+    send_json,
+    served_binding,
+)
 from gateway.routing import UpstreamRef, aget_route_table
 from gateway.translate import codex
 from keys.secrets import hash_secret
@@ -206,6 +213,7 @@ async def relay(ctx: RelayContext, operation: str, receive: Receive, send: Send)
     key = await authenticate(ctx)
     body = await read_body(receive, ctx)
     payload = parse_request(ctx, body)
+    ctx.payload = payload
     model, candidates = await resolve_model(ctx, key)
     explicit, session = session_of(ctx, key, payload)
     ctx.ticket = await policy.admit(key, ctx.request_id, model, payload, len(body),
@@ -295,6 +303,7 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     except ClientGone:
         ctx.status = ctx.status or 499
         ctx.error_code = ctx.error_code or "client_disconnected"
+        await finish_policy(ctx)  # charged for what was generated (counted if unreported)
     except GatewayError as exc:
         if ctx.status:  # headers already sent: nothing more can be said on this response
             ctx.error_code = ctx.error_code or exc.code
@@ -347,4 +356,5 @@ def _record(ctx: RelayContext) -> None:
         client_ip=ctx.client_ip,
         user_agent=ctx.user_agent,
         attempts=ctx.attempts,
+        estimated=ctx.estimated,
     ))

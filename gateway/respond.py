@@ -9,6 +9,7 @@ from typing import Any
 from gateway import policy
 from gateway.context import RelayContext
 from gateway.errors import GatewayError
+from gateway.estimate import estimate_if_needed
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -27,6 +28,7 @@ async def finish_policy(ctx: RelayContext) -> None:
     and its refund back."""
     if ctx.ticket is None or ctx.settled:
         return
+    await estimate_if_needed(ctx)
     ctx.settled = True
     ctx.cost = policy.charge(ctx.ticket, ctx.usage, ctx.upstream_ok)
     await policy.settle(ctx.ticket, ctx.cost, ctx.usage, served_binding(ctx))

@@ -23,6 +23,9 @@ class StreamTap:
         self.usage: Usage | None = None
         self.complete = False  # the upstream sent its protocol's proper end
         self.events = 0
+        # Every event relayed, kept (not parsed) in case the upstream never reports usage and
+        # Turnpike must count the tokens itself.
+        self.relayed: list[bytes] = []
 
     def feed(self, chunk: bytes) -> bytes:
         out = []
@@ -43,6 +46,10 @@ class StreamTap:
         self.events += 1
         return event
 
+    def relayed_text(self) -> str:
+        """The generated text relayed so far (content, reasoning, tool arguments)."""
+        raise NotImplementedError
+
     def error_event(self, error: GatewayError) -> bytes:
         raise NotImplementedError
 
@@ -61,6 +68,7 @@ class ChatTap(StreamTap):
         data = event_data(event)
         if data is None:
             return event
+        self.relayed.append(data)
         if data == DONE:
             self.complete = True
             return event
@@ -94,6 +102,21 @@ class ChatTap(StreamTap):
     def error_event(self, error: GatewayError) -> bytes:
         return encode(error.body())
 
+    def relayed_text(self) -> str:
+        out: list[str] = []
+        for data in self.relayed:
+            chunk = event_json(b"data: " + data)
+            for choice in (chunk.get("choices") or []) if isinstance(chunk, dict) else []:
+                delta = choice.get("delta") or {} if isinstance(choice, dict) else {}
+                for key in ("content", "reasoning_content", "refusal"):
+                    if isinstance(delta.get(key), str):
+                        out.append(delta[key])
+                for call in delta.get("tool_calls") or []:
+                    args = (call.get("function") or {}).get("arguments")
+                    if isinstance(args, str):
+                        out.append(args)
+        return "".join(out)
+
 
 TERMINAL_EVENTS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
 
@@ -108,6 +131,7 @@ class ResponsesTap(StreamTap):
 
     def on_event(self, event: bytes) -> bytes | None:
         self.events += 1
+        self.relayed.append(event)
         if self.response_id is None and b'"response.created"' in event:
             data = event_json(event)
             if isinstance(data, dict) and isinstance(data.get("response"), dict):
@@ -122,6 +146,16 @@ class ResponsesTap(StreamTap):
                     self.usage = usage_wire.from_responses(response.get("usage")) or self.usage
                     self.response_id = self.response_id or response.get("id")
         return event
+
+    def relayed_text(self) -> str:
+        out: list[str] = []
+        for event in self.relayed:
+            if b".delta" not in event:
+                continue
+            data = event_json(event)
+            if isinstance(data, dict) and isinstance(data.get("delta"), str):
+                out.append(data["delta"])
+        return "".join(out)
 
     def error_event(self, error: GatewayError) -> bytes:
         """A ``response.failed`` event: the protocol's own terminal error, which both the

@@ -2,14 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
 from keys.models import ApiKey, Group, Membership, Status, Tenant
 from keys.secrets import generate_secret
-from keys.services import key_set_secret, tenant_adjust_balance
+from keys.services import key_set_secret
 
 
 @admin.register(Group)
@@ -36,23 +35,10 @@ class MembershipInline(admin.TabularInline):
     autocomplete_fields = ("user",)
 
 
-class TenantForm(forms.ModelForm):
-    top_up = forms.DecimalField(
-        required=False, max_digits=18, decimal_places=6,
-        help_text="Add this amount to the balance (negative to deduct). The balance itself "
-        "only changes this way, so requests in flight keep their reservations.",
-    )
-
-    class Meta:
-        model = Tenant
-        fields = ("name", "status", "group", "top_up")
-
-
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    form = TenantForm
     readonly_fields = ("balance",)
-    fields = ("name", "status", "group", "balance", "top_up")
+    fields = ("name", "status", "group", "balance")
     list_display = ("name", "status", "group", "balance", "key_count", "member_count",
                     "created_at")
     list_filter = ("status", "group")
@@ -64,13 +50,6 @@ class TenantAdmin(admin.ModelAdmin):
         return super().get_queryset(request).select_related("group").annotate(
             _keys=Count("keys", distinct=True), _members=Count("memberships", distinct=True)
         )
-
-    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        amount = form.cleaned_data.get("top_up")
-        if amount:
-            tenant_adjust_balance(tenant=obj, amount=amount)
-            messages.info(request, f"Balance of {obj.name} is now {obj.balance}.")
 
     @admin.display(description="keys", ordering="_keys")
     def key_count(self, obj: Tenant) -> int:

@@ -31,21 +31,6 @@ def tenant_get_or_create(*, name: str, group: Group | None = None) -> tuple[Tena
     return Tenant.objects.get_or_create(name=name, defaults={"group": group})
 
 
-def tenant_adjust_balance(*, tenant: Tenant, amount: Decimal) -> None:
-    """Add ``amount`` (negative to deduct) to the balance, in the database and, once
-    committed, in the limiter's copy, which running requests keep reserving against."""
-    from django.db.models import F
-
-    from keys import limits
-    from keys.money import to_micro
-
-    Tenant.objects.filter(pk=tenant.pk).update(balance=F("balance") + amount)
-    tenant.refresh_from_db(fields=["balance"])
-    delta = to_micro(amount)
-    tenant_id = tenant.pk
-    transaction.on_commit(lambda: limits.limiter().adjust_account("tenant", tenant_id, delta))
-
-
 def key_set_secret(*, key: ApiKey, secret: str) -> None:
     """Fill the stored parts of a key from its secret (hash, prefix, last four)."""
     if not secret.startswith(KEY_PREFIX) or len(secret) < len(KEY_PREFIX) + 16:

@@ -409,6 +409,10 @@ class ChatEncoder:
             self.failure = event
         return b""
 
+    def relayed_text(self) -> str:
+        args = ["".join(call["arguments"]) for _, call in sorted(self.calls.items())]
+        return "".join([*self.reasoning, *self.text, *self.refusal, *args])
+
     def finish_reason(self) -> str:
         if self.finish in (None, "stop") and self.calls:
             return "tool_calls"

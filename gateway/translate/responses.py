@@ -686,6 +686,17 @@ class ResponsesEncoder:
         return self._event("response.function_call_arguments.delta", {
             "item_id": item["id"], "output_index": item["_index"], "delta": piece})
 
+    def relayed_text(self) -> str:
+        out: list[str] = []
+        items = [*self.output, *([self.current] if self.current is not None else [])]
+        for item in items:
+            for part in item.get("content") or []:
+                out.append(part.get("text") or part.get("refusal") or "")
+            for summary in item.get("summary") or []:
+                out.append(summary.get("text", ""))
+            out.append(item.get("arguments") or item.get("input") or "")
+        return "".join(out)
+
     def status(self) -> str:
         if self.failure is not None:
             return "failed"

@@ -12,8 +12,8 @@ import pytest
 from django.utils import timezone
 
 from billing.models import ModelPrice
+from billing.services import tenant_topup
 from keys.models import Group, Status
-from keys.services import tenant_adjust_balance
 from tests.conftest import wait_for_usage
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
@@ -58,9 +58,9 @@ def test_quota_comes_before_rpm(gateway, upstream, make_key):
     ModelPrice.objects.create(model="gpt-4o-mini", per_request=Decimal("1"))
     made = make_key(rpm=1)
     expect(chat(gateway, made.secret), 429, "quota_exceeded")
-    tenant_adjust_balance(tenant=made.key.tenant, amount=Decimal("1"))
+    tenant_topup(tenant=made.key.tenant, amount=Decimal("1"))
     expect(chat(gateway, made.secret), 200, None)  # the refusals consumed no RPM
-    tenant_adjust_balance(tenant=made.key.tenant, amount=Decimal("5"))
+    tenant_topup(tenant=made.key.tenant, amount=Decimal("5"))
     expect(chat(gateway, made.secret), 429, "rate_limit_rpm")
 
 
@@ -160,7 +160,7 @@ def test_the_real_cost_is_charged_and_the_rest_of_the_reservation_returned(
     ModelPrice.objects.create(model="gpt-4o-mini", input_per_million=Decimal("1000000"),
                               output_per_million=Decimal("2000000"))
     made = make_key(quota=Decimal("100"))
-    tenant_adjust_balance(tenant=made.key.tenant, amount=Decimal("1000"))
+    tenant_topup(tenant=made.key.tenant, amount=Decimal("1000"))
     resp = chat(gateway, made.secret, max_tokens=10)  # reserves input estimate + 10 output
     assert resp.status_code == 200
     row = wait_for_usage(resp.headers["x-request-id"])

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from billing.models import ModelPrice, UsageLog
+from billing.services import tenant_topup
 from keys.models import ApiKey
-from keys.services import tenant_adjust_balance
 from tests.conftest import gateway_env
 from tests.servers import start_gateway, stop
 
@@ -76,7 +76,7 @@ def test_a_quota_covering_5_requests_is_never_overspent_by_30_parallel_ones(
         gateway, gateway_default_ttl, upstream, make_key):
     ModelPrice.objects.create(model="gpt-4o-mini", per_request=Decimal("1"))
     made = make_key()
-    tenant_adjust_balance(tenant=made.key.tenant, amount=Decimal("5"))
+    tenant_topup(tenant=made.key.tenant, amount=Decimal("5"))
     responses = burst([gateway.base_url, gateway_default_ttl.base_url], made.secret, 30)
     assert outcome(responses) == Counter({"ok": 5, "quota_exceeded": 25})
     deadline = time.monotonic() + 10
@@ -91,7 +91,7 @@ def test_a_key_quota_is_shared_by_both_processes(gateway, gateway_default_ttl, u
                                                  make_key):
     ModelPrice.objects.create(model="gpt-4o-mini", per_request=Decimal("0.5"))
     made = make_key(quota=Decimal("2"))
-    tenant_adjust_balance(tenant=made.key.tenant, amount=Decimal("100"))
+    tenant_topup(tenant=made.key.tenant, amount=Decimal("100"))
     responses = burst([gateway.base_url, gateway_default_ttl.base_url], made.secret, 12)
     assert outcome(responses) == Counter({"ok": 4, "quota_exceeded": 8})
 

@@ -1,0 +1,55 @@
+"""Writes that move money. Every balance change goes through ``ledger_post``."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F, Sum
+
+from billing.models import LedgerEntry
+from keys import limits
+from keys.models import Tenant
+from keys.money import to_micro
+
+
+@transaction.atomic
+def ledger_post(*, tenant: Tenant, kind: str, amount: Decimal, reference: str = "",
+                note: str = "", user: AbstractBaseUser | None = None,
+                limiter_knows: bool = False) -> LedgerEntry:
+    """Add ``amount`` (negative to deduct) to the balance and record why, in one
+    transaction. Once committed, the limiter's copy of the balance (which requests in
+    flight reserve against) moves by the same amount, unless it already has
+    (``limiter_knows``: charges, which the limiter settled when the request ended)."""
+    if kind not in LedgerEntry.Kind.values:
+        raise ValueError(f"unknown ledger kind {kind!r}")
+    entry = LedgerEntry.objects.create(tenant=tenant, kind=kind, amount=amount,
+                                       reference=reference[:100], note=note[:300],
+                                       created_by=user)
+    Tenant.objects.filter(pk=tenant.pk).update(balance=F("balance") + amount)
+    tenant.refresh_from_db(fields=["balance"])
+    if not limiter_knows and amount:
+        delta, tenant_id = to_micro(amount), tenant.pk
+        transaction.on_commit(lambda: limits.limiter().adjust_account("tenant", tenant_id,
+                                                                      delta))
+    return entry
+
+
+def tenant_topup(*, tenant: Tenant, amount: Decimal, note: str = "",
+                 user: AbstractBaseUser | None = None) -> LedgerEntry:
+    kind = LedgerEntry.Kind.TOPUP if amount >= 0 else LedgerEntry.Kind.ADJUSTMENT
+    return ledger_post(tenant=tenant, kind=kind, amount=amount, note=note, user=user)
+
+
+def ledger_mismatches() -> list[tuple[Tenant, Decimal, Decimal]]:
+    """(tenant, balance, ledger total) for every tenant whose balance is not its ledger's
+    sum."""
+    totals = dict(LedgerEntry.objects.values("tenant").annotate(total=Sum("amount"))
+                  .values_list("tenant", "total"))
+    out = []
+    for tenant in Tenant.objects.order_by("name"):
+        total = totals.get(tenant.pk) or Decimal(0)
+        if tenant.balance != total:
+            out.append((tenant, tenant.balance, total))
+    return out
