@@ -18,7 +18,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.models import ModelPrice, UsageLog
+from billing.models import LedgerEntry, ModelPrice, UsageLog
+from billing.services import tenant_topup
 from gateway.models import Credential, ModelRule, Upstream
 from gateway.services import credential_add, upstream_create
 from keys.models import ApiKey, Group, Membership, Status, Tenant
@@ -30,7 +31,7 @@ REGISTERED = sorted(
     (model for model in admin.site._registry if model._meta.app_label in OUR_APPS),
     key=lambda m: m._meta.label,
 )
-READ_ONLY = {UsageLog}
+READ_ONLY = {UsageLog, LedgerEntry}
 SECRET_RE = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9]{43}")
 
 UPSTREAM_PLAINTEXT = "sk-live-upstream-plaintext-9f3Q"
@@ -67,6 +68,7 @@ def rows(admin_user: Any) -> dict[type, Any]:
     credential = credential_add(upstream=upstream, secret=UPSTREAM_PLAINTEXT, name="primary")
     price = ModelPrice.objects.create(model="gpt-5*", input_per_million=Decimal("1.25"),
                                       output_per_million=Decimal("10"))
+    ledger = tenant_topup(tenant=tenant, amount=Decimal("25"), note="welcome")
     rule = ModelRule.objects.create(model_pattern="gpt-5.4", protocol="responses",
                                     force={"reasoning": {"effort": "xhigh"}}, drop=["top_p"])
     usage = UsageLog.objects.create(
@@ -84,7 +86,7 @@ def rows(admin_user: Any) -> dict[type, Any]:
     return {
         Group: group, Tenant: tenant, Membership: membership, ApiKey: made.key,
         Upstream: upstream, Credential: credential, ModelPrice: price, UsageLog: usage,
-        ModelRule: rule,
+        ModelRule: rule, LedgerEntry: ledger,
         "secret": made.secret,
     }
 
