@@ -69,10 +69,13 @@ def _drop_dangling_links(events: list[UsageEvent]) -> None:
 
 def write_events(events: list[UsageEvent]) -> None:
     """Insert a batch (sync)."""
-    from django.db import transaction
+    from django.db import close_old_connections, transaction
 
     from billing.models import UsageLog
 
+    # Worker threads live outside Django's request cycle, so nothing else retires a
+    # connection that broke (a database restart) or outlived CONN_MAX_AGE.
+    close_old_connections()
     _drop_dangling_links(events)
     rows = [
         UsageLog(

@@ -178,15 +178,21 @@ async def _admit_with_accounts(admission: Admission) -> Decision:
 
 
 def _tenant_available(tenant_id: int) -> int:
+    from django.db import close_old_connections
+
     from keys.models import Tenant
 
+    close_old_connections()
     balance = Tenant.objects.filter(pk=tenant_id).values_list("balance", flat=True).first()
     return pricing.to_micro(balance or Decimal(0))
 
 
 def _key_available(key_id: int) -> int:
+    from django.db import close_old_connections
+
     from keys.models import ApiKey
 
+    close_old_connections()
     row = ApiKey.objects.filter(pk=key_id).values_list("quota", "quota_used").first()
     if row is None or row[0] is None:
         return 0

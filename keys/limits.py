@@ -81,6 +81,7 @@ class Limiter(Protocol):
     def adjust_account(self, kind: str, ident: int, delta: int) -> None: ...
     def drop_account(self, kind: str, ident: int) -> None: ...
     def cooldowns(self) -> dict[int, float]: ...
+    def available(self, kind: str, ident: int) -> int | None: ...
 
 
 def local_day_and_seconds_left(now: float | None = None) -> tuple[str, int]:
@@ -204,6 +205,13 @@ class RedisLimiter:
         client = sync_redis()
         assert client is not None
         client.delete(account_key(kind, ident))
+
+    def available(self, kind: str, ident: int) -> int | None:
+        """The account's available micro-units, None if not loaded (sync; for the CLI)."""
+        client = sync_redis()
+        assert client is not None
+        value = client.hget(account_key(kind, ident), "avail")
+        return None if value is None else int(value)
 
     def cooldowns(self) -> dict[int, float]:
         """Credential id -> unix time its cool-down ends (sync; for the admin)."""
@@ -336,6 +344,10 @@ class MemoryLimiter:
     def drop_account(self, kind: str, ident: int) -> None:
         with self._lock:
             self._accounts.pop((kind, ident), None)
+
+    def available(self, kind: str, ident: int) -> int | None:
+        with self._lock:
+            return self._accounts.get((kind, ident))
 
     def cooldowns(self) -> dict[int, float]:
         now = time.time() * 1000

@@ -93,7 +93,7 @@ class LayeredCache(Generic[T]):
                 if raw is not None:
                     data = orjson.loads(raw)
                     return None if data == _MISSING else self._decode(data)
-        data = await sync_to_async(self._load, thread_sensitive=False)(ident)
+        data = await sync_to_async(self._load_fresh, thread_sensitive=False)(ident)
         if client is not None:
             payload, ttl = ((orjson.dumps(_MISSING), self._negative_ttl) if data is None
                             else (orjson.dumps(data), self._redis_ttl))
@@ -102,6 +102,12 @@ class LayeredCache(Generic[T]):
             except RedisError:
                 log.warning("Redis unavailable; %s %s not shared", self.name, ident[:12])
         return None if data is None else self._decode(data)
+
+    def _load_fresh(self, ident: str) -> dict[str, Any] | None:
+        from django.db import close_old_connections
+
+        close_old_connections()  # see billing.usage.write_events: threads outside requests
+        return self._load(ident)
 
     def _evict(self, now: float) -> None:
         for ident in [i for i, (exp, _) in self._local.items() if exp <= now]:

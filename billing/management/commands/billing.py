@@ -1,0 +1,47 @@
+"""``manage.py billing check|rollup``."""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser
+from datetime import date, timedelta
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from billing.services import ledger_mismatches
+
+
+class Command(BaseCommand):
+    help = "Check balances against the ledger; roll usage up by day."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        sub.add_parser("check", help="Exit non-zero, naming the tenant, if any balance differs "
+                                     "from the sum of its ledger.")
+        rollup = sub.add_parser("rollup", help="Rebuild the daily rollups of a day.")
+        rollup.add_argument("--date", help="YYYY-MM-DD (default: today and yesterday).")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        if opts["action"] == "check":
+            bad = ledger_mismatches()
+            for tenant, balance, total in bad:
+                self.stderr.write(f"{tenant.name}: balance {balance} != ledger total {total}")
+            if bad:
+                raise CommandError(f"{len(bad)} tenant(s) out of balance: "
+                                   f"{', '.join(t.name for t, _, _ in bad)}")
+            self.stdout.write("Every balance equals its ledger.")
+            return
+        from billing.rollups import rollup_day
+
+        if opts["date"]:
+            try:
+                days = [date.fromisoformat(opts["date"])]
+            except ValueError as exc:
+                raise CommandError(f"--date {opts['date']!r} is not YYYY-MM-DD") from exc
+        else:
+            today = timezone.localdate()
+            days = [today - timedelta(days=1), today]
+        for day in days:
+            rows = rollup_day(day)
+            self.stdout.write(f"{day}: {rows} rollup row(s)")
