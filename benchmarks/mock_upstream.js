@@ -1,0 +1,124 @@
+// A fast mock LLM upstream for benchmarks (Node's http, no dependencies), so the mock is
+// never the bottleneck the way a Python one could be. OpenAI Chat Completions and Responses,
+// JSON or SSE; the stream is shaped by headers or by the request body:
+//   "stream": true            SSE instead of JSON
+//   x-mock-chunks / [[mock chunks=N]]   content chunks (default 100 when streaming)
+//   x-mock-delay-ms / [[mock delay=MS]]  pause between chunks (paced streams)
+//   [[mock hold=MS]]          wait before answering (idle streams)
+// Usage: node mock_upstream.js PORT
+"use strict";
+const http = require("http");
+
+const port = parseInt(process.argv[2] || "9901", 10);
+const directive = /\[\[mock ([^\]]*)\]\]/;
+
+function options(req, raw) {
+  const opts = { chunks: 100, delay: 0, hold: 0 };
+  if (req.headers["x-mock-chunks"]) opts.chunks = +req.headers["x-mock-chunks"];
+  if (req.headers["x-mock-delay-ms"]) opts.delay = +req.headers["x-mock-delay-ms"];
+  const m = directive.exec(raw);
+  if (m) {
+    for (const pair of m[1].split(/\s+/)) {
+      const [k, v] = pair.split("=");
+      if (k in opts) opts[k] = +v;
+    }
+  }
+  return opts;
+}
+
+const usageChat = { prompt_tokens: 10, completion_tokens: 100, total_tokens: 110,
+  prompt_tokens_details: { cached_tokens: 0 }, completion_tokens_details: { reasoning_tokens: 0 } };
+const usageResp = { input_tokens: 10, input_tokens_details: { cached_tokens: 0, cache_write_tokens: 0 },
+  output_tokens: 100, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: 110 };
+
+function chatJson(model) {
+  return JSON.stringify({ id: "chatcmpl-mock", object: "chat.completion", created: 1700000000,
+    model, choices: [{ index: 0, finish_reason: "stop", logprobs: null,
+      message: { role: "assistant", content: "Hello from the mock.", refusal: null } }],
+    usage: usageChat });
+}
+
+function respJson(model) {
+  return JSON.stringify({ id: "resp_mock", object: "response", created_at: 1700000000,
+    status: "completed", model, output: [{ id: "msg_mock", type: "message", status: "completed",
+      role: "assistant", content: [{ type: "output_text", text: "Hello from the mock.",
+        annotations: [], logprobs: [] }] }], usage: usageResp });
+}
+
+function* chatFrames(model, n) {
+  const head = `{"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1700000000,"model":${JSON.stringify(model)},"choices":[{"index":0,"delta":`;
+  yield `data: ${head}{"role":"assistant","content":""},"finish_reason":null}]}\n\n`;
+  for (let i = 0; i < n; i++) yield `data: ${head}{"content":"tok${i} "},"finish_reason":null}]}\n\n`;
+  yield `data: ${head}{},"finish_reason":"stop"}]}\n\n`;
+  yield `data: {"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1700000000,"model":${JSON.stringify(model)},"choices":[],"usage":${JSON.stringify(usageChat)}}\n\n`;
+  yield "data: [DONE]\n\n";
+}
+
+function* responsesFrames(model, n) {
+  let seq = 0;
+  const ev = (type, body) => `event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: seq++, ...body })}\n\n`;
+  const base = { id: "resp_mock", object: "response", created_at: 1700000000, model, output: [] };
+  yield ev("response.created", { response: { ...base, status: "in_progress" } });
+  yield ev("response.in_progress", { response: { ...base, status: "in_progress" } });
+  yield ev("response.output_item.added", { output_index: 0, item: { id: "msg_mock", type: "message", status: "in_progress", role: "assistant", content: [] } });
+  yield ev("response.content_part.added", { item_id: "msg_mock", output_index: 0, content_index: 0, part: { type: "output_text", text: "", annotations: [], logprobs: [] } });
+  let text = "";
+  for (let i = 0; i < n; i++) {
+    const delta = `tok${i} `;
+    text += delta;
+    yield ev("response.output_text.delta", { item_id: "msg_mock", output_index: 0, content_index: 0, delta, logprobs: [] });
+  }
+  const part = { type: "output_text", text, annotations: [], logprobs: [] };
+  yield ev("response.output_text.done", { item_id: "msg_mock", output_index: 0, content_index: 0, text, logprobs: [] });
+  yield ev("response.content_part.done", { item_id: "msg_mock", output_index: 0, content_index: 0, part });
+  const item = { id: "msg_mock", type: "message", status: "completed", role: "assistant", content: [part] };
+  yield ev("response.output_item.done", { output_index: 0, item });
+  yield ev("response.completed", { response: { ...base, status: "completed", output: [item], usage: usageResp } });
+}
+
+function sendStream(res, frames, delay) {
+  res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+  const it = frames[Symbol.iterator]();
+  if (!delay) {
+    // Unpaced: write everything at once (one write per frame, like a fast upstream).
+    for (const f of it) res.write(f);
+    res.end();
+    return;
+  }
+  const tick = () => {
+    const next = it.next();
+    if (next.done) return res.end();
+    res.write(next.value);
+    setTimeout(tick, delay);
+  };
+  tick();
+}
+
+const server = http.createServer((req, res) => {
+  const chunks = [];
+  req.on("data", (c) => chunks.push(c));
+  req.on("end", () => {
+    if (req.method === "GET") {
+      res.writeHead(200, { "content-type": "application/json" });
+      return res.end('{"object":"list","data":[{"id":"bench-model","object":"model","created":0,"owned_by":"mock"}]}');
+    }
+    const raw = Buffer.concat(chunks).toString();
+    let body = {};
+    try { body = JSON.parse(raw); } catch (e) { /* benchmarks send JSON */ }
+    const model = body.model || "bench-model";
+    const opts = options(req, raw);
+    const responses = req.url.endsWith("/responses");
+    const answer = () => {
+      if (body.stream) {
+        const frames = responses ? responsesFrames(model, opts.chunks) : chatFrames(model, opts.chunks);
+        return sendStream(res, frames, opts.delay);
+      }
+      const payload = responses ? respJson(model) : chatJson(model);
+      res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(payload) });
+      res.end(payload);
+    };
+    if (opts.hold) setTimeout(answer, opts.hold); else answer();
+  });
+});
+server.keepAliveTimeout = 120000;
+server.listen(port, "127.0.0.1", () => console.log(`mock upstream listening on http://127.0.0.1:${port}`));

@@ -1,0 +1,340 @@
+"""Turnpike's benchmark suite: one command, every number in BENCHMARKS.md.
+
+    python -m benchmarks.run                 # the full suite (a few minutes)
+    python -m benchmarks.run --smoke         # seconds: proves the suite runs and reports
+    python -m benchmarks.run --only nonstream,stream --seconds 5
+    python -m benchmarks.run --peer litellm=http://127.0.0.1:4000/v1 --peer-key sk-...
+
+It starts a fast mock upstream (Node, benchmarks/mock_upstream.js) and Turnpike (daphne +
+uvloop, PostgreSQL + Redis, full policy: key auth, every limit in Redis, usage metering),
+drives them with benchmarks/loadgen.js (Node, keep-alive) and measures the gateway process's
+CPU time and RSS from /proc. Each scenario also runs straight against the mock (the floor),
+and against any --peer gateway, and the table shows the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+PY = sys.executable
+NODE = shutil.which("node") or "node"
+CHAT = {"model": "bench-model", "messages": [{"role": "user", "content": "Say hello."}]}
+RESPONSES = {"model": "bench-model", "input": "Say hello."}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Target:
+    name: str
+    base_url: str  # .../v1
+    key: str = "unused"
+    pid: int | None = None  # the process whose CPU/RSS is measured
+
+
+@dataclass
+class Result:
+    scenario: str
+    target: str
+    load: dict[str, Any]
+    cpu_ms_per_request: float | None = None
+    rss_mib: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def loadgen(url: str, body: dict[str, Any], key: str, concurrency: int, seconds: float,
+            stream: bool = False, requests: int = 0) -> dict[str, Any]:
+    cfg = {"url": url, "body": body, "headers": {"Authorization": f"Bearer {key}"},
+           "concurrency": concurrency, "seconds": seconds, "stream": stream,
+           "requests": requests}
+    out = subprocess.run([NODE, str(BENCH / "loadgen.js"), json.dumps(cfg)], capture_output=True,
+                         text=True, timeout=seconds + 120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(scenario: str, target: Target, path: str, body: dict[str, Any], concurrency: int,
+            seconds: float, stream: bool = False) -> Result:
+    before = proc_cpu_seconds(target.pid) if target.pid else None
+    load = loadgen(target.base_url + path, body, target.key, concurrency, seconds, stream)
+    result = Result(scenario, target.name, load)
+    if target.pid and before is not None and load["requests"]:
+        cpu = proc_cpu_seconds(target.pid) - before
+        result.cpu_ms_per_request = round(cpu * 1000 / load["requests"], 3)
+        result.rss_mib = round(proc_rss_mib(target.pid), 1)
+    return result
+
+
+# --- environment ---------------------------------------------------------------------------
+
+class Stack:
+    """The mock upstream and one Turnpike process against PostgreSQL and Redis."""
+
+    def __init__(self, database_url: str, redis_url: str, keys: int) -> None:
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings",
+                    "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+                    "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-secret"),
+                    "GATEWAY_REDIS_PREFIX": "bench:", "LOG_LEVEL": "WARNING"}
+        self.mock_port = free_port()
+        self.mock = self._spawn([NODE, str(BENCH / "mock_upstream.js"), str(self.mock_port)])
+        wait_port(self.mock_port)
+        self.keys = keys
+        self.key = self._seed()
+        self.port = free_port()
+        self.gateway = self._spawn([PY, "-m", "portal.server", "-b", "127.0.0.1", "-p",
+                                    str(self.port), "-v", "0"])
+        wait_port(self.port)
+
+    def _spawn(self, args: list[str]) -> subprocess.Popen[Any]:
+        proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def _seed(self) -> str:
+        subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=self.env, check=True)
+        script = f"""
+import sys
+from gateway.models import Upstream
+from gateway.services import upstream_create
+from keys.models import ApiKey, Tenant
+from keys.services import key_create, tenant_get_or_create
+from keys.secrets import generate_secret, hash_secret, display_prefix
+Upstream.objects.all().delete()
+mock = "http://127.0.0.1:{self.mock_port}/v1"
+upstream_create(name="mock", kind="openai", base_url=mock, models=["bench-model"],
+                api_keys=["sk-mock"])
+upstream_create(name="mock-chat", kind="openai-chat", base_url=mock,
+                models=["bench-chat-only"], api_keys=["sk-mock"])
+tenant, _ = tenant_get_or_create(name="bench")
+ApiKey.objects.filter(tenant=tenant).delete()
+made = key_create(tenant=tenant, name="bench", rpm=10**9, rpd=10**9, concurrency=10**6)
+extra = {self.keys} - 1
+if extra > 0:
+    rows = []
+    for i in range(extra):
+        s = generate_secret()
+        rows.append(ApiKey(tenant=tenant, name=f"filler {{i}}", prefix=display_prefix(s),
+                           last4=s[-4:], secret_hash=hash_secret(s)))
+    ApiKey.objects.bulk_create(rows, batch_size=5000)
+sys.stdout.write(made.secret)
+"""
+        out = subprocess.run([PY, "manage.py", "shell", "-c", script], cwd=ROOT, env=self.env,
+                             capture_output=True, text=True, check=True)
+        redis_flush = f"import redis; r=redis.Redis.from_url('{self.env['REDIS_URL']}'); " \
+                      "[r.delete(k) for k in r.scan_iter('bench:*')]"
+        subprocess.run([PY, "-c", redis_flush], check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    def targets(self) -> tuple[Target, Target]:
+        direct = Target("direct (mock)", f"http://127.0.0.1:{self.mock_port}/v1",
+                        pid=self.mock.pid)
+        turnpike = Target("turnpike", f"http://127.0.0.1:{self.port}/v1", self.key,
+                          pid=self.gateway.pid)
+        return direct, turnpike
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+# --- scenarios -----------------------------------------------------------------------------
+
+def scenarios(seconds: float, smoke: bool) -> dict[str, dict[str, Any]]:
+    chunks = 100
+    return {
+        "nonstream": dict(path="/chat/completions", body=CHAT, concurrency=64,
+                          seconds=seconds),
+        "stream": dict(path="/chat/completions", body={**CHAT, "stream": True,
+                       "messages": [{"role": "user", "content": f"[[mock chunks={chunks}]]"}]},
+                       concurrency=64, seconds=seconds, stream=True),
+        "stream_responses": dict(path="/responses", body={**RESPONSES, "stream": True,
+                                 "input": f"[[mock chunks={chunks}]]"}, concurrency=64,
+                                 seconds=seconds, stream=True),
+        # A Responses client on a Chat-only upstream: every event translated.
+        "stream_translated": dict(path="/responses", body={
+            "model": "bench-chat-only", "stream": True, "input": f"[[mock chunks={chunks}]]"},
+            concurrency=64, seconds=seconds, stream=True, turnpike_only=True),
+        "latency_1_client": dict(path="/chat/completions", body=CHAT, concurrency=1,
+                                 seconds=seconds),
+        "ttfb_paced": dict(path="/chat/completions", body={**CHAT, "stream": True,
+                           "messages": [{"role": "user",
+                                         "content": "[[mock chunks=5 delay=20]]"}]},
+                           concurrency=1, seconds=seconds, stream=True),
+    } if not smoke else {
+        "nonstream": dict(path="/chat/completions", body=CHAT, concurrency=8, seconds=seconds),
+        "stream": dict(path="/chat/completions", body={**CHAT, "stream": True,
+                       "messages": [{"role": "user", "content": "[[mock chunks=10]]"}]},
+                       concurrency=8, seconds=seconds, stream=True),
+    }
+
+
+def idle_streams(target: Target, count: int) -> Result:
+    """``count`` streams held open at once (the upstream holds them); RSS while they wait."""
+    body = {**CHAT, "stream": True,
+            "messages": [{"role": "user", "content": "[[mock chunks=1 hold=8000]]"}]}
+    cfg = {"url": target.base_url + "/chat/completions", "body": body,
+           "headers": {"Authorization": f"Bearer {target.key}"}, "concurrency": count,
+           "seconds": 1, "stream": True, "requests": count}
+    proc = subprocess.Popen([NODE, str(BENCH / "loadgen.js"), json.dumps(cfg)],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(5)  # all connected and waiting
+    rss = proc_rss_mib(target.pid) if target.pid else None
+    out, _ = proc.communicate(timeout=120)
+    load = json.loads(out.strip().splitlines()[-1])
+    return Result("idle_streams", target.name, load, rss_mib=round(rss, 1) if rss else None,
+                  extra={"held": count})
+
+
+def run_suite(args: argparse.Namespace) -> list[Result]:
+    results: list[Result] = []
+    stack = Stack(args.database_url, args.redis_url, args.keys)
+    try:
+        direct, turnpike = stack.targets()
+        peers = [Target(name, url, args.peer_key) for name, url in
+                 (p.split("=", 1) for p in args.peer)]
+        wanted = set(args.only.split(",")) if args.only else None
+        # Warm up: key snapshot, route table, connection pools, limiter scripts.
+        loadgen(turnpike.base_url + "/chat/completions", CHAT, turnpike.key, 4, 1)
+        for name, spec in scenarios(args.seconds, args.smoke).items():
+            if wanted and name not in wanted:
+                continue
+            spec = dict(spec)
+            only_turnpike = spec.pop("turnpike_only", False)
+            targets = [turnpike] if only_turnpike else [direct, turnpike, *peers]
+            for target in targets:
+                results.append(measure(name, target, **spec))
+                print(_row(results[-1]), flush=True)
+        if not args.smoke and (not wanted or "idle_streams" in wanted):
+            results.append(idle_streams(turnpike, args.idle))
+            print(_row(results[-1]), flush=True)
+    finally:
+        stack.close()
+    return results
+
+
+def _row(r: Result) -> str:
+    load = r.load
+    cpu = f"{r.cpu_ms_per_request:.3f}" if r.cpu_ms_per_request is not None else "-"
+    rss = f"{r.rss_mib:.0f}" if r.rss_mib is not None else "-"
+    return (f"{r.scenario:18} {r.target:16} rps {load['rps']:>8.1f}  p50 {load['p50_ms']!s:>7} "
+            f"p99 {load['p99_ms']!s:>7}  ttfb50 {load['ttfb_p50_ms']!s:>7}  "
+            f"frames/s {load['frames_per_s']:>9.0f}  cpu ms/req {cpu:>6}  rss MiB {rss:>5}  "
+            f"err {load['errors']}")
+
+
+def summary(results: list[Result]) -> str:
+    """Markdown table with Turnpike/direct (and peer/Turnpike) ratios."""
+    lines = ["| scenario | target | RPS | p50 ms | p99 ms | TTFB p50 ms | frames/s | "
+             "CPU ms/req | RSS MiB | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        load = r.load
+        lines.append(
+            f"| {r.scenario} | {r.target} | {load['rps']:.0f} | {load['p50_ms']} | "
+            f"{load['p99_ms']} | {load['ttfb_p50_ms']} | {load['frames_per_s']:.0f} | "
+            f"{r.cpu_ms_per_request if r.cpu_ms_per_request is not None else '-'} | "
+            f"{r.rss_mib if r.rss_mib is not None else '-'} | {load['errors']} |")
+    by = {(r.scenario, r.target): r for r in results}
+    notes = []
+    for (scenario, target), r in by.items():
+        base = by.get((scenario, "direct (mock)"))
+        if target == "turnpike" and base and scenario.startswith("latency"):
+            notes.append(f"- {scenario}: Turnpike adds {r.load['p50_ms'] - base.load['p50_ms']:.2f}"
+                         f" ms at p50, {r.load['p99_ms'] - base.load['p99_ms']:.2f} ms at p99")
+        if target == "turnpike" and base and scenario == "ttfb_paced":
+            notes.append(f"- {scenario}: Turnpike adds "
+                         f"{r.load['ttfb_p50_ms'] - base.load['ttfb_p50_ms']:.2f} ms to the "
+                         "first byte at p50")
+    return "\n".join(lines + [""] + notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="seconds, for CI")
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument("--keys", type=int, default=10, help="keys in the database")
+    parser.add_argument("--idle", type=int, default=1000, help="idle streams to hold")
+    parser.add_argument("--peer", action="append", default=[],
+                        help="NAME=BASE_URL of another gateway to run side by side")
+    parser.add_argument("--peer-key", default="sk-bench")
+    parser.add_argument("--database-url", default=os.environ.get(
+        "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/turnpike_bench"))
+    parser.add_argument("--redis-url", default=os.environ.get(
+        "BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"))
+    parser.add_argument("--json", help="write the results to this file too")
+    args = parser.parse_args(argv)
+    if args.seconds is None:
+        args.seconds = 1.0 if args.smoke else 10.0
+    _ensure_database(args.database_url)
+    results = run_suite(args)
+    print()
+    print(summary(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=1))
+    return 0 if results and all(r.load["requests"] > 0 for r in results) else 1
+
+
+def _ensure_database(url: str) -> None:
+    if not url.startswith("postgres"):
+        return
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
