@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
+    from portal.fastredis import FastRedis
+
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
     weakref.WeakKeyDictionary()
 )
@@ -59,3 +61,22 @@ def sync_redis() -> redis.Redis | None:
 
         _sync_client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
     return _sync_client
+
+
+_fast_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FastRedis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def fast_redis() -> FastRedis | None:
+    """The hot path's pipelined client for the running loop (portal.fastredis)."""
+    url = settings.REDIS_URL
+    if not url:
+        return None
+    loop = asyncio.get_running_loop()
+    client = _fast_clients.get(loop)
+    if client is None:
+        from portal.fastredis import FastRedis
+
+        client = _fast_clients[loop] = FastRedis(url)
+    return client

@@ -25,7 +25,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from portal.redis import async_redis, rkey, sync_redis
+from portal.redis import fast_redis, rkey, sync_redis
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,10 @@ class LayeredCache(Generic[T]):
             del self._pending[ident]
 
     async def _fetch(self, ident: str) -> T | None:
-        client = async_redis()
+        client = fast_redis()
         if client is not None:
             try:
-                raw = await client.get(self._redis_key(ident))
+                raw = await client.execute("GET", self._redis_key(ident))
             except RedisError:
                 # Fail open to the source of truth: a Redis outage costs one query per
                 # identity per TTL, not an outage of the gateway.
@@ -98,7 +98,7 @@ class LayeredCache(Generic[T]):
             payload, ttl = ((orjson.dumps(_MISSING), self._negative_ttl) if data is None
                             else (orjson.dumps(data), self._redis_ttl))
             try:
-                await client.set(self._redis_key(ident), payload, ex=ttl)
+                await client.execute("SET", self._redis_key(ident), payload, "EX", ttl)
             except RedisError:
                 log.warning("Redis unavailable; %s %s not shared", self.name, ident[:12])
         return None if data is None else self._decode(data)

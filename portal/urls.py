@@ -5,6 +5,8 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import path
 from django.views.generic import TemplateView
 
+from portal.api import api
+
 
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ok": True})
@@ -17,4 +19,5 @@ urlpatterns = [
     path("", TemplateView.as_view(template_name="portal/home.html"), name="home"),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("api/", api.urls),
 ]

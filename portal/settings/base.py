@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 from portal.settings.env import env_bool, env_float, env_int, env_list, env_str
 
@@ -176,6 +177,13 @@ GATEWAY_USAGE_BATCH_SIZE = env_int("GATEWAY_USAGE_BATCH_SIZE", 500)
 BILLING_BYTES_PER_TOKEN = env_float("BILLING_BYTES_PER_TOKEN", 3.0)
 # The output a request without max_tokens/max_output_tokens reserves for.
 BILLING_DEFAULT_MAX_OUTPUT_TOKENS = env_int("BILLING_DEFAULT_MAX_OUTPUT_TOKENS", 4096)
+# Raw usage rows (UsageLog) of local days older than this many days are deleted daily by
+# billing.expire_usage, after their day is rolled up (UsageRollup rows are kept for good).
+# 0: keep them forever. Deleted in batches of BILLING_USAGE_EXPIRE_BATCH rows.
+BILLING_USAGE_RETENTION_DAYS = env_int("BILLING_USAGE_RETENTION_DAYS", 90)
+BILLING_USAGE_EXPIRE_BATCH = env_int("BILLING_USAGE_EXPIRE_BATCH", 10_000)
+# The currency balances and prices are in (shown by the tenant API; no conversion).
+BILLING_CURRENCY = env_str("BILLING_CURRENCY", "USD") or "USD"
 
 # Fernet keys (comma-separated, newest first) that encrypt upstream credentials at rest.
 # Unset: one key derived from SECRET_KEY. Rotating: put the new key first, keep the old.
@@ -188,6 +196,16 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", REDIS_URL is Non
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE = {
     "probe-upstreams": {"task": "gateway.probe_upstreams", "schedule": GATEWAY_HEALTH_INTERVAL},
+    # Billing: daily rollups of today and yesterday, the usage spool (rows kept in Redis
+    # while the database was down), raw-log expiry, and the RPD counters of the day that
+    # just ended (sent at local midnight, run 30 s later).
+    "billing-rollup-usage": {"task": "billing.rollup_usage", "schedule": 600.0},
+    "billing-drain-usage-spool": {"task": "billing.drain_usage_spool", "schedule": 60.0},
+    "billing-expire-usage": {"task": "billing.expire_usage",
+                             "schedule": crontab(hour=3, minute=30)},
+    "billing-reset-daily-counters": {"task": "billing.reset_daily_counters",
+                                     "schedule": crontab(hour=0, minute=0),
+                                     "options": {"countdown": 30}},
 }
 
 LOGGING = {

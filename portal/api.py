@@ -1,0 +1,240 @@
+"""The tenant API (django-ninja), mounted at /api/; docs at /api/docs.
+
+Authentication is a Turnpike API key, the same one a client sends to /v1
+(``Authorization: Bearer sk-tp-…``), looked up by its hash like the gateway does, so a
+script can check its balance and top it up with a redemption code.
+
+Every error has one body shape, ``{"message": "...", "extra": {"code": "...", ...}}``,
+written by ``error_response``: 400 for a bad request or a code that cannot be redeemed,
+401 for a missing, unknown or expired key, 403 for a disabled key or tenant or a client
+address the key does not allow.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import Field, NinjaAPI, Query, Schema
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import HttpBearer
+
+from billing.models import LedgerEntry
+from billing.redemption import RedemptionError, redeem
+from keys.models import ApiKey, Status, Tenant
+from keys.secrets import hash_secret
+from keys.services import ApplicationError
+
+MAX_LEDGER_LIMIT = 500
+
+
+class ApiError(Exception):
+    """An error answered as ``{"message", "extra"}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+# --- authentication ---------------------------------------------------------------------
+
+def _secret_from(request: HttpRequest) -> str | None:
+    """``Authorization: Bearer sk-…`` (or a bare ``Authorization: sk-…``) or ``x-api-key``,
+    as the gateway accepts them."""
+    value = request.headers.get("Authorization", "").strip()
+    if value[:7].lower() == "bearer ":
+        value = value[7:].strip()
+    elif value.lower() == "bearer":
+        value = ""
+    if value:
+        return value
+    value = (request.headers.get("X-Api-Key") or "").strip()
+    return value or None
+
+
+def _ip_allowed(allowed: list[str], client_ip: str | None) -> bool:
+    if not allowed:
+        return True
+    try:
+        address = ipaddress.ip_address(client_ip or "")
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    for entry in allowed:
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+class TurnpikeKey(HttpBearer):
+    """A Turnpike API key; ``request.auth`` is the ``ApiKey`` (its tenant loaded)."""
+
+    def __call__(self, request: HttpRequest) -> ApiKey:
+        secret = _secret_from(request)
+        if secret is None:
+            raise ApiError(401, "No API key was provided. Send it as "
+                           "'Authorization: Bearer sk-tp-…'.", code="missing_api_key")
+        return self.authenticate(request, secret)
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiKey:
+        key = (ApiKey.objects.select_related("tenant")
+               .filter(secret_hash=hash_secret(token)).first())
+        if key is None:
+            raise ApiError(401, "The API key is not valid. Check it, or create a new one.",
+                           code="invalid_api_key")
+        if key.status != Status.ACTIVE:
+            raise ApiError(403, "The API key is disabled.", code="api_key_disabled")
+        if key.tenant.status != Status.ACTIVE:
+            raise ApiError(403, "The tenant that owns this API key is disabled.",
+                           code="tenant_disabled")
+        if key.is_expired:
+            raise ApiError(401, "The API key has expired.", code="api_key_expired")
+        client_ip = request.META.get("REMOTE_ADDR")
+        if not _ip_allowed(key.allowed_ips or [], client_ip):
+            raise ApiError(403, f"This API key may not be used from {client_ip}.",
+                           code="ip_not_allowed")
+        return key
+
+
+api = NinjaAPI(
+    title="Turnpike tenant API",
+    version="1.0.0",
+    description="Balance, redemption codes and the ledger of the tenant that owns the API "
+    "key. Authenticate with the key you use for /v1: `Authorization: Bearer sk-tp-…`. "
+    'Errors: `{"message": "...", "extra": {"code": "..."}}`.',
+    urls_namespace="tenant-api",
+    auth=TurnpikeKey(),
+)
+
+
+# --- errors: one handler, one body shape -------------------------------------------------
+
+HTTP_ERROR_CODES = {400: "invalid_request", 401: "authentication_error",
+                    403: "permission_denied", 404: "not_found", 429: "rate_limited"}
+
+
+def error_response(request: HttpRequest, exc: Exception) -> HttpResponse:
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ApiError):
+        status, message, extra = exc.status, exc.message, exc.extra
+    elif isinstance(exc, RedemptionError):
+        status, message = 400, str(exc)
+        extra = {"code": f"redemption_code_{exc.reason}"}
+    elif isinstance(exc, ApplicationError):
+        status, message, extra = 400, str(exc), {"code": "invalid_request"}
+    elif isinstance(exc, ValidationError):
+        status, message = 400, "The request is not valid; see extra.errors."
+        extra = {"code": "invalid_request", "errors": exc.errors}
+    elif isinstance(exc, AuthenticationError):
+        status, message, extra = 401, "Authentication failed.", {"code": "invalid_api_key"}
+    elif isinstance(exc, HttpError):  # e.g. a body that is not JSON
+        status, message = exc.status_code, str(exc)
+        extra = {"code": HTTP_ERROR_CODES.get(status, "error")}
+    else:  # Http404
+        status, message, extra = 404, "Not found.", {"code": "not_found"}
+    response = api.create_response(request, {"message": message, "extra": extra},
+                                   status=status)
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="turnpike"'
+    return response
+
+
+for _exc in (ApiError, ApplicationError, ValidationError, HttpError, Http404):
+    api.add_exception_handler(_exc, error_response)
+
+
+# --- schemas ------------------------------------------------------------------------------
+
+class ErrorOut(Schema):
+    message: str
+    extra: dict[str, Any] = Field(default_factory=dict,
+                                  description="`code`, a stable name of the error, and details.")
+
+
+class BalanceOut(Schema):
+    tenant: str
+    balance: str = Field(description="Decimal as text (exact), e.g. \"12.500000\".")
+    currency: str
+
+
+class LedgerEntryOut(Schema):
+    id: int
+    kind: str = Field(description="topup, charge, refund, adjustment or redemption.")
+    amount: str = Field(description="Decimal as text; positive adds to the balance.")
+    reference: str
+    note: str
+    created_at: datetime
+
+
+class RedeemIn(Schema):
+    code: str = Field(min_length=1, max_length=200,
+                      description="A redemption code, e.g. tp-rc-XXXX-XXXX-XXXX-XXXX-XXXX-XXXX "
+                      "(case, spaces and dashes do not matter).")
+
+
+class RedeemOut(BalanceOut):
+    entry: LedgerEntryOut
+
+
+class LedgerOut(Schema):
+    tenant: str
+    currency: str
+    entries: list[LedgerEntryOut]
+
+
+AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut}
+
+
+def _currency() -> str:
+    return getattr(settings, "BILLING_CURRENCY", "USD") or "USD"
+
+
+def _money(value: Decimal) -> str:
+    return str(value)
+
+
+def _balance(tenant: Tenant) -> dict[str, Any]:
+    return {"tenant": tenant.name, "balance": _money(tenant.balance), "currency": _currency()}
+
+
+def _entry(entry: LedgerEntry) -> dict[str, Any]:
+    return {"id": entry.pk, "kind": entry.kind, "amount": _money(entry.amount),
+            "reference": entry.reference, "note": entry.note, "created_at": entry.created_at}
+
+
+# --- endpoints ----------------------------------------------------------------------------
+
+@api.get("/balance", response={200: BalanceOut, **AUTH_ERRORS}, tags=["billing"],
+         summary="The tenant's balance")
+def balance(request: HttpRequest) -> dict[str, Any]:
+    tenant = request.auth.tenant  # type: ignore[attr-defined]
+    tenant.refresh_from_db(fields=["balance"])
+    return _balance(tenant)
+
+
+@api.post("/redeem", response={200: RedeemOut, 400: ErrorOut, **AUTH_ERRORS},
+          tags=["billing"], summary="Redeem a code: add its amount to the balance")
+def redeem_code(request: HttpRequest, payload: RedeemIn) -> dict[str, Any]:
+    tenant = request.auth.tenant  # type: ignore[attr-defined]
+    entry = redeem(code=payload.code, tenant=tenant)  # RedemptionError: 400
+    return {**_balance(tenant), "entry": _entry(entry)}
+
+
+@api.get("/ledger", response={200: LedgerOut, 400: ErrorOut, **AUTH_ERRORS},
+         tags=["billing"], summary="The tenant's latest ledger entries, newest first")
+def ledger(request: HttpRequest,
+           limit: int = Query(50, ge=1, le=MAX_LEDGER_LIMIT)) -> dict[str, Any]:  # noqa: B008
+    tenant = request.auth.tenant  # type: ignore[attr-defined]
+    entries = LedgerEntry.objects.filter(tenant=tenant).order_by("-created_at", "-id")[:limit]
+    return {"tenant": tenant.name, "currency": _currency(),
+            "entries": [_entry(e) for e in entries]}
