@@ -68,15 +68,25 @@ def _drop_dangling_links(events: list[UsageEvent]) -> None:
 
 
 def write_events(events: list[UsageEvent]) -> None:
-    """Insert a batch (sync)."""
-    from django.db import close_old_connections, transaction
-
-    from billing.models import UsageLog
+    """Insert a batch and charge it (sync), in one transaction."""
+    from django.db import IntegrityError, close_old_connections
 
     # Worker threads live outside Django's request cycle, so nothing else retires a
     # connection that broke (a database restart) or outlived CONN_MAX_AGE.
     close_old_connections()
-    _drop_dangling_links(events)
+    try:
+        _insert(events)
+    except IntegrityError:
+        # A key, tenant, upstream or credential was deleted while its request ran: keep
+        # the rows, without the links. (Checked only now: it costs a query per model.)
+        _drop_dangling_links(events)
+        _insert(events)
+
+
+def _insert(events: list[UsageEvent]) -> None:
+    from django.db import transaction
+
+    from billing.models import UsageLog
     rows = [
         UsageLog(
             created_at=e.created_at, request_id=e.request_id, endpoint=e.endpoint,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -49,8 +49,17 @@ class UpstreamRef:
     proxy: str | None = None
 
     def serves(self, model: str) -> bool:
-        return any(name == model for name, _ in self.model_map) or \
-            any(model_matches(p, model) for p in self.models)
+        if model in self._exact:
+            return True
+        return any(model_matches(p, model) for p in self._patterns)
+
+    @property
+    def _exact(self) -> frozenset[str]:
+        return _exact_names(self.models, self.model_map)
+
+    @property
+    def _patterns(self) -> tuple[str, ...]:
+        return _wildcards(self.models)
 
     def upstream_model(self, model: str) -> str:
         for name, target in self.model_map:
@@ -65,6 +74,17 @@ class UpstreamRef:
         return not self.groups or group_id in self.groups
 
 
+@lru_cache(maxsize=4096)
+def _exact_names(models: tuple[str, ...], model_map: tuple[tuple[str, str], ...]) -> frozenset[str]:
+    return frozenset([*(m for m in models if not any(ch in m for ch in "*?[")),
+                      *(name for name, _ in model_map)])
+
+
+@lru_cache(maxsize=4096)
+def _wildcards(models: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(m for m in models if any(ch in m for ch in "*?["))
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     upstream: UpstreamRef
@@ -77,13 +97,23 @@ class Route:
         return f"{self.upstream.id}:{self.credential.id if self.credential else 0}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RouteTable:
     upstreams: tuple[UpstreamRef, ...]
+    # (model, group, dedicated) -> candidates; the table is immutable, so answers keep.
+    _serving: dict[tuple[str, int | None, bool], list[UpstreamRef]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def serving(self, model: str, group_id: int | None = None,
                 dedicated: bool = False) -> list[UpstreamRef]:
-        return [u for u in self.upstreams if u.open_to(group_id, dedicated) and u.serves(model)]
+        key = (model, group_id, dedicated)
+        found = self._serving.get(key)
+        if found is None:
+            found = [u for u in self.upstreams
+                     if u.open_to(group_id, dedicated) and u.serves(model)]
+            if len(self._serving) < 10_000:
+                self._serving[key] = found
+        return list(found)
 
     def listed_models(self, group_id: int | None = None,
                       dedicated: bool = False) -> dict[str, UpstreamRef]:

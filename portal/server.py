@@ -24,11 +24,25 @@ def main(argv: list[str] | None = None) -> None:
             pass
         else:
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    _speed_up_twisted_content_type()
     from daphne.cli import CommandLineInterface
 
     if not args or not re.fullmatch(r"[\w.]+:\w+", args[-1]):
         args.append("portal.asgi:application")
     CommandLineInterface().run(args)
+
+
+def _speed_up_twisted_content_type() -> None:
+    """Twisted parses every request's Content-Type with the email package only to compare it
+    with the two form types it decodes; profiled, that was ~9% of a /v1 request's CPU. The
+    same answer for those comparisons, without the email machinery."""
+    from twisted.web import http
+
+    def parse_content_type(line: bytes) -> bytes:
+        key = line.split(b";", 1)[0].strip().lower()
+        return key if b"/" in key else b"text/plain"
+
+    http._parseContentType = parse_content_type
 
 
 if __name__ == "__main__":
