@@ -1,0 +1,32 @@
+"""The benchmark suite runs and reports (a few seconds; the numbers never gate CI)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(shutil.which("node") is None or not os.environ.get("REDIS_URL")
+                                or not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+                                reason="the suite needs Node.js, PostgreSQL and Redis")
+
+
+def test_the_benchmark_suite_runs_and_reports():
+    base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke",
+         "--database-url", f"{base}/turnpike_bench_smoke",
+         "--redis-url", os.environ["REDIS_URL"]],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    rows = [line for line in table if "| turnpike |" in line]
+    assert {r.split("|")[1].strip() for r in rows} == {"nonstream", "stream"}
+    assert all(" | 0 |" in r for r in rows)  # no errors
