@@ -362,7 +362,7 @@ def client_encoder(ctx: RelayContext, operation: str, req: c.CanonicalRequest,
                    payload: dict[str, Any], clean_xml: bool) -> chat.ChatEncoder | \
         responses.ResponsesEncoder:
     if operation == "chat":
-        return chat.ChatEncoder(ctx.model, req.include_usage)
+        return chat.ChatEncoder(ctx.model, req.include_usage, clean_xml_tools=clean_xml)
     echo = {k: payload.get(k) for k in ("instructions", "tools", "tool_choice",
                                         "parallel_tool_calls", "max_output_tokens",
                                         "previous_response_id", "reasoning", "store",
@@ -601,12 +601,11 @@ async def compact(ctx: RelayContext, operation: str, route: Route, payload: dict
     item = {"type": "compaction", "id": responses.new_id("cmp"),
             "encrypted_content": c.seal_compaction(summary)}
     if operation == "compact":
-        kept = [i for i in (items if isinstance(items, list) else [])
-                if isinstance(i, dict) and i.get("role") == "user"
-                and i.get("type", "message") == "message"]
-        if isinstance(items, str):
-            kept = [{"type": "message", "role": "user",
-                     "content": [{"type": "input_text", "text": items}]}]
+        # The user's messages, in the typed form the Responses output uses (clients such as
+        # Codex deserialise the output as items).
+        kept = [responses.item_to_responses(m) for m in parse_client(
+            "responses", {"input": items}).items
+            if isinstance(m, c.Message) and m.role == "user"] if items else []
         answer = {"id": item["id"], "object": "response.compaction",
                   "created_at": int(time.time()), "output": [*kept, item],
                   "usage": usage_wire.to_responses(usage)}

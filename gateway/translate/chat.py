@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from gateway.translate import canonical as c
+from gateway.translate.xmltools import XmlToolUseFilter
 from gateway.wire import usage as usage_wire
 from gateway.wire.sse import encode
 
@@ -341,7 +342,8 @@ class StreamDecoder:
 class ChatEncoder:
     """Events -> Chat Completions chunks (``feed``/``close``) or one completion (``final``)."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(self, model: str, include_usage: bool, clean_xml_tools: bool = False) -> None:
+        self.xml = XmlToolUseFilter() if clean_xml_tools else None
         self.id = "chatcmpl-" + uuid.uuid4().hex[:24]
         self.model = model
         self.created = int(time.time())
@@ -372,8 +374,11 @@ class ChatEncoder:
         if isinstance(event, c.Start):
             return self._open()
         if isinstance(event, c.TextDelta):
-            self.text.append(event.text)
-            return self._open() + self._chunk({"content": event.text})
+            text = self.xml.feed(event.text) if self.xml is not None else event.text
+            if not text:
+                return self._open()
+            self.text.append(text)
+            return self._open() + self._chunk({"content": text})
         if isinstance(event, c.ReasoningDelta):
             self.reasoning.append(event.text)
             return self._open() + self._chunk({"reasoning_content": event.text})
@@ -418,8 +423,15 @@ class ChatEncoder:
             return "tool_calls"
         return self.finish or "stop"
 
+    def _flush_xml(self) -> bytes:
+        tail = self.xml.flush() if self.xml is not None else ""
+        if not tail:
+            return b""
+        self.text.append(tail)
+        return self._chunk({"content": tail})
+
     def close(self) -> bytes:
-        out = self._open()
+        out = self._open() + self._flush_xml()
         if self.failure is not None:
             return out + encode({"error": {"message": self.failure.message,
                                            "type": "upstream_error", "param": None,
@@ -433,6 +445,7 @@ class ChatEncoder:
         return out + b"data: [DONE]\n\n"
 
     def final(self) -> dict[str, Any]:
+        self._flush_xml()
         message: dict[str, Any] = {"role": "assistant",
                                    "content": "".join(self.text) if self.text or not self.calls
                                    else None,

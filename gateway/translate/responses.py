@@ -508,7 +508,9 @@ class ResponsesEncoder:
                 + self._event("response.in_progress", {"response": snapshot}))
 
     # items
-    def _close_current(self) -> bytes:
+    def _close_current(self, status: str = "completed") -> bytes:
+        """Close the open item; ``status`` is "incomplete" for the item the answer ended in
+        when it was cut or truncated (a client must not act on a half-streamed call)."""
         item = self.current
         if item is None:
             return b""
@@ -548,7 +550,7 @@ class ResponsesEncoder:
             out += self._event("response.custom_tool_call_input.done", {
                 "item_id": item["id"], "output_index": index, "input": item["input"]})
         if kind != "reasoning":
-            item["status"] = "completed"
+            item["status"] = status
         clean = {k: v for k, v in item.items() if not k.startswith("_")}
         self.output[index] = clean
         return out + self._event("response.output_item.done",
@@ -705,8 +707,9 @@ class ResponsesEncoder:
         return "completed"
 
     def close(self) -> bytes:
-        out = self._start() + self._close_current()
         status = self.status()
+        out = self._start() + self._close_current(
+            "completed" if status == "completed" else "incomplete")
         kind = {"failed": "response.failed", "incomplete": "response.incomplete"}.get(
             status, "response.completed")
         return out + self._event(kind, {"response": self.response(status)})

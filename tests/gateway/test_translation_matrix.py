@@ -11,6 +11,11 @@ kind x stream mode it applies to. Numbers are exact: the fake's usage rule (see
 
 Expectation tables keyed by where the request went are read with ``matrix_cases.pick``:
 ``"<client>><kind>"``, then ``"<kind>"``, then ``"@<protocol spoken upstream>"``, then ``"*"``.
+
+Sections: the case matrix (text, instructions, tools, tool_choice, parallel calls, reasoning,
+sampling, usage, finish reasons, images); tool round trips; errors and cut streams; strict
+stream shapes (raw SSE); Codex-style upstreams; compaction by Turnpike. A case can carry
+known application bugs as strict xfails (``Case.bugs``; a reason starts with ``BUG:``).
 """
 
 from __future__ import annotations
@@ -600,17 +605,9 @@ def test_a_stream_cut_mid_way_ends_with_the_protocols_error_event(
         assert "".join(deltas) == "tok0 tok1 "
 
 
-CUT_CALL_COMPLETED = (
-    "BUG: gateway/translate/responses.py: on a Failure, ResponsesEncoder.close() runs "
-    "_close_current(), which emits response.output_item.done with status 'completed' for the "
-    "half-streamed function_call (arguments '{\"city\":'), before response.failed; a client "
-    "that acts on output_item.done (the Codex CLI) runs a call with broken arguments")
-
 
 @pytest.mark.parametrize(("client", "kind", "mode"), grid(
-    clients=("responses",), modes=("stream",),
-    bugs={f"*>{kind}>*": CUT_CALL_COMPLETED
-          for kind in ("openai-chat", "openai-responses", "anthropic")}))
+    clients=("responses",), modes=("stream",)))
 def test_a_tool_call_cut_mid_stream_is_never_reported_as_completed(
         client: str, kind: str, mode: str, gateway: Any, api_key: Any, upstreams: Any) -> None:
     # 4 argument pieces; the stream breaks after the second.
@@ -737,17 +734,8 @@ def test_a_chat_stream_has_one_id_and_ends_with_done(
 
 # --- truncated answers: the message item -------------------------------------------------------
 
-TRUNCATED_ITEM_BUG = (
-    "BUG: gateway/translate/responses.py: ResponsesEncoder._close_current() sets every "
-    "non-reasoning item's status to 'completed', also when the response ends incomplete "
-    "(finish=length); OpenAI (and the relayed openai upstream) mark the truncated message "
-    "item 'incomplete'")
 
-
-@pytest.mark.parametrize(("client", "kind", "mode"), grid(
-    clients=("responses",), bugs={f"*>{kind}>*": TRUNCATED_ITEM_BUG
-                                  for kind in ("openai-chat", "openai-responses", "anthropic",
-                                               "ollama")}))
+@pytest.mark.parametrize(("client", "kind", "mode"), grid(clients=("responses",)))
 def test_a_truncated_message_item_is_marked_incomplete(
         client: str, kind: str, mode: str, sdk: openai.OpenAI) -> None:
     body = client_body(client, model_for(kind), (user("Go on [[fake finish=length]]"),),
@@ -898,13 +886,10 @@ def test_a_non_stream_client_gets_one_json_answer_aggregated_from_the_upstream_s
 XML_TEXT = 'Before <tool_use>{"name":"x"}</tool_use> after'
 
 
-XML_BUG = ("BUG: gateway/exchange.py: client_encoder() gives only the ResponsesEncoder an "
-           "XmlToolUseFilter (clean_xml); ChatEncoder has none, so a chat client of an "
-           "openai-responses upstream gets the <tool_use>...</tool_use> text verbatim")
 
 
 @pytest.mark.parametrize(("client", "kind", "mode"),
-                         grid(kinds=("openai-responses",), bugs={"chat>*": XML_BUG}))
+                         grid(kinds=("openai-responses",)))
 def test_xml_tool_use_text_from_a_codex_style_upstream_is_removed(
         client: str, kind: str, mode: str, sdk: openai.OpenAI) -> None:
     # echo=1 answers with the text in 3 pieces, so the tags are split across deltas.
@@ -945,16 +930,8 @@ def test_compact_returns_one_turnpike_compaction_item(
                      ("user", "Write the handoff summary of the conversation above now.")]
 
 
-COMPACT_KEEPS_RAW_ITEMS = (
-    "BUG: gateway/exchange.py: compact() copies the client's user input items verbatim into "
-    "the compaction output, so {'role': 'user', 'content': 'text'} comes back without "
-    "'type': 'message' and with string content (OpenAI's /responses/compact, the fake and "
-    "compact()'s own string-input branch return typed input_text messages)")
 
-
-@pytest.mark.parametrize("kind", [
-    pytest.param(kind, marks=pytest.mark.xfail(strict=True, reason=COMPACT_KEEPS_RAW_ITEMS))
-    for kind in ("anthropic", "ollama", "openai-chat")] + ["openai"])
+@pytest.mark.parametrize("kind", ["anthropic", "ollama", "openai-chat", "openai"])
 def test_compact_keeps_the_user_messages_as_typed_message_items(
         kind: str, sdk: openai.OpenAI) -> None:
     # "openai" (native compaction, relayed) is the reference shape.
