@@ -111,7 +111,8 @@ def measure(scenario: str, target: Target, path: str, body: dict[str, Any], conc
 class Stack:
     """The mock upstream and one Turnpike process against PostgreSQL and Redis."""
 
-    def __init__(self, database_url: str, redis_url: str, keys: int) -> None:
+    def __init__(self, database_url: str, redis_url: str, keys: int,
+                 usage_rows: int = 0) -> None:
         self.procs: list[subprocess.Popen[Any]] = []
         self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings",
                     "DATABASE_URL": database_url, "REDIS_URL": redis_url,
@@ -121,6 +122,7 @@ class Stack:
         self.mock = self._spawn([NODE, str(BENCH / "mock_upstream.js"), str(self.mock_port)])
         wait_port(self.mock_port)
         self.keys = keys
+        self.usage_rows = usage_rows
         self.key = self._seed()
         self.port = free_port()
         self.gateway = self._spawn([PY, "-m", "portal.server", "-b", "127.0.0.1", "-p",
@@ -159,6 +161,22 @@ if extra > 0:
         rows.append(ApiKey(tenant=tenant, name=f"filler {{i}}", prefix=display_prefix(s),
                            last4=s[-4:], secret_hash=hash_secret(s)))
     ApiKey.objects.bulk_create(rows, batch_size=5000)
+usage_rows = {self.usage_rows}
+if usage_rows:
+    from django.db import connection
+    from billing.models import UsageLog
+    have = UsageLog.objects.count()
+    if have < usage_rows:  # a big table, made once: INSERT ... SELECT in the database
+        with connection.cursor() as cur:
+            cur.execute(
+                "INSERT INTO billing_usagelog (created_at, request_id, key_prefix, endpoint, "
+                "model, status_code, error_code, stream, input_tokens, cached_tokens, "
+                "output_tokens, reasoning_tokens, cost, latency_ms, user_agent, attempts, "
+                "estimated, tenant_id, key_id) "
+                "SELECT now() - (g % 86400) * interval '1 second', 'bench_' || g, 'sk-tp-x', "
+                "'chat/completions', 'bench-model', 200, '', false, 10, 0, 100, 0, 0, 1, "
+                "'bench', '[]', false, %s, %s FROM generate_series(%s, %s) g",
+                [tenant.pk, made.key.pk, have + 1, usage_rows])
 sys.stdout.write(made.secret)
 """
         out = subprocess.run([PY, "manage.py", "shell", "-c", script], cwd=ROOT, env=self.env,
@@ -233,13 +251,49 @@ def idle_streams(target: Target, count: int) -> Result:
                   extra={"held": count})
 
 
+LITELLM_KEY = "sk-bench-litellm-master-key-0123456789"
+
+
+def start_litellm(mock_port: int, venv: Path) -> tuple[subprocess.Popen[Any], Target]:
+    """LiteLLM's proxy, installed into its own venv (created on first use), one worker,
+    in front of the same mock: the gateway people replace with Turnpike, measured side by
+    side."""
+    binary = venv / "bin" / "litellm"
+    if not binary.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
+                       check=True)
+    config = venv / "bench-config.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: bench-model\n"
+        "    litellm_params:\n"
+        "      model: openai/bench-model\n"
+        f"      api_base: http://127.0.0.1:{mock_port}/v1\n"
+        "      api_key: sk-mock\n"
+        "litellm_settings:\n  telemetry: false\n"
+        f"general_settings:\n  master_key: {LITELLM_KEY}\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+         "--num_workers", "1"], env={**os.environ, "LITELLM_TELEMETRY": "False"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, timeout=180)
+    return proc, Target("litellm", f"http://127.0.0.1:{port}/v1", LITELLM_KEY, pid=proc.pid)
+
+
 def run_suite(args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
-    stack = Stack(args.database_url, args.redis_url, args.keys)
+    stack = Stack(args.database_url, args.redis_url, args.keys, args.usage_rows)
     try:
         direct, turnpike = stack.targets()
         peers = [Target(name, url, args.peer_key) for name, url in
                  (p.split("=", 1) for p in args.peer)]
+        if args.litellm:
+            proc, litellm = start_litellm(stack.mock_port, Path(args.litellm_venv))
+            stack.procs.append(proc)
+            loadgen(litellm.base_url + "/chat/completions", CHAT, litellm.key, 4, 2)
+            peers.append(litellm)
         wanted = set(args.only.split(",")) if args.only else None
         # Warm up: key snapshot, route table, connection pools, limiter scripts.
         loadgen(turnpike.base_url + "/chat/completions", CHAT, turnpike.key, 4, 1)
@@ -288,6 +342,13 @@ def summary(results: list[Result]) -> str:
         if target == "turnpike" and base and scenario.startswith("latency"):
             notes.append(f"- {scenario}: Turnpike adds {r.load['p50_ms'] - base.load['p50_ms']:.2f}"
                          f" ms at p50, {r.load['p99_ms'] - base.load['p99_ms']:.2f} ms at p99")
+        peer = by.get((scenario, "litellm"))
+        if target == "turnpike" and peer and peer.load["rps"]:
+            notes.append(f"- {scenario}: Turnpike/LiteLLM = "
+                         f"{r.load['rps'] / peer.load['rps']:.1f}x the throughput"
+                         + (f", {peer.cpu_ms_per_request / r.cpu_ms_per_request:.1f}x less CPU "
+                            "per request" if r.cpu_ms_per_request and peer.cpu_ms_per_request
+                            else ""))
         if target == "turnpike" and base and scenario == "ttfb_paced":
             notes.append(f"- {scenario}: Turnpike adds "
                          f"{r.load['ttfb_p50_ms'] - base.load['ttfb_p50_ms']:.2f} ms to the "
@@ -303,9 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated scenario names")
     parser.add_argument("--keys", type=int, default=10, help="keys in the database")
     parser.add_argument("--idle", type=int, default=1000, help="idle streams to hold")
+    parser.add_argument("--usage-rows", type=int, default=0,
+                        help="fill the usage log to this many rows first (e.g. 10000000)")
     parser.add_argument("--peer", action="append", default=[],
                         help="NAME=BASE_URL of another gateway to run side by side")
     parser.add_argument("--peer-key", default="sk-bench")
+    parser.add_argument("--litellm", action="store_true",
+                        help="also run LiteLLM's proxy (its own venv) side by side")
+    parser.add_argument("--litellm-venv", default=os.environ.get(
+        "LITELLM_VENV", str(BENCH / ".litellm-venv")))
     parser.add_argument("--database-url", default=os.environ.get(
         "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/turnpike_bench"))
     parser.add_argument("--redis-url", default=os.environ.get(
