@@ -172,11 +172,11 @@ if usage_rows:
                 "INSERT INTO billing_usagelog (created_at, request_id, key_prefix, endpoint, "
                 "model, status_code, error_code, stream, input_tokens, cached_tokens, "
                 "output_tokens, reasoning_tokens, cost, latency_ms, user_agent, attempts, "
-                "estimated, tenant_id, key_id) "
+                "estimated) "
                 "SELECT now() - (g % 86400) * interval '1 second', 'bench_' || g, 'sk-tp-x', "
                 "'chat/completions', 'bench-model', 200, '', false, 10, 0, 100, 0, 0, 1, "
-                "'bench', '[]', false, %s, %s FROM generate_series(%s, %s) g",
-                [tenant.pk, made.key.pk, have + 1, usage_rows])
+                "'bench', '[]', false FROM generate_series(%s, %s) g",
+                [have + 1, usage_rows])
 sys.stdout.write(made.secret)
 """
         out = subprocess.run([PY, "manage.py", "shell", "-c", script], cwd=ROOT, env=self.env,
