@@ -18,7 +18,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.models import LedgerEntry, ModelPrice, UsageLog
+from billing.models import LedgerEntry, ModelPrice, RedemptionCode, UsageLog, UsageRollup
+from billing.redemption import redeem_create
 from billing.services import tenant_topup
 from gateway.models import Credential, ModelRule, Upstream
 from gateway.services import credential_add, upstream_create
@@ -31,7 +32,7 @@ REGISTERED = sorted(
     (model for model in admin.site._registry if model._meta.app_label in OUR_APPS),
     key=lambda m: m._meta.label,
 )
-READ_ONLY = {UsageLog, LedgerEntry}
+READ_ONLY = {UsageLog, LedgerEntry, UsageRollup}
 SECRET_RE = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9]{43}")
 
 UPSTREAM_PLAINTEXT = "sk-live-upstream-plaintext-9f3Q"
@@ -69,6 +70,11 @@ def rows(admin_user: Any) -> dict[type, Any]:
     price = ModelPrice.objects.create(model="gpt-5*", input_per_million=Decimal("1.25"),
                                       output_per_million=Decimal("10"))
     ledger = tenant_topup(tenant=tenant, amount=Decimal("25"), note="welcome")
+    rollup = UsageRollup.objects.create(date=timezone.localdate(), tenant=tenant, key=made.key,
+                                        model="gpt-5", requests=2, errors=1, input_tokens=12,
+                                        output_tokens=34, cost=Decimal("0.0012"))
+    redeem_create(amount=Decimal("5"), count=1, batch="admin-test")
+    code = RedemptionCode.objects.get(batch="admin-test")
     rule = ModelRule.objects.create(model_pattern="gpt-5.4", protocol="responses",
                                     force={"reasoning": {"effort": "xhigh"}}, drop=["top_p"])
     usage = UsageLog.objects.create(
@@ -86,7 +92,7 @@ def rows(admin_user: Any) -> dict[type, Any]:
     return {
         Group: group, Tenant: tenant, Membership: membership, ApiKey: made.key,
         Upstream: upstream, Credential: credential, ModelPrice: price, UsageLog: usage,
-        ModelRule: rule, LedgerEntry: ledger,
+        ModelRule: rule, LedgerEntry: ledger, UsageRollup: rollup, RedemptionCode: code,
         "secret": made.secret,
     }
 

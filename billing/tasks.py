@@ -1,0 +1,55 @@
+"""Celery tasks of the billing app (thin: they parse their arguments and call
+billing.rollups / billing.usage). Scheduled by CELERY_BEAT_SCHEDULE in portal/settings.
+
+Every task is idempotent, so beat running one twice (or two workers taking the same
+schedule) changes nothing. The optional ``now``/``day`` arguments are ISO strings (JSON
+serialisable) for backfills and tests; by default the tasks use the current time.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+from celery import shared_task
+
+from billing import rollups, usage
+
+
+def _moment(now: str | None) -> datetime | None:
+    if not now:
+        return None
+    moment = datetime.fromisoformat(now)
+    if moment.tzinfo is None:
+        raise ValueError(f"now must carry a UTC offset: {now!r}")
+    return moment
+
+
+@shared_task(name="billing.rollup_usage")
+def rollup_usage(day: str | None = None) -> dict[str, int]:
+    """Roll up one local day (``day``, ISO ``YYYY-MM-DD``), or today and yesterday (late
+    rows of yesterday land after midnight). Returns rollup rows per day."""
+    if day:
+        days = [date.fromisoformat(day)]
+    else:
+        today = rollups.local_today()
+        days = [today - timedelta(days=1), today]
+    return {d.isoformat(): rollups.rollup_day(d) for d in days}
+
+
+@shared_task(name="billing.expire_usage")
+def expire_usage(now: str | None = None) -> int:
+    """Delete raw usage rows past BILLING_USAGE_RETENTION_DAYS (their days rolled up
+    first). Returns the rows deleted."""
+    return rollups.expire_usage(_moment(now))
+
+
+@shared_task(name="billing.reset_daily_counters")
+def reset_daily_counters(now: str | None = None) -> int:
+    """Delete the RPD counters of earlier local days. Returns the keys deleted."""
+    return rollups.reset_daily_counters(_moment(now))
+
+
+@shared_task(name="billing.drain_usage_spool")
+def drain_usage_spool() -> int:
+    """Write usage rows spooled in Redis while the database was down. Returns rows."""
+    return usage.drain_spool()
