@@ -23,15 +23,17 @@ def base_headers(ctx: RelayContext, content_type: bytes) -> list[tuple[bytes, by
 
 
 async def finish_policy(ctx: RelayContext) -> None:
-    """Settle the request with the limiter just before its last bytes go out, so a client
-    that sends its next request on receiving this answer finds its concurrency slot free
-    and its refund back."""
+    """Settle the request with the limiter just before its last bytes go out. The settle is
+    sent, not awaited: it leaves on this process's one pipelined Redis connection ahead of
+    anything the client can send after reading this answer (commands on a connection run in
+    order), so a client's next request still finds its concurrency slot free and its refund
+    back, and nobody waits a round trip for it."""
     if ctx.ticket is None or ctx.settled:
         return
     await estimate_if_needed(ctx)
     ctx.settled = True
     ctx.cost = policy.charge(ctx.ticket, ctx.usage, ctx.upstream_ok)
-    await policy.settle(ctx.ticket, ctx.cost, ctx.usage, served_binding(ctx))
+    policy.settle_later(ctx.ticket, ctx.cost, ctx.usage, served_binding(ctx))
 
 
 def served_binding(ctx: RelayContext) -> str | None:

@@ -25,11 +25,29 @@ def main(argv: list[str] | None = None) -> None:
         else:
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     _speed_up_twisted_content_type()
+    _settle_the_heap()
     from daphne.cli import CommandLineInterface
 
     if not args or not re.fullmatch(r"[\w.]+:\w+", args[-1]):
         args.append("portal.asgi:application")
     CommandLineInterface().run(args)
+
+
+def _settle_the_heap() -> None:
+    """Load the application, then move everything loaded so far out of the garbage
+    collector's sight (gc.freeze) and collect young objects less often: Django's object
+    graph otherwise makes full collections pause the event loop for milliseconds, which is
+    what a single client sees as its p99 latency."""
+    import gc
+
+    import django
+
+    django.setup()
+    import portal.asgi  # noqa: F401  (daphne imports it again, from the module cache)
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _speed_up_twisted_content_type() -> None:
