@@ -173,7 +173,7 @@ if usage_rows:
                 "model, status_code, error_code, stream, input_tokens, cached_tokens, "
                 "output_tokens, reasoning_tokens, cost, latency_ms, user_agent, attempts, "
                 "estimated) "
-                "SELECT now() - (g % 86400) * interval '1 second', 'bench_' || g, 'sk-tp-x', "
+                "SELECT now() - (g %% 86400) * interval '1 second', 'bench_' || g, 'sk-tp-x', "
                 "'chat/completions', 'bench-model', 200, '', false, 10, 0, 100, 0, 0, 1, "
                 "'bench', '[]', false FROM generate_series(%s, %s) g",
                 [have + 1, usage_rows])
