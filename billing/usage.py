@@ -231,6 +231,25 @@ def drain_spool(max_batches: int = 100) -> int:
     return written
 
 
+async def _push(events: list[UsageEvent]) -> bool:
+    """GATEWAY_USAGE_SINK=redis: hand the batch to Redis for ``manage.py usagewriter``, with
+    no database work (and no GIL-holding worker thread) in the serving process."""
+    import orjson
+
+    from portal.redis import fast_redis, rkey
+
+    client = fast_redis()
+    if client is None:
+        return False
+    try:
+        await client.execute("RPUSH", rkey("usage", "spool"),
+                             orjson.dumps([_to_json(e) for e in events]))
+    except Exception:
+        log.exception("could not hand %d usage rows to Redis; writing them here", len(events))
+        return False
+    return True
+
+
 class UsageWriter:
     """Per-event-loop queue plus the task that drains it. A batch the database refuses is
     spooled to Redis (or, without Redis, kept in memory) and written when it is back."""
@@ -265,7 +284,8 @@ class UsageWriter:
             self._wake.clear()
             await self.flush()
             self._ticks += 1
-            if self._ticks % 4 == 0 and settings.REDIS_URL:
+            if self._ticks % 4 == 0 and settings.REDIS_URL and \
+                    settings.GATEWAY_USAGE_SINK != "redis":
                 try:
                     await sync_to_async(drain_spool, thread_sensitive=False)()
                 except Exception:
@@ -276,6 +296,9 @@ class UsageWriter:
             batch = self._queue[: settings.GATEWAY_USAGE_BATCH_SIZE]
             del self._queue[: len(batch)]
             self._writing = len(batch)
+            if settings.GATEWAY_USAGE_SINK == "redis" and await _push(batch):
+                self._writing = 0
+                continue
             try:
                 await sync_to_async(write_events, thread_sensitive=False)(batch)
             except Exception:

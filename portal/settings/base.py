@@ -169,6 +169,14 @@ GATEWAY_HEALTH_FAILURES = env_int("GATEWAY_HEALTH_FAILURES", 3)
 # Usage rows are queued in memory and written in batches by a background task.
 GATEWAY_USAGE_FLUSH_INTERVAL = env_float("GATEWAY_USAGE_FLUSH_INTERVAL", 0.5)
 GATEWAY_USAGE_BATCH_SIZE = env_int("GATEWAY_USAGE_BATCH_SIZE", 500)
+# "database": each gateway process writes its batches (embedded default, simplest).
+# "redis": gateway processes only push batches to Redis and `manage.py usagewriter` writes
+# them: no database work in the serving processes (lower tail latency).
+GATEWAY_USAGE_SINK = env_str("GATEWAY_USAGE_SINK", "database") or "database"
+if GATEWAY_USAGE_SINK not in ("database", "redis"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("GATEWAY_USAGE_SINK must be 'database' or 'redis'")
 
 # --- Billing -------------------------------------------------------------------------------
 # Reservations estimate input tokens from the body size (tokenizing on the hot path costs

@@ -1,0 +1,52 @@
+"""``manage.py usagewriter``: write the usage batches gateway processes push to Redis
+(GATEWAY_USAGE_SINK=redis), as they arrive. Run one (or more: each batch is taken once)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from billing.usage import drain_spool
+from portal.redis import rkey, sync_redis
+
+
+class Command(BaseCommand):
+    help = "Write usage rows that gateway processes pushed to Redis."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--once", action="store_true", help="Drain what is there, then exit.")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        client = sync_redis()
+        if client is None:
+            raise CommandError("usagewriter needs REDIS_URL.")
+        stopping = False
+
+        def stop(*_: Any) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        key = rkey("usage", "spool")
+        self.stdout.write("usagewriter: waiting for usage batches", ending="\n")
+        self.stdout.flush()
+        while not stopping:
+            written = drain_spool()
+            if opts["once"]:
+                self.stdout.write(f"wrote {written} row(s)")
+                return
+            if written:
+                continue
+            if client.llen(key):  # rows wait but could not be written: the database is away
+                time.sleep(1)
+                continue
+            # Sleep until a batch arrives (or a second passes, to notice a stop): BLPOP takes
+            # it, and it goes straight back to the front for drain_spool.
+            item = client.blpop([key], timeout=1)
+            if item is not None:
+                client.lpush(key, item[1])
