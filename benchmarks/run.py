@@ -127,6 +127,8 @@ class Stack:
         self.port = free_port()
         self.gateway = self._spawn([PY, "-m", "portal.server", "-b", "127.0.0.1", "-p",
                                     str(self.port), "-v", "0"])
+        if self.env.get("GATEWAY_USAGE_SINK") == "redis":  # usage written by its own process
+            self._spawn([PY, "manage.py", "usagewriter"])
         wait_port(self.port)
 
     def _spawn(self, args: list[str]) -> subprocess.Popen[Any]:
