@@ -84,6 +84,7 @@ class Limiter(Protocol):
     def adjust_account(self, kind: str, ident: int, delta: int) -> None: ...
     def drop_account(self, kind: str, ident: int) -> None: ...
     def cooldowns(self) -> dict[int, float]: ...
+    def uncool(self, ident: int) -> None: ...
     def available(self, kind: str, ident: int) -> int | None: ...
 
 
@@ -212,6 +213,12 @@ class RedisLimiter:
         assert client is not None
         value = client.hget(account_key(kind, ident), "avail")
         return None if value is None else int(value)
+
+    def uncool(self, ident: int) -> None:
+        """End a cool-down now (sync; an operator re-enabled the credential)."""
+        client = sync_redis()
+        assert client is not None
+        client.hdel(rkey("cool"), str(ident))
 
     def cooldowns(self) -> dict[int, float]:
         """Credential id -> unix time its cool-down ends (sync; for the admin)."""
@@ -348,6 +355,10 @@ class MemoryLimiter:
     def available(self, kind: str, ident: int) -> int | None:
         with self._lock:
             return self._accounts.get((kind, ident))
+
+    def uncool(self, ident: int) -> None:
+        with self._lock:
+            self._cool.pop(ident, None)
 
     def cooldowns(self) -> dict[int, float]:
         now = time.time() * 1000

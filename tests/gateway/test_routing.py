@@ -167,6 +167,12 @@ def test_a_credential_refused_by_the_upstream_is_disabled_with_the_reason(
     for _ in range(3):
         assert chat(gateway, api_key.secret, "am").status_code == 200
     assert set(credentials_used(fake)) == {"sk-fine"}
+    # An operator fixes the key upstream and re-enables the credential: it is used at once.
+    credential.status = Status.ACTIVE
+    credential.disabled_reason = ""
+    credential.save()
+    assert chat(gateway, api_key.secret, "am").status_code == 200
+    assert credentials_used(fake)[-1] == "sk-revoked"
 
 
 def test_a_slow_first_byte_fails_over_by_the_upstreams_own_timeout(gateway, fake, api_key):
