@@ -261,14 +261,18 @@ def _keys(client: Any, prefix: str) -> set[str]:
     return {k.decode() for k in client.scan_iter(match=prefix + "*", count=1000)}
 
 
+needs_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"),
+                                 reason="needs REDIS_URL (make test sets it)")
+
+
 @pytest.fixture
 def redis_client() -> Any:
     client = sync_redis()
-    if client is None:
-        pytest.skip("needs REDIS_URL")
+    assert client is not None, "these tests need REDIS_URL (make test sets it)"
     return client
 
 
+@needs_redis
 def test_the_reset_deletes_only_earlier_local_days_rpd_counters(
         redis_client: Any, settings: Any) -> None:
     settings.TIME_ZONE = "Asia/Tokyo"
@@ -293,6 +297,7 @@ def test_the_reset_deletes_only_earlier_local_days_rpd_counters(
         redis_client.delete(foreign)
 
 
+@needs_redis
 def test_a_prefix_with_glob_characters_matches_only_its_own_counters(
         redis_client: Any, settings: Any) -> None:
     base = settings.GATEWAY_REDIS_PREFIX  # the autouse fixture wipes everything under it
@@ -374,8 +379,7 @@ def worker(django_db_setup: Any, django_db_blocker: Any,
     Its Redis prefix is this run's plus ``worker:``: gateway processes left running by
     other test modules drain the usage spool under this run's prefix every 0.2 s, and must
     not take the batches a test spools for the worker. (The autouse wipe covers it.)"""
-    if not settings.REDIS_URL:
-        pytest.skip("the worker needs Redis as its broker")
+    assert settings.REDIS_URL, "the worker needs Redis as its broker (make test sets REDIS_URL)"
     broker = _broker_url()
     queue = f"turnpike-test-{uuid.uuid4().hex[:12]}"
     node = f"{queue}@localhost"
@@ -418,6 +422,7 @@ def worker(django_db_setup: Any, django_db_blocker: Any,
 
 
 @pytest.mark.django_db(transaction=True)
+@needs_redis
 def test_the_worker_rolls_up_a_given_day_and_by_default_today_and_yesterday(
         worker: Worker, world: World) -> None:
     w = world
@@ -447,6 +452,7 @@ def test_the_worker_rolls_up_a_given_day_and_by_default_today_and_yesterday(
 
 
 @pytest.mark.django_db(transaction=True)
+@needs_redis
 def test_the_worker_expires_old_raw_rows_and_keeps_their_rollups(
         worker: Worker, world: World) -> None:
     w = world
@@ -466,6 +472,7 @@ def test_the_worker_expires_old_raw_rows_and_keeps_their_rollups(
 
 
 @pytest.mark.django_db(transaction=True)
+@needs_redis
 def test_the_worker_resets_earlier_days_rpd_counters(worker: Worker, redis_client: Any,
                                                      settings: Any) -> None:
     settings.GATEWAY_REDIS_PREFIX = worker.prefix
@@ -482,6 +489,7 @@ def test_the_worker_resets_earlier_days_rpd_counters(worker: Worker, redis_clien
 
 
 @pytest.mark.django_db(transaction=True)
+@needs_redis
 def test_the_worker_drains_the_usage_spool(worker: Worker, world: World,
                                            redis_client: Any, settings: Any) -> None:
     settings.GATEWAY_REDIS_PREFIX = worker.prefix
