@@ -339,10 +339,6 @@ def record_usage(event: UsageEvent) -> None:
     _writer().add(event)
 
 
-async def flush_usage() -> None:
-    await _writer().flush()
-
-
 def pending_usage() -> int:
     return _writer().pending
 

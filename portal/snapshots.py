@@ -123,6 +123,3 @@ class LayeredCache(Generic[T]):
                 client.delete(*(self._redis_key(i) for i in idents))
             except Exception:  # the change is saved; a stale copy expires with redis_ttl
                 log.exception("could not invalidate %s snapshots in Redis", self.name)
-
-    def clear_local(self) -> None:
-        self._local.clear()

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from portal.redis import async_redis
 from portal.snapshots import LayeredCache
 
 
@@ -74,8 +73,6 @@ async def test_invalidate_drops_the_shared_copy(settings):
     await asyncio.to_thread(cache.invalidate, ["a"])
     assert await cache.get("a") == {"v": 2}
     assert loader.calls == ["a", "a"]
-    if settings.REDIS_URL:
-        await async_redis().aclose()  # type: ignore[union-attr]
 
 
 @override_settings(GATEWAY_SNAPSHOT_TTL=0, REDIS_URL="redis://127.0.0.1:1/0")
