@@ -171,12 +171,14 @@ async def run_route(ctx: RelayContext, operation: str, route: Route, payload: di
                                           or has_compaction_trigger(payload)):
         await compact(ctx, operation, route, payload, send)
         return
+    # Turnpike's own sealed reasoning/compaction tokens must be opened, so such a body is
+    # never relayed untouched (searched once, in the raw bytes).
     sealed = any(marker in body for marker in c.SEAL_MARKERS)
     if protocol == CLIENT_PROTOCOL[operation] and (kind in ("openai", "openai-chat") or raw) \
             and not sealed:
         await passthrough(ctx, operation, route, payload, body, raw, send)
     else:
-        await translated(ctx, operation, protocol, route, payload, raw, send)
+        await translated(ctx, operation, protocol, route, payload, raw, sealed, send)
 
 
 # --- upstream I/O -----------------------------------------------------------------------
@@ -373,7 +375,7 @@ def client_encoder(ctx: RelayContext, operation: str, req: c.CanonicalRequest,
 
 async def build_upstream_body(ctx: RelayContext, operation: str, protocol: str, route: Route,
                               payload: dict[str, Any], req: c.CanonicalRequest,
-                              raw: bool) -> tuple[dict[str, Any], c.ToolMap]:
+                              raw: bool, sealed: bool) -> tuple[dict[str, Any], c.ToolMap]:
     kind = route.upstream.kind
     tool_map = c.ToolMap()
     if protocol != "responses":
@@ -383,7 +385,7 @@ async def build_upstream_body(ctx: RelayContext, operation: str, protocol: str, 
                      ctx.request_id, ", ".join(tool_map.dropped), protocol)
     try:
         if protocol == "responses" and CLIENT_PROTOCOL[operation] == "responses" and \
-                not any(m in orjson.dumps(payload) for m in c.SEAL_MARKERS):
+                not sealed:
             # Same protocol: keep every field the client sent.
             body = {**payload, "model": route.model, "stream": req.stream}
             if ctx.effort:
@@ -401,7 +403,7 @@ async def build_upstream_body(ctx: RelayContext, operation: str, protocol: str, 
 
 
 async def translated(ctx: RelayContext, operation: str, protocol: str, route: Route,
-                     payload: dict[str, Any], raw: bool, send: Send) -> None:
+                     payload: dict[str, Any], raw: bool, sealed: bool, send: Send) -> None:
     kind = route.upstream.kind
     req = parse_client(operation, payload)
     if ctx.effort:
@@ -409,7 +411,7 @@ async def translated(ctx: RelayContext, operation: str, protocol: str, route: Ro
     # Codex-style upstreams only stream; a non-stream client gets the aggregated answer.
     req.stream = ctx.stream or kind == "openai-responses"
     body, tool_map = await build_upstream_body(ctx, operation, protocol, route, payload, req,
-                                               raw)
+                                               raw, sealed)
     encoder = client_encoder(ctx, operation, req, payload,
                              clean_xml=kind == "openai-responses" and not raw)
     restorer = c.ToolCallRestorer(tool_map)
@@ -582,7 +584,8 @@ async def compact(ctx: RelayContext, operation: str, route: Route, payload: dict
         "text", text="Write the handoff summary of the conversation above now.")]))
     req.tools, req.tool_choice, req.stream = [], None, False
     req.reasoning_effort = None
-    body, _ = await build_upstream_body(ctx, operation, protocol, route, {}, req, raw=True)
+    body, _ = await build_upstream_body(ctx, operation, protocol, route, {}, req, raw=True,
+                                        sealed=True)
     body["stream"] = False
     resp = await call_upstream(ctx, route, protocol, False, orjson.dumps(body))
     async with resp:
