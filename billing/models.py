@@ -43,7 +43,8 @@ class UsageLog(models.Model):
     """One row per /v1 request, success or failure. Written only by billing/usage.py."""
 
     created_at = models.DateTimeField(db_index=True)
-    request_id = models.CharField(max_length=64, db_index=True)
+    # Unique: a batch written twice (a writer that died after committing it) adds nothing.
+    request_id = models.CharField(max_length=64, unique=True)
     key = models.ForeignKey(
         "keys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage"
     )

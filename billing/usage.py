@@ -1,9 +1,12 @@
 """record_usage(): the only writer of UsageLog.
 
-The gateway calls ``record_usage(event)`` when a request ends; it appends to an in-memory
-queue and returns at once. A background task on the same event loop writes the queue in
-batches (one INSERT per batch, in a worker thread), so a slow database never delays a
-response. At shutdown (daphne's reactor stopping) the queue is flushed before exit.
+With Redis, an admitted request's row goes to the Redis journal with its settlement
+(``keys/lua/settle.lua``), before the answer ends, so it survives the serving process. Other
+rows (requests refused before the limiter, or served while Redis was away) go through
+``record_usage(event)``: an in-memory queue that returns at once. A background task on the
+event loop writes the queue, and the journal, in batches (COPY plus one INSERT per batch,
+in a worker thread), so a slow database never delays a response. At shutdown (daphne's
+reactor stopping) the queue is flushed before exit.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -67,20 +71,34 @@ def _drop_dangling_links(events: list[UsageEvent]) -> None:
                 setattr(e, attr, None)
 
 
-def write_events(events: list[UsageEvent]) -> None:
-    """Insert a batch and charge it (sync), in one transaction."""
+def write_events(events: list[UsageEvent]) -> list[UsageEvent]:
+    """Insert a batch and charge it (sync), in one transaction. Rows whose request id is
+    already in the table are skipped and not charged again, so writing a batch twice (a
+    writer that died after its commit, before it could say so) changes nothing. Returns the
+    rows inserted."""
     from django.db import IntegrityError, close_old_connections
 
     # Worker threads live outside Django's request cycle, so nothing else retires a
     # connection that broke (a database restart) or outlived CONN_MAX_AGE.
     close_old_connections()
+    events = _unique(events)
     try:
-        _insert(events)
+        return _insert(events)
     except IntegrityError:
         # A key, tenant, upstream or credential was deleted while its request ran: keep
         # the rows, without the links. (Checked only now: it costs a query per model.)
         _drop_dangling_links(events)
-        _insert(events)
+        return _insert(events)
+
+
+def _unique(events: list[UsageEvent]) -> list[UsageEvent]:
+    seen: set[str] = set()
+    out = []
+    for e in events:
+        if e.request_id not in seen:
+            seen.add(e.request_id)
+            out.append(e)
+    return out
 
 
 COPY_COLUMNS = (
@@ -91,18 +109,22 @@ COPY_COLUMNS = (
 )
 
 
-def _insert(events: list[UsageEvent]) -> None:
+def _insert(events: list[UsageEvent]) -> list[UsageEvent]:
     from django.db import connection, transaction
 
     if connection.vendor == "postgresql":
-        # COPY: the rows go to PostgreSQL with almost no Python per row (the ORM's
-        # bulk_create held the GIL for milliseconds per batch, which a gateway process
-        # shows as tail latency).
+        # COPY into a temporary table, then one INSERT ... ON CONFLICT DO NOTHING: the rows
+        # reach PostgreSQL with almost no Python per row (the ORM's bulk_create held the GIL
+        # for milliseconds per batch, which a gateway process shows as tail latency), and a
+        # row written before is skipped by its unique request id.
         import orjson
 
+        columns = ", ".join(COPY_COLUMNS)
         with transaction.atomic(), connection.cursor() as cursor:
-            sql = f"COPY billing_usagelog ({', '.join(COPY_COLUMNS)}) FROM STDIN"
-            with cursor.cursor.copy(sql) as copy:
+            cursor.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS usage_incoming ON COMMIT DELETE ROWS AS "
+                f"SELECT {columns} FROM billing_usagelog WITH NO DATA")
+            with cursor.cursor.copy(f"COPY usage_incoming ({columns}) FROM STDIN") as copy:
                 for e in events:
                     copy.write_row((
                         e.created_at, e.request_id, e.endpoint, e.status_code, e.key_id,
@@ -111,31 +133,40 @@ def _insert(events: list[UsageEvent]) -> None:
                         e.cached_tokens, e.output_tokens, e.reasoning_tokens, e.cost,
                         e.latency_ms, e.ttfb_ms, e.client_ip, e.user_agent[:300],
                         orjson.dumps(e.attempts).decode(), e.estimated))
-            _charge(events)
-        return
-    _insert_orm(events)
+            cursor.execute(
+                f"INSERT INTO billing_usagelog ({columns}) SELECT {columns} FROM "
+                "usage_incoming ON CONFLICT (request_id) DO NOTHING RETURNING request_id")
+            inserted = {row[0] for row in cursor.fetchall()}
+            fresh = [e for e in events if e.request_id in inserted]
+            _charge(fresh)
+        return fresh
+    return _insert_orm(events)
 
 
-def _insert_orm(events: list[UsageEvent]) -> None:
+def _insert_orm(events: list[UsageEvent]) -> list[UsageEvent]:
     from django.db import transaction
 
     from billing.models import UsageLog
-    rows = [
-        UsageLog(
-            created_at=e.created_at, request_id=e.request_id, endpoint=e.endpoint,
-            status_code=e.status_code, key_id=e.key_id, key_prefix=e.key_prefix,
-            tenant_id=e.tenant_id, model=e.model[:200], upstream_id=e.upstream_id,
-            credential_id=e.credential_id, error_code=e.error_code[:64], stream=e.stream,
-            input_tokens=e.input_tokens, cached_tokens=e.cached_tokens,
-            output_tokens=e.output_tokens, reasoning_tokens=e.reasoning_tokens, cost=e.cost,
-            latency_ms=e.latency_ms, ttfb_ms=e.ttfb_ms, client_ip=e.client_ip,
-            user_agent=e.user_agent[:300], attempts=e.attempts, estimated=e.estimated,
-        )
-        for e in events
-    ]
     with transaction.atomic():
-        UsageLog.objects.bulk_create(rows)
-        _charge(events)
+        known = set(UsageLog.objects.filter(request_id__in=[e.request_id for e in events])
+                    .values_list("request_id", flat=True))
+        fresh = [e for e in events if e.request_id not in known]
+        UsageLog.objects.bulk_create([
+            UsageLog(
+                created_at=e.created_at, request_id=e.request_id, endpoint=e.endpoint,
+                status_code=e.status_code, key_id=e.key_id, key_prefix=e.key_prefix,
+                tenant_id=e.tenant_id, model=e.model[:200], upstream_id=e.upstream_id,
+                credential_id=e.credential_id, error_code=e.error_code[:64], stream=e.stream,
+                input_tokens=e.input_tokens, cached_tokens=e.cached_tokens,
+                output_tokens=e.output_tokens, reasoning_tokens=e.reasoning_tokens,
+                cost=e.cost, latency_ms=e.latency_ms, ttfb_ms=e.ttfb_ms,
+                client_ip=e.client_ip, user_agent=e.user_agent[:300], attempts=e.attempts,
+                estimated=e.estimated,
+            )
+            for e in fresh
+        ])
+        _charge(fresh)
+    return fresh
 
 
 def _charge(events: list[UsageEvent]) -> None:
@@ -168,7 +199,64 @@ def _charge(events: list[UsageEvent]) -> None:
         ApiKey.objects.filter(pk=key_id).update(quota_used=F("quota_used") + amount)
 
 
-SPOOL_BATCH = 500
+# --- the journal ---------------------------------------------------------------------------
+#
+# With Redis, usage rows wait in one Redis list, the journal (``usage:spool``), until a
+# writer puts them in the database: the settle script appends an admitted request's row in
+# the same step that moves its money, before the answer's last bytes, so a row survives the
+# crash of the process that served it. Rows the database refused, and rows of requests that
+# never reached the limiter, are appended too. Each element is ``FLAGS|json``: FLAGS is two
+# characters, whether the cost was added to the tenant's and the key's "unposted" amount
+# in the limiter (taken off again once the row is written).
+#
+# A writer claims a batch atomically (moved to a claim list named in a zset with the claim
+# time), writes it, then drops the claim. A writer that dies holding a claim leaves it to be
+# put back by the next writer after CLAIM_TIMEOUT; writing a batch twice is harmless, since
+# the insert skips request ids already in the table.
+
+CLAIM_TIMEOUT_MS = 60_000
+_CLAIM_LUA = """
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #items == 0 then return items end
+redis.call('LTRIM', KEYS[1], #items, -1)
+redis.call('RPUSH', KEYS[3], unpack(items))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return items
+"""
+_UNCLAIM_LUA = """
+local items = redis.call('LRANGE', KEYS[3], 0, -1)
+for i = #items, 1, -1 do redis.call('LPUSH', KEYS[1], items[i]) end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return #items
+"""
+_UNPOSTED_LUA = """
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    local left = tonumber(redis.call('HGET', key, 'unposted') or '0') - tonumber(ARGV[i])
+    redis.call('HSET', key, 'unposted', math.max(0, left))
+  end
+end
+return 1
+"""
+
+
+def journal_key() -> str:
+    from keys.limits import journal_key
+
+    return journal_key()
+
+
+def _claims_key() -> str:
+    from portal.redis import rkey
+
+    return rkey("usage", "claims")
+
+
+def _claim_list(claim_id: str) -> str:
+    from portal.redis import rkey
+
+    return rkey("usage", "claim", claim_id)
 
 
 def _to_json(e: UsageEvent) -> dict[str, object]:
@@ -183,67 +271,157 @@ def _from_json(data: dict[str, object]) -> UsageEvent:
     return UsageEvent(**data)  # type: ignore[arg-type]
 
 
-def spool(events: list[UsageEvent]) -> bool:
-    """Keep a batch the database refused in Redis until it can be written (sync). False
-    when there is no Redis or it failed too."""
+def encode_row(e: UsageEvent) -> bytes:
+    """A usage row as the journal holds it (without its flags)."""
     import orjson
 
-    from portal.redis import rkey, sync_redis
+    return orjson.dumps(_to_json(e))
+
+
+def _journal_entries(events: list[UsageEvent]) -> list[bytes]:
+    return [b"00|" + encode_row(e) for e in events]
+
+
+def spool(events: list[UsageEvent]) -> bool:
+    """Keep rows the database refused in the Redis journal until they can be written
+    (sync). False when there is no Redis or it failed too."""
+    from portal.redis import sync_redis
 
     client = sync_redis()
     if client is None:
         return False
     try:
-        client.rpush(rkey("usage", "spool"), orjson.dumps([_to_json(e) for e in events]))
+        client.rpush(journal_key(), *_journal_entries(events))
     except Exception:
         log.exception("could not spool %d usage rows to Redis either", len(events))
         return False
     return True
 
 
-def drain_spool(max_batches: int = 100) -> int:
-    """Write spooled batches to the database (sync; from the writer and a Celery task).
-    A batch taken from Redis goes back to the front if the write fails. Returns rows
-    written."""
-    import orjson
+def _recover_claims(client: Any) -> int:
+    """Put back the batches of writers that died holding them."""
+    import time
 
-    from portal.redis import rkey, sync_redis
+    stale = client.zrangebyscore(_claims_key(), "-inf",
+                                 int(time.time() * 1000) - CLAIM_TIMEOUT_MS)
+    back = 0
+    for raw in stale:
+        claim_id = raw.decode() if isinstance(raw, bytes) else raw
+        back += int(client.eval(_UNCLAIM_LUA, 3, journal_key(), _claims_key(),
+                                _claim_list(claim_id), claim_id))
+    if back:
+        log.warning("usage journal: put back %d rows claimed by a writer that stopped", back)
+    return back
+
+
+def drain_spool(max_batches: int = 100) -> int:
+    """Write journaled rows to the database (sync; from gateway processes, the usagewriter
+    and a Celery task). A batch that cannot be written goes back to the front of the
+    journal. Returns rows written."""
+    import time
+    import uuid
+
+    import orjson
+    from django.db import DatabaseError, InterfaceError, OperationalError
+
+    from portal.redis import sync_redis
 
     client = sync_redis()
     if client is None:
         return 0
-    key = rkey("usage", "spool")
+    _recover_claims(client)
     written = 0
     for _ in range(max_batches):
-        raw = client.lpop(key)
-        if raw is None:
+        claim_id = uuid.uuid4().hex
+        keys = (journal_key(), _claims_key(), _claim_list(claim_id))
+        items = client.eval(_CLAIM_LUA, 3, *keys, settings.GATEWAY_USAGE_BATCH_SIZE,
+                            int(time.time() * 1000), claim_id)
+        if not items:
             break
-        events = [_from_json(d) for d in orjson.loads(raw)]
+        entries = []
+        for item in items:
+            flags, _, row = item.partition(b"|")
+            entries.append((flags, _from_json(orjson.loads(row))))
         try:
-            write_events(events)
-        except Exception:
-            client.lpush(key, raw)
-            log.warning("usage spool: database still unavailable; %d rows wait", len(events))
+            fresh = write_events([e for _, e in entries])
+        except (OperationalError, InterfaceError):
+            client.eval(_UNCLAIM_LUA, 3, *keys, claim_id)
+            log.warning("usage journal: database unavailable; %d rows wait", len(items))
             break
-        written += len(events)
+        except DatabaseError:
+            # Something in the batch itself is refused: write row by row, set aside what
+            # still fails (never block the journal behind one bad row).
+            fresh = _write_one_by_one(client, entries)
+        _unposted_done(client, entries, fresh)
+        client.delete(keys[2])
+        client.zrem(keys[1], claim_id)
+        written += len(fresh)
     if written:
-        log.info("usage spool: wrote %d rows kept while the database was unavailable", written)
+        log.debug("usage journal: wrote %d rows", written)
     return written
 
 
-async def _push(events: list[UsageEvent]) -> bool:
-    """GATEWAY_USAGE_SINK=redis: hand the batch to Redis for ``manage.py usagewriter``, with
-    no database work (and no GIL-holding worker thread) in the serving process."""
-    import orjson
+def _write_one_by_one(client: Any, entries: list[tuple[bytes, UsageEvent]]) -> list[UsageEvent]:
+    from django.db import DatabaseError
 
-    from portal.redis import fast_redis, rkey
+    from portal.redis import rkey
+
+    fresh: list[UsageEvent] = []
+    for flags, event in entries:
+        try:
+            fresh += write_events([event])
+        except DatabaseError:
+            log.exception("usage journal: row %s refused; kept in usage:dead", event.request_id)
+            client.rpush(rkey("usage", "dead"), flags + b"|" + encode_row(event))
+    return fresh
+
+
+def _unposted_done(client: Any, entries: list[tuple[bytes, UsageEvent]],
+                   fresh: list[UsageEvent]) -> None:
+    """The written rows' costs are in the database now: take them off the limiter's
+    unposted amounts (clamped at zero: an account re-loaded meanwhile started afresh)."""
+    from keys.limits import account_key
+    from keys.money import to_micro
+
+    written = {e.request_id for e in fresh}
+    amounts: dict[str, int] = {}
+    for flags, e in entries:
+        if e.request_id not in written or not e.cost:
+            continue
+        micro = to_micro(e.cost)
+        if flags[:1] == b"1" and e.tenant_id is not None:
+            name = account_key("tenant", e.tenant_id)
+            amounts[name] = amounts.get(name, 0) + micro
+        if flags[1:2] == b"1" and e.key_id is not None:
+            name = account_key("key", e.key_id)
+            amounts[name] = amounts.get(name, 0) + micro
+    if amounts:
+        names = list(amounts)
+        client.eval(_UNPOSTED_LUA, len(names), *names, *(amounts[n] for n in names))
+
+
+def journal_length() -> int:
+    """Rows waiting in the journal or claimed by a writer (sync)."""
+    from portal.redis import sync_redis
+
+    client = sync_redis()
+    if client is None:
+        return 0
+    claimed = sum(client.llen(_claim_list(c.decode()))
+                  for c in client.zrange(_claims_key(), 0, -1))
+    return int(client.llen(journal_key())) + claimed
+
+
+async def _push(events: list[UsageEvent]) -> bool:
+    """GATEWAY_USAGE_SINK=redis: hand rows to the journal for ``manage.py usagewriter``,
+    with no database work (and no GIL-holding worker thread) in the serving process."""
+    from portal.redis import fast_redis
 
     client = fast_redis()
     if client is None:
         return False
     try:
-        await client.execute("RPUSH", rkey("usage", "spool"),
-                             orjson.dumps([_to_json(e) for e in events]))
+        await client.execute("RPUSH", journal_key(), *_journal_entries(events))
     except Exception:
         log.exception("could not hand %d usage rows to Redis; writing them here", len(events))
         return False
@@ -252,7 +430,9 @@ async def _push(events: list[UsageEvent]) -> bool:
 
 class UsageWriter:
     """Per-event-loop queue plus the task that drains it. A batch the database refuses is
-    spooled to Redis (or, without Redis, kept in memory) and written when it is back."""
+    spooled to the Redis journal (or, without Redis, kept in memory) and written when it is
+    back. With Redis and the default sink the same task also writes the journal (rows of
+    settled requests, from this process and others)."""
 
     def __init__(self) -> None:
         self._queue: list[UsageEvent] = []
@@ -269,11 +449,14 @@ class UsageWriter:
 
     def add(self, event: UsageEvent) -> None:
         self._queue.append(event)
+        self.start()
+        if len(self._queue) >= settings.GATEWAY_USAGE_BATCH_SIZE:
+            self._wake.set()
+
+    def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
             _flush_at_reactor_shutdown(self)
-        if len(self._queue) >= settings.GATEWAY_USAGE_BATCH_SIZE:
-            self._wake.set()
 
     async def _run(self) -> None:
         while not self._closing:
@@ -284,12 +467,12 @@ class UsageWriter:
             self._wake.clear()
             await self.flush()
             self._ticks += 1
-            if self._ticks % 4 == 0 and settings.REDIS_URL and \
-                    settings.GATEWAY_USAGE_SINK != "redis":
+            if settings.REDIS_URL and settings.GATEWAY_USAGE_SINK != "redis":
                 try:
                     await sync_to_async(drain_spool, thread_sensitive=False)()
                 except Exception:
-                    log.exception("draining the usage spool failed")
+                    if self._ticks % 20 == 0:  # not every tick while Redis is away
+                        log.exception("writing the usage journal failed")
 
     async def flush(self) -> None:
         while self._queue:
@@ -337,6 +520,12 @@ def _writer() -> UsageWriter:
 def record_usage(event: UsageEvent) -> None:
     """Queue one usage row; never blocks, never raises into the request."""
     _writer().add(event)
+
+
+def journal_started() -> None:
+    """A row went to the Redis journal: make sure this process's writer is running (with the
+    default sink it writes the journal)."""
+    _writer().start()
 
 
 def pending_usage() -> int:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from billing.usage import UsageEvent
 from gateway.policy import Ticket
 from gateway.routing import Route
 from gateway.wire.usage import Usage
@@ -65,3 +66,32 @@ class RelayContext:
 
     def elapsed_ms(self, until: float | None = None) -> int:
         return int(((until or time.perf_counter()) - self.started) * 1000)
+
+    def usage_event(self) -> UsageEvent:
+        """The request's usage row as it stands now (the one place a row is described)."""
+        key, usage, route = self.key, self.usage, self.route
+        return UsageEvent(
+            created_at=self.started_at,
+            request_id=self.request_id,
+            endpoint=self.endpoint,
+            status_code=self.status or 500,
+            key_id=key.key_id if key else None,
+            key_prefix=key.prefix if key else "",
+            tenant_id=key.tenant_id if key else None,
+            model=self.model,
+            upstream_id=route.upstream.id if route else None,
+            credential_id=route.credential.id if route and route.credential else None,
+            error_code=self.error_code,
+            stream=self.stream,
+            input_tokens=usage.input_tokens if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            cost=self.cost,
+            latency_ms=self.elapsed_ms(),
+            ttfb_ms=self.elapsed_ms(self.first_byte_at) if self.first_byte_at else None,
+            client_ip=self.client_ip,
+            user_agent=self.user_agent,
+            attempts=self.attempts,
+            estimated=self.estimated,
+        )

@@ -15,6 +15,7 @@
     ├── PermissionDenied              403 permission_error
     │   └── ModelNotAllowed           403 model_not_allowed
     ├── RateLimited                   429 rate_limit_exceeded (+ Retry-After)
+    ├── ServiceUnavailable            503 service_unavailable (+ Retry-After)
     └── UpstreamError                 502 upstream_error (status/code from the upstream)
         ├── UpstreamUnavailable       502 upstream_unavailable
         └── UpstreamTimeout           504 upstream_timeout
@@ -155,6 +156,12 @@ class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
 
 
 class UpstreamError(GatewayError):

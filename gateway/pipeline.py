@@ -5,7 +5,7 @@
       list_models()     GET /v1/models[/{id}]
       relay()           POST /v1/responses, /v1/responses/compact, /v1/chat/completions
         read_body(), parse_request()   the checks every endpoint shares
-        plan_route()    model permission, model -> upstream + credential
+        resolve_model() model permission, model -> upstreams (routing.plan orders routes)
         policy.admit()  quota, rate limits, concurrency, max_tokens (one limiter call)
         exchange.run()  send upstream; relay or translate the answer as it arrives
 """
@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from billing.usage import UsageEvent, record_usage
+from billing.usage import record_usage
 from gateway import exchange, policy, routing
 from gateway.context import RelayContext
 from gateway.errors import (
@@ -38,6 +38,7 @@ from gateway.errors import (
     ModelNotFound,
     NotFound,
     PermissionDenied,
+    RateLimited,
     UnsupportedContentType,
 )
 from gateway.respond import (
@@ -220,6 +221,12 @@ async def relay(ctx: RelayContext, operation: str, receive: Receive, send: Send)
                                     session=explicit)
     ctx.extra_headers = ctx.ticket.headers
     routes = routing.plan(candidates, model, session, ctx.ticket.binding, ctx.ticket.cooled)
+    if not routes:
+        wait = routing.shortest_cooldown(candidates, ctx.ticket.cooled, int(time.time() * 1000))
+        raise RateLimited(
+            f"Every upstream credential for the model '{model}' is cooling down after the "
+            "upstream rate-limited it; retry after the time in Retry-After.",
+            code="upstream_rate_limited", retry_after=max(wait or 0.0, 0.001))
     await watch_disconnect(ctx, receive, exchange.run(ctx, operation, routes, payload, body,
                                                       send))
 
@@ -323,38 +330,15 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
 
 
 def _record(ctx: RelayContext) -> None:
-    key = ctx.key
-    usage = ctx.usage
-    route = ctx.route
-    end = time.perf_counter()
-    if ctx.ticket is not None and not ctx.settled:
-        # The request ended without its last send (client gone, internal error): settle
-        # in the background, where a cancelled request cannot interrupt it.
+    """The request's usage row. An admitted request's row goes with its settlement (see
+    respond.finish_policy); one that ended without its last send (client gone, internal
+    error) is settled here, in the background, where a cancelled request cannot interrupt
+    it. Anything refused before the limiter is queued for the writer."""
+    if ctx.ticket is None:
+        record_usage(ctx.usage_event())
+        return
+    if not ctx.settled:
         ctx.settled = True
-        ctx.cost = policy.charge(ctx.ticket, usage, ctx.upstream_ok)
-        policy.settle_later(ctx.ticket, ctx.cost, usage, served_binding(ctx))
-    record_usage(UsageEvent(
-        created_at=ctx.started_at,
-        request_id=ctx.request_id,
-        endpoint=ctx.endpoint,
-        status_code=ctx.status or 500,
-        key_id=key.key_id if key else None,
-        key_prefix=key.prefix if key else "",
-        tenant_id=key.tenant_id if key else None,
-        model=ctx.model,
-        upstream_id=route.upstream.id if route else None,
-        credential_id=route.credential.id if route and route.credential else None,
-        error_code=ctx.error_code,
-        stream=ctx.stream,
-        input_tokens=usage.input_tokens if usage else 0,
-        cached_tokens=usage.cached_tokens if usage else 0,
-        output_tokens=usage.output_tokens if usage else 0,
-        reasoning_tokens=usage.reasoning_tokens if usage else 0,
-        cost=ctx.cost,
-        latency_ms=ctx.elapsed_ms(end),
-        ttfb_ms=ctx.elapsed_ms(ctx.first_byte_at) if ctx.first_byte_at else None,
-        client_ip=ctx.client_ip,
-        user_agent=ctx.user_agent,
-        attempts=ctx.attempts,
-        estimated=ctx.estimated,
-    ))
+        ctx.cost = policy.charge(ctx.ticket, ctx.usage, ctx.upstream_ok)
+        policy.settle_later(ctx.ticket, ctx.cost, ctx.usage, served_binding(ctx),
+                            ctx.usage_event())

@@ -20,7 +20,8 @@ import asyncio
 import ipaddress
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -29,11 +30,19 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from billing import pricing
-from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, RateLimited
+from billing.usage import UsageEvent, encode_row, journal_started, record_usage
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    PermissionDenied,
+    RateLimited,
+    ServiceUnavailable,
+)
 from gateway.wire.usage import Usage
 from keys import limits
-from keys.limits import Admission, Decision
+from keys.limits import Admission, Decision, Limiter
 from keys.snapshots import KeySnapshot
+from portal.redishealth import is_outage, redis_health
 
 log = logging.getLogger(__name__)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -100,8 +109,11 @@ class Ticket:
     price: pricing.Price
     multiplier: Decimal
     headers: list[tuple[bytes, bytes]]
+    limiter: Limiter  # the backend that admitted it (the shared one, or this process's own
+    #                   while Redis is unreachable and GATEWAY_REDIS_FAILURE=open)
     binding: str | None = None  # the session's sticky route when admitted
-    cooled: frozenset[int] = frozenset()  # credentials cooling down when admitted
+    # credentials cooling down when admitted: id -> unix ms the cool-down ends
+    cooled: Mapping[int, int] = field(default_factory=dict)
 
 
 def _format_reset(ms: int) -> str:
@@ -135,7 +147,7 @@ async def admit(key: KeySnapshot, request_id: str, model: str, payload: dict[str
         rpd=key.rpd, tpm=key.tpm, concurrency=key.concurrency, reserve=reserve,
         key_quota=key.has_quota, commit=not over_cap, session=session,
     )
-    decision = await _admit_with_accounts(admission)
+    decision, lim = await _decide(admission)
     if decision.code != limits.OK:
         code, message = REFUSALS[decision.code]
         error_class = QuotaExceeded if decision.code == limits.QUOTA else RateLimited
@@ -154,14 +166,37 @@ async def admit(key: KeySnapshot, request_id: str, model: str, payload: dict[str
             (b"x-ratelimit-reset-requests", _format_reset(decision.rpm_reset_ms).encode()),
         ]
     ticket = Ticket(admission=admission, price=price, multiplier=multiplier, headers=headers,
-                    binding=decision.binding, cooled=decision.cooled)
-    if key.concurrency:
+                    limiter=lim, binding=decision.binding, cooled=decision.cooled)
+    if (admission.concurrency or admission.reserve) and lim is not limits.fallback_limiter():
         leases.hold(admission)
     return ticket
 
 
-async def _admit_with_accounts(admission: Admission) -> Decision:
+async def _decide(admission: Admission) -> tuple[Decision, Limiter]:
+    """Admit on the shared limiter; while Redis is unreachable, follow
+    GATEWAY_REDIS_FAILURE (503, or this process's own limiter)."""
     lim = limits.limiter()
+    if not settings.REDIS_URL:
+        return await _admit_with_accounts(lim, admission), lim
+    if redis_health.usable():
+        try:
+            decision = await _admit_with_accounts(lim, admission)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            redis_health.failed(exc)
+        else:
+            redis_health.succeeded()
+            return decision, lim
+    if settings.GATEWAY_REDIS_FAILURE != "open":
+        raise ServiceUnavailable(
+            "Turnpike cannot reach its limits store (Redis) right now, so it cannot admit "
+            "requests; try again shortly.", code="limits_unavailable", retry_after=2)
+    local = limits.fallback_limiter()
+    return await _admit_with_accounts(local, admission), local
+
+
+async def _admit_with_accounts(lim: Limiter, admission: Admission) -> Decision:
     for _ in range(3):
         decision = await lim.admit(admission)
         if decision.code == limits.NO_TENANT_ACCOUNT:
@@ -216,52 +251,113 @@ def charge(ticket: Ticket, usage: Usage | None, served: bool) -> Decimal:
 _settling: set[asyncio.Task[None]] = set()
 
 
-def _settle_task(ticket: Ticket, cost: Decimal, usage: Usage | None,
-                 binding: str | None) -> asyncio.Task[None] | None:
-    a = ticket.admission
-    leases.release(a)
-    refund = a.reserve - pricing.to_micro(cost)
-    tokens = (usage.input_tokens + usage.output_tokens) if usage else 0
-    binding = binding if a.session else None
-    if not (a.concurrency or refund or (a.tpm and tokens) or binding):
-        return None
-    task = asyncio.get_running_loop().create_task(_settle(a, refund, tokens, binding))
+def _settle_task(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: str | None,
+                 event: UsageEvent) -> asyncio.Task[None]:
+    task = asyncio.get_running_loop().create_task(
+        _settle(ticket, cost, usage, binding, event))
     _settling.add(task)
     task.add_done_callback(_settling.discard)
     return task
 
 
-async def settle(ticket: Ticket, cost: Decimal, usage: Usage | None,
-                 binding: str | None = None) -> None:
-    """Free the slot, refund the unused reservation, count TPM tokens, bind the session to
-    the route that served it, and wait for it. The work runs as its own task (shielded),
-    so cancelling the request cannot cut it short."""
-    task = _settle_task(ticket, cost, usage, binding)
-    if task is not None:
-        await asyncio.shield(task)
+async def settle(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: str | None,
+                 event: UsageEvent) -> None:
+    """Free the slot, close the reservation (refund or charge), count TPM tokens, bind the
+    session to the route that served it and journal the usage row, and wait for it: a
+    client that has its whole answer finds its slot free on any process. The work runs as
+    its own task (shielded), so cancelling the request cannot cut it short."""
+    await asyncio.shield(_settle_task(ticket, cost, usage, binding, event))
 
 
-def settle_later(ticket: Ticket, cost: Decimal, usage: Usage | None,
-                 binding: str | None = None) -> None:
-    """Settle without waiting (the request is already over)."""
-    _settle_task(ticket, cost, usage, binding)
+def settle_later(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: str | None,
+                 event: UsageEvent) -> None:
+    """Settle without waiting (the request is already over: nobody reads an answer)."""
+    _settle_task(ticket, cost, usage, binding, event)
 
 
-async def _settle(a: Admission, refund: int, tokens: int, binding: str | None) -> None:
+async def _settle(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: str | None,
+                  event: UsageEvent) -> None:
+    a = ticket.admission
+    leases.release(a)
+    micro = pricing.to_micro(cost)
+    refund = a.reserve - micro
+    tokens = (usage.input_tokens + usage.output_tokens) if usage else 0
+    binding = binding if a.session else None
+    lim = ticket.limiter
+    if settings.REDIS_URL and lim is not limits.fallback_limiter():
+        try:
+            await lim.settle(a, refund, tokens, binding, encode_row(event))
+        except Exception as exc:
+            if is_outage(exc):
+                redis_health.failed(exc)
+            else:
+                log.exception("settling %s failed", a.request_id)
+            # The reservation comes back when its lease runs out; the cost is taken off the
+            # shared account once Redis answers again. The row is written from here.
+            outage_charges.add(a, micro)
+            record_usage(event)
+        else:
+            redis_health.succeeded()
+            journal_started()
+        return
     try:
-        await limits.limiter().settle(a, refund, tokens, binding)
+        await lim.settle(a, refund, tokens, binding)
     except Exception:
-        # The lease expires by itself; a lost refund is restored when the account is
-        # next loaded from the database.
         log.exception("settling %s failed", a.request_id)
+    if lim is limits.fallback_limiter():
+        outage_charges.add(a, micro)
+    record_usage(event)
+
+
+class OutageCharges:
+    """Costs of requests settled while Redis was unreachable, per shared account, taken off
+    those accounts when Redis answers again (the database is charged by the usage rows as
+    usual, so this puts the shared copy back in line with it)."""
+
+    def __init__(self) -> None:
+        self._due: dict[tuple[str, int], int] = {}
+
+    def add(self, a: Admission, micro: int) -> None:
+        if not micro:
+            return
+        for account in [("tenant", a.tenant_id)] + ([("key", a.key_id)] if a.key_quota else []):
+            self._due[account] = self._due.get(account, 0) + micro
+        if not redis_health.down:
+            asyncio.get_running_loop().create_task(self.apply())
+
+    async def apply(self) -> None:
+        from portal.redis import fast_redis
+
+        client = fast_redis()
+        if client is None or not self._due:
+            return
+        due, self._due = self._due, {}
+        try:
+            for (kind, ident), micro in due.items():
+                await client.execute("EVAL", _ADJUST_LUA, 1, limits.account_key(kind, ident),
+                                     -micro)
+        except Exception:
+            for account, micro in due.items():  # try again on the next recovery
+                self._due[account] = self._due.get(account, 0) + micro
+            log.warning("could not put %d shared accounts back in line yet", len(due))
+            return
+        limits.fallback_limiter().forget_accounts()
+        log.warning("put %d shared accounts back in line after the Redis outage", len(due))
+
+
+_ADJUST_LUA = ("if redis.call('EXISTS', KEYS[1]) == 1 then "
+               "return redis.call('HINCRBY', KEYS[1], 'avail', ARGV[1]) end return nil")
+outage_charges = OutageCharges()
+redis_health.on_recovery(outage_charges.apply)
 
 
 class LeaseKeeper:
-    """Renews the concurrency leases of this process's running requests, so a long stream
-    keeps its slot while a crashed process's slots expire after limits.lease_ms()."""
+    """Renews the concurrency slots and balance reservations of this process's running
+    requests, so a long stream keeps them while a crashed process's expire after
+    limits.lease_ms() (its reservations are then given back by the admit script)."""
 
     def __init__(self) -> None:
-        self._held: dict[str, Admission] = {}
+        self._held: dict[str, Admission] = {}  # concurrency slots and reservations
         self._task: asyncio.Task[None] | None = None
 
     def hold(self, a: Admission) -> None:
@@ -275,12 +371,13 @@ class LeaseKeeper:
     async def _run(self) -> None:
         while self._held:
             await asyncio.sleep(limits.lease_ms() / 3000)
-            held = [(a.key_id, a.request_id) for a in self._held.values()]
+            held = list(self._held.values())
             if held:
                 try:
                     await limits.limiter().renew(held)
-                except Exception:
-                    log.exception("renewing %d concurrency leases failed", len(held))
+                except Exception as exc:
+                    if not is_outage(exc):
+                        log.exception("renewing %d leases failed", len(held))
 
 
 leases = LeaseKeeper()

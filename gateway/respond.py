@@ -23,17 +23,17 @@ def base_headers(ctx: RelayContext, content_type: bytes) -> list[tuple[bytes, by
 
 
 async def finish_policy(ctx: RelayContext) -> None:
-    """Settle the request with the limiter just before its last bytes go out. The settle is
-    sent, not awaited: it leaves on this process's one pipelined Redis connection ahead of
-    anything the client can send after reading this answer (commands on a connection run in
-    order), so a client's next request still finds its concurrency slot free and its refund
-    back, and nobody waits a round trip for it."""
+    """Settle the request just before its last bytes go out, and wait for it: the slot is
+    free, the reservation closed and the usage row journaled (with Redis) before the client
+    has its whole answer, so its next request finds the slot free on any process and a
+    crash of this process after this point loses nothing. One round trip, which the
+    client's answer waits for (measured in BENCHMARKS.md)."""
     if ctx.ticket is None or ctx.settled:
         return
     await estimate_if_needed(ctx)
     ctx.settled = True
     ctx.cost = policy.charge(ctx.ticket, ctx.usage, ctx.upstream_ok)
-    policy.settle_later(ctx.ticket, ctx.cost, ctx.usage, served_binding(ctx))
+    await policy.settle(ctx.ticket, ctx.cost, ctx.usage, served_binding(ctx), ctx.usage_event())
 
 
 def served_binding(ctx: RelayContext) -> str | None:
@@ -43,12 +43,12 @@ def served_binding(ctx: RelayContext) -> str | None:
 
 async def send_json(ctx: RelayContext, send: Send, status: int, body: bytes,
                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    ctx.status = status
     await finish_policy(ctx)
     headers = base_headers(ctx, b"application/json")
     headers.append((b"content-length", str(len(body)).encode()))
     if extra:
         headers.extend(extra)
-    ctx.status = status
     await send({"type": "http.response.start", "status": status, "headers": headers})
     ctx.mark_first_byte()
     await send({"type": "http.response.body", "body": body})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -211,7 +212,7 @@ def rendezvous(session: str, nodes: list[Any], key: Any, weight: Any) -> list[An
 
 
 def plan(candidates: list[UpstreamRef], model: str, session: str,
-         sticky: str | None = None, cooled: frozenset[int] = frozenset()) -> list[Route]:
+         sticky: str | None = None, cooled: Collection[int] = frozenset()) -> list[Route]:
     """Every route this request may try, best first (see the module docstring)."""
     routes: list[Route] = []
     for priority in sorted({u.priority for u in candidates}, reverse=True):
@@ -230,3 +231,11 @@ def plan(candidates: list[UpstreamRef], model: str, session: str,
                 routes.insert(0, routes.pop(index))
                 break
     return routes
+
+
+def shortest_cooldown(candidates: list[UpstreamRef], cooled: Mapping[int, int],
+                      now_ms: int) -> float | None:
+    """Seconds until the first of the candidates' cooling credentials is usable again
+    (None if none of them is cooling)."""
+    ends = [cooled[c.id] for u in candidates for c in u.credentials if c.id in cooled]
+    return max(0.0, (min(ends) - now_ms) / 1000) if ends else None

@@ -25,7 +25,8 @@ import asyncio
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
     from portal.fastredis import FastRedis
 
 LUA_DIR = Path(__file__).with_name("lua")
+
+# The largest amount (micro-units) a reservation or a charge may be: 10^9 currency units.
+# The Lua scripts refuse anything outside 0..MAX_MICRO the same way.
+MAX_MICRO = 10**15
 
 # Decision codes, in check order.
 OK, NO_TENANT_ACCOUNT, NO_KEY_ACCOUNT = 0, -1, -2
@@ -70,17 +75,18 @@ class Decision:
     rpm_used: int = 0  # for admissions: requests in the RPM window, this one included
     rpm_reset_ms: int = 0
     binding: str | None = None  # the session's sticky route, if any
-    cooled: frozenset[int] = frozenset()  # credentials cooling down
+    # credentials cooling down: id -> unix ms their cool-down ends
+    cooled: Mapping[int, int] = field(default_factory=dict)
 
 
 class Limiter(Protocol):
     async def admit(self, a: Admission) -> Decision: ...
     async def settle(self, a: Admission, refund: int, tokens: int,
-                     binding: str | None = None) -> None: ...
+                     binding: str | None = None, row: bytes = b"") -> None: ...
     async def cool(self, ident: int, seconds: float) -> None: ...
     async def hit_credential(self, ident: int, rpm: int) -> bool: ...
     async def init_account(self, kind: str, ident: int, avail: int) -> None: ...
-    async def renew(self, leases: list[tuple[int, str]]) -> None: ...
+    async def renew(self, leases: list[Admission]) -> None: ...
     def adjust_account(self, kind: str, ident: int, delta: int) -> None: ...
     def drop_account(self, kind: str, ident: int) -> None: ...
     def cooldowns(self) -> dict[int, float]: ...
@@ -112,8 +118,26 @@ def local_day_and_seconds_left(now: float | None = None) -> tuple[str, int]:
     return day, left
 
 
-def account_key(kind: str, ident: int) -> str:
+def account_key(kind: str, ident: int | str) -> str:
     return rkey("acct", kind, ident)
+
+
+def reservations_key(tenant_id: int) -> str:
+    """The tenant's reservations: a zset of ``reservation_member`` scored by lease expiry."""
+    return rkey("resv", tenant_id)
+
+
+def reservation_member(a: Admission) -> str:
+    """How a reservation is named in its zset: everything needed to give it back (the
+    admit and settle scripts build the same string)."""
+    return f"{a.request_id}|{a.reserve}|{a.key_id}|{int(a.key_quota)}"
+
+
+def journal_key() -> str:
+    """The usage journal: rows of settled requests, appended by the settle script and
+    written to the database by ``billing.usage`` writers. (Named "spool" for the rows it
+    held before it was a journal: deployments upgrading keep theirs.)"""
+    return rkey("usage", "spool")
 
 
 def sticky_key(a: Admission) -> str:
@@ -144,27 +168,45 @@ class RedisLimiter:
         k = a.key_id
         keys = [rkey("rpm", k), rkey("rpd", k, day), rkey("tpm", k), rkey("conc", k),
                 account_key("tenant", a.tenant_id), account_key("key", k), sticky_key(a),
-                rkey("cool")]
+                rkey("cool"), reservations_key(a.tenant_id)]
         args = [int(time.time() * 1000), a.request_id, a.rpm, a.rpd, seconds_left, a.tpm,
-                a.concurrency, lease_ms(), a.reserve, int(a.key_quota), int(a.commit)]
+                a.concurrency, lease_ms(), a.reserve, int(a.key_quota), int(a.commit), k,
+                account_key("key", "")]
         result = await self._client().evalsha(self._admit_src, keys, args)
         code, x, y = result[:3]
         if code == OK:
             binding = result[3].decode() if a.session and result[3] else None
-            cooled = frozenset(int(i) for i in result[4])
+            flat = result[4]
+            cooled = {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
             return Decision(OK, rpm_used=int(x), rpm_reset_ms=int(y), binding=binding,
                             cooled=cooled)
         return Decision(int(code), retry_after_ms=int(x))
 
     async def settle(self, a: Admission, refund: int, tokens: int,
-                     binding: str | None = None) -> None:
+                     binding: str | None = None, row: bytes = b"") -> None:
         k = a.key_id
         keys = [rkey("conc", k), account_key("tenant", a.tenant_id), account_key("key", k),
-                rkey("tpm", k), sticky_key(a)]
-        args = [a.request_id, refund, int(a.key_quota), tokens if a.tpm else 0,
-                int(time.time() * 1000), binding if a.session and binding else "",
-                sticky_ttl()]
+                rkey("tpm", k), sticky_key(a), reservations_key(a.tenant_id), journal_key()]
+        args = [a.request_id, a.reserve, a.reserve - refund, int(a.key_quota),
+                tokens if a.tpm else 0, int(time.time() * 1000),
+                binding if a.session and binding else "", sticky_ttl(), k, row]
         await self._client().evalsha(self._settle_src, keys, args)
+
+    async def renew(self, leases: list[Admission]) -> None:
+        """Extend the concurrency slots and reservations of requests still running."""
+        lease = lease_ms()
+        expiry = int(time.time() * 1000) + lease
+        client = self._client()
+        calls = []
+        for a in leases:
+            if a.concurrency:
+                calls += [client.execute("ZADD", rkey("conc", a.key_id), "XX", expiry,
+                                         a.request_id),
+                          client.execute("PEXPIRE", rkey("conc", a.key_id), lease * 2)]
+            if a.reserve:
+                calls.append(client.execute("ZADD", reservations_key(a.tenant_id), "XX", "CH",
+                                            expiry, reservation_member(a)))
+        await asyncio.gather(*calls)
 
     async def cool(self, ident: int, seconds: float) -> None:
         await self._client().execute("HSET", rkey("cool"), str(ident),
@@ -181,15 +223,6 @@ class RedisLimiter:
 
     async def init_account(self, kind: str, ident: int, avail: int) -> None:
         await self._client().execute("HSETNX", account_key(kind, ident), "avail", avail)
-
-    async def renew(self, leases: list[tuple[int, str]]) -> None:
-        lease = lease_ms()
-        expiry = int(time.time() * 1000) + lease
-        client = self._client()
-        await asyncio.gather(*(
-            call for key_id, request_id in leases for call in (
-                client.execute("ZADD", rkey("conc", key_id), "XX", expiry, request_id),
-                client.execute("PEXPIRE", rkey("conc", key_id), lease * 2))))
 
     def adjust_account(self, kind: str, ident: int, delta: int) -> None:
         client = sync_redis()
@@ -249,6 +282,8 @@ class MemoryLimiter:
             return self._admit(a, time.time() * 1000)
 
     def _admit(self, a: Admission, now: float) -> Decision:
+        if not 0 <= a.reserve <= MAX_MICRO:
+            raise ValueError(f"impossible reservation {a.reserve}")
         tenant = self._accounts.get(("tenant", a.tenant_id))
         if tenant is None:
             return Decision(NO_TENANT_ACCOUNT)
@@ -303,10 +338,12 @@ class MemoryLimiter:
                 binding = entry[0]
         for ident in [i for i, until in self._cool.items() if until <= now]:
             del self._cool[ident]
-        return {"binding": binding, "cooled": frozenset(self._cool)}
+        return {"binding": binding, "cooled": {i: int(u) for i, u in self._cool.items()}}
 
     async def settle(self, a: Admission, refund: int, tokens: int,
-                     binding: str | None = None) -> None:
+                     binding: str | None = None, row: bytes = b"") -> None:
+        if not 0 <= a.reserve - refund <= MAX_MICRO:
+            raise ValueError(f"impossible settlement: reserve {a.reserve}, refund {refund}")
         with self._lock:
             self._conc.get(a.key_id, {}).pop(a.request_id, None)
             if a.session and binding:
@@ -336,12 +373,12 @@ class MemoryLimiter:
             count = self._crpm[(ident, minute)] = self._crpm.get((ident, minute), 0) + 1
         return count <= rpm
 
-    async def renew(self, leases: list[tuple[int, str]]) -> None:
+    async def renew(self, leases: list[Admission]) -> None:
         expiry = time.time() * 1000 + lease_ms()
         with self._lock:
-            for key_id, request_id in leases:
-                if request_id in self._conc.get(key_id, {}):
-                    self._conc[key_id][request_id] = expiry
+            for a in leases:
+                if a.request_id in self._conc.get(a.key_id, {}):
+                    self._conc[a.key_id][a.request_id] = expiry
 
     def adjust_account(self, kind: str, ident: int, delta: int) -> None:
         with self._lock:
@@ -360,6 +397,11 @@ class MemoryLimiter:
         with self._lock:
             self._cool.pop(ident, None)
 
+    def forget_accounts(self) -> None:
+        """Drop every loaded account (they re-load from the database when next needed)."""
+        with self._lock:
+            self._accounts.clear()
+
     def cooldowns(self) -> dict[int, float]:
         now = time.time() * 1000
         with self._lock:
@@ -367,7 +409,14 @@ class MemoryLimiter:
 
 
 _memory = MemoryLimiter()
+_fallback = MemoryLimiter()
 _redis: RedisLimiter | None = None
+
+
+def fallback_limiter() -> MemoryLimiter:
+    """This process's own limiter for requests admitted while Redis is unreachable
+    (GATEWAY_REDIS_FAILURE=open); its accounts are loaded from the database."""
+    return _fallback
 
 
 def limiter() -> Limiter:

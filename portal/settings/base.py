@@ -154,8 +154,8 @@ GATEWAY_READ_TIMEOUT = env_float("GATEWAY_READ_TIMEOUT", 600.0)
 # data-bearing one for Responses clients: the Codex CLI's idle timer ignores comments).
 GATEWAY_KEEPALIVE_SECONDS = env_float("GATEWAY_KEEPALIVE_SECONDS", 15.0)
 GATEWAY_POOL_SIZE = env_int("GATEWAY_POOL_SIZE", 0)  # 0: unbounded connections per process
-# A concurrency slot held by a process that died is freed after this many seconds
-# (running requests renew theirs every third of it).
+# A concurrency slot or a balance reservation held by a process that died is freed after
+# this many seconds (running requests renew theirs every third of it).
 GATEWAY_CONCURRENCY_LEASE_SECONDS = env_float("GATEWAY_CONCURRENCY_LEASE_SECONDS", 90.0)
 # Routing: how long a session stays bound to the credential that served it (renewed on use),
 # how many upstream attempts one request may make before the client sees the error, the
@@ -169,14 +169,23 @@ GATEWAY_HEALTH_FAILURES = env_int("GATEWAY_HEALTH_FAILURES", 3)
 # Usage rows are queued in memory and written in batches by a background task.
 GATEWAY_USAGE_FLUSH_INTERVAL = env_float("GATEWAY_USAGE_FLUSH_INTERVAL", 0.5)
 GATEWAY_USAGE_BATCH_SIZE = env_int("GATEWAY_USAGE_BATCH_SIZE", 500)
-# "database": each gateway process writes its batches (embedded default, simplest).
-# "redis": gateway processes only push batches to Redis and `manage.py usagewriter` writes
-# them: no database work in the serving processes (lower tail latency).
+# With Redis, a served request's row is journaled in Redis with its settlement.
+# "database": each gateway process also writes the journal to the database (simplest).
+# "redis": gateway processes only append to the journal and `manage.py usagewriter` writes
+# it: no database work in the serving processes (lower tail latency).
 GATEWAY_USAGE_SINK = env_str("GATEWAY_USAGE_SINK", "database") or "database"
 if GATEWAY_USAGE_SINK not in ("database", "redis"):
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured("GATEWAY_USAGE_SINK must be 'database' or 'redis'")
+# What requests get while Redis is unreachable: "closed" (503 with Retry-After: no request
+# goes past limits nobody can count) or "open" (served with this process's own limiter; the
+# shared accounts are put right when Redis returns).
+GATEWAY_REDIS_FAILURE = env_str("GATEWAY_REDIS_FAILURE", "closed") or "closed"
+if GATEWAY_REDIS_FAILURE not in ("closed", "open"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("GATEWAY_REDIS_FAILURE must be 'closed' or 'open'")
 
 # --- Billing -------------------------------------------------------------------------------
 # Reservations estimate input tokens from the body size (tokenizing on the hot path costs

@@ -88,7 +88,7 @@ async def test_a_renewed_lease_keeps_its_slot(limiter):
     await limiter.admit(running)
     for _ in range(4):
         await asyncio.sleep(0.2)
-        await limiter.renew([(running.key_id, running.request_id)])
+        await limiter.renew([running])
     assert (await limiter.admit(admission(concurrency=1))).code == limits.CONCURRENCY
 
 

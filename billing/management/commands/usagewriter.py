@@ -1,5 +1,6 @@
-"""``manage.py usagewriter``: write the usage batches gateway processes push to Redis
-(GATEWAY_USAGE_SINK=redis), as they arrive. Run one (or more: each batch is taken once)."""
+"""``manage.py usagewriter``: write the usage journal in Redis (the rows of settled requests,
+and every other row with GATEWAY_USAGE_SINK=redis) to the database as rows arrive. Run one
+or more: each batch is claimed by one writer, and a dead writer's claim is put back."""
 
 from __future__ import annotations
 
@@ -45,8 +46,7 @@ class Command(BaseCommand):
             if client.llen(key):  # rows wait but could not be written: the database is away
                 time.sleep(1)
                 continue
-            # Sleep until a batch arrives (or a second passes, to notice a stop): BLPOP takes
-            # it, and it goes straight back to the front for drain_spool.
-            item = client.blpop([key], timeout=1)
-            if item is not None:
-                client.lpush(key, item[1])
+            # Sleep until a row arrives (or a second passes, to notice a stop). BLMOVE from
+            # the head back to the head leaves the journal as it was: nothing is ever held
+            # outside Redis by this wait.
+            client.blmove(key, key, 1, "LEFT", "LEFT")

@@ -1,0 +1,91 @@
+"""Whether this process can reach Redis right now, and what to do when it cannot.
+
+Every hot-path user of Redis reports here: ``failed(exc)`` after a Redis error,
+``succeeded()`` after a call that worked. While Redis is away, ``usable()`` says whether to
+try it (once a second, so an outage costs one failed attempt per second, not one per
+request: a hanging Redis would otherwise hold every request for the reply timeout). The
+outage is logged once when it starts and once when it ends, never per request.
+
+What the gateway does meanwhile is ``GATEWAY_REDIS_FAILURE``: ``closed`` (the default)
+refuses requests that need the shared limits with a 503 and Retry-After; ``open`` serves
+them with this process's own limiter and puts the shared accounts right when Redis returns
+(the ``on_recovery`` callbacks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from django.conf import settings
+
+log = logging.getLogger("turnpike.redis")
+
+RETRY_SECONDS = 1.0
+
+
+class RedisHealth:
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self._retry_at = 0.0
+        self._recovery: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def usable(self) -> bool:
+        """Try Redis? Always while it is up; once per RETRY_SECONDS while it is down."""
+        if self.down_since is None:
+            return True
+        now = time.monotonic()
+        if now >= self._retry_at:
+            self._retry_at = now + RETRY_SECONDS
+            return True
+        return False
+
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._retry_at = now + RETRY_SECONDS
+        if self.down_since is None:
+            self.down_since = now
+            log.error("Redis is unreachable (%s: %s); GATEWAY_REDIS_FAILURE=%s: %s",
+                      type(exc).__name__, exc, settings.GATEWAY_REDIS_FAILURE,
+                      "refusing requests with 503 until it returns"
+                      if settings.GATEWAY_REDIS_FAILURE == "closed"
+                      else "serving with this process's own limits until it returns")
+
+    def succeeded(self) -> None:
+        if self.down_since is None:
+            return
+        outage = time.monotonic() - self.down_since
+        self.down_since = None
+        log.warning("Redis is reachable again after %.1f s", outage)
+        for callback in self._recovery:
+            task = asyncio.get_running_loop().create_task(callback())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    def on_recovery(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self._recovery.append(callback)
+
+
+# Replies Redis gives while it cannot serve yet (starting, failing over): an outage too.
+_OUTAGE_REPLIES = ("LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A Redis error that means "unreachable or not serving", not "this call was wrong"."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ConnectionError)):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_OUTAGE_REPLIES)
+
+
+_background: set[asyncio.Task[None]] = set()
+redis_health = RedisHealth()
