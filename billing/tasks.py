@@ -53,3 +53,12 @@ def reset_daily_counters(now: str | None = None) -> int:
 def drain_usage_spool() -> int:
     """Write usage rows spooled in Redis while the database was down. Returns rows."""
     return usage.drain_spool()
+
+
+@shared_task(name="billing.reconcile_accounts")
+def reconcile_accounts() -> int:
+    """Give back the reservations of stopped gateway processes and put drifting limiter
+    accounts back in line with the database. Returns accounts corrected."""
+    from billing.reconcile import reconcile
+
+    return len(reconcile())

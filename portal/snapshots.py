@@ -26,6 +26,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from portal.redis import fast_redis, rkey, sync_redis
+from portal.redishealth import redis_health
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +81,19 @@ class LayeredCache(Generic[T]):
 
     async def _fetch(self, ident: str) -> T | None:
         client = fast_redis()
+        if client is not None and not redis_health.usable():
+            client = None  # Redis is away: straight to the database, no waiting on it
         if client is not None:
             try:
                 raw = await client.execute("GET", self._redis_key(ident))
-            except RedisError:
+            except RedisError as exc:
                 # Fail open to the source of truth: a Redis outage costs one query per
-                # identity per TTL, not an outage of the gateway.
-                log.warning("Redis unavailable; reading %s %s from the database",
-                            self.name, ident[:12], exc_info=True)
+                # identity per TTL, not an outage of the gateway (logged once, by
+                # redis_health, not per request).
+                redis_health.failed(exc)
                 client = None
             else:
+                redis_health.succeeded()
                 if raw is not None:
                     data = orjson.loads(raw)
                     return None if data == _MISSING else self._decode(data)
@@ -99,8 +103,8 @@ class LayeredCache(Generic[T]):
                             else (orjson.dumps(data), self._redis_ttl))
             try:
                 await client.execute("SET", self._redis_key(ident), payload, "EX", ttl)
-            except RedisError:
-                log.warning("Redis unavailable; %s %s not shared", self.name, ident[:12])
+            except RedisError as exc:
+                redis_health.failed(exc)
         return None if data is None else self._decode(data)
 
     def _load_fresh(self, ident: str) -> dict[str, Any] | None:

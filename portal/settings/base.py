@@ -217,6 +217,8 @@ CELERY_BEAT_SCHEDULE = {
     # just ended (sent at local midnight, run 30 s later).
     "billing-rollup-usage": {"task": "billing.rollup_usage", "schedule": 600.0},
     "billing-drain-usage-spool": {"task": "billing.drain_usage_spool", "schedule": 60.0},
+    # Reservations of gateway processes that stopped, and limiter accounts that drifted.
+    "billing-reconcile-accounts": {"task": "billing.reconcile_accounts", "schedule": 60.0},
     "billing-expire-usage": {"task": "billing.expire_usage",
                              "schedule": crontab(hour=3, minute=30)},
     "billing-reset-daily-counters": {"task": "billing.reset_daily_counters",

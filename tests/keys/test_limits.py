@@ -152,3 +152,82 @@ async def test_adjusting_an_account_moves_the_available_amount(limiter):
     assert (await limiter.admit(admission(reserve=5))).code == limits.OK
     await asyncio.to_thread(limiter.drop_account, "tenant", 1)
     assert (await limiter.admit(admission())).code == limits.NO_TENANT_ACCOUNT
+
+
+# --- money that cannot be stranded --------------------------------------------------------
+
+@pytest.mark.parametrize("reserve", [-1, -10**9, 10**16])
+async def test_an_impossible_reservation_is_refused_and_changes_nothing(limiter, reserve):
+    """A negative reservation once left a tenant 'reserved' forever: the limiter refuses
+    it outright (the Lua script itself, not only the Python in front of it)."""
+    await funded(limiter, tenant_avail=1000)
+    with pytest.raises(Exception, match="out of range|impossible"):
+        await limiter.admit(admission(reserve=reserve))
+    assert await asyncio.to_thread(limiter.available, "tenant", 1) == 1000
+    assert (await limiter.admit(admission(reserve=1000))).code == limits.OK
+
+
+async def test_an_impossible_settlement_is_refused_and_changes_nothing(limiter):
+    await funded(limiter, tenant_avail=1000)
+    a = admission(reserve=100)
+    assert (await limiter.admit(a)).code == limits.OK
+    for refund in (101, 10**18, -10**16):  # a negative cost, or one beyond any real amount
+        with pytest.raises(Exception, match="out of range|impossible"):
+            await limiter.settle(a, refund=refund, tokens=0)
+    assert await asyncio.to_thread(limiter.available, "tenant", 1) == 900
+    await limiter.settle(a, refund=40, tokens=0)
+    assert await asyncio.to_thread(limiter.available, "tenant", 1) == 940
+
+
+redis_only = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="shared reservations")
+
+
+@redis_only
+@override_settings(GATEWAY_CONCURRENCY_LEASE_SECONDS=0.3)
+async def test_a_reservation_outliving_its_lease_is_given_back_and_a_late_settle_charges_the_cost():
+    limiter = RedisLimiter()
+    await funded(limiter, tenant_avail=1000, key_avail=1000)
+    dead = admission(reserve=400, key_quota=True)  # its process dies: nobody renews it
+    assert (await limiter.admit(dead)).code == limits.OK
+    assert await asyncio.to_thread(limiter.available, "tenant", 1) == 600
+    await asyncio.sleep(0.4)
+    # The next admission for the tenant gives the expired reservation back first.
+    assert (await limiter.admit(admission())).code == limits.OK
+    assert await asyncio.to_thread(limiter.available, "tenant", 1) == 1000
+    assert await asyncio.to_thread(limiter.available, "key", 1) == 1000
+    # A settle arriving after all (a slow process, not a dead one) charges exactly its cost.
+    await limiter.settle(dead, refund=300, tokens=0)  # it cost 100
+    assert await asyncio.to_thread(limiter.available, "tenant", 1) == 900
+    assert await asyncio.to_thread(limiter.available, "key", 1) == 900
+
+
+@redis_only
+@override_settings(GATEWAY_CONCURRENCY_LEASE_SECONDS=0.3)
+async def test_a_renewed_reservation_is_kept():
+    limiter = RedisLimiter()
+    await funded(limiter, tenant_avail=1000)
+    running = admission(reserve=400)
+    assert (await limiter.admit(running)).code == limits.OK
+    for _ in range(3):
+        await asyncio.sleep(0.15)
+        await limiter.renew([running])
+        assert (await limiter.admit(admission())).code == limits.OK
+    assert await asyncio.to_thread(limiter.available, "tenant", 1) == 600
+    await limiter.settle(running, refund=400, tokens=0)
+    assert await asyncio.to_thread(limiter.available, "tenant", 1) == 1000
+
+
+@redis_only
+async def test_settling_journals_the_usage_row_and_counts_its_cost_as_unposted():
+    from portal.redis import sync_redis
+
+    limiter = RedisLimiter()
+    await funded(limiter, tenant_avail=1000)
+    a = admission(reserve=300)
+    assert (await limiter.admit(a)).code == limits.OK
+    await limiter.settle(a, refund=100, tokens=0, row=b'{"request_id":"r1"}')
+    client = sync_redis()
+    assert client.lrange(limits.journal_key(), 0, -1) == [b'10|{"request_id":"r1"}']
+    account = client.hgetall(limits.account_key("tenant", 1))
+    assert (int(account[b"avail"]), int(account[b"unposted"])) == (800, 200)
+    assert client.zcard(limits.reservations_key(1)) == 0

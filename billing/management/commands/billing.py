@@ -18,19 +18,34 @@ class Command(BaseCommand):
     def add_arguments(self, parser: ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
         sub.add_parser("check", help="Exit non-zero, naming the tenant, if any balance differs "
-                                     "from the sum of its ledger.")
+                                     "from the sum of its ledger, or the limiter's accounts "
+                                     "(Redis) drift from the database.")
+        sub.add_parser("reconcile", help="Give back reservations of stopped processes and put "
+                                         "drifting limiter accounts back in line.")
         rollup = sub.add_parser("rollup", help="Rebuild the daily rollups of a day.")
         rollup.add_argument("--date", help="YYYY-MM-DD (default: today and yesterday).")
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        from billing.reconcile import account_drifts, reconcile
+
         if opts["action"] == "check":
             bad = ledger_mismatches()
             for tenant, balance, total in bad:
                 self.stderr.write(f"{tenant.name}: balance {balance} != ledger total {total}")
-            if bad:
-                raise CommandError(f"{len(bad)} tenant(s) out of balance: "
-                                   f"{', '.join(t.name for t, _, _ in bad)}")
-            self.stdout.write("Every balance equals its ledger.")
+            drifts = account_drifts()
+            for drift in drifts:
+                self.stderr.write(drift.describe())
+            if bad or drifts:
+                names = [t.name for t, _, _ in bad] + [d.name for d in drifts]
+                raise CommandError(f"{len(bad)} tenant(s) out of balance, {len(drifts)} limiter "
+                                   f"account(s) drifting: {', '.join(names)}")
+            self.stdout.write("Every balance equals its ledger; the limiter agrees.")
+            return
+        if opts["action"] == "reconcile":
+            fixed = reconcile()
+            for drift in fixed:
+                self.stdout.write(f"corrected: {drift.describe()}")
+            self.stdout.write(f"{len(fixed)} account(s) corrected.")
             return
         from billing.rollups import rollup_day
 
