@@ -10,6 +10,12 @@ classes, so callers catch ``redis.exceptions.RedisError`` as before.
 
 Only what the gateway needs: ``execute(*args)`` and ``evalsha`` with script loading.
 Everything else (admin, tasks) keeps using redis-py.
+
+A connection is only handed to callers once it is ready: connected (TCP, TLS or a unix
+socket, as REDIS_URL says; portal.redisurl) and its AUTH and SELECT answered OK. Until then
+``_transport`` is None and every caller waits in ``_ensure``, so no command can be written
+ahead of SELECT's reply and land in database 0 (it did: 2 of 194 with a password and db 3),
+on the first connection or on any reconnection.
 """
 
 from __future__ import annotations
@@ -17,16 +23,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import socket
 import time
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import hiredis
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from portal.redisurl import parse_redis_url
+
 REPLY_TIMEOUT = 10.0  # a reply later than this means the connection is broken
+CONNECT_TIMEOUT = 5.0  # TCP/unix connect plus TLS handshake (the sync client's too)
 
 
 def _encode(args: tuple[Any, ...]) -> bytes:
@@ -46,8 +55,14 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, client: FastRedis) -> None:
         self.client = client
         self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.client._protocol is not self:  # an abandoned connection's late bytes
+            return
         self.reader.feed(data)
         pending = self.client._pending
         while True:
@@ -67,18 +82,29 @@ class _Protocol(asyncio.Protocol):
                     future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.client._fail(RedisConnectionError(f"Redis connection lost: {exc}"))
+        # Only the current connection's loss fails the pending commands: an old one, closed
+        # after a newer connection was made, must not fail the newer one's commands.
+        if self.client._protocol is self:
+            self.client._fail(RedisConnectionError(f"Redis connection lost: {exc}"))
 
 
 class FastRedis:
     def __init__(self, url: str) -> None:
-        parsed = urlparse(url)
-        self.host = parsed.hostname or "127.0.0.1"
-        self.port = parsed.port or 6379
-        self.db = int((parsed.path or "/0").lstrip("/") or 0)
-        self.password = unquote(parsed.password) if parsed.password else None
-        self.username = unquote(parsed.username) if parsed.username else None
+        """Parse and check ``url`` now (ValueError: a scheme or parameter it cannot honour),
+        so a bad REDIS_URL fails the first request loudly instead of connecting elsewhere."""
+        target = parse_redis_url(url)
+        self.target = target
+        self._ssl = target.ssl_context()
+        self._handshake: list[tuple[Any, ...]] = []
+        if target.password:
+            self._handshake.append(("AUTH", *((target.username,) if target.username else ()),
+                                    target.password))
+        if target.db:
+            self._handshake.append(("SELECT", target.db))
+        # _transport is set only while the connection is ready (handshake answered OK); the
+        # protocol is current from connect on, so the handshake's replies are matched too.
         self._transport: asyncio.Transport | None = None
+        self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[None] | None = None
         self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._wbuf: list[bytes] = []
@@ -87,35 +113,95 @@ class FastRedis:
         self._scripts: dict[str, str] = {}  # sha -> source
 
     async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_connection(lambda: _Protocol(self), self.host,
-                                                    self.port)
-        self._transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            import socket
+        """Open a connection and run its handshake; only then publish it as ``_transport``.
 
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        setup = []
-        if self.password:
-            setup.append(("AUTH", *((self.username,) if self.username else ()), self.password))
-        if self.db:
-            setup.append(("SELECT", self.db))
-        for command in setup:
-            await self._send(command)
+        AUTH and SELECT go out in one write and their replies are awaited before anything
+        else may be written; a refused AUTH or SELECT closes the connection and raises to
+        every caller waiting for it (AuthenticationError / ConnectionError, never a hang: the
+        reply watchdog covers the handshake too).
+        """
+        loop = asyncio.get_running_loop()
+        target = self.target
+        try:
+            if target.path is not None:
+                opening = loop.create_unix_connection(lambda: _Protocol(self), target.path)
+            else:
+                opening = loop.create_connection(lambda: _Protocol(self), target.host,
+                                                 target.port, ssl=self._ssl)
+            transport, protocol = await asyncio.wait_for(opening, CONNECT_TIMEOUT)
+        except OSError as exc:  # TimeoutError included
+            raise RedisConnectionError(
+                f"cannot connect to Redis at {target.where}: {str(exc) or 'timed out'}") from exc
+        if target.path is None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._protocol = protocol
+        if transport.is_closing():  # closed by the server at once (e.g. max clients reached)
+            exc = RedisConnectionError(f"Redis at {target.where} closed the new connection")
+            self._fail(exc)
+            raise exc
+        if self._handshake:
+            futures = [self._expect() for _ in self._handshake]
+            transport.write(b"".join(_encode(command) for command in self._handshake))
+            try:
+                replies = await asyncio.gather(*futures, return_exceptions=True)
+            except BaseException:  # cancelled (loop shutdown): leave no half-open connection
+                self._fail(RedisConnectionError("Redis connect cancelled"))
+                raise
+            for command, reply in zip(self._handshake, replies, strict=True):
+                if isinstance(reply, BaseException):
+                    raise self._refused(command[0], reply)
+        self._transport = transport  # type: ignore[assignment]
+
+    def _refused(self, command: str, reply: BaseException) -> Exception:
+        """The handshake failed: drop the connection, return the error to raise."""
+        message = str(reply)
+        if isinstance(reply, ResponseError):
+            if message.startswith(("NOAUTH", "WRONGPASS")) or "password" in message.lower():
+                user = f" as user {self.target.username!r}" if self.target.username else ""
+                exc: Exception = AuthenticationError(
+                    f"Redis at {self.target.where} refused {command}{user}: {message} "
+                    "(check the user and password in REDIS_URL)")
+            else:
+                exc = RedisConnectionError(
+                    f"Redis at {self.target.where} refused {command}: {message}")
+        else:  # the connection broke or timed out mid-handshake (already failed)
+            exc = reply if isinstance(reply, Exception) else RedisConnectionError(message)
+        self._fail(exc)
+        return exc
 
     async def _ensure(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            return
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-        try:
+        """Wait until a ready connection exists (one connect shared by all waiters).
+
+        A loop, not one wait: a connection that drops between its handshake and this waiter
+        resuming is replaced, never used, so ``_send`` always queues on a ready connection
+        (bounded: a server that drops every new connection is an error, not a reconnect storm).
+        """
+        for _ in range(3):
+            if self._transport is not None and not self._transport.is_closing():
+                return
+            if self._connecting is None:
+                self._connecting = connecting = asyncio.ensure_future(self._connect())
+                connecting.add_done_callback(self._connected)
             await asyncio.shield(self._connecting)
-        except OSError as exc:
-            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
-        finally:
-            if self._connecting is not None and self._connecting.done():
-                self._connecting = None
+        if self._transport is None or self._transport.is_closing():
+            raise RedisConnectionError(f"Redis at {self.target.where} drops new connections")
+
+    def _connected(self, future: asyncio.Future[None]) -> None:
+        if self._connecting is future:
+            self._connecting = None
+        if not future.cancelled():
+            future.exception()  # retrieved: every waiter got it already
+
+    def _expect(self) -> asyncio.Future[Any]:
+        """A future for the next reply on the current connection (handshake commands)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((future, time.monotonic()))
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_later(REPLY_TIMEOUT / 2,
+                                                                    self._check_stalled)
+        return future
 
     def _send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -147,18 +233,23 @@ class FastRedis:
                                                                 self._check_stalled)
 
     def _fail(self, exc: Exception) -> None:
-        transport, self._transport = self._transport, None
+        """Drop the current connection (ready or still in its handshake) and fail every
+        command waiting on it; the next call connects afresh."""
+        protocol, self._protocol = self._protocol, None
+        self._transport = None
         pending = list(self._pending)
         self._pending.clear()
         self._wbuf.clear()
         for future, _ in pending:
             if not future.done():
                 future.set_exception(exc)
-        if transport is not None:
-            transport.abort()
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.abort()
 
     async def execute(self, *args: Any) -> Any:
-        await self._ensure()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            await self._ensure()
         return await self._send(args)
 
     async def evalsha(self, script: str, keys: list[Any], args: list[Any]) -> Any:
@@ -171,6 +262,4 @@ class FastRedis:
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        self._fail(RedisConnectionError("Redis client closed"))

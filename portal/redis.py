@@ -3,7 +3,8 @@
 
 Returns None when REDIS_URL is unset (the embedded default); callers then use their
 in-process fallback. Every key Turnpike writes goes through ``rkey()`` so it carries
-settings.GATEWAY_REDIS_PREFIX.
+settings.GATEWAY_REDIS_PREFIX. Both read REDIS_URL through portal.redisurl's rules
+(redis://, rediss://, unix://; anything else refused), so they reach the same server and db.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from portal.fastredis import FastRedis
 
 _sync_client: redis.Redis | None = None
+# Longest a sync caller waits for one of the pool's REDIS_MAX_CONNECTIONS connections to be
+# free (then redis.ConnectionError): as long as one command may take (socket_timeout).
+POOL_WAIT_SECONDS = 10.0
 
 
 def rkey(*parts: str | int) -> str:
@@ -32,10 +36,27 @@ def sync_redis() -> redis.Redis | None:
     if not url:
         return None
     if _sync_client is None:
-        import redis
-
-        _sync_client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+        _sync_client = sync_client_for(url)
     return _sync_client
+
+
+def sync_client_for(url: str) -> redis.Redis:
+    """A redis-py client for ``url`` with at most settings.REDIS_MAX_CONNECTIONS connections.
+
+    A blocking pool: with every connection busy a caller waits for one (up to
+    POOL_WAIT_SECONDS) instead of opening more, so admin threads and tasks cannot exhaust
+    Redis's client limit. The URL is checked by the hot path's rules first (ValueError), so
+    a URL the fast client refuses is refused here too rather than half-honoured.
+    """
+    import redis
+
+    from portal.redisurl import parse_redis_url
+
+    parse_redis_url(url)
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=settings.REDIS_MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS,
+        socket_connect_timeout=5, socket_timeout=10)
+    return redis.Redis(connection_pool=pool)
 
 
 _fast_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FastRedis] = (

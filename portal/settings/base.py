@@ -12,7 +12,9 @@ from pathlib import Path
 
 import dj_database_url
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
+from portal.redisurl import celery_broker_url
 from portal.settings.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -124,12 +126,26 @@ MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 # --- Redis and shared state -------------------------------------------------------------
 # REDIS_URL unset: every shared-state backend is in-process (fine for one process).
+# redis://, rediss:// (TLS) or unix:// (portal.redisurl); any other form stops start-up here
+# rather than being read as plain TCP by one client and differently by another.
 REDIS_URL = env_str("REDIS_URL")
-REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 64)  # per gateway process
+# Per process: the size of the sync redis-py client's pool and of the Django cache's (callers
+# wait for a free connection). The /v1 hot path uses one pipelined connection per event loop.
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 64)
+if REDIS_MAX_CONNECTIONS < 1:
+    raise ImproperlyConfigured("REDIS_MAX_CONNECTIONS must be at least 1")
 
+_celery_broker_default = "memory://"
 if REDIS_URL:
+    try:
+        _celery_broker_default = celery_broker_url(REDIS_URL)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"REDIS_URL: {exc}") from exc
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                          "LOCATION": REDIS_URL}}
+                          "LOCATION": REDIS_URL,
+                          "OPTIONS": {"pool_class": "redis.BlockingConnectionPool",
+                                      "max_connections": REDIS_MAX_CONNECTIONS,
+                                      "timeout": 10}}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -206,7 +222,9 @@ BILLING_CURRENCY = env_str("BILLING_CURRENCY", "USD") or "USD"
 CREDENTIAL_ENCRYPTION_KEYS = env_list("CREDENTIAL_ENCRYPTION_KEYS", [])
 
 # --- Celery --------------------------------------------------------------------------------
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "memory://")
+# Default: REDIS_URL as kombu reads it (a unix socket as redis+socket://, rediss:// verifying
+# certificates unless its ssl_cert_reqs says otherwise; portal.redisurl.celery_broker_url).
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", _celery_broker_default)
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", None)
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", REDIS_URL is None)
 CELERY_TIMEZONE = TIME_ZONE
