@@ -1,10 +1,10 @@
 """The limiter's accounts against the database: drift reports (``billing check``) and the
 reconciler (``billing reconcile``, the ``billing.reconcile_accounts`` task).
 
-In Redis each tenant (and each key with a quota) has an account: ``avail``, what requests
-may still reserve against, and ``unposted``, costs settled but whose usage rows are not yet
-in the database. Reservations of requests in flight sit in the tenant's reservations zset,
-each with a lease its process renews. When everything is in step:
+In Redis each tenant (and each key with a quota) has an account, ``avail``: what requests
+may still reserve against; and a hash of "unposted" costs: requests settled whose usage
+rows are not yet in the database. Reservations of requests in flight sit in the tenant's
+reservations zset, each with a lease its process renews. When everything is in step:
 
     avail = database amount - reservations in flight - unposted
 
@@ -31,11 +31,13 @@ from portal.redis import rkey, sync_redis
 
 log = logging.getLogger(__name__)
 
-# KEYS: 1 account hash, 2 the tenant's reservations zset. ARGV: 1 now ms, 2 key id ('' for
-# the tenant's account). Returns {avail or false, unposted, reserved live, reserved stale}.
+# KEYS: 1 account hash, 2 the tenant's reservations zset, 3 the account's unposted hash.
+# ARGV: 1 now ms, 2 key id ('' for the tenant's account).
+# Returns {avail or false, unposted, reserved live, reserved stale}.
 _READ_LUA = """
 local avail = redis.call('HGET', KEYS[1], 'avail')
-local unposted = tonumber(redis.call('HGET', KEYS[1], 'unposted') or '0')
+local unposted = 0
+for _, cost in ipairs(redis.call('HVALS', KEYS[3])) do unposted = unposted + cost end
 local live, stale = 0, 0
 local now = tonumber(ARGV[1])
 local all = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
@@ -48,13 +50,15 @@ end
 return {avail or false, unposted, live, stale}
 """
 
-# Give back every expired reservation of one tenant. KEYS: 1 reservations zset, 2 tenant
-# account. ARGV: 1 now ms, 2 key account name prefix. Returns how many.
+# Give back every expired reservation of one tenant (as keys/lua/admit.lua does). KEYS: 1
+# reservations zset, 2 tenant account, 3 reclaimed zset. ARGV: 1 now ms, 2 key account name
+# prefix. Returns how many.
 _RECLAIM_LUA = """
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 for _, member in ipairs(stale) do
-  local _, amount, key_id, quota = string.match(member, '^(.*)|(%d+)|(%d+)|([01])$')
+  local request, amount, key_id, quota = string.match(member, '^(.*)|(%d+)|(%d+)|([01])$')
   if amount then
+    redis.call('ZADD', KEYS[3], ARGV[1], request)
     if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'avail', amount) end
     local key_account = ARGV[2] .. key_id
     if quota == '1' and redis.call('EXISTS', key_account) == 1 then
@@ -116,8 +120,8 @@ def _read_drifts() -> dict[tuple[str, int], Drift]:
               str(k.pk), k.tenant_id) for k in keys.values()]
     for kind, ident, name, database, key_arg, tenant_id in rows:
         avail, unposted, live, stale = client.eval(
-            _READ_LUA, 2, limits.account_key(kind, ident), limits.reservations_key(tenant_id),
-            now, key_arg)
+            _READ_LUA, 3, limits.account_key(kind, ident), limits.reservations_key(tenant_id),
+            limits.unposted_key(kind, ident), now, key_arg)
         if avail is None:
             continue
         expected = to_micro(database) - int(live) - int(unposted)
@@ -151,8 +155,9 @@ def reclaim_expired() -> int:
     for raw in client.scan_iter(prefix + "*", count=1000):
         tail = raw.decode()[len(prefix):]
         if tail.isdigit():
-            total += int(client.eval(_RECLAIM_LUA, 2, raw, limits.account_key("tenant", tail),
-                                     now, limits.account_key("key", "")))
+            total += int(client.eval(_RECLAIM_LUA, 3, raw, limits.account_key("tenant", tail),
+                                     limits.reclaimed_key(tail), now,
+                                     limits.account_key("key", "")))
     if total:
         log.warning("gave back %d reservations of requests whose process stopped", total)
     return total

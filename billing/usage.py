@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -205,14 +206,13 @@ def _charge(events: list[UsageEvent]) -> None:
 # writer puts them in the database: the settle script appends an admitted request's row in
 # the same step that moves its money, before the answer's last bytes, so a row survives the
 # crash of the process that served it. Rows the database refused, and rows of requests that
-# never reached the limiter, are appended too. Each element is ``FLAGS|json``: FLAGS is two
-# characters, whether the cost was added to the tenant's and the key's "unposted" amount
-# in the limiter (taken off again once the row is written).
+# never reached the limiter, are appended too. Each element is one row, as JSON.
 #
 # A writer claims a batch atomically (moved to a claim list named in a zset with the claim
-# time), writes it, then drops the claim. A writer that dies holding a claim leaves it to be
-# put back by the next writer after CLAIM_TIMEOUT; writing a batch twice is harmless, since
-# the insert skips request ids already in the table.
+# time), writes it, then releases the claim and takes the rows' costs off the limiter's
+# "unposted" hashes, in one script. A writer that dies holding a claim leaves it to be put
+# back by the next writer after CLAIM_TIMEOUT; writing a batch twice is harmless (the insert
+# skips request ids already in the table, and removing an unposted entry twice is a no-op).
 
 CLAIM_TIMEOUT_MS = 60_000
 _CLAIM_LUA = """
@@ -230,13 +230,12 @@ redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return #items
 """
-_UNPOSTED_LUA = """
-for i, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 then
-    local left = tonumber(redis.call('HGET', key, 'unposted') or '0') - tonumber(ARGV[i])
-    redis.call('HSET', key, 'unposted', math.max(0, left))
-  end
-end
+# KEYS: 1 claims zset, 2 claim list, then pairs of (unposted hash) per row.
+# ARGV: 1 claim id, then the request id of each pair.
+_RELEASE_LUA = """
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+for i = 3, #KEYS do redis.call('HDEL', KEYS[i], ARGV[i - 1]) end
 return 1
 """
 
@@ -279,7 +278,7 @@ def encode_row(e: UsageEvent) -> bytes:
 
 
 def _journal_entries(events: list[UsageEvent]) -> list[bytes]:
-    return [b"00|" + encode_row(e) for e in events]
+    return [encode_row(e) for e in events]
 
 
 def spool(events: list[UsageEvent]) -> bool:
@@ -329,6 +328,7 @@ def drain_spool(max_batches: int = 100) -> int:
     client = sync_redis()
     if client is None:
         return 0
+    _retry_releases(client)
     _recover_claims(client)
     written = 0
     for _ in range(max_batches):
@@ -338,12 +338,10 @@ def drain_spool(max_batches: int = 100) -> int:
                             int(time.time() * 1000), claim_id)
         if not items:
             break
-        entries = []
-        for item in items:
-            flags, _, row = item.partition(b"|")
-            entries.append((flags, _from_json(orjson.loads(row))))
+        events = [_from_json(orjson.loads(item)) for item in items]
         try:
-            fresh = write_events([e for _, e in entries])
+            fresh = write_events(events)
+            posted = events
         except (OperationalError, InterfaceError):
             client.eval(_UNCLAIM_LUA, 3, *keys, claim_id)
             log.warning("usage journal: database unavailable; %d rows wait", len(items))
@@ -351,53 +349,72 @@ def drain_spool(max_batches: int = 100) -> int:
         except DatabaseError:
             # Something in the batch itself is refused: write row by row, set aside what
             # still fails (never block the journal behind one bad row).
-            fresh = _write_one_by_one(client, entries)
-        _unposted_done(client, entries, fresh)
-        client.delete(keys[2])
-        client.zrem(keys[1], claim_id)
+            fresh, posted = _write_one_by_one(client, events)
+        _release(client, claim_id, posted)
         written += len(fresh)
     if written:
         log.debug("usage journal: wrote %d rows", written)
     return written
 
 
-def _write_one_by_one(client: Any, entries: list[tuple[bytes, UsageEvent]]) -> list[UsageEvent]:
+_unreleased: list[tuple[str, list[UsageEvent]]] = []
+_unreleased_lock = threading.Lock()
+
+
+def _retry_releases(client: Any) -> None:
+    with _unreleased_lock:
+        waiting = list(_unreleased)
+        _unreleased.clear()
+    for claim_id, posted in waiting:
+        _release(client, claim_id, posted)
+
+
+def _release(client: Any, claim_id: str, posted: list[UsageEvent]) -> None:
+    """Drop the claim and the posted rows' unposted entries, in one step. If Redis fails
+    now, the release is retried by this process's next drain (and should the process die
+    first, the claim is put back after CLAIM_TIMEOUT and the rows written again: a no-op
+    that releases them)."""
+    try:
+        _release_now(client, claim_id, posted)
+    except Exception:
+        with _unreleased_lock:
+            _unreleased.append((claim_id, posted))
+        raise
+
+
+def _release_now(client: Any, claim_id: str, posted: list[UsageEvent]) -> None:
+    from keys.limits import unposted_key
+
+    keys = [_claims_key(), _claim_list(claim_id)]
+    args: list[Any] = [claim_id]
+    for e in posted:
+        if e.cost and e.tenant_id is not None:
+            keys.append(unposted_key("tenant", e.tenant_id))
+            args.append(e.request_id)
+        if e.cost and e.key_id is not None:
+            keys.append(unposted_key("key", e.key_id))
+            args.append(e.request_id)
+    client.eval(_RELEASE_LUA, len(keys), *keys, *args)
+
+
+def _write_one_by_one(client: Any, events: list[UsageEvent]
+                      ) -> tuple[list[UsageEvent], list[UsageEvent]]:
+    """(rows inserted, rows now in the database) writing one at a time; a row the database
+    still refuses goes to ``usage:dead`` for an operator, with its error logged."""
     from django.db import DatabaseError
 
     from portal.redis import rkey
 
     fresh: list[UsageEvent] = []
-    for flags, event in entries:
+    posted: list[UsageEvent] = []
+    for event in events:
         try:
             fresh += write_events([event])
+            posted.append(event)
         except DatabaseError:
             log.exception("usage journal: row %s refused; kept in usage:dead", event.request_id)
-            client.rpush(rkey("usage", "dead"), flags + b"|" + encode_row(event))
-    return fresh
-
-
-def _unposted_done(client: Any, entries: list[tuple[bytes, UsageEvent]],
-                   fresh: list[UsageEvent]) -> None:
-    """The written rows' costs are in the database now: take them off the limiter's
-    unposted amounts (clamped at zero: an account re-loaded meanwhile started afresh)."""
-    from keys.limits import account_key
-    from keys.money import to_micro
-
-    written = {e.request_id for e in fresh}
-    amounts: dict[str, int] = {}
-    for flags, e in entries:
-        if e.request_id not in written or not e.cost:
-            continue
-        micro = to_micro(e.cost)
-        if flags[:1] == b"1" and e.tenant_id is not None:
-            name = account_key("tenant", e.tenant_id)
-            amounts[name] = amounts.get(name, 0) + micro
-        if flags[1:2] == b"1" and e.key_id is not None:
-            name = account_key("key", e.key_id)
-            amounts[name] = amounts.get(name, 0) + micro
-    if amounts:
-        names = list(amounts)
-        client.eval(_UNPOSTED_LUA, len(names), *names, *(amounts[n] for n in names))
+            client.rpush(rkey("usage", "dead"), encode_row(event))
+    return fresh, posted
 
 
 def journal_length() -> int:
@@ -470,8 +487,10 @@ class UsageWriter:
             if settings.REDIS_URL and settings.GATEWAY_USAGE_SINK != "redis":
                 try:
                     await sync_to_async(drain_spool, thread_sensitive=False)()
-                except Exception:
-                    if self._ticks % 20 == 0:  # not every tick while Redis is away
+                except Exception as exc:
+                    from portal.redishealth import is_outage
+
+                    if not is_outage(exc):  # an outage is logged once, by redis_health
                         log.exception("writing the usage journal failed")
 
     async def flush(self) -> None:

@@ -206,7 +206,8 @@ async def _admit_with_accounts(lim: Limiter, admission: Admission) -> Decision:
         elif decision.code == limits.NO_KEY_ACCOUNT:
             avail = await sync_to_async(_key_available, thread_sensitive=False)(
                 admission.key_id)
-            await lim.init_account("key", admission.key_id, avail)
+            await lim.init_account("key", admission.key_id, avail,
+                                   tenant_id=admission.tenant_id)
         else:
             return decision
     raise GatewayError("Could not load the tenant's balance into the limiter.")
@@ -285,16 +286,18 @@ async def _settle(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: s
     binding = binding if a.session else None
     lim = ticket.limiter
     if settings.REDIS_URL and lim is not limits.fallback_limiter():
+        row = encode_row(event)
         try:
-            await lim.settle(a, refund, tokens, binding, encode_row(event))
+            await lim.settle(a, refund, tokens, binding, row)
         except Exception as exc:
-            if is_outage(exc):
-                redis_health.failed(exc)
-            else:
+            if not is_outage(exc):
                 log.exception("settling %s failed", a.request_id)
-            # The reservation comes back when its lease runs out; the cost is taken off the
-            # shared account once Redis answers again. The row is written from here.
-            outage_charges.add(a, micro)
+                return
+            redis_health.failed(exc)
+            # Whether Redis ran the script before the connection broke is unknown: send it
+            # again when Redis answers (settling twice changes nothing), and write the row
+            # from here meanwhile (a row written twice is stored once).
+            outage_charges.resettle(lim, a, refund, tokens, binding, row)
             record_usage(event)
         else:
             redis_health.succeeded()
@@ -310,27 +313,48 @@ async def _settle(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: s
 
 
 class OutageCharges:
-    """Costs of requests settled while Redis was unreachable, per shared account, taken off
-    those accounts when Redis answers again (the database is charged by the usage rows as
-    usual, so this puts the shared copy back in line with it)."""
+    """What the shared accounts must still learn once Redis answers again: the costs of
+    requests admitted by this process's own limiter during the outage (GATEWAY_REDIS_FAILURE
+    =open; the database is charged by their usage rows as usual), and settlements whose
+    reply was lost, sent again. This puts the shared accounts back in line with the
+    database."""
 
     def __init__(self) -> None:
         self._due: dict[tuple[str, int], int] = {}
+        self._settles: list[tuple[Limiter, Admission, int, int, str | None, bytes]] = []
 
     def add(self, a: Admission, micro: int) -> None:
         if not micro:
             return
         for account in [("tenant", a.tenant_id)] + ([("key", a.key_id)] if a.key_quota else []):
             self._due[account] = self._due.get(account, 0) + micro
+        self._soon()
+
+    def resettle(self, lim: Limiter, a: Admission, refund: int, tokens: int,
+                 binding: str | None, row: bytes) -> None:
+        self._settles.append((lim, a, refund, tokens, binding, row))
+
+    def _soon(self) -> None:
         if not redis_health.down:
-            asyncio.get_running_loop().create_task(self.apply())
+            task = asyncio.get_running_loop().create_task(self.apply())
+            _settling.add(task)
+            task.add_done_callback(_settling.discard)
 
     async def apply(self) -> None:
         from portal.redis import fast_redis
 
         client = fast_redis()
-        if client is None or not self._due:
+        if client is None:
             return
+        settles, self._settles = self._settles, []
+        for index, (lim, a, refund, tokens, binding, row) in enumerate(settles):
+            try:
+                await lim.settle(a, refund, tokens, binding, row)
+            except Exception:
+                self._settles[:0] = settles[index:]
+                log.warning("could not settle %d requests yet", len(settles) - index)
+                return
+        journal_started()
         due, self._due = self._due, {}
         try:
             for (kind, ident), micro in due.items():
@@ -342,7 +366,10 @@ class OutageCharges:
             log.warning("could not put %d shared accounts back in line yet", len(due))
             return
         limits.fallback_limiter().forget_accounts()
-        log.warning("put %d shared accounts back in line after the Redis outage", len(due))
+        if due or settles:
+            log.warning("after the Redis outage: %d settlements sent again, %d shared "
+                        "accounts charged for requests served meanwhile", len(settles),
+                        len(due))
 
 
 _ADJUST_LUA = ("if redis.call('EXISTS', KEYS[1]) == 1 then "

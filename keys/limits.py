@@ -85,7 +85,8 @@ class Limiter(Protocol):
                      binding: str | None = None, row: bytes = b"") -> None: ...
     async def cool(self, ident: int, seconds: float) -> None: ...
     async def hit_credential(self, ident: int, rpm: int) -> bool: ...
-    async def init_account(self, kind: str, ident: int, avail: int) -> None: ...
+    async def init_account(self, kind: str, ident: int, avail: int,
+                           tenant_id: int | None = None) -> None: ...
     async def renew(self, leases: list[Admission]) -> None: ...
     def adjust_account(self, kind: str, ident: int, delta: int) -> None: ...
     def drop_account(self, kind: str, ident: int) -> None: ...
@@ -127,10 +128,22 @@ def reservations_key(tenant_id: int) -> str:
     return rkey("resv", tenant_id)
 
 
+def reclaimed_key(tenant_id: int | str) -> str:
+    """Reservations given back after their lease ran out (zset request id -> when): a
+    settle that still comes knows to charge its whole cost."""
+    return rkey("reclaimed", tenant_id)
+
+
 def reservation_member(a: Admission) -> str:
     """How a reservation is named in its zset: everything needed to give it back (the
     admit and settle scripts build the same string)."""
     return f"{a.request_id}|{a.reserve}|{a.key_id}|{int(a.key_quota)}"
+
+
+def unposted_key(kind: str, ident: int | str) -> str:
+    """Costs of an account's settled requests whose usage rows are not yet in the database
+    (hash request id -> micro-units): the settle script adds, the row's writer removes."""
+    return rkey("unposted", kind, ident)
 
 
 def journal_key() -> str:
@@ -156,6 +169,7 @@ class RedisLimiter:
     def __init__(self) -> None:
         self._admit_src = (LUA_DIR / "admit.lua").read_text()
         self._settle_src = (LUA_DIR / "settle.lua").read_text()
+        self._init_src = (LUA_DIR / "init_account.lua").read_text()
 
     @staticmethod
     def _client() -> FastRedis:
@@ -168,7 +182,7 @@ class RedisLimiter:
         k = a.key_id
         keys = [rkey("rpm", k), rkey("rpd", k, day), rkey("tpm", k), rkey("conc", k),
                 account_key("tenant", a.tenant_id), account_key("key", k), sticky_key(a),
-                rkey("cool"), reservations_key(a.tenant_id)]
+                rkey("cool"), reservations_key(a.tenant_id), reclaimed_key(a.tenant_id)]
         args = [int(time.time() * 1000), a.request_id, a.rpm, a.rpd, seconds_left, a.tpm,
                 a.concurrency, lease_ms(), a.reserve, int(a.key_quota), int(a.commit), k,
                 account_key("key", "")]
@@ -186,7 +200,9 @@ class RedisLimiter:
                      binding: str | None = None, row: bytes = b"") -> None:
         k = a.key_id
         keys = [rkey("conc", k), account_key("tenant", a.tenant_id), account_key("key", k),
-                rkey("tpm", k), sticky_key(a), reservations_key(a.tenant_id), journal_key()]
+                rkey("tpm", k), sticky_key(a), reservations_key(a.tenant_id), journal_key(),
+                unposted_key("tenant", a.tenant_id), unposted_key("key", k),
+                reclaimed_key(a.tenant_id)]
         args = [a.request_id, a.reserve, a.reserve - refund, int(a.key_quota),
                 tokens if a.tpm else 0, int(time.time() * 1000),
                 binding if a.session and binding else "", sticky_ttl(), k, row]
@@ -221,8 +237,17 @@ class RedisLimiter:
                                         client.execute("EXPIRE", key, 120))
         return int(count) <= rpm
 
-    async def init_account(self, kind: str, ident: int, avail: int) -> None:
-        await self._client().execute("HSETNX", account_key(kind, ident), "avail", avail)
+    async def init_account(self, kind: str, ident: int, avail: int,
+                           tenant_id: int | None = None) -> None:
+        """Load an account with the database's amount, less what requests in flight hold
+        and what settled requests cost before their rows were written: an account dropped
+        (or lost) while requests ran comes back exact. ``tenant_id``: a key's tenant."""
+        owner = ident if kind == "tenant" else tenant_id
+        await self._client().evalsha(
+            self._init_src,
+            [account_key(kind, ident), unposted_key(kind, ident),
+             reservations_key(owner if owner is not None else 0)],
+            [avail, "" if kind == "tenant" else ident])
 
     def adjust_account(self, kind: str, ident: int, delta: int) -> None:
         client = sync_redis()
@@ -358,7 +383,8 @@ class MemoryLimiter:
                 buckets = self._tpm.setdefault(a.key_id, {})
                 buckets[bucket] = buckets.get(bucket, 0) + tokens
 
-    async def init_account(self, kind: str, ident: int, avail: int) -> None:
+    async def init_account(self, kind: str, ident: int, avail: int,
+                           tenant_id: int | None = None) -> None:
         with self._lock:
             self._accounts.setdefault((kind, ident), avail)
 

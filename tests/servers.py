@@ -102,12 +102,14 @@ class Gateway:
         return self.url + "/v1"
 
 
-def start_gateway(env_overrides: dict[str, str]) -> Gateway:
+def start_gateway(env_overrides: dict[str, str], log: Path | None = None) -> Gateway:
+    """A daphne process on a free port; ``log``: a file for its stdout and stderr."""
     port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings", **env_overrides}
+    out = open(log, "ab") if log is not None else None  # noqa: SIM115 (the process keeps it)
     proc = subprocess.Popen(
         [sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env,
+        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
     )
     wait_for_port(port, proc)
     return Gateway(proc=proc, url=f"http://127.0.0.1:{port}")
@@ -186,3 +188,32 @@ class TcpProxy:
                     s.close()
                 except OSError:
                     pass
+
+
+class RedisServer:
+    """A private redis-server that a test can stop and start again on the same port and
+    data directory, with the append-only file on: what it held survives a restart, as in a
+    production Redis configured for it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 (the process keeps it)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)],
+            stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        """SIGTERM: Redis finishes its append-only file and exits."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)

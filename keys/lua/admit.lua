@@ -5,7 +5,8 @@
 --       3 tpm hash (10 s bucket -> tokens), 4 concurrency zset (request id -> lease expiry ms),
 --       5 tenant account hash (avail, unposted; micro-units), 6 key account hash (same),
 --       7 the session's sticky binding (string), 8 credential cool-downs (hash id -> until ms),
---       9 the tenant's reservations (zset "request|amount|key id|key quota" -> lease expiry ms)
+--       9 the tenant's reservations (zset "request|amount|key id|key quota" -> lease expiry ms),
+--       10 the tenant's reclaimed reservations (zset request id -> when; see settle.lua)
 -- ARGV: 1 now ms, 2 request id, 3 rpm, 4 rpd, 5 seconds to local midnight, 6 tpm,
 --       7 concurrency, 8 lease ms, 9 reservation (micro-units), 10 key has a quota (0/1),
 --       11 commit (0/1), 12 key id, 13 key account name prefix (for reclaimed reservations)
@@ -40,9 +41,13 @@ local key_quota = ARGV[10] == '1'
 -- process died): give the money back before deciding. Bounded per call; the reconciler
 -- task sweeps every tenant too.
 local stale = redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', now, 'LIMIT', 0, 64)
+if #stale > 0 then  -- tombstones older than a day: their request will never settle now
+  redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now - 86400000)
+end
 for _, member in ipairs(stale) do
-  local _, amount, key_id, quota = string.match(member, '^(.*)|(%d+)|(%d+)|([01])$')
+  local request, amount, key_id, quota = string.match(member, '^(.*)|(%d+)|(%d+)|([01])$')
   if amount then
+    redis.call('ZADD', KEYS[10], now, request)
     if redis.call('EXISTS', KEYS[5]) == 1 then
       redis.call('HINCRBY', KEYS[5], 'avail', amount)
     end

@@ -199,6 +199,23 @@ async def test_a_reservation_outliving_its_lease_is_given_back_and_a_late_settle
     await limiter.settle(dead, refund=300, tokens=0)  # it cost 100
     assert await asyncio.to_thread(limiter.available, "tenant", 1) == 900
     assert await asyncio.to_thread(limiter.available, "key", 1) == 900
+    await limiter.settle(dead, refund=300, tokens=0)  # sent again: nothing changes
+    assert await asyncio.to_thread(limiter.available, "tenant", 1) == 900
+
+
+@redis_only
+async def test_settling_twice_changes_nothing():
+    """A process that lost the reply to its settle (Redis went away) sends it again."""
+    from portal.redis import sync_redis
+
+    limiter = RedisLimiter()
+    await funded(limiter, tenant_avail=1000)
+    a = admission(reserve=300)
+    assert (await limiter.admit(a)).code == limits.OK
+    for _ in range(3):
+        await limiter.settle(a, refund=100, tokens=0, row=b'{"request_id":"r2"}')
+    assert await asyncio.to_thread(limiter.available, "tenant", 1) == 800
+    assert sync_redis().llen(limits.journal_key()) == 1
 
 
 @redis_only
@@ -218,7 +235,7 @@ async def test_a_renewed_reservation_is_kept():
 
 
 @redis_only
-async def test_settling_journals_the_usage_row_and_counts_its_cost_as_unposted():
+async def test_settling_journals_the_usage_row_and_notes_its_cost_as_unposted():
     from portal.redis import sync_redis
 
     limiter = RedisLimiter()
@@ -227,7 +244,24 @@ async def test_settling_journals_the_usage_row_and_counts_its_cost_as_unposted()
     assert (await limiter.admit(a)).code == limits.OK
     await limiter.settle(a, refund=100, tokens=0, row=b'{"request_id":"r1"}')
     client = sync_redis()
-    assert client.lrange(limits.journal_key(), 0, -1) == [b'10|{"request_id":"r1"}']
-    account = client.hgetall(limits.account_key("tenant", 1))
-    assert (int(account[b"avail"]), int(account[b"unposted"])) == (800, 200)
+    assert client.lrange(limits.journal_key(), 0, -1) == [b'{"request_id":"r1"}']
+    assert int(client.hget(limits.account_key("tenant", 1), "avail")) == 800
+    assert client.hgetall(limits.unposted_key("tenant", 1)) == {a.request_id.encode(): b"200"}
     assert client.zcard(limits.reservations_key(1)) == 0
+
+
+@redis_only
+async def test_an_account_loaded_while_requests_run_counts_what_they_hold():
+    """An account dropped (a quota edit) or lost while requests are in flight and rows are
+    unwritten loads as database amount - reservations - unposted, and settles exactly."""
+    limiter = RedisLimiter()
+    await funded(limiter, tenant_avail=1000)
+    running, done = admission(reserve=300), admission(reserve=100)
+    assert (await limiter.admit(running)).code == limits.OK
+    assert (await limiter.admit(done)).code == limits.OK
+    await limiter.settle(done, refund=40, tokens=0, row=b"{}")  # cost 60, row not written
+    await asyncio.to_thread(limiter.drop_account, "tenant", 1)
+    await limiter.init_account("tenant", 1, 1000)  # the database does not know of either
+    assert await asyncio.to_thread(limiter.available, "tenant", 1) == 1000 - 300 - 60
+    await limiter.settle(running, refund=250, tokens=0)  # cost 50
+    assert await asyncio.to_thread(limiter.available, "tenant", 1) == 1000 - 60 - 50
