@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from billing.models import UsageLog
 from portal.tuning import GC_THRESHOLD
 from tests.conftest import gateway_env
 from tests.servers import ROOT, free_port, stop, wait_for_port
@@ -123,3 +125,42 @@ def wait_for_quiet(url: str) -> None:
             return
         assert time.monotonic() < deadline, state
         time.sleep(0.02)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_sigterm_after_serving_writes_the_usage_closes_upstream_sessions_and_exits_0(
+        upstream: Any, api_key: Any, tmp_path: Path) -> None:
+    """The usage flush interval is far longer than the test, so the row can only have been
+    written by the shutdown flush; the upstream session is closed after it."""
+    port = free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings",
+           **gateway_env(GATEWAY_USAGE_FLUSH_INTERVAL="300", LOG_LEVEL="INFO"),
+           "PYTHONWARNINGS": "default", "PYTHONASYNCIODEBUG": "0"}
+    stderr = (tmp_path / "stderr").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p",
+                             str(port)], cwd=ROOT, env=env, stderr=stderr)
+    try:
+        wait_for_port(port, proc)
+        url = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {api_key.secret}"}
+        request_ids = []
+        for stream in (False, True):
+            resp = httpx.post(url + "/v1/chat/completions", json={**CHAT, "stream": stream},
+                              headers=headers, timeout=20)
+            assert resp.status_code == 200, resp.text
+            request_ids.append(resp.headers["x-request-id"])
+        assert httpx.get(url + "/_gateway/status").json()["usage_pending"] == 2
+        assert not UsageLog.objects.filter(request_id__in=request_ids).exists()
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop(proc)
+    stderr.seek(0)
+    log = stderr.read()
+    assert "Unclosed client session" not in log, log
+    assert "Unclosed connector" not in log, log
+    assert "Traceback" not in log, log
+    assert set(UsageLog.objects.filter(request_id__in=request_ids)
+               .values_list("request_id", flat=True)) == set(request_ids)
