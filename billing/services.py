@@ -6,11 +6,12 @@ from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import DecimalField, F, OuterRef, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 
 from billing.models import LedgerEntry
 from keys import limits
-from keys.models import Tenant
+from keys.models import MONEY, Tenant
 from keys.money import to_micro
 
 
@@ -44,12 +45,17 @@ def tenant_topup(*, tenant: Tenant, amount: Decimal, note: str = "",
 
 def ledger_mismatches() -> list[tuple[Tenant, Decimal, Decimal]]:
     """(tenant, balance, ledger total) for every tenant whose balance is not its ledger's
-    sum."""
-    totals = dict(LedgerEntry.objects.values("tenant").annotate(total=Sum("amount"))
-                  .values_list("tenant", "total"))
-    out = []
-    for tenant in Tenant.objects.order_by("name"):
-        total = totals.get(tenant.pk) or Decimal(0)
-        if tenant.balance != total:
-            out.append((tenant, tenant.balance, total))
-    return out
+    sum.
+
+    Balances and ledger sums are read by one statement, so both come from one snapshot:
+    read in two queries, a charge committed between them (the usage writer posts one per
+    batch) showed as a false mismatch. The comparison is made in Python, on the values
+    the DecimalField converters give, so SQLite's float arithmetic cannot skew it."""
+    ledger_sum = (LedgerEntry.objects.filter(tenant=OuterRef("pk")).order_by()
+                  .values("tenant").annotate(total=Sum("amount")).values("total"))
+    money = DecimalField(**MONEY)
+    tenants = Tenant.objects.annotate(
+        ledger_total=Coalesce(Subquery(ledger_sum, output_field=money), Value(Decimal(0)),
+                              output_field=money),
+    ).order_by("name")
+    return [(t, t.balance, t.ledger_total) for t in tenants if t.balance != t.ledger_total]

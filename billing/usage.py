@@ -456,6 +456,7 @@ class UsageWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._closed: asyncio.Future[None] | None = None
         self._writing = 0
         self._ticks = 0
 
@@ -518,6 +519,13 @@ class UsageWriter:
                 self._writing = 0
 
     async def close(self) -> None:
+        """Flush and stop. Every caller awaits the same flush: the reactor's shutdown
+        triggers run at once, and the upstream sessions are closed only after it."""
+        if self._closed is None:
+            self._closed = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closed)
+
+    async def _close(self) -> None:
         self._closing = True
         self._wake.set()
         await self.flush()
@@ -549,6 +557,13 @@ def journal_started() -> None:
 
 def pending_usage() -> int:
     return _writer().pending
+
+
+async def close_usage() -> None:
+    """Flush this event loop's usage queue and stop its writer, if it has one (shutdown)."""
+    writer = _writers.get(asyncio.get_running_loop())
+    if writer is not None:
+        await writer.close()
 
 
 def _flush_at_reactor_shutdown(writer: UsageWriter) -> None:

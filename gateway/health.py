@@ -11,7 +11,7 @@ import httpx
 from django.conf import settings
 from django.utils import timezone
 
-from gateway.models import Upstream
+from gateway.models import Upstream, upstream_base_url
 from gateway.routing import route_tables
 from keys.models import Status
 
@@ -45,7 +45,8 @@ def probe(upstream: Upstream, timeout: float = 10.0) -> ProbeResult:
             headers = {"x-api-key": secret, "anthropic-version": "2023-06-01"}
         else:
             headers = {"Authorization": f"Bearer {secret}"}
-    url = upstream.base_url.rstrip("/") + PROBE_PATHS.get(upstream.kind, "/models")
+    base = upstream_base_url(upstream.kind, upstream.base_url)
+    url = base + PROBE_PATHS.get(upstream.kind, "/models")
     started = time.perf_counter()
     try:
         with httpx.Client(timeout=timeout, proxy=upstream.proxy_url or None,

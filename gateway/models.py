@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.validators import MinValueValidator, URLValidator
 from django.db import models
 
@@ -19,6 +21,23 @@ class UpstreamKind(models.TextChoices):
     OPENAI_RESPONSES = "openai-responses", "OpenAI Responses only (Codex-style)"
     ANTHROPIC = "anthropic", "Anthropic Messages"
     OLLAMA = "ollama", "Ollama chat"
+
+
+# Kinds whose request paths carry their own version (/v1/messages, /api/chat): their base
+# URL is the server root.
+SERVER_ROOT_KINDS = frozenset({UpstreamKind.ANTHROPIC.value, UpstreamKind.OLLAMA.value})
+
+
+def upstream_base_url(kind: str, url: str) -> str:
+    """The base URL requests are built on: no trailing slash, and for Anthropic and Ollama
+    no trailing ``/v1`` either. People paste the SDKs' base URL
+    (``https://api.anthropic.com/v1``, Ollama's OpenAI-compatible ``http://host:11434/v1``),
+    which would otherwise make ``/v1/v1/messages``. Applied when an upstream is saved and
+    again where URLs are built, so rows written without ``save()`` work too."""
+    url = url.strip().rstrip("/")
+    if kind in SERVER_ROOT_KINDS and url.endswith("/v1"):
+        url = url[: -len("/v1")].rstrip("/")
+    return url
 
 
 class Upstream(models.Model):
@@ -76,6 +95,11 @@ class Upstream(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Here rather than in each writer: the admin, the CLI and the demo all save.
+        self.base_url = upstream_base_url(self.kind, self.base_url)
+        super().save(*args, **kwargs)
 
 
 class Credential(models.Model):

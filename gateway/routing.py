@@ -132,7 +132,7 @@ class RouteTable:
 
 
 def build_route_table(_ident: str) -> dict[str, Any]:
-    from gateway.models import Upstream
+    from gateway.models import Upstream, upstream_base_url
     from keys.models import Status
 
     upstreams = []
@@ -148,7 +148,8 @@ def build_route_table(_ident: str) -> dict[str, Any]:
         if all_creds and not creds:
             continue  # every credential disabled: unusable (an upstream with none is keyless)
         upstreams.append({
-            "id": up.pk, "name": up.name, "kind": up.kind, "base_url": up.base_url.rstrip("/"),
+            "id": up.pk, "name": up.name, "kind": up.kind,
+            "base_url": upstream_base_url(up.kind, up.base_url),
             "models": list(up.served_models or []),
             "model_map": sorted((str(k), str(v)) for k, v in (up.model_map or {}).items()),
             "priority": up.priority, "weight": up.weight,

@@ -38,7 +38,7 @@ def upstream_create(
     if missing:
         raise ApplicationError(f"No group named {', '.join(sorted(missing))}.")
     upstream = Upstream(
-        name=name, kind=kind, base_url=base_url.rstrip("/"), served_models=split_items(models),
+        name=name, kind=kind, base_url=base_url, served_models=split_items(models),
         priority=priority, weight=weight, model_map=model_map or {},
         timeout_connect=timeout_connect, timeout_first_byte=timeout_first_byte,
         timeout_idle=timeout_idle, proxy_url=proxy_url,

@@ -6,9 +6,11 @@ The gateway never reads these models on the hot path: it reads ``KeySnapshot`` (
 
 from __future__ import annotations
 
+import ipaddress
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -152,6 +154,19 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.masked})"
+
+    def clean(self) -> None:
+        """The gateway skips an allow-list entry it cannot parse (and logs it); refusing it
+        here means an operator's typo never silently widens or empties the list."""
+        bad = []
+        for entry in self.allowed_ips or []:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                bad.append(entry)
+        if bad:
+            raise ValidationError({"allowed_ips": f"Not an IP address or CIDR: "
+                                                  f"{', '.join(bad)}."})
 
     @property
     def masked(self) -> str:

@@ -1,7 +1,10 @@
-"""ASGI entry point: ``daphne portal.asgi:application`` (or ``python -m portal.server``).
+"""ASGI entry point: ``python -m portal.server`` (daphne with uvloop), or any ASGI server
+(``daphne portal.asgi:application``).
 
 channels' ProtocolTypeRouter/URLRouter sends the /v1 API (and its un-prefixed and
 extra-prefixed forms) to the gateway's lean ASGI app and every other path to Django.
+Importing this module also applies the process tuning that needs no launcher
+(``portal.tuning``), so a plain daphne is only without uvloop.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from gateway.urls import gateway_patterns  # noqa: E402
+from portal import tuning  # noqa: E402
 
 application = ProtocolTypeRouter({
     "http": URLRouter([*gateway_patterns(), re_path(r"", django_asgi_app)]),
 })
+
+tuning.apply()  # last: the heap it freezes is the loaded application

@@ -6,7 +6,8 @@ pool, which re-checks every pooled connection per request (encode/httpx#3215).
 
 One ClientSession per event loop, created lazily, keeps connections alive across requests.
 Redirects are off (an upstream redirect is a configuration error, not something to follow
-with a credential attached); compressed bodies are decoded as they stream.
+with a credential attached); compressed bodies are decoded as they stream. Under daphne the
+sessions are closed when the reactor shuts down, after the usage queue is flushed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from django.conf import settings
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
     weakref.WeakKeyDictionary()
 )
+_shutdown_hooked: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 
 def upstream_session() -> aiohttp.ClientSession:
@@ -44,6 +46,9 @@ def upstream_session() -> aiohttp.ClientSession:
             raise_for_status=False,
         )
         _sessions[loop] = session
+        if loop not in _shutdown_hooked:
+            _shutdown_hooked.add(loop)
+            _close_at_reactor_shutdown()
     return session
 
 
@@ -51,3 +56,32 @@ async def close_sessions() -> None:
     for session in list(_sessions.values()):
         await session.close()
     _sessions.clear()
+
+
+async def _close_after_usage() -> None:
+    from billing.usage import close_usage
+
+    try:
+        await close_usage()  # the rows first: they are what the process owes
+    finally:
+        await close_sessions()
+
+
+def _close_at_reactor_shutdown() -> None:
+    """Under daphne (Twisted on asyncio) close the sessions before the reactor stops, so
+    their connections are released and nothing warns "Unclosed client session" at exit.
+    Twisted runs the "before shutdown" triggers concurrently, and billing.usage flushes its
+    queue in one of them: this one awaits that same flush (``UsageWriter.close`` is shared)
+    and closes the sessions after it, so the rows the process owes are written first
+    whatever closing the connections costs."""
+    try:
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+    except ImportError:
+        return
+    if not getattr(reactor, "running", False):
+        return
+    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+        "before", "shutdown",
+        lambda: Deferred.fromFuture(asyncio.ensure_future(_close_after_usage())),
+    )

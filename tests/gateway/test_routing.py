@@ -14,7 +14,6 @@ import httpx
 import pytest
 from django.core.management import call_command
 
-from billing.models import UsageLog
 from gateway.models import Credential, Upstream
 from gateway.services import credential_add, upstream_create
 from gateway.tasks import probe_upstreams
@@ -255,7 +254,7 @@ def test_client_model_names_can_be_mapped_to_the_upstreams_names(gateway, fake, 
     models = httpx.get(gateway.base_url + "/models",
                        headers={"Authorization": f"Bearer {api_key.secret}"}).json()
     assert "gpt-5-codex" in [m["id"] for m in models["data"]]
-    assert UsageLog.objects.get(request_id=resp.headers["x-request-id"]).model == "gpt-5-codex"
+    assert wait_for_usage(resp.headers["x-request-id"]).model == "gpt-5-codex"
 
 
 def test_the_upstream_cli_adds_every_routing_option_and_toggles_upstreams(fake):

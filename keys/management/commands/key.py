@@ -1,4 +1,6 @@
-"""``manage.py key create|list``. ``create`` prints the secret once, alone on its last line."""
+"""``manage.py key create|list|show|disable|enable``. ``create`` prints the secret once,
+alone on its last line; the others name a key by its prefix (see ``keys.services.key_find``)
+and never print a secret (only its hash is stored)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,14 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from keys.models import ApiKey, Group
-from keys.services import ApplicationError, key_create, tenant_get_or_create
+from keys.models import ApiKey, Group, Status
+from keys.services import (
+    ApplicationError,
+    key_create,
+    key_find,
+    key_set_status,
+    tenant_get_or_create,
+)
 
 
 def _expiry(value: str) -> datetime:
@@ -30,8 +38,19 @@ def _expiry(value: str) -> datetime:
     return parsed
 
 
+def _errors(exc: ApplicationError | ValidationError) -> str:
+    """A readable one-line message: ``allowed_ips: Not an IP address …`` rather than the
+    repr of ValidationError's dict."""
+    if isinstance(exc, ValidationError) and hasattr(exc, "error_dict"):
+        return "; ".join(f"{field}: {' '.join(messages)}"
+                         for field, messages in exc.message_dict.items())
+    if isinstance(exc, ValidationError):
+        return " ".join(exc.messages)
+    return str(exc)
+
+
 class Command(BaseCommand):
-    help = "Create and list API keys."
+    help = "Create, list, show, disable and enable API keys."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
@@ -40,8 +59,10 @@ class Command(BaseCommand):
         create.add_argument("--name", required=True)
         create.add_argument("--group", help="Name of an existing group.")
         create.add_argument("--models", help="Allowed models, comma-separated (wildcards ok).")
-        create.add_argument("--deny", help="Denied models, comma-separated.")
-        create.add_argument("--ips", help="Allowed IPs/CIDRs, comma-separated.")
+        create.add_argument("--deny-models", "--deny", dest="deny_models",
+                            help="Denied models, comma-separated (wildcards ok).")
+        create.add_argument("--ip-allow", "--ips", dest="ip_allow",
+                            help="Allowed client IPs/CIDRs, comma-separated; default any.")
         for name in ("rpm", "rpd", "tpm", "concurrency", "max-tokens"):
             create.add_argument(f"--{name}", type=int)
         create.add_argument("--quota", help="Spending cap (decimal).")
@@ -52,10 +73,22 @@ class Command(BaseCommand):
         lst = sub.add_parser("list", help="List keys (never their secrets).")
         lst.add_argument("--tenant")
         lst.add_argument("--json", action="store_true")
+        for action, text in (("show", "Print a key's fields (never its secret)."),
+                             ("disable", "Refuse the key on /v1 (403 api_key_disabled)."),
+                             ("enable", "Accept a disabled key again.")):
+            one = sub.add_parser(action, help=text)
+            one.add_argument("key_prefix", metavar="KEY_PREFIX",
+                             help="sk-tp-ab12 (or less, if unambiguous), the masked form "
+                                  "sk-tp-ab12…wxyz, or the full secret.")
+            one.add_argument("--tenant", help="Only look among this tenant's keys.")
+            one.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         if opts["action"] == "list":
             self._list(opts)
+            return
+        if opts["action"] in ("show", "disable", "enable"):
+            self._one(opts)
             return
         group = None
         if opts["group"]:
@@ -71,14 +104,15 @@ class Command(BaseCommand):
                 tenant, created = tenant_get_or_create(name=opts["tenant"])
                 made = key_create(
                     tenant=tenant, name=opts["name"], group=group, models=opts["models"],
-                    denied_models=opts["deny"], allowed_ips=opts["ips"], rpm=opts["rpm"],
+                    denied_models=opts["deny_models"], allowed_ips=opts["ip_allow"],
+                    rpm=opts["rpm"],
                     rpd=opts["rpd"], tpm=opts["tpm"], concurrency=opts["concurrency"],
                     max_tokens=opts["max_tokens"], quota=quota,
                     expires_at=_expiry(opts["expires"]) if opts["expires"] else None,
                     secret=opts["secret"],
                 )
         except (ApplicationError, ValidationError) as exc:
-            raise CommandError(str(exc)) from exc
+            raise CommandError(_errors(exc)) from exc
         if opts["json"]:
             self.stdout.write(json.dumps({"secret": made.secret, **_as_dict(made.key)}))
             return
@@ -99,6 +133,41 @@ class Command(BaseCommand):
         for r in rows:
             self.stdout.write(f"{r['id']:>5}  {r['key']:16} {r['tenant']:20} {r['status']:8} "
                               f"{r['name']}")
+
+
+    def _one(self, opts: dict[str, Any]) -> None:
+        try:
+            key = key_find(opts["key_prefix"], tenant=opts["tenant"])
+        except ApplicationError as exc:
+            raise CommandError(str(exc)) from exc
+        action = opts["action"]
+        if action == "show":
+            data = {**_as_dict(key), "quota_used": str(key.quota_used),
+                    "tenant_status": key.tenant.status, "expired": key.is_expired}
+            if opts["json"]:
+                self.stdout.write(json.dumps(data))
+                return
+            for name, value in data.items():
+                self.stdout.write(f"{name:14} {_text(value)}")
+            return
+        changed = key_set_status(key=key, active=action == "enable")
+        if opts["json"]:
+            self.stdout.write(json.dumps({**_as_dict(key), "changed": changed}))
+            return
+        state = "enabled" if action == "enable" else "disabled"
+        self.stdout.write(f"Key {key.masked} ({key.tenant.name}/{key.name}) "
+                          f"{state if changed else 'was already ' + state}.")
+        if action == "enable" and key.tenant.status != Status.ACTIVE:
+            self.stdout.write(f"Note: its tenant {key.tenant.name} is {key.tenant.status}, "
+                              "so the key is still refused.")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(value) or "-"
+    return str(value)
 
 
 def _as_dict(key: ApiKey) -> dict[str, Any]:
