@@ -417,16 +417,28 @@ def _write_one_by_one(client: Any, events: list[UsageEvent]
     return fresh, posted
 
 
-def journal_length() -> int:
-    """Rows waiting in the journal or claimed by a writer (sync)."""
-    from portal.redis import sync_redis
+_PENDING_LUA = """
+local n = redis.call('LLEN', KEYS[1])
+for _, claim in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  n = n + redis.call('LLEN', ARGV[1] .. claim)
+end
+return n
+"""
 
-    client = sync_redis()
+
+async def journal_pending() -> int | None:
+    """Rows waiting in the Redis journal or claimed by a writer, not yet in the database
+    (None without Redis, or when it does not answer)."""
+    from portal.redis import fast_redis
+
+    client = fast_redis()
     if client is None:
-        return 0
-    claimed = sum(client.llen(_claim_list(c.decode()))
-                  for c in client.zrange(_claims_key(), 0, -1))
-    return int(client.llen(journal_key())) + claimed
+        return None
+    try:
+        return int(await client.execute("EVAL", _PENDING_LUA, 2, journal_key(), _claims_key(),
+                                        _claim_list("")))
+    except Exception:
+        return None
 
 
 async def _push(events: list[UsageEvent]) -> bool:
@@ -529,6 +541,14 @@ class UsageWriter:
         self._closing = True
         self._wake.set()
         await self.flush()
+        if settings.REDIS_URL and settings.GATEWAY_USAGE_SINK != "redis":
+            # The journal's rows are safe in Redis (any writer takes them), but a process
+            # that writes it anyway leaves nothing waiting on its way out.
+            try:
+                await sync_to_async(drain_spool, thread_sensitive=False)()
+            except Exception:
+                log.warning("could not write the usage journal at shutdown; it waits in "
+                            "Redis for the next writer")
 
 
 _writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, UsageWriter] = (

@@ -122,7 +122,8 @@ def _gateway_quiet(request: pytest.FixtureRequest) -> Iterator[None]:
         deadline = time.monotonic() + 15
         while True:
             state = httpx.get(server.url + "/_gateway/status").json()
-            if state["in_flight"] == 0 and state["usage_pending"] == 0:
+            if state["in_flight"] == 0 and state["usage_pending"] == 0 and \
+                    not state.get("usage_journal"):
                 break
             if time.monotonic() > deadline:
                 raise AssertionError(f"{name} still busy after the test: {state}")
