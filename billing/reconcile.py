@@ -24,6 +24,7 @@ import logging
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 
 from keys import limits
 from keys.money import from_micro, to_micro
@@ -50,25 +51,7 @@ end
 return {avail or false, unposted, live, stale}
 """
 
-# Give back every expired reservation of one tenant (as keys/lua/admit.lua does). KEYS: 1
-# reservations zset, 2 tenant account, 3 reclaimed zset. ARGV: 1 now ms, 2 key account name
-# prefix. Returns how many.
-_RECLAIM_LUA = """
-local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-for _, member in ipairs(stale) do
-  local request, amount, key_id, quota = string.match(member, '^(.*)|(%d+)|(%d+)|([01])$')
-  if amount then
-    redis.call('ZADD', KEYS[3], ARGV[1], request)
-    if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'avail', amount) end
-    local key_account = ARGV[2] .. key_id
-    if quota == '1' and redis.call('EXISTS', key_account) == 1 then
-      redis.call('HINCRBY', key_account, 'avail', amount)
-    end
-  end
-  redis.call('ZREM', KEYS[1], member)
-end
-return #stale
-"""
+_RECLAIM_LUA = (Path(limits.__file__).with_name("lua") / "reclaim.lua").read_text()
 
 _ADJUST_LUA = ("if redis.call('EXISTS', KEYS[1]) == 1 then "
                "return redis.call('HINCRBY', KEYS[1], 'avail', ARGV[1]) end return nil")

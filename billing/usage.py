@@ -211,10 +211,9 @@ def _charge(events: list[UsageEvent]) -> None:
 # A writer claims a batch atomically (moved to a claim list named in a zset with the claim
 # time), writes it, then releases the claim and takes the rows' costs off the limiter's
 # "unposted" hashes, in one script. A writer that dies holding a claim leaves it to be put
-# back by the next writer after CLAIM_TIMEOUT; writing a batch twice is harmless (the insert
-# skips request ids already in the table, and removing an unposted entry twice is a no-op).
-
-CLAIM_TIMEOUT_MS = 60_000
+# back by the next writer after GATEWAY_USAGE_CLAIM_SECONDS; writing a batch twice is
+# harmless (the insert skips request ids already in the table, and removing an unposted
+# entry twice is a no-op).
 _CLAIM_LUA = """
 local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 if #items == 0 then return items end
@@ -301,8 +300,8 @@ def _recover_claims(client: Any) -> int:
     """Put back the batches of writers that died holding them."""
     import time
 
-    stale = client.zrangebyscore(_claims_key(), "-inf",
-                                 int(time.time() * 1000) - CLAIM_TIMEOUT_MS)
+    timeout_ms = int(settings.GATEWAY_USAGE_CLAIM_SECONDS * 1000)
+    stale = client.zrangebyscore(_claims_key(), "-inf", int(time.time() * 1000) - timeout_ms)
     back = 0
     for raw in stale:
         claim_id = raw.decode() if isinstance(raw, bytes) else raw
@@ -372,7 +371,7 @@ def _retry_releases(client: Any) -> None:
 def _release(client: Any, claim_id: str, posted: list[UsageEvent]) -> None:
     """Drop the claim and the posted rows' unposted entries, in one step. If Redis fails
     now, the release is retried by this process's next drain (and should the process die
-    first, the claim is put back after CLAIM_TIMEOUT and the rows written again: a no-op
+    first, the claim is put back after GATEWAY_USAGE_CLAIM_SECONDS and the rows written again: a no-op
     that releases them)."""
     try:
         _release_now(client, claim_id, posted)
@@ -588,13 +587,6 @@ async def close_usage() -> None:
 
 def _flush_at_reactor_shutdown(writer: UsageWriter) -> None:
     """Under daphne (Twisted on asyncio) flush the queue before the reactor stops."""
-    try:
-        from twisted.internet import reactor
-        from twisted.internet.defer import Deferred
-    except ImportError:
-        return
-    if not getattr(reactor, "running", False):
-        return
-    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
-        "before", "shutdown", lambda: Deferred.fromFuture(asyncio.ensure_future(writer.close()))
-    )
+    from portal.shutdown import before_reactor_shutdown
+
+    before_reactor_shutdown(writer.close)

@@ -44,13 +44,13 @@ def served_binding(ctx: RelayContext) -> str | None:
 async def send_json(ctx: RelayContext, send: Send, status: int, body: bytes,
                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
     ctx.status = status
+    ctx.mark_first_byte()  # the answer starts now: the row, settled next, says so
     await finish_policy(ctx)
     headers = base_headers(ctx, b"application/json")
     headers.append((b"content-length", str(len(body)).encode()))
     if extra:
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    ctx.mark_first_byte()
     await send({"type": "http.response.body", "body": body})
 
 

@@ -68,20 +68,11 @@ async def _close_after_usage() -> None:
 
 
 def _close_at_reactor_shutdown() -> None:
-    """Under daphne (Twisted on asyncio) close the sessions before the reactor stops, so
-    their connections are released and nothing warns "Unclosed client session" at exit.
-    Twisted runs the "before shutdown" triggers concurrently, and billing.usage flushes its
-    queue in one of them: this one awaits that same flush (``UsageWriter.close`` is shared)
-    and closes the sessions after it, so the rows the process owes are written first
-    whatever closing the connections costs."""
-    try:
-        from twisted.internet import reactor
-        from twisted.internet.defer import Deferred
-    except ImportError:
-        return
-    if not getattr(reactor, "running", False):
-        return
-    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
-        "before", "shutdown",
-        lambda: Deferred.fromFuture(asyncio.ensure_future(_close_after_usage())),
-    )
+    """Under daphne close the sessions before the reactor stops, so their connections are
+    released and nothing warns "Unclosed client session" at exit. billing.usage flushes its
+    queue in another "before shutdown" trigger (they run concurrently): this one awaits that
+    same flush (``UsageWriter.close`` is shared) and closes the sessions after it, so the
+    rows the process owes are written first whatever closing the connections costs."""
+    from portal.shutdown import before_reactor_shutdown
+
+    before_reactor_shutdown(_close_after_usage)

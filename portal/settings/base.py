@@ -185,6 +185,9 @@ GATEWAY_HEALTH_FAILURES = env_int("GATEWAY_HEALTH_FAILURES", 3)
 # Usage rows are queued in memory and written in batches by a background task.
 GATEWAY_USAGE_FLUSH_INTERVAL = env_float("GATEWAY_USAGE_FLUSH_INTERVAL", 0.5)
 GATEWAY_USAGE_BATCH_SIZE = env_int("GATEWAY_USAGE_BATCH_SIZE", 500)
+# A batch of the usage journal claimed by a writer that stopped before writing it goes back
+# to the journal after this many seconds (longer than any batch write takes).
+GATEWAY_USAGE_CLAIM_SECONDS = env_float("GATEWAY_USAGE_CLAIM_SECONDS", 60.0)
 # With Redis, a served request's row is journaled in Redis with its settlement.
 # "database": each gateway process also writes the journal to the database (simplest).
 # "redis": gateway processes only append to the journal and `manage.py usagewriter` writes

@@ -137,7 +137,9 @@ def test_sigterm_after_serving_writes_the_usage_closes_upstream_sessions_and_exi
     written by the shutdown flush; the upstream session is closed after it."""
     port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings",
-           **gateway_env(GATEWAY_USAGE_FLUSH_INTERVAL="300", LOG_LEVEL="INFO"),
+           # Its own Redis prefix: no other gateway of the test run writes its journal.
+           **gateway_env(GATEWAY_USAGE_FLUSH_INTERVAL="300", LOG_LEVEL="INFO",
+                         GATEWAY_REDIS_PREFIX=settings.GATEWAY_REDIS_PREFIX + "shutdown:"),
            "PYTHONWARNINGS": "default", "PYTHONASYNCIODEBUG": "0"}
     stderr = (tmp_path / "stderr").open("w+")
     proc = subprocess.Popen([sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p",

@@ -35,10 +35,15 @@ class Command(BaseCommand):
             drifts = account_drifts()
             for drift in drifts:
                 self.stderr.write(drift.describe())
-            if bad or drifts:
-                names = [t.name for t, _, _ in bad] + [d.name for d in drifts]
-                raise CommandError(f"{len(bad)} tenant(s) out of balance, {len(drifts)} limiter "
-                                   f"account(s) drifting: {', '.join(names)}")
+            problems = []
+            if bad:
+                problems.append(f"{len(bad)} tenant(s) out of balance: "
+                                f"{', '.join(t.name for t, _, _ in bad)}")
+            if drifts:
+                problems.append(f"{len(drifts)} limiter account(s) drifting: "
+                                f"{', '.join(d.name for d in drifts)}")
+            if problems:
+                raise CommandError("; ".join(problems))
             self.stdout.write("Every balance equals its ledger; the limiter agrees.")
             return
         if opts["action"] == "reconcile":
