@@ -371,8 +371,8 @@ def _retry_releases(client: Any) -> None:
 def _release(client: Any, claim_id: str, posted: list[UsageEvent]) -> None:
     """Drop the claim and the posted rows' unposted entries, in one step. If Redis fails
     now, the release is retried by this process's next drain (and should the process die
-    first, the claim is put back after GATEWAY_USAGE_CLAIM_SECONDS and the rows written again: a no-op
-    that releases them)."""
+    first, the claim is put back after GATEWAY_USAGE_CLAIM_SECONDS and the rows written
+    again: a no-op that releases them)."""
     try:
         _release_now(client, claim_id, posted)
     except Exception:
