@@ -44,6 +44,8 @@ class RelayContext:
     payload: dict[str, Any] | None = None  # the parsed request body
     relayed: Callable[[], str] | None = None  # text relayed so far (for estimating usage)
     estimated: bool = False  # usage counted by Turnpike, not reported by the upstream
+    stream_open: bool = False  # an SSE response has started and not yet ended
+    events_sent: int = 0  # SSE events sent so far (the next Responses sequence_number)
 
     @classmethod
     def start(cls, scope: dict[str, Any], endpoint: str) -> RelayContext:
