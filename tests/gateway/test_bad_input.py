@@ -30,6 +30,7 @@ from gateway import pipeline, respond
 from gateway.errors import GatewayError, UpstreamError
 from gateway.providers.registry import FORWARDED_HEADERS
 from gateway.services import upstream_create
+from gateway.translate.canonical import seal_compaction
 from gateway.validate import MAX_DEPTH, MAX_TOKENS_CAP
 from tests.conftest import UPSTREAM_SECRET, wait_for_usage
 
@@ -49,6 +50,7 @@ BODIES: dict[str, dict[str, Any]] = {
 CHAT_ONLY_MODEL = "chat-only-model"  # openai-chat upstream: Responses clients translated
 CLAUDE_MODEL = "claude-x"  # anthropic upstream: both protocols translated
 CODEX_MODEL = "codex-x"  # openai-responses upstream: Codex fixes, Chat clients translated
+OLLAMA_MODEL = "ollama-x"  # ollama upstream: both protocols translated
 
 
 @pytest.fixture
@@ -59,6 +61,8 @@ def translated(fake_upstream, upstream) -> None:
                     models=[CLAUDE_MODEL], api_keys=[UPSTREAM_SECRET])
     upstream_create(name="codex", kind="openai-responses", base_url=fake_upstream.openai_url,
                     models=[CODEX_MODEL], api_keys=[UPSTREAM_SECRET])
+    upstream_create(name="ollama", kind="ollama", base_url=fake_upstream.url,
+                    models=[OLLAMA_MODEL], api_keys=[UPSTREAM_SECRET])
 
 
 def call(gateway, secret: str, operation: str, body: dict[str, Any] | bytes,
@@ -271,8 +275,9 @@ def with_deep_tool(operation: str, model: str, depth: int, stream: bool) -> byte
 
 DEEP_ROUTES = [("responses", "gpt-5"), ("responses", CHAT_ONLY_MODEL),
                ("responses", CLAUDE_MODEL), ("responses", CODEX_MODEL),
-               ("chat", "gpt-4o-mini"), ("chat", CLAUDE_MODEL), ("chat", CODEX_MODEL),
-               ("compact", "gpt-5"), ("compact", CLAUDE_MODEL)]
+               ("responses", OLLAMA_MODEL), ("chat", "gpt-4o-mini"), ("chat", CLAUDE_MODEL),
+               ("chat", CODEX_MODEL), ("chat", OLLAMA_MODEL), ("compact", "gpt-5"),
+               ("compact", CLAUDE_MODEL)]
 
 
 @pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 300, 1000])
@@ -303,12 +308,35 @@ def test_json_deeper_than_the_parser_takes_is_invalid_json(gateway, upstream, ap
     assert orjson.loads(data)["error"]["code"] == "invalid_json"
 
 
+# --- compaction on native upstreams (found by the property tests) -----------------------
+
+def test_compact_reaches_a_codex_style_upstream_and_opens_turnpikes_own_items(
+        gateway, api_key, translated, fake_upstream):
+    """/v1/responses/compact on an openai-responses upstream, or with an item Turnpike
+    sealed itself, went down the translated path, which has no compact form: a 500."""
+    sealed = {"type": "compaction", "id": "cmp_1",
+              "encrypted_content": seal_compaction("the user wants a haiku")}
+    for model in (CODEX_MODEL, "gpt-5"):
+        for items in ("hi", [{"role": "user", "content": "hi"}, sealed]):
+            fake_upstream.clear()
+            resp, data = call(gateway, api_key.secret, "compact",
+                              {"model": model, "input": items})
+            assert resp.status_code == 200, (model, data[:300])
+            assert orjson.loads(data)["object"] == "response.compaction"
+            [sent] = fake_upstream.requests()
+            assert sent["path"].endswith("/responses/compact")
+            assert "tpc1." not in json.dumps(sent["body"])
+            if items != "hi":
+                assert "the user wants a haiku" in json.dumps(sent["body"])
+
+
 # --- headers ----------------------------------------------------------------------------
 
 def raw_post(url: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes,
              timeout: float = ANSWER_TIMEOUT) -> tuple[int, bytes]:
     """One HTTP/1.1 request written byte for byte (httpx refuses control bytes in header
-    values); returns (status, body bytes) once the server has closed the connection."""
+    values); returns (status, body) once the server has closed the connection. A server
+    that leaves the connection open past ``timeout`` raises TimeoutError."""
     host, port = url.removeprefix("http://").split(":")
     head = [b"POST " + path.encode() + b" HTTP/1.1", b"Host: " + host.encode(),
             b"Connection: close", b"Content-Type: application/json",
@@ -320,13 +348,28 @@ def raw_post(url: str, path: str, headers: list[tuple[bytes, bytes]], body: byte
         chunks = []
         while True:
             sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = sock.recv(65536)  # a hang raises TimeoutError
+            chunk = sock.recv(65536)
             if not chunk:
                 break
             chunks.append(chunk)
     raw = b"".join(chunks)
-    status_line, _, rest = raw.partition(b"\r\n")
-    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+    head_bytes, _, rest = raw.partition(b"\r\n\r\n")
+    status = int(head_bytes.split(b"\r\n", 1)[0].split()[1])
+    if b"\r\ntransfer-encoding: chunked" in head_bytes.lower():
+        rest = _dechunk(rest)
+    return status, rest
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = []
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out.append(data[:size])
+        data = data[size + 2:]
+    return b"".join(out)
 
 
 CONTROL_BYTES = [b"\x00", b"\x01", b"\x1b", b"\x7f", b"\r"]
