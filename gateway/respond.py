@@ -116,8 +116,8 @@ async def abort_stream(ctx: RelayContext, send: Send, error: GatewayError) -> No
     ctx.stream_open = False
     try:
         await finish_policy(ctx)  # charged for what was relayed, like any ended stream
-    except Exception:
-        log.exception("settling a broken stream failed (%s)", ctx.request_id)
+    except Exception as exc:  # often the very failure being reported: no second traceback
+        log.warning("settling the broken stream of %s failed too: %r", ctx.request_id, exc)
     try:
         await send({"type": "http.response.body", "body": stream_error_event(ctx, error),
                     "more_body": False})

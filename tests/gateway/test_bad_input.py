@@ -196,6 +196,43 @@ def test_a_bad_field_is_refused_the_same_on_a_stream_and_a_translated_route(
             assert_400(resp, data, field)
 
 
+MALFORMED_ITEMS: list[tuple[str, dict[str, Any]]] = [
+    # (operation, fields): items whose inner fields crashed a translator or the Codex fixes
+    ("responses", {"input": [{"type": "function_call", "call_id": "c", "name": ["x"],
+                              "arguments": "{}"}]}),
+    ("responses", {"input": [{"type": "reasoning", "summary": 5}]}),
+    ("responses", {"input": [{"type": "reasoning", "summary": [], "encrypted_content": [1]}]}),
+    ("responses", {"input": [{"type": "compaction", "encrypted_content": {"a": 1}}]}),
+    ("responses", {"input": [{"role": "user", "content": [
+        {"type": "input_file", "file_data": {"a": 1}}]}]}),
+    ("responses", {"tools": [{"type": "namespace", "name": "ns", "tools": 5}]}),
+    ("responses", {"tools": [{"type": "function", "name": {"a": 1}}]}),
+    ("chat", {"messages": [{"role": "assistant", "tool_calls": 5}]}),
+    ("chat", {"messages": [{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": True}]}]}),
+    ("chat", {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": ["x"]}}]}]}),
+    ("chat", {"tools": [{"type": "custom", "custom": ["apply_patch"]}]}),
+    ("chat", {"response_format": {"type": "json_schema", "json_schema": ["x"]}}),
+]
+
+
+def test_malformed_items_on_translated_routes_are_400s(gateway, api_key, translated):
+    wrong = []
+    for operation, fields in MALFORMED_ITEMS:
+        param = next(iter(fields))
+        models = [CLAUDE_MODEL, CODEX_MODEL, OLLAMA_MODEL] + (
+            [CHAT_ONLY_MODEL] if operation == "responses" else [])
+        for model in models:
+            body = {**BODIES[operation], "model": model, **fields}
+            resp, data = call(gateway, api_key.secret, operation, body)
+            try:
+                assert_400(resp, data, param)
+            except (AssertionError, ValueError, KeyError) as exc:
+                wrong.append(f"{model} {json.dumps(fields)[:60]}: {exc}")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_the_error_says_what_is_allowed(gateway, upstream, api_key):
     resp, data = call(gateway, api_key.secret, "chat",
                       {**BODIES["chat"], "max_tokens": -1_000_000_000})
