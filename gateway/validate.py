@@ -170,9 +170,9 @@ def logit_bias(param: str, value: Any) -> None:
     """Token id -> bias from -100 to 100."""
     if type(value) is not dict:
         raise _fail(param, "an object mapping token ids to numbers", value)
-    bias = number(-100, 100)
     for name, item in value.items():
-        bias(f"{param}.{name}", item)
+        if type(item) not in (int, float) or not -100 <= item <= 100:
+            raise _fail(f"{param}.{name}", "a number from -100 to 100", item)
 
 
 # --- the tables -----------------------------------------------------------------------------
