@@ -329,6 +329,9 @@ def http_requests(draw: st.DrawFn, operation: str) -> tuple[bytes, list[tuple[by
             "DEEP"
     content = json.dumps(body).encode()  # any integer size, as a client could send
     content = content.replace(b'"DEEP"', b"[" * deep + b"]" * deep)
+    if draw(st.integers(0, 19)) == 19:  # not JSON, or JSON cut short
+        content = draw(st.sampled_from([draw(st.binary(max_size=40)),
+                                        content[:draw(st.integers(0, len(content)))]]))
     headers = draw(st.lists(st.tuples(st.sampled_from(HEADER_NAMES), header_values),
                             max_size=2)) if draw(st.integers(0, 2)) == 0 else []
     return content, headers
