@@ -24,6 +24,7 @@ import httpx
 import orjson
 import pytest
 
+from billing.management.commands.tenant import tenant_money
 from billing.models import ModelPrice
 from billing.services import tenant_topup
 from gateway import pipeline, respond
@@ -288,6 +289,9 @@ def test_a_negative_max_tokens_is_refused_and_does_not_lock_the_tenant(gateway, 
             body = {**BODIES[operation], field: value, "stream": stream}
             resp, data = call(gateway, made.secret, operation, body)
             assert_400(resp, data, field)
+    # Nothing was reserved, so nothing is held (the limiter's view, from Redis)...
+    assert tenant_money(made.key.tenant)["reserved"] == "0"
+    # ...and every key of the tenant is still served.
     for secret in (made.secret, other.secret):
         for operation in ("chat", "responses"):
             resp, data = call(gateway, secret, operation, BODIES[operation])
