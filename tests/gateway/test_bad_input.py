@@ -25,7 +25,7 @@ import orjson
 import pytest
 
 from billing.management.commands.tenant import tenant_money
-from billing.models import ModelPrice
+from billing.models import ModelPrice, UsageLog
 from billing.services import tenant_topup
 from gateway import pipeline, respond
 from gateway.errors import GatewayError, UpstreamError
@@ -374,12 +374,12 @@ def test_compact_reaches_a_codex_style_upstream_and_opens_turnpikes_own_items(
 # --- headers ----------------------------------------------------------------------------
 
 def raw_post(url: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes,
-             timeout: float = ANSWER_TIMEOUT) -> tuple[int, bytes]:
+             timeout: float = ANSWER_TIMEOUT, method: bytes = b"POST") -> tuple[int, bytes]:
     """One HTTP/1.1 request written byte for byte (httpx refuses control bytes in header
     values); returns (status, body) once the server has closed the connection. A server
     that leaves the connection open past ``timeout`` raises TimeoutError."""
     host, port = url.removeprefix("http://").split(":")
-    head = [b"POST " + path.encode() + b" HTTP/1.1", b"Host: " + host.encode(),
+    head = [method + b" " + path.encode() + b" HTTP/1.1", b"Host: " + host.encode(),
             b"Connection: close", b"Content-Type: application/json",
             b"Content-Length: " + str(len(body)).encode()]
     head += [name + b": " + value for name, value in headers]
@@ -446,15 +446,15 @@ def test_a_nul_in_stored_strings_keeps_the_usage_row(gateway, upstream, api_key)
     status, data = raw_post(gateway.url, "/v1/chat/completions",
                             [auth], orjson.dumps({**BODIES["chat"], "model": "gpt\x00x\n"}))
     assert status == 404
-    status, _ = raw_post(gateway.url, "/v1/models/a%00b", [auth], b"")
+    status, _ = raw_post(gateway.url, "/v1/models/a%00b", [auth], b"", method=b"GET")
+    assert status == 404
     resp, data = call(gateway, api_key.secret, "chat", BODIES["chat"])
     assert resp.status_code == 200
     row = wait_for_usage(resp.headers["x-request-id"])  # the batch was written
     assert row.status_code == 200
-    from billing.models import UsageLog
-
-    row = UsageLog.objects.get(model__startswith="gpt\ufffdx")
-    assert row.status_code == 404 and "\x00" not in row.model
+    row = UsageLog.objects.get(model="gpt\ufffdx\ufffd")
+    assert row.status_code == 404
+    assert UsageLog.objects.get(model="a\ufffdb").status_code == 404
 
 
 # --- failures after the first byte ------------------------------------------------------
