@@ -13,6 +13,7 @@ from typing import Any
 from billing.usage import UsageEvent
 from gateway.policy import Ticket
 from gateway.routing import Route
+from gateway.validate import printable
 from gateway.wire.usage import Usage
 from keys.snapshots import KeySnapshot
 
@@ -45,6 +46,8 @@ class RelayContext:
     payload: dict[str, Any] | None = None  # the parsed request body
     relayed: Callable[[], str] | None = None  # text relayed so far (for estimating usage)
     estimated: bool = False  # usage counted by Turnpike, not reported by the upstream
+    stream_open: bool = False  # an SSE response has started and not yet ended
+    events_sent: int = 0  # SSE events sent so far (the next Responses sequence_number)
 
     @classmethod
     def start(cls, scope: dict[str, Any], endpoint: str) -> RelayContext:
@@ -68,7 +71,9 @@ class RelayContext:
         return int(((until or time.perf_counter()) - self.started) * 1000)
 
     def usage_event(self) -> UsageEvent:
-        """The request's usage row as it stands now (the one place a row is described)."""
+        """The request's usage row as it stands now (the one place a row is described).
+        Client-chosen text is cleaned of control characters: one NUL would make PostgreSQL
+        refuse the row."""
         key, usage, route = self.key, self.usage, self.route
         return UsageEvent(
             created_at=self.started_at,
@@ -78,10 +83,10 @@ class RelayContext:
             key_id=key.key_id if key else None,
             key_prefix=key.prefix if key else "",
             tenant_id=key.tenant_id if key else None,
-            model=self.model,
+            model=printable(self.model),
             upstream_id=route.upstream.id if route else None,
             credential_id=route.credential.id if route and route.credential else None,
-            error_code=self.error_code,
+            error_code=printable(self.error_code),
             stream=self.stream,
             input_tokens=usage.input_tokens if usage else 0,
             cached_tokens=usage.cached_tokens if usage else 0,
@@ -91,7 +96,7 @@ class RelayContext:
             latency_ms=self.elapsed_ms(),
             ttfb_ms=self.elapsed_ms(self.first_byte_at) if self.first_byte_at else None,
             client_ip=self.client_ip,
-            user_agent=self.user_agent,
+            user_agent=printable(self.user_agent),
             attempts=self.attempts,
             estimated=self.estimated,
         )

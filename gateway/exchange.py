@@ -174,8 +174,15 @@ async def run_route(ctx: RelayContext, operation: str, route: Route, payload: di
     # Turnpike's own sealed reasoning/compaction tokens must be opened, so such a body is
     # never relayed untouched (searched once, in the raw bytes).
     sealed = any(marker in body for marker in c.SEAL_MARKERS)
-    if protocol == CLIENT_PROTOCOL[operation] and (kind in ("openai", "openai-chat") or raw) \
-            and not sealed:
+    if operation == "compact" and sealed:
+        # The translated path has no compact form (it raised KeyError: a 500): open
+        # Turnpike's own sealed items here and send the upstream a plain compact request.
+        items = [responses.item_to_responses(i) for i in parse_client(operation, payload).items]
+        payload = {**payload, "input": [i for i in items if i is not None]}
+        body, sealed = orjson.dumps(payload), False
+    if protocol == CLIENT_PROTOCOL[operation] and not sealed and (
+            kind in ("openai", "openai-chat") or raw or operation == "compact"):
+        # The Codex fixes are for /responses streams; /responses/compact is plain JSON.
         await passthrough(ctx, operation, route, payload, body, raw, send)
     else:
         await translated(ctx, operation, protocol, route, payload, raw, sealed, send)

@@ -22,7 +22,7 @@ import orjson
 from django.conf import settings
 
 from billing.usage import record_usage
-from gateway import exchange, policy, routing
+from gateway import exchange, policy, routing, validate
 from gateway.context import RelayContext
 from gateway.errors import (
     AuthenticationFailed,
@@ -41,9 +41,11 @@ from gateway.errors import (
     RateLimited,
     UnsupportedContentType,
 )
+from gateway.providers.registry import FORWARDED_HEADERS
 from gateway.respond import (
     Receive,
     Send,
+    abort_stream,
     finish_policy,
     send_error,
     send_json,
@@ -129,7 +131,9 @@ async def read_body(receive: Receive, ctx: RelayContext) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def parse_request(ctx: RelayContext, body: bytes) -> dict[str, Any]:
+def parse_request(ctx: RelayContext, body: bytes, operation: str) -> dict[str, Any]:
+    """The body as a JSON object, refused with a 400 unless every field Turnpike or the
+    limiter reads has the right type and range (``gateway.validate``)."""
     ctype = ctx.headers.get(b"content-type", b"").split(b";")[0].strip().lower()
     if ctype and ctype != b"application/json" and not ctype.endswith(b"+json"):
         raise UnsupportedContentType(
@@ -143,6 +147,7 @@ def parse_request(ctx: RelayContext, body: bytes) -> dict[str, Any]:
         raise InvalidJSON(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(payload, dict):
         raise InvalidJSON("The request body must be a JSON object.")
+    validate.check_depth(body, payload)
     model = payload.get("model")
     if not isinstance(model, str) or not model.strip():
         raise MissingModel("'model' is required: a non-empty string naming the model.")
@@ -153,6 +158,7 @@ def parse_request(ctx: RelayContext, body: bytes) -> dict[str, Any]:
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be true or false.", param="stream")
     ctx.stream = stream
+    validate.check_fields(operation, payload)
     return payload
 
 
@@ -212,8 +218,9 @@ def first_user_text(payload: dict[str, Any]) -> str:
 
 async def relay(ctx: RelayContext, operation: str, receive: Receive, send: Send) -> None:
     key = await authenticate(ctx)
+    validate.check_headers(ctx.headers, FORWARDED_HEADERS)
     body = await read_body(receive, ctx)
-    payload = parse_request(ctx, body)
+    payload = parse_request(ctx, body, operation)
     ctx.payload = payload
     model, candidates = await resolve_model(ctx, key)
     explicit, session = session_of(ctx, key, payload)
@@ -312,17 +319,21 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         ctx.error_code = ctx.error_code or "client_disconnected"
         await finish_policy(ctx)  # charged for what was generated (counted if unreported)
     except GatewayError as exc:
-        if ctx.status:  # headers already sent: nothing more can be said on this response
+        if ctx.status:  # headers already sent: end an open stream with the error event
             ctx.error_code = ctx.error_code or exc.code
+            await abort_stream(ctx, send, exc)
         else:
             await send_error(ctx, send, exc)
     except Exception:
         log.exception("unhandled error on %s %s (%s)", scope["method"], scope.get("path"),
                       ctx.request_id)
-        if not ctx.status:
-            await send_error(ctx, send, GatewayError(
-                "Turnpike hit an internal error; the request was not completed. "
-                f"Request id: {ctx.request_id}."))
+        error = GatewayError("Turnpike hit an internal error; the request was not completed. "
+                             f"Request id: {ctx.request_id}.")
+        if ctx.status:
+            ctx.error_code = ctx.error_code or error.code
+            await abort_stream(ctx, send, error)
+        else:
+            await send_error(ctx, send, error)
         ctx.error_code = ctx.error_code or "internal_error"
     finally:
         _in_flight -= 1

@@ -1,8 +1,9 @@
 """Writing the answer to the client: JSON bodies, stream starts, settling just before the
-last bytes go out."""
+last bytes go out, and ending a stream that broke."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,6 +11,9 @@ from gateway import policy
 from gateway.context import RelayContext
 from gateway.errors import GatewayError
 from gateway.estimate import estimate_if_needed
+from gateway.wire.sse import encode
+
+log = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -61,12 +65,16 @@ async def send_error(ctx: RelayContext, send: Send, error: GatewayError) -> None
 
 async def start_stream(ctx: RelayContext, send: Send) -> None:
     ctx.status = 200
+    ctx.stream_open = True
     headers = base_headers(ctx, b"text/event-stream; charset=utf-8") + SSE_HEADERS
     await send({"type": "http.response.start", "status": 200, "headers": headers})
 
 
 async def send_chunk(ctx: RelayContext, send: Send, data: bytes) -> None:
     if data:
+        # Events end with a blank line: counting them (C speed) is what lets a stream that
+        # breaks later end with a correctly numbered Responses error event.
+        ctx.events_sent += data.count(b"\n\n")
         await send({"type": "http.response.body", "body": data, "more_body": True})
         ctx.mark_first_byte()
 
@@ -74,4 +82,44 @@ async def send_chunk(ctx: RelayContext, send: Send, data: bytes) -> None:
 async def end_stream(ctx: RelayContext, send: Send, tail: bytes) -> None:
     await finish_policy(ctx)
     await send({"type": "http.response.body", "body": tail, "more_body": False})
+    ctx.stream_open = False
     ctx.mark_first_byte()
+
+
+def stream_error_event(ctx: RelayContext, error: GatewayError) -> bytes:
+    """The client protocol's terminal error event: ``response.failed`` for Responses (both
+    the Codex CLI and the SDK stop on it; an ``error`` event alone leaves them waiting for
+    the end), a ``data: {"error": ...}`` chunk for Chat Completions (the SDK raises on it).
+    The same shapes as ``gateway.streaming``'s taps, for failures outside any tap."""
+    if not ctx.endpoint.startswith("responses"):
+        return encode(error.body())
+    return encode({
+        "type": "response.failed",
+        "sequence_number": ctx.events_sent,
+        "response": {
+            "id": "resp_" + ctx.request_id.removeprefix("req_"),
+            "object": "response",
+            "status": "failed",
+            "output": [],
+            "error": {"code": error.code, "message": error.message},
+            "incomplete_details": None,
+        },
+    }, event="response.failed")
+
+
+async def abort_stream(ctx: RelayContext, send: Send, error: GatewayError) -> None:
+    """End a stream that failed after its first byte: settle, send the protocol's error
+    event and finish the response, so the client is never left waiting on an open
+    connection. A JSON answer already sent whole needs nothing more."""
+    if not ctx.stream_open:
+        return
+    ctx.stream_open = False
+    try:
+        await finish_policy(ctx)  # charged for what was relayed, like any ended stream
+    except Exception as exc:  # often the very failure being reported: no second traceback
+        log.warning("settling the broken stream of %s failed too: %r", ctx.request_id, exc)
+    try:
+        await send({"type": "http.response.body", "body": stream_error_event(ctx, error),
+                    "more_body": False})
+    except Exception:  # the client is gone; there is nobody left to tell
+        log.debug("could not end the broken stream of %s", ctx.request_id, exc_info=True)

@@ -240,6 +240,42 @@ class TranslationError(ValueError):
         self.param = param
 
 
+# --- shapes of client fields inside lists (checked where the parsers iterate them) --------
+#
+# ``gateway.validate`` checks top-level fields; the items of ``input``/``messages``/``tools``
+# are checked here, while they are read anyway. A field of the wrong type is the client's
+# error (a 400 naming the list it is in), never a crash further down: these values are
+# hashed, matched with ``startswith`` and iterated by builders and the Codex fixes.
+
+
+def opt_str(obj: dict[str, Any], key: str, param: str) -> str | None:
+    """``obj[key]`` when it is a string, None when absent or null, else a client error."""
+    value = obj.get(key)
+    if value is None or type(value) is str:
+        return value
+    raise TranslationError(f"'{key}' in '{param}' must be a string.", param=param)
+
+
+def opt_dict(obj: dict[str, Any], key: str, param: str) -> dict[str, Any]:
+    """``obj[key]`` when it is an object, {} when absent or null, else a client error."""
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if type(value) is dict:
+        return value
+    raise TranslationError(f"'{key}' in '{param}' must be an object.", param=param)
+
+
+def opt_list(obj: dict[str, Any], key: str, param: str) -> list[Any]:
+    """``obj[key]`` when it is a list, [] when absent or null, else a client error."""
+    value = obj.get(key)
+    if value is None:
+        return []
+    if type(value) is list:
+        return value
+    raise TranslationError(f"'{key}' in '{param}' must be a list.", param=param)
+
+
 # --- reasoning carried through a client that only knows Responses items --------------------
 
 _SEAL = "tpr1."

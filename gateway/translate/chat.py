@@ -49,18 +49,22 @@ def _parts(content: Any) -> list[c.Part]:
             continue
         kind = part.get("type")
         if kind in ("text", "input_text", "output_text"):
-            parts.append(c.Part("text", text=str(part.get("text", ""))))
+            parts.append(c.Part("text", text=c.opt_str(part, "text", "messages") or ""))
         elif kind == "image_url":
             image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            detail = image.get("detail") if isinstance(image, dict) else None
-            parts.append(c.Part("image", url=str(url or ""), detail=detail))
+            if isinstance(image, dict):
+                url = c.opt_str(image, "url", "messages")
+                detail = c.opt_str(image, "detail", "messages")
+            else:
+                url, detail = c.opt_str(part, "image_url", "messages"), None
+            parts.append(c.Part("image", url=url or "", detail=detail))
         elif kind == "file":
-            file = part.get("file") if isinstance(part.get("file"), dict) else {}
-            parts.append(c.Part("file", file_data=file.get("file_data"),
-                                file_id=file.get("file_id"), filename=file.get("filename")))
+            file = c.opt_dict(part, "file", "messages")
+            parts.append(c.Part("file", file_data=c.opt_str(file, "file_data", "messages"),
+                                file_id=c.opt_str(file, "file_id", "messages"),
+                                filename=c.opt_str(file, "filename", "messages")))
         elif kind == "refusal":
-            parts.append(c.Part("refusal", text=str(part.get("refusal", ""))))
+            parts.append(c.Part("refusal", text=c.opt_str(part, "refusal", "messages") or ""))
         else:
             raise c.TranslationError(f"Content parts of type {kind!r} are not supported.",
                                      param="messages")
@@ -84,46 +88,53 @@ def parse_request(body: dict[str, Any]) -> c.CanonicalRequest:
                 parts.append(c.Part("refusal", text=str(message["refusal"])))
             if parts:
                 req.items.append(c.Message(role="assistant", parts=parts))
-            for call in message.get("tool_calls") or []:
+            # Names and ids are matched and hashed later (tool maps): strings only.
+            for call in c.opt_list(message, "tool_calls", "messages"):
                 if not isinstance(call, dict):
                     continue
+                call_id = str(c.opt_str(call, "id", "messages"))
                 if call.get("type") == "custom":
-                    custom = call.get("custom") or {}
-                    req.items.append(c.ToolCall(call_id=str(call.get("id")),
-                                                name=str(custom.get("name")),
-                                                arguments=str(custom.get("input", "")),
+                    custom = c.opt_dict(call, "custom", "messages")
+                    req.items.append(c.ToolCall(call_id=call_id,
+                                                name=str(c.opt_str(custom, "name", "messages")),
+                                                arguments=c.opt_str(custom, "input",
+                                                                    "messages") or "",
                                                 kind="custom"))
                     continue
-                function = call.get("function") or {}
-                req.items.append(c.ToolCall(call_id=str(call.get("id")),
-                                            name=str(function.get("name")),
-                                            arguments=str(function.get("arguments") or "")))
+                function = c.opt_dict(call, "function", "messages")
+                req.items.append(c.ToolCall(call_id=call_id,
+                                            name=str(c.opt_str(function, "name", "messages")),
+                                            arguments=c.opt_str(function, "arguments",
+                                                                "messages") or ""))
             legacy = message.get("function_call")
             if isinstance(legacy, dict):
-                req.items.append(c.ToolCall(call_id=f"call_{legacy.get('name')}",
-                                            name=str(legacy.get("name")),
-                                            arguments=str(legacy.get("arguments") or "")))
+                name = c.opt_str(legacy, "name", "messages")
+                req.items.append(c.ToolCall(call_id=f"call_{name}", name=str(name),
+                                            arguments=c.opt_str(legacy, "arguments",
+                                                                "messages") or ""))
         elif role == "tool":
-            req.items.append(c.ToolResult(call_id=str(message.get("tool_call_id")),
-                                          output=_text_of(message.get("content"))))
+            req.items.append(c.ToolResult(
+                call_id=str(c.opt_str(message, "tool_call_id", "messages")),
+                output=_text_of(message.get("content"))))
         elif role == "function":
-            req.items.append(c.ToolResult(call_id=f"call_{message.get('name')}",
+            name = c.opt_str(message, "name", "messages")
+            req.items.append(c.ToolResult(call_id=f"call_{name}",
                                           output=_text_of(message.get("content")),
-                                          name=message.get("name")))
+                                          name=name))
         else:
             raise c.TranslationError(f"Unknown message role {role!r}.", param="messages")
     for tool in body.get("tools") or []:
         if not isinstance(tool, dict):
             continue
         if tool.get("type", "function") == "function":
-            fn = tool.get("function") or {}
-            req.tools.append(c.Tool(kind="function", name=str(fn.get("name")),
-                                    description=fn.get("description"),
+            fn = c.opt_dict(tool, "function", "tools")
+            req.tools.append(c.Tool(kind="function", name=str(c.opt_str(fn, "name", "tools")),
+                                    description=c.opt_str(fn, "description", "tools"),
                                     parameters=fn.get("parameters"), strict=fn.get("strict")))
         elif tool.get("type") == "custom":
-            custom = tool.get("custom") or {}
-            req.tools.append(c.Tool(kind="custom", name=str(custom.get("name")),
-                                    description=custom.get("description"),
+            custom = c.opt_dict(tool, "custom", "tools")
+            req.tools.append(c.Tool(kind="custom", name=str(c.opt_str(custom, "name", "tools")),
+                                    description=c.opt_str(custom, "description", "tools"),
                                     format=custom.get("format")))
         else:
             req.tools.append(c.Tool(kind="other", raw=tool))
@@ -131,8 +142,10 @@ def parse_request(body: dict[str, Any]) -> c.CanonicalRequest:
     if choice in ("auto", "none", "required"):
         req.tool_choice = choice
     elif isinstance(choice, dict):
-        name = (choice.get("function") or choice.get("custom") or {}).get("name")
-        req.tool_choice = {"name": str(name)} if name else "auto"
+        named = c.opt_dict(choice, "function", "tool_choice") or \
+            c.opt_dict(choice, "custom", "tool_choice")
+        name = c.opt_str(named, "name", "tool_choice")
+        req.tool_choice = {"name": name} if name else "auto"
     caps = [v for v in (body.get("max_tokens"), body.get("max_completion_tokens"))
             if isinstance(v, int) and not isinstance(v, bool)]
     req.max_output_tokens = max(caps) if caps else None
@@ -147,7 +160,7 @@ def parse_request(body: dict[str, Any]) -> c.CanonicalRequest:
     fmt = body.get("response_format")
     if isinstance(fmt, dict):
         if fmt.get("type") == "json_schema":
-            schema = fmt.get("json_schema") or {}
+            schema = c.opt_dict(fmt, "json_schema", "response_format")
             req.response_format = {"type": "json_schema", "name": schema.get("name"),
                                    "schema": schema.get("schema"),
                                    "strict": schema.get("strict")}

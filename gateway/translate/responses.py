@@ -40,23 +40,22 @@ def _parts(content: Any) -> list[c.Part]:
             continue
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text", "summary_text"):
-            parts.append(c.Part("text", text=str(part.get("text", ""))))
+            parts.append(c.Part("text", text=c.opt_str(part, "text", "input") or ""))
         elif kind == "input_image":
-            url = part.get("image_url")
-            if isinstance(url, dict):
-                url = url.get("url")
+            image = part.get("image_url")
+            url = c.opt_str(image, "url", "input") if isinstance(image, dict) \
+                else c.opt_str(part, "image_url", "input")
             if not url and part.get("file_id"):
                 raise c.TranslationError("Images by file_id are not supported; send the image "
                                          "as a URL or a data URL.", param="input")
-            parts.append(c.Part("image", url=str(url or ""), detail=part.get("detail")))
+            parts.append(c.Part("image", url=url or "",
+                                detail=c.opt_str(part, "detail", "input")))
         elif kind == "input_file":
-            data = part.get("file_data")
-            if not data and part.get("file_url"):
-                data = None
-            parts.append(c.Part("file", file_data=data, file_id=part.get("file_id"),
-                                filename=part.get("filename")))
+            parts.append(c.Part("file", file_data=c.opt_str(part, "file_data", "input"),
+                                file_id=c.opt_str(part, "file_id", "input"),
+                                filename=c.opt_str(part, "filename", "input")))
         elif kind == "refusal":
-            parts.append(c.Part("refusal", text=str(part.get("refusal", ""))))
+            parts.append(c.Part("refusal", text=c.opt_str(part, "refusal", "input") or ""))
         else:
             raise c.TranslationError(f"Content parts of type {kind!r} are not supported.",
                                      param="input")
@@ -83,30 +82,36 @@ def parse_item(item: Any) -> c.Item | None:
         role = item.get("role")
         if role not in ("system", "developer", "user", "assistant"):
             raise c.TranslationError(f"Unknown message role {role!r}.", param="input")
-        return c.Message(role=role, parts=_parts(item.get("content")), item_id=item.get("id"))
+        return c.Message(role=role, parts=_parts(item.get("content")),
+                         item_id=c.opt_str(item, "id", "input"))
+    # Names and ids are matched and hashed later (tool maps, the Codex fixes): strings only.
     if kind == "function_call":
-        return c.ToolCall(call_id=str(item.get("call_id")), name=str(item.get("name")),
-                          arguments=str(item.get("arguments") or ""),
-                          namespace=item.get("namespace"), item_id=item.get("id"))
+        return c.ToolCall(call_id=str(c.opt_str(item, "call_id", "input")),
+                          name=str(c.opt_str(item, "name", "input")),
+                          arguments=c.opt_str(item, "arguments", "input") or "",
+                          namespace=c.opt_str(item, "namespace", "input"),
+                          item_id=c.opt_str(item, "id", "input"))
     if kind == "custom_tool_call":
-        return c.ToolCall(call_id=str(item.get("call_id")), name=str(item.get("name")),
-                          arguments=str(item.get("input") or ""), kind="custom",
-                          item_id=item.get("id"))
+        return c.ToolCall(call_id=str(c.opt_str(item, "call_id", "input")),
+                          name=str(c.opt_str(item, "name", "input")),
+                          arguments=c.opt_str(item, "input", "input") or "", kind="custom",
+                          item_id=c.opt_str(item, "id", "input"))
     if kind in ("function_call_output", "custom_tool_call_output"):
-        return c.ToolResult(call_id=str(item.get("call_id")),
+        return c.ToolResult(call_id=str(c.opt_str(item, "call_id", "input")),
                             output=_output_text(item.get("output")),
                             kind="custom" if kind == "custom_tool_call_output" else "function")
     if kind == "reasoning":
-        summary = [str(s.get("text", "")) for s in item.get("summary") or []
+        summary = [c.opt_str(s, "text", "input") or "" for s in c.opt_list(item, "summary",
+                                                                              "input")
                    if isinstance(s, dict)]
         content = item.get("content")
-        text = "".join(str(p.get("text", "")) for p in content
+        text = "".join(c.opt_str(p, "text", "input") or "" for p in content
                        if isinstance(p, dict)) if isinstance(content, list) else None
         return c.Reasoning(summary=summary, text=text or None,
-                           encrypted_content=item.get("encrypted_content"),
-                           item_id=item.get("id"))
+                           encrypted_content=c.opt_str(item, "encrypted_content", "input"),
+                           item_id=c.opt_str(item, "id", "input"))
     if kind == "compaction":
-        summary = c.open_compaction(item.get("encrypted_content"))
+        summary = c.open_compaction(c.opt_str(item, "encrypted_content", "input"))
         if summary is not None:  # one of Turnpike's own: expand it for any upstream
             return c.Message(role="user", parts=[c.Part("text", COMPACTION_PREAMBLE + summary)])
         return c.Opaque(item)
@@ -135,23 +140,28 @@ def parse_request(body: dict[str, Any]) -> c.CanonicalRequest:
         if not isinstance(tool, dict):
             continue
         kind = tool.get("type")
+        name = c.opt_str(tool, "name", "tools")
         if kind == "function":
-            req.tools.append(c.Tool(kind="function", name=str(tool.get("name")),
-                                    description=tool.get("description"),
+            req.tools.append(c.Tool(kind="function", name=str(name),
+                                    description=c.opt_str(tool, "description", "tools"),
                                     parameters=tool.get("parameters"),
                                     strict=tool.get("strict"), raw=tool))
         elif kind == "custom":
-            req.tools.append(c.Tool(kind="custom", name=str(tool.get("name")),
-                                    description=tool.get("description"),
+            req.tools.append(c.Tool(kind="custom", name=str(name),
+                                    description=c.opt_str(tool, "description", "tools"),
                                     format=tool.get("format"), raw=tool))
         else:
-            req.tools.append(c.Tool(kind="other", name=str(tool.get("name") or kind),
-                                    raw=tool))
+            if kind == "namespace":
+                for inner in c.opt_list(tool, "tools", "tools"):
+                    if isinstance(inner, dict):
+                        c.opt_str(inner, "name", "tools")
+                        c.opt_str(inner, "description", "tools")
+            req.tools.append(c.Tool(kind="other", name=str(name or kind), raw=tool))
     choice = body.get("tool_choice")
     if choice in ("auto", "none", "required"):
         req.tool_choice = choice
     elif isinstance(choice, dict) and choice.get("type") in ("function", "custom"):
-        req.tool_choice = {"name": str(choice.get("name"))}
+        req.tool_choice = {"name": str(c.opt_str(choice, "name", "tool_choice"))}
     elif choice is not None:
         req.tool_choice = "auto"
     cap = body.get("max_output_tokens")
