@@ -15,8 +15,9 @@ Faults (FAULTS below): ok, s500, s503, s429 (Retry-After: 7), s429bare, hang_hea
 hang_body, hang_after_start, cut_body, cut_after_start, garbage_json, garbage_sse,
 error200 (an error in the form asked: JSON, or an SSE/NDJSON error event),
 error200json (a JSON error body even for a stream), badjson, badjson_after_start,
-cut_after_content (a stream broken after its first text), redirect (307 to the sink
-listener, which records every call it gets and would answer normally).
+cut_after_content (a stream broken after its first text), late_error (a stream silent for
+LATE_SECONDS, then an error event), redirect (307 to the sink listener, which records every
+call it gets and would answer normally).
 
     python -m tests.faults.faultupstream --port 9100 --sink-port 9101
     GET /_faults/calls    every request seen by either listener (newest last)
@@ -36,9 +37,10 @@ from typing import Any
 FAULTS = (
     "ok", "s500", "s503", "s429", "s429bare", "hang_headers", "hang_body", "hang_after_start",
     "cut_body", "cut_after_start", "garbage_json", "garbage_sse", "error200", "error200json",
-    "badjson", "badjson_after_start", "cut_after_content", "redirect",
+    "badjson", "badjson_after_start", "cut_after_content", "late_error", "redirect",
 )
 HANG_SECONDS = 30.0
+LATE_SECONDS = 1.0
 TEXT = "fault-free answer"
 USAGE_IN, USAGE_OUT = 5, 2
 # Deterministic binary noise without a blank line (so no SSE event ever completes) and
@@ -343,7 +345,9 @@ async def stream(fault: str, protocol: str, model: str, request: Request, reply:
         for event in events:
             await reply.send(event)
         await reply.end()
-    elif fault == "error200":
+    elif fault in ("error200", "late_error"):
+        if fault == "late_error":
+            await asyncio.sleep(LATE_SECONDS)
         await reply.send(error_event(protocol, "injected error event in a 200"))
         await reply.end()
     elif fault == "badjson":

@@ -32,9 +32,9 @@ from gateway.services import upstream_create
 from keys.limits import limiter
 from keys.models import Tenant
 from keys.services import CreatedKey
-from tests.conftest import wait_for_usage
+from tests.conftest import gateway_env, wait_for_usage
 from tests.faults.faultupstream import TEXT
-from tests.servers import ROOT, free_port, stop, wait_for_port
+from tests.servers import ROOT, Gateway, free_port, start_gateway, stop, wait_for_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
@@ -42,7 +42,11 @@ SECRET = "sk-fault-upstream-credential-0001"
 MODEL = "fault-model"
 FREE_MODEL = "free-model"
 BALANCE = Decimal("100000")
-TIMEOUT = 0.6  # the fault upstreams' first-byte and idle timeouts, seconds
+# The first-byte and idle timeouts of upstreams with a hang fault, seconds: small, so the
+# suite stays fast. Every other fault upstream gets a generous one, so a loaded machine
+# cannot turn a fast answer into a timeout.
+TIMEOUT = 0.5
+SLACK_TIMEOUT = 10.0
 READ_TIMEOUT = 8.0  # a hang in the gateway fails the test instead of the suite
 
 
@@ -103,9 +107,10 @@ def fault_upstream(server: FaultServer, fault: str, kind: str, **kw: Any) -> Ups
                                                   "/v1")
             if fault == "refused" else server.base_url(fault, kind))
     kw.setdefault("name", f"{fault}-{kind}")
+    timeout = TIMEOUT if fault.startswith("hang") else SLACK_TIMEOUT
     return upstream_create(kind=kind, base_url=base, models=[MODEL, model_of(kind)],
-                           api_keys=[SECRET], timeout_connect=TIMEOUT,
-                           timeout_first_byte=TIMEOUT, timeout_idle=TIMEOUT, **kw)
+                           api_keys=[SECRET], timeout_connect=timeout,
+                           timeout_first_byte=timeout, timeout_idle=timeout, **kw)
 
 
 # --- what each case must answer -----------------------------------------------------------
@@ -385,6 +390,52 @@ def test_text_relayed_before_a_cut_is_charged(gateway: Any, fault_server: FaultS
     assert row.output_tokens > 0 and row.cost > 0
     assert Tenant.objects.get(pk=setup.tenant.pk).balance == BALANCE - row.cost
     assert ledger_mismatches() == []
+
+
+@pytest.mark.parametrize(("fault", "status", "code"), [
+    ("cut_body", 502, "upstream_stream_cut"), ("hang_body", 504, "upstream_timeout"),
+    ("error200json", 502, "api_error"), ("garbage_json", 502, "upstream_bad_response")])
+def test_compaction_by_turnpike_reports_upstream_failures(
+        gateway: Any, fault_server: FaultServer, setup: Setup, fault: str, status: int,
+        code: str) -> None:
+    """/v1/responses/compact on an upstream without native compaction: Turnpike summarises
+    with a non-streamed call, whose body can break like any other."""
+    fault_upstream(fault_server, fault, "anthropic")
+    resp = httpx.post(gateway.base_url + "/responses/compact", timeout=READ_TIMEOUT,
+                      headers={"Authorization": f"Bearer {setup.key.secret}"},
+                      json={"model": MODEL, "input": "a long history"})
+    assert (resp.status_code, resp.json()["error"]["code"]) == (status, code)
+    row = usage_rows(resp.headers["x-request-id"])[0]
+    assert (row.error_code, row.cost) == (code, 0)
+    assert_charged(setup, BALANCE)
+
+
+@pytest.fixture(scope="module")
+def gateway_quick_keepalive(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Gateway]:
+    """A gateway that bridges silences after 0.3 s, so a stream starts before its first
+    event arrives."""
+    with django_db_blocker.unblock():
+        server = start_gateway(gateway_env(GATEWAY_SNAPSHOT_TTL="0",
+                                           GATEWAY_KEEPALIVE_SECONDS="0.3"))
+    yield server
+    stop(server.proc)
+
+
+@pytest.mark.parametrize(("endpoint", "kind"), [("responses", "openai"), ("chat", "openai"),
+                                                ("responses", "anthropic")])
+def test_an_error_after_a_long_silence_ends_the_started_stream(
+        gateway_quick_keepalive: Gateway, fault_server: FaultServer, setup: Setup,
+        endpoint: str, kind: str) -> None:
+    """A silence before the first event starts the stream (keep-alives flow), so an error
+    event that then arrives can only be the protocol's error event, and costs nothing."""
+    fault_upstream(fault_server, "late_error", kind)
+    answer = call(gateway_quick_keepalive, setup.key.secret, endpoint, True,
+                  model=model_of(kind))
+    want = "api_error" if kind == "anthropic" else "server_error"
+    assert stream_error_code(answer, endpoint) == want
+    row = usage_rows(answer.request_id)[0]
+    assert (row.status_code, row.error_code, row.cost) == (200, want, 0)
+    assert_charged(setup, BALANCE)
 
 
 # --- the official SDK ---------------------------------------------------------------------------
