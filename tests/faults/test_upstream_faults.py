@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -22,16 +23,17 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from django.db import connections
 
 from billing.models import LedgerEntry, ModelPrice, UsageLog
 from billing.pricing import to_micro
 from billing.services import ledger_mismatches, tenant_topup
 from gateway.health import probe
-from gateway.models import Credential, Upstream
+from gateway.models import Upstream
 from gateway.services import upstream_create
 from keys.limits import limiter
 from keys.models import Tenant
-from keys.services import CreatedKey
+from keys.services import CreatedKey, tenant_get_or_create
 from tests.conftest import gateway_env, wait_for_usage
 from tests.faults.faultupstream import TEXT
 from tests.servers import ROOT, Gateway, free_port, start_gateway, stop, wait_for_port
@@ -102,14 +104,15 @@ def model_of(kind: str) -> str:
 
 
 def fault_upstream(server: FaultServer, fault: str, kind: str, **kw: Any) -> Upstream:
-    """An upstream of ``kind`` with ``fault``, serving ``model_of(kind)`` (and MODEL)."""
+    """An upstream of ``kind`` with ``fault``, serving ``model_of(kind)`` and MODEL (or the
+    ``models`` given)."""
     base = (f"http://127.0.0.1:{free_port()}" + ("" if kind in ("anthropic", "ollama") else
                                                   "/v1")
             if fault == "refused" else server.base_url(fault, kind))
     kw.setdefault("name", f"{fault}-{kind}")
     timeout = TIMEOUT if fault.startswith("hang") else SLACK_TIMEOUT
-    return upstream_create(kind=kind, base_url=base, models=[MODEL, model_of(kind)],
-                           api_keys=[SECRET], timeout_connect=timeout,
+    kw.setdefault("models", [MODEL, model_of(kind)])
+    return upstream_create(kind=kind, base_url=base, api_keys=[SECRET], timeout_connect=timeout,
                            timeout_first_byte=timeout, timeout_idle=timeout, **kw)
 
 
@@ -264,14 +267,17 @@ def wait_for(check: Any, timeout: float = 3.0) -> None:
         time.sleep(0.02)
 
 
-def assert_charged(setup: Setup, balance: Decimal) -> None:
-    """The balance is what it should be, the ledger agrees, and the reservation went back
-    (the limiter's account holds the whole balance again)."""
+def assert_charged(setup: Setup, balance: Decimal, ledger: bool = True) -> None:
+    """The balance is what it should be, the ledger agrees (checked once at the end when
+    cases run at once: ``ledger_mismatches`` reads two queries, so a charge landing between
+    them would look like one), and the reservation went back (the limiter's account holds
+    the whole balance again)."""
     tenant = Tenant.objects.get(pk=setup.tenant.pk)
     assert tenant.balance == balance
     if balance == BALANCE:
         assert not LedgerEntry.objects.filter(tenant=tenant, kind="charge").exists()
-    assert ledger_mismatches() == []
+    if ledger:
+        assert ledger_mismatches() == []
     wait_for(lambda: limiter().available("tenant", tenant.pk) in (None, to_micro(balance)))
 
 
@@ -281,13 +287,41 @@ def assert_slot_free(gateway: Any, setup: Setup, endpoint: str) -> None:
     assert answer.status == 200, answer.json
 
 
-def check_case(gateway: Any, setup: Setup, fault: str, endpoint: str, kind: str,
-               stream: bool, balance: Decimal) -> Decimal:
-    """One request through one fault; returns the tenant's balance after it."""
-    want = expected(fault, endpoint, kind, stream)
-    for credential in Credential.objects.all():  # the previous case's 429 cooled it
-        limiter().uncool(credential.pk)
-    answer = call(gateway, setup.key.secret, endpoint, stream, model=model_of(kind))
+@dataclass
+class Case:
+    """One cell of the matrix, isolated from the others so they can run at once: its own
+    tenant (balance), key (one concurrency slot), upstream, credential and model name."""
+
+    endpoint: str
+    kind: str
+    stream: bool
+    setup: Setup
+    model: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.endpoint} via {self.kind}, {'stream' if self.stream else 'json'}"
+
+
+def make_cases(server: FaultServer, fault: str, make_key: Any) -> list[Case]:
+    cases = []
+    for endpoint, kind in ROUTES:
+        for stream in (False, True):
+            label = f"{endpoint}-{kind}-{'stream' if stream else 'json'}"
+            tenant = tenant_get_or_create(name=label)[0]
+            tenant_topup(tenant=tenant, amount=BALANCE)
+            model = f"{MODEL}-{label}"
+            fault_upstream(server, fault, kind, name=f"{fault}-{label}", models=[model])
+            key = make_key(tenant=tenant, concurrency=1)
+            cases.append(Case(endpoint, kind, stream, Setup(key, tenant), model))
+    return cases
+
+
+def check_case(gateway: Any, fault: str, case: Case) -> None:
+    """One request through one fault, then the checks every case makes."""
+    endpoint, stream, setup = case.endpoint, case.stream, case.setup
+    want = expected(fault, endpoint, case.kind, stream)
+    answer = call(gateway, setup.key.secret, endpoint, stream, model=case.model)
     if fault == "ok":
         assert answer.status == 200, answer
         assert text_of(answer, endpoint) == TEXT
@@ -302,35 +336,37 @@ def check_case(gateway: Any, setup: Setup, fault: str, endpoint: str, kind: str,
     assert len(rows) == 1
     row = rows[0]
     assert (row.status_code, row.error_code, row.stream) == (answer.status, want.code, stream)
+    balance = BALANCE
     if fault == "ok":  # the control: a delivered answer is charged, and only once
         assert row.cost == Decimal(7)  # the upstream's 5 + 2 tokens at 1 each
         balance -= row.cost
-        wait_for(lambda: limiter().available("tenant", setup.tenant.pk)
-                 in (None, to_micro(balance)))
     else:
         assert row.cost == 0
-    assert_charged(setup, balance)
+    assert_charged(setup, balance, ledger=False)
     assert_slot_free(gateway, setup, endpoint)
-    return balance
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_upstream_fault(gateway: Any, fault_server: FaultServer, setup: Setup,
+def test_upstream_fault(gateway: Any, fault_server: FaultServer, setup: Setup, make_key: Any,
                         fault: str) -> None:
-    """One fault, every route and both modes (one test per fault keeps the database flushes
-    between tests few); every case is checked and every mismatch reported."""
-    for kind in {kind for _, kind in ROUTES}:
-        fault_upstream(fault_server, fault, kind)
-    problems = []
-    balance = BALANCE
-    for endpoint, kind in ROUTES:
-        for stream in (False, True):
-            try:
-                balance = check_case(gateway, setup, fault, endpoint, kind, stream, balance)
-            except Exception as exc:  # noqa: BLE001 - every case is reported, not the first
-                mode = "stream" if stream else "json"
-                problems.append(f"{endpoint} via {kind}, {mode}: {exc!r}".splitlines()[0])
+    """One fault, every route and both modes, the cases at once (one test per fault keeps
+    the database flushes between tests few, and a hang costs one timeout, not fourteen);
+    every case is checked and every mismatch reported."""
+    cases = make_cases(fault_server, fault, make_key)
+
+    def run(case: Case) -> str | None:
+        try:
+            check_case(gateway, fault, case)
+            return None
+        except Exception as exc:  # noqa: BLE001 - every case is reported, not the first
+            return f"{case.name}: {exc!r}".splitlines()[0]
+        finally:
+            connections.close_all()  # this thread's own database connection
+
+    with ThreadPoolExecutor(max_workers=len(cases)) as pool:
+        problems = [p for p in pool.map(run, cases) if p is not None]
     assert not problems, "\n".join(problems)
+    assert ledger_mismatches() == []
 
 
 # --- beyond the matrix ----------------------------------------------------------------------
