@@ -741,8 +741,8 @@ class EventDecoder:
             if isinstance(event, (c.Failure,)) or (
                     isinstance(event, (c.Finish, c.UsageReport)) and self.protocol != "chat"):
                 self.ended = True
-            elif isinstance(event, (c.TextDelta, c.ToolCallStart, c.ReasoningDelta,
-                                    c.OpaqueItem)):
+            elif isinstance(event, (c.TextDelta, c.RefusalDelta, c.ToolCallStart,
+                                    c.ReasoningDelta, c.OpaqueItem)):
                 self.saw_content = True
         return events
 
