@@ -35,7 +35,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.providers import registry
-from gateway.providers.base import upstream_error
+from gateway.providers.base import error_answer, is_error_answer, reported_error, upstream_error
 from gateway.providers.http import upstream_session
 from gateway.respond import (
     Send,
@@ -46,7 +46,7 @@ from gateway.respond import (
 )
 from gateway.routing import Route
 from gateway.rules import aget_rules, apply_rules
-from gateway.streaming import ChatTap, ResponsesTap, StreamTap
+from gateway.streaming import ChatTap, ResponsesTap, StreamTap, bad_response
 from gateway.translate import anthropic, chat, codex, ollama, responses
 from gateway.translate import canonical as c
 from gateway.wire import usage as usage_wire
@@ -119,6 +119,7 @@ async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: d
             if exc.failover is None or ctx.status:
                 raise
             last = exc
+            ctx.usage = None  # a failed attempt's figures are not this request's
             await _after_failure(route, exc)
             if exc.failover == "upstream":
                 skip_upstreams.add(route.upstream.id)
@@ -222,7 +223,15 @@ class Upstream:
 async def call_upstream(ctx: RelayContext, route: Route, protocol: str, stream: bool,
                         body: bytes) -> aiohttp.ClientResponse:
     """Send the request and wait for the answer's start (the upstream's own timeouts);
-    raise the client-facing error, marked for failover, for anything but a 2xx."""
+    raise the client-facing error, marked for failover, for anything but a 2xx.
+
+    Redirects are never followed: a 3xx is an upstream (configuration) error. Following
+    one would send the request, and the credential with it, wherever the upstream points
+    (aiohttp strips only Authorization on a cross-host redirect, not Anthropic's x-api-key).
+
+    A 2xx is not yet a success: the relay decides that from the answer itself (an error
+    body, garbage, a stream cut before its first event are failures too), and sets
+    ``ctx.upstream_ok`` only then."""
     url, headers = registry.target(route, protocol, stream, ctx.headers)
     up = route.upstream
     secret = route.credential.secret if route.credential else None
@@ -234,7 +243,8 @@ async def call_upstream(ctx: RelayContext, route: Route, protocol: str, stream: 
     try:
         async with asyncio.timeout(up.timeout_first_byte):
             resp = await upstream_session().post(url, data=body, headers=headers,
-                                                 timeout=timeout, proxy=up.proxy)
+                                                 timeout=timeout, proxy=up.proxy,
+                                                 allow_redirects=False)
     except TimeoutError:
         error = UpstreamTimeout("The upstream did not answer in time.")
         error.failover = "upstream"
@@ -245,16 +255,76 @@ async def call_upstream(ctx: RelayContext, route: Route, protocol: str, stream: 
         error.failover = "upstream"
         ctx.attempts.append(_attempt(route, 0, error.code, started))
         raise error from None
+    if 300 <= resp.status < 400:
+        resp.release()
+        error = UpstreamError(
+            f"The upstream answered HTTP {resp.status}, a redirect; Turnpike does not follow "
+            "upstream redirects. An operator needs to check the upstream's base URL.",
+            code="upstream_redirect")
+        error.failover = "upstream"
+        ctx.attempts.append(_attempt(route, resp.status, error.code, started))
+        raise error
     if resp.status >= 400:
         try:
             error = upstream_error(resp.status, await resp.read(), resp.headers, secret)
+        except (TimeoutError, aiohttp.ClientError):
+            error = upstream_error(resp.status, b"", resp.headers, secret)
         finally:
             resp.release()
         ctx.attempts.append(_attempt(route, resp.status, error.code, started))
         raise error
     ctx.attempts.append(_attempt(route, resp.status, "", started))
-    ctx.upstream_ok = True
     return resp
+
+
+def _secret(ctx: RelayContext) -> str | None:
+    route = ctx.route
+    return route.credential.secret if route is not None and route.credential else None
+
+
+def _failed(ctx: RelayContext, error: GatewayError) -> GatewayError:
+    """Note on the attempt that its 2xx answer failed after all, and return the error. An
+    error made here before the client got a byte may fail over like a 5xx would."""
+    if ctx.attempts and not ctx.attempts[-1]["error"]:
+        ctx.attempts[-1]["error"] = error.code
+    return error
+
+
+def _before_first_byte(error: GatewayError) -> GatewayError:
+    """Mark an upstream failure that nothing was sent for as eligible for failover (unless
+    it is the request's own fault, a 4xx, which no other upstream would answer better)."""
+    if error.failover is None and error.status >= 500:
+        error.failover = "upstream"
+    return error
+
+
+async def read_answer(ctx: RelayContext, resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body of a non-streamed answer. An upstream that goes silent (idle timeout)
+    or breaks the body off (ClientPayloadError) is an upstream failure, 504/502, not ours."""
+    try:
+        return await resp.read()
+    except TimeoutError:
+        raise _failed(ctx, _before_first_byte(UpstreamTimeout(
+            "The upstream stopped sending its answer."))) from None
+    except aiohttp.ClientError:
+        raise _failed(ctx, _before_first_byte(UpstreamError(
+            "The upstream connection broke before its answer was complete.",
+            code="upstream_stream_cut"))) from None
+
+
+def parse_answer(ctx: RelayContext, resp: aiohttp.ClientResponse, payload: bytes) -> Any:
+    """A non-streamed answer as JSON; raise the client-facing error if it is not JSON, not
+    an object, or an error object (which is mapped like the HTTP error it stands for)."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise _failed(ctx, bad_response(
+            "The upstream answered with something that is not JSON.")) from None
+    if not isinstance(data, dict):
+        raise _failed(ctx, bad_response("The upstream's answer is not a JSON object."))
+    if is_error_answer(data):
+        raise _failed(ctx, error_answer(payload, resp.headers, _secret(ctx)))
+    return data
 
 
 # --- passthrough ------------------------------------------------------------------------
@@ -277,8 +347,9 @@ async def passthrough(ctx: RelayContext, operation: str, route: Route, payload: 
     async with resp:
         upstream = Upstream(resp)
         if ctx.stream and upstream.streaming:
-            tap: StreamTap = ChatTap(client_wants_usage or raw) if operation == "chat" \
-                else ResponsesTap()
+            secret = _secret(ctx)
+            tap: StreamTap = ChatTap(client_wants_usage or raw, secret) if operation == "chat" \
+                else ResponsesTap(secret)
             ctx.relayed = tap.relayed_text
             await _relay_tapped(ctx, upstream, tap, send)
         else:
@@ -314,30 +385,53 @@ async def _adjust_same_protocol(ctx: RelayContext, operation: str, route: Route,
 
 async def _relay_json(ctx: RelayContext, operation: str, resp: aiohttp.ClientResponse,
                       send: Send) -> None:
-    payload = await resp.read()
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        ctx.upstream_ok = False  # nothing usable was served: nothing is charged
-        raise UpstreamError("The upstream answered with something that is not JSON.") from None
-    if isinstance(data, dict):
-        ctx.usage = (usage_wire.from_chat if operation == "chat"
-                     else usage_wire.from_responses)(data.get("usage"))
+    payload = await read_answer(ctx, resp)
+    data = parse_answer(ctx, resp, payload)
+    ctx.usage = (usage_wire.from_chat if operation == "chat"
+                 else usage_wire.from_responses)(data.get("usage"))
+    ctx.upstream_ok = True
     await send_json(ctx, send, 200, payload)
+
+
+# Most bytes held back before the first event has shown what the stream is (a Responses
+# stream's first event echoes instructions and tools, so it can be large).
+MAX_HELD_BYTES = 4 * 1024 * 1024
 
 
 async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,
                         send: Send) -> None:
-    await start_stream(ctx, send)
+    """Relay a passthrough stream event by event.
+
+    The status line waits for the first event: until it proves the stream (see the tap),
+    nothing has been promised, so an error event, garbage or a cut there is still an HTTP
+    error, eligible for failover. A long silence before it (GATEWAY_KEEPALIVE_SECONDS)
+    starts the stream anyway, and a failure then ends it with the protocol's error event,
+    as any failure after the first byte does. A failed stream is charged only if text
+    reached the client."""
     failure: GatewayError | None = None
+    held: bytes | None = b""  # bytes waiting for the status line; None once it is sent
     keepalive = (b": keepalive\n\n" if isinstance(tap, ChatTap) else None)
     try:
         async for chunk in upstream.chunks():
             if chunk is None:
-                await send_chunk(ctx, send, keepalive or encode(
-                    {"type": "keepalive", "sequence_number": tap.events}, event="keepalive"))
-                continue
-            await send_chunk(ctx, send, tap.feed(chunk))
+                out = keepalive or encode({"type": "keepalive", "sequence_number": tap.events},
+                                          event="keepalive")
+            else:
+                out = tap.feed(chunk)
+                if tap.failure is not None:
+                    break
+                if held is not None and not tap.verified:
+                    held += out
+                    if len(held) + tap.buffered() > MAX_HELD_BYTES:
+                        tap.failure = bad_response("The upstream's stream has no event in its "
+                                                   "first 4 MiB.")
+                        break
+                    continue
+            if held is not None:  # proved (or a long silence): the answer starts
+                await start_stream(ctx, send)
+                out, held = held + out, None
+            ctx.upstream_ok = tap.verified
+            await send_chunk(ctx, send, out)
             if tap.usage is not None:
                 ctx.usage = tap.usage
     except TimeoutError:
@@ -345,13 +439,34 @@ async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,
     except aiohttp.ClientError:
         failure = UpstreamError("The upstream connection broke mid-stream.",
                                 code="upstream_stream_cut")
-    tail = tap.finish()
-    if failure is None and not tap.complete:
-        failure = UpstreamError("The upstream ended the stream before it was complete.",
-                                code="upstream_stream_cut")
+    # A partial last event of a broken stream is dropped, never relayed half.
+    tail = tap.finish() if failure is None and tap.failure is None else b""
+    failure = tap.failure or failure
+    relayed_error = False
+    if failure is None and not tap.verified:
+        failure = bad_response("The upstream's stream ended before its first event.")
+    elif tap.verified and (failure is not None or not tap.complete
+                           or tap.ended_failed):
+        reported = tap.ended_with()  # the error its last event reported, if any
+        if reported is not None:
+            failure, relayed_error = reported
+        elif failure is None:
+            failure = UpstreamError("The upstream ended the stream before it was complete.",
+                                    code="upstream_stream_cut")
     if failure is not None:
+        _failed(ctx, failure)
+        if held is not None:  # nothing was sent: still an HTTP error
+            ctx.upstream_ok = False
+            raise _before_first_byte(failure)
         ctx.error_code = failure.code
-        tail += tap.error_event(failure)
+        ctx.upstream_ok = tap.delivered()  # nothing usable reached the client: no charge
+        if not relayed_error:
+            tail += tap.error_event(failure)
+    else:
+        ctx.upstream_ok = True
+        if held is not None:  # a whole stream in the first read
+            await start_stream(ctx, send)
+            tail = held + tail
     ctx.usage = tap.usage
     await end_stream(ctx, send, tail)
 
@@ -432,53 +547,92 @@ async def translated(ctx: RelayContext, operation: str, protocol: str, route: Ro
 async def pump(ctx: RelayContext, upstream: Upstream, protocol: str,
                encoder: chat.ChatEncoder | responses.ResponsesEncoder,
                restorer: c.ToolCallRestorer, send: Send) -> None:
-    """Upstream answer -> canonical events -> the client's protocol, as they arrive."""
+    """Upstream answer -> canonical events -> the client's protocol, as they arrive.
+
+    A streaming client's status line waits for the first content (or a long silence, or
+    the end): an upstream that fails before producing any (an error event, garbage, a cut)
+    is then still an HTTP error, eligible for failover, instead of an empty stream. A
+    failure after content ends the stream with the protocol's error event, and the request
+    is charged for what was relayed; a failure with nothing delivered is charged nothing."""
     client_stream = ctx.stream
     decoder = EventDecoder(protocol)
-    if client_stream:
-        await start_stream(ctx, send)
+    held: bytes | None = b""  # client bytes waiting for the status line; None once sent
 
     async def emit(events: list[c.Event]) -> None:
+        nonlocal held
         out = b"".join(encoder.feed(e) for ev in events for e in restorer.feed(ev))
         if encoder.usage is not None:
             ctx.usage = encoder.usage
-        if client_stream:
-            await send_chunk(ctx, send, out)
+        if not client_stream:
+            return
+        if held is not None:
+            if not decoder.saw_content or encoder.failure is not None:
+                held += out
+                return
+            await start_stream(ctx, send)
+            out, held = held + out, None
+        ctx.upstream_ok = decoder.saw_content
+        await send_chunk(ctx, send, out)
 
     if not upstream.streaming:
-        data = await upstream.resp.read()
-        try:
-            await emit(decoder.decode_body(orjson.loads(data)))
-        except orjson.JSONDecodeError:
-            await emit([c.Failure("upstream_error", "The upstream's answer is not JSON.")])
+        payload = await read_answer(ctx, upstream.resp)
+        await emit(decoder.decode_body(parse_answer(ctx, upstream.resp, payload)))
     else:
         try:
             async for chunk in upstream.chunks():
                 if chunk is None:
                     if client_stream:
+                        if held is not None:  # a long silence: start the answer anyway
+                            await start_stream(ctx, send)
+                            await send_chunk(ctx, send, held)
+                            held = None
                         await send_chunk(ctx, send, _keepalive(encoder))
                     continue
                 await emit(decoder.feed(chunk))
-            await emit(decoder.finish())
+                if encoder.failure is not None:
+                    break  # nothing after an upstream's failure is read
+            else:
+                await emit(decoder.finish())
         except TimeoutError:
             await emit([c.Failure("upstream_timeout", "The upstream stopped sending.")])
         except aiohttp.ClientError:
             await emit([c.Failure("upstream_stream_cut",
                                   "The upstream connection broke mid-stream.")])
     await emit(restorer.close())
+    failure = encoder.failure
+    if failure is not None and (not client_stream or held is not None):
+        ctx.upstream_ok = False  # nothing reached the client: an HTTP error, no charge
+        raise _failed(ctx, _before_first_byte(_failure_error(ctx, failure)))
     tail = encoder.close()
     ctx.usage = encoder.usage
-    if encoder.failure is not None:
-        ctx.error_code = encoder.failure.code
-        if encoder.failure.code in ("upstream_stream_cut", "upstream_timeout",
-                                    "upstream_error") and not decoder.saw_content:
-            ctx.upstream_ok = False  # nothing was served: nothing is charged
-    if client_stream:
-        await end_stream(ctx, send, tail)
+    if failure is not None:
+        _failed(ctx, _failure_error(ctx, failure))
+        ctx.error_code = failure.code
+        ctx.upstream_ok = decoder.saw_content  # charged only for text the client got
+    else:
+        ctx.upstream_ok = True
+    if not client_stream:
+        await send_json(ctx, send, 200, orjson.dumps(encoder.final()))
         return
-    if encoder.failure is not None:
-        raise UpstreamError(encoder.failure.message, code=encoder.failure.code)
-    await send_json(ctx, send, 200, orjson.dumps(encoder.final()))
+    if held is not None:  # the whole answer came before any content (or had none)
+        await start_stream(ctx, send)
+        tail = held + tail
+    await end_stream(ctx, send, tail)
+
+
+# Failure codes the relay itself decides (the others are the upstream's own error codes).
+_RELAY_FAILURES: dict[str, type[UpstreamError]] = {
+    "upstream_timeout": UpstreamTimeout, "upstream_stream_cut": UpstreamError,
+    "upstream_bad_response": UpstreamError,
+}
+
+
+def _failure_error(ctx: RelayContext, failure: c.Failure) -> GatewayError:
+    """The client-facing error for a translated stream's failure."""
+    relay_error = _RELAY_FAILURES.get(failure.code)
+    if relay_error is not None:
+        return relay_error(failure.message, code=failure.code)
+    return reported_error(failure.code, failure.message, _secret(ctx))
 
 
 def _keepalive(encoder: chat.ChatEncoder | responses.ResponsesEncoder) -> bytes:
@@ -489,22 +643,23 @@ def _keepalive(encoder: chat.ChatEncoder | responses.ResponsesEncoder) -> bytes:
 
 class EventDecoder:
     """Frames (SSE or NDJSON) of one upstream protocol -> canonical events; notices a
-    stream that ends without its protocol's end."""
+    stream that ends without its protocol's end, and a frame that is not the protocol's
+    (garbage, invalid JSON): a translation cannot be trusted past one, so it is a failure."""
 
     def __init__(self, protocol: str) -> None:
         self.protocol = protocol
         self.splitter = SseSplitter()
         self.buffer = b""
         self.ended = False
+        self.finished = False  # a Finish came (for Chat, [DONE] ends only after one)
+        self.failed = False  # a Failure came
         self.saw_content = False
         self.decoder: Any = {
             "chat": chat.StreamDecoder, "responses": responses.StreamDecoder,
             "anthropic": anthropic.StreamDecoder, "ollama": ollama.StreamDecoder,
         }[protocol]()
 
-    def decode_body(self, data: Any) -> list[c.Event]:
-        if not isinstance(data, dict):
-            return [c.Failure("upstream_error", "The upstream's answer is not an object.")]
+    def decode_body(self, data: dict[str, Any]) -> list[c.Event]:
         events = {"chat": chat.decode_response, "responses": responses.decode_response,
                   "anthropic": anthropic.decode_response,
                   "ollama": ollama.decode_response}[self.protocol](data)
@@ -517,14 +672,20 @@ class EventDecoder:
             lines = (self.buffer + chunk).split(b"\n")
             self.buffer = lines.pop()
             for line in lines:
-                events += self._ollama_line(line)
-            return self._note(events)
-        for frame in self.splitter.feed(chunk):
-            events += self._sse(frame)
-        return self._note(events)
+                if self.failed:
+                    break
+                events += self._note(self._ollama_line(line))
+            return events
+        for frame in self.splitter.feed(chunk):  # noted frame by frame: [DONE] needs it
+            if self.failed:
+                break  # the first failure is the one reported; nothing after it is read
+            events += self._note(self._sse(frame))
+        return events
 
     def finish(self) -> list[c.Event]:
         events: list[c.Event] = []
+        if self.failed:
+            return events
         if self.protocol == "ollama":
             events += self._ollama_line(self.buffer)
             self.buffer = b""
@@ -533,7 +694,8 @@ class EventDecoder:
             if rest:
                 events += self._sse(rest)
         events = self._note(events)
-        if not self.ended:
+        if not self.ended and not (self.protocol == "chat" and self.finished):
+            # (Some Chat servers end after the finish_reason chunk without [DONE].)
             events.append(c.Failure("upstream_stream_cut",
                                     "The upstream ended the stream before it was complete."))
         return events
@@ -542,34 +704,52 @@ class EventDecoder:
         if not line.strip():
             return []
         try:
-            return self.decoder.feed(orjson.loads(line))
+            parsed = orjson.loads(line)
         except orjson.JSONDecodeError:
-            return []
+            parsed = None
+        if not isinstance(parsed, dict):
+            return [c.Failure("upstream_bad_response",
+                              "The upstream sent a line that is not a JSON object.")]
+        return self.decoder.feed(parsed)
 
     def _sse(self, frame: bytes) -> list[c.Event]:
         data = event_data(frame)
         if data is None:
-            return []
+            if all(line.startswith((b":", b"event:", b"id:", b"retry:"))
+                   for line in frame.split(b"\n")):
+                return []  # comments (keep-alives) and fields without data
+            return [c.Failure("upstream_bad_response",
+                              "The upstream's stream is not server-sent events.")]
         if data == DONE:
+            if not self.finished:
+                return [c.Failure("upstream_stream_cut",
+                                  "The upstream ended the stream without finishing the answer.")]
             self.ended = True
+            return []
+        if not data.strip():
             return []
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return []
+            parsed = None
         if not isinstance(parsed, dict):
-            return []
+            return [c.Failure("upstream_bad_response",
+                              "The upstream sent an event that is not a JSON object.")]
         if self.protocol == "anthropic":
             return self.decoder.feed(event_name(frame), parsed)
         return self.decoder.feed(parsed)
 
     def _note(self, events: list[c.Event]) -> list[c.Event]:
         for event in events:
+            if isinstance(event, c.Finish):
+                self.finished = True
+            elif isinstance(event, c.Failure):
+                self.failed = True
             if isinstance(event, (c.Failure,)) or (
                     isinstance(event, (c.Finish, c.UsageReport)) and self.protocol != "chat"):
                 self.ended = True
-            elif isinstance(event, (c.TextDelta, c.ToolCallStart, c.ReasoningDelta,
-                                    c.OpaqueItem)):
+            elif isinstance(event, (c.TextDelta, c.RefusalDelta, c.ToolCallStart,
+                                    c.ReasoningDelta, c.OpaqueItem)):
                 self.saw_content = True
         return events
 
@@ -596,11 +776,8 @@ async def compact(ctx: RelayContext, operation: str, route: Route, payload: dict
     body["stream"] = False
     resp = await call_upstream(ctx, route, protocol, False, orjson.dumps(body))
     async with resp:
-        data = await resp.read()
-    try:
-        events = EventDecoder(protocol).decode_body(orjson.loads(data))
-    except orjson.JSONDecodeError:
-        raise UpstreamError("The upstream's answer is not JSON.") from None
+        events = EventDecoder(protocol).decode_body(
+            parse_answer(ctx, resp, await read_answer(ctx, resp)))
     summary = "".join(e.text for e in events if isinstance(e, c.TextDelta))
     usage = next((e.usage for e in events if isinstance(e, c.UsageReport)), usage_wire.Usage())
     failure = next((e for e in events if isinstance(e, c.Failure)), None)
@@ -608,6 +785,7 @@ async def compact(ctx: RelayContext, operation: str, route: Route, payload: dict
         raise UpstreamError(failure.message if failure else "The model returned no summary.",
                             code=failure.code if failure else "compaction_failed")
     ctx.usage = usage
+    ctx.upstream_ok = True
     item = {"type": "compaction", "id": responses.new_id("cmp"),
             "encrypted_content": c.seal_compaction(summary)}
     if operation == "compact":

@@ -56,6 +56,11 @@ def probe(upstream: Upstream, timeout: float = 10.0) -> ProbeResult:
         return ProbeResult(False, int((time.perf_counter() - started) * 1000),
                            f"{type(exc).__name__}: {exc}"[:300])
     latency = int((time.perf_counter() - started) * 1000)
+    if 300 <= resp.status_code < 400:
+        # Not followed (a redirect would carry the credential to wherever it points), and
+        # not healthy either: requests are not followed to it.
+        return ProbeResult(False, latency, f"HTTP {resp.status_code}: a redirect; upstream "
+                                           "redirects are not followed")
     if resp.status_code >= 400:
         return ProbeResult(False, latency, f"HTTP {resp.status_code}")
     return ProbeResult(True, latency)

@@ -3,25 +3,53 @@
 A tap returns the bytes to send on (normally the events unchanged), and notes what the
 gateway needs: the usage figures, whether the stream reached its proper end, and enough
 state to end a broken stream with the client protocol's own error event.
+
+What a tap checks is kept to the two places that decide whether the stream is an answer at
+all, so the events in between cost what they did before (a few substring tests):
+
+    the first event   parsed in full, once: it must be the protocol's opening (a Chat chunk
+                      with ``choices``, a ``response.*`` event), not an error, not garbage.
+                      The relay holds the status line until this is known, so a broken
+                      answer is still an HTTP error that may fail over.
+    the end           Chat: ``[DONE]`` after a ``finish_reason``; Responses: a terminal
+                      ``response.*`` event. A stream that ends otherwise is cut, and the
+                      error it ended with (if its last event was one) is what gets reported.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.errors import GatewayError
+import orjson
+
+from gateway.errors import GatewayError, UpstreamError
+from gateway.providers.base import error_answer, is_error_answer
 from gateway.wire import usage as usage_wire
 from gateway.wire.sse import DONE, SseSplitter, encode, event_data, event_json
 from gateway.wire.usage import Usage
+
+# SSE lines that carry no data: an event made only of these says nothing yet.
+_FIELD_PREFIXES = (b":", b"event:", b"id:", b"retry:")
+
+
+def bad_response(message: str) -> UpstreamError:
+    """The upstream answered, but not with its protocol (garbage, invalid JSON)."""
+    error = UpstreamError(message, code="upstream_bad_response")
+    error.failover = "upstream"
+    return error
 
 
 class StreamTap:
     """Base: pass events through; subclasses inspect the ones that matter."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret: str | None = None) -> None:
         self.splitter = SseSplitter()
+        self.secret = secret  # scrubbed from upstream error messages
         self.usage: Usage | None = None
         self.complete = False  # the upstream sent its protocol's proper end
+        self.verified = False  # the first event was the protocol's opening
+        self.ended_failed = False  # the proper end was the protocol's failure event
+        self.failure: GatewayError | None = None  # the first event showed the answer is not one
         self.events = 0
         # Every event relayed, kept (not parsed) in case the upstream never reports usage and
         # Turnpike must count the tokens itself.
@@ -30,6 +58,8 @@ class StreamTap:
     def feed(self, chunk: bytes) -> bytes:
         out = []
         for event in self.splitter.feed(chunk):
+            if not self.verified and not self._check_first(event) and self.failure is not None:
+                break  # nothing of a failed answer is relayed
             kept = self.on_event(event)
             if kept is not None:
                 out.append(kept + b"\n\n")
@@ -37,14 +67,60 @@ class StreamTap:
 
     def finish(self) -> bytes:
         rest = self.splitter.rest()
-        if not rest:
+        if not rest or (not self.verified and not self._check_first(rest)
+                        and self.failure is not None):
             return b""
         kept = self.on_event(rest)
         return kept + b"\n\n" if kept is not None else b""
 
+    def buffered(self) -> int:
+        """Bytes received but not yet a whole event."""
+        return self.splitter.buffered()
+
+    def _check_first(self, event: bytes) -> bool:
+        """Check the first event that carries data; True once it proved the stream (an event
+        of comments or fields alone is passed on and the next one checked)."""
+        data = event_data(event)
+        if data is None:
+            if not all(line.startswith(_FIELD_PREFIXES) for line in event.split(b"\n")):
+                self.failure = bad_response("The upstream's stream is not server-sent events.")
+            return False
+        if data == DONE:
+            self.failure = bad_response("The upstream ended its stream before any answer.")
+            return False
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self.failure = bad_response("The upstream's stream carries an event that is not "
+                                        "JSON.")
+            return False
+        if is_error_answer(parsed):
+            self.failure = error_answer(data, {}, self.secret)
+        elif not self.is_opening(parsed):
+            self.failure = bad_response("The upstream's stream does not start like an answer "
+                                        "of its protocol.")
+        else:
+            self.verified = True
+        return self.verified
+
+    def is_opening(self, data: Any) -> bool:
+        """Whether the parsed first event is one this protocol's streams start with."""
+        raise NotImplementedError
+
     def on_event(self, event: bytes) -> bytes | None:
         self.events += 1
         return event
+
+    def ended_with(self) -> tuple[GatewayError, bool] | None:
+        """For a stream that did not end properly (or ended with a failure): the error its
+        last event reported, and whether that event already is the client protocol's own
+        error (so nothing needs adding). Parses one event, only on this failure path."""
+        raise NotImplementedError
+
+    def delivered(self) -> bool:
+        """Whether anything usable (text, reasoning, tool arguments) reached the client: a
+        failed stream is charged only then. Only called on the failure path."""
+        return bool(self.relayed_text())
 
     def relayed_text(self) -> str:
         """The generated text relayed so far (content, reasoning, tool arguments)."""
@@ -58,10 +134,13 @@ class ChatTap(StreamTap):
     """Chat Completions chunks. Turnpike always asks the upstream for the usage chunk (to
     meter the request) and drops it again when the client did not ask for it."""
 
-    def __init__(self, client_wants_usage: bool) -> None:
-        super().__init__()
+    def __init__(self, client_wants_usage: bool, secret: str | None = None) -> None:
+        super().__init__(secret)
         self.client_wants_usage = client_wants_usage
         self.finished = False  # a choice carried a finish_reason
+
+    def is_opening(self, data: Any) -> bool:
+        return isinstance(data, dict) and isinstance(data.get("choices"), list)
 
     def on_event(self, event: bytes) -> bytes | None:
         self.events += 1
@@ -70,6 +149,10 @@ class ChatTap(StreamTap):
             return event
         self.relayed.append(data)
         if data == DONE:
+            if not self.finished:
+                # [DONE] without any finish_reason: the answer did not finish (lines that
+                # were not chunks, or an error chunk); the relay ends it with an error.
+                return None
             self.complete = True
             return event
         has_usage = b'"usage"' in data and b'"usage":null' not in data \
@@ -102,6 +185,18 @@ class ChatTap(StreamTap):
     def error_event(self, error: GatewayError) -> bytes:
         return encode(error.body())
 
+    def ended_with(self) -> tuple[GatewayError, bool] | None:
+        last = next((d for d in reversed(self.relayed) if d != DONE), None)
+        if last is None or b'"error"' not in last:
+            return None
+        try:
+            parsed = orjson.loads(last)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(parsed, dict) or parsed.get("error") is None:
+            return None
+        return error_answer(last, {}, self.secret), True  # Chat's error event is this chunk
+
     def relayed_text(self) -> str:
         out: list[str] = []
         for data in self.relayed:
@@ -124,10 +219,13 @@ TERMINAL_EVENTS = (b'"response.completed"', b'"response.incomplete"', b'"respons
 class ResponsesTap(StreamTap):
     """Responses events: usage and the end come with the terminal ``response.*`` event."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, secret: str | None = None) -> None:
+        super().__init__(secret)
         self.response_id: str | None = None
         self.terminal: str | None = None
+
+    def is_opening(self, data: Any) -> bool:
+        return isinstance(data, dict) and str(data.get("type", "")).startswith("response.")
 
     def on_event(self, event: bytes) -> bytes | None:
         self.events += 1
@@ -141,11 +239,27 @@ class ResponsesTap(StreamTap):
             if isinstance(data, dict) and str(data.get("type", "")).startswith("response."):
                 self.terminal = data["type"]
                 self.complete = True
+                self.ended_failed = self.terminal == "response.failed"
                 response = data.get("response")
                 if isinstance(response, dict):
                     self.usage = usage_wire.from_responses(response.get("usage")) or self.usage
                     self.response_id = self.response_id or response.get("id")
         return event
+
+    def ended_with(self) -> tuple[GatewayError, bool] | None:
+        data = event_data(self.relayed[-1]) if self.relayed else None
+        if data is None or (not self.ended_failed and b'"error"' not in data):
+            return None
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(parsed, dict) or parsed.get("type") not in ("error",
+                                                                     "response.failed"):
+            return None
+        # A relayed response.failed is the protocol's end; a bare error event is not (the
+        # Codex CLI ignores it and waits), so response.failed still follows it.
+        return error_answer(data, {}, self.secret), parsed["type"] == "response.failed"
 
     def relayed_text(self) -> str:
         out: list[str] = []

@@ -1,4 +1,6 @@
-"""What every provider adapter shares: turning an upstream's error answer into ours."""
+"""What every provider adapter shares: turning an upstream's error answer into ours, whether it
+came as an HTTP error status or inside a 2xx answer (a JSON error body, or a stream whose
+first event is an error)."""
 
 from __future__ import annotations
 
@@ -22,8 +24,12 @@ def _message_and_code(body: bytes) -> tuple[str | None, str | None, str | None]:
         return (text[:500] or None), None, None
     if isinstance(data, dict):
         err = data.get("error")
+        if data.get("type") == "response.failed" and isinstance(data.get("response"), dict):
+            err = data["response"].get("error")  # a Responses stream's terminal failure
+        elif data.get("type") == "error" and err is None:
+            err = data  # a Responses stream's error event: {"type":"error","code","message"}
         if isinstance(err, dict):  # OpenAI {"error": {...}}, Anthropic {"type":"error","error":{}}
-            code = err.get("code") or err.get("type")
+            code = err.get("code") or (err.get("type") if err is not data else None)
             return (
                 str(err.get("message") or "") or None,
                 str(code) if code else None,
@@ -48,6 +54,45 @@ def retry_after_seconds(headers: Any) -> float | None:
     return None
 
 
+def is_error_answer(data: Any) -> bool:
+    """Whether a parsed 2xx answer (a JSON body, or a stream's first event) is an error: an
+    ``error`` member that is set (OpenAI, Anthropic, Ollama; a failed Responses object), or
+    an event of type ``error`` / ``response.failed``."""
+    if not isinstance(data, dict):
+        return False
+    return data.get("error") is not None or data.get("type") in ("error", "response.failed")
+
+
+# An error inside a 2xx answer has no status of its own; its code (or type) tells which one
+# it stands for. Anything else is the upstream failing: 502.
+STATUS_OF_ERROR_CODE = {
+    "rate_limit_exceeded": 429,
+    "rate_limit_error": 429,
+    "invalid_request_error": 400,
+    "context_length_exceeded": 400,
+    "not_found_error": 404,
+    "model_not_found": 404,
+}
+
+
+def error_answer(body: bytes, headers: Any, secret: str | None) -> GatewayError:
+    """Map a 2xx answer that is an error (see ``is_error_answer``) like the HTTP error it
+    stands for: a rate limit as a 429 (the credential cools), the request's own fault as a
+    4xx, anything else as a 502 that fails over to the next route. A credential refusal
+    reported this way is a 502 too: a 2xx is not enough to disable a credential on."""
+    message, code, param = _message_and_code(body)
+    return reported_error(code, message, secret, param=param)
+
+
+def reported_error(code: str | None, message: str | None, secret: str | None,
+                   param: str | None = None) -> GatewayError:
+    """The client-facing error for one the upstream reported inside a 2xx answer, by its
+    code (see ``error_answer``); also for the errors a translated stream decodes."""
+    status = STATUS_OF_ERROR_CODE.get(code or "", 502)
+    return _mapped(status, message or "The upstream answered with an error and no message.",
+                   code, param, {}, secret)
+
+
 def upstream_error(status: int, body: bytes, headers: Any, secret: str | None) -> GatewayError:
     """Map an upstream's non-2xx answer to the client-facing error.
 
@@ -57,6 +102,11 @@ def upstream_error(status: int, body: bytes, headers: Any, secret: str | None) -
     credential scrubbed out of it.
     """
     message, code, param = _message_and_code(body)
+    return _mapped(status, message, code, param, headers, secret)
+
+
+def _mapped(status: int, message: str | None, code: str | None, param: str | None,
+            headers: Any, secret: str | None) -> GatewayError:
     if message and secret:
         message = message.replace(secret, "[credential]")
         if len(secret) > 12:

@@ -5,9 +5,12 @@ with aiohttp, ~1,150 with httpx on the httpx-aiohttp transport and ~90 with http
 pool, which re-checks every pooled connection per request (encode/httpx#3215).
 
 One ClientSession per event loop, created lazily, keeps connections alive across requests.
-Redirects are off (an upstream redirect is a configuration error, not something to follow
-with a credential attached); compressed bodies are decoded as they stream. Under daphne the
-sessions are closed when the reactor shuts down, after the usage queue is flushed.
+Redirects are not followed: every upstream call passes ``allow_redirects=False`` (aiohttp
+follows them by default, and on a cross-host redirect strips only Authorization, so an
+Anthropic ``x-api-key`` would travel on), and a 3xx is reported as an upstream error. An
+upstream redirect is a configuration error, not something to follow with a credential
+attached. Compressed bodies are decoded as they stream. Under daphne the sessions are closed
+when the reactor shuts down, after the usage queue is flushed.
 """
 
 from __future__ import annotations

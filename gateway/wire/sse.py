@@ -31,6 +31,10 @@ class SseSplitter:
         self._buf = parts.pop()
         return [p for p in parts if p]
 
+    def buffered(self) -> int:
+        """Bytes held that are not a whole event yet."""
+        return len(self._buf)
+
     def rest(self) -> bytes:
         """What is left after the stream ended: an event that lacked its final blank line."""
         rest, self._buf = self._buf.strip(b"\n"), b""
