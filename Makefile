@@ -6,7 +6,7 @@ FAKE_PORT ?= 8900
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/turnpike
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
 
-.PHONY: help venv run migrate demo fake serve test lint worker beat usagewriter bench
+.PHONY: help venv run migrate demo fake serve test lint worker beat usagewriter bench soak
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -51,3 +51,6 @@ usagewriter: venv ## Write usage rows pushed to Redis (GATEWAY_USAGE_SINK=redis)
 
 bench: venv ## The benchmark suite (see BENCHMARKS.md); ARGS=--smoke for a quick run
 	$(PY) -m benchmarks.run $(ARGS)
+
+soak: venv ## The soak: 2 gateways, 32-way mixed load, 1% faults (10 min); ARGS=--smoke for CI
+	$(PY) -m benchmarks.soak $(ARGS)

@@ -5,6 +5,15 @@
 //   x-mock-chunks / [[mock chunks=N]]   content chunks (default 100 when streaming)
 //   x-mock-delay-ms / [[mock delay=MS]]  pause between chunks (paced streams)
 //   [[mock hold=MS]]          wait before answering (idle streams)
+//   x-mock-fault / [[mock fault=F]]     an injected fault (benchmarks/soak.py):
+//       500, 503      that status with an OpenAI error body
+//       429           429 with retry-after-ms: 1 (the credential cools for a millisecond,
+//                     so one injected 429 does not refuse everyone else's requests)
+//       cut           the body starts, then the connection is dropped (a stream after 5
+//                     frames, JSON half-way)
+//       hang          the body starts, then nothing for hang=MS (default 5000), then the
+//                     connection is dropped: an upstream that stalls past the idle timeout
+// GET /_mock/stats: requests seen and faults served, by kind.
 // Usage: node mock_upstream.js PORT
 "use strict";
 const http = require("http");
@@ -13,14 +22,16 @@ const port = parseInt(process.argv[2] || "9901", 10);
 const directive = /\[\[mock ([^\]]*)\]\]/;
 
 function options(req, raw) {
-  const opts = { chunks: 100, delay: 0, hold: 0 };
+  const opts = { chunks: 100, delay: 0, hold: 0, hang: 5000, fault: "" };
   if (req.headers["x-mock-chunks"]) opts.chunks = +req.headers["x-mock-chunks"];
   if (req.headers["x-mock-delay-ms"]) opts.delay = +req.headers["x-mock-delay-ms"];
+  if (req.headers["x-mock-fault"]) opts.fault = req.headers["x-mock-fault"];
   const m = directive.exec(raw);
   if (m) {
     for (const pair of m[1].split(/\s+/)) {
       const [k, v] = pair.split("=");
-      if (k in opts) opts[k] = +v;
+      if (k === "fault") opts.fault = v;
+      else if (k in opts) opts[k] = +v;
     }
   }
   return opts;
@@ -94,10 +105,42 @@ function sendStream(res, frames, delay) {
   tick();
 }
 
+const stats = { requests: 0, faults: {} };
+
+function statusFault(res, status) {
+  const payload = JSON.stringify({ error: { message: `mock upstream fault ${status}`,
+    type: status === 429 ? "rate_limit_error" : "server_error", param: null, code: null } });
+  const headers = { "content-type": "application/json", "content-length": Buffer.byteLength(payload) };
+  if (status === 429) headers["retry-after-ms"] = "1";
+  res.writeHead(status, headers);
+  res.end(payload);
+}
+
+// The body starts (headers and part of it), then the connection is dropped at once ("cut")
+// or after a silence ("hang").
+function brokenBody(req, res, opts, stream, frames, payload) {
+  const drop = () => { req.socket.destroy(); };
+  if (stream) {
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    let i = 0;
+    for (const f of frames) { if (i++ >= 5) break; res.write(f); }
+  } else {
+    res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(payload) });
+    if (opts.fault === "cut") res.write(payload.slice(0, payload.length >> 1)); else res.flushHeaders();
+  }
+  if (opts.fault === "cut") return setImmediate(drop);
+  const timer = setTimeout(drop, opts.hang);
+  req.socket.once("close", () => clearTimeout(timer));
+}
+
 const server = http.createServer((req, res) => {
   const chunks = [];
   req.on("data", (c) => chunks.push(c));
   req.on("end", () => {
+    if (req.url === "/_mock/stats") {
+      res.writeHead(200, { "content-type": "application/json" });
+      return res.end(JSON.stringify(stats));
+    }
     if (req.method === "GET") {
       res.writeHead(200, { "content-type": "application/json" });
       return res.end('{"object":"list","data":[{"id":"bench-model","object":"model","created":0,"owned_by":"mock"}]}');
@@ -108,7 +151,16 @@ const server = http.createServer((req, res) => {
     const model = body.model || "bench-model";
     const opts = options(req, raw);
     const responses = req.url.endsWith("/responses");
+    stats.requests++;
+    if (opts.fault) stats.faults[opts.fault] = (stats.faults[opts.fault] || 0) + 1;
     const answer = () => {
+      if (opts.fault === "500" || opts.fault === "503" || opts.fault === "429") {
+        return statusFault(res, +opts.fault);
+      }
+      if (opts.fault === "cut" || opts.fault === "hang") {
+        const frames = body.stream ? (responses ? responsesFrames(model, opts.chunks) : chatFrames(model, opts.chunks)) : null;
+        return brokenBody(req, res, opts, body.stream, frames, responses ? respJson(model) : chatJson(model));
+      }
       if (body.stream) {
         const frames = responses ? responsesFrames(model, opts.chunks) : chatFrames(model, opts.chunks);
         return sendStream(res, frames, opts.delay);

@@ -107,6 +107,79 @@ def measure(scenario: str, target: Target, path: str, body: dict[str, Any], conc
 
 
 # --- environment ---------------------------------------------------------------------------
+# Shared with benchmarks/soak.py: the services a run needs, started and stopped the same way.
+
+def service_env(database_url: str, redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
+    """The environment of Turnpike's processes (gateways, manage.py) for one run."""
+    return {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings",
+            "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+            "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-secret"),
+            "GATEWAY_REDIS_PREFIX": prefix, "LOG_LEVEL": "WARNING", **extra}
+
+
+def spawn(procs: list[subprocess.Popen[Any]], args: list[str], env: dict[str, str],
+          log: Path | None = None) -> subprocess.Popen[Any]:
+    """Start a process in the repository (output to ``log``, or nowhere); ``procs`` keeps it
+    for ``stop``."""
+    out: Any = subprocess.DEVNULL if log is None else log.open("ab")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                            if log is not None else subprocess.DEVNULL)
+    if log is not None:
+        out.close()
+    procs.append(proc)
+    return proc
+
+
+def start_mock(procs: list[subprocess.Popen[Any]], env: dict[str, str]) -> int:
+    """The Node mock upstream (benchmarks/mock_upstream.js); returns its port."""
+    port = free_port()
+    spawn(procs, [NODE, str(BENCH / "mock_upstream.js"), str(port)], env)
+    wait_port(port)
+    return port
+
+
+def start_gateway(procs: list[subprocess.Popen[Any]], env: dict[str, str],
+                  log: Path | None = None) -> tuple[subprocess.Popen[Any], int]:
+    """One Turnpike process (``python -m portal.server``: daphne + uvloop), not yet waited
+    for (``wait_port``); returns it and its port."""
+    port = free_port()
+    proc = spawn(procs, [PY, "-m", "portal.server", "-b", "127.0.0.1", "-p", str(port),
+                         "-v", "0"], env, log)
+    return proc, port
+
+
+def migrate(env: dict[str, str]) -> None:
+    subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+
+
+def manage_shell(env: dict[str, str], script: str) -> str:
+    """Run ``script`` in ``manage.py shell -c``; returns its standard output."""
+    out = subprocess.run([PY, "manage.py", "shell", "-c", script], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"manage.py shell failed:\n{out.stdout[-2000:]}{out.stderr[-4000:]}")
+    return out.stdout
+
+
+def flush_redis_prefix(redis_url: str, prefix: str) -> None:
+    """Delete every Redis key under ``prefix`` (a run's private namespace)."""
+    redis_flush = f"import redis; r=redis.Redis.from_url({redis_url!r}); " \
+                  f"[r.delete(k) for k in r.scan_iter({prefix + '*'!r}, count=1000)]"
+    subprocess.run([PY, "-c", redis_flush], check=True)
+
+
+def stop(procs: list[subprocess.Popen[Any]]) -> None:
+    """SIGTERM every process (last started first), then wait; SIGKILL what hangs."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
 
 class Stack:
     """The mock upstream and one Turnpike process against PostgreSQL and Redis."""
@@ -114,31 +187,19 @@ class Stack:
     def __init__(self, database_url: str, redis_url: str, keys: int,
                  usage_rows: int = 0) -> None:
         self.procs: list[subprocess.Popen[Any]] = []
-        self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings",
-                    "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-                    "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-secret"),
-                    "GATEWAY_REDIS_PREFIX": "bench:", "LOG_LEVEL": "WARNING"}
-        self.mock_port = free_port()
-        self.mock = self._spawn([NODE, str(BENCH / "mock_upstream.js"), str(self.mock_port)])
-        wait_port(self.mock_port)
+        self.env = service_env(database_url, redis_url, "bench:")
+        self.mock_port = start_mock(self.procs, self.env)
+        self.mock = self.procs[-1]
         self.keys = keys
         self.usage_rows = usage_rows
         self.key = self._seed()
-        self.port = free_port()
-        self.gateway = self._spawn([PY, "-m", "portal.server", "-b", "127.0.0.1", "-p",
-                                    str(self.port), "-v", "0"])
+        self.gateway, self.port = start_gateway(self.procs, self.env)
         if self.env.get("GATEWAY_USAGE_SINK") == "redis":  # usage written by its own process
-            self._spawn([PY, "manage.py", "usagewriter"])
+            spawn(self.procs, [PY, "manage.py", "usagewriter"], self.env)
         wait_port(self.port)
 
-    def _spawn(self, args: list[str]) -> subprocess.Popen[Any]:
-        proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        self.procs.append(proc)
-        return proc
-
     def _seed(self) -> str:
-        subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=self.env, check=True)
+        migrate(self.env)
         script = f"""
 import sys
 from gateway.models import Upstream
@@ -181,12 +242,9 @@ if usage_rows:
                 [have + 1, usage_rows])
 sys.stdout.write(made.secret)
 """
-        out = subprocess.run([PY, "manage.py", "shell", "-c", script], cwd=ROOT, env=self.env,
-                             capture_output=True, text=True, check=True)
-        redis_flush = f"import redis; r=redis.Redis.from_url('{self.env['REDIS_URL']}'); " \
-                      "[r.delete(k) for k in r.scan_iter('bench:*')]"
-        subprocess.run([PY, "-c", redis_flush], check=True)
-        return out.stdout.strip().splitlines()[-1]
+        out = manage_shell(self.env, script)
+        flush_redis_prefix(self.env["REDIS_URL"], self.env["GATEWAY_REDIS_PREFIX"])
+        return out.strip().splitlines()[-1]
 
     def targets(self) -> tuple[Target, Target]:
         direct = Target("direct (mock)", f"http://127.0.0.1:{self.mock_port}/v1",
@@ -196,13 +254,7 @@ sys.stdout.write(made.secret)
         return direct, turnpike
 
     def close(self) -> None:
-        for proc in reversed(self.procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(self.procs)
 
 
 # --- scenarios -----------------------------------------------------------------------------
@@ -383,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seconds is None:
         args.seconds = 1.0 if args.smoke else 10.0
-    _ensure_database(args.database_url)
+    ensure_database(args.database_url)
     results = run_suite(args)
     print()
     print(summary(results))
@@ -392,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if results and all(r.load["requests"] > 0 for r in results) else 1
 
 
-def _ensure_database(url: str) -> None:
+def ensure_database(url: str) -> None:
+    """Create the run's PostgreSQL database if it does not exist yet."""
     if not url.startswith("postgres"):
         return
     import psycopg
