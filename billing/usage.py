@@ -425,6 +425,16 @@ return n
 """
 
 
+def journal_length() -> int:
+    """Rows waiting in the journal or claimed by a writer (sync; for audits and tools)."""
+    from portal.redis import sync_redis
+
+    client = sync_redis()
+    if client is None:
+        return 0
+    return int(client.eval(_PENDING_LUA, 2, journal_key(), _claims_key(), _claim_list("")))
+
+
 async def journal_pending() -> int | None:
     """Rows waiting in the Redis journal or claimed by a writer, not yet in the database
     (None without Redis, or when it does not answer)."""
