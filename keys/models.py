@@ -71,6 +71,16 @@ class Tenant(models.Model):
         help_text="Default group for the tenant's keys.",
     )
     balance = models.DecimalField(**MONEY, default=Decimal("0"))
+    members_can_create_keys = models.BooleanField(
+        default=False, help_text="Members (not only owners and admins) may create keys, and "
+        "change the keys they created.")
+    low_balance_threshold = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="Email the owners and admins when the "
+        "available balance falls below this; empty: no alert.")
+    low_balance_alerted = models.BooleanField(
+        default=False, editable=False,
+        help_text="The alert for the current crossing was sent (reset when the balance "
+        "is back above the threshold).")
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="tenants", blank=True
     )
@@ -103,6 +113,29 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.tenant} ({self.role})"
+
+
+class Invitation(models.Model):
+    """An invitation to join a tenant with a role, sent by email as a signed link that
+    expires (``portal.invitations``). Accepting it makes (or updates) a Membership."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Membership.Role.choices,
+                            default=Membership.Role.MEMBER)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                    on_delete=models.SET_NULL, related_name="+")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.tenant} ({self.role})"
 
 
 class ApiKey(models.Model):
@@ -146,6 +179,11 @@ class ApiKey(models.Model):
         validators=[MinValueValidator(Decimal("0"))],
     )
     quota_used = models.DecimalField(**MONEY, default=Decimal("0"))
+    rotated_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The key this one replaced (rotation).")
+    expiry_notified = models.BooleanField(default=False, editable=False)
+    quota_notified = models.BooleanField(default=False, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
-from django.urls import path
-from django.views.generic import TemplateView
+from django.shortcuts import redirect
+from django.urls import include, path
 
 from portal.api import api
 
@@ -15,9 +15,17 @@ def healthz(request: HttpRequest) -> JsonResponse:
 admin.site.site_header = "Turnpike administration"
 admin.site.site_title = "Turnpike"
 
+def home(request: HttpRequest) -> object:
+    """The site root: the portal for a logged-in user, the login page for anyone else."""
+    return redirect("portal:dashboard" if request.user.is_authenticated else "account_login")
+
+
 urlpatterns = [
-    path("", TemplateView.as_view(template_name="portal/home.html"), name="home"),
+    path("", home, name="home"),
     path("healthz", healthz, name="healthz"),
+    path("accounts/", include("allauth.urls")),
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("portal/", include("portal.portal_urls")),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
 ]
