@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.urls import path
 
 from portal.views import base, dashboard
+from portal.views import keys as key_views
 
 app_name = "portal"
 
@@ -12,4 +13,16 @@ urlpatterns = [
     path("", dashboard.dashboard, name="dashboard"),
     path("switch/", base.switch, name="switch"),
     path("invitation/<str:token>/", base.invitation, name="invitation"),
+    # Keys
+    path("keys/", key_views.key_list, name="key_list"),
+    path("keys/new/", key_views.key_create, name="key_create"),
+    path("keys/<int:pk>/", key_views.key_detail, name="key_detail"),
+    path("keys/<int:pk>/edit/", key_views.key_edit, name="key_edit"),
+    path("keys/<int:pk>/disable/", key_views.key_status, {"action": "disable"},
+         name="key_disable"),
+    path("keys/<int:pk>/enable/", key_views.key_status, {"action": "enable"},
+         name="key_enable"),
+    path("keys/<int:pk>/rotate/", key_views.key_rotate, name="key_rotate"),
+    path("keys/<int:pk>/delete/", key_views.key_delete, name="key_delete"),
+    # end Keys
 ]
