@@ -77,7 +77,9 @@ def key_page(tenant: Tenant, number: Any = 1, *, search: str = "",
              status: str = "") -> tuple[Page, list[KeyRow]]:
     keys = tenant_keys(tenant).order_by("-id")  # newest first, by the primary key's index
     if search:
-        keys = keys.filter(Q(name__icontains=search) | Q(prefix__startswith=search))
+        prefix = search.split("…")[0].split("...")[0].strip()  # a pasted masked key works
+        keys = keys.filter(Q(name__icontains=search) | Q(prefix__startswith=prefix)
+                           if prefix else Q(name__icontains=search))
     if status == "active":
         keys = keys.filter(status=Status.ACTIVE)
     elif status == "disabled":
@@ -114,6 +116,12 @@ def fill_figures(rows: list[KeyRow]) -> None:
                      .annotate(last=Subquery(newest.values("created_at")[:1]))
                      .values_list("pk", "last")):
         by_id[pk].last_used = last
+
+
+def key_successor(key: ApiKey) -> ApiKey | None:
+    """The key that replaced this one by rotation, if any (of the same tenant)."""
+    return (ApiKey.objects.filter(rotated_from=key, tenant_id=key.tenant_id)
+            .order_by("-id").first())
 
 
 def key_row(key: ApiKey) -> KeyRow:

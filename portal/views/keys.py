@@ -65,8 +65,6 @@ def key_list(request: HttpRequest) -> HttpResponse:
     page, rows = selectors.key_page(request.tenant, request.GET.get("page"),  # type: ignore[attr-defined]
                                     search=search, status=status)
     membership = request.membership  # type: ignore[attr-defined]
-    for row in rows:
-        row.can_change = can_change_key(membership, row.key)  # type: ignore[attr-defined]
     query = request.GET.copy()
     query.pop("page", None)
     return render(request, "portal/keys/list.html", {
@@ -99,6 +97,7 @@ def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
     group = selectors.effective_group(key.tenant, key.group)
     return render(request, "portal/keys/detail.html", {
         "key": key, "row": row, "group": group,
+        "successor": selectors.key_successor(key),
         "can_change": can_change_key(request.membership, key),  # type: ignore[attr-defined]
         "rotate_form": RotateForm(),
     })

@@ -120,6 +120,9 @@ def test_the_list_is_paginated_and_its_queries_do_not_grow_with_the_keys(
     assert b"Page 2 of 2" in second.content
     found = owner.get("/portal/keys/?q=key+07")
     assert found.content.count(b'<th scope="row">') == 1
+    one = ApiKey.objects.get(name="key 33")
+    pasted = owner.get("/portal/keys/", {"q": one.masked})
+    assert one.masked.encode() in pasted.content
 
 
 def test_an_empty_tenant_gets_a_helpful_empty_state(owner):
@@ -259,6 +262,8 @@ def test_rotation_with_a_grace_period_keeps_the_old_key_until_then(owner, acme, 
     assert b"keeps working until" in resp.content
     detail = owner.get(f"/portal/keys/{new.pk}/")
     assert old.masked.encode() in detail.content and secret.encode() not in detail.content
+    before = owner.get(f"/portal/keys/{old.pk}/").content.decode()
+    assert new.masked in before and "this key works until" in before
 
 
 def test_rotation_at_once_expires_the_old_key_now(owner, acme, routes):
