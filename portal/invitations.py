@@ -84,3 +84,28 @@ def accept_pending(request: HttpRequest) -> Membership | None:
     request.session.pop(SESSION_KEY, None)
     request.session[TENANT_KEY] = invitation.tenant_id
     return membership
+
+
+def send(request: HttpRequest | None, invitation: Invitation) -> None:
+    """Email the invitation's link (Django's email backend: console by default, SMTP when
+    configured), in the language of the page that sent it."""
+    from django.core.mail import send_mail
+    from django.template.loader import render_to_string
+
+    from keys.membership import ROLE_LABELS, Role
+    from portal.accounts import portal_name
+
+    context = {
+        "invitation": invitation,
+        "tenant": invitation.tenant,
+        "inviter": invitation.invited_by,
+        "link": link_for(request, invitation),
+        "days": max_age().days,
+        "role": ROLE_LABELS[Role(invitation.role)],
+        "site_name": portal_name(),
+    }
+    subject = " ".join(render_to_string("portal/email/invitation_subject.txt", context,
+                                        request=request).split())
+    body = render_to_string("portal/email/invitation_message.txt", context, request=request)
+    prefix = getattr(settings, "ACCOUNT_EMAIL_SUBJECT_PREFIX", "")
+    send_mail(prefix + subject, body, None, [invitation.email])

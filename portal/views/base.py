@@ -42,8 +42,11 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
         invitations.accept_pending(request)
         messages.success(request, _("You joined %(tenant)s.") % {"tenant": found.tenant.name})
         return redirect("portal:dashboard")
+    from allauth.account.adapter import get_adapter
     from django.contrib.auth import get_user_model
 
     if get_user_model().objects.filter(email__iexact=found.email).exists():
         return redirect("account_login")
+    # The link came to this address, so signing up with it needs no second confirmation.
+    get_adapter(request).stash_verified_email(request, found.email)
     return redirect("account_signup")
