@@ -67,6 +67,23 @@ class AccountAdapter(DefaultAccountAdapter):
     def is_open_for_signup(self, request: HttpRequest) -> bool:
         return signup_open(request)
 
+    def clean_email(self, email: str) -> str:
+        """In ``invite`` mode, sign-up is open only to the address the invitation went to."""
+        from allauth.core import context as allauth_context
+        from django import forms
+        from django.utils.translation import gettext as _
+
+        from portal.invitations import pending_invitation
+
+        request = allauth_context.request
+        if settings.PORTAL_SIGNUP == "invite" and request is not None:
+            invitation = pending_invitation(request)
+            if invitation is not None and invitation.email.lower() != email.strip().lower():
+                raise forms.ValidationError(
+                    _("This invitation is for %(email)s: sign up with that address.")
+                    % {"email": invitation.email})
+        return super().clean_email(email)
+
     def get_login_redirect_url(self, request: HttpRequest) -> str:
         return _landing(request, super().get_login_redirect_url(request))
 

@@ -72,13 +72,26 @@ def accept(invitation: Invitation, user: object) -> Membership:
     return membership
 
 
+def is_for(invitation: Invitation, user: object) -> bool:
+    """Whether ``user`` has the address the invitation was sent to (the link alone is not
+    enough: a forwarded or leaked link does not let someone else join)."""
+    from allauth.account.models import EmailAddress
+
+    email = invitation.email.strip().lower()
+    if (getattr(user, "email", "") or "").strip().lower() == email:
+        return True
+    return EmailAddress.objects.filter(user=user, email__iexact=email).exists()
+
+
 def accept_pending(request: HttpRequest) -> Membership | None:
-    """After a login or sign-up: accept the invitation the session holds, if any, and make
-    its tenant the current one."""
+    """After a login or sign-up: accept the invitation the session holds, if any and if it
+    was sent to this user's address, and make its tenant the current one."""
     from portal.tenancy import SESSION_KEY as TENANT_KEY
 
     invitation = pending_invitation(request)
     if invitation is None or not request.user.is_authenticated:
+        return None
+    if not is_for(invitation, request.user):
         return None
     membership = accept(invitation, request.user)
     request.session.pop(SESSION_KEY, None)

@@ -324,7 +324,12 @@ def test_a_new_user_signs_up_through_an_invitation_in_invite_mode():
     owner.post(reverse("portal:member_invite"), {"email": "new@example.com", "role": "member"})
     link = link_in(mail.outbox[-1])
     client = Client()
-    assert client.get(link)["Location"] == reverse("account_signup")
+    location = client.get(link)["Location"]
+    assert location == reverse("account_signup") + "?email=new%40example.com"
+    assert b'value="new@example.com"' in client.get(location).content  # filled in
+    # Another address cannot use this invitation to sign up.
+    signup(client, "other@example.com")
+    assert not get_user_model().objects.filter(email="other@example.com").exists()
     resp = signup(client, "new@example.com")
     assert resp.status_code == 302
     # The invitation reached this address, so no separate confirmation is needed.
@@ -516,3 +521,21 @@ def test_account_and_member_pages_render_in_both_languages(lang: str):
         assert anon.get(reverse(name)).status_code == 200
     if lang == "zh-hans":  # allauth's own catalogue
         assert "登录".encode() in anon.get(reverse("account_login")).content
+
+
+def test_an_invitation_does_not_let_another_logged_in_user_join():
+    acme = Tenant.objects.create(name="acme")
+    invite = Invitation.objects.create(tenant=acme, email="bob@example.com", role="owner")
+    make_user("eve@example.com")
+    eve = Client()
+    login(eve, "eve@example.com")
+    page = eve.get(invitations.link_for(None, invite))
+    assert page.status_code == 403 and b"bob@example.com" in page.content
+    assert not Membership.objects.filter(tenant=acme).exists()
+    # Nor by logging in afterwards with the link in the session.
+    eve.post(reverse("account_logout"))
+    eve.get(invitations.link_for(None, invite))
+    login(eve, "eve@example.com")
+    assert not Membership.objects.filter(tenant=acme).exists()
+    invite.refresh_from_db()
+    assert invite.accepted_at is None
