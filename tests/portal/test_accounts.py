@@ -268,6 +268,7 @@ def test_the_passkey_pages_render():
     page = client.get(reverse("mfa_add_webauthn"))
     assert page.status_code == 200, page.status_code
     assert b"webauthn.js" in page.content
+    assert client.get(reverse("mfa_list_webauthn")).status_code == 200
 
 
 # --- SSO buttons -----------------------------------------------------------------------------
@@ -539,3 +540,28 @@ def test_an_invitation_does_not_let_another_logged_in_user_join():
     assert not Membership.objects.filter(tenant=acme).exists()
     invite.refresh_from_db()
     assert invite.accepted_at is None
+
+
+def test_an_htmx_role_change_that_breaks_a_rule_answers_with_the_row_and_the_reason():
+    acme = Tenant.objects.create(name="acme")
+    owner, me = member("owner@example.com", acme, "owner")
+    resp = owner.post(reverse("portal:member_role", args=[me.pk]), {"role": "member"},
+                      HTTP_HX_REQUEST="true")
+    assert resp.status_code == 200
+    assert b'role="alert"' in resp.content and b"last owner" in resp.content
+    me.refresh_from_db()
+    assert me.role == "owner"
+    # Without htmx: back to the page with the reason as a message.
+    resp = owner.post(reverse("portal:member_role", args=[me.pk]), {"role": "member"},
+                      follow=True)
+    assert b"last owner" in resp.content
+
+
+def test_the_invitation_email_names_the_tenant_the_inviter_and_the_role():
+    acme = Tenant.objects.create(name="acme")
+    owner, _ = member("owner@example.com", acme, "owner")
+    mail.outbox.clear()
+    owner.post(reverse("portal:member_invite"), {"email": "x@example.com", "role": "member"})
+    assert "You are invited to join acme" in mail.outbox[0].subject
+    assert "owner@example.com invited you to join acme on Turnpike as Member" in (
+        mail.outbox[0].body)
