@@ -72,15 +72,53 @@ def accept(invitation: Invitation, user: object) -> Membership:
     return membership
 
 
+def is_for(invitation: Invitation, user: object) -> bool:
+    """Whether ``user`` has the address the invitation was sent to (the link alone is not
+    enough: a forwarded or leaked link does not let someone else join)."""
+    from allauth.account.models import EmailAddress
+
+    email = invitation.email.strip().lower()
+    if (getattr(user, "email", "") or "").strip().lower() == email:
+        return True
+    return EmailAddress.objects.filter(user=user, email__iexact=email).exists()
+
+
 def accept_pending(request: HttpRequest) -> Membership | None:
-    """After a login or sign-up: accept the invitation the session holds, if any, and make
-    its tenant the current one."""
+    """After a login or sign-up: accept the invitation the session holds, if any and if it
+    was sent to this user's address, and make its tenant the current one."""
     from portal.tenancy import SESSION_KEY as TENANT_KEY
 
     invitation = pending_invitation(request)
     if invitation is None or not request.user.is_authenticated:
         return None
+    if not is_for(invitation, request.user):
+        return None
     membership = accept(invitation, request.user)
     request.session.pop(SESSION_KEY, None)
     request.session[TENANT_KEY] = invitation.tenant_id
     return membership
+
+
+def send(request: HttpRequest | None, invitation: Invitation) -> None:
+    """Email the invitation's link (Django's email backend: console by default, SMTP when
+    configured), in the language of the page that sent it."""
+    from django.core.mail import send_mail
+    from django.template.loader import render_to_string
+
+    from keys.membership import ROLE_LABELS, Role
+    from portal.accounts import portal_name
+
+    context = {
+        "invitation": invitation,
+        "tenant": invitation.tenant,
+        "inviter": invitation.invited_by,
+        "link": link_for(request, invitation),
+        "days": max_age().days,
+        "role": ROLE_LABELS[Role(invitation.role)],
+        "site_name": portal_name(),
+    }
+    subject = " ".join(render_to_string("portal/email/invitation_subject.txt", context,
+                                        request=request).split())
+    body = render_to_string("portal/email/invitation_message.txt", context, request=request)
+    prefix = getattr(settings, "ACCOUNT_EMAIL_SUBJECT_PREFIX", "")
+    send_mail(prefix + subject, body, None, [invitation.email])

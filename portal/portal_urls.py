@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from portal.views import base, dashboard
+from portal.views import base, dashboard, members
 from portal.views import keys as key_views
 
 app_name = "portal"
@@ -25,4 +25,13 @@ urlpatterns = [
     path("keys/<int:pk>/rotate/", key_views.key_rotate, name="key_rotate"),
     path("keys/<int:pk>/delete/", key_views.key_delete, name="key_delete"),
     # end Keys
+    # Accounts and membership
+    path("welcome/", members.welcome, name="welcome"),
+    path("members/", members.members, name="members"),
+    path("members/invite/", members.invite, name="member_invite"),
+    path("members/leave/", members.leave, name="member_leave"),
+    path("members/<int:pk>/role/", members.set_role, name="member_role"),
+    path("members/<int:pk>/remove/", members.remove, name="member_remove"),
+    path("members/invitations/<int:pk>/revoke/", members.revoke, name="invitation_revoke"),
+    path("settings/", members.tenant_settings, name="settings"),
 ]

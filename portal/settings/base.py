@@ -156,19 +156,32 @@ if PORTAL_SIGNUP not in ("open", "invite", "closed"):
     raise ImproperlyConfigured("PORTAL_SIGNUP must be 'open', 'invite' or 'closed'")
 # Email verification: "none", "optional" (a reminder) or "mandatory" (no login before it).
 ACCOUNT_EMAIL_VERIFICATION = env_str("PORTAL_EMAIL_VERIFICATION", "optional") or "optional"
+if ACCOUNT_EMAIL_VERIFICATION not in ("none", "optional", "mandatory"):
+    raise ImproperlyConfigured(
+        "PORTAL_EMAIL_VERIFICATION must be 'none', 'optional' or 'mandatory'")
+# Days an invitation link stays valid.
+PORTAL_INVITATION_DAYS = env_int("PORTAL_INVITATION_DAYS", 7)
 ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_USER_MODEL_USERNAME_FIELD = "username"
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_ADAPTER = "portal.accounts.AccountAdapter"
 ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"
-ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Turnpike] "
+ACCOUNT_EMAIL_SUBJECT_PREFIX = f"[{env_str('PORTAL_NAME', 'Turnpike') or 'Turnpike'}] "
 # Failed logins are throttled per IP and per account (allauth's rate limits).
+# Behind a reverse proxy, ALLAUTH_TRUSTED_PROXY_COUNT=1 makes the limits count the client's
+# address from X-Forwarded-For (by default the socket's address: the header is not trusted).
 ACCOUNT_RATE_LIMITS = {"login_failed": "10/m/ip,5/5m/key"}
+ALLAUTH_TRUSTED_PROXY_COUNT = env_int("ALLAUTH_TRUSTED_PROXY_COUNT", 0)
+# Confirmation links log the user in when opened in the browser that signed up.
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
 MFA_PASSKEY_LOGIN_ENABLED = True
+# Passkeys need a secure context: https, or http://localhost (browsers refuse an IP address
+# such as 127.0.0.1 as a passkey's relying party).
 MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = DEBUG
 MFA_TOTP_ISSUER = env_str("PORTAL_NAME", "Turnpike") or "Turnpike"
+MFA_ADAPTER = "portal.accounts.MFAAdapter"
 # Optional single sign-on, configured from the environment (no database rows needed).
 SOCIALACCOUNT_PROVIDERS: dict[str, dict[str, object]] = {}
 if env_str("GITHUB_CLIENT_ID"):
@@ -183,6 +196,10 @@ if env_str("OIDC_SERVER_URL"):
         "settings": {"server_url": env_str("OIDC_SERVER_URL")},
     }]}
 SOCIALACCOUNT_ADAPTER = "portal.accounts.SocialAccountAdapter"
+# An SSO login whose provider vouches for (verifies) the email of an existing account logs in
+# to that account (and connects it), so SSO works for operator-made users with sign-up closed.
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
 
 # Email: the console by default; SMTP when EMAIL_HOST is set.
 EMAIL_HOST = env_str("EMAIL_HOST")
@@ -192,7 +209,11 @@ EMAIL_BACKEND = env_str("EMAIL_BACKEND") or (
 EMAIL_PORT = env_int("EMAIL_PORT", 587)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "") or ""
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "") or ""
-EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)  # implicit TLS (port 465)
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", not EMAIL_USE_SSL)  # STARTTLS (port 587)
+if EMAIL_USE_SSL and EMAIL_USE_TLS:
+    raise ImproperlyConfigured("EMAIL_USE_SSL and EMAIL_USE_TLS cannot both be true")
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Turnpike <turnpike@localhost>")
 
 # Content-Security-Policy on every page (django-csp): the portal's scripts and styles are

@@ -5,7 +5,8 @@ from __future__ import annotations
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
@@ -39,11 +40,17 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
         return render(request, "portal/invitation_invalid.html", status=404)
     request.session[invitations.SESSION_KEY] = token
     if request.user.is_authenticated:
+        if not invitations.is_for(found, request.user):
+            return render(request, "portal/invitation_other_user.html",
+                          {"invitation": found}, status=403)
         invitations.accept_pending(request)
         messages.success(request, _("You joined %(tenant)s.") % {"tenant": found.tenant.name})
         return redirect("portal:dashboard")
+    from allauth.account.adapter import get_adapter
     from django.contrib.auth import get_user_model
 
     if get_user_model().objects.filter(email__iexact=found.email).exists():
         return redirect("account_login")
-    return redirect("account_signup")
+    # The link came to this address, so signing up with it needs no second confirmation.
+    get_adapter(request).stash_verified_email(request, found.email)
+    return redirect(f"{reverse('account_signup')}?{urlencode({'email': found.email})}")

@@ -103,7 +103,7 @@ def test_invite_only_sign_up_opens_only_with_an_invitation():
     assert b'name="password1"' not in client.get("/accounts/signup/").content  # closed
     invite = Invitation.objects.create(tenant=acme, email="new@example.com", role="member")
     resp = client.get(reverse("portal:invitation", args=[invitations.token_for(invite)]))
-    assert resp["Location"] == reverse("account_signup")
+    assert resp["Location"].startswith(reverse("account_signup"))
     page = client.get("/accounts/signup/")
     assert b'name="password1"' in page.content
     resp = client.post("/accounts/signup/", {"email": "new@example.com",
