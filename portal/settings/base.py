@@ -194,6 +194,8 @@ EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "") or ""
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "") or ""
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Turnpike <turnpike@localhost>")
+# The portal's address in emails sent by workers (alerts), e.g. https://turnpike.example.
+PORTAL_BASE_URL = env_str("PORTAL_BASE_URL", "") or ""
 
 # Content-Security-Policy on every page (django-csp): the portal's scripts and styles are
 # vendored files under static/, never inline, never from a CDN.
@@ -340,6 +342,9 @@ CELERY_BEAT_SCHEDULE = {
     "billing-reset-daily-counters": {"task": "billing.reset_daily_counters",
                                      "schedule": crontab(hour=0, minute=0),
                                      "options": {"countdown": 30}},
+    # Portal alerts: low balance (once per crossing), keys expiring soon or near quota.
+    "portal-alert-low-balance": {"task": "portal.alert_low_balance", "schedule": 300.0},
+    "portal-alert-keys": {"task": "portal.alert_keys", "schedule": 3600.0},
 }
 
 LOGGING = {
