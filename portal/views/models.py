@@ -27,14 +27,12 @@ def models_page(request: HttpRequest) -> HttpResponse:
     })
 
 
-def _int(request: HttpRequest, name: str) -> int:
+def _int(request: HttpRequest, name: str) -> int | None:
     try:
         value = int(request.GET.get(name) or 0)
     except ValueError:
-        raise Http404(f"{name} must be a whole number") from None
-    if not 0 <= value <= MAX_TOKENS:
-        raise Http404(f"{name} is out of range")
-    return value
+        return None
+    return value if 0 <= value <= MAX_TOKENS else None
 
 
 @portal_view()
@@ -50,10 +48,14 @@ def model_cost(request: HttpRequest, model: str) -> JsonResponse:
     if model not in {m.name for m in selectors.tenant_models(tenant, key)}:
         raise Http404("no such model for this tenant")
     tokens = {name: _int(request, name) for name in ("input", "cached", "output", "reasoning")}
-    amount = selectors.turn_cost(tenant, model, input_tokens=tokens["input"],
-                                 cached_tokens=tokens["cached"],
-                                 output_tokens=tokens["output"],
-                                 reasoning_tokens=tokens["reasoning"], key=key)
+    bad = [name for name, value in tokens.items() if value is None]
+    if bad:
+        return JsonResponse({"error": f"Token counts must be whole numbers from 0 to "
+                                      f"{MAX_TOKENS}: {', '.join(bad)}."}, status=400)
+    amount = selectors.turn_cost(tenant, model, input_tokens=tokens["input"] or 0,
+                                 cached_tokens=tokens["cached"] or 0,
+                                 output_tokens=tokens["output"] or 0,
+                                 reasoning_tokens=tokens["reasoning"] or 0, key=key)
     group = selectors.group_of(tenant, key)
     return JsonResponse({"model": model, **tokens, "cost": str(amount),
                          "multiplier": str(selectors.multiplier(group))})

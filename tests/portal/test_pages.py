@@ -96,6 +96,7 @@ def test_every_page_renders_for_a_member_with_no_inline_script(acme):
         html = page.content.decode()
         assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), path  # CSP: no inline
         assert " style=" not in html and " onclick=" not in html, path
+        assert client.get(path, HTTP_ACCEPT_LANGUAGE="zh-CN").status_code == 200, path
     assert Client().get("/portal/balance/").status_code == 302  # login first
 
 
@@ -346,7 +347,8 @@ def test_the_cost_endpoint_applies_price_and_multiplier(acme, beta, routes):
     # (600k * 1.25 + 400k * 0.125 + 100k * 10) / 1M * 2
     assert data["cost"] == "3.600000" and data["multiplier"] == "2.0000"
     assert client.get("/portal/models/o3/cost?input=1").status_code == 404  # not in the plan
-    assert client.get("/portal/models/gpt-5/cost?input=-1").status_code == 404
+    assert client.get("/portal/models/gpt-5/cost?input=-1").status_code == 400
+    assert client.get("/portal/models/gpt-5/cost?output=many").status_code == 400
     # A key of another plan prices at that plan's multiplier; another tenant's key is a 404.
     cheap = Group.objects.create(name="cheap", price_multiplier=Decimal("0.5"))
     mine = key_create(tenant=acme, name="cheap", group=cheap).key
