@@ -75,23 +75,27 @@ def _chosen_key(request: HttpRequest) -> ApiKey | None:
     return get_object_or_404(ApiKey, pk=int(raw), tenant=request.tenant)  # type: ignore[attr-defined]
 
 
-def _setup(request: HttpRequest) -> dict[str, Any]:
-    tenant = request.tenant  # type: ignore[attr-defined]
-    key = _chosen_key(request)
-    names = [m.name for m in selectors.tenant_models(tenant, key)]
+def snippet_context(request: HttpRequest, names: list[str]) -> dict[str, Any]:
+    """What ``templates/portal/_snippets.html`` needs: this installation's addresses and
+    example models from ``names`` (the models the key or tenant may call). Add ``secret``
+    to fill in a key just created."""
     prefixes = [p.rstrip("/") for p in settings.GATEWAY_PATH_PREFIXES if p.strip("/")]
     return {
-        "key": key,
-        "keys": _keys(request),
-        "model_names": names,
         "model": next((n for n in names if "codex" not in n), names[0] if names else "gpt-5"),
         "codex_model": next((n for n in names if "codex" in n), names[0] if names else
                             "gpt-5-codex"),
         "base_url": request.build_absolute_uri("/v1"),
         "codex_base_url": request.build_absolute_uri(f"{prefixes[0]}/v1") if prefixes else "",
         "codex_prefix": prefixes[0] if prefixes else "",
-        "placeholder": "sk-tp-…",
     }
+
+
+def _setup(request: HttpRequest) -> dict[str, Any]:
+    tenant = request.tenant  # type: ignore[attr-defined]
+    key = _chosen_key(request)
+    names = [m.name for m in selectors.tenant_models(tenant, key)]
+    return {"key": key, "keys": _keys(request), "model_names": names,
+            **snippet_context(request, names)}
 
 
 @portal_view()

@@ -11,19 +11,30 @@
   const placeholder = "sk-tp-…";
   const warning = document.getElementById("key-warning");
 
-  const read = () => {
-    try { return sessionStorage.getItem(storageKey) || ""; } catch { return ""; }
-  };
-  const write = (value) => {
-    try {
-      if (value) sessionStorage.setItem(storageKey, value);
-      else sessionStorage.removeItem(storageKey);
-    } catch { /* storage disabled: the key lives in the field only */ }
-  };
+  const lastKey = "turnpike.key.last";  // the latest pasted, for pages with no key chosen
   const matches = (secret) => {
     const { prefix, last4 } = panel.dataset;
     if (!secret || !prefix) return true;
     return secret.startsWith(prefix) && (!last4 || secret.endsWith(last4));
+  };
+  const read = () => {
+    try {
+      const own = sessionStorage.getItem(storageKey);
+      if (own) return own;
+      const last = sessionStorage.getItem(lastKey) || "";
+      return matches(last) ? last : "";
+    } catch { return ""; }
+  };
+  const write = (value) => {
+    try {
+      if (value) {
+        sessionStorage.setItem(storageKey, value);
+        sessionStorage.setItem(lastKey, value);
+      } else {
+        sessionStorage.removeItem(storageKey);
+        sessionStorage.removeItem(lastKey);
+      }
+    } catch { /* storage disabled: the key lives in the field only */ }
   };
   const fill = () => {
     const secret = input.value.trim();

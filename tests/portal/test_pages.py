@@ -428,3 +428,14 @@ def test_the_admin_overview_is_for_staff_only(acme, routes):
     member = user_in(acme, "m@acme.test", role="owner")
     assert client_for(member).get("/admin/").status_code == 302  # not staff: the login page
     assert Client().get("/admin/").status_code == 302
+
+
+def test_the_snippets_fill_in_a_secret_when_given_one():
+    """The keys page shows a new key's secret once, with these snippets filled in."""
+    from django.template.loader import render_to_string
+
+    html = render_to_string("portal/_snippets.html", {
+        "secret": "sk-tp-NEWSECRET", "base_url": "https://gw.example/v1", "model": "gpt-5",
+        "codex_model": "gpt-5-codex", "codex_base_url": "", "codex_prefix": ""})
+    assert html.count("sk-tp-NEWSECRET") >= 6 and "sk-tp-…</span>" not in html
+    assert 'base_url = "https://gw.example/v1"' in html and "/codex/v1" not in html
