@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from billing import redemption
@@ -20,6 +21,16 @@ from billing.models import LedgerEntry
 from keys.models import MONEY, Tenant
 from portal.selectors import balance as selectors
 from portal.tenancy import can, portal_view
+
+# The ledger's kinds, translatable (the model's choice labels are not, and changing them
+# would take a migration).
+KIND_LABELS = {
+    LedgerEntry.Kind.TOPUP: gettext_lazy("Top-up"),
+    LedgerEntry.Kind.CHARGE: gettext_lazy("Charge"),
+    LedgerEntry.Kind.REFUND: gettext_lazy("Refund"),
+    LedgerEntry.Kind.ADJUSTMENT: gettext_lazy("Adjustment"),
+    LedgerEntry.Kind.REDEMPTION: gettext_lazy("Redemption code"),
+}
 
 REDEEM_ERRORS = {
     "invalid": lambda: _("This is not a valid redemption code. Check it and try again: "
@@ -36,6 +47,8 @@ def balance(request: HttpRequest) -> HttpResponse:
     flt = selectors.LedgerFilter.from_query(request.GET)
     after = request.GET.get("after") or None
     rows, next_cursor = selectors.ledger_page(tenant, flt, after)
+    for row in rows:
+        row.kind_label = KIND_LABELS.get(row.kind, row.get_kind_display())  # type: ignore[attr-defined]
     query = flt.as_query()
     membership = request.membership  # type: ignore[attr-defined]
     context = {
@@ -44,7 +57,8 @@ def balance(request: HttpRequest) -> HttpResponse:
         "threshold": tenant.low_balance_threshold,
         "rows": rows,
         "filter": flt,
-        "kinds": LedgerEntry.Kind.choices,
+        "kinds": [(kind, KIND_LABELS.get(kind, label))
+                  for kind, label in LedgerEntry.Kind.choices],
         "paged": bool(after),
         "next_query": urlencode({**query, "after": next_cursor}) if next_cursor else "",
         "first_query": urlencode(query),
