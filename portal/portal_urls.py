@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from django.urls import path
 
+from portal.views import balance as balance_views
 from portal.views import base, dashboard, members
 from portal.views import keys as key_views
+from portal.views import models as model_views
 
 app_name = "portal"
 
@@ -34,4 +36,13 @@ urlpatterns = [
     path("members/<int:pk>/remove/", members.remove, name="member_remove"),
     path("members/invitations/<int:pk>/revoke/", members.revoke, name="invitation_revoke"),
     path("settings/", members.tenant_settings, name="settings"),
+    # Balance, models and prices, quickstart, playground (issue 11, p-pages).
+    path("balance/", balance_views.balance, name="balance"),
+    path("balance/export.csv", balance_views.export, name="balance_export"),
+    path("balance/redeem/", balance_views.redeem, name="balance_redeem"),
+    path("balance/alert/", balance_views.alert, name="balance_alert"),
+    path("models/", model_views.models_page, name="models"),
+    path("models/<path:model>/cost", model_views.model_cost, name="model_cost"),
+    path("quickstart/", model_views.quickstart, name="quickstart"),
+    path("playground/", model_views.playground, name="playground"),
 ]

@@ -215,6 +215,8 @@ if EMAIL_USE_SSL and EMAIL_USE_TLS:
     raise ImproperlyConfigured("EMAIL_USE_SSL and EMAIL_USE_TLS cannot both be true")
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Turnpike <turnpike@localhost>")
+# The portal's address in emails sent by workers (alerts), e.g. https://turnpike.example.
+PORTAL_BASE_URL = env_str("PORTAL_BASE_URL", "") or ""
 
 # Content-Security-Policy on every page (django-csp): the portal's scripts and styles are
 # vendored files under static/, never inline, never from a CDN.
@@ -361,6 +363,9 @@ CELERY_BEAT_SCHEDULE = {
     "billing-reset-daily-counters": {"task": "billing.reset_daily_counters",
                                      "schedule": crontab(hour=0, minute=0),
                                      "options": {"countdown": 30}},
+    # Portal alerts: low balance (once per crossing), keys expiring soon or near quota.
+    "portal-alert-low-balance": {"task": "portal.alert_low_balance", "schedule": 300.0},
+    "portal-alert-keys": {"task": "portal.alert_keys", "schedule": 3600.0},
 }
 
 LOGGING = {
