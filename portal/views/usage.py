@@ -1,0 +1,121 @@
+"""The usage log: the filtered request list (htmx partial on filter changes), its totals,
+the streamed CSV export and one request's detail page. Reads go through
+``portal.selectors.usage``, always from ``request.tenant``'s rows."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from typing import Any
+
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.utils.http import urlencode
+from django.utils.translation import gettext as _
+
+from portal.selectors import usage as sel
+from portal.tenancy import portal_view, tenant_of
+
+
+class Echo:
+    """A file-like object whose ``write`` returns what it was given (csv writer → bytes)."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _form(request: HttpRequest) -> sel.UsageFilterForm:
+    return sel.UsageFilterForm(request.GET, tenant=tenant_of(request))
+
+
+def _context(request: HttpRequest, form: sel.UsageFilterForm) -> dict[str, Any]:
+    filters = form.query_items()
+    context: dict[str, Any] = {"form": form, "filters": urlencode(filters), "page": None,
+                               "live": False}
+    if not form.is_valid():
+        return context
+    cursor = None
+    text = request.GET.get("cursor", "")
+    if text:
+        try:
+            cursor = sel.Cursor.decode(text)
+        except sel.BadCursor:
+            form.add_error(None, _("This page link is not valid any more; start again from "
+                                   "the newest requests."))
+            return context
+    rows = sel.filtered(tenant_of(request), form.cleaned_data)
+    page = sel.page(rows, cursor)
+    context["page"] = page
+    context["live"] = page.first and not form.active
+    context["older_url"] = "?" + urlencode([*filters, ("cursor", page.older)]) \
+        if page.older else ""
+    context["newer_url"] = "?" + urlencode([*filters, ("cursor", page.newer)]) \
+        if page.newer else ""
+    return context
+
+
+@portal_view()
+def usage_log(request: HttpRequest) -> HttpResponse:
+    form = _form(request)
+    context = _context(request, form)
+    if request.htmx and not request.htmx.boosted:  # type: ignore[attr-defined]
+        response = render(request, "portal/usage/_results.html", context)
+    else:
+        context["models"] = sel.models_seen(tenant_of(request))
+        if request.GET.get("totals") and form.is_valid():  # the no-JS way to totals
+            context["totals"] = sel.totals(sel.filtered(tenant_of(request),
+                                                        form.cleaned_data))
+        response = render(request, "portal/usage/log.html", context)
+    patch_vary_headers(response, ("HX-Request",))
+    return response
+
+
+@portal_view()
+def usage_totals(request: HttpRequest) -> HttpResponse:
+    """Requests, tokens and cost of the filtered range (htmx, loaded after the table)."""
+    form = _form(request)
+    totals = sel.totals(sel.filtered(tenant_of(request), form.cleaned_data)) \
+        if form.is_valid() else None
+    return render(request, "portal/usage/_totals.html", {"totals": totals})
+
+
+@portal_view()
+def usage_export(request: HttpRequest) -> HttpResponse:
+    """CSV of the whole filtered range, streamed in keyset chunks (constant memory)."""
+    form = _form(request)
+    if not form.is_valid():
+        problems = "; ".join(f"{field}: {' '.join(errors)}" if field != "__all__"
+                             else " ".join(errors) for field, errors in form.errors.items())
+        return HttpResponse(_("Invalid filters: %(problems)s") % {"problems": problems},
+                            status=400, content_type="text/plain; charset=utf-8")
+    rows = sel.filtered(tenant_of(request), form.cleaned_data)
+    writer = csv.writer(Echo())
+
+    def lines() -> Iterator[str]:
+        for fields in sel.export_rows(rows):
+            yield writer.writerow(fields)
+
+    stamp = timezone.localtime().strftime("%Y%m%d-%H%M%S")
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="usage-{stamp}.csv"'
+    response["Cache-Control"] = "no-store"
+    response["X-Accel-Buffering"] = "no"  # let a proxy pass chunks on as they come
+    return response
+
+
+@portal_view()
+def usage_detail(request: HttpRequest, request_id: str) -> HttpResponse:
+    log = sel.request_detail(tenant_of(request), request_id)
+    if log is None:
+        raise Http404(_("No such request in this tenant."))
+    staff = bool(request.user.is_staff)
+    return render(request, "portal/usage/detail.html", {
+        "log": log, "key_masked": log.key.masked if log.key else (
+            f"{log.key_prefix}…" if log.key_prefix else ""),
+        "status_class": sel.status_class(log.status_code),
+        "breakdown": sel.cost_breakdown(log),
+        "staff": staff,
+        "attempts": sel.attempts_for(log, staff=staff),
+    })
