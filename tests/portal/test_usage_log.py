@@ -420,7 +420,7 @@ def test_the_detail_page_shows_tokens_timings_and_the_cost_breakdown(acme):
     for text in ("1.800000", "0.300000", "0.750000", "4.650000", "× 1.5", "3.975000",
                  "This request was charged", "203.0.113.9", "openai-python/2.1",
                  row.request_id, "900 ms", "300 ms", "yes: the upstream reported no usage",
-                 "600000", "400000", "150000", "50000"):
+                 "600,000", "400,000", "150,000", "50,000"):
         assert text in html, text
     breakdown = sel.cost_breakdown(row)
     assert breakdown["total"] == Decimal("4.650000") and breakdown["multiplier"] == Decimal(
