@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import io
 import itertools
+import os
 from decimal import Decimal
 from typing import Any
 
@@ -445,3 +446,30 @@ def test_cursors_round_trip_to_the_microsecond():
     assert back == sel.Cursor("newer", when, 42)
     with pytest.raises(sel.BadCursor):
         sel.Cursor.decode("%%%")
+
+
+# --- the benchmark hook ---------------------------------------------------------------------
+
+@pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+                    reason="the benchmark seeds PostgreSQL")
+def test_the_export_benchmark_runs_and_reports():
+    """benchmarks/portal_export.py on a small database of its own (seconds)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import psycopg
+
+    base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = "
+                            "'turnpike_bench_usage_smoke'").fetchone():
+            conn.execute("CREATE DATABASE turnpike_bench_usage_smoke")
+    result = subprocess.run(
+        [sys.executable, "benchmarks/portal_export.py", "--rows", "3000"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "DATABASE_URL": f"{base}/turnpike_bench_usage_smoke"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+    assert int(figures["csv_rows"]) == int(figures["tenant_rows"]) >= 3000
+    assert "peak_rss_growth_mib" in figures
