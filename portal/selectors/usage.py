@@ -259,16 +259,14 @@ def _masked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def totals(rows: QuerySet[UsageLog], cap: int = TOTALS_CAP) -> dict[str, Any]:
     """Requests, tokens and cost of the filtered range, reading at most ``cap`` (the newest)
-    matching rows: ``capped`` says the figures cover only those."""
-    newest = rows.order_by(*NEWEST_FIRST).values("id")[:cap + 1]
-    agg = UsageLog.objects.filter(id__in=newest).aggregate(
+    matching rows: ``capped`` says the figures are those of the newest ``cap`` rows."""
+    # One pass: Django aggregates a sliced queryset over a subquery (… ORDER BY … LIMIT n).
+    agg = rows.order_by(*NEWEST_FIRST)[:cap].aggregate(
         requests=Count("id"), input_tokens=Sum("input_tokens"),
         cached_tokens=Sum("cached_tokens"), output_tokens=Sum("output_tokens"),
         reasoning_tokens=Sum("reasoning_tokens"), cost=Sum("cost"),
         errors=Count("id", filter=Q(status_code__gte=400)))
-    capped = agg["requests"] > cap
-    if capped:  # the extra row was only there to tell; drop nothing else: a bound, stated
-        agg["requests"] = cap
+    capped = agg["requests"] >= cap  # the newest ``cap`` rows, perhaps of more
     for name in ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens"):
         agg[name] = agg[name] or 0
     agg["cost"] = agg["cost"] or Decimal(0)
