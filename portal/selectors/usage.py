@@ -295,23 +295,26 @@ EXPORT_COLUMNS = ("id", "created_at", "request_id", "key_prefix", "key__prefix",
                   "latency_ms", "ttfb_ms", "estimated", "client_ip")
 
 
-def export_rows(rows: QuerySet[UsageLog], chunk: int | None = None) -> Iterator[list[Any]]:
-    """Every filtered row, newest first, as CSV fields, in keyset chunks of ``chunk`` rows:
-    one short query per chunk (no transaction held open, no OFFSET), constant memory. No
-    upstream or credential column, ever."""
+def export_chunks(rows: QuerySet[UsageLog], chunk: int | None = None
+                  ) -> Iterator[list[list[Any]]]:
+    """Every filtered row, newest first, as CSV fields: first the header (alone), then one
+    list per keyset chunk of ``chunk`` rows, each read by one short query (no transaction
+    held open, no OFFSET), so memory stays constant. No upstream or credential column."""
     chunk = chunk or EXPORT_CHUNK
-    yield EXPORT_HEADER
+    yield [EXPORT_HEADER]
     cursor: tuple[dt.datetime, int] | None = None
     while True:
         base = rows if cursor is None else older_than(rows, *cursor)
         got = list(base.order_by(*NEWEST_FIRST).values_list(*EXPORT_COLUMNS)[:chunk])
-        for (_pk, created, request_id, key_prefix, prefix, last4, name, model, endpoint,
-             status, error, stream, i, c, o, r, money, latency, ttfb, estimated, ip) in got:
-            yield [created.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"), request_id,
-                   f"{prefix}…{last4}" if prefix else (f"{key_prefix}…" if key_prefix else ""),
-                   name or "", model, endpoint, status, error, "true" if stream else "false",
-                   i, c, o, r, format(money, "f"), latency, "" if ttfb is None else ttfb,
-                   "true" if estimated else "false", ip or ""]
+        if got:
+            yield [[created.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"), request_id,
+                    f"{prefix}…{last4}" if prefix else (f"{key_prefix}…" if key_prefix else ""),
+                    name or "", model, endpoint, status, error, "true" if stream else "false",
+                    i, c, o, r, format(money, "f"), latency, "" if ttfb is None else ttfb,
+                    "true" if estimated else "false", ip or ""]
+                   for (_pk, created, request_id, key_prefix, prefix, last4, name, model,
+                        endpoint, status, error, stream, i, c, o, r, money, latency, ttfb,
+                        estimated, ip) in got]
         if len(got) < chunk:
             return
         cursor = (got[-1][1], got[-1][0])

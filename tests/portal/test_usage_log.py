@@ -293,11 +293,14 @@ def test_the_export_streams_every_filtered_row_in_machine_format(acme, key_a, mo
         before = len([q for q in queries if "billing_usagelog" in q["sql"]])
         stream = iter(response.streaming_content)
         header = next(stream).decode()
+        after_header = len([q for q in queries if "billing_usagelog" in q["sql"]])
         first = next(stream).decode()
         after_one = len([q for q in queries if "billing_usagelog" in q["sql"]])
         rest = b"".join(stream).decode()
         after_all = len([q for q in queries if "billing_usagelog" in q["sql"]])
-    assert before == 0 and after_one == 1 and after_all == 4  # 3 + 3 + 3 + 1, lazily
+    # One query per chunk of 3 rows (3 + 3 + 3 + 1), each run only when its block is read.
+    assert (before, after_header, after_one, after_all) == (0, 0, 1, 4)
+    assert first.count("\n") == 3
     assert response["Content-Type"].startswith("text/csv")
     assert "attachment" in response["Content-Disposition"]
     rows = list(csv.reader(io.StringIO(header + first + rest)))
@@ -309,6 +312,30 @@ def test_the_export_streams_every_filtered_row_in_machine_format(acme, key_a, mo
     assert sample["cost"] == "0.001250" and sample["stream"] in ("true", "false")
     assert sample["key"] == f"{key_a.prefix}…{key_a.last4}" and sample["ttfb_ms"] == "300"
     assert "upstream-secret-name" not in header + first + rest
+
+
+def test_under_asgi_the_export_is_an_async_stream(acme, key_a, monkeypatch):
+    """daphne serves the portal: Django reads a sync iterator whole before sending it under
+    ASGI, so there the export must be an async iterator, still one query per chunk."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    monkeypatch.setattr(sel, "EXPORT_CHUNK", 4)
+    made = [log(acme, key_a, at=T0 + dt.timedelta(seconds=i)) for i in range(10)]
+    user = get_user_model().objects.create_user(username="x@example.com", password="p")
+    Membership.objects.create(tenant=acme, user=user, role="member")
+
+    async def export() -> tuple[bool, list[bytes]]:
+        client = AsyncClient()
+        await client.aforce_login(user)
+        response = await client.get("/portal/usage/export.csv")
+        assert response.status_code == 200
+        return response.is_async, [part async for part in response.streaming_content]
+
+    is_async, parts = async_to_sync(export)()
+    assert is_async and len(parts) == 4  # the header, then chunks of 4, 4 and 2 rows
+    rows = list(csv.reader(io.StringIO(b"".join(parts).decode())))
+    assert [r[1] for r in rows[1:]] == [r.request_id for r in reversed(made)]
 
 
 @override_settings(USE_THOUSAND_SEPARATOR=True, LANGUAGE_CODE="zh-hans")
