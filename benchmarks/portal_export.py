@@ -186,6 +186,9 @@ def explain_and_time(samples: int = 20) -> dict[str, Any]:
         "page at 90% depth, model=o3 status=client_error": sel.older_than(
             sel.filtered(tenant, {"model": "o3", "status": "client_error"}), *deep
         ).order_by(*sel.NEWEST_FIRST),
+        "same, as the page reads it: its first time window (1 h)": sel.older_than(
+            sel.filtered(tenant, {"model": "o3", "status": "client_error"}), *deep
+        ).filter(created_at__gte=deep[0] - sel.WINDOWS[0]).order_by(*sel.NEWEST_FIRST),
         "newer page at 90% depth": sel.newer_than(rows, *deep).order_by(*sel.OLDEST_FIRST),
     }
     plans = {}

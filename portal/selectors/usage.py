@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 from django import forms
 from django.conf import settings
 from django.db.models import Count, Q, QuerySet, Sum
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from billing.models import ModelPrice, UsageLog
@@ -213,11 +214,45 @@ class Page:
     first: bool  # the newest page (no cursor)
 
 
-def page(rows: QuerySet[UsageLog], cursor: Cursor | None, size: int = PAGE_SIZE) -> Page:
-    """One keyset page, newest first. Reads ``size + 1`` rows to know whether more follow."""
+# Widening time windows for pages with filters on columns no index covers (model, endpoint,
+# status, error code, stream): each window query is an index range scan of a bounded slice of
+# (tenant, created_at), so a filter that matches 1% of the rows finds its page in the first
+# window or two instead of the planner choosing to read the whole tenant and sort it.
+# Windows nest, so the first one holding a full page gives the same rows as the unbounded
+# query (the last step).
+WINDOWS = (dt.timedelta(hours=1), dt.timedelta(hours=8), dt.timedelta(days=3),
+           dt.timedelta(days=24), None)
+UNINDEXED_FILTERS = ("model", "endpoint", "status", "error_code", "stream")
+
+
+def needs_windows(data: dict[str, Any]) -> bool:
+    return any(data.get(name) not in (None, "") for name in UNINDEXED_FILTERS)
+
+
+def _fetch(base: QuerySet[UsageLog], order: tuple[str, str], limit: int,
+           edge: dt.datetime | None, windowed: bool) -> list[dict[str, Any]]:
+    newest_first = order == NEWEST_FIRST
+    steps = WINDOWS if windowed else (None,)
+    anchor = edge or timezone.now()
+    for window in steps:
+        qs = base
+        if window is not None:  # only the far side is bounded: rows stamped later still show
+            qs = qs.filter(created_at__gte=anchor - window) if newest_first \
+                else qs.filter(created_at__lte=anchor + window)
+        got = list(qs.order_by(*order).values(*LIST_COLUMNS)[:limit])
+        if len(got) >= limit or window is None:
+            return got
+    return []  # not reached: the last window is unbounded
+
+
+def page(rows: QuerySet[UsageLog], cursor: Cursor | None, size: int = PAGE_SIZE,
+         windowed: bool = False) -> Page:
+    """One keyset page, newest first. Reads ``size + 1`` rows to know whether more follow;
+    ``windowed``: through widening time windows (see WINDOWS)."""
     if cursor is None or cursor.direction == "older":
         base = rows if cursor is None else older_than(rows, cursor.created_at, cursor.id)
-        got = list(base.order_by(*NEWEST_FIRST).values(*LIST_COLUMNS)[:size + 1])
+        got = _fetch(base, NEWEST_FIRST, size + 1, cursor.created_at if cursor else None,
+                     windowed)
         more = len(got) > size
         got = got[:size]
         older = Cursor("older", got[-1]["created_at"], got[-1]["id"]).encode() \
@@ -227,8 +262,8 @@ def page(rows: QuerySet[UsageLog], cursor: Cursor | None, size: int = PAGE_SIZE)
         if cursor is not None and not got:  # past the end: offer the way back
             newer = Cursor("newer", cursor.created_at, cursor.id).encode()
         return Page(_masked(got), older, newer, cursor is None)
-    got = list(newer_than(rows, cursor.created_at, cursor.id)
-               .order_by(*OLDEST_FIRST).values(*LIST_COLUMNS)[:size + 1])
+    got = _fetch(newer_than(rows, cursor.created_at, cursor.id), OLDEST_FIRST, size + 1,
+                 cursor.created_at, windowed)
     more = len(got) > size
     got = list(reversed(got[:size]))
     older = Cursor("older", got[-1]["created_at"], got[-1]["id"]).encode() if got else \

@@ -48,7 +48,7 @@ def _context(request: HttpRequest, form: sel.UsageFilterForm) -> dict[str, Any]:
                                    "the newest requests."))
             return context
     rows = sel.filtered(tenant_of(request), form.cleaned_data)
-    page = sel.page(rows, cursor)
+    page = sel.page(rows, cursor, windowed=sel.needs_windows(form.cleaned_data))
     context["page"] = page
     context["live"] = page.first and not form.active
     context["older_url"] = "?" + urlencode([*filters, ("cursor", page.older)]) \
