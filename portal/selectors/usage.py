@@ -330,29 +330,54 @@ EXPORT_COLUMNS = ("id", "created_at", "request_id", "key_prefix", "key__prefix",
                   "latency_ms", "ttfb_ms", "estimated", "client_ip")
 
 
-def export_chunks(rows: QuerySet[UsageLog], chunk: int | None = None
+def _csv_fields(got: list[tuple[Any, ...]]) -> list[list[Any]]:
+    return [[created.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"), request_id,
+             f"{prefix}…{last4}" if prefix else (f"{key_prefix}…" if key_prefix else ""),
+             name or "", model, endpoint, status, error, "true" if stream else "false",
+             i, c, o, r, format(money, "f"), latency, "" if ttfb is None else ttfb,
+             "true" if estimated else "false", ip or ""]
+            for (_pk, created, request_id, key_prefix, prefix, last4, name, model, endpoint,
+                 status, error, stream, i, c, o, r, money, latency, ttfb, estimated, ip)
+            in got]
+
+
+def export_chunks(rows: QuerySet[UsageLog], chunk: int | None = None, *,
+                  floor: dt.datetime | None = None, sliced: bool = False
                   ) -> Iterator[list[list[Any]]]:
     """Every filtered row, newest first, as CSV fields: first the header (alone), then one
     list per keyset chunk of ``chunk`` rows, each read by one short query (no transaction
-    held open, no OFFSET), so memory stays constant. No upstream or credential column."""
+    held open, no OFFSET), so memory stays constant. No upstream or credential column.
+
+    ``sliced`` (filters no index covers): each query is also bounded below by a time slice
+    that moves back (and widens while rows are sparse) as it is used up, down to ``floor``
+    (the oldest row that can match), so the whole export is one pass over the tenant's
+    (tenant, created_at) range however rare the matches, never a tenant scan per chunk."""
     chunk = chunk or EXPORT_CHUNK
     yield [EXPORT_HEADER]
     cursor: tuple[dt.datetime, int] | None = None
+    span = dt.timedelta(hours=1)
+    lower = timezone.now() - span if sliced and floor is not None else None
     while True:
         base = rows if cursor is None else older_than(rows, *cursor)
+        if lower is not None:
+            base = base.filter(created_at__gte=lower)
         got = list(base.order_by(*NEWEST_FIRST).values_list(*EXPORT_COLUMNS)[:chunk])
         if got:
-            yield [[created.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"), request_id,
-                    f"{prefix}…{last4}" if prefix else (f"{key_prefix}…" if key_prefix else ""),
-                    name or "", model, endpoint, status, error, "true" if stream else "false",
-                    i, c, o, r, format(money, "f"), latency, "" if ttfb is None else ttfb,
-                    "true" if estimated else "false", ip or ""]
-                   for (_pk, created, request_id, key_prefix, prefix, last4, name, model,
-                        endpoint, status, error, stream, i, c, o, r, money, latency, ttfb,
-                        estimated, ip) in got]
-        if len(got) < chunk:
-            return
-        cursor = (got[-1][1], got[-1][0])
+            yield _csv_fields(got)
+            cursor = (got[-1][1], got[-1][0])
+        if len(got) == chunk:
+            continue  # more in this slice (or, unsliced, perhaps more at all)
+        if lower is None or floor is None or lower <= floor:
+            return  # every row at or after the last lower bound has been written
+        if len(got) < chunk // 4:
+            span = min(span * 2, dt.timedelta(days=30))
+        lower -= span  # rows older than the cursor and newer than ``lower`` come next
+
+
+def oldest(tenant: Tenant) -> dt.datetime | None:
+    """The tenant's oldest row time (the (tenant, created_at) index, one entry)."""
+    return tenant_rows(tenant).order_by("created_at").values_list(
+        "created_at", flat=True).first()
 
 
 # --- one request ----------------------------------------------------------------------------

@@ -101,8 +101,13 @@ def usage_export(request: HttpRequest) -> HttpResponse:
     rows = sel.filtered(tenant_of(request), form.cleaned_data)
     writer = csv.writer(Echo())
 
+    sliced = sel.needs_windows(form.cleaned_data)
+    floor = sel.oldest(tenant_of(request)) if sliced else None
+    if floor is not None and form.cleaned_data.get("date_from"):
+        floor = max(floor, sel.local_day_start(form.cleaned_data["date_from"]))
+
     def blocks() -> Iterator[str]:  # one block of CSV text per keyset chunk
-        for chunk in sel.export_chunks(rows):
+        for chunk in sel.export_chunks(rows, floor=floor, sliced=sliced):
             yield "".join(writer.writerow(fields) for fields in chunk)
 
     content: Iterator[str] | AsyncIterator[str] = blocks()

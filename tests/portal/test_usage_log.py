@@ -317,10 +317,10 @@ def test_the_export_streams_every_filtered_row_in_machine_format(acme, key_a, mo
                 attempts=[{"upstream": "upstream-secret-name", "upstream_id": 1,
                            "credential_id": 2, "status": 200, "error": "", "ms": 1}])
             for i in range(10)]
-    log(acme, key_a, model="o3")  # filtered out
+    log(acme, key_create(tenant=acme, name="other").key)  # filtered out
     client = member("a@example.com", acme)
     with CaptureQueriesContext(connection) as queries:
-        response = client.get("/portal/usage/export.csv?model=gpt-5")
+        response = client.get(f"/portal/usage/export.csv?key={key_a.pk}")
         assert isinstance(response, StreamingHttpResponse) and response.streaming
         before = len([q for q in queries if "billing_usagelog" in q["sql"]])
         stream = iter(response.streaming_content)
@@ -368,6 +368,28 @@ def test_under_asgi_the_export_is_an_async_stream(acme, key_a, monkeypatch):
     assert is_async and len(parts) == 4  # the header, then chunks of 4, 4 and 2 rows
     rows = list(csv.reader(io.StringIO(b"".join(parts).decode())))
     assert [r[1] for r in rows[1:]] == [r.request_id for r in reversed(made)]
+
+
+def test_a_filtered_export_walks_time_slices_and_writes_every_match_once(acme, key_a):
+    from django.utils import timezone
+
+    now = timezone.now()
+    spread = [60, 50 * 60, 7 * 3600, 2 * 86400, 9 * 86400, 70 * 86400, 500 * 86400]
+    made = [log(acme, key_a, at=now - dt.timedelta(seconds=spread[i % 7] + i),
+                status_code=429 if i % 3 == 0 else 200)
+            for i in range(120)]
+    log(acme, key_a, at=now + dt.timedelta(minutes=3), status_code=429)  # a clock ahead
+    rows = sel.filtered(acme, {"status": "client_error"})
+    plain = [r for c in sel.export_chunks(rows, 4) for r in c][1:]
+    for chunk in (1, 4, 7, 100):
+        sliced = [r for c in sel.export_chunks(rows, chunk, sliced=True,
+                                               floor=sel.oldest(acme)) for r in c][1:]
+        assert sliced == plain
+    assert len(plain) == 41 and len({r[1] for r in plain}) == 41
+    client = member("a@example.com", acme)
+    exported = csv_rows(client.get("/portal/usage/export.csv?status=client_error"))[1:]
+    assert [r[1] for r in exported] == [r[1] for r in plain]
+    assert {r.request_id for r in made if r.status_code == 429} <= {r[1] for r in exported}
 
 
 @override_settings(USE_THOUSAND_SEPARATOR=True, LANGUAGE_CODE="zh-hans")
