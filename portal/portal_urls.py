@@ -8,6 +8,7 @@ from portal.views import balance as balance_views
 from portal.views import base, dashboard, members
 from portal.views import keys as key_views
 from portal.views import models as model_views
+from portal.views import usage as usage_views
 
 app_name = "portal"
 
@@ -45,4 +46,9 @@ urlpatterns = [
     path("models/<path:model>/cost", model_views.model_cost, name="model_cost"),
     path("quickstart/", model_views.quickstart, name="quickstart"),
     path("playground/", model_views.playground, name="playground"),
+    # usage log (export and totals have no trailing slash: never a request id)
+    path("usage/", usage_views.usage_log, name="usage"),
+    path("usage/export.csv", usage_views.usage_export, name="usage_export"),
+    path("usage/totals", usage_views.usage_totals, name="usage_totals"),
+    path("usage/<str:request_id>/", usage_views.usage_detail, name="usage_detail"),
 ]
