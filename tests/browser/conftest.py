@@ -10,7 +10,8 @@ What is here, for every browser test module:
 - ``browser`` (module): one headless Chromium per module (start-up is the slow part),
   cookies cleared and desktop width restored before each test.
 - ``owner`` (module): a user who owns tenant "acme" (with one key) and is a member of
-  "globex", and whose email is verified; ``OWNER_EMAIL``/``PASSWORD`` log in.
+  "globex", and whose email is verified; ``OWNER_EMAIL``/``PASSWORD`` log in; and a plain
+  member of "acme" (``MEMBER_EMAIL``).
 - Helpers: ``login``, ``logout``, ``at_width``, ``screenshot`` (PNGs at desktop and phone
   width under test-artifacts/screenshots/), ``js_errors`` (console errors since the last
   call), ``accessibility`` (axe-core, serious and critical violations), and ``check_page``
@@ -54,6 +55,7 @@ WIDTHS: dict[str, tuple[int, int]] = {"desktop": (1366, 900), "phone": (390, 844
 # confirmation emails) per address in the cache, which is Redis and outlives a test run.
 RUN = secrets.token_hex(3)
 OWNER_EMAIL = f"owner-{RUN}@example.com"
+MEMBER_EMAIL = f"member-{RUN}@example.com"
 PASSWORD = "Turnpike-browser-test-9"  # noqa: S105 (a test account's password)
 
 # axe-core rules not applied, with the reason. Keep this empty unless a rule is wrong for
@@ -209,6 +211,7 @@ class Owner:
     tenant: Any  # "acme", where the user is the owner
     other_tenant: Any  # "globex", where the user is a member
     key: Any  # a key of "acme" (keys.services.CreatedKey)
+    member_email: str  # a plain member of "acme" (same password)
 
     def url_args(self) -> dict[str, Any]:
         """What a page URL in a browser test may name: "/portal/keys/{key_id}/"."""
@@ -224,8 +227,9 @@ def owner(db_data: None) -> Owner:
     user = make_user(OWNER_EMAIL, tenants={"acme": "owner", "globex": "member"})
     acme, globex = Tenant.objects.get(name="acme"), Tenant.objects.get(name="globex")
     key = key_create(tenant=acme, name="browser test key", created_by=user)
+    make_user(MEMBER_EMAIL, tenants={"acme": "member"})
     return Owner(user=user, email=OWNER_EMAIL, password=PASSWORD, tenant=acme,
-                 other_tenant=globex, key=key)
+                 other_tenant=globex, key=key, member_email=MEMBER_EMAIL)
 
 
 # --- The browser --------------------------------------------------------------------------
@@ -281,6 +285,7 @@ def driver(browser: Any, portal_server: PortalServer) -> Iterator[Any]:
     browser.get(portal_server.url + "/accounts/login/")
     browser.delete_all_cookies()
     at_width(browser, "desktop")
+    color_scheme(browser, "light")
     js_errors(browser)  # forget what earlier tests logged
     yield browser
 
@@ -450,6 +455,14 @@ def navigation_status(driver: Any) -> int | None:
     return int(status) if status else None
 
 
+def color_scheme(driver: Any, scheme: str) -> None:
+    """Emulate the system's ``"light"`` or ``"dark"`` colour scheme (prefers-color-scheme)."""
+    if getattr(driver, "turnpike_scheme", "light") != scheme:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+            "features": [{"name": "prefers-color-scheme", "value": scheme}]})
+        driver.turnpike_scheme = scheme
+
+
 def check_page(driver: Any, name: str, *, widths: tuple[str, ...] = tuple(WIDTHS),
                axe: bool = True, status: int | None = None) -> None:
     """Everything every page must pass, for the page the browser is on: its HTTP status
@@ -492,3 +505,14 @@ def totp_code(secret: str, at: float | None = None) -> str:
     from allauth.mfa.totp.internal.auth import format_hotp_value, hotp_value
 
     return format_hotp_value(hotp_value(secret, int((at or time.time()) // 30)))
+
+
+def fresh_totp_code(secret: str, used: str | None = None, margin: float = 3.0) -> str:
+    """A code that is still valid for ``margin`` seconds and is not ``used`` (the server
+    takes the current 30 s step only, and each code once)."""
+    while True:
+        now = time.time()
+        code = totp_code(secret, now)
+        if 30 - now % 30 >= margin and code != used:
+            return code
+        time.sleep(30 - now % 30 + 0.05)

@@ -5,7 +5,6 @@ browser, switched, remembered) and the tenant switcher. Every page visited is ch
 
 from __future__ import annotations
 
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,13 +18,13 @@ from tests.browser.conftest import (
     PortalServer,
     check_page,
     fill,
+    fresh_totp_code,
     login,
     logout,
     make_user,
     page_text,
     select_option,
     submit,
-    totp_code,
     wait_for_path,
 )
 
@@ -86,7 +85,7 @@ def test_sign_up_verify_two_factor_and_log_in_with_it(
     check_page(driver, "flow-06-totp-activate")
     secret = driver.find_element(By.ID, "authenticator_secret").get_attribute("value")
     assert secret
-    activation_code = totp_code(secret)
+    activation_code = fresh_totp_code(secret)
     fill(driver, code=activation_code)
     submit(driver)
     assert Authenticator.objects.filter(user__email=NEWCOMER, type="totp").exists(), \
@@ -101,10 +100,8 @@ def test_sign_up_verify_two_factor_and_log_in_with_it(
     login(driver, NEWCOMER, NEW_PASSWORD)
     wait_for_path(driver, "/accounts/2fa/authenticate/")
     check_page(driver, "flow-09-two-factor-code")
-    # A code is accepted once: wait for the next one if it is still the activation code.
-    while (code := totp_code(secret)) == activation_code:
-        time.sleep(1)
-    fill(driver, code=code)
+    # A code is accepted once: this waits for the next one if it is still the activation code.
+    fill(driver, code=fresh_totp_code(secret, used=activation_code))
     submit(driver)
     wait_for_path(driver, "/portal/")
     assert owner.tenant.name in page_text(driver)

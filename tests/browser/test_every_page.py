@@ -2,9 +2,10 @@
 width: it answers (no error page), shows no console errors, passes axe-core (no serious or
 critical violations), and leaves a screenshot per width in test-artifacts/screenshots/.
 
-A new page joins by appending one line to ``PAGES``. A path may name the seeded objects
-(``Owner.url_args``: ``{key_id}``, ``{tenant_id}``, ``{user_id}``), e.g.
-``Page("/portal/keys/{key_id}/")``.
+A new page joins by appending one line to ``PAGES``: ``Page("/portal/keys/")`` (as the
+owner), ``Page("/portal/keys/", MEMBER)`` (as a plain member), ``Page(path, ANONYMOUS)``.
+A path may name the seeded objects (``Owner.url_args``: ``{key_id}``, ``{tenant_id}``,
+``{user_id}``), e.g. ``Page("/portal/keys/{key_id}/")``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,19 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.browser.conftest import Owner, PortalServer, check_page, login, wait_for_path
+from tests.browser.conftest import (
+    Owner,
+    PortalServer,
+    accessibility,
+    check_page,
+    color_scheme,
+    js_errors,
+    login,
+    wait_for_path,
+)
 
 OWNER = "owner"  # logged in as the owner of tenant "acme" (and a member of "globex")
+MEMBER = "member"  # logged in as a plain member of "acme"
 ANONYMOUS = "anonymous"  # logged out
 
 
@@ -45,13 +56,16 @@ PAGES = [
     Page("/accounts/reauthenticate/"),
     # The portal.
     Page("/portal/"),
+    Page("/portal/", MEMBER),
 ]
 
-LANGUAGES = ["en", "zh-hans"]
+# Each page in English and in Chinese with the system's light colours, and in English with
+# dark ones (the portal follows prefers-color-scheme; contrast is checked in both).
+VARIANTS = [("en", "light"), ("zh-hans", "light"), ("en", "dark")]
 
-# Anonymous pages first in each language, so the browser logs in once per language.
-VISITS = [(lang, page) for lang in LANGUAGES
-          for page in sorted(PAGES, key=lambda p: p.who != ANONYMOUS)]
+# Grouped by visitor in each variant, so the browser logs in once per visitor and variant.
+VISITS = [(lang, scheme, page) for lang, scheme in VARIANTS
+          for page in sorted(PAGES, key=lambda p: [ANONYMOUS, OWNER, MEMBER].index(p.who))]
 
 
 class Visitor:
@@ -66,9 +80,9 @@ class Visitor:
         if who != self.who:
             self.browser.get(self.server.url + "/accounts/login/")
             self.browser.delete_all_cookies()
-            if who == OWNER:
-                login(self.browser, self.owner.email, self.owner.password,
-                      server_url=self.server.url)
+            if who != ANONYMOUS:
+                email = {OWNER: self.owner.email, MEMBER: self.owner.member_email}[who]
+                login(self.browser, email, self.owner.password, server_url=self.server.url)
             self.who, self.lang = who, None
         if lang != self.lang:
             # The cookie the header's language switcher sets (Django's set_language).
@@ -81,11 +95,12 @@ def visitor(browser: Any, portal_server: PortalServer, owner: Owner) -> Visitor:
     return Visitor(browser, portal_server, owner)
 
 
-@pytest.mark.parametrize(("lang", "page"), VISITS,
-                         ids=[f"{lang}-{page.who}-{page.path}" for lang, page in VISITS])
-def test_page(visitor: Visitor, lang: str, page: Page) -> None:
+@pytest.mark.parametrize(("lang", "scheme", "page"), VISITS, ids=[
+    f"{lang}-{scheme}-{page.who}-{page.path}" for lang, scheme, page in VISITS])
+def test_page(visitor: Visitor, lang: str, scheme: str, page: Page) -> None:
     driver = visitor.browser
     visitor.become(page.who, lang)
+    color_scheme(driver, scheme)
     driver.get(visitor.server.url + page.path.format(**visitor.owner.url_args()))
     wait_for_path(driver, page.lands or page.path.split("{")[0])
     assert urlsplit(driver.current_url).path == (page.lands or page.path.format(
@@ -93,4 +108,29 @@ def test_page(visitor: Visitor, lang: str, page: Page) -> None:
     assert driver.find_element("css selector", "html").get_attribute("lang") == lang
     assert driver.find_elements("css selector", "header.top"), "not in the portal layout"
     name = "page-" + (page.path.strip("/").replace("/", "_") or "root")
-    check_page(driver, f"{name}-{page.who}-{lang}", status=page.status)
+    suffix = "" if scheme == "light" else f"-{scheme}"
+    check_page(driver, f"{name}-{page.who}-{lang}{suffix}", status=page.status)
+
+
+def test_the_checks_catch_problems(visitor: Visitor) -> None:
+    """The checks are not vacuous: an image without a text alternative fails axe-core, and
+    a script error and an inline script (refused by the Content-Security-Policy) are
+    console errors."""
+    driver = visitor.browser
+    visitor.become(ANONYMOUS, "en")
+    color_scheme(driver, "light")
+    driver.get(visitor.server.url + "/accounts/login/")
+    assert accessibility(driver) == []
+    assert js_errors(driver) == []
+    driver.execute_script(
+        "const img = document.createElement('img');"
+        "img.src = '/static/portal/favicon.svg'; document.querySelector('main').append(img);"
+        "const s = document.createElement('script'); s.textContent = 'window.inline = 1';"
+        "document.body.append(s);"
+        "setTimeout(() => { throw new Error('boom from the page'); }, 0);")
+    violations = accessibility(driver)
+    assert [v["id"] for v in violations] == ["image-alt"]
+    errors = "\n".join(js_errors(driver))
+    assert "Content Security Policy" in errors
+    assert "boom from the page" in errors
+    assert driver.execute_script("return window.inline") is None
