@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -154,6 +155,9 @@ def portal_server(django_db_setup: Any, django_db_blocker: Any,
         server = start_portal_server(tmp_path_factory.mktemp("portal"))
     yield server
     stop(server.gateway.proc)
+    # Kept beside the screenshots: what the server said, for a failure seen only in CI.
+    SCREENSHOTS.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(server.log, SCREENSHOTS.parent / "portal-server.log")
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +270,7 @@ def browser() -> Iterator[Any]:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     profile = tempfile.mkdtemp(prefix="turnpike-chromium-")
     # An explicit driver path: Selenium Manager (which would download a browser) never runs.
-    service = Service(executable_path=CHROMEDRIVER,
-                      log_output=str(Path(profile).with_suffix(".chromedriver.log")))
+    service = Service(executable_path=CHROMEDRIVER, log_output=subprocess.DEVNULL)
     driver = webdriver.Chrome(service=service, options=chrome_options(profile))
     driver.set_page_load_timeout(30)
     driver.set_script_timeout(60)
