@@ -206,6 +206,9 @@ EMAIL_HOST = env_str("EMAIL_HOST")
 EMAIL_BACKEND = env_str("EMAIL_BACKEND") or (
     "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST
     else "django.core.mail.backends.console.EmailBackend")
+# EMAIL_BACKEND=django.core.mail.backends.filebased.EmailBackend writes each email to a file
+# in this folder (the browser tests read their verification links there).
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH")
 EMAIL_PORT = env_int("EMAIL_PORT", 587)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "") or ""
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "") or ""
