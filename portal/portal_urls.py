@@ -12,4 +12,6 @@ urlpatterns = [
     path("", dashboard.dashboard, name="dashboard"),
     path("switch/", base.switch, name="switch"),
     path("invitation/<str:token>/", base.invitation, name="invitation"),
+    # Dashboard: one key's usage (the key's page includes the same panel).
+    path("dashboard/keys/<int:pk>/", dashboard.key_usage, name="key_usage"),
 ]
