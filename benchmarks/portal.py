@@ -128,6 +128,7 @@ def generate(keys: int, rows: int, regenerate: bool) -> None:
         Membership.objects.get_or_create(user=user, tenant=Tenant.objects.get(name=name),
                                          defaults={"role": "owner"})
 
+    _restore_indexes()
     have = UsageLog.objects.filter(request_id__startswith="pb_").count()
     if have >= rows:
         say(f"{have} usage rows already there")
@@ -187,6 +188,8 @@ def generate(keys: int, rows: int, regenerate: bool) -> None:
     # secondary indexes (and the request_id unique constraint) for the load and build them
     # again afterwards, with the same names and definitions (Django's migrations still
     # match).
+    # The definitions are kept in a table of this database first, so a load that was
+    # interrupted gets them back on the next run (``_restore_indexes``).
     with connection.cursor() as cur:
         cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = "
                     "'billing_usagelog' AND indexname <> 'billing_usagelog_pkey'")
@@ -195,6 +198,15 @@ def generate(keys: int, rows: int, regenerate: bool) -> None:
                     "conrelid = 'billing_usagelog'::regclass AND contype = 'u'")
         uniques = cur.fetchall()
         constraint_indexes = {name for name, _ in uniques}
+        cur.execute("CREATE TABLE IF NOT EXISTS portal_bench_dropped "
+                    "(name text PRIMARY KEY, kind text, definition text)")
+        for name, definition in uniques:
+            cur.execute("INSERT INTO portal_bench_dropped VALUES (%s, 'constraint', %s) "
+                        "ON CONFLICT DO NOTHING", [name, definition])
+        for name, definition in indexes:
+            if name not in constraint_indexes:
+                cur.execute("INSERT INTO portal_bench_dropped VALUES (%s, 'index', %s) "
+                            "ON CONFLICT DO NOTHING", [name, definition])
         for name, _ in uniques:
             cur.execute(f'ALTER TABLE billing_usagelog DROP CONSTRAINT "{name}"')
         for name, _ in indexes:
@@ -207,16 +219,32 @@ def generate(keys: int, rows: int, regenerate: bool) -> None:
             cur.execute(sql.replace("FIRST_G", str(start)).replace("LAST_G", str(end)))
         say(f"usage rows {start}..{end} in {time.monotonic() - t:.0f} s")
         start = end + 1
+    _restore_indexes()
+
+
+def _restore_indexes() -> None:
+    """Build the indexes and constraints a load dropped (this run's, or an interrupted
+    one's: a killed client's INSERT may still commit, so after an interrupted load use
+    --regenerate)."""
+    from django.db import connection
+
     with connection.cursor() as cur:
-        for name, definition in uniques:
+        cur.execute("SELECT to_regclass('portal_bench_dropped')")
+        if cur.fetchone()[0] is None:
+            return
+        cur.execute("SET maintenance_work_mem = '512MB'")
+        cur.execute("SELECT name, kind, definition FROM portal_bench_dropped "
+                    "ORDER BY kind DESC, name")
+        for name, kind, definition in cur.fetchall():
             t = time.monotonic()
-            cur.execute(f'ALTER TABLE billing_usagelog ADD CONSTRAINT "{name}" {definition}')
-            say(f"constraint {name} in {time.monotonic() - t:.0f} s")
-        for name, definition in indexes:
-            if name not in constraint_indexes:
-                t = time.monotonic()
+            if kind == "constraint":
+                cur.execute(f'ALTER TABLE billing_usagelog ADD CONSTRAINT "{name}" '
+                            f"{definition}")
+            else:
                 cur.execute(definition)
-                say(f"index {name} in {time.monotonic() - t:.0f} s")
+            cur.execute("DELETE FROM portal_bench_dropped WHERE name = %s", [name])
+            say(f"{kind} {name} in {time.monotonic() - t:.0f} s")
+        cur.execute("DROP TABLE portal_bench_dropped")
         cur.execute("ANALYZE billing_usagelog")
 
 
