@@ -170,8 +170,8 @@ ins AS (
   RETURNING 1),
 del AS (
   DELETE FROM {table} r WHERE r.{period} = %s AND NOT EXISTS (
-    SELECT 1 FROM agg WHERE agg.tenant_id IS NOT DISTINCT FROM r.tenant_id
-      AND agg.key_id IS NOT DISTINCT FROM r.key_id AND agg.model = r.model)
+    SELECT 1 FROM agg WHERE COALESCE(agg.tenant_id, 0) = COALESCE(r.tenant_id, 0)
+      AND COALESCE(agg.key_id, 0) = COALESCE(r.key_id, 0) AND agg.model = r.model)
   RETURNING 1)
 SELECT (SELECT count(*) FROM agg), (SELECT count(*) FROM ins), (SELECT count(*) FROM del)
 """
@@ -181,7 +181,9 @@ def _upsert(model: type[UsageRollup] | type[UsageRollupHourly], period: str, val
             start: datetime, end: datetime) -> int:
     """PostgreSQL: the whole period in one statement (the GROUP BY, an INSERT ... ON
     CONFLICT DO UPDATE that writes only rows that differ, and a DELETE of the period's rows
-    no longer in the aggregate), with no per-row Python. Returns the period's rollup rows."""
+    no longer in the aggregate), with no per-row Python. Returns the period's rollup rows.
+    (The DELETE compares ids through COALESCE(.., 0), not IS NOT DISTINCT FROM, so it is a
+    hash anti-join: ids are positive, and the other form made it a nested loop.)"""
     table = model._meta.db_table
     constraint = model._meta.constraints[0].name
     sql, params = _aggregate_qs(start, end).query.sql_with_params()
