@@ -268,8 +268,11 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
         if d >= today.replace(day=1):
             month_totals.merge(t)
     key_names: dict[int, tuple[str, str]] = {}
-    if key is None and by_key:
-        for k in ApiKey.objects.filter(tenant=tenant, pk__in=[i for i in by_key if i]):
+    if key is None and by_key:  # names of the top keys only (a tenant may have 100k)
+        top = sorted(by_key.items(), key=lambda kv: (kv[1].cost, kv[1].requests),
+                     reverse=True)[:TOP_KEYS]
+        for k in ApiKey.objects.filter(tenant=tenant, pk__in=[i for i, _ in top if i]).only(
+                "pk", "name", "prefix", "last4"):
             key_names[k.pk] = (k.name, k.masked)
     return Overview(
         tenant=tenant, key=key, now=now, today=today, days=days,
