@@ -51,4 +51,6 @@ urlpatterns = [
     path("usage/export.csv", usage_views.usage_export, name="usage_export"),
     path("usage/totals", usage_views.usage_totals, name="usage_totals"),
     path("usage/<str:request_id>/", usage_views.usage_detail, name="usage_detail"),
+    # Dashboard: one key's usage (the key's page includes the same panel).
+    path("dashboard/keys/<int:pk>/", dashboard.key_usage, name="key_usage"),
 ]

@@ -358,6 +358,8 @@ CELERY_BEAT_SCHEDULE = {
     # while the database was down), raw-log expiry, and the RPD counters of the day that
     # just ended (sent at local midnight, run 30 s later).
     "billing-rollup-usage": {"task": "billing.rollup_usage", "schedule": 600.0},
+    # Hourly rollups (the dashboard's today): the current and the previous hour.
+    "billing-rollup-usage-hourly": {"task": "billing.rollup_usage_hourly", "schedule": 60.0},
     "billing-drain-usage-spool": {"task": "billing.drain_usage_spool", "schedule": 60.0},
     # Reservations of gateway processes that stopped, and limiter accounts that drifted.
     "billing-reconcile-accounts": {"task": "billing.reconcile_accounts", "schedule": 60.0},
