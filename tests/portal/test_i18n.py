@@ -310,6 +310,23 @@ def test_messages_and_form_errors_are_in_chinese(world):
     assert "API 密钥 ci 已禁用。" in page.content.decode()
 
 
+def test_the_error_pages_are_in_chinese(world):
+    member = Client()
+    member.force_login(get_user_model().objects.get(email="m@example.com"))
+    page = member.get(reverse("portal:settings"), **ZH)
+    html = page.content.decode()
+    assert page.status_code == 403 and "无权访问" in html
+    assert "你在该租户中的角色无权执行此操作。" in html and 'lang="zh-hans"' in html
+    other = Tenant.objects.create(name="beta")
+    theirs = key_create(tenant=other, name="theirs").key
+    page = world["client"].get(reverse("portal:key_detail", args=[theirs.pk]), **ZH)
+    assert page.status_code == 404 and "页面不存在" in page.content.decode()
+    assert "theirs" not in page.content.decode()
+    page = Client().get("/no-such-page/", **ZH)
+    assert page.status_code == 404 and "页面不存在" in page.content.decode()
+    assert not untranslated(page.content.decode(), translated())
+
+
 # --- Language choice -------------------------------------------------------------------------
 
 def test_the_language_comes_from_the_browser_and_the_switch_is_remembered(world):
