@@ -252,7 +252,7 @@ EXPECTED = {
     "members": ["成员", "邀请成员", "待接受的邀请", "所有者", "管理员"],
     "settings": ["租户设置", "余额预警阈值"],
     "account": ["邮箱地址"],
-    "two-factor": ["两步验证"],
+    "two-factor": ["双因素身份认证"],
 }
 
 
@@ -308,6 +308,27 @@ def test_messages_and_form_errors_are_in_chinese(world):
     assert "兑换码无效" in page.content.decode()
     page = client.post(reverse("portal:key_disable", args=[world["key"].pk]), follow=True)
     assert "API 密钥 ci 已禁用。" in page.content.decode()
+
+
+def test_the_new_key_page_welcome_and_invitation_pages_are_in_chinese(world):
+    zh = translated()
+    client = world["client"]
+    page = client.post(reverse("portal:key_create"), {"name": "新的", "expiry": "never"}, **ZH)
+    html = page.content.decode()
+    assert page.status_code == 200 and "请立即复制你的 API 密钥" in html
+    assert not untranslated(html, zh), untranslated(html, zh)
+    page = client.post(reverse("portal:key_rotate", args=[world["key"].pk]), {"grace": "3600"},
+                       **ZH)
+    html = page.content.decode()
+    assert "API 密钥 ci 已轮换" in html and not untranslated(html, zh)
+    loner = get_user_model().objects.create_user(username="l@example.com",
+                                                 email="l@example.com", password="pw-12345!")
+    alone = Client()
+    alone.force_login(loner)
+    html = alone.get(reverse("portal:welcome"), **ZH).content.decode()
+    assert "欢迎使用 Turnpike" in html and not untranslated(html, zh)
+    html = alone.get(reverse("portal:invitation", args=["bad-token"]), **ZH).content.decode()
+    assert "该邀请无法使用" in html and not untranslated(html, zh)
 
 
 def test_the_error_pages_are_in_chinese(world):
