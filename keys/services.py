@@ -9,6 +9,7 @@ from decimal import Decimal
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from keys.fields import split_items
 from keys.models import ApiKey, Group, Status, Tenant
@@ -38,7 +39,7 @@ class CreatedKey:
 def tenant_get_or_create(*, name: str, group: Group | None = None) -> tuple[Tenant, bool]:
     name = name.strip()
     if not name:
-        raise ApplicationError("A tenant needs a name.")
+        raise ApplicationError(_("A tenant needs a name."))
     return Tenant.objects.get_or_create(name=name, defaults={"group": group})
 
 
@@ -47,7 +48,7 @@ def tenant_create(*, name: str, group: Group | None = None) -> Tenant:
     operator who asked to create one must not silently get someone else's)."""
     name = name.strip()
     if not name:
-        raise ApplicationError("A tenant needs a name.")
+        raise ApplicationError(_("A tenant needs a name."))
     if Tenant.objects.filter(name=name).exists():
         raise ApplicationError(f"A tenant named {name!r} already exists.")
     tenant = Tenant(name=name, group=group)
@@ -89,7 +90,7 @@ def key_create(
     ``rotated_from``: the key this one replaces (see ``key_rotate``)."""
     name = name.strip()
     if not name:
-        raise ApplicationError("A key needs a name.")
+        raise ApplicationError(_("A key needs a name."))
     secret = secret or generate_secret()
     key = ApiKey(
         tenant=tenant, name=name, created_by=created_by, group=group,
@@ -100,7 +101,7 @@ def key_create(
     )
     key_set_secret(key=key, secret=secret)
     if ApiKey.objects.filter(secret_hash=key.secret_hash).exists():
-        raise ApplicationError("A key with this secret already exists.")
+        raise ApplicationError(_("A key with this secret already exists."))
     key.full_clean()
     key.save()
     return CreatedKey(key=key, secret=secret)
@@ -187,7 +188,7 @@ def key_update(*, key: ApiKey, **changes: object) -> list[str]:
         if name == "name":
             value = str(value).strip()
             if not value:
-                raise ApplicationError("A key needs a name.")
+                raise ApplicationError(_("A key needs a name."))
         if getattr(key, name) != value:
             setattr(key, name, value)
             changed.append(name)
@@ -206,7 +207,7 @@ def key_rotate(*, key: ApiKey, grace: timedelta = timedelta(0)) -> CreatedKey:
     from zero (the old key's spend stays on the old key), and its owner (``created_by``) is
 the old key's, so a member who may change the old key may change the new one."""
     if grace < timedelta(0):
-        raise ApplicationError("A grace period cannot be negative.")
+        raise ApplicationError(_("A grace period cannot be negative."))
     now = timezone.now()
     expires_at = key.expires_at if key.expires_at and key.expires_at > now else None
     made = key_create(

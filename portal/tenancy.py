@@ -22,6 +22,7 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
+from django.utils.translation import gettext as _
 
 from keys.models import Membership, Tenant
 
@@ -112,9 +113,9 @@ def portal_view(action: str = "view") -> Callable[[Callable[..., HttpResponse]],
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             membership = current_membership(request)
             if membership is None:
-                raise Http404("You are not a member of any tenant yet.")
+                raise Http404(_("You are not a member of any tenant yet."))
             if not can(membership, action):
-                raise PermissionDenied("Your role in this tenant does not allow this.")
+                raise PermissionDenied(_("Your role in this tenant does not allow this."))
             request.membership = membership  # type: ignore[attr-defined]
             request.tenant = membership.tenant  # type: ignore[attr-defined]
             return view(request, *args, **kwargs)

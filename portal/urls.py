@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.shortcuts import redirect
 from django.urls import include, path
+from django.utils.translation import gettext_lazy
 
 from portal.api import api
 
@@ -12,7 +13,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ok": True})
 
 
-admin.site.site_header = "Turnpike administration"
+admin.site.site_header = gettext_lazy("Turnpike administration")
 admin.site.site_title = "Turnpike"
 
 def home(request: HttpRequest) -> object:

@@ -127,6 +127,8 @@ LANGUAGE_CODE = "en"
 # in a cookie; catalogues in locale/ (compiled .mo files are committed).
 LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
 LOCALE_PATHS = [BASE_DIR / "locale"]
+# Number formats the portal overrides per language (portal/formats/zh_Hans: 1,234,567.50).
+FORMAT_MODULE_PATH = ["portal.formats"]
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True

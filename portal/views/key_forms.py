@@ -9,7 +9,7 @@ from typing import Any
 from django import forms
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy as _l
+from django.utils.translation import gettext_lazy
 
 from keys.fields import split_items
 from keys.models import ApiKey, Group, Tenant
@@ -19,19 +19,19 @@ from portal.selectors import keys as selectors
 GROUP_CAPPED = ("rpm", "rpd", "concurrency", "max_tokens")
 
 EXPIRY_PRESETS = [
-    ("never", _l("Never")),
-    ("7", _l("In 7 days")),
-    ("30", _l("In 30 days")),
-    ("90", _l("In 90 days")),
-    ("custom", _l("On a date")),
+    ("never", gettext_lazy("Never")),
+    ("7", gettext_lazy("In 7 days")),
+    ("30", gettext_lazy("In 30 days")),
+    ("90", gettext_lazy("In 90 days")),
+    ("custom", gettext_lazy("On a date")),
 ]
 KEEP = "keep"
 
 GRACE_CHOICES = [
-    ("0", _l("At once")),
-    ("3600", _l("After 1 hour")),
-    ("86400", _l("After 24 hours")),
-    ("604800", _l("After 7 days")),
+    ("0", gettext_lazy("At once")),
+    ("3600", gettext_lazy("After 1 hour")),
+    ("86400", gettext_lazy("After 24 hours")),
+    ("604800", gettext_lazy("After 7 days")),
 ]
 
 
@@ -40,36 +40,38 @@ class ModelChoices(forms.MultipleChoiceField):
 
 
 class KeyForm(forms.Form):
-    name = forms.CharField(label=_l("Name"), max_length=100)
-    group = forms.ChoiceField(label=_l("Group"), required=False)
+    name = forms.CharField(label=gettext_lazy("Name"), max_length=100)
+    group = forms.ChoiceField(label=gettext_lazy("Group"), required=False)
     allowed_models = ModelChoices(
-        label=_l("Allowed models"), required=False,
-        help_text=_l("None ticked: every model the group may call."))
+        label=gettext_lazy("Allowed models"), required=False,
+        help_text=gettext_lazy("None ticked: every model the group may call."))
     denied_models = ModelChoices(
-        label=_l("Denied models"), required=False,
-        help_text=_l("Models this key may never call."))
-    rpm = forms.IntegerField(label=_l("Requests per minute"), required=False, min_value=0)
-    rpd = forms.IntegerField(label=_l("Requests per day"), required=False, min_value=0)
-    tpm = forms.IntegerField(label=_l("Tokens per minute"), required=False, min_value=0,
-                             help_text=_l("Empty or 0: unlimited."))
-    concurrency = forms.IntegerField(label=_l("Concurrent requests"), required=False,
+        label=gettext_lazy("Denied models"), required=False,
+        help_text=gettext_lazy("Models this key may never call."))
+    rpm = forms.IntegerField(label=gettext_lazy("Requests per minute"), required=False, min_value=0)
+    rpd = forms.IntegerField(label=gettext_lazy("Requests per day"), required=False, min_value=0)
+    tpm = forms.IntegerField(label=gettext_lazy("Tokens per minute"), required=False, min_value=0,
+                             help_text=gettext_lazy("Empty or 0: unlimited."))
+    concurrency = forms.IntegerField(label=gettext_lazy("Concurrent requests"), required=False,
                                      min_value=0)
-    max_tokens = forms.IntegerField(label=_l("Max tokens per request"), required=False,
+    max_tokens = forms.IntegerField(label=gettext_lazy("Max tokens per request"), required=False,
                                     min_value=0)
-    quota = forms.DecimalField(label=_l("Spending quota"), required=False, min_value=0,
-                               max_digits=18, decimal_places=6,
-                               help_text=_l("The most this key may spend; empty: no cap."))
-    expiry = forms.ChoiceField(label=_l("Expires"), choices=EXPIRY_PRESETS, initial="never",
-                               widget=forms.RadioSelect)
+    quota = forms.DecimalField(
+        label=gettext_lazy("Spending quota"), required=False, min_value=0,
+        max_digits=18, decimal_places=6,
+        help_text=gettext_lazy("The most this key may spend; empty: no cap."))
+    expiry = forms.ChoiceField(
+        label=gettext_lazy("Expires"), choices=EXPIRY_PRESETS, initial="never",
+        widget=forms.RadioSelect)
     expires_at = forms.DateTimeField(
-        label=_l("Expiry date and time"), required=False,
+        label=gettext_lazy("Expiry date and time"), required=False,
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"))
     allowed_ips = forms.CharField(
-        label=_l("IP allow-list"), required=False,
+        label=gettext_lazy("IP allow-list"), required=False,
         widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
-        help_text=_l("IP addresses or CIDR ranges (203.0.113.0/24), one per line; "
-                     "empty: any address."))
+        help_text=gettext_lazy("IP addresses or CIDR ranges (203.0.113.0/24), one per line; "
+                               "empty: any address."))
 
     def __init__(self, *args: Any, tenant: Tenant, instance: ApiKey | None = None,
                  **kwargs: Any) -> None:
@@ -208,9 +210,9 @@ def initial_for(key: ApiKey) -> dict[str, Any]:
 
 class RotateForm(forms.Form):
     grace = forms.ChoiceField(
-        label=_l("Revoke the old key"), choices=GRACE_CHOICES, initial="0",
+        label=gettext_lazy("Revoke the old key"), choices=GRACE_CHOICES, initial="0",
         widget=forms.RadioSelect,
-        help_text=_l("A grace period lets running clients move to the new key first."))
+        help_text=gettext_lazy("A grace period lets running clients move to the new key first."))
 
     def grace_period(self) -> timedelta:
         return timedelta(seconds=int(self.cleaned_data["grace"]))

@@ -19,6 +19,10 @@
   let controller = null;
   let spent = 0;
 
+  // Fill a translated template from a data-* attribute: "{input} input tokens" etc.
+  const fmt = (template, values) => template.replace(/\{(\w+)\}/g,
+    (whole, name) => (name in values ? String(values[name]) : whole));
+
   const api = () => document.querySelector("input[name=pg-api]:checked").value;
 
   const addTurn = (role, text) => {
@@ -135,7 +139,8 @@
         signal: controller.signal,
       });
       if (!response.ok) {
-        turn.body.textContent = t.error + " " + response.status + ": " + await errorText(response);
+        turn.body.textContent = fmt(t.errorStatus, {
+          status: response.status, message: await errorText(response) });
         history.pop();
         return;
       }
@@ -161,18 +166,17 @@
       const elapsed = Math.round(performance.now() - started);
       history.push({ role: "assistant", content: answer });
       if (!usage) {
-        turn.meta.textContent = elapsed + " ms · " + t.noUsage;
+        turn.meta.textContent = fmt(t.ms, { ms: elapsed }) + " · " + t.noUsage;
         return;
       }
       const cost = await costOf(model, usage, response.headers.get("x-turnpike-cost"));
       if (cost !== null) spent += Number(cost);
       turn.meta.textContent = [
-        `${usage.input} ${t.tokensIn} (${usage.cached} ${t.tokensCached})`,
-        `${usage.output} ${t.tokensOut} (${usage.reasoning} ${t.tokensReasoning})`,
-        cost !== null ? `${t.cost} ${cost}` : "",
-        `${elapsed} ms`,
+        fmt(t.tokens, usage),
+        cost !== null ? fmt(t.cost, { cost }) : "",
+        fmt(t.ms, { ms: elapsed }),
       ].filter(Boolean).join(" · ");
-      total.textContent = `${t.cost}: ${spent.toFixed(6)}`;
+      total.textContent = fmt(t.total, { cost: spent.toFixed(6) });
     } catch (error) {
       if (error.name !== "AbortError") turn.meta.textContent = t.error + ": " + error;
       if (answer) history.push({ role: "assistant", content: answer });

@@ -60,7 +60,7 @@
       try { data = JSON.parse(raw); } catch { /* not JSON: show it raw */ }
       result.hidden = false;
       status.textContent = String(response.status);
-      latency.textContent = elapsed + " ms";
+      latency.textContent = (form.dataset.ms || "{ms} ms").replace("{ms}", String(elapsed));
       answer.textContent = (data ? textOf(endpoint, data) : raw) || raw;
     } catch (error) {
       result.hidden = true;
