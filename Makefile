@@ -6,7 +6,7 @@ FAKE_PORT ?= 8900
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/turnpike
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
 
-.PHONY: help venv run migrate demo fake serve test lint worker beat usagewriter bench soak
+.PHONY: help venv run migrate demo fake serve test lint worker beat usagewriter bench soak messages
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -54,3 +54,11 @@ bench: venv ## The benchmark suite (see BENCHMARKS.md); ARGS=--smoke for a quick
 
 soak: venv ## The soak: 2 gateways, 32-way mixed load, 1% faults (10 min); ARGS=--smoke for CI
 	$(PY) -m benchmarks.soak $(ARGS)
+
+# The portal's Chinese catalogue: scan templates and Python, merge into locale/zh_Hans, compile.
+I18N_ARGS = -l zh_Hans --ignore=.venv --ignore=benchmarks --ignore=tests --ignore=staticfiles \
+	--ignore=test-artifacts
+messages: venv ## Update and compile the zh_Hans catalogue (then translate what it reports)
+	DATABASE_URL= $(PY) manage.py makemessages $(I18N_ARGS) --no-obsolete --add-location=file
+	DATABASE_URL= $(PY) manage.py compilemessages $(I18N_ARGS)
+	@msgfmt --statistics -o /dev/null locale/zh_Hans/LC_MESSAGES/django.po

@@ -1,16 +1,21 @@
-"""Daily usage rollups, raw-log expiry and the reset of daily counters (sync; run by the
+"""Daily and hourly usage rollups, raw-log expiry and the reset of daily counters (sync; run by the
 Celery tasks in billing/tasks.py, which only parse their arguments and call these).
 
-Days are local calendar days in settings.TIME_ZONE, like the RPD counters. Every function
-here is idempotent: running it twice in a row changes nothing the second time.
+Days are local calendar days in settings.TIME_ZONE, like the RPD counters; hours are UTC
+hours (``UsageRollupHourly.hour`` is the hour's start). Each period is one GROUP BY over its
+raw rows (requests, errors, token and cost sums, and the latency/TTFB histogram buckets as
+filtered counts), under a PostgreSQL advisory lock for that period, then an upsert that
+writes only the rows that changed. Every function here is idempotent: running it twice in a
+row changes nothing the second time.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -18,7 +23,15 @@ from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from billing.models import UsageLog, UsageRollup
+from billing.models import (
+    LATENCY_BOUNDS_MS,
+    LATENCY_FIELDS,
+    TTFB_FIELDS,
+    RollupState,
+    UsageLog,
+    UsageRollup,
+    UsageRollupHourly,
+)
 from keys.limits import local_day_and_seconds_left
 from portal.redis import rkey, sync_redis
 
@@ -26,8 +39,55 @@ log = logging.getLogger(__name__)
 
 SUMMED = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "cost")
 COUNTED = ("requests", "errors")
-# Namespace of the PostgreSQL advisory lock that serialises rollups of one day.
+HISTOGRAM = (*LATENCY_FIELDS, *TTFB_FIELDS)
+MEASURES = (*COUNTED, *SUMMED, *HISTOGRAM)
+# Namespaces of the PostgreSQL advisory locks that serialise rollups of one day / one hour.
 _ROLLUP_LOCK = 0x7475726E  # "turn"
+_ROLLUP_HOUR_LOCK = 0x74757268  # "turh"
+
+
+def _bucket_filters(column: str) -> list[Q]:
+    edges = (0, *LATENCY_BOUNDS_MS)
+    filters = [Q(**{f"{column}__gte": lo, f"{column}__lt": hi})
+               for lo, hi in zip(edges, edges[1:], strict=False)]
+    filters.append(Q(**{f"{column}__gte": LATENCY_BOUNDS_MS[-1]}))
+    return filters
+
+
+def measure_aggregates() -> dict[str, object]:
+    """The aggregates of UsageLog rows that make one rollup row (for ``.annotate`` or
+    ``.aggregate`` on a UsageLog queryset): also used by the dashboard for the rows newer
+    than the last complete hour."""
+    out: dict[str, object] = {"requests": Count("id"),
+                              "errors": Count("id", filter=Q(status_code__gte=400))}
+    out.update({name: Sum(name) for name in SUMMED})
+    for name, q in zip(LATENCY_FIELDS, _bucket_filters("latency_ms"), strict=True):
+        out[name] = Count("id", filter=q)
+    for name, q in zip(TTFB_FIELDS, _bucket_filters("ttfb_ms"), strict=True):
+        out[name] = Count("id", filter=q)
+    return out
+
+
+def median_ms(buckets: list[int]) -> int | None:
+    """The median of a latency histogram (counts per bucket of LATENCY_BOUNDS_MS), linearly
+    interpolated inside the bucket that holds the middle request; None when it is empty.
+    Exact to the bucket: the error is under the bucket's width (25 ms below 50 ms, at most
+    half the value above 100 ms). The open last bucket (>= the last bound) answers its
+    lower bound."""
+    total = sum(buckets)
+    if total <= 0:
+        return None
+    middle = total / 2
+    seen = 0
+    edges = (0, *LATENCY_BOUNDS_MS)
+    for i, count in enumerate(buckets):
+        if count and seen + count >= middle:
+            if i >= len(LATENCY_BOUNDS_MS):
+                return LATENCY_BOUNDS_MS[-1]
+            lo, hi = edges[i], edges[i + 1]
+            return round(lo + (hi - lo) * (middle - seen) / count)
+        seen += count
+    return LATENCY_BOUNDS_MS[-1]
 
 
 def _tz() -> ZoneInfo:
@@ -69,74 +129,232 @@ def retention_start(now: datetime | None = None) -> date | None:
 RollupKey = tuple[int | None, int | None, str]
 
 
-def _aggregate(day: date) -> dict[RollupKey, dict[str, int | Decimal]]:
-    start, end = day_bounds(day)
-    rows = (
+def _aggregate_qs(start: datetime, end: datetime) -> Any:
+    return (
         UsageLog.objects.filter(created_at__gte=start, created_at__lt=end)
         .order_by()
         .values("tenant_id", "key_id", "model")
-        .annotate(requests=Count("id"), errors=Count("id", filter=Q(status_code__gte=400)),
-                  **{name: Sum(name) for name in SUMMED})
+        .annotate(**measure_aggregates())
     )
+
+
+def _aggregate(start: datetime, end: datetime) -> dict[RollupKey, dict[str, int | Decimal]]:
     return {
         (r["tenant_id"], r["key_id"], r["model"]): {
-            name: r[name] if r[name] is not None else 0 for name in (*COUNTED, *SUMMED)
+            name: r[name] if r[name] is not None else 0 for name in MEASURES
         }
-        for r in rows
+        for r in _aggregate_qs(start, end)
     }
 
 
-def _lock_day(day: date) -> None:
-    """Serialise rollups of one day across processes (two overlapping runs would both
-    insert the day's rows and the second would break the unique constraint). SQLite needs
-    nothing: its write transactions are already serial."""
+def _lock(namespace: int, ident: int) -> None:
+    """Serialise rollups of one period across processes (two overlapping runs would both
+    insert the period's rows and the second would break the unique constraint). SQLite
+    needs nothing: its write transactions are already serial."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)",
-                           [_ROLLUP_LOCK, day.toordinal()])
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [namespace, ident])
+
+
+def _lock_day(day: date) -> None:
+    _lock(_ROLLUP_LOCK, day.toordinal())
+
+
+_UPSERT = """
+WITH agg AS ({aggregate}),
+ins AS (
+  INSERT INTO {table} ({period}, tenant_id, key_id, model, {measures})
+  SELECT %s, tenant_id, key_id, model, {coalesced} FROM agg
+  ON CONFLICT ON CONSTRAINT {constraint} DO UPDATE SET {assign}
+  WHERE ({current}) IS DISTINCT FROM ({excluded})
+  RETURNING 1),
+del AS (
+  DELETE FROM {table} r WHERE r.{period} = %s AND NOT EXISTS (
+    SELECT 1 FROM agg WHERE COALESCE(agg.tenant_id, 0) = COALESCE(r.tenant_id, 0)
+      AND COALESCE(agg.key_id, 0) = COALESCE(r.key_id, 0) AND agg.model = r.model)
+  RETURNING 1)
+SELECT (SELECT count(*) FROM agg), (SELECT count(*) FROM ins), (SELECT count(*) FROM del)
+"""
+
+
+def _upsert(model: type[UsageRollup] | type[UsageRollupHourly], period: str, value: object,
+            start: datetime, end: datetime) -> int:
+    """PostgreSQL: the whole period in one statement (the GROUP BY, an INSERT ... ON
+    CONFLICT DO UPDATE that writes only rows that differ, and a DELETE of the period's rows
+    no longer in the aggregate), with no per-row Python. Returns the period's rollup rows.
+    (The DELETE compares ids through COALESCE(.., 0), not IS NOT DISTINCT FROM, so it is a
+    hash anti-join: ids are positive, and the other form made it a nested loop.)"""
+    table = model._meta.db_table
+    constraint = model._meta.constraints[0].name
+    sql, params = _aggregate_qs(start, end).query.sql_with_params()
+    measures = ", ".join(MEASURES)
+    statement = _UPSERT.format(
+        aggregate=sql, table=table, period=period, measures=measures, constraint=constraint,
+        coalesced=", ".join(f"COALESCE({m}, 0)" for m in MEASURES),
+        assign=", ".join(f"{m} = EXCLUDED.{m}" for m in MEASURES),
+        current=", ".join(f"{table}.{m}" for m in MEASURES),
+        excluded=", ".join(f"EXCLUDED.{m}" for m in MEASURES))
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [*params, value, value])
+        rows, _written, _deleted = cursor.fetchone()
+    return int(rows)
+
+
+def _sync(model: type[UsageRollup] | type[UsageRollupHourly], period: dict[str, object],
+          wanted: dict[RollupKey, dict[str, int | Decimal]], label: str,
+          expired: bool) -> int:
+    """Make the rollup rows of one period (``period``: its field and value) equal to
+    ``wanted``: insert the missing, update the changed, delete the stale; rows already
+    right are not written. A period whose raw rows have expired (``expired``) is never
+    made smaller."""
+    existing = {(r.tenant_id, r.key_id, r.model): r for r in model.objects.filter(**period)}
+    if expired:
+        had = sum(r.requests for r in existing.values())
+        if sum(int(v["requests"]) for v in wanted.values()) < had:
+            log.info("rollup of %s kept: its raw usage rows have expired", label)
+            return len(existing)
+    stale = [r.pk for k, r in existing.items() if k not in wanted]
+    changed = []
+    added = []
+    for k, values in wanted.items():
+        row = existing.get(k)
+        if row is None:
+            added.append(model(**period, tenant_id=k[0], key_id=k[1], model=k[2], **values))
+        elif any(getattr(row, name) != value for name, value in values.items()):
+            for name, value in values.items():
+                setattr(row, name, value)
+            changed.append(row)
+    if stale:
+        model.objects.filter(pk__in=stale).delete()
+    if changed:
+        model.objects.bulk_update(changed, list(MEASURES), batch_size=1000)
+    if added:
+        model.objects.bulk_create(added, batch_size=1000)
+    return len(wanted)
 
 
 def rollup_day(day: date, now: datetime | None = None) -> int:
     """Make the UsageRollup rows of one local day equal to the aggregate of its UsageLog
-    rows, per (tenant, key, model): requests, errors (status >= 400), token and cost sums.
-    Returns the number of rollup rows the day has.
+    rows, per (tenant, key, model): requests, errors (status >= 400), token and cost sums,
+    latency and TTFB histograms. Returns the number of rollup rows the day has.
 
     One transaction. Rows that are already right are left alone, so a second run (or the
     10-minute task on a quiet day) writes nothing. A day whose raw rows have expired (it is
     before ``retention_start``) is never made smaller: if its raw rows count fewer requests
     than its rollups (all or part of them deleted), the rollups stay as they are.
     """
+    kept_from = retention_start(now)
+    expired = kept_from is not None and day < kept_from
     with transaction.atomic():
         _lock_day(day)
-        wanted = _aggregate(day)
-        existing = {(r.tenant_id, r.key_id, r.model): r
-                    for r in UsageRollup.objects.filter(date=day)}
-        kept_from = retention_start(now)
-        if kept_from is not None and day < kept_from:
-            had = sum(r.requests for r in existing.values())
-            if sum(int(v["requests"]) for v in wanted.values()) < had:
-                log.info("rollup of %s kept: its raw usage rows have expired", day)
-                return len(existing)
+        if connection.vendor == "postgresql" and not expired:
+            return _upsert(UsageRollup, "date", day, *day_bounds(day))
+        wanted = _aggregate(*day_bounds(day))
+        return _sync(UsageRollup, {"date": day}, wanted, str(day), expired=expired)
 
-        stale = [r.pk for k, r in existing.items() if k not in wanted]
-        changed: list[UsageRollup] = []
-        added: list[UsageRollup] = []
-        for k, values in wanted.items():
-            row = existing.get(k)
-            if row is None:
-                added.append(UsageRollup(date=day, tenant_id=k[0], key_id=k[1], model=k[2],
-                                         **values))
-            elif any(getattr(row, name) != value for name, value in values.items()):
-                for name, value in values.items():
-                    setattr(row, name, value)
-                changed.append(row)
-        if stale:
-            UsageRollup.objects.filter(pk__in=stale).delete()
-        if changed:
-            UsageRollup.objects.bulk_update(changed, [*COUNTED, *SUMMED])
-        if added:
-            UsageRollup.objects.bulk_create(added)
-        return len(wanted)
+
+def hour_start(moment: datetime) -> datetime:
+    """The start of the UTC hour an aware datetime falls in."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def rollup_hour(hour: datetime, now: datetime | None = None) -> int:
+    """Make the UsageRollupHourly rows of one UTC hour (any moment in it) equal to the
+    aggregate of its UsageLog rows, like ``rollup_day``. Returns its rollup rows."""
+    start = hour_start(hour)
+    kept_from = retention_start(now)
+    expired = kept_from is not None and start < day_bounds(kept_from)[0]
+    with transaction.atomic():
+        _lock(_ROLLUP_HOUR_LOCK, int(start.timestamp()) // 3600)
+        if connection.vendor == "postgresql" and not expired:
+            return _upsert(UsageRollupHourly, "hour", start, start, start + timedelta(hours=1))
+        wanted = _aggregate(start, start + timedelta(hours=1))
+        return _sync(UsageRollupHourly, {"hour": start}, wanted,
+                     start.strftime("%Y-%m-%d %H:00 UTC"), expired=expired)
+
+
+def rollup_hours(start: datetime, end: datetime, now: datetime | None = None) -> int:
+    """Roll up every UTC hour from the one holding ``start`` to the one holding ``end``
+    (backfills). Returns the rollup rows written in all."""
+    hour = hour_start(start)
+    total = 0
+    while hour <= end:
+        total += rollup_hour(hour, now=now)
+        hour += timedelta(hours=1)
+    return total
+
+
+# --- the scheduled rollups and their watermarks ------------------------------------------
+#
+# The tasks roll every period from the last one they finished (RollupState.through) to the
+# current one, so a beat that stopped for a while catches up (at most CATCH_UP periods per
+# run; the next run goes on). ``through`` advances only over periods rolled after they
+# ended; the current period is rolled too (for readers that want it) but stays beyond it.
+
+CATCH_UP_HOURS = 48
+CATCH_UP_DAYS = 40
+
+
+def _state(name: str) -> RollupState | None:
+    return RollupState.objects.filter(name=name).first()
+
+
+def _advance(name: str, since: datetime, through: datetime) -> None:
+    state = _state(name)
+    if state is None:
+        RollupState.objects.create(name=name, since=since, through=through)
+    elif through > state.through:
+        RollupState.objects.filter(name=name).update(through=through, updated_at=timezone.now())
+
+
+def rollup_recent_hours(now: datetime | None = None) -> dict[str, int]:
+    """The hourly task: roll up every UTC hour from the first one not yet rolled after it
+    ended (the start of yesterday, local, on the first run) through the current one, the
+    previous hour always included (rows land up to a few seconds late). Returns rollup
+    rows per hour."""
+    moment = _now(now)
+    current = hour_start(moment)
+    state = _state("hourly")
+    if state is None:
+        first = hour_start(day_bounds(local_date(moment) - timedelta(days=1))[0])
+    else:
+        first = min(state.through, current - timedelta(hours=1))
+    first = max(first, current - timedelta(hours=CATCH_UP_HOURS))
+    done: dict[str, int] = {}
+    hour = first
+    while hour <= current:
+        done[hour.isoformat()] = rollup_hour(hour, now=moment)
+        hour += timedelta(hours=1)
+    gap = state is not None and first > state.through  # more than CATCH_UP_HOURS behind
+    _advance("hourly", first if gap or state is None else state.since, current)
+    if gap:
+        RollupState.objects.filter(name="hourly").update(since=first)
+    return done
+
+
+def rollup_recent_days(now: datetime | None = None) -> dict[str, int]:
+    """The daily task: roll up every local day from the first one not yet rolled after it
+    ended (CATCH_UP_DAYS back on the first run, so the dashboard's 30 days are covered)
+    through today, yesterday always included. Returns rollup rows per day."""
+    moment = _now(now)
+    today = local_date(moment)
+    state = _state("daily")
+    if state is None:
+        first = today - timedelta(days=CATCH_UP_DAYS)
+    else:
+        first = min(local_date(state.through), today - timedelta(days=1))
+    first = max(first, today - timedelta(days=CATCH_UP_DAYS))
+    done: dict[str, int] = {}
+    day = first
+    while day <= today:
+        done[day.isoformat()] = rollup_day(day, now=moment)
+        day += timedelta(days=1)
+    gap = state is not None and first > local_date(state.through)
+    _advance("daily", day_bounds(first)[0] if gap or state is None else state.since,
+             day_bounds(today)[0])
+    if gap:
+        RollupState.objects.filter(name="daily").update(since=day_bounds(first)[0])
+    return done
 
 
 # --- expiry of raw rows -------------------------------------------------------------------
@@ -158,6 +376,7 @@ def expire_usage(now: datetime | None = None) -> int:
         day = local_date(oldest)
         rollup_day(day, now=now)
         start, end = day_bounds(day)
+        rollup_hours(start, end - timedelta(microseconds=1), now=now)
         rows = UsageLog.objects.filter(created_at__gte=start, created_at__lt=end).order_by()
         while True:
             ids = list(rows.values_list("pk", flat=True)[:batch])

@@ -8,7 +8,7 @@ serialisable) for backfills and tests; by default the tasks use the current time
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 from celery import shared_task
 
@@ -26,14 +26,25 @@ def _moment(now: str | None) -> datetime | None:
 
 @shared_task(name="billing.rollup_usage")
 def rollup_usage(day: str | None = None) -> dict[str, int]:
-    """Roll up one local day (``day``, ISO ``YYYY-MM-DD``), or today and yesterday (late
-    rows of yesterday land after midnight). Returns rollup rows per day."""
+    """Roll up one local day (``day``, ISO ``YYYY-MM-DD``), or every day since the last
+    complete one rolled up (at least today and yesterday: late rows of yesterday land after
+    midnight; ``rollups.rollup_recent_days``). Returns rollup rows per day."""
     if day:
-        days = [date.fromisoformat(day)]
-    else:
-        today = rollups.local_today()
-        days = [today - timedelta(days=1), today]
-    return {d.isoformat(): rollups.rollup_day(d) for d in days}
+        d = date.fromisoformat(day)
+        return {d.isoformat(): rollups.rollup_day(d)}
+    return rollups.rollup_recent_days()
+
+
+@shared_task(name="billing.rollup_usage_hourly")
+def rollup_usage_hourly(hour: str | None = None) -> dict[str, int]:
+    """Roll up one UTC hour (``hour``: an ISO moment with its offset, any time in the
+    hour), or every hour since the last complete one rolled up (at least the current and
+    the previous hour: late rows of the previous hour land after it ends;
+    ``rollups.rollup_recent_hours``). Returns rollup rows per hour."""
+    if hour:
+        h = rollups.hour_start(_moment(hour))  # type: ignore[arg-type]
+        return {h.isoformat(): rollups.rollup_hour(h)}
+    return rollups.rollup_recent_hours()
 
 
 @shared_task(name="billing.expire_usage")

@@ -85,12 +85,26 @@ def write_events(events: list[UsageEvent]) -> list[UsageEvent]:
     close_old_connections()
     events = _unique(events)
     try:
-        return _insert(events)
+        fresh = _insert(events)
     except IntegrityError:
         # A key, tenant, upstream or credential was deleted while its request ran: keep
         # the rows, without the links. (Checked only now: it costs a query per model.)
         _drop_dangling_links(events)
-        return _insert(events)
+        fresh = _insert(events)
+    _publish_after_commit(fresh)
+    return fresh
+
+
+def _publish_after_commit(fresh: list[UsageEvent]) -> None:
+    """The portal's live events for the rows just written: one message per tenant, once
+    the rows are committed (portal.live; it never raises)."""
+    if not fresh:
+        return
+    from django.db import transaction
+
+    from portal.live import publish_usage
+
+    transaction.on_commit(lambda: publish_usage(fresh))
 
 
 def _unique(events: list[UsageEvent]) -> list[UsageEvent]:

@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from keys.fields import ListField
 from keys.secrets import masked
@@ -22,8 +23,8 @@ MONEY = {"max_digits": 18, "decimal_places": 6}
 
 
 class Status(models.TextChoices):
-    ACTIVE = "active", "Active"
-    DISABLED = "disabled", "Disabled"
+    ACTIVE = "active", _("Active")
+    DISABLED = "disabled", _("Disabled")
 
 
 class Group(models.Model):
@@ -71,6 +72,16 @@ class Tenant(models.Model):
         help_text="Default group for the tenant's keys.",
     )
     balance = models.DecimalField(**MONEY, default=Decimal("0"))
+    members_can_create_keys = models.BooleanField(
+        default=False, help_text="Members (not only owners and admins) may create keys, and "
+        "change the keys they created.")
+    low_balance_threshold = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="Email the owners and admins when the "
+        "available balance falls below this; empty: no alert.")
+    low_balance_alerted = models.BooleanField(
+        default=False, editable=False,
+        help_text="The alert for the current crossing was sent (reset when the balance "
+        "is back above the threshold).")
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="tenants", blank=True
     )
@@ -85,9 +96,9 @@ class Tenant(models.Model):
 
 class Membership(models.Model):
     class Role(models.TextChoices):
-        OWNER = "owner", "Owner"
-        ADMIN = "admin", "Admin"
-        MEMBER = "member", "Member"
+        OWNER = "owner", _("Owner")
+        ADMIN = "admin", _("Admin")
+        MEMBER = "member", _("Member")
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(
@@ -103,6 +114,29 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.tenant} ({self.role})"
+
+
+class Invitation(models.Model):
+    """An invitation to join a tenant with a role, sent by email as a signed link that
+    expires (``portal.invitations``). Accepting it makes (or updates) a Membership."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Membership.Role.choices,
+                            default=Membership.Role.MEMBER)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                    on_delete=models.SET_NULL, related_name="+")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.tenant} ({self.role})"
 
 
 class ApiKey(models.Model):
@@ -146,6 +180,11 @@ class ApiKey(models.Model):
         validators=[MinValueValidator(Decimal("0"))],
     )
     quota_used = models.DecimalField(**MONEY, default=Decimal("0"))
+    rotated_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The key this one replaced (rotation).")
+    expiry_notified = models.BooleanField(default=False, editable=False)
+    quota_notified = models.BooleanField(default=False, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

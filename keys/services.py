@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from keys.fields import split_items
 from keys.models import ApiKey, Group, Status, Tenant
@@ -37,7 +39,7 @@ class CreatedKey:
 def tenant_get_or_create(*, name: str, group: Group | None = None) -> tuple[Tenant, bool]:
     name = name.strip()
     if not name:
-        raise ApplicationError("A tenant needs a name.")
+        raise ApplicationError(_("A tenant needs a name."))
     return Tenant.objects.get_or_create(name=name, defaults={"group": group})
 
 
@@ -46,7 +48,7 @@ def tenant_create(*, name: str, group: Group | None = None) -> Tenant:
     operator who asked to create one must not silently get someone else's)."""
     name = name.strip()
     if not name:
-        raise ApplicationError("A tenant needs a name.")
+        raise ApplicationError(_("A tenant needs a name."))
     if Tenant.objects.filter(name=name).exists():
         raise ApplicationError(f"A tenant named {name!r} already exists.")
     tenant = Tenant(name=name, group=group)
@@ -82,22 +84,24 @@ def key_create(
     quota: Decimal | None = None,
     expires_at: datetime | None = None,
     secret: str | None = None,
+    rotated_from: ApiKey | None = None,
 ) -> CreatedKey:
-    """Create a key. ``secret`` is for imports and fixtures; normally one is generated."""
+    """Create a key. ``secret`` is for imports and fixtures; normally one is generated.
+    ``rotated_from``: the key this one replaces (see ``key_rotate``)."""
     name = name.strip()
     if not name:
-        raise ApplicationError("A key needs a name.")
+        raise ApplicationError(_("A key needs a name."))
     secret = secret or generate_secret()
     key = ApiKey(
         tenant=tenant, name=name, created_by=created_by, group=group,
         allowed_models=split_items(models), denied_models=split_items(denied_models),
         allowed_ips=split_items(allowed_ips), rpm=rpm, rpd=rpd, tpm=tpm,
         concurrency=concurrency, max_tokens=max_tokens, quota=quota, expires_at=expires_at,
-        status=Status.ACTIVE,
+        status=Status.ACTIVE, rotated_from=rotated_from,
     )
     key_set_secret(key=key, secret=secret)
     if ApiKey.objects.filter(secret_hash=key.secret_hash).exists():
-        raise ApplicationError("A key with this secret already exists.")
+        raise ApplicationError(_("A key with this secret already exists."))
     key.full_clean()
     key.save()
     return CreatedKey(key=key, secret=secret)
@@ -161,3 +165,71 @@ def key_set_status(*, key: ApiKey, active: bool) -> bool:
     key.status = status
     key.save(update_fields=["status"])
     return True
+
+
+# Fields of a key that ``key_update`` may change (the secret, tenant and counters never).
+KEY_SETTINGS = ("name", "group", "allowed_models", "denied_models", "allowed_ips", "rpm",
+                "rpd", "tpm", "concurrency", "max_tokens", "quota", "expires_at")
+
+
+@transaction.atomic
+def key_update(*, key: ApiKey, **changes: object) -> list[str]:
+    """Change a key's settings (names in ``KEY_SETTINGS``); returns the fields that changed.
+    Saved through the model, so ``keys.signals`` evicts the snapshot on commit (and moves
+    the key's quota account when the quota changes): the gateway applies the change within
+    GATEWAY_SNAPSHOT_TTL."""
+    unknown = set(changes) - set(KEY_SETTINGS)
+    if unknown:
+        raise ApplicationError(f"Not a key setting: {', '.join(sorted(unknown))}.")
+    changed = []
+    for name, value in changes.items():
+        if name in ("allowed_models", "denied_models", "allowed_ips"):
+            value = split_items(value)  # type: ignore[arg-type]
+        if name == "name":
+            value = str(value).strip()
+            if not value:
+                raise ApplicationError(_("A key needs a name."))
+        if getattr(key, name) != value:
+            setattr(key, name, value)
+            changed.append(name)
+    if changed:
+        key.full_clean()
+        key.save(update_fields=changed)
+    return changed
+
+
+@transaction.atomic
+def key_rotate(*, key: ApiKey, grace: timedelta = timedelta(0)) -> CreatedKey:
+    """Replace a key by a new one with the same settings and a new secret. The old key
+    stops working at ``now + grace`` (its ``expires_at``; never later than it already
+    would): ``grace=0`` revokes it at once (401 ``api_key_expired``), a grace period lets
+    clients move over. The new key's ``rotated_from`` names the old one; its quota counts
+    from zero (the old key's spend stays on the old key), and its owner (``created_by``) is
+the old key's, so a member who may change the old key may change the new one."""
+    if grace < timedelta(0):
+        raise ApplicationError(_("A grace period cannot be negative."))
+    now = timezone.now()
+    expires_at = key.expires_at if key.expires_at and key.expires_at > now else None
+    made = key_create(
+        tenant=key.tenant, name=key.name, created_by=key.created_by,
+        group=key.group, models=key.allowed_models, denied_models=key.denied_models,
+        allowed_ips=key.allowed_ips, rpm=key.rpm, rpd=key.rpd, tpm=key.tpm,
+        concurrency=key.concurrency, max_tokens=key.max_tokens, quota=key.quota,
+        expires_at=expires_at, rotated_from=key,
+    )
+    if key.status != Status.ACTIVE:
+        made.key.status = key.status
+        made.key.save(update_fields=["status"])
+    ends = now + grace
+    if key.expires_at is None or key.expires_at > ends:
+        key.expires_at = ends
+        key.save(update_fields=["expires_at"])
+    return made
+
+
+@transaction.atomic
+def key_delete(*, key: ApiKey) -> None:
+    """Delete a key for good. Its usage rows and rollups stay (their key becomes empty);
+    ``keys.signals`` evicts its snapshot on commit, so the gateway answers 401 within
+    GATEWAY_SNAPSHOT_TTL."""
+    key.delete()

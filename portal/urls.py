@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
-from django.urls import path
-from django.views.generic import TemplateView
+from django.shortcuts import redirect
+from django.urls import include, path
+from django.utils.translation import gettext_lazy
 
 from portal.api import api
 
@@ -12,12 +13,20 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ok": True})
 
 
-admin.site.site_header = "Turnpike administration"
+admin.site.site_header = gettext_lazy("Turnpike administration")
 admin.site.site_title = "Turnpike"
 
+def home(request: HttpRequest) -> object:
+    """The site root: the portal for a logged-in user, the login page for anyone else."""
+    return redirect("portal:dashboard" if request.user.is_authenticated else "account_login")
+
+
 urlpatterns = [
-    path("", TemplateView.as_view(template_name="portal/home.html"), name="home"),
+    path("", home, name="home"),
     path("healthz", healthz, name="healthz"),
+    path("accounts/", include("allauth.urls")),
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("portal/", include("portal.portal_urls")),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
 ]

@@ -44,9 +44,18 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.sites",
+    "django.contrib.humanize",
     "channels",
     "rest_framework",
     "ninja",
+    "django_htmx",
+    "allauth",
+    "allauth.account",
+    "allauth.mfa",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.github",
+    "allauth.socialaccount.providers.openid_connect",
     "keys",
     "gateway",
     "billing",
@@ -57,11 +66,16 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "portal.tenancy.TenantMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -77,6 +91,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.i18n",
+                "portal.tenancy.portal_context",
             ],
         },
     },
@@ -106,7 +122,13 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 
-LANGUAGE_CODE = "en-us"
+LANGUAGE_CODE = "en"
+# The portal's languages, chosen from the browser (Accept-Language), switchable, remembered
+# in a cookie; catalogues in locale/ (compiled .mo files are committed).
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+# Number formats the portal overrides per language (portal/formats/zh_Hans: 1,234,567.50).
+FORMAT_MODULE_PATH = ["portal.formats"]
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
@@ -119,7 +141,107 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True
 warnings.filterwarnings("ignore", message="No directory at: ")
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/portal/"
+SITE_ID = 1
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+
+# --- Portal accounts (django-allauth) -------------------------------------------------------
+# Sign-up: "open" (anyone), "invite" (only through a tenant's invitation link), "closed".
+PORTAL_SIGNUP = env_str("PORTAL_SIGNUP", "invite") or "invite"
+if PORTAL_SIGNUP not in ("open", "invite", "closed"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("PORTAL_SIGNUP must be 'open', 'invite' or 'closed'")
+# Email verification: "none", "optional" (a reminder) or "mandatory" (no login before it).
+ACCOUNT_EMAIL_VERIFICATION = env_str("PORTAL_EMAIL_VERIFICATION", "optional") or "optional"
+if ACCOUNT_EMAIL_VERIFICATION not in ("none", "optional", "mandatory"):
+    raise ImproperlyConfigured(
+        "PORTAL_EMAIL_VERIFICATION must be 'none', 'optional' or 'mandatory'")
+# Days an invitation link stays valid.
+PORTAL_INVITATION_DAYS = env_int("PORTAL_INVITATION_DAYS", 7)
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_USER_MODEL_USERNAME_FIELD = "username"
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_ADAPTER = "portal.accounts.AccountAdapter"
+ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"
+ACCOUNT_EMAIL_SUBJECT_PREFIX = f"[{env_str('PORTAL_NAME', 'Turnpike') or 'Turnpike'}] "
+# Failed logins are throttled per IP and per account (allauth's rate limits).
+# Behind a reverse proxy, ALLAUTH_TRUSTED_PROXY_COUNT=1 makes the limits count the client's
+# address from X-Forwarded-For (by default the socket's address: the header is not trusted).
+ACCOUNT_RATE_LIMITS = {"login_failed": "10/m/ip,5/5m/key"}
+ALLAUTH_TRUSTED_PROXY_COUNT = env_int("ALLAUTH_TRUSTED_PROXY_COUNT", 0)
+# Confirmation links log the user in when opened in the browser that signed up.
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
+MFA_PASSKEY_LOGIN_ENABLED = True
+# Passkeys need a secure context: https, or http://localhost (browsers refuse an IP address
+# such as 127.0.0.1 as a passkey's relying party).
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = DEBUG
+MFA_TOTP_ISSUER = env_str("PORTAL_NAME", "Turnpike") or "Turnpike"
+MFA_ADAPTER = "portal.accounts.MFAAdapter"
+# Optional single sign-on, configured from the environment (no database rows needed).
+SOCIALACCOUNT_PROVIDERS: dict[str, dict[str, object]] = {}
+if env_str("GITHUB_CLIENT_ID"):
+    SOCIALACCOUNT_PROVIDERS["github"] = {"APPS": [{
+        "client_id": env_str("GITHUB_CLIENT_ID"), "secret": env_str("GITHUB_CLIENT_SECRET", ""),
+    }], "SCOPE": ["user:email"]}
+if env_str("OIDC_SERVER_URL"):
+    SOCIALACCOUNT_PROVIDERS["openid_connect"] = {"APPS": [{
+        "provider_id": env_str("OIDC_PROVIDER_ID", "oidc"),
+        "name": env_str("OIDC_NAME", "Single sign-on"),
+        "client_id": env_str("OIDC_CLIENT_ID"), "secret": env_str("OIDC_CLIENT_SECRET", ""),
+        "settings": {"server_url": env_str("OIDC_SERVER_URL")},
+    }]}
+SOCIALACCOUNT_ADAPTER = "portal.accounts.SocialAccountAdapter"
+# An SSO login whose provider vouches for (verifies) the email of an existing account logs in
+# to that account (and connects it), so SSO works for operator-made users with sign-up closed.
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
+
+# Email: the console by default; SMTP when EMAIL_HOST is set.
+EMAIL_HOST = env_str("EMAIL_HOST")
+EMAIL_BACKEND = env_str("EMAIL_BACKEND") or (
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend")
+# EMAIL_BACKEND=django.core.mail.backends.filebased.EmailBackend writes each email to a file
+# in this folder (the browser tests read their verification links there).
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH")
+EMAIL_PORT = env_int("EMAIL_PORT", 587)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "") or ""
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "") or ""
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)  # implicit TLS (port 465)
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", not EMAIL_USE_SSL)  # STARTTLS (port 587)
+if EMAIL_USE_SSL and EMAIL_USE_TLS:
+    raise ImproperlyConfigured("EMAIL_USE_SSL and EMAIL_USE_TLS cannot both be true")
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Turnpike <turnpike@localhost>")
+# The portal's address in emails sent by workers (alerts), e.g. https://turnpike.example.
+PORTAL_BASE_URL = env_str("PORTAL_BASE_URL", "") or ""
+
+# Content-Security-Policy on every page (django-csp): the portal's scripts and styles are
+# vendored files under static/, never inline, never from a CDN.
+CONTENT_SECURITY_POLICY = {
+    "EXCLUDE_URL_PREFIXES": ["/api/docs", "/api/v1/docs"],
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+        "base-uri": ["'self'"],
+    },
+}
+
+# Live portal updates: channels' Redis layer with Redis, in-memory on the embedded default.
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 # Session storage, not the default cookie: the admin shows a new key's secret once in a
 # message, and a cookie would carry it (signed, not encrypted) through the browser.
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
@@ -158,6 +280,10 @@ GATEWAY_PATH_PREFIXES = env_list("GATEWAY_PATH_PREFIXES", ["/codex"])
 # Every Redis key the gateway writes starts with this (several deployments, or test
 # workers, can share one Redis).
 GATEWAY_REDIS_PREFIX = env_str("GATEWAY_REDIS_PREFIX", "gw:") or "gw:"
+if REDIS_URL:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                                  "CONFIG": {"hosts": [REDIS_URL],
+                                             "prefix": GATEWAY_REDIS_PREFIX + "chan"}}}
 # How long a process trusts its in-memory copy of a key/route snapshot before re-reading
 # the shared copy; an admin change is visible everywhere within this many seconds.
 GATEWAY_SNAPSHOT_TTL = env_float("GATEWAY_SNAPSHOT_TTL", 1.0)
@@ -237,6 +363,8 @@ CELERY_BEAT_SCHEDULE = {
     # while the database was down), raw-log expiry, and the RPD counters of the day that
     # just ended (sent at local midnight, run 30 s later).
     "billing-rollup-usage": {"task": "billing.rollup_usage", "schedule": 600.0},
+    # Hourly rollups (the dashboard's today): the current and the previous hour.
+    "billing-rollup-usage-hourly": {"task": "billing.rollup_usage_hourly", "schedule": 60.0},
     "billing-drain-usage-spool": {"task": "billing.drain_usage_spool", "schedule": 60.0},
     # Reservations of gateway processes that stopped, and limiter accounts that drifted.
     "billing-reconcile-accounts": {"task": "billing.reconcile_accounts", "schedule": 60.0},
@@ -245,6 +373,9 @@ CELERY_BEAT_SCHEDULE = {
     "billing-reset-daily-counters": {"task": "billing.reset_daily_counters",
                                      "schedule": crontab(hour=0, minute=0),
                                      "options": {"countdown": 30}},
+    # Portal alerts: low balance (once per crossing), keys expiring soon or near quota.
+    "portal-alert-low-balance": {"task": "portal.alert_low_balance", "schedule": 300.0},
+    "portal-alert-keys": {"task": "portal.alert_keys", "schedule": 3600.0},
 }
 
 LOGGING = {

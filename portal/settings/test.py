@@ -9,6 +9,8 @@ from portal.settings.base import *  # noqa: F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Each test run gets its own Redis key prefix so concurrent runs never see each other.
 GATEWAY_REDIS_PREFIX = f"gwtest{os.getpid()}:"
+if REDIS_URL:  # noqa: F405
+    CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = GATEWAY_REDIS_PREFIX + "chan"  # noqa: F405
 CELERY_TASK_ALWAYS_EAGER = True
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405

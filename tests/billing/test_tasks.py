@@ -441,12 +441,16 @@ def test_the_worker_rolls_up_a_given_day_and_by_default_today_and_yesterday(
     assert stored() == first
 
     recent = log(timezone.now(), w.acme, w.a2, inp=1, cost="0.5")
-    done = worker.run(tasks.rollup_usage)
+    done = worker.run(tasks.rollup_usage)  # the first run catches up CATCH_UP_DAYS days
     days = sorted(date.fromisoformat(d) for d in done)
-    assert len(days) == 2 and days[1] - days[0] == timedelta(days=1)
+    assert len(days) == rollups.CATCH_UP_DAYS + 1
+    assert all(b - a == timedelta(days=1) for a, b in zip(days, days[1:], strict=False))
     today = rollups.local_date(recent.created_at)
-    assert today in days
+    assert days[-1] == today
     assert done[today.isoformat()] == 1
+    done = worker.run(tasks.rollup_usage)  # then: yesterday and today
+    days = sorted(date.fromisoformat(d) for d in done)
+    assert len(days) == 2 and days[1] - days[0] == timedelta(days=1) and days[1] == today
     assert table()[(today.isoformat(), "acme", "a2", "gpt-5")] == (
         1, 0, 1, 0, 0, 0, Decimal("0.5"))
 

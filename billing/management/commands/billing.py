@@ -7,13 +7,12 @@ from datetime import date, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
 from billing.services import ledger_mismatches
 
 
 class Command(BaseCommand):
-    help = "Check balances against the ledger; roll usage up by day."
+    help = "Check balances against the ledger; roll usage up by day or hour."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
@@ -22,8 +21,16 @@ class Command(BaseCommand):
                                      "(Redis) drift from the database.")
         sub.add_parser("reconcile", help="Give back reservations of stopped processes and put "
                                          "drifting limiter accounts back in line.")
-        rollup = sub.add_parser("rollup", help="Rebuild the daily rollups of a day.")
-        rollup.add_argument("--date", help="YYYY-MM-DD (default: today and yesterday).")
+        rollup = sub.add_parser("rollup", help="Rebuild the daily rollups of a day, or the "
+                                               "hourly rollups (--hourly).")
+        rollup.add_argument("--date", help="YYYY-MM-DD (default: every day since the last "
+                                           "complete one rolled up, at least today and "
+                                           "yesterday; with --hourly: every hour of that "
+                                           "local day).")
+        rollup.add_argument("--hourly", action="store_true",
+                            help="The hourly rollups (default: every hour since the last "
+                                 "complete one rolled up, at least the current and the "
+                                 "previous hour).")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         from billing.reconcile import account_drifts, reconcile
@@ -52,16 +59,40 @@ class Command(BaseCommand):
                 self.stdout.write(f"corrected: {drift.describe()}")
             self.stdout.write(f"{len(fixed)} account(s) corrected.")
             return
-        from billing.rollups import rollup_day
+        from billing.rollups import (
+            day_bounds,
+            hour_start,
+            rollup_day,
+            rollup_hour,
+            rollup_recent_days,
+            rollup_recent_hours,
+        )
 
+        if opts["hourly"]:
+            if opts["date"]:
+                try:
+                    start, end = day_bounds(date.fromisoformat(opts["date"]))
+                except ValueError as exc:
+                    raise CommandError(f"--date {opts['date']!r} is not YYYY-MM-DD") from exc
+                hour = hour_start(start)
+            else:
+                for label, rows in rollup_recent_hours().items():
+                    self.stdout.write(f"{label}: {rows} rollup row(s)")
+                return
+            while hour < end:
+                rows = rollup_hour(hour)
+                self.stdout.write(f"{hour:%Y-%m-%d %H}:00 UTC: {rows} rollup row(s)")
+                hour += timedelta(hours=1)
+            return
         if opts["date"]:
             try:
                 days = [date.fromisoformat(opts["date"])]
             except ValueError as exc:
                 raise CommandError(f"--date {opts['date']!r} is not YYYY-MM-DD") from exc
         else:
-            today = timezone.localdate()
-            days = [today - timedelta(days=1), today]
+            for label, rows in rollup_recent_days().items():
+                self.stdout.write(f"{label}: {rows} rollup row(s)")
+            return
         for day in days:
             rows = rollup_day(day)
             self.stdout.write(f"{day}: {rows} rollup row(s)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from argparse import ArgumentParser
 from typing import Any
 
+from allauth.account.models import EmailAddress
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -18,6 +19,7 @@ from gateway.services import upstream_create
 from keys.models import ApiKey, Membership
 from keys.services import key_create, tenant_get_or_create
 
+DEMO_EMAIL = "demo@example.com"
 DEMO_MODELS = ["gpt-4o-mini", "gpt-5", "gpt-5-codex"]
 CURL_BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 
@@ -38,14 +40,26 @@ class Command(BaseCommand):
         tenant, _ = tenant_get_or_create(name="demo")
         user_model = get_user_model()
         user, made_user = user_model.objects.get_or_create(
-            username="demo", defaults={"email": "demo@example.com", "is_staff": True,
+            username="demo", defaults={"email": DEMO_EMAIL, "is_staff": True,
                                        "is_superuser": True},
         )
         if made_user:
             user.set_password(opts["password"])
             user.save()
-        Membership.objects.get_or_create(tenant=tenant, user=user,
-                                         defaults={"role": Membership.Role.OWNER})
+        # The same user logs in to the portal by its email (verified, so at once).
+        if not user.email:
+            user.email = DEMO_EMAIL
+            user.save(update_fields=["email"])
+        address, _ = EmailAddress.objects.get_or_create(
+            user=user, email=user.email, defaults={"verified": True, "primary": True})
+        if not (address.verified and address.primary):
+            address.verified = address.primary = True
+            address.save(update_fields=["verified", "primary"])
+        membership, _ = Membership.objects.get_or_create(
+            tenant=tenant, user=user, defaults={"role": Membership.Role.OWNER})
+        if membership.role != Membership.Role.OWNER:
+            membership.role = Membership.Role.OWNER
+            membership.save(update_fields=["role"])
         upstream = Upstream.objects.filter(name="fake").first()
         if upstream is None:
             upstream = upstream_create(name="fake", kind="openai", base_url=opts["upstream_url"],
@@ -61,6 +75,8 @@ class Command(BaseCommand):
             f"Demo ready: tenant 'demo', admin user 'demo' (password '{opts['password']}' "
             f"if new) at {url}/admin/, upstream 'fake' -> {upstream.base_url} "
             f"serving {', '.join(upstream.served_models)}.\n"
+            f"Portal: {url}/ - log in as {user.email} (password '{opts['password']}' "
+            "if new), owner of tenant 'demo'.\n"
             "Try:\n"
             f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {made.secret}' "
             "-H 'Content-Type: application/json' "

@@ -1,0 +1,1 @@
+"""Reads for the portal pages, always filtered by the current tenant."""

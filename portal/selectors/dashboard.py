@@ -1,0 +1,313 @@
+"""The dashboard's reads: a tenant's (or one of its keys') usage over the last 30 days and
+today, built from rollups, always filtered by the tenant.
+
+Sources, so the page costs the same on a 10M-row usage table as on an empty one:
+
+- local days before ``RollupState('daily').through`` (the days the 10-minute task rolled
+  up after they ended): ``UsageRollup``;
+- the hours after that, up to ``RollupState('hourly').through`` (the minute task):
+  ``UsageRollupHourly``;
+- the rest (normally the current partial hour, at most a minute and a bit more): the raw
+  ``UsageLog`` rows, through the (tenant, created_at) index.
+
+The three ranges never overlap, so nothing is counted twice, and the page is exact (to
+the rows written so far) whether or not Celery beat runs: without it the watermarks stay
+behind and the raw rows cover more (right, only slower). Hours are UTC hours; for "today
+by hour" they are shown in local time (zones with half-hour offsets see their local day
+start inside an hour: that hour counts to the day it starts in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Sum
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+
+from billing.models import (
+    LATENCY_BOUNDS_MS,
+    LATENCY_FIELDS,
+    TTFB_FIELDS,
+    RollupState,
+    UsageLog,
+    UsageRollup,
+    UsageRollupHourly,
+)
+from billing.rollups import (
+    MEASURES,
+    day_bounds,
+    hour_start,
+    local_date,
+    measure_aggregates,
+    median_ms,
+)
+from keys.models import ApiKey, Tenant
+
+DAYS = 30
+TOP_KEYS = 10
+TOKENS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
+# What the by-model and by-key breakdowns need (no histograms: cheaper GROUP BYs).
+BREAKDOWN = ("requests", "errors", *TOKENS, "cost")
+
+
+@dataclass
+class Totals:
+    requests: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: Decimal = field(default_factory=Decimal)
+    lat: list[int] = field(default_factory=lambda: [0] * len(LATENCY_FIELDS))
+    ttfb: list[int] = field(default_factory=lambda: [0] * len(TTFB_FIELDS))
+
+    def add(self, row: dict[str, Any]) -> None:
+        for name in ("requests", "errors", *TOKENS):
+            self.__dict__[name] += int(row.get(name) or 0)
+        self.cost += Decimal(row.get("cost") or 0)
+        if LATENCY_FIELDS[0] in row:
+            for i, name in enumerate(LATENCY_FIELDS):
+                self.lat[i] += int(row[name] or 0)
+            for i, name in enumerate(TTFB_FIELDS):
+                self.ttfb[i] += int(row[name] or 0)
+
+    def merge(self, other: Totals) -> None:
+        for name in ("requests", "errors", *TOKENS):
+            self.__dict__[name] += other.__dict__[name]
+        self.cost += other.cost
+        self.lat = [a + b for a, b in zip(self.lat, other.lat, strict=True)]
+        self.ttfb = [a + b for a, b in zip(self.ttfb, other.ttfb, strict=True)]
+
+    @property
+    def tokens(self) -> int:
+        """Input plus output (cached input is part of input, reasoning part of output)."""
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    @property
+    def median_latency_ms(self) -> int | None:
+        return median_ms(self.lat)
+
+    @property
+    def median_ttfb_ms(self) -> int | None:
+        return median_ms(self.ttfb)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors,
+                **{name: self.__dict__[name] for name in TOKENS},
+                "cost": float(self.cost), "lat": self.lat, "ttfb": self.ttfb}
+
+
+@dataclass
+class Overview:
+    tenant: Tenant
+    key: ApiKey | None
+    now: datetime
+    today: date
+    days: list[date]
+    by_day: dict[date, Totals]
+    by_hour: dict[datetime, Totals]   # local hour starts of today
+    by_model: dict[str, Totals]       # 30 days
+    by_key: dict[int | None, Totals]  # 30 days (empty for one key's overview)
+    today_totals: Totals
+    month_totals: Totals
+    days_totals: Totals
+    key_names: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return self.days_totals.requests == 0
+
+    def top_keys(self, n: int = TOP_KEYS) -> list[dict[str, Any]]:
+        ranked = sorted(self.by_key.items(), key=lambda kv: (kv[1].cost, kv[1].requests),
+                        reverse=True)[:n]
+        out = []
+        for key_id, t in ranked:
+            name, masked = self.key_names.get(key_id, ("", "")) if key_id else ("", "")
+            out.append({"id": key_id, "name": name, "masked": masked, "totals": t})
+        return out
+
+    def chart_data(self) -> dict[str, Any]:
+        """What static/portal/dashboard.js draws (passed with json_script)."""
+        hours = sorted(self.by_hour)
+        return {
+            "days": [d.isoformat() for d in self.days],
+            "day_cost": [float(self.by_day[d].cost) for d in self.days],
+            "day_requests": [self.by_day[d].requests for d in self.days],
+            "hours": [h.isoformat() for h in hours],
+            "hour_cost": [float(self.by_hour[h].cost) for h in hours],
+            "hour_requests": [self.by_hour[h].requests for h in hours],
+            "models": [{"model": m or "-", "cost": float(t.cost), "requests": t.requests}
+                       for m, t in sorted(self.by_model.items(),
+                                          key=lambda kv: kv[1].cost, reverse=True)],
+            "keys": [{"name": k["name"] or k["masked"] or "-", "prefix": k["masked"],
+                      "cost": float(k["totals"].cost), "requests": k["totals"].requests}
+                     for k in self.top_keys()],
+            "today": self.today_totals.as_json(),
+            "month_cost": float(self.month_totals.cost),
+            "today_start": day_bounds(self.today)[0].isoformat(),
+            "key_id": self.key.pk if self.key else None,
+            "bounds": list(LATENCY_BOUNDS_MS),
+        }
+
+
+def _watermark(name: str) -> RollupState | None:
+    return RollupState.objects.filter(name=name).first()
+
+
+def _values(qs: Any, group: str | None, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    qs = qs.order_by()
+    aggregates = {name: Sum(name) for name in names}
+    if group is None:
+        row = qs.aggregate(**aggregates)
+        return [row] if row.get("requests") else []
+    return list(qs.values(group).annotate(**aggregates))
+
+
+def overview(tenant: Tenant, key: ApiKey | None = None,
+             now: datetime | None = None) -> Overview:
+    """The dashboard's figures for ``tenant`` (and only ``key`` of it, when given: its
+    rows must be the tenant's, which the caller fetched by tenant)."""
+    now = now or timezone.now()
+    today = local_date(now)
+    first_day = min(today - timedelta(days=DAYS - 1), today.replace(day=1))
+    window_day = today - timedelta(days=DAYS - 1)
+    days = [window_day + timedelta(days=i) for i in range(DAYS)]
+    scope: dict[str, Any] = {"tenant": tenant}
+    if key is not None:
+        scope["key"] = key
+
+    daily = _watermark("daily")
+    hourly = _watermark("hourly")
+    # Days in [d0, d1) come from the daily rollups (never today); days before d0 (the
+    # rollups' watermark starts later) and from d1 on come from hourly rollups or raw rows.
+    d0 = d1 = first_day
+    if daily:
+        d0 = min(max(first_day, local_date(daily.since)), today)
+        d1 = max(d0, min(local_date(daily.through), today))
+    t0 = day_bounds(d1)[0]
+    # Hours in [t0, t1) from the hourly rollups, when they cover all of it.
+    t1 = t0
+    if hourly and hourly.since <= t0 and hourly.through > t0:
+        t1 = min(hourly.through, hour_start(now) + timedelta(hours=1))
+
+    by_day = {d: Totals() for d in (first_day + timedelta(days=i)
+                                    for i in range((today - first_day).days + 1))}
+    by_hour: dict[datetime, Totals] = {}
+    by_model: dict[str, Totals] = {}
+    by_key: dict[int | None, Totals] = {}
+
+    def bump(table: dict[Any, Totals], k: Any, row: dict[str, Any]) -> None:
+        table.setdefault(k, Totals()).add(row)
+
+    # 1. daily rollups: by day (with histograms), by model and by key over the window.
+    if d1 > d0:
+        qs = UsageRollup.objects.filter(**scope, date__gte=d0, date__lt=d1)
+        for row in _values(qs, "date", MEASURES):
+            by_day[row["date"]].add(row)
+        window = qs.filter(date__gte=window_day)
+        for row in _values(window, "model", BREAKDOWN):
+            bump(by_model, row["model"], row)
+        if key is None:
+            for row in _values(window, "key_id", BREAKDOWN):
+                bump(by_key, row["key_id"], row)
+
+    def add_hour(hour: datetime, row: dict[str, Any]) -> None:
+        day = local_date(hour)
+        if day in by_day:
+            by_day[day].add(row)
+        if day == today:
+            bump(by_hour, timezone.localtime(hour), row)
+
+    # 2. hourly rollups of [t0, t1).
+    if t1 > t0:
+        qs = UsageRollupHourly.objects.filter(**scope, hour__gte=t0, hour__lt=t1)
+        for row in _values(qs, "hour", MEASURES):
+            add_hour(row["hour"], row)
+        window = qs.filter(hour__gte=hour_start(day_bounds(window_day)[0]))
+        for row in _values(window, "model", BREAKDOWN):
+            bump(by_model, row["model"], row)
+        if key is None:
+            for row in _values(window, "key_id", BREAKDOWN):
+                bump(by_key, row["key_id"], row)
+
+    # 3. raw rows: since t1 (normally the current hour), and before d0 (if any); one
+    # GROUP BY by hour, model and key each.
+    window_start = day_bounds(window_day)[0]
+
+    def raw(**created: datetime) -> None:
+        rows = (UsageLog.objects.filter(**scope, **created).order_by()
+                .annotate(h=TruncHour("created_at", tzinfo=UTC))
+                .values("h", "model", "key_id").annotate(**measure_aggregates()))
+        for row in rows:
+            add_hour(row["h"], row)
+            if row["h"] >= window_start:
+                bump(by_model, row["model"], row)
+                if key is None:
+                    bump(by_key, row["key_id"], row)
+
+    raw(created_at__gte=t1)
+    if d0 > first_day:
+        raw(created_at__gte=day_bounds(first_day)[0], created_at__lt=day_bounds(d0)[0])
+
+    for h in _today_hours(today, now):
+        by_hour.setdefault(h, Totals())
+    by_hour = {h: t for h, t in by_hour.items() if local_date(h) == today}
+    days_totals, month_totals = Totals(), Totals()
+    for d, t in by_day.items():
+        if d >= window_day:
+            days_totals.merge(t)
+        if d >= today.replace(day=1):
+            month_totals.merge(t)
+    key_names: dict[int, tuple[str, str]] = {}
+    if key is None and by_key:  # names of the top keys only (a tenant may have 100k)
+        top = sorted(by_key.items(), key=lambda kv: (kv[1].cost, kv[1].requests),
+                     reverse=True)[:TOP_KEYS]
+        for k in ApiKey.objects.filter(tenant=tenant, pk__in=[i for i, _ in top if i]).only(
+                "pk", "name", "prefix", "last4"):
+            key_names[k.pk] = (k.name, k.masked)
+    return Overview(
+        tenant=tenant, key=key, now=now, today=today, days=days,
+        by_day={d: t for d, t in by_day.items() if d >= window_day}, by_hour=by_hour,
+        by_model=by_model, by_key=by_key, today_totals=by_day[today],
+        month_totals=month_totals, days_totals=days_totals, key_names=key_names,
+    )
+
+
+def _today_hours(today: date, now: datetime) -> list[datetime]:
+    """Every local hour start of today up to now (the chart's x axis)."""
+    start, _ = day_bounds(today)
+    out = []
+    hour = hour_start(start)
+    while hour <= now:
+        out.append(timezone.localtime(hour))
+        hour += timedelta(hours=1)
+    return out
+
+
+def available_micro(tenant: Tenant) -> int | None:
+    """The tenant's available balance (balance minus reservations) in micro-units, from the
+    limiter when its account is loaded there; None otherwise (then the balance is all)."""
+    from keys.limits import limiter
+
+    try:
+        return limiter().available("tenant", tenant.pk)
+    except Exception:  # Redis away: the page still shows the balance
+        return None
+
+
+def available_balance(tenant: Tenant) -> Decimal:
+    micro = available_micro(tenant)
+    if micro is None:
+        return tenant.balance
+    return (Decimal(micro) / Decimal(1_000_000)).quantize(Decimal("0.000001"))
+
+
