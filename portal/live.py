@@ -108,12 +108,17 @@ def publish_usage(rows: list[Any]) -> None:
         messages = messages_for(rows)
         if messages:
             async_to_sync(_send_all)(messages)
-    except Exception:
+    except Exception as exc:
+        from portal.redishealth import is_outage
+
         now = time.monotonic()
         if now - _last_failure_log > 60:
             _last_failure_log = now
-            log.warning("could not publish live usage events (usage rows are written)",
-                        exc_info=True)
+            # Redis away is an outage, logged once by whoever notices it first; anything
+            # else is a bug worth its traceback.
+            outage = is_outage(exc) or isinstance(exc, TimeoutError)
+            log.warning("could not publish live usage events (usage rows are written): %s",
+                        f"{type(exc).__name__}: {exc}" if outage else "", exc_info=not outage)
 
 
 # --- the consumer -------------------------------------------------------------------------

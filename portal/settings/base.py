@@ -281,6 +281,9 @@ GATEWAY_PATH_PREFIXES = env_list("GATEWAY_PATH_PREFIXES", ["/codex"])
 # workers, can share one Redis).
 GATEWAY_REDIS_PREFIX = env_str("GATEWAY_REDIS_PREFIX", "gw:") or "gw:"
 if REDIS_URL:
+    # The cache (allauth's rate limits, sessions' helpers) under Turnpike's prefix too, so
+    # two installations (or test runs) on one Redis never share counters.
+    CACHES["default"]["KEY_PREFIX"] = GATEWAY_REDIS_PREFIX + "cache"
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
                                   "CONFIG": {"hosts": [REDIS_URL],
                                              "prefix": GATEWAY_REDIS_PREFIX + "chan"}}}

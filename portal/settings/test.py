@@ -11,6 +11,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 GATEWAY_REDIS_PREFIX = f"gwtest{os.getpid()}:"
 if REDIS_URL:  # noqa: F405
     CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = GATEWAY_REDIS_PREFIX + "chan"  # noqa: F405
+    CACHES["default"]["KEY_PREFIX"] = GATEWAY_REDIS_PREFIX + "cache"  # noqa: F405
 CELERY_TASK_ALWAYS_EAGER = True
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
