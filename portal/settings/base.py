@@ -44,7 +44,6 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "django.contrib.sites",
     "django.contrib.humanize",
     "channels",
     "rest_framework",
@@ -143,7 +142,9 @@ warnings.filterwarnings("ignore", message="No directory at: ")
 
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/portal/"
-SITE_ID = 1
+# No django.contrib.sites: allauth then names the site after the host a request came to
+# (and PORTAL_NAME in emails), with no database row to keep (a row a test flush or a fresh
+# database would lack).
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
