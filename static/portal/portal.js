@@ -29,3 +29,17 @@ document.addEventListener("click", async (event) => {
   button.setAttribute("data-copied", "true");
   setTimeout(() => { button.textContent = before; }, 1500);
 });
+
+// Regions that scroll sideways on a phone (wide tables, code) must be reachable with the
+// keyboard: they take focus (tabindex=0) on load and in content htmx swaps in.
+function focusableScrollers(root) {
+  const found = [...root.querySelectorAll(".table-wrap, pre")];
+  if (root.matches && root.matches(".table-wrap, pre")) found.push(root);
+  for (const el of found) if (!el.hasAttribute("tabindex")) el.tabIndex = 0;
+}
+if (document.readyState === "loading") {
+  document.addEventListener("DOMContentLoaded", () => focusableScrollers(document));
+} else {
+  focusableScrollers(document);
+}
+document.addEventListener("htmx:load", (event) => focusableScrollers(event.target));

@@ -140,6 +140,9 @@ def start_portal_server(tmp: Path, **env: str) -> PortalServer:
     mail_dir = tmp / "mail"
     mail_dir.mkdir(parents=True, exist_ok=True)
     log = tmp / "server.log"
+    # DATABASE_CONN_MAX_AGE=0: a connection per request, not one kept by each of daphne's
+    # threads (dozens), on a PostgreSQL shared with other test runs.
+    env = {"DATABASE_CONN_MAX_AGE": "0", **env}
     gateway = start_gateway(gateway_env(
         EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
         EMAIL_FILE_PATH=str(mail_dir), LOG_LEVEL="WARNING", **env), log=log)
@@ -386,8 +389,13 @@ def at_width(driver: Any, width: str) -> None:
     w, h = WIDTHS[width]
     driver.set_window_size(w, h)
     driver.turnpike_width = width
-    inner = driver.execute_script("return window.innerWidth")
-    assert abs(inner - w) <= 20, f"asked for a {w}px wide window, got {inner}px"
+    # On a busy machine the page may see the new size a moment after the window has it.
+    try:
+        wait_for(driver, lambda d: abs(d.execute_script("return window.innerWidth") - w) <= 20,
+                 timeout=5)
+    except Exception:  # noqa: BLE001 (TimeoutException: say what the page saw)
+        inner = driver.execute_script("return window.innerWidth")
+        raise AssertionError(f"asked for a {w}px wide window, got {inner}px") from None
 
 
 def screenshot(driver: Any, name: str, widths: tuple[str, ...] = tuple(WIDTHS)) -> list[Path]:
@@ -424,6 +432,39 @@ def js_errors(driver: Any) -> list[str]:
     loads, Content-Security-Policy violations), and forgets them."""
     return [f"{entry.get('source', '')}: {entry['message']}"
             for entry in driver.get_log("browser") if entry.get("level") == "SEVERE"]
+
+
+def overflowing(driver: Any) -> list[str]:
+    """The page scrolls sideways (a layout too wide for the window): the widest elements
+    that stick out on the right, else []. Regions that scroll on their own (a wide table in
+    its ``.table-wrap``, code in ``pre``) are fine."""
+    return list(driver.execute_script(r"""
+        const root = document.documentElement;
+        const limit = root.clientWidth + 1, out = [];
+        for (const el of document.body.querySelectorAll("*")) {
+          const r = el.getBoundingClientRect();
+          if (r.right > limit && r.width > 0) {
+            // Inside a box that scrolls or clips, unless positioned out of it.
+            let inner = false;
+            const free = getComputedStyle(el).position === "absolute";
+            for (let p = el.parentElement; p && p !== document.body; p = p.parentElement) {
+              const s = getComputedStyle(p);
+              if (s.overflowX !== "visible" && !(free && s.position === "static")) {
+                inner = true; break;
+              }
+            }
+            const cls = typeof el.className === "string" && el.className.trim() ?
+              "." + el.className.trim().split(/\s+/).join(".") : "";
+            if (!inner) out.push(el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") + cls +
+              " (" + Math.round(r.right) + "px)");
+          }
+          if (out.length >= 5) break;
+        }
+        if (!out.length && root.scrollWidth > limit) {
+          out.push("the page (" + root.scrollWidth + "px)");
+        }
+        return out;
+    """))
 
 
 def accessibility(driver: Any) -> list[dict[str, Any]]:
@@ -469,8 +510,8 @@ def color_scheme(driver: Any, scheme: str) -> None:
 def check_page(driver: Any, name: str, *, widths: tuple[str, ...] = tuple(WIDTHS),
                axe: bool = True, status: int | None = None) -> None:
     """Everything every page must pass, for the page the browser is on: its HTTP status
-    (``status``, else any below 400), screenshots at each width, axe-core clean at each
-    width, no console errors."""
+    (``status``, else any below 400), screenshots at each width, no sideways scrolling and
+    axe-core clean at each width, no console errors."""
     url = driver.current_url
     got = navigation_status(driver)
     if status is not None:
@@ -479,12 +520,14 @@ def check_page(driver: Any, name: str, *, widths: tuple[str, ...] = tuple(WIDTHS
         assert got is None or got < 400, f"{url} answered {got}"
     before = getattr(driver, "turnpike_width", "desktop")
     screenshot(driver, name, widths)
-    if axe:
-        for width in widths:
-            at_width(driver, width)
+    for width in widths:
+        at_width(driver, width)
+        wide = overflowing(driver)
+        assert not wide, f"{url} is wider than the window at {width} width: {wide}"
+        if axe:
             bad = accessibility(driver)
             assert not bad, f"axe on {url} at {width} width:\n{describe_violations(bad)}"
-        at_width(driver, before)
+    at_width(driver, before)
     errors = js_errors(driver)
     if status is not None and status >= 400:  # the page's own, expected, error status
         errors = [e for e in errors if not e.startswith(f"network: {url} - ")]
