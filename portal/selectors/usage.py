@@ -30,7 +30,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from billing.models import ModelPrice, UsageLog
+from billing.models import UsageLog
 from billing.pricing import FREE, Price, cost
 from keys.models import ApiKey, Tenant
 
@@ -388,18 +388,11 @@ def request_detail(tenant: Tenant, request_id: str) -> UsageLog | None:
 
 
 def price_for(model: str) -> Price:
-    """The model's price now (the most specific ModelPrice; wildcards allowed)."""
-    from billing.pricing import decode_price_table
+    """The model's price now (the most specific ModelPrice; wildcards allowed): the same
+    table the gateway reads, built fresh from the database."""
+    from billing.pricing import build_price_table, decode_price_table
 
-    candidates = list(ModelPrice.objects.all())
-    table = decode_price_table({"prices": [{
-        "model": p.model, "input": str(p.input_per_million),
-        "cached_input": None if p.cached_input_per_million is None
-        else str(p.cached_input_per_million),
-        "output": str(p.output_per_million),
-        "reasoning": None if p.reasoning_per_million is None
-        else str(p.reasoning_per_million),
-        "per_request": str(p.per_request)} for p in candidates]})
+    table = decode_price_table(build_price_table(""))
     return table.lookup(model) if model else FREE
 
 
