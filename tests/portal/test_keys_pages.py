@@ -289,7 +289,8 @@ def test_the_detail_page_shows_settings_and_the_usage_section(owner, acme):
     key = key_of(acme, name="detail", rpm=None)
     html = owner.get(f"/portal/keys/{key.pk}/").content.decode()
     assert key.masked in html and "60" in html and "the group" in html  # inherited rpm
-    assert 'id="key-usage-title"' in html and "No requests with this key" in html
+    # The key's usage panel (the dashboard's per-key charts), empty for an unused key.
+    assert 'id="key-usage-title"' in html and "has made no requests in the last 30 days" in html
     assert "Edit" in html and "Rotate" in html
 
 
