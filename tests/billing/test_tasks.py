@@ -394,6 +394,7 @@ def worker(django_db_setup: Any, django_db_blocker: Any,
     saved = {name: conf[name] for name in ("broker_url", "result_backend",
                                            "task_always_eager")}
     conf.update(broker_url=broker, result_backend=broker, task_always_eager=False)
+    _reset_pools()
     backend_cls, backend_url = by_url(broker, app.loader)
     backend = backend_cls(app=app, url=backend_url)
     with log_path.open("wb") as out:
@@ -419,6 +420,19 @@ def worker(django_db_setup: Any, django_db_blocker: Any,
             proc.kill()
             proc.wait()
         conf.update(saved)
+        _reset_pools()
+
+
+def _reset_pools() -> None:
+    """Drop the connection and producer pools the app built for another broker: a task
+    called eagerly earlier in the run (an alert test) makes the producer pool on memory://,
+    and the worker's pings and tasks would go there instead of to Redis."""
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
 
 
 @pytest.mark.django_db(transaction=True)
