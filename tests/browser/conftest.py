@@ -146,7 +146,34 @@ def start_portal_server(tmp: Path, **env: str) -> PortalServer:
     gateway = start_gateway(gateway_env(
         EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
         EMAIL_FILE_PATH=str(mail_dir), LOG_LEVEL="WARNING", **env), log=log)
-    return PortalServer(gateway=gateway, log=log, mail_dir=mail_dir)
+    server = PortalServer(gateway=gateway, log=log, mail_dir=mail_dir)
+    _SERVERS.append(server)
+    return server
+
+
+_SERVERS: list[PortalServer] = []
+
+
+def _wait_quiet(timeout: float = 30.0) -> None:
+    """Every running portal server has finished its requests and written its usage rows:
+    the flush after a module must not race its writer (a TRUNCATE against the writer's
+    INSERT can deadlock)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    for server in _SERVERS:
+        if server.gateway.proc.poll() is not None:
+            continue
+        while time.monotonic() < deadline:
+            try:
+                state = httpx.get(server.gateway.url + "/_gateway/status", timeout=5).json()
+            except httpx.HTTPError:
+                break
+            if not (state["in_flight"] or state["usage_pending"] or state.get("usage_journal")):
+                break
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -169,6 +196,7 @@ def db_data(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
     them); the database is flushed afterwards, as after a transactional test."""
     with django_db_blocker.unblock():
         yield
+        _wait_quiet()
         call_command("flush", interactive=False, verbosity=0)
 
 
