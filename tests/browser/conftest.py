@@ -388,9 +388,19 @@ def login(driver: Any, email_address: str, password: str = PASSWORD, *,
     if server_url is None:
         parts = urlsplit(driver.current_url)
         server_url = f"{parts.scheme}://{parts.netloc}"
-    driver.get(server_url + "/accounts/login/")
-    fill(driver, login=email_address, password=password)
-    submit(driver)
+    from selenium.common.exceptions import WebDriverException
+
+    for attempt in range(3):
+        # A navigation the previous test left in flight (a form post, a redirect) can
+        # replace the page under the form: start again on a fresh login page.
+        try:
+            driver.get(server_url + "/accounts/login/")
+            fill(driver, login=email_address, password=password)
+            submit(driver)
+            break
+        except WebDriverException:
+            if attempt == 2:
+                raise
     path = urlsplit(driver.current_url).path
     assert not path.startswith("/accounts/login/"), \
         f"login failed for {email_address}: {page_text(driver)[:500]}"
