@@ -563,6 +563,11 @@ class UsageWriter:
     async def _close(self) -> None:
         self._closing = True
         self._wake.set()
+        if self._task is not None and self._task is not asyncio.current_task():
+            # Let a write already under way (its worker thread may be writing the journal)
+            # finish: returning first would let the loop stop under that thread, which
+            # then waits for the loop forever (its live events are sent on the loop).
+            await asyncio.wait([self._task])  # _run logs its own failures
         await self.flush()
         if settings.REDIS_URL and settings.GATEWAY_USAGE_SINK != "redis":
             # The journal's rows are safe in Redis (any writer takes them), but a process

@@ -140,7 +140,7 @@ def test_sigterm_after_serving_writes_the_usage_closes_upstream_sessions_and_exi
            # Its own Redis prefix: no other gateway of the test run writes its journal.
            **gateway_env(GATEWAY_USAGE_FLUSH_INTERVAL="300", LOG_LEVEL="INFO",
                          GATEWAY_REDIS_PREFIX=settings.GATEWAY_REDIS_PREFIX + "shutdown:"),
-           "PYTHONWARNINGS": "default", "PYTHONASYNCIODEBUG": "0"}
+           "PYTHONWARNINGS": "default", "PYTHONASYNCIODEBUG": "0", "PYTHONFAULTHANDLER": "1"}
     stderr = (tmp_path / "stderr").open("w+")
     proc = subprocess.Popen([sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p",
                              str(port)], cwd=ROOT, env=env, stderr=stderr)
@@ -160,7 +160,14 @@ def test_sigterm_after_serving_writes_the_usage_closes_upstream_sessions_and_exi
         assert not UsageLog.objects.filter(request_id__in=request_ids).exists()
 
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            proc.wait(timeout=10)
+            stderr.seek(0)
+            pytest.fail("the server did not stop within 30 s of SIGTERM:\n" + stderr.read())
+        assert code == 0
     finally:
         stop(proc)
     stderr.seek(0)
