@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from keys.models import ApiKey, Group, Membership, Status, Tenant
+from keys.models import AccessToken, ApiKey, Group, Membership, Status, Tenant
 from keys.secrets import generate_secret
 from keys.services import key_set_secret
 
@@ -129,3 +129,28 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for key in queryset:
             key.status = Status.ACTIVE
             key.save(update_fields=["status"])
+
+
+@admin.register(AccessToken)
+class AccessTokenAdmin(admin.ModelAdmin):
+    """Personal access tokens are created in the portal or with ``manage.py token create``
+    (the secret is shown there, once); here staff see and revoke them."""
+
+    list_display = ("name", "masked", "user", "tenant", "scope", "staff", "expires_at",
+                    "revoked_at", "last_used_at")
+    list_filter = ("scope", "staff")
+    search_fields = ("name", "prefix", "user__email", "user__username", "tenant__name")
+    readonly_fields = ("prefix", "last4", "last_used_at", "created_at")
+    raw_id_fields = ("user", "tenant")
+    actions = ("revoke",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[AccessToken]) -> None:
+        from keys.tokens import token_revoke
+
+        for token in queryset:
+            token_revoke(token)
+        self.message_user(request, f"Revoked {queryset.count()} token(s).", messages.SUCCESS)
