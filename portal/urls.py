@@ -7,6 +7,7 @@ from django.urls import include, path
 from django.utils.translation import gettext_lazy
 
 from portal.api import api
+from portal.tenant_api import api as tenant_api
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -28,5 +29,6 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("portal/", include("portal.portal_urls")),
     path("admin/", admin.site.urls),
-    path("api/", api.urls),
+    path("api/v1/", tenant_api.urls),
+    path("api/", api.urls),  # deprecated: /api/balance, /api/redeem, /api/ledger
 ]
