@@ -8,6 +8,7 @@ installed django-ninja's static files: no CDN) at ``/api/v1/docs``.
 
 from __future__ import annotations
 
+from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 
 from portal.tenant_api import billing, errors, keys, me, members, models, usage
@@ -53,3 +54,9 @@ api = NinjaAPI(
 errors.install(api)
 for module in (me, keys, usage, billing, members, models):
     api.add_router("/", module.router)
+
+
+def unknown_url(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Any other path under /api/v1/: a 404 in the API's error shape, not a portal page."""
+    return errors.respond(api, request, errors.ApiError(
+        404, "unknown_url", f"No such API path: {request.path!r}. See /api/v1/docs."))

@@ -109,16 +109,19 @@ def as_api_error(exc: Exception) -> ApiError:
     raise exc  # not ours: a real 500
 
 
+def respond(api: NinjaAPI, request: HttpRequest, error: ApiError) -> HttpResponse:
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.details is not None:
+        body["details"] = error.details
+    response = api.create_response(request, {"error": body}, status=error.status)
+    if error.status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="turnpike"'
+    return response
+
+
 def install(api: NinjaAPI) -> None:
     def handle(request: HttpRequest, exc: Exception) -> HttpResponse:
-        error = as_api_error(exc)
-        body: dict[str, Any] = {"code": error.code, "message": error.message}
-        if error.details is not None:
-            body["details"] = error.details
-        response = api.create_response(request, {"error": body}, status=error.status)
-        if error.status == 401:
-            response["WWW-Authenticate"] = 'Bearer realm="turnpike"'
-        return response
+        return respond(api, request, as_api_error(exc))
 
     for exc_class in (ApiError, ValidationError, HttpError, Http404, PermissionDenied,
                       ApplicationError):

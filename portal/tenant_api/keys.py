@@ -222,14 +222,14 @@ def calling_key(request: HttpRequest) -> dict[str, Any]:
     return one_key_out(caller.api_key)
 
 
-@router.get("/keys/{int:key_id}", response={200: KeyOut, **ERRORS}, summary="One key")
+@router.get("/keys/{key_id}", response={200: KeyOut, **ERRORS}, summary="One key")
 def key_detail(request: HttpRequest, key_id: int) -> dict[str, Any]:
     caller = caller_of(request)
     caller.require()
     return one_key_out(selectors.key_get(caller.tenant, key_id))
 
 
-@router.patch("/keys/{int:key_id}", response={200: KeyOut, **ERRORS},
+@router.patch("/keys/{key_id}", response={200: KeyOut, **ERRORS},
               summary="Change a key's settings (only the fields sent)")
 def key_update(request: HttpRequest, key_id: int, payload: KeyPatch) -> dict[str, Any]:
     key = key_for_change(caller_of(request), key_id)
@@ -244,19 +244,19 @@ def _set_status(request: HttpRequest, key_id: int, active: bool) -> dict[str, An
     return one_key_out(key)
 
 
-@router.post("/keys/{int:key_id}/disable", response={200: KeyOut, **ERRORS},
+@router.post("/keys/{key_id}/disable", response={200: KeyOut, **ERRORS},
              summary="Disable a key (/v1 answers 403 api_key_disabled)")
 def key_disable(request: HttpRequest, key_id: int) -> dict[str, Any]:
     return _set_status(request, key_id, False)
 
 
-@router.post("/keys/{int:key_id}/enable", response={200: KeyOut, **ERRORS},
+@router.post("/keys/{key_id}/enable", response={200: KeyOut, **ERRORS},
              summary="Enable a key again")
 def key_enable(request: HttpRequest, key_id: int) -> dict[str, Any]:
     return _set_status(request, key_id, True)
 
 
-@router.post("/keys/{int:key_id}/rotate", response={200: RotatedOut, **ERRORS},
+@router.post("/keys/{key_id}/rotate", response={200: RotatedOut, **ERRORS},
              summary="Replace a key by a new one with the same settings; the new secret "
              "is in the answer, once")
 def key_rotate(request: HttpRequest, response: HttpResponse, key_id: int,
@@ -269,7 +269,7 @@ def key_rotate(request: HttpRequest, response: HttpResponse, key_id: int,
             "old_key": one_key_out(key)}
 
 
-@router.delete("/keys/{int:key_id}", response={204: None, **ERRORS},
+@router.delete("/keys/{key_id}", response={204: None, **ERRORS},
                summary="Delete a key for good (its usage stays)")
 def key_delete(request: HttpRequest, key_id: int) -> Status[None]:
     key = key_for_change(caller_of(request), key_id)

@@ -82,7 +82,7 @@ def member_list(request: HttpRequest) -> list[dict[str, Any]]:
     return [member_out(m, me) for m in rows]
 
 
-@router.patch("/members/{int:member_id}", response={200: MemberOut, **ERRORS_409},
+@router.patch("/members/{member_id}", response={200: MemberOut, **ERRORS_409},
               summary="Change a member's role")
 def member_role(request: HttpRequest, member_id: int, payload: RoleIn) -> dict[str, Any]:
     target = _member(request, member_id)
@@ -91,7 +91,7 @@ def member_role(request: HttpRequest, member_id: int, payload: RoleIn) -> dict[s
     return member_out(target, actor)
 
 
-@router.delete("/members/{int:member_id}", response={204: None, **ERRORS_409},
+@router.delete("/members/{member_id}", response={204: None, **ERRORS_409},
                summary="Remove a member (your own membership: leave the tenant)")
 def member_remove(request: HttpRequest, member_id: int) -> Status[None]:
     target = _member(request, member_id)
@@ -128,7 +128,7 @@ def invitation_create(request: HttpRequest, payload: InvitationIn) -> Status[dic
     return Status(201, invitation_out(invitation))
 
 
-@router.delete("/invitations/{int:invitation_id}", response={204: None, **ERRORS_409},
+@router.delete("/invitations/{invitation_id}", response={204: None, **ERRORS_409},
                summary="Withdraw a pending invitation")
 def invitation_revoke(request: HttpRequest, invitation_id: int) -> Status[None]:
     caller = caller_of(request)

@@ -617,5 +617,6 @@ def test_the_schema_and_docs_are_served_without_a_cdn(world):
     assert "/static/ninja/swagger-ui-bundle.js" in docs
     assert "cdn" not in docs.lower() and "https://" not in docs
     assert client.get("/static/ninja/swagger-ui-bundle.js").status_code == 200
+    error_of(client.get(f"{V1}/no/such/path"), 404, "unknown_url")
     old = client.get("/api/openapi.json").json()["paths"]
     assert all(op["deprecated"] for ops in old.values() for op in ops.values())
