@@ -20,7 +20,7 @@ def currency() -> str:
     return getattr(settings, "BILLING_CURRENCY", "USD") or "USD"
 
 
-class TotalsOut(Schema):
+class CountsOut(Schema):
     requests: int
     errors: int
     input_tokens: int
@@ -28,6 +28,9 @@ class TotalsOut(Schema):
     output_tokens: int
     reasoning_tokens: int
     cost: str
+
+
+class TotalsOut(CountsOut):
     median_latency_ms: int | None = None
     median_ttfb_ms: int | None = None
 

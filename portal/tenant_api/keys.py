@@ -74,23 +74,29 @@ class RotatedOut(Schema):
     old_key: KeyOut
 
 
-class KeyIn(Schema):
+LIMIT = {"ge": 0, "le": 2**31 - 1}
+
+
+class KeyLimits(Schema):
+    rpm: int | None = Field(None, **LIMIT)
+    rpd: int | None = Field(None, **LIMIT)
+    tpm: int | None = Field(None, **LIMIT)
+    concurrency: int | None = Field(None, **LIMIT)
+    max_tokens: int | None = Field(None, **LIMIT)
+    quota: Decimal | None = Field(None, ge=0, max_digits=18, decimal_places=6)
+    expires_at: datetime | None = Field(None, description="Null: never.")
+
+
+class KeyIn(KeyLimits):
     name: str = Field(min_length=1, max_length=100)
     group: int | None = Field(None, description="A group id the tenant may use; null: the "
                               "tenant's group.")
     allowed_models: list[str] = Field(default_factory=list)
     denied_models: list[str] = Field(default_factory=list)
     allowed_ips: list[str] = Field(default_factory=list, description="Addresses or CIDRs.")
-    rpm: int | None = Field(None, ge=0, le=2**31 - 1)
-    rpd: int | None = Field(None, ge=0, le=2**31 - 1)
-    tpm: int | None = Field(None, ge=0, le=2**31 - 1)
-    concurrency: int | None = Field(None, ge=0, le=2**31 - 1)
-    max_tokens: int | None = Field(None, ge=0, le=2**31 - 1)
-    quota: Decimal | None = Field(None, ge=0, max_digits=18, decimal_places=6)
-    expires_at: datetime | None = Field(None, description="Null: never.")
 
 
-class KeyPatch(Schema):
+class KeyPatch(KeyLimits):
     """Only the fields sent change; ``null`` clears a limit (back to the group's) or the
     expiry (never)."""
 
@@ -99,13 +105,6 @@ class KeyPatch(Schema):
     allowed_models: list[str] | None = None
     denied_models: list[str] | None = None
     allowed_ips: list[str] | None = None
-    rpm: int | None = Field(None, ge=0, le=2**31 - 1)
-    rpd: int | None = Field(None, ge=0, le=2**31 - 1)
-    tpm: int | None = Field(None, ge=0, le=2**31 - 1)
-    concurrency: int | None = Field(None, ge=0, le=2**31 - 1)
-    max_tokens: int | None = Field(None, ge=0, le=2**31 - 1)
-    quota: Decimal | None = Field(None, ge=0, max_digits=18, decimal_places=6)
-    expires_at: datetime | None = None
 
 
 class RotateIn(Schema):

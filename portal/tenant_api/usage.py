@@ -21,7 +21,7 @@ from portal.selectors import keys as key_selectors
 from portal.selectors import usage as sel
 from portal.selectors.dashboard import Overview, overview
 from portal.tenant_api.auth import Caller, caller_of
-from portal.tenant_api.common import TotalsOut, money, totals_out
+from portal.tenant_api.common import CountsOut, TotalsOut, money, totals_out
 from portal.tenant_api.errors import ERRORS, ApiError, not_found
 
 router = Router(tags=["usage"])
@@ -171,14 +171,7 @@ class LogPage(Schema):
     newer: str | None = Field(description="Cursor of the previous (newer) page.")
 
 
-class LogTotalsOut(Schema):
-    requests: int
-    errors: int
-    input_tokens: int
-    cached_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    cost: str
+class LogTotalsOut(CountsOut):
     capped: bool = Field(description="The figures are those of the newest `cap` rows.")
     cap: int
 
