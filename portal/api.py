@@ -1,4 +1,8 @@
-"""The tenant API (django-ninja), mounted at /api/; docs at /api/docs.
+"""The first tenant API (django-ninja), mounted at /api/; docs at /api/docs. Deprecated:
+its three endpoints are kept as they are for existing scripts, and the tenant API at
+``/api/v1/`` (``portal.tenant_api``) does all they do and more (``GET /api/v1/balance``,
+``POST /api/v1/redeem``, ``GET /api/v1/ledger``, with the same API key or a personal access
+token).
 
 Authentication is a Turnpike API key, the same one a client sends to /v1
 (``Authorization: Bearer sk-tp-…``), looked up by its hash like the gateway does, so a
@@ -109,7 +113,9 @@ class TurnpikeKey(HttpBearer):
 api = NinjaAPI(
     title="Turnpike tenant API",
     version="1.0.0",
-    description="Balance, redemption codes and the ledger of the tenant that owns the API "
+    description="**Deprecated**: use the tenant API at /api/v1/ (docs: /api/v1/docs), whose "
+    "`GET /balance`, `POST /redeem` and `GET /ledger` replace these. "
+    "Balance, redemption codes and the ledger of the tenant that owns the API "
     "key. Authenticate with the key you use for /v1: `Authorization: Bearer sk-tp-…`. "
     'Errors: `{"message": "...", "extra": {"code": "..."}}`.',
     urls_namespace="tenant-api",
@@ -215,7 +221,7 @@ def _entry(entry: LedgerEntry) -> dict[str, Any]:
 # --- endpoints ----------------------------------------------------------------------------
 
 @api.get("/balance", response={200: BalanceOut, **AUTH_ERRORS}, tags=["billing"],
-         summary="The tenant's balance")
+         summary="The tenant's balance (deprecated: GET /api/v1/balance)", deprecated=True)
 def balance(request: HttpRequest) -> dict[str, Any]:
     tenant = request.auth.tenant  # type: ignore[attr-defined]
     tenant.refresh_from_db(fields=["balance"])
@@ -223,7 +229,9 @@ def balance(request: HttpRequest) -> dict[str, Any]:
 
 
 @api.post("/redeem", response={200: RedeemOut, 400: ErrorOut, **AUTH_ERRORS},
-          tags=["billing"], summary="Redeem a code: add its amount to the balance")
+          tags=["billing"], deprecated=True,
+          summary="Redeem a code: add its amount to the balance (deprecated: POST "
+          "/api/v1/redeem)")
 def redeem_code(request: HttpRequest, payload: RedeemIn) -> dict[str, Any]:
     tenant = request.auth.tenant  # type: ignore[attr-defined]
     entry = redeem(code=payload.code, tenant=tenant)  # RedemptionError: 400
@@ -231,7 +239,9 @@ def redeem_code(request: HttpRequest, payload: RedeemIn) -> dict[str, Any]:
 
 
 @api.get("/ledger", response={200: LedgerOut, 400: ErrorOut, **AUTH_ERRORS},
-         tags=["billing"], summary="The tenant's latest ledger entries, newest first")
+         tags=["billing"], deprecated=True,
+         summary="The tenant's latest ledger entries, newest first (deprecated: GET "
+         "/api/v1/ledger)")
 def ledger(request: HttpRequest,
            limit: int = Query(50, ge=1, le=MAX_LEDGER_LIMIT)) -> dict[str, Any]:  # noqa: B008
     tenant = request.auth.tenant  # type: ignore[attr-defined]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import path
 
 from portal.views import balance as balance_views
-from portal.views import base, dashboard, members
+from portal.views import base, dashboard, members, tokens
 from portal.views import keys as key_views
 from portal.views import models as model_views
 from portal.views import usage as usage_views
@@ -37,6 +37,9 @@ urlpatterns = [
     path("members/<int:pk>/remove/", members.remove, name="member_remove"),
     path("members/invitations/<int:pk>/revoke/", members.revoke, name="invitation_revoke"),
     path("settings/", members.tenant_settings, name="settings"),
+    # Personal access tokens for the tenant API (/api/v1)
+    path("tokens/", tokens.token_list, name="tokens"),
+    path("tokens/<int:pk>/revoke/", tokens.token_revoke, name="token_revoke"),
     # Balance, models and prices, quickstart, playground (issue 11, p-pages).
     path("balance/", balance_views.balance, name="balance"),
     path("balance/export.csv", balance_views.export, name="balance_export"),

@@ -3,10 +3,12 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.shortcuts import redirect
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.utils.translation import gettext_lazy
 
 from portal.api import api
+from portal.tenant_api import api as tenant_api
+from portal.tenant_api import unknown_url
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -28,5 +30,7 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("portal/", include("portal.portal_urls")),
     path("admin/", admin.site.urls),
-    path("api/", api.urls),
+    path("api/v1/", tenant_api.urls),
+    re_path(r"^api/v1/", unknown_url),  # the API's 404 shape for any other path
+    path("api/", api.urls),  # deprecated: /api/balance, /api/redeem, /api/ledger
 ]

@@ -88,6 +88,7 @@ PAGES = [
     Page("/portal/members/"),
     Page("/portal/members/", MEMBER),
     Page("/portal/settings/"),
+    Page("/portal/tokens/"),
     Page("/portal/welcome/", LONER),
 ]
 
