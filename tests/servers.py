@@ -127,6 +127,9 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        # The local port of every connection made to the target: a PostgreSQL test ends by
+        # terminating the backends still attached to them (terminate_backends).
+        self.upstream_ports: set[int] = set()
         self.resume()
 
     def resume(self) -> None:
@@ -166,6 +169,7 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            self.upstream_ports.add(upstream.getsockname()[1])
             with self._lock:
                 if self._listener is not listener:
                     client.close()
@@ -188,6 +192,21 @@ class TcpProxy:
                     s.close()
                 except OSError:
                     pass
+
+
+def terminate_backends(proxy: TcpProxy) -> None:
+    """End the PostgreSQL sessions that came through ``proxy``. A cut can leave one "idle in
+    transaction" with its locks held until PostgreSQL notices the client is gone (the server
+    setting DATABASE_IDLE_IN_TRANSACTION_TIMEOUT bounds that); the test's own database
+    teardown must not wait for it."""
+    from django.db import connection
+
+    if not proxy.upstream_ports:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE client_port = ANY(%s) AND pid <> pg_backend_pid()",
+                       [sorted(proxy.upstream_ports)])
 
 
 class RedisServer:

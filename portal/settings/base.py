@@ -104,6 +104,19 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A process cut off from PostgreSQL in the middle of a transaction (a network partition,
+    # a killed host) must not hold its locks until TCP notices, two hours by default: the
+    # server ends a session idle inside a transaction after this long, and keepalives find a
+    # vanished peer in about a minute on both ends.
+    _pg_options = DATABASES["default"].setdefault("OPTIONS", {})
+    _idle_ms = env_int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", 300) * 1000
+    if _idle_ms > 0:
+        _pg_options["options"] = " ".join(filter(None, [
+            _pg_options.get("options"), f"-c idle_in_transaction_session_timeout={_idle_ms}"]))
+    for _name, _value in (("keepalives", 1), ("keepalives_idle", 30),
+                          ("keepalives_interval", 10), ("keepalives_count", 3)):
+        _pg_options.setdefault(_name, _value)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the usage writer and the admin work at the same time on the embedded default.
     DATABASES["default"]["OPTIONS"] = {

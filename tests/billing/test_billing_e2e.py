@@ -24,7 +24,7 @@ from billing.tokens import count_tokens
 from keys.models import Tenant
 from portal.redis import sync_redis
 from tests.conftest import gateway_env, wait_for_usage
-from tests.servers import TcpProxy, database_url, start_gateway, stop
+from tests.servers import TcpProxy, database_url, start_gateway, stop, terminate_backends
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 needs_redis = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="uses Redis")
@@ -197,3 +197,4 @@ def test_usage_is_kept_in_redis_while_the_database_is_unreachable(upstream, make
     finally:
         stop(gw.proc)
         proxy.pause()
+        terminate_backends(proxy)

@@ -42,6 +42,7 @@ from tests.servers import (
     database_url,
     start_gateway,
     stop,
+    terminate_backends,
 )
 
 pytestmark = [
@@ -293,6 +294,7 @@ def test_postgresql_cut_off_under_load_loses_no_row(priced):
     finally:
         stop(gw.proc)
         proxy.pause()
+        terminate_backends(proxy)
 
 
 def test_a_client_with_its_whole_answer_finds_its_slot_free_on_any_process(
