@@ -28,5 +28,6 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("portal/", include("portal.portal_urls")),
     path("admin/", admin.site.urls),
+    path("api/ops/", include("portal.ops.urls")),
     path("api/", api.urls),
 ]
