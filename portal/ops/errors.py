@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import status
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ParseError, ValidationError
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -32,4 +35,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = ValidationError(as_serializer_error(exc))
     elif isinstance(exc, IntegrityError):
         exc = Conflict()
+    elif isinstance(exc, SuspiciousOperation):  # too many fields, a body too large …
+        exc = ParseError(str(exc) or "The request cannot be read.")
     return drf_exception_handler(exc, context)
+
+
+@csrf_exempt  # it changes nothing; a 403 page would hide the 404
+def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    """Any other path under /api/ops/: a 404 in the API's shape, not the HTML page."""
+    return JsonResponse({"detail": NotFound.default_detail}, status=404)

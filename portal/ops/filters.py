@@ -5,9 +5,16 @@ Every viewset also takes ``?search=`` (over the fields its ``search_fields`` nam
 
 from __future__ import annotations
 
+from datetime import datetime
+from datetime import timezone as dt_timezone
+from typing import Any
+
+from django import forms
+from django.db import models
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django_filters import rest_framework as filters
+from django_filters.fields import IsoDateTimeField
 
 from billing.models import LedgerEntry, RedemptionCode, UsageLog, UsageRollup
 from keys.models import AccessToken, ApiKey
@@ -15,7 +22,51 @@ from keys.models import AccessToken, ApiKey
 TIME = ["gte", "lt"]
 
 
-class ApiKeyFilter(filters.FilterSet):
+class IdFilter(filters.NumberFilter):
+    """A related row by id: an id no row has matches nothing (an empty page, not a 400)."""
+
+    field_class = forms.IntegerField
+
+
+class UtcDateTimeField(IsoDateTimeField):
+    """An ISO 8601 time, moved to UTC: PostgreSQL refuses offsets past ±15:59, which the
+    standard allows."""
+
+    def to_python(self, value: Any) -> datetime | None:
+        parsed = super().to_python(value)
+        if parsed is None or parsed.tzinfo is None:
+            return parsed
+        try:
+            return parsed.astimezone(dt_timezone.utc)
+        except OverflowError:
+            raise forms.ValidationError("This time is out of range.",
+                                        code="invalid") from None
+
+
+class UtcDateTimeFilter(filters.IsoDateTimeFilter):
+    field_class = UtcDateTimeField
+
+
+class OpsFilterSet(filters.FilterSet):
+    """Foreign keys and many-to-many fields filter by id (``?tenant=3``); times are ISO
+    8601."""
+
+    FILTER_DEFAULTS = {
+        **filters.FilterSet.FILTER_DEFAULTS,
+        models.DateTimeField: {"filter_class": UtcDateTimeFilter},
+        models.ForeignKey: {"filter_class": IdFilter},
+        models.OneToOneField: {"filter_class": IdFilter},
+        models.ManyToManyField: {"filter_class": IdFilter},
+    }
+
+
+class OpsFilterBackend(filters.DjangoFilterBackend):
+    """Builds the filter sets of ``filterset_fields`` on ``OpsFilterSet``."""
+
+    filterset_base = OpsFilterSet
+
+
+class ApiKeyFilter(OpsFilterSet):
     prefix = filters.CharFilter(field_name="prefix", lookup_expr="startswith",
                                 help_text="Keys whose display prefix starts with this.")
 
@@ -26,7 +77,7 @@ class ApiKeyFilter(filters.FilterSet):
                   "expires_at": ["isnull", *TIME], "created_at": TIME}
 
 
-class RedemptionCodeFilter(filters.FilterSet):
+class RedemptionCodeFilter(OpsFilterSet):
     state = filters.ChoiceFilter(
         choices=[("active", "active"), ("redeemed", "redeemed"), ("expired", "expired")],
         method="filter_state")
@@ -45,7 +96,7 @@ class RedemptionCodeFilter(filters.FilterSet):
         return queryset.filter(unexpired, redeemed_at__isnull=True)
 
 
-class UsageLogFilter(filters.FilterSet):
+class UsageLogFilter(OpsFilterSet):
     class Meta:
         model = UsageLog
         fields = {"tenant": ["exact"], "key": ["exact"], "model": ["exact"],
@@ -54,21 +105,21 @@ class UsageLogFilter(filters.FilterSet):
                   "stream": ["exact"], "estimated": ["exact"], "created_at": TIME}
 
 
-class UsageRollupFilter(filters.FilterSet):
+class UsageRollupFilter(OpsFilterSet):
     class Meta:
         model = UsageRollup
         fields = {"tenant": ["exact"], "key": ["exact"], "model": ["exact"],
                   "date": ["exact", "gte", "lte"]}
 
 
-class LedgerFilter(filters.FilterSet):
+class LedgerFilter(OpsFilterSet):
     class Meta:
         model = LedgerEntry
         fields = {"tenant": ["exact"], "kind": ["exact"], "created_by": ["exact"],
                   "created_at": TIME}
 
 
-class AccessTokenFilter(filters.FilterSet):
+class AccessTokenFilter(OpsFilterSet):
     revoked = filters.BooleanFilter(field_name="revoked_at", lookup_expr="isnull",
                                     exclude=True)
 

@@ -37,8 +37,7 @@ class OpsAutoSchema(AutoSchema):
                           "on a write."),
             "404": _error("No such object, page or cursor."),
         }
-        if self.method in ("POST", "PUT", "PATCH", "DELETE"):
-            errors["400"] = INVALID
+        errors["400"] = INVALID  # a body, or a filter, that is not valid
         if self.method in ("POST", "PUT", "PATCH"):
             errors["409"] = _error("A concurrent change made this conflict (a unique name).")
             errors["415"] = _error("The body is not in a media type the API reads.")

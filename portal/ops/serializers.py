@@ -27,6 +27,20 @@ MAX_TOPUP = from_micro(MAX_MICRO)
 MAX_BALANCE = Decimal(10) ** 12
 
 
+def no_null_characters(value: Any) -> None:
+    """JSON stored in PostgreSQL (jsonb) cannot hold a NUL character, in a key or a value."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise serializers.ValidationError("Null characters are not allowed.")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            no_null_characters(key)
+            no_null_characters(item)
+    elif isinstance(value, list):
+        for item in value:
+            no_null_characters(item)
+
+
 def _names() -> serializers.ListField:
     return serializers.ListField(child=serializers.CharField(max_length=200), required=False,
                                  max_length=1000)
@@ -179,6 +193,7 @@ class UpstreamSerializer(serializers.ModelSerializer):
     served_models = _names()
     model_map = serializers.DictField(
         child=serializers.CharField(max_length=200), required=False,
+        validators=[no_null_characters],
         help_text='Client-facing name -> name sent upstream, e.g. {"gpt-5-codex": '
                   '"gpt-5.1-codex"}.')
     groups = serializers.PrimaryKeyRelatedField(many=True, queryset=Group.objects.all(),
@@ -255,9 +270,10 @@ class ModelPriceSerializer(serializers.ModelSerializer):
 
 
 class ModelRuleSerializer(serializers.ModelSerializer):
-    force = serializers.DictField(required=False, help_text='Merged over the body, e.g. '
+    force = serializers.DictField(required=False, validators=[no_null_characters], help_text='Merged over the body, e.g. '
                                   '{"reasoning": {"effort": "xhigh"}}.')
-    defaults = serializers.DictField(required=False, help_text="Merged under the body: "
+    defaults = serializers.DictField(required=False, validators=[no_null_characters],
+                                     help_text="Merged under the body: "
                                      "fills only what is missing.")
     drop = serializers.ListField(child=serializers.CharField(max_length=200), required=False,
                                  max_length=100)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import (
     SpectacularAPIView,
     SpectacularRedocView,
@@ -11,6 +11,7 @@ from drf_spectacular.views import (
 from rest_framework.routers import DefaultRouter
 
 from portal.ops import views
+from portal.ops.errors import not_found
 
 router = DefaultRouter()
 router.register("tenants", views.TenantViewSet, basename="tenant")
@@ -40,4 +41,5 @@ urlpatterns = [
                                                 template_name="ops/redoc.html"),
          name="redoc"),
     path("", include(router.urls)),
+    re_path(r"^.*$", not_found),
 ]
