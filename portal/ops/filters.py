@@ -5,8 +5,7 @@ Every viewset also takes ``?search=`` (over the fields its ``search_fields`` nam
 
 from __future__ import annotations
 
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from django import forms
@@ -37,7 +36,7 @@ class UtcDateTimeField(IsoDateTimeField):
         if parsed is None or parsed.tzinfo is None:
             return parsed
         try:
-            return parsed.astimezone(dt_timezone.utc)
+            return parsed.astimezone(UTC)
         except OverflowError:
             raise forms.ValidationError("This time is out of range.",
                                         code="invalid") from None

@@ -270,8 +270,9 @@ class ModelPriceSerializer(serializers.ModelSerializer):
 
 
 class ModelRuleSerializer(serializers.ModelSerializer):
-    force = serializers.DictField(required=False, validators=[no_null_characters], help_text='Merged over the body, e.g. '
-                                  '{"reasoning": {"effort": "xhigh"}}.')
+    force = serializers.DictField(required=False, validators=[no_null_characters],
+                                  help_text='Merged over the body, e.g. '
+                                            '{"reasoning": {"effort": "xhigh"}}.')
     defaults = serializers.DictField(required=False, validators=[no_null_characters],
                                      help_text="Merged under the body: "
                                      "fills only what is missing.")

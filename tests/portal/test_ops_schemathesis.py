@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
-from schemathesis import GenerationMode
-from schemathesis import checks
+from schemathesis import GenerationMode, checks
 
 from tests.portal.ops_helpers import make_callers, make_rows
 
