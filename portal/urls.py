@@ -32,5 +32,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", tenant_api.urls),
     re_path(r"^api/v1/", unknown_url),  # the API's 404 shape for any other path
+    path("api/ops/", include("portal.ops.urls")),
     path("api/", api.urls),  # deprecated: /api/balance, /api/redeem, /api/ledger
 ]

@@ -47,6 +47,10 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "channels",
     "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "ninja",
     "django_htmx",
     "allauth",
@@ -240,7 +244,7 @@ PORTAL_BASE_URL = env_str("PORTAL_BASE_URL", "") or ""
 # Content-Security-Policy on every page (django-csp): the portal's scripts and styles are
 # vendored files under static/, never inline, never from a CDN.
 CONTENT_SECURITY_POLICY = {
-    "EXCLUDE_URL_PREFIXES": ["/api/docs", "/api/v1/docs"],
+    "EXCLUDE_URL_PREFIXES": ["/api/docs", "/api/v1/docs", "/api/ops/redoc"],
     "DIRECTIVES": {
         "default-src": ["'self'"],
         "script-src": ["'self'"],
@@ -251,6 +255,52 @@ CONTENT_SECURITY_POLICY = {
         "frame-ancestors": ["'none'"],
         "form-action": ["'self'"],
         "base-uri": ["'self'"],
+    },
+}
+
+# --- Operations API (Django REST framework at /api/ops/, portal/ops/) --------------------
+# Staff only: a staff-scoped personal access token (Bearer tp_pat_…), a DRF token
+# (Token …, or Bearer …) or a staff user's session (the browsable API). The same classes are
+# the defaults of any DRF view, so nothing under DRF is ever open by accident.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "portal.ops.auth.AccessTokenAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+        "portal.ops.auth.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["portal.ops.auth.IsOpsStaff"],
+    "DEFAULT_FILTER_BACKENDS": [
+        "portal.ops.filters.OpsFilterBackend",
+        "rest_framework.filters.SearchFilter",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "portal.ops.pagination.PagePagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "portal.ops.schema.OpsAutoSchema",
+    "EXCEPTION_HANDLER": "portal.ops.errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+# The OpenAPI document (drf-spectacular) and its docs pages, served with assets vendored by
+# drf-spectacular-sidecar (no CDN).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Turnpike operations API",
+    "DESCRIPTION": "Staff-only automation of everything the admin does: tenants, members, "
+                   "groups, keys, upstreams, credentials, prices, model rules, redemption "
+                   "codes, usage, the ledger and upstream health.",
+    "VERSION": "1.0.0",
+    "SCHEMA_PATH_PREFIX": "/api/ops",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["portal.ops.auth.IsOpsStaff"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "keys.models.Status",
+        "RoleEnum": "keys.models.Membership.Role",
+        "UpstreamKindEnum": "gateway.models.UpstreamKind",
+        "LedgerKindEnum": "billing.models.LedgerEntry.Kind",
     },
 }
 
