@@ -329,8 +329,11 @@ def test_tenant_narrows_an_ambiguous_prefix(make_key: Any) -> None:
     assert dict(ApiKey.objects.values_list("name", "status")) == {
         "mine": Status.ACTIVE, "theirs": Status.DISABLED}
     assert json.loads(run("key", "show", "sk-tp-cd34…zzzz", "--json"))["id"] == theirs.key.pk
-    with pytest.raises(CommandError, match="No key matches 'sk-tp-cd34' in tenant 'nobody'"):
+    with pytest.raises(CommandError, match="No tenant named 'nobody'"):
         run("key", "show", "sk-tp-cd34", "--tenant", "nobody")
+    tenant_get_or_create(name="empty")
+    with pytest.raises(CommandError, match="No key matches 'sk-tp-cd34' in tenant 'empty'"):
+        run("key", "show", "sk-tp-cd34", "--tenant", "empty")
 
 
 @pytest.mark.django_db
