@@ -61,6 +61,7 @@ class Command(cli.OperatorCommand):
                     setattr(price, field, value)
             price.full_clean()
             price.save()  # new requests see it within GATEWAY_SNAPSHOT_TTL
+        price.refresh_from_db()  # the prices as stored (six places), not as typed
         data = {**_as_dict(price), "created": created}
         self.emit(data, f"{'Created' if created else 'Updated'} price of {price.model}: "
                         + ", ".join(f"{k} {cli.text(v)}" for k, v in _as_dict(price).items()

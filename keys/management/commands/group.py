@@ -120,7 +120,8 @@ class Command(cli.OperatorCommand):
 
 def _with_counts(qs: QuerySet[Group]) -> QuerySet[Group]:
     return qs.annotate(n_tenants=Count("tenants", distinct=True),
-                       n_keys=Count("keys", distinct=True)).prefetch_related("upstreams")
+                       n_keys=Count("keys", distinct=True)).prefetch_related(
+                           "upstreams").order_by("name")  # GROUP BY drops Meta.ordering
 
 
 def as_dict(group: Group) -> dict[str, Any]:
