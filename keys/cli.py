@@ -20,9 +20,11 @@ from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import OperationalError
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from redis.exceptions import RedisError
 
 from keys.secrets import hash_secret, masked
 from keys.services import ApplicationError
@@ -257,6 +259,10 @@ class OperatorCommand(BaseCommand):
             return super().execute(*args, **options)
         except (ApplicationError, ValidationError) as exc:
             raise CommandError(error_text(exc)) from exc
+        except OperationalError as exc:  # the database is away: say so, not a traceback
+            raise CommandError(f"The database is unreachable: {exc}".strip()) from exc
+        except RedisError as exc:
+            raise CommandError(f"Redis is unreachable (REDIS_URL): {exc}") from exc
 
     def handle(self, *args: Any, **opts: Any) -> None:
         action = opts.get("action")

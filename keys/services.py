@@ -51,11 +51,15 @@ def tenant_set_status(*, tenant: Tenant, active: bool) -> bool:
     """Enable or disable a tenant (a disabled tenant's keys are all refused on /v1); True
     if that changed it. Saved through the model, as the admin's action does, so
     ``keys.signals`` evicts the snapshots of all its keys on commit."""
+    return _set_status(tenant, active)
+
+
+def _set_status(obj: Tenant | ApiKey, active: bool) -> bool:
     status = Status.ACTIVE if active else Status.DISABLED
-    if tenant.status == status:
+    if obj.status == status:
         return False
-    tenant.status = status
-    tenant.save(update_fields=["status"])
+    obj.status = status
+    obj.save(update_fields=["status"])  # through the model: the signals evict snapshots
     return True
 
 
@@ -113,12 +117,7 @@ def key_set_status(*, key: ApiKey, active: bool) -> bool:
     """Enable or disable a key; True if that changed it. Saved through the model (not a bulk
     update) so ``keys.signals`` evicts its snapshot on commit and every gateway process
     sees the change within GATEWAY_SNAPSHOT_TTL."""
-    status = Status.ACTIVE if active else Status.DISABLED
-    if key.status == status:
-        return False
-    key.status = status
-    key.save(update_fields=["status"])
-    return True
+    return _set_status(key, active)
 
 
 # Fields of a key that ``key_update`` may change (the secret, tenant and counters never).

@@ -7,7 +7,6 @@ with a non-zero exit and no traceback, prefixes matched unambiguously. In-proces
 from __future__ import annotations
 
 import json
-import time
 from datetime import timedelta
 from decimal import Decimal
 from io import StringIO
@@ -25,7 +24,7 @@ from keys.models import AccessToken, ApiKey, Group, Membership, Status, Tenant
 from keys.secrets import KEY_PREFIX, hash_secret
 from keys.services import CreatedKey, key_create, tenant_get_or_create
 from keys.tokens import TOKEN_PREFIX, authenticate
-from tests.keys.test_cli import CHAT, lines, manage, run, secret_starting
+from tests.keys.test_cli import CHAT, answer_within, lines, manage, run, secret_starting
 
 # Every command of Turnpike's own apps; each action of each must take --json.
 TURNPIKE_COMMANDS = ["key", "tenant", "group", "member", "token", "user", "demo", "price",
@@ -713,14 +712,7 @@ def test_a_tenant_disabled_from_the_shell_is_refused_by_a_running_gateway_and_en
     headers = {"Authorization": f"Bearer {made.secret}"}
 
     def status_within(seconds: float, wanted: int) -> httpx.Response:
-        """Ask until the gateway answers ``wanted``: a change must arrive within its
-        snapshot TTL (1 s here), so 2 s is the bound, not a sleep."""
-        deadline = time.monotonic() + seconds
-        while True:
-            resp = httpx.post(url, json=CHAT, headers=headers)
-            if resp.status_code == wanted or time.monotonic() > deadline:
-                return resp
-            time.sleep(0.05)
+        return answer_within(url, headers, seconds, wanted)
 
     assert httpx.post(url, json=CHAT, headers=headers).status_code == 200  # snapshot cached
     done = manage("tenant", "disable", "acme")

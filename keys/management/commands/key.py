@@ -221,7 +221,10 @@ class Command(cli.OperatorCommand):
         """Ask on a terminal (never in --json mode or a script: they must pass --yes)."""
         if self.json or not sys.stdin.isatty():
             return False
-        return input(question).strip().lower() in ("y", "yes")
+        try:
+            return input(question).strip().lower() in ("y", "yes")
+        except EOFError:  # Ctrl-D: no
+            return False
 
 
 def _group(name: str | None) -> Group | None:
