@@ -73,7 +73,7 @@ class Command(cli.OperatorCommand):
         staff = ", staff" if token.staff else ""
         self.emit_secret(as_dict(token), made.secret,
                          f"Created token {token.masked} ({token.get_scope_display()}{staff}) "
-                         f"for {opts['user'].strip()}{where}.")
+                         f"for {user.email}{where}.")
 
     def do_list(self, opts: dict[str, Any]) -> None:
         qs = AccessToken.objects.select_related("user", "tenant")
