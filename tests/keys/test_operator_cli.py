@@ -726,3 +726,10 @@ def test_a_tenant_disabled_from_the_shell_is_refused_by_a_running_gateway_and_en
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "active"
     assert status_within(2.0, 200).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_usagewriter_once_json_prints_only_the_count() -> None:
+    done = manage("usagewriter", "--once", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"written": 0}
