@@ -1267,7 +1267,8 @@ def build_app(
     return app
 
 
-async def _run(app: web.Application, host: str, port: int) -> None:
+async def _run(app: web.Application, host: str, port: int,
+               announce: Callable[[str], None] | None = None) -> None:
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -1282,7 +1283,11 @@ async def _run(app: web.Application, host: str, port: int) -> None:
     await site.start()
     bound_port = runner.addresses[0][1] if port == 0 else port
     url_host = f"[{host}]" if ":" in host else host
-    print(f"fake upstream listening on http://{url_host}:{bound_port}", flush=True)
+    url = f"http://{url_host}:{bound_port}"
+    if announce is None:
+        print(f"fake upstream listening on {url}", flush=True)
+    else:
+        announce(url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -1309,11 +1314,13 @@ def serve(
     port: int = 0,
     api_keys: list[str] | None = None,
     models: list[str] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Run the fake upstream until SIGINT/SIGTERM (blocking)."""
+    """Run the fake upstream until SIGINT/SIGTERM (blocking). ``announce`` is called with
+    its URL once it listens (default: print ``fake upstream listening on URL``)."""
     app = build_app(api_keys, models)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_run(app, host, port))
+        runner.run(_run(app, host, port, announce))
 
 
 def split_models(value: str | None) -> list[str] | None:

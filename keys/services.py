@@ -13,17 +13,7 @@ from django.utils.translation import gettext as _
 
 from keys.fields import split_items
 from keys.models import ApiKey, Group, Status, Tenant
-from keys.secrets import (
-    DISPLAY_PREFIX_LENGTH,
-    KEY_PREFIX,
-    display_prefix,
-    generate_secret,
-    hash_secret,
-    masked,
-)
-
-# How many candidates an ambiguous key prefix names before "and N more".
-_CANDIDATES_SHOWN = 10
+from keys.secrets import KEY_PREFIX, display_prefix, generate_secret, hash_secret
 
 
 class ApplicationError(Exception):
@@ -55,6 +45,22 @@ def tenant_create(*, name: str, group: Group | None = None) -> Tenant:
     tenant.full_clean()
     tenant.save()
     return tenant
+
+
+def tenant_set_status(*, tenant: Tenant, active: bool) -> bool:
+    """Enable or disable a tenant (a disabled tenant's keys are all refused on /v1); True
+    if that changed it. Saved through the model, as the admin's action does, so
+    ``keys.signals`` evicts the snapshots of all its keys on commit."""
+    return _set_status(tenant, active)
+
+
+def _set_status(obj: Tenant | ApiKey, active: bool) -> bool:
+    status = Status.ACTIVE if active else Status.DISABLED
+    if obj.status == status:
+        return False
+    obj.status = status
+    obj.save(update_fields=["status"])  # through the model: the signals evict snapshots
+    return True
 
 
 def key_set_secret(*, key: ApiKey, secret: str) -> None:
@@ -107,64 +113,11 @@ def key_create(
     return CreatedKey(key=key, secret=secret)
 
 
-def key_find(reference: str, *, tenant: str | None = None) -> ApiKey:
-    """The one key an operator means by ``reference``: a start of its display prefix with
-    at least one character after the scheme (``sk-tp-ab12``, ``sk-tp-a``), its masked form
-    as ``key list`` shows it (``sk-tp-ab12…wxyz``; ``...`` works too), or the full secret
-    (a leaked key, as found). Nothing else is guessed: no match and several matches are
-    both errors, the latter naming the candidates, so a command that disables a key never
-    picks one at random. Errors never echo more of a secret than its masked form."""
-    ref = reference.strip()
-    keys = ApiKey.objects.select_related("tenant", "group").order_by("id")
-    where = ""
-    if tenant is not None:
-        keys = keys.filter(tenant__name=tenant)
-        where = f" in tenant {tenant!r}"
-    last4 = ""
-    for ellipsis in ("…", "..."):
-        if ellipsis in ref:
-            ref, last4 = (part.strip() for part in ref.split(ellipsis, 1))
-            break
-    shown = masked(display_prefix(ref), ref[-4:]) if len(ref) > DISPLAY_PREFIX_LENGTH else ref
-    if last4:
-        shown = masked(ref[:DISPLAY_PREFIX_LENGTH], last4)
-    if not ref.startswith(KEY_PREFIX) or len(ref) == len(KEY_PREFIX):
-        raise ApplicationError(
-            f"{shown!r} is not a key prefix: give the start of the key as 'key list' shows "
-            f"it ({KEY_PREFIX}ab12, or {KEY_PREFIX}ab12…wxyz), or the full secret.")
-    if last4:
-        if len(ref) != DISPLAY_PREFIX_LENGTH or len(last4) != 4:
-            raise ApplicationError(
-                f"{shown!r} is not a masked key: it is the {DISPLAY_PREFIX_LENGTH}-character "
-                f"display prefix, '…', and the last four characters ({KEY_PREFIX}ab12…wxyz).")
-        keys = keys.filter(prefix=ref, last4=last4)
-    elif len(ref) > DISPLAY_PREFIX_LENGTH:  # longer than any display prefix: a full secret
-        keys = keys.filter(secret_hash=hash_secret(ref))
-    else:
-        keys = keys.filter(prefix__startswith=ref)
-    matches = list(keys[: _CANDIDATES_SHOWN + 1])
-    if not matches:
-        raise ApplicationError(f"No key matches {shown!r}{where}.")
-    if len(matches) > 1:
-        total = keys.count()
-        names = ", ".join(f"{k.masked} ({k.tenant.name}/{k.name}, id {k.pk})"
-                          for k in matches[:_CANDIDATES_SHOWN])
-        more = f" and {total - _CANDIDATES_SHOWN} more" if total > _CANDIDATES_SHOWN else ""
-        raise ApplicationError(f"{shown!r} matches {total} keys{where}: {names}{more}. Give "
-                               "more of the prefix, the masked form, or --tenant.")
-    return matches[0]
-
-
 def key_set_status(*, key: ApiKey, active: bool) -> bool:
     """Enable or disable a key; True if that changed it. Saved through the model (not a bulk
     update) so ``keys.signals`` evicts its snapshot on commit and every gateway process
     sees the change within GATEWAY_SNAPSHOT_TTL."""
-    status = Status.ACTIVE if active else Status.DISABLED
-    if key.status == status:
-        return False
-    key.status = status
-    key.save(update_fields=["status"])
-    return True
+    return _set_status(key, active)
 
 
 # Fields of a key that ``key_update`` may change (the secret, tenant and counters never).

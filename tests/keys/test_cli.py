@@ -329,8 +329,11 @@ def test_tenant_narrows_an_ambiguous_prefix(make_key: Any) -> None:
     assert dict(ApiKey.objects.values_list("name", "status")) == {
         "mine": Status.ACTIVE, "theirs": Status.DISABLED}
     assert json.loads(run("key", "show", "sk-tp-cd34…zzzz", "--json"))["id"] == theirs.key.pk
-    with pytest.raises(CommandError, match="No key matches 'sk-tp-cd34' in tenant 'nobody'"):
+    with pytest.raises(CommandError, match="No tenant named 'nobody'"):
         run("key", "show", "sk-tp-cd34", "--tenant", "nobody")
+    tenant_get_or_create(name="empty")
+    with pytest.raises(CommandError, match="No key matches 'sk-tp-cd34' in tenant 'empty'"):
+        run("key", "show", "sk-tp-cd34", "--tenant", "empty")
 
 
 @pytest.mark.django_db
@@ -375,6 +378,18 @@ def manage(*args: str) -> subprocess.CompletedProcess[str]:
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
+def answer_within(url: str, headers: dict[str, str], seconds: float,
+                  wanted: int) -> httpx.Response:
+    """Ask until the gateway answers ``wanted``: a change must arrive within its snapshot
+    TTL (1 s for ``gateway_default_ttl``), so ``seconds`` is the bound, not a sleep."""
+    deadline = time.monotonic() + seconds
+    while True:
+        resp = httpx.post(url, json=CHAT, headers=headers)
+        if resp.status_code == wanted or time.monotonic() > deadline:
+            return resp
+        time.sleep(0.05)
+
+
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_key_disabled_from_the_shell_is_refused_by_a_running_gateway_and_enable_restores_it(
@@ -384,14 +399,7 @@ def test_a_key_disabled_from_the_shell_is_refused_by_a_running_gateway_and_enabl
     headers = {"Authorization": f"Bearer {made.secret}"}
 
     def status_within(seconds: float, wanted: int) -> httpx.Response:
-        """Ask until the gateway answers ``wanted``: a change must arrive within its
-        snapshot TTL (1 s here), so 2 s is the bound, not a sleep."""
-        deadline = time.monotonic() + seconds
-        while True:
-            resp = httpx.post(url, json=CHAT, headers=headers)
-            if resp.status_code == wanted or time.monotonic() > deadline:
-                return resp
-            time.sleep(0.05)
+        return answer_within(url, headers, seconds, wanted)
 
     assert httpx.post(url, json=CHAT, headers=headers).status_code == 200  # snapshot cached
 

@@ -1,17 +1,19 @@
-"""``manage.py billing check|rollup``."""
+"""``manage.py billing check|reconcile|rollup``."""
 
 from __future__ import annotations
 
+import dataclasses
 from argparse import ArgumentParser
 from datetime import date, timedelta
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from billing.services import ledger_mismatches
+from keys import cli
 
 
-class Command(BaseCommand):
+class Command(cli.OperatorCommand):
     help = "Check balances against the ledger; roll usage up by day or hour."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -32,33 +34,42 @@ class Command(BaseCommand):
                                  "complete one rolled up, at least the current and the "
                                  "previous hour).")
 
-    def handle(self, *args: Any, **opts: Any) -> None:
-        from billing.reconcile import account_drifts, reconcile
+    def do_check(self, opts: dict[str, Any]) -> None:
+        from billing.reconcile import account_drifts
 
-        if opts["action"] == "check":
-            bad = ledger_mismatches()
+        bad = ledger_mismatches()
+        drifts = account_drifts()
+        problems = []
+        if bad:
+            problems.append(f"{len(bad)} tenant(s) out of balance: "
+                            f"{', '.join(t.name for t, _, _ in bad)}")
+        if drifts:
+            problems.append(f"{len(drifts)} limiter account(s) drifting: "
+                            f"{', '.join(d.name for d in drifts)}")
+        if self.json:  # the report on stdout, and still a non-zero exit when not clean
+            self.emit({"ok": not problems,
+                       "mismatches": [{"tenant": t.name, "balance": balance,
+                                       "ledger_total": total} for t, balance, total in bad],
+                       "drifts": [dataclasses.asdict(d) for d in drifts]})
+        else:
             for tenant, balance, total in bad:
                 self.stderr.write(f"{tenant.name}: balance {balance} != ledger total {total}")
-            drifts = account_drifts()
             for drift in drifts:
                 self.stderr.write(drift.describe())
-            problems = []
-            if bad:
-                problems.append(f"{len(bad)} tenant(s) out of balance: "
-                                f"{', '.join(t.name for t, _, _ in bad)}")
-            if drifts:
-                problems.append(f"{len(drifts)} limiter account(s) drifting: "
-                                f"{', '.join(d.name for d in drifts)}")
-            if problems:
-                raise CommandError("; ".join(problems))
+        if problems:
+            raise CommandError("; ".join(problems))
+        if not self.json:
             self.stdout.write("Every balance equals its ledger; the limiter agrees.")
-            return
-        if opts["action"] == "reconcile":
-            fixed = reconcile()
-            for drift in fixed:
-                self.stdout.write(f"corrected: {drift.describe()}")
-            self.stdout.write(f"{len(fixed)} account(s) corrected.")
-            return
+
+    def do_reconcile(self, opts: dict[str, Any]) -> None:
+        from billing.reconcile import reconcile
+
+        fixed = reconcile()
+        self.emit({"corrected": [dataclasses.asdict(d) for d in fixed]},
+                  [f"corrected: {d.describe()}" for d in fixed]
+                  + [f"{len(fixed)} account(s) corrected."])
+
+    def do_rollup(self, opts: dict[str, Any]) -> None:
         from billing.rollups import (
             day_bounds,
             hour_start,
@@ -68,31 +79,22 @@ class Command(BaseCommand):
             rollup_recent_hours,
         )
 
-        if opts["hourly"]:
-            if opts["date"]:
-                try:
-                    start, end = day_bounds(date.fromisoformat(opts["date"]))
-                except ValueError as exc:
-                    raise CommandError(f"--date {opts['date']!r} is not YYYY-MM-DD") from exc
-                hour = hour_start(start)
-            else:
-                for label, rows in rollup_recent_hours().items():
-                    self.stdout.write(f"{label}: {rows} rollup row(s)")
-                return
-            while hour < end:
-                rows = rollup_hour(hour)
-                self.stdout.write(f"{hour:%Y-%m-%d %H}:00 UTC: {rows} rollup row(s)")
-                hour += timedelta(hours=1)
-            return
+        day = None
         if opts["date"]:
             try:
-                days = [date.fromisoformat(opts["date"])]
-            except ValueError as exc:
-                raise CommandError(f"--date {opts['date']!r} is not YYYY-MM-DD") from exc
+                day = date.fromisoformat(opts["date"].strip())
+            except ValueError:
+                raise CommandError(f"--date {opts['date']!r} is not YYYY-MM-DD") from None
+        counts: dict[str, int]
+        if day is None:
+            counts = rollup_recent_hours() if opts["hourly"] else rollup_recent_days()
+        elif opts["hourly"]:
+            start, end = day_bounds(day)
+            hour, counts = hour_start(start), {}
+            while hour < end:
+                counts[f"{hour:%Y-%m-%d %H}:00 UTC"] = rollup_hour(hour)
+                hour += timedelta(hours=1)
         else:
-            for label, rows in rollup_recent_days().items():
-                self.stdout.write(f"{label}: {rows} rollup row(s)")
-            return
-        for day in days:
-            rows = rollup_day(day)
-            self.stdout.write(f"{day}: {rows} rollup row(s)")
+            counts = {str(day): rollup_day(day)}
+        self.emit({"rollups": counts},
+                  [f"{label}: {rows} rollup row(s)" for label, rows in counts.items()])

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-import json
 from argparse import ArgumentParser
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
+from django.db import transaction
 
 from billing.models import ModelPrice
+from keys import cli
 
 
 def _decimal(value: str | None, name: str) -> Decimal | None:
-    if value is None:
+    amount = cli.parse_decimal(value, f"--{name}")
+    if amount is None:
         return None
-    try:
-        amount = Decimal(value)
-    except InvalidOperation as exc:
-        raise CommandError(f"--{name} {value!r} is not a decimal number") from exc
     if amount < 0:
         raise CommandError(f"--{name} cannot be negative")
     return amount
 
 
-class Command(BaseCommand):
+class Command(cli.OperatorCommand):
     help = "Set and list model prices (per million tokens, or per request)."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -36,38 +34,38 @@ class Command(BaseCommand):
         put.add_argument("--output", help="Output tokens, per million.")
         put.add_argument("--reasoning", help="Reasoning tokens, per million (default: output).")
         put.add_argument("--per-request", help="Fixed price per request.")
-        lst = sub.add_parser("list", help="List prices.")
-        lst.add_argument("--json", action="store_true")
+        sub.add_parser("list", help="List prices.")
 
-    def handle(self, *args: Any, **opts: Any) -> None:
-        if opts["action"] == "list":
-            rows = [_as_dict(p) for p in ModelPrice.objects.all()]
-            if opts["json"]:
-                self.stdout.write(json.dumps(rows))
-                return
-            self.stdout.write(f"{'MODEL':30} {'INPUT':>12} {'CACHED':>12} {'OUTPUT':>12} "
-                              f"{'REASONING':>12} {'PER REQ':>12}")
-            for r in rows:
-                self.stdout.write(
-                    f"{r['model']:30} {r['input']:>12} {r['cached'] or '(input)':>12} "
-                    f"{r['output']:>12} {r['reasoning'] or '(output)':>12} "
-                    f"{r['per_request']:>12}")
-            return
-        price, created = ModelPrice.objects.get_or_create(model=opts["model"])
-        for option, field in (("input", "input_per_million"), ("output", "output_per_million"),
-                              ("per_request", "per_request")):
-            value = _decimal(opts[option], option.replace("_", "-"))
-            if value is not None:
-                setattr(price, field, value)
-        for option, field in (("cached", "cached_input_per_million"),
-                              ("reasoning", "reasoning_per_million")):
-            value = _decimal(opts[option], option)
-            if value is not None:
-                setattr(price, field, value)
-        price.full_clean()
-        price.save()  # new requests see it within GATEWAY_SNAPSHOT_TTL
-        self.stdout.write(f"{'Created' if created else 'Updated'} price of {price.model}: "
-                          f"{json.dumps(_as_dict(price))}")
+    def do_list(self, opts: dict[str, Any]) -> None:
+        rows = [_as_dict(p) for p in ModelPrice.objects.all()]
+        shown = [{**r, "cached": r["cached"] or "(input)",
+                  "reasoning": r["reasoning"] or "(output)"} for r in rows]
+        self.emit(rows, cli.table(shown, [
+            ("MODEL", "model"), ("INPUT", "input"), ("CACHED", "cached"), ("OUTPUT", "output"),
+            ("REASONING", "reasoning"), ("PER REQ", "per_request")]) if rows else "No prices.")
+
+    def do_set(self, opts: dict[str, Any]) -> None:
+        model = (opts["model"] or "").strip()
+        if not model:
+            raise CommandError("Name the model (or a wildcard like gpt-5*).")
+        values = {field: _decimal(opts[option], option.replace("_", "-"))
+                  for option, field in (("input", "input_per_million"),
+                                        ("output", "output_per_million"),
+                                        ("per_request", "per_request"),
+                                        ("cached", "cached_input_per_million"),
+                                        ("reasoning", "reasoning_per_million"))}
+        with transaction.atomic():  # a refused price leaves no new row behind
+            price, created = ModelPrice.objects.get_or_create(model=model)
+            for field, value in values.items():
+                if value is not None:
+                    setattr(price, field, value)
+            price.full_clean()
+            price.save()  # new requests see it within GATEWAY_SNAPSHOT_TTL
+        price.refresh_from_db()  # the prices as stored (six places), not as typed
+        data = {**_as_dict(price), "created": created}
+        self.emit(data, f"{'Created' if created else 'Updated'} price of {price.model}: "
+                        + ", ".join(f"{k} {cli.text(v)}" for k, v in _as_dict(price).items()
+                                    if k != "model"))
 
 
 def _as_dict(p: ModelPrice) -> dict[str, Any]:

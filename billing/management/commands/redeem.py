@@ -7,33 +7,17 @@ batch; they are never shown again. ``list`` shows prefixes and state, never code
 
 from __future__ import annotations
 
-import json
 from argparse import ArgumentParser
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from billing.models import RedemptionCode
 from billing.redemption import code_state, redeem_create
-from keys.services import ApplicationError
+from keys import cli
 
 STATES = ("active", "redeemed", "expired")
-
-
-def _expiry(value: str) -> datetime:
-    parsed = parse_datetime(value)
-    if parsed is None:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise CommandError(f"--expires {value!r} is not an ISO date or datetime") from exc
-    if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed)
-    return parsed
 
 
 def _as_dict(row: RedemptionCode, now: datetime) -> dict[str, Any]:
@@ -47,7 +31,7 @@ def _as_dict(row: RedemptionCode, now: datetime) -> dict[str, Any]:
     }
 
 
-class Command(BaseCommand):
+class Command(cli.OperatorCommand):
     help = "Generate and list redemption codes."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -57,33 +41,19 @@ class Command(BaseCommand):
         create.add_argument("--count", required=True, type=int, help="How many codes.")
         create.add_argument("--expires", help="ISO date/datetime after which codes are void.")
         create.add_argument("--batch", default="", help="A name to find the batch by later.")
-        create.add_argument("--json", action="store_true",
-                            help="Print one JSON object with the batch and its codes.")
         lst = sub.add_parser("list", help="List codes by prefix (never the codes).")
         lst.add_argument("--batch")
         lst.add_argument("--state", choices=STATES)
-        lst.add_argument("--json", action="store_true")
 
-    def handle(self, *args: Any, **opts: Any) -> None:
-        if opts["action"] == "list":
-            self._list(opts)
-            return
-        try:
-            amount = Decimal(opts["amount"])
-        except InvalidOperation as exc:
-            raise CommandError(f"--amount {opts['amount']!r} is not a decimal number") from exc
-        expires_at = _expiry(opts["expires"]) if opts["expires"] else None
-        try:
-            codes = redeem_create(amount=amount, count=opts["count"], expires_at=expires_at,
-                                  batch=opts["batch"])
-        except ApplicationError as exc:
-            raise CommandError(str(exc)) from exc
+    def do_create(self, opts: dict[str, Any]) -> None:
+        amount = cli.parse_decimal(opts["amount"], "--amount")
+        expires_at = cli.parse_when(opts["expires"]) if opts["expires"] else None
+        codes = redeem_create(amount=amount, count=opts["count"], expires_at=expires_at,
+                              batch=opts["batch"])
         batch = opts["batch"].strip()
-        if opts["json"]:
-            self.stdout.write(json.dumps({
-                "batch": batch, "amount": str(amount), "count": len(codes),
-                "expires_at": expires_at.isoformat() if expires_at else None, "codes": codes,
-            }))
+        if self.json:
+            self.emit({"batch": batch, "amount": str(amount), "count": len(codes),
+                       "expires_at": expires_at, "codes": codes})
             return
         where = f" in batch {batch!r}" if batch else ""
         until = f", valid until {expires_at.isoformat()}" if expires_at else ""
@@ -92,7 +62,7 @@ class Command(BaseCommand):
         for code in codes:
             self.stdout.write(code)
 
-    def _list(self, opts: dict[str, Any]) -> None:
+    def do_list(self, opts: dict[str, Any]) -> None:
         qs = RedemptionCode.objects.select_related("redeemed_by").order_by("created_at", "id")
         if opts["batch"] is not None:
             qs = qs.filter(batch=opts["batch"])
@@ -100,8 +70,8 @@ class Command(BaseCommand):
         rows = [_as_dict(r, now) for r in qs]
         if opts["state"]:
             rows = [r for r in rows if r["state"] == opts["state"]]
-        if opts["json"]:
-            self.stdout.write(json.dumps(rows))
+        if self.json:
+            self.emit(rows)
             return
         for r in rows:
             used = ""

@@ -1,25 +1,27 @@
-"""``manage.py tenant create|show|topup``: a tenant's money, from the database and the
-limiter. Money only ever moves through the ledger, so an opening balance given to ``create``
-is a top-up entry like any other and ``billing check`` stays clean."""
+"""``manage.py tenant create|list|show|topup|disable|enable``: tenants, their status and
+their money, from the database and the limiter. Money only ever moves through the ledger,
+so an opening balance given to ``create`` is a top-up entry like any other and ``billing
+check`` stays clean. ``disable`` saves through the model, as the admin's action does, so
+every gateway process refuses the tenant's keys within GATEWAY_SNAPSHOT_TTL."""
 
 from __future__ import annotations
 
-import json
 from argparse import ArgumentParser
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Count, Sum
 
 from billing.models import LedgerEntry
 from billing.services import tenant_topup
-from keys import limits
-from keys.models import MONEY, Group, Tenant
+from keys import cli, limits
+from keys.models import MONEY, Group, Status, Tenant
 from keys.money import from_micro
-from keys.services import ApplicationError, tenant_create
+from keys.services import tenant_create, tenant_set_status
+
+NAME_HELP = "The tenant's name (or its start, if only one tenant's name starts so)."
 
 
 def parse_amount(text: str, what: str) -> Decimal:
@@ -39,8 +41,8 @@ def parse_amount(text: str, what: str) -> Decimal:
     return amount
 
 
-class Command(BaseCommand):
-    help = "Create a tenant, show its balance or top it up."
+class Command(cli.OperatorCommand):
+    help = "Create, list, show, disable and enable tenants; top up their balance."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
@@ -49,63 +51,101 @@ class Command(BaseCommand):
         create.add_argument("--name", required=True)
         create.add_argument("--balance", help="Opening balance (decimal, zero or more).")
         create.add_argument("--group", help="Name of an existing group (the keys' default).")
-        create.add_argument("--json", action="store_true")
-        show = sub.add_parser("show", help="Balance, reservations in flight, ledger total.")
-        show.add_argument("name")
-        show.add_argument("--json", action="store_true")
+        lst = sub.add_parser("list", help="Tenants with status, group, balance, keys, members.")
+        lst.add_argument("--status", choices=Status.values)
+        lst.add_argument("--group", help="Only the tenants of this group.")
+        for action, text in (
+                ("show", "Balance, reservations in flight, ledger total."),
+                ("disable", "Refuse every key of the tenant on /v1 (403 api_key_disabled)."),
+                ("enable", "Accept the tenant's keys again.")):
+            sub.add_parser(action, help=text).add_argument("name", help=NAME_HELP)
         topup = sub.add_parser("topup", help="Add AMOUNT to the balance (negative deducts).")
-        topup.add_argument("name")
+        topup.add_argument("name", help=NAME_HELP)
         topup.add_argument("amount")
         topup.add_argument("--note", default="")
 
-    def handle(self, *args: Any, **opts: Any) -> None:
-        if opts["action"] == "create":
-            self._create(opts)
-            return
-        tenant = Tenant.objects.filter(name=opts["name"]).first()
-        if tenant is None:
-            raise CommandError(f"No tenant named {opts['name']!r}.")
-        if opts["action"] == "topup":
-            amount = parse_amount(opts["amount"], "The amount")
-            if amount == 0:
-                raise CommandError("The amount must be a non-zero number.")
-            tenant_topup(tenant=tenant, amount=amount, note=opts["note"])
-            self.stdout.write(f"{tenant.name}: balance {tenant.balance}")
-            return
-        info = tenant_money(tenant)
-        if opts["json"]:
-            self.stdout.write(json.dumps(info))
-            return
-        for name, value in info.items():
-            self.stdout.write(f"{name:14} {value}")
-
-    def _create(self, opts: dict[str, Any]) -> None:
+    def do_create(self, opts: dict[str, Any]) -> None:
         balance = Decimal(0)
         if opts["balance"] is not None:
             balance = parse_amount(opts["balance"], "--balance")
             if balance < 0:
                 raise CommandError(f"--balance {opts['balance']!r} is negative; a tenant "
                                    "starts at zero or more (use topup to deduct later).")
-        group = None
-        if opts["group"]:
-            group = Group.objects.filter(name=opts["group"]).first()
-            if group is None:
-                raise CommandError(f"No group named {opts['group']!r}.")
-        try:
-            with transaction.atomic():  # no tenant without its opening balance, or vice versa
-                tenant = tenant_create(name=opts["name"], group=group)
-                if balance:
-                    tenant_topup(tenant=tenant, amount=balance, note="opening balance")
-        except (ApplicationError, ValidationError) as exc:
-            raise CommandError(" ".join(getattr(exc, "messages", [str(exc)]))) from exc
+        group = find_group(opts["group"]) if opts["group"] else None
+        with transaction.atomic():  # no tenant without its opening balance, or vice versa
+            tenant = tenant_create(name=opts["name"], group=group)
+            if balance:
+                tenant_topup(tenant=tenant, amount=balance, note="opening balance")
         tenant.refresh_from_db()  # the balance as stored (six places), not as typed
-        if opts["json"]:
-            self.stdout.write(json.dumps({"id": tenant.pk, **tenant_money(tenant),
-                                          "group": group.name if group else None}))
-            return
-        self.stdout.write(f"Created tenant {tenant.name}"
-                          + (f" in group {group.name}" if group else "")
-                          + f": balance {tenant.balance}")
+        self.emit({"id": tenant.pk, **tenant_money(tenant),
+                   "group": group.name if group else None},
+                  f"Created tenant {tenant.name}"
+                  + (f" in group {group.name}" if group else "")
+                  + f": balance {tenant.balance}")
+
+    def do_list(self, opts: dict[str, Any]) -> None:
+        qs = (Tenant.objects.select_related("group")
+              .annotate(n_keys=Count("keys", distinct=True),
+                        n_members=Count("memberships", distinct=True)).order_by("name"))
+        if opts["status"]:
+            qs = qs.filter(status=opts["status"])
+        if opts["group"]:
+            qs = qs.filter(group=find_group(opts["group"]))
+        rows = [{**as_dict(t), "keys": t.n_keys, "members": t.n_members}  # type: ignore[attr-defined]
+                for t in qs]
+        self.emit(rows, cli.table(rows, [
+            ("ID", "id"), ("NAME", "name"), ("STATUS", "status"), ("GROUP", "group"),
+            ("BALANCE", "balance"), ("KEYS", "keys"), ("MEMBERS", "members")])
+                  if rows else "No tenants.")
+
+    def do_show(self, opts: dict[str, Any]) -> None:
+        tenant = find_tenant(opts["name"])
+        info = {"id": tenant.pk, **tenant_money(tenant),
+                "group": tenant.group.name if tenant.group else None}
+        self.emit(info, cli.fields(info))
+
+    def do_topup(self, opts: dict[str, Any]) -> None:
+        tenant = find_tenant(opts["name"])
+        amount = parse_amount(opts["amount"], "The amount")
+        if amount == 0:
+            raise CommandError("The amount must be a non-zero number.")
+        tenant_topup(tenant=tenant, amount=amount, note=opts["note"])
+        tenant.refresh_from_db()
+        self.emit({**as_dict(tenant), "amount": str(amount)},
+                  f"{tenant.name}: balance {tenant.balance}")
+
+    def do_disable(self, opts: dict[str, Any]) -> None:
+        self._set_status(opts["name"], active=False)
+
+    def do_enable(self, opts: dict[str, Any]) -> None:
+        self._set_status(opts["name"], active=True)
+
+    def _set_status(self, name: str, *, active: bool) -> None:
+        tenant = find_tenant(name)
+        changed = tenant_set_status(tenant=tenant, active=active)
+        keys = tenant.keys.count()
+        state = "enabled" if active else "disabled"
+        line = f"Tenant {tenant.name} {state if changed else 'was already ' + state}"
+        if changed:
+            line += (f": its {keys} key(s) are accepted again (each still by its own status)."
+                     if active else f": its {keys} key(s) are refused on /v1.")
+        else:
+            line += "."
+        self.emit({**as_dict(tenant), "keys": keys, "changed": changed}, line)
+
+
+def find_tenant(name: str) -> Tenant:
+    return cli.find_named(Tenant.objects.select_related("group"), name, what="tenant")
+
+
+def find_group(name: str) -> Group:
+    return cli.find_named(Group.objects.all(), name, what="group")
+
+
+def as_dict(tenant: Tenant) -> dict[str, Any]:
+    return {"id": tenant.pk, "name": tenant.name, "status": tenant.status,
+            "group": tenant.group.name if tenant.group else None,
+            "balance": str(tenant.balance), "created_at": tenant.created_at}
 
 
 def tenant_money(tenant: Tenant) -> dict[str, Any]:

@@ -9,19 +9,21 @@ import time
 from argparse import ArgumentParser
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from billing.usage import drain_spool
+from keys import cli
 from portal.redis import rkey, sync_redis
 
 
-class Command(BaseCommand):
+class Command(cli.OperatorCommand):
     help = "Write usage rows that gateway processes pushed to Redis."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("--once", action="store_true", help="Drain what is there, then exit.")
+        parser.add_argument("--once", action="store_true", help="Drain what is there, then exit "
+                            "(with --json: prints {\"written\": N}).")
 
-    def handle(self, *args: Any, **opts: Any) -> None:
+    def run(self, opts: dict[str, Any]) -> None:
         client = sync_redis()
         if client is None:
             raise CommandError("usagewriter needs REDIS_URL.")
@@ -34,12 +36,13 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         key = rkey("usage", "spool")
-        self.stdout.write("usagewriter: waiting for usage batches", ending="\n")
+        if not (opts["once"] and self.json):  # --once --json: one document, the count
+            self.emit({"state": "waiting"}, "usagewriter: waiting for usage batches")
         self.stdout.flush()
         while not stopping:
             written = drain_spool()
             if opts["once"]:
-                self.stdout.write(f"wrote {written} row(s)")
+                self.emit({"written": written}, f"wrote {written} row(s)")
                 return
             if written:
                 continue

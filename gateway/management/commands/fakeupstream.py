@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from argparse import ArgumentParser
 from typing import Any
 
-from django.core.management.base import BaseCommand
-
 from gateway.fakeupstream import serve, split_models
+from keys import cli
 
 
-class Command(BaseCommand):
+class Command(cli.OperatorCommand):
     help = "Run the fake OpenAI/Anthropic/Ollama upstream used by tests, the demo and benchmarks."
     # The fake touches no models or database; skipping checks keeps its start-up instant.
     requires_system_checks: list[str] = []
@@ -23,11 +23,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--models", help="comma-separated model ids to list")
 
-    def handle(self, *args: Any, **options: Any) -> None:
+    def run(self, opts: dict[str, Any]) -> None:
         # serve() prints its own "listening" line to stdout; tests and `make run` wait on it.
-        serve(
-            options["host"],
-            options["port"],
-            options["api_keys"],
-            split_models(options["models"]),
-        )
+        # With --json that line is {"listening": URL}.
+        def announce(url: str) -> None:
+            print(json.dumps({"listening": url}), flush=True)
+
+        serve(opts["host"], opts["port"], opts["api_keys"], split_models(opts["models"]),
+              announce=announce if self.json else None)

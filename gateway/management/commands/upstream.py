@@ -1,22 +1,21 @@
-"""``manage.py upstream add|list``: manage upstreams from scripts and the shell."""
+"""``manage.py upstream add|list|show|disable|enable|test``: manage upstreams from scripts and
+the shell. An upstream is named by its name, or the start of it if only one fits."""
 
 from __future__ import annotations
 
-import json
 from argparse import ArgumentParser
 from typing import Any
 
-from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from gateway.health import probe, record
 from gateway.models import Upstream, UpstreamKind
 from gateway.services import upstream_create, upstream_set_status
-from keys.services import ApplicationError
+from keys import cli
 
 
-class Command(BaseCommand):
-    help = "Add and list upstreams."
+class Command(cli.OperatorCommand):
+    help = "Add, list, show, disable, enable and test upstreams."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
@@ -38,51 +37,38 @@ class Command(BaseCommand):
         add.add_argument("--timeout-first-byte", type=float, metavar="SECONDS")
         add.add_argument("--timeout-idle", type=float, metavar="SECONDS")
         add.add_argument("--proxy", default="", help="HTTP proxy URL for this upstream.")
-        add.add_argument("--json", action="store_true", help="Print the upstream as JSON.")
-        lst = sub.add_parser("list", help="List upstreams.")
-        lst.add_argument("--json", action="store_true")
-        for action, text in (("disable", "Take an upstream out of routing."),
+        sub.add_parser("list", help="List upstreams (never their credentials' secrets).")
+        for action, text in (("show", "Print one upstream (never its credentials' secrets)."),
+                             ("disable", "Take an upstream out of routing."),
                              ("enable", "Put an upstream back (clears an automatic disable)."),
                              ("test", "Probe an upstream now and record its health.")):
             one = sub.add_parser(action, help=text)
             one.add_argument("name")
 
-    def handle(self, *args: Any, **opts: Any) -> None:
-        if opts["action"] in ("disable", "enable", "test"):
-            self._one(opts["action"], opts["name"])
-            return
-        if opts["action"] == "add":
-            mapping = {}
-            for pair in opts["map"]:
-                client, sep, target = pair.partition("=")
-                if not sep or not client.strip() or not target.strip():
-                    raise CommandError(f"--map {pair!r}: use CLIENT=UPSTREAM")
-                mapping[client.strip()] = target.strip()
-            if not opts["models"] and not mapping:
-                raise CommandError("Give the models it serves: --models and/or --map.")
-            try:
-                upstream = upstream_create(
-                    name=opts["name"], kind=opts["kind"], base_url=opts["base_url"],
-                    models=opts["models"], api_keys=opts["api_key"],
-                    priority=opts["priority"], weight=opts["weight"], model_map=mapping,
-                    groups=opts["groups"], timeout_connect=opts["timeout_connect"],
-                    timeout_first_byte=opts["timeout_first_byte"],
-                    timeout_idle=opts["timeout_idle"], proxy_url=opts["proxy"],
-                )
-            except (ApplicationError, ValidationError) as exc:
-                raise CommandError(str(exc)) from exc
-            if opts["json"]:
-                self.stdout.write(json.dumps(_as_dict(upstream)))
-            else:
-                self.stdout.write(f"Added upstream {upstream.name} ({upstream.kind}) "
-                                  f"with {upstream.credentials.count()} credential(s).")
-            return
+    def do_add(self, opts: dict[str, Any]) -> None:
+        mapping = {}
+        for pair in opts["map"]:
+            client, sep, target = pair.partition("=")
+            if not sep or not client.strip() or not target.strip():
+                raise CommandError(f"--map {pair!r}: use CLIENT=UPSTREAM")
+            mapping[client.strip()] = target.strip()
+        if not opts["models"] and not mapping:
+            raise CommandError("Give the models it serves: --models and/or --map.")
+        upstream = upstream_create(
+            name=opts["name"], kind=opts["kind"], base_url=opts["base_url"],
+            models=opts["models"], api_keys=opts["api_key"],
+            priority=opts["priority"], weight=opts["weight"], model_map=mapping,
+            groups=opts["groups"], timeout_connect=opts["timeout_connect"],
+            timeout_first_byte=opts["timeout_first_byte"],
+            timeout_idle=opts["timeout_idle"], proxy_url=opts["proxy"],
+        )
+        self.emit(_as_dict(upstream), f"Added upstream {upstream.name} ({upstream.kind}) "
+                                      f"with {upstream.credentials.count()} credential(s).")
+
+    def do_list(self, opts: dict[str, Any]) -> None:
         rows = [_as_dict(u) for u in Upstream.objects.prefetch_related("credentials", "groups")]
-        if opts["json"]:
-            self.stdout.write(json.dumps(rows))
-            return
-        if not rows:
-            self.stdout.write("No upstreams.")
+        if self.json or not rows:
+            self.emit(rows, "No upstreams.")
             return
         self.stdout.write(f"{'NAME':20} {'KIND':17} {'STATUS':8} {'PRI':>4} {'W':>3} "
                           f"{'CREDS':>5}  BASE URL / MODELS")
@@ -93,21 +79,42 @@ class Command(BaseCommand):
                 f"[{', '.join(r['models'])}]"
             )
 
+    def do_show(self, opts: dict[str, Any]) -> None:
+        data = _as_dict(_find(opts["name"]))
+        self.emit(data, cli.fields(data))
 
-    def _one(self, action: str, name: str) -> None:
-        upstream = Upstream.objects.filter(name=name).first()
-        if upstream is None:
-            raise CommandError(f"No upstream named {name!r}.")
-        if action == "test":
-            result = probe(upstream)
-            record(upstream, result)
-            if not result.ok:
-                raise CommandError(f"{name}: unhealthy after {result.latency_ms} ms: "
-                                   f"{result.error}")
-            self.stdout.write(f"{name}: healthy ({result.latency_ms} ms)")
-            return
-        upstream_set_status(upstream=upstream, active=action == "enable")
-        self.stdout.write(f"{name}: {'enabled' if action == 'enable' else 'disabled'}")
+    def do_test(self, opts: dict[str, Any]) -> None:
+        upstream = _find(opts["name"])
+        result = probe(upstream)
+        record(upstream, result)
+        data = {"name": upstream.name, "ok": result.ok, "latency_ms": result.latency_ms,
+                "error": result.error or None}
+        if self.json:
+            self.emit(data)
+        if not result.ok:
+            raise CommandError(f"{upstream.name}: unhealthy after {result.latency_ms} ms: "
+                               f"{result.error}")
+        if not self.json:
+            self.stdout.write(f"{upstream.name}: healthy ({result.latency_ms} ms)")
+
+    def do_disable(self, opts: dict[str, Any]) -> None:
+        self._set_status(opts["name"], active=False)
+
+    def do_enable(self, opts: dict[str, Any]) -> None:
+        self._set_status(opts["name"], active=True)
+
+    def _set_status(self, name: str, *, active: bool) -> None:
+        upstream = _find(name)
+        before = upstream.status
+        upstream_set_status(upstream=upstream, active=active)
+        upstream.refresh_from_db()
+        self.emit({**_as_dict(upstream), "changed": before != upstream.status},
+                  f"{upstream.name}: {'enabled' if active else 'disabled'}")
+
+
+def _find(name: str) -> Upstream:
+    return cli.find_named(Upstream.objects.prefetch_related("credentials", "groups"), name,
+                          what="upstream")
 
 
 def _as_dict(upstream: Upstream) -> dict[str, Any]:

@@ -11,11 +11,11 @@ from typing import Any
 
 from allauth.account.models import EmailAddress
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from gateway.models import Upstream
 from gateway.services import upstream_create
+from keys import cli
 from keys.models import ApiKey, Membership
 from keys.services import key_create, tenant_get_or_create
 
@@ -24,7 +24,7 @@ DEMO_MODELS = ["gpt-4o-mini", "gpt-5", "gpt-5-codex"]
 CURL_BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 
 
-class Command(BaseCommand):
+class Command(cli.OperatorCommand):
     help = "Seed demo data that relays to the fake upstream, and print a working key."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -36,7 +36,7 @@ class Command(BaseCommand):
                             help="Password of the demo admin user 'demo'.")
 
     @transaction.atomic
-    def handle(self, *args: Any, **opts: Any) -> None:
+    def run(self, opts: dict[str, Any]) -> None:
         tenant, _ = tenant_get_or_create(name="demo")
         user_model = get_user_model()
         user, made_user = user_model.objects.get_or_create(
@@ -71,6 +71,12 @@ class Command(BaseCommand):
             old.delete()
         made = key_create(tenant=tenant, name="demo key", created_by=user)
         url = opts["gateway_url"].rstrip("/")
+        if self.json:
+            self.emit({"secret": made.secret, "key": made.key.masked, "tenant": tenant.name,
+                       "user": user.email, "admin_user": user.get_username(),
+                       "upstream": upstream.name, "upstream_url": upstream.base_url,
+                       "models": upstream.served_models, "gateway_url": url})
+            return
         self.stdout.write(
             f"Demo ready: tenant 'demo', admin user 'demo' (password '{opts['password']}' "
             f"if new) at {url}/admin/, upstream 'fake' -> {upstream.base_url} "

@@ -1,98 +1,89 @@
-"""``manage.py member add|remove|list``: tenant memberships, with the portal's rules (the
-last owner of a tenant can be neither removed nor demoted)."""
+"""``manage.py member add|role|remove|list``: tenant memberships, with the portal's rules
+(``keys.membership``; the operator is bound by no role, but a tenant always keeps an owner:
+its last owner can be neither removed nor demoted)."""
 
 from __future__ import annotations
 
-import json
 from argparse import ArgumentParser
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from keys import cli
 from keys import membership as rules
 from keys.models import Membership, Tenant
-from keys.services import ApplicationError
+
+TENANT_HELP = "The tenant's name (or its start, if only one tenant's name starts so)."
 
 
 def _tenant(name: str) -> Tenant:
-    tenant = Tenant.objects.filter(name=name.strip()).first()
-    if tenant is None:
-        raise CommandError(f"No tenant named {name!r}.")
-    return tenant
+    return cli.find_named(Tenant.objects.all(), name, what="tenant")
 
 
-def _user(email: str) -> Any:
-    user = rules.user_by_email(email)
-    if user is None:
-        raise CommandError(f"No user with the email {email!r} (create one with "
-                           "'manage.py user create').")
-    return user
+def _membership(opts: dict[str, Any]) -> Membership:
+    tenant, user = _tenant(opts["tenant"]), cli.find_user(opts["email"])
+    membership = Membership.objects.select_related("tenant", "user").filter(
+        tenant=tenant, user=user).first()
+    if membership is None:
+        raise CommandError(f"{user.email} is not a member of {tenant.name}.")
+    return membership
 
 
 def _row(membership: Membership) -> dict[str, Any]:
     return {"tenant": membership.tenant.name, "email": membership.user.email,
             "user_id": membership.user_id, "role": membership.role,
-            "joined": membership.created_at.isoformat()}
+            "joined": membership.created_at}
 
 
-class Command(BaseCommand):
-    help = "Add, remove and list the members of tenants."
+class Command(cli.OperatorCommand):
+    help = "Add, list and remove the members of tenants, and change their roles."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
+        roles = [r.value for r in rules.Role]
         sub = parser.add_subparsers(dest="action", required=True)
-        add = sub.add_parser("add", help="Add a user to a tenant, or change their role.")
-        add.add_argument("--tenant", required=True, help="Name of an existing tenant.")
-        add.add_argument("--email", required=True, help="Email of an existing user.")
-        add.add_argument("--role", default="member", choices=[r.value for r in rules.Role])
-        add.add_argument("--json", action="store_true")
+        add = sub.add_parser("add", help="Add a user to a tenant (or change their role).")
+        role = sub.add_parser("role", help="Change the role of a member.")
         remove = sub.add_parser("remove", help="Remove a user from a tenant.")
-        remove.add_argument("--tenant", required=True)
-        remove.add_argument("--email", required=True)
-        remove.add_argument("--json", action="store_true")
+        for one in (add, role, remove):
+            one.add_argument("--tenant", required=True, help=TENANT_HELP)
+            one.add_argument("--email", required=True, help="Email of an existing user.")
+        add.add_argument("--role", default="member", choices=roles)
+        role.add_argument("--role", required=True, choices=roles)
         lst = sub.add_parser("list", help="List members (of one tenant, or of all).")
-        lst.add_argument("--tenant")
-        lst.add_argument("--json", action="store_true")
+        lst.add_argument("--tenant", help=TENANT_HELP)
+        lst.add_argument("--email", help="Only this user's memberships.")
 
-    def handle(self, *args: Any, **opts: Any) -> None:
-        try:
-            getattr(self, f"_{opts['action']}")(opts)
-        except ApplicationError as exc:
-            raise CommandError(str(exc)) from exc
-
-    def _add(self, opts: dict[str, Any]) -> None:
-        tenant, user = _tenant(opts["tenant"]), _user(opts["email"])
+    def do_add(self, opts: dict[str, Any]) -> None:
+        tenant, user = _tenant(opts["tenant"]), cli.find_user(opts["email"])
         membership, created = rules.member_add(tenant=tenant, user=user, role=opts["role"])
-        if opts["json"]:
-            self.stdout.write(json.dumps({**_row(membership), "created": created}))
-        else:
-            verb = "Added" if created else "Updated"
-            self.stdout.write(f"{verb}: {user.email} is {membership.role} of {tenant.name}.")
+        verb = "Added" if created else "Updated"
+        self.emit({**_row(membership), "created": created},
+                  f"{verb}: {user.email} is {membership.role} of {tenant.name}.")
 
-    def _remove(self, opts: dict[str, Any]) -> None:
-        tenant, user = _tenant(opts["tenant"]), _user(opts["email"])
-        membership = Membership.objects.select_related("tenant", "user").filter(
-            tenant=tenant, user=user).first()
-        if membership is None:
-            raise CommandError(f"{user.email} is not a member of {tenant.name}.")
+    def do_role(self, opts: dict[str, Any]) -> None:
+        membership = _membership(opts)
+        before = membership.role
+        rules.member_set_role(membership=membership, role=opts["role"])
+        changed = before != membership.role
+        line = (f"{membership.user.email} is now {membership.role} of {membership.tenant.name} "
+                f"(was {before})." if changed else
+                f"{membership.user.email} was already {before} of {membership.tenant.name}.")
+        self.emit({**_row(membership), "previous_role": before, "changed": changed}, line)
+
+    def do_remove(self, opts: dict[str, Any]) -> None:
+        membership = _membership(opts)
         row = _row(membership)
         rules.member_remove(membership=membership)
-        if opts["json"]:
-            self.stdout.write(json.dumps({**row, "removed": True}))
-        else:
-            self.stdout.write(f"Removed {user.email} from {tenant.name}.")
+        self.emit({**row, "removed": True}, f"Removed {row['email']} from {row['tenant']}.")
 
-    def _list(self, opts: dict[str, Any]) -> None:
+    def do_list(self, opts: dict[str, Any]) -> None:
         rows = Membership.objects.select_related("tenant", "user").order_by(
             "tenant__name", "user__email")
         if opts["tenant"]:
             rows = rows.filter(tenant=_tenant(opts["tenant"]))
+        if opts["email"]:
+            rows = rows.filter(user=cli.find_user(opts["email"]))
         data = [_row(m) for m in rows]
-        if opts["json"]:
-            self.stdout.write(json.dumps(data))
-            return
-        if not data:
-            self.stdout.write("No members.")
-            return
-        width = max(len(r["email"] or "") for r in data)
-        for r in data:
-            self.stdout.write(f"{r['tenant']}\t{(r['email'] or '').ljust(width)}\t{r['role']}")
+        self.emit(data, cli.table(data, [("TENANT", "tenant"), ("EMAIL", "email"),
+                                         ("ROLE", "role"), ("JOINED", "joined")])
+                  if data else "No members.")

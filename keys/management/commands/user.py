@@ -4,15 +4,15 @@ optional membership (``--tenant``, created if new, ``--role``) and staff access 
 
 from __future__ import annotations
 
-import json
 from argparse import ArgumentParser
 from typing import Any
 
 from allauth.account.models import EmailAddress
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 
+from keys import cli
 from keys import membership as rules
 from keys.services import ApplicationError, tenant_get_or_create
 
@@ -34,7 +34,7 @@ def user_create(*, email: str, password: str, staff: bool = False) -> Any:
     return user
 
 
-class Command(BaseCommand):
+class Command(cli.OperatorCommand):
     help = "Create portal users (they can log in at once: their email is marked verified)."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -47,28 +47,21 @@ class Command(BaseCommand):
                             help="Role in --tenant (default: member).")
         create.add_argument("--staff", action="store_true",
                             help="May log in to the admin (/admin/) as well.")
-        create.add_argument("--json", action="store_true", help="Print one JSON object.")
 
-    def handle(self, *args: Any, **opts: Any) -> None:
+    def do_create(self, opts: dict[str, Any]) -> None:
         if opts["role"] and not opts["tenant"]:
             raise CommandError("--role needs --tenant.")
-        try:
-            with transaction.atomic():
-                user = user_create(email=opts["email"], password=opts["password"],
-                                   staff=opts["staff"])
-                tenant = membership = None
-                if opts["tenant"]:
-                    tenant, _made = tenant_get_or_create(name=opts["tenant"])
-                    membership, _new = rules.member_add(
-                        tenant=tenant, user=user, role=opts["role"] or rules.Role.MEMBER)
-        except ApplicationError as exc:
-            raise CommandError(str(exc)) from exc
+        with transaction.atomic():
+            user = user_create(email=opts["email"], password=opts["password"],
+                               staff=opts["staff"])
+            tenant = membership = None
+            if opts["tenant"]:
+                tenant, _made = tenant_get_or_create(name=opts["tenant"])
+                membership, _new = rules.member_add(
+                    tenant=tenant, user=user, role=opts["role"] or rules.Role.MEMBER)
         data = {"id": user.pk, "email": user.email, "staff": user.is_staff,
                 "tenant": tenant.name if tenant else None,
                 "role": membership.role if membership else None}
-        if opts["json"]:
-            self.stdout.write(json.dumps(data))
-            return
         where = f", {membership.role} of {tenant.name}" if membership and tenant else ""
         staff = ", staff" if user.is_staff else ""
-        self.stdout.write(f"Created user {user.email} (id {user.pk}{where}{staff}).")
+        self.emit(data, f"Created user {user.email} (id {user.pk}{where}{staff}).")
