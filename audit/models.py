@@ -32,6 +32,19 @@ def tenant_id_of(instance: Any) -> int | None:
     return getattr(instance, "tenant_id", None)
 
 
+def _unmask_none(instance: Any, changes: Any) -> None:
+    """auditlog masks a field's text, so an unset secret reads "None"; keep it null, as
+    every other unset field is."""
+    from auditlog.registry import auditlog
+
+    if not isinstance(changes, dict) or not auditlog.contains(type(instance)):
+        return
+    for name in auditlog.get_model_fields(type(instance))["mask_fields"]:
+        values = changes.get(name)
+        if isinstance(values, (list, tuple)):
+            changes[name] = [None if v == "None" else v for v in values]
+
+
 class AuditEntryManager(LogEntryManager):
     """auditlog's manager, with the origin (who, from where) and the tenant filled in, and
     the write isolated: it runs in a savepoint of the change's own transaction, so it
@@ -44,6 +57,7 @@ class AuditEntryManager(LogEntryManager):
                 for name, value in resolve().items():
                     kwargs.setdefault(name, value)
                 kwargs.setdefault("tenant_id", tenant_id_of(instance))
+                _unmask_none(instance, kwargs.get("changes"))
                 return write(**kwargs)
         except Exception:
             log.exception("audit entry not written for %s %r (action %s, changes %s)",

@@ -17,7 +17,7 @@ from django.db import models, transaction
 from django.utils.encoding import smart_str
 
 from audit.context import resolve
-from audit.models import AuditEntry, tenant_id_of
+from audit.models import AuditEntry, _unmask_none, tenant_id_of
 
 log = logging.getLogger("turnpike.audit")
 
@@ -62,6 +62,7 @@ def log_bulk_create(objects: Sequence[models.Model]) -> None:
             for obj in objects:
                 changes = model_instance_diff(
                     None, obj, use_json_for_changes=settings.AUDITLOG_STORE_JSON_CHANGES)
+                _unmask_none(obj, changes)
                 rows.append(AuditEntry(
                     content_type=content_type, object_pk=smart_str(obj.pk),
                     object_id=obj.pk if isinstance(obj.pk, int) else None,
