@@ -45,7 +45,7 @@ def _tasks_are_system() -> None:
     request: the task's own origin is restored to the request's when it ends)."""
     from celery.signals import task_postrun, task_prerun
 
-    from audit.context import _origin, SYSTEM
+    from audit.context import SYSTEM, _origin
 
     tokens: dict[str, Any] = {}
 

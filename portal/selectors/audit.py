@@ -14,6 +14,7 @@ from django import forms
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import Q, QuerySet
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from audit.context import Surface
 from audit.models import AuditEntry
@@ -43,7 +44,9 @@ OBJECT_LABELS = {
 }
 ACTIONS = {"create": AuditEntry.Action.CREATE, "update": AuditEntry.Action.UPDATE,
            "delete": AuditEntry.Action.DELETE}
-ACTION_LABELS = {"create": _("Created"), "update": _("Changed"), "delete": _("Deleted")}
+ACTION_LABELS = {"create": pgettext_lazy("audit action", "Created"),
+                 "update": pgettext_lazy("audit action", "Changed"),
+                 "delete": pgettext_lazy("audit action", "Deleted")}
 SURFACES = {
     Surface.PORTAL: _("Portal"), Surface.TENANT_API: _("Tenant API"),
     Surface.OPS_API: _("Operations API"), Surface.ADMIN: _("Admin"),

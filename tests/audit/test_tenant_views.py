@@ -67,7 +67,7 @@ def test_no_secret_or_hash_is_ever_written_to_the_log() -> None:
     assert {e.changes["amount"][1] for e in code_entries} == {"1"}  # as given
 
 
-# --- the portal's Activity page ---------------------------------------------------------------------
+# --- the portal's Activity page -------------------------------------------------------------------
 
 @pytest.fixture
 def two_tenants() -> dict[str, Any]:
@@ -142,7 +142,7 @@ def test_the_activity_page_filters_and_pages(two_tenants: dict[str, Any]) -> Non
     assert [r["object_repr"] for r in back.context["rows"]] == seen[:sel.PAGE_SIZE]
 
 
-# --- the tenant API's router ------------------------------------------------------------------------
+# --- the tenant API's router ----------------------------------------------------------------------
 
 def _api(token: str, **params: Any) -> Any:
     return Client().get("/api/v1/audit", params, HTTP_AUTHORIZATION=f"Bearer {token}")

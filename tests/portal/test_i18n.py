@@ -228,6 +228,7 @@ def portal_pages(world) -> dict[str, str]:
         "playground": reverse("portal:playground") + f"?key={key.pk}",
         "members": reverse("portal:members"),
         "settings": reverse("portal:settings"),
+        "activity": reverse("portal:activity"),
         "account": reverse("account_email"),
         "two-factor": reverse("mfa_index"),
     }
@@ -251,6 +252,7 @@ EXPECTED = {
     "playground": ["操练场", "新对话", "输入 {input} Token"],
     "members": ["成员", "邀请成员", "待接受的邀请", "所有者", "管理员"],
     "settings": ["租户设置", "余额预警阈值"],
+    "activity": ["操作日志", "变更(之前 → 之后)", "筛选变更", "创建"],
     "account": ["邮箱地址"],
     "two-factor": ["双因素身份认证"],
 }
