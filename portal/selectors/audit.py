@@ -19,6 +19,7 @@ from django.utils.translation import pgettext_lazy
 from audit.context import Surface
 from audit.models import AuditEntry
 from keys.models import Tenant
+from portal.selectors.filters import LogFilterForm
 from portal.selectors.usage import BadCursor, Cursor, local_day_start
 
 __all__ = ["BadCursor", "Cursor", "AuditFilterForm", "tenant_entries", "filtered", "page",
@@ -54,7 +55,7 @@ SURFACES = {
 }
 
 
-class AuditFilterForm(forms.Form):
+class AuditFilterForm(LogFilterForm):
     object_type = forms.ChoiceField(label=_("Object"), required=False)
     action = forms.ChoiceField(label=_("Action"), required=False)
     actor = forms.CharField(label=_("Who"), required=False, max_length=200,
@@ -72,22 +73,6 @@ class AuditFilterForm(forms.Form):
         self.fields["action"].choices = [("", _("Any action"))] + list(ACTION_LABELS.items())
         self.fields["surface"].choices = [("", _("Anywhere"))] + list(SURFACES.items())
 
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        start, end = data.get("date_from"), data.get("date_to")
-        if start and end and start > end:
-            self.add_error("date_to", _("The end date is before the start date."))
-        return data
-
-    @property
-    def active(self) -> bool:
-        return self.is_valid() and any(v not in (None, "") for v in self.cleaned_data.values())
-
-    def query_items(self) -> list[tuple[str, str]]:
-        if not self.is_bound:
-            return []
-        return [(name, str(self.data.get(name, ""))) for name in self.fields
-                if self.data.get(name)]
 
 
 def tenant_entries(tenant: Tenant | int) -> QuerySet[AuditEntry]:
