@@ -19,6 +19,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from audit.record import log_bulk_create
 from billing.models import LedgerEntry, RedemptionCode
 from billing.services import ledger_post
 from keys.models import Tenant
@@ -138,6 +139,7 @@ def redeem_create(*, amount: Decimal, count: int, expires_at: datetime | None = 
         rows.append(RedemptionCode(code_hash=digest, prefix=code_prefix(code), amount=value,
                                    batch=batch, expires_at=expires_at, created_by=user))
     RedemptionCode.objects.bulk_create(rows, batch_size=1000)
+    log_bulk_create(rows)  # bulk_create sends no signals
     return codes
 
 

@@ -9,6 +9,7 @@ from django.db import transaction
 from django.db.models import DecimalField, F, OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
+from audit.record import log_ledger
 from billing.models import LedgerEntry
 from keys import limits
 from keys.models import MONEY, Tenant
@@ -30,6 +31,10 @@ def ledger_post(*, tenant: Tenant, kind: str, amount: Decimal, reference: str = 
                                        created_by=user)
     Tenant.objects.filter(pk=tenant.pk).update(balance=F("balance") + amount)
     tenant.refresh_from_db(fields=["balance"])
+    if kind != LedgerEntry.Kind.CHARGE:  # charges are the usage log's, not the audit log's
+        # The row stays locked by the update until commit: before + amount == after.
+        log_ledger(entry, balance_before=tenant.balance - amount,
+                   balance_after=tenant.balance)
     if not limiter_knows and amount:
         delta, tenant_id = to_micro(amount), tenant.pk
         transaction.on_commit(lambda: limits.limiter().adjust_account("tenant", tenant_id,

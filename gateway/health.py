@@ -11,6 +11,7 @@ import httpx
 from django.conf import settings
 from django.utils import timezone
 
+from audit.record import log_change
 from gateway.models import Upstream, upstream_base_url
 from gateway.routing import route_tables
 from keys.models import Status
@@ -83,6 +84,8 @@ def record(upstream: Upstream, result: ProbeResult) -> None:
         health_error=result.error, auto_disabled=auto_disabled,
     )
     if changed:
+        # A queryset update sends no signal: the system's change is recorded here.
+        log_change(upstream, {"auto_disabled": [upstream.auto_disabled, auto_disabled]})
         log.warning("upstream %s %s by the health probe (%s)", upstream.name,
                     "disabled" if auto_disabled else "re-enabled", result.error or "ok")
         route_tables.invalidate(["all"])

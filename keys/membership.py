@@ -185,7 +185,9 @@ def invitation_create(*, tenant: Tenant, email: str, role: str = Role.MEMBER,
         raise MembershipError(_("%(email)s is already a member of %(tenant)s.")
                               % {"email": email, "tenant": tenant.name})
     now = timezone.now()
-    pending(tenant).filter(email__iexact=email).update(revoked_at=now)
+    for earlier in pending(tenant).filter(email__iexact=email):  # saved one by one: audited
+        earlier.revoked_at = now
+        earlier.save(update_fields=["revoked_at"])
     return Invitation.objects.create(
         tenant=tenant, email=email, role=new_role,
         invited_by=invited_by if invited_by is not None else getattr(actor, "user", None))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
+from portal.views import audit as audit_views
 from portal.views import balance as balance_views
 from portal.views import base, dashboard, members, tokens
 from portal.views import keys as key_views
@@ -54,6 +55,8 @@ urlpatterns = [
     path("usage/export.csv", usage_views.usage_export, name="usage_export"),
     path("usage/totals", usage_views.usage_totals, name="usage_totals"),
     path("usage/<str:request_id>/", usage_views.usage_detail, name="usage_detail"),
+    # The tenant's audit log (owners and admins).
+    path("activity/", audit_views.activity, name="activity"),
     # Dashboard: one key's usage (the key's page includes the same panel).
     path("dashboard/keys/<int:pk>/", dashboard.key_usage, name="key_usage"),
 ]

@@ -8,7 +8,7 @@ from another tenant is a 404, never a leak.
 
 Roles:
     owner   everything, including members and the tenant's settings
-    admin   everything but removing or demoting owners
+    admin   everything but removing or demoting owners (both see the activity log)
     member  reads everything; creates and changes keys only when the tenant allows it
             (``Tenant.members_can_create_keys``), and then only their own keys
 """
@@ -80,13 +80,13 @@ def switch_tenant(request: HttpRequest, tenant_id: int) -> bool:
 def can(membership: Membership, action: str) -> bool:
     """The one place roles are decided. Actions: ``view``, ``manage_keys`` (create, change
     any key), ``own_keys`` (create and change one's own keys), ``manage_members``,
-    ``manage_tenant`` (settings, alerts), ``redeem``."""
+    ``manage_tenant`` (settings, alerts), ``redeem``, ``view_audit`` (the activity log)."""
     rank = RANK[Role(membership.role)]
     if action == "view":
         return True
     if action == "own_keys":
         return rank >= RANK[Role.ADMIN] or membership.tenant.members_can_create_keys
-    if action in ("manage_keys", "manage_members", "redeem"):
+    if action in ("manage_keys", "manage_members", "redeem", "view_audit"):
         return rank >= RANK[Role.ADMIN]
     if action == "manage_tenant":
         return rank >= RANK[Role.OWNER]

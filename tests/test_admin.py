@@ -18,21 +18,24 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from audit.models import AuditEntry
 from billing.models import LedgerEntry, ModelPrice, RedemptionCode, UsageLog, UsageRollup
 from billing.redemption import redeem_create
 from billing.services import tenant_topup
 from gateway.models import Credential, ModelRule, Upstream
 from gateway.services import credential_add, upstream_create
-from keys.models import ApiKey, Group, Membership, Status, Tenant
+from keys.models import AccessToken, ApiKey, Group, Membership, Status, Tenant
 from keys.secrets import KEY_PREFIX, hash_secret
 from keys.services import key_create, tenant_get_or_create
+from keys.tokens import token_create
 
-OUR_APPS = ("keys", "gateway", "billing")
+OUR_APPS = ("keys", "gateway", "billing", "audit")
 REGISTERED = sorted(
     (model for model in admin.site._registry if model._meta.app_label in OUR_APPS),
     key=lambda m: m._meta.label,
 )
-READ_ONLY = {UsageLog, LedgerEntry, UsageRollup}
+# No add page: read-only, or (tokens) made only where the secret can be shown once.
+READ_ONLY = {UsageLog, LedgerEntry, UsageRollup, AuditEntry, AccessToken}
 SECRET_RE = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9]{43}")
 
 UPSTREAM_PLAINTEXT = "sk-live-upstream-plaintext-9f3Q"
@@ -89,7 +92,11 @@ def rows(admin_user: Any) -> dict[type, Any]:
         key_prefix=made.key.prefix, tenant=tenant, endpoint="chat", model="gpt-5",
         status_code=429, error_code="rate_limited",
     )
+    token = token_create(user=member, name="script", tenant=tenant).token
     return {
+        AccessToken: token, AuditEntry: AuditEntry.objects.filter(object_pk=str(made.key.pk),
+                                                                  content_type__model="apikey")
+        .get(),
         Group: group, Tenant: tenant, Membership: membership, ApiKey: made.key,
         Upstream: upstream, Credential: credential, ModelPrice: price, UsageLog: usage,
         ModelRule: rule, LedgerEntry: ledger, UsageRollup: rollup, RedemptionCode: code,

@@ -33,6 +33,7 @@ from django.utils.translation import gettext_lazy as _
 from billing.models import UsageLog
 from billing.pricing import FREE, Price, cost
 from keys.models import ApiKey, Tenant
+from portal.selectors.filters import LogFilterForm
 
 PAGE_SIZE = 50
 EXPORT_CHUNK = 2000
@@ -43,7 +44,7 @@ ENDPOINTS = ("responses", "responses/compact", "chat/completions", "models")
 
 # --- filters ------------------------------------------------------------------------------
 
-class UsageFilterForm(forms.Form):
+class UsageFilterForm(LogFilterForm):
     """The GET form above the log. Every field optional; bad values are form errors."""
 
     STATUS_CHOICES = [
@@ -92,24 +93,6 @@ class UsageFilterForm(forms.Form):
                                         params={"value": value})
         return found
 
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        start, end = data.get("date_from"), data.get("date_to")
-        if start and end and start > end:
-            self.add_error("date_to", _("The end date is before the start date."))
-        return data
-
-    @property
-    def active(self) -> bool:
-        """Whether any filter is set (the live hook only prepends rows on an unfiltered log)."""
-        return self.is_valid() and any(v not in (None, "") for v in self.cleaned_data.values())
-
-    def query_items(self) -> list[tuple[str, str]]:
-        """The filters as GET parameters (for links that keep them: pages, export)."""
-        if not self.is_bound:
-            return []
-        return [(name, str(self.data.get(name, ""))) for name in self.fields
-                if self.data.get(name)]
 
 
 def local_day_start(day: dt.date) -> dt.datetime:

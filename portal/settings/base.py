@@ -63,6 +63,8 @@ INSTALLED_APPS = [
     "gateway",
     "billing",
     "portal",
+    "auditlog",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -73,6 +75,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "audit.middleware.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
@@ -303,6 +306,16 @@ SPECTACULAR_SETTINGS = {
         "LedgerKindEnum": "billing.models.LedgerEntry.Kind",
     },
 }
+# --- Audit log (django-auditlog; see README "Audit log") ---------------------------------------
+# Entries are Turnpike's own model (surface, actor kind and label, tenant id), changes are
+# stored as JSON ({field: [before, after]}), foreign keys by their name rather than their id.
+AUDITLOG_LOGENTRY_MODEL = "audit.AuditEntry"
+AUDITLOG_STORE_JSON_CHANGES = True
+AUDITLOG_USE_FK_STRING_REPRESENTATION = True
+AUDITLOG_DISABLE_REMOTE_ADDR = False
+# auditlog's own migrations would create its (swapped out, never used) LogEntry table, whose
+# foreign key to users then blocks TRUNCATE (test flushes); without them nothing is created.
+MIGRATION_MODULES = {"auditlog": None}
 
 # Live portal updates: channels' Redis layer with Redis, in-memory on the embedded default.
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

@@ -137,8 +137,9 @@ def alert(request: HttpRequest) -> HttpResponse:
             messages.error(request, _("The threshold must be a positive amount."))
             return redirect("portal:balance")
         value = value.quantize(Decimal("0.000001"))
-    Tenant.objects.filter(pk=tenant.pk).update(low_balance_threshold=value,
-                                               low_balance_alerted=False)
+    tenant.low_balance_threshold = value
+    tenant.low_balance_alerted = False
+    tenant.save(update_fields=["low_balance_threshold", "low_balance_alerted"])  # audited
     if value is None:
         messages.success(request, _("The low-balance alert is off."))
     else:

@@ -229,6 +229,7 @@ def portal_pages(world) -> dict[str, str]:
         "members": reverse("portal:members"),
         "settings": reverse("portal:settings"),
         "access tokens": reverse("portal:tokens"),
+        "activity": reverse("portal:activity"),
         "account": reverse("account_email"),
         "two-factor": reverse("mfa_index"),
     }
@@ -253,6 +254,7 @@ EXPECTED = {
     "members": ["成员", "邀请成员", "待接受的邀请", "所有者", "管理员"],
     "settings": ["租户设置", "余额预警阈值"],
     "access tokens": ["访问凭证", "创建凭证", "只读", "读写", "API 文档"],
+    "activity": ["操作日志", "变更(之前 → 之后)", "筛选变更", "创建"],
     "account": ["邮箱地址"],
     "two-factor": ["双因素身份认证"],
 }
