@@ -19,7 +19,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from audit.record import log_bulk_create
+from portal.audit.record import log_bulk_create
 from billing.models import LedgerEntry, RedemptionCode
 from billing.services import ledger_post
 from keys.models import Tenant

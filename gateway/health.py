@@ -11,7 +11,7 @@ import httpx
 from django.conf import settings
 from django.utils import timezone
 
-from audit.record import log_change
+from portal.audit.record import log_change
 from gateway.models import Upstream, upstream_base_url
 from gateway.routing import route_tables
 from keys.models import Status

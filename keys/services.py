@@ -184,5 +184,12 @@ the old key's, so a member who may change the old key may change the new one."""
 def key_delete(*, key: ApiKey) -> None:
     """Delete a key for good. Its usage rows and rollups stay (their key becomes empty);
     ``keys.signals`` evicts its snapshot on commit, so the gateway answers 401 within
-    GATEWAY_SNAPSHOT_TTL."""
+    GATEWAY_SNAPSHOT_TTL.
+
+    The key's row is locked first: a usage writer inserting a row for this key holds a
+    share lock on it until it commits, so the lock waits for that row to be committed (and
+    then emptied with the others) and holds back any later one (whose writer then keeps the
+    row without the link). Without it, a row committed between the emptying and the delete
+    failed the delete with a foreign-key error."""
+    list(ApiKey.objects.select_for_update().filter(pk=key.pk).values_list("pk", flat=True))
     key.delete()

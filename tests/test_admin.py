@@ -18,7 +18,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from audit.models import AuditEntry
+from portal.audit.models import AuditEntry
 from billing.models import LedgerEntry, ModelPrice, RedemptionCode, UsageLog, UsageRollup
 from billing.redemption import redeem_create
 from billing.services import tenant_topup

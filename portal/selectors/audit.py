@@ -16,8 +16,8 @@ from django.db.models import Q, QuerySet
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 
-from audit.context import Surface
-from audit.models import AuditEntry
+from portal.audit.context import Surface
+from portal.audit.models import AuditEntry
 from keys.models import Tenant
 from portal.selectors.filters import LogFilterForm
 from portal.selectors.usage import BadCursor, Cursor, local_day_start

@@ -1,6 +1,7 @@
 """The tenant API, ``/api/v1/...`` (django-ninja): everything the portal does, for scripts.
 
-One router per resource (``me``, ``keys``, ``usage``, ``billing``, ``members``, ``models``),
+One router per resource (``me``, ``keys``, ``usage``, ``billing``, ``members``, ``models``,
+``audit``),
 authentication and the tenant choice in ``auth``, the one error shape in ``errors``. The
 OpenAPI schema is at ``/api/v1/openapi.json``, its docs (Swagger UI, served from the
 installed django-ninja's static files: no CDN) at ``/api/v1/docs``.
@@ -11,7 +12,7 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 
-from portal.tenant_api import billing, errors, keys, me, members, models, usage
+from portal.tenant_api import audit, billing, errors, keys, me, members, models, usage
 from portal.tenant_api.auth import TENANT_HEADER, TENANT_QUERY, BearerAuth, PortalSession
 
 DESCRIPTION = f"""
@@ -52,7 +53,7 @@ api = NinjaAPI(
     auth=[BearerAuth(), PortalSession()],
 )
 errors.install(api)
-for module in (me, keys, usage, billing, members, models):
+for module in (me, keys, usage, billing, members, models, audit):
     api.add_router("/", module.router)
 
 

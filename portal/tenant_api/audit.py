@@ -14,9 +14,10 @@ from typing import Any, Literal
 
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
-from ninja.errors import HttpError
 
 from portal.selectors import audit as sel
+from portal.tenant_api.auth import caller_of
+from portal.tenant_api.errors import ERRORS, ApiError
 
 router = Router(tags=["audit"])
 
@@ -60,21 +61,21 @@ class AuditPage(Schema):
     prev_cursor: str | None = Field(description="Newer entries; null on the newest page.")
 
 
-@router.get("", response=AuditPage, summary="The tenant's audit log, newest first")
+@router.get("/audit", response={200: AuditPage, **ERRORS},
+            summary="The tenant's audit log, newest first (owners and admins)")
 def audit_log(request: HttpRequest, filters: Query[AuditFilters]) -> dict[str, Any]:
-    auth = request.auth  # type: ignore[attr-defined]
-    if auth.role not in ("owner", "admin"):
-        raise HttpError(403, "Only the tenant's owners and admins can read its audit log.")
+    caller = caller_of(request)
+    caller.require("view_audit")
     if filters.date_from and filters.date_to and filters.date_from > filters.date_to:
-        raise HttpError(400, "date_to is before date_from.")
+        raise ApiError(400, "bad_request", "date_to is before date_from.")
     cursor = None
     if filters.cursor:
         try:
             cursor = sel.Cursor.decode(filters.cursor)
         except sel.BadCursor:
-            raise HttpError(400, "This cursor is not valid; start again without one.") \
-                from None
-    rows = sel.filtered(auth.tenant, object_type=filters.object_type, action=filters.action,
+            raise ApiError(400, "bad_cursor",
+                           "This cursor is not valid; start again without one.") from None
+    rows = sel.filtered(caller.tenant, object_type=filters.object_type, action=filters.action,
                         actor=filters.actor, surface=filters.surface,
                         date_from=filters.date_from, date_to=filters.date_to)
     page = sel.page(rows, cursor, size=filters.limit)

@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 
-from audit.models import AuditEntry
+from portal.audit.models import AuditEntry
 from keys.models import Membership, Tenant
 
 

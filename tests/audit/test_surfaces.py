@@ -18,8 +18,8 @@ from django.db import connection, transaction
 from django.test import AsyncClient, Client
 from django.urls import reverse
 
-from audit.context import Surface, current, origin
-from audit.models import AuditEntry
+from portal.audit.context import Surface, current, origin
+from portal.audit.models import AuditEntry
 from billing.models import LedgerEntry, ModelPrice, RedemptionCode
 from billing.services import tenant_topup
 from gateway.services import upstream_create
@@ -208,7 +208,6 @@ def _asgi_world() -> tuple[Tenant, Any, ApiKey]:
 # --- APIs: a personal access token (ninja) and DRF ---------------------------------------------
 
 @pytest.mark.django_db
-@pytest.mark.urls("tests.audit.urls")
 def test_a_token_change_records_the_token_and_its_user_on_the_tenant_api() -> None:
     tenant, _ = tenant_get_or_create(name="acme")
     owner = member(tenant, "owner@example.com")
@@ -227,12 +226,12 @@ def test_a_token_change_records_the_token_and_its_user_on_the_tenant_api() -> No
 
 
 @pytest.mark.django_db
-@pytest.mark.urls("tests.audit.urls")
 def test_a_drf_view_records_its_authenticated_token_on_the_ops_api(admin_user: Any) -> None:
     made = token_create(user=admin_user, name="ops", scope="write", staff=True)
     group = Group.objects.create(name="basic")
-    response = Client().post(f"/api/ops/groups/{group.pk}/rename", {"name": "starter"},
-                             HTTP_AUTHORIZATION=f"Bearer {made.secret}")
+    response = Client().patch(f"/api/ops/groups/{group.pk}/", {"name": "starter"},
+                              content_type="application/json",
+                              HTTP_AUTHORIZATION=f"Bearer {made.secret}")
     assert response.status_code == 200, response.content
     entry = one(group, UPDATE)
     assert entry.changes == {"name": ["basic", "starter"]}

@@ -12,8 +12,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from audit.context import Surface, origin
-from audit.models import AuditEntry
+from portal.audit.context import Surface, origin
+from portal.audit.models import AuditEntry
 from billing.redemption import redeem_create
 from gateway.models import Credential
 from gateway.services import upstream_create
@@ -149,7 +149,6 @@ def _api(token: str, **params: Any) -> Any:
 
 
 @pytest.mark.django_db
-@pytest.mark.urls("tests.audit.urls")
 def test_the_router_lists_the_callers_tenant_with_filters_and_cursors(
         two_tenants: dict[str, Any]) -> None:
     acme, owner = two_tenants["acme"], two_tenants["owner"]
@@ -188,7 +187,6 @@ def test_the_router_lists_the_callers_tenant_with_filters_and_cursors(
 
 
 @pytest.mark.django_db
-@pytest.mark.urls("tests.audit.urls")
 def test_the_router_is_for_owners_and_admins_of_the_tokens_tenant(
         two_tenants: dict[str, Any]) -> None:
     acme, other = two_tenants["acme"], two_tenants["other"]

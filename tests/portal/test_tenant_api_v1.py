@@ -139,6 +139,7 @@ def OPERATIONS(side: Side) -> dict[tuple[str, str], tuple[str, Any]]:  # noqa: N
         ("DELETE", "/invitations/{invitation_id}"): (f"/invitations/{i}", None),
         ("GET", "/models"): (f"/models?key={k}", None),
         ("GET", "/models/{model}/cost"): (f"/models/gpt-5/cost?input=10&key={k}", None),
+        ("GET", "/audit"): ("/audit", None),
     }
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
-from audit.context import origin, surface_for_path
+from portal.audit.context import origin, surface_for_path
 
 
 class AuditMiddleware:

@@ -12,7 +12,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from audit.models import AuditEntry
+from portal.audit.models import AuditEntry
 
 if admin.site.is_registered(AuditEntry):  # auditlog's own admin registers the model
     admin.site.unregister(AuditEntry)

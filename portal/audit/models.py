@@ -15,7 +15,7 @@ from typing import Any
 from auditlog.models import AbstractLogEntry, LogEntryManager
 from django.db import models, router, transaction
 
-from audit.context import ActorKind, Surface, resolve
+from portal.audit.context import ActorKind, Surface, resolve
 
 log = logging.getLogger("turnpike.audit")
 

@@ -7,12 +7,13 @@ from django.apps import AppConfig
 
 
 class AuditConfig(AppConfig):
-    name = "audit"
+    name = "portal.audit"
+    label = "audit"  # the entries are audit.AuditEntry (AUDITLOG_LOGENTRY_MODEL)
     verbose_name = "Audit log"
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from audit import registry
+        from portal.audit import registry
 
         registry.register()
         _commands_are_cli()
@@ -25,7 +26,7 @@ def _commands_are_cli() -> None:
     so ``BaseCommand.execute`` is wrapped once, here."""
     from django.core.management.base import BaseCommand
 
-    from audit.context import Surface, cli_label, origin
+    from portal.audit.context import Surface, cli_label, origin
 
     execute = BaseCommand.execute
     if getattr(execute, "_audit_cli", False):
@@ -45,7 +46,7 @@ def _tasks_are_system() -> None:
     request: the task's own origin is restored to the request's when it ends)."""
     from celery.signals import task_postrun, task_prerun
 
-    from audit.context import SYSTEM, _origin
+    from portal.audit.context import SYSTEM, _origin
 
     tokens: dict[str, Any] = {}
 

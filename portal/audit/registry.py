@@ -38,7 +38,7 @@ def register() -> None:
     from gateway.models import Credential, ModelRule, Upstream
     from keys.models import AccessToken, ApiKey, Group, Invitation, Membership, Tenant
 
-    masked = "audit.registry.hide"
+    masked = "portal.audit.registry.hide"
     _register(Tenant, exclude=("low_balance_alerted",))
     _register(Membership)
     _register(Invitation)
@@ -48,7 +48,7 @@ def register() -> None:
     _register(AccessToken, mask_fields=["secret_hash"], mask_callable=masked,
               exclude=("last_used_at",))
     _register(Upstream, m2m_fields={"groups"}, mask_fields=["proxy_url"],
-              mask_callable="audit.registry.hide_url_password",
+              mask_callable="portal.audit.registry.hide_url_password",
               exclude=("health", "health_checked_at", "health_latency_ms", "health_failures",
                        "health_error", "updated_at"))
     _register(Credential, mask_fields=["secret_encrypted"], mask_callable=masked)

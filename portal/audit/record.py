@@ -16,8 +16,8 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import models, transaction
 from django.utils.encoding import smart_str
 
-from audit.context import resolve
-from audit.models import AuditEntry, _unmask_none, tenant_id_of
+from portal.audit.context import resolve
+from portal.audit.models import AuditEntry, _unmask_none, tenant_id_of
 
 log = logging.getLogger("turnpike.audit")
 

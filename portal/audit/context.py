@@ -4,9 +4,9 @@ An origin is kept in a context variable, so it follows the work wherever it runs
 thread of a WSGI request, the thread a sync view runs in under ASGI (``sync_to_async``
 copies the context into it), a Celery task, a management command. It is set by
 
-- ``audit.middleware.AuditMiddleware`` for every Django request (the surface comes from the
+- ``portal.audit.middleware.AuditMiddleware`` for every Django request (the surface comes from the
   path; the request itself is kept, so the actor is read when an entry is saved),
-- ``audit.apps`` for every management command (surface and actor ``cli``) and every Celery
+- ``portal.audit.apps`` for every management command (surface and actor ``cli``) and every Celery
   task (``system``).
 
 Outside any of these (the ``/v1`` gateway disabling a credential its upstream refused, a
