@@ -115,6 +115,12 @@ def test_a_free_model_costs_zero(gateway, upstream, api_key):
     assert wait_for_usage(response.headers["x-request-id"]).cost == 0
 
 
+def test_listing_models_costs_nothing(sdk):
+    raw = sdk.models.with_raw_response.list()
+    assert [m.id for m in raw.parse()]
+    assert raw.headers["x-turnpike-cost"] == "0.000000"
+
+
 @pytest.mark.parametrize("case", ["bad_key", "upstream_500", "quota", "unknown_path"])
 def test_an_error_answer_says_it_cost_nothing(gateway, upstream, make_key, priced, case):
     made = make_key(quota=Decimal("0")) if case == "quota" else make_key()
