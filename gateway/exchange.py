@@ -26,6 +26,7 @@ import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from gateway import policy
 from gateway.context import RelayContext
 from gateway.errors import (
     GatewayError,
@@ -40,6 +41,7 @@ from gateway.providers.http import upstream_session
 from gateway.respond import (
     Send,
     end_stream,
+    price,
     send_chunk,
     send_json,
     start_stream,
@@ -350,6 +352,9 @@ async def passthrough(ctx: RelayContext, operation: str, route: Route, payload: 
             secret = _secret(ctx)
             tap: StreamTap = ChatTap(client_wants_usage or raw, secret) if operation == "chat" \
                 else ResponsesTap(secret)
+            ticket = ctx.ticket
+            if not raw and ticket is not None:  # raw mode: events pass through untouched
+                tap.pricer = lambda usage, served: policy.charge(ticket, usage, served)
             ctx.relayed = tap.relayed_text
             await _relay_tapped(ctx, upstream, tap, send)
         else:
@@ -603,7 +608,6 @@ async def pump(ctx: RelayContext, upstream: Upstream, protocol: str,
     if failure is not None and (not client_stream or held is not None):
         ctx.upstream_ok = False  # nothing reached the client: an HTTP error, no charge
         raise _failed(ctx, _before_first_byte(_failure_error(ctx, failure)))
-    tail = encoder.close()
     ctx.usage = encoder.usage
     if failure is not None:
         _failed(ctx, _failure_error(ctx, failure))
@@ -614,10 +618,22 @@ async def pump(ctx: RelayContext, upstream: Upstream, protocol: str,
     if not client_stream:
         await send_json(ctx, send, 200, orjson.dumps(encoder.final()))
         return
+    await announce_cost(ctx, encoder)
+    tail = encoder.close()
     if held is not None:  # the whole answer came before any content (or had none)
         await start_stream(ctx, send)
         tail = held + tail
     await end_stream(ctx, send, tail)
+
+
+async def announce_cost(ctx: RelayContext,
+                        encoder: chat.ChatEncoder | responses.ResponsesEncoder) -> None:
+    """Price the stream before its last event is written, so the event's usage carries the
+    cost (and, when the upstream reported no usage, the tokens Turnpike counted, which are
+    what is charged)."""
+    encoder.cost = await price(ctx)
+    if encoder.usage is None:
+        encoder.usage = ctx.usage
 
 
 # Failure codes the relay itself decides (the others are the upstream's own error codes).
@@ -803,6 +819,7 @@ async def compact(ctx: RelayContext, operation: str, route: Route, payload: dict
     stream = b"".join(encoder.feed(e) for e in (c.Start(), c.OpaqueItem(item), c.Finish("stop"),
                                                   c.UsageReport(usage)))
     if ctx.stream:
+        await announce_cost(ctx, encoder)
         await start_stream(ctx, send)
         await end_stream(ctx, send, stream + encoder.close())
     else:

@@ -3,6 +3,7 @@
     handle()            any /v1 request: context, auth, dispatch, error rendering, usage row
       authenticate()    key from the headers -> KeySnapshot (no SQL for a known key)
       list_models()     GET /v1/models[/{id}]
+      dashboard.*       GET /v1/dashboard/billing/subscription|usage (balance for chat clients)
       relay()           POST /v1/responses, /v1/responses/compact, /v1/chat/completions
         read_body(), parse_request()   the checks every endpoint shares
         resolve_model() model permission, model -> upstreams (routing.plan orders routes)
@@ -22,7 +23,7 @@ import orjson
 from django.conf import settings
 
 from billing.usage import record_usage
-from gateway import exchange, policy, routing, validate
+from gateway import dashboard, exchange, policy, routing, validate
 from gateway.context import RelayContext
 from gateway.errors import (
     AuthenticationFailed,
@@ -64,6 +65,8 @@ ENDPOINTS: dict[str, tuple[str, str]] = {
     "responses/compact": ("POST", "compact"),
     "chat/completions": ("POST", "chat"),
     "models": ("GET", "models"),
+    "dashboard/billing/subscription": ("GET", "billing_subscription"),
+    "dashboard/billing/usage": ("GET", "billing_usage"),
 }
 
 
@@ -312,6 +315,10 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
             raise MethodNotAllowed(f"Use {method} for this path, not {scope['method']}.")
         if operation == "models":
             await list_models(ctx, kwargs.get("model_id"), send)
+        elif operation == "billing_subscription":
+            await dashboard.subscription(ctx, await authenticate(ctx), send)
+        elif operation == "billing_usage":
+            await dashboard.usage(ctx, await authenticate(ctx), scope, send)
         else:
             await relay(ctx, operation, receive, send)
     except ClientGone:

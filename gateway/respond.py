@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 from gateway import policy
@@ -12,6 +13,7 @@ from gateway.context import RelayContext
 from gateway.errors import GatewayError
 from gateway.estimate import estimate_if_needed
 from gateway.wire.sse import encode
+from gateway.wire.usage import cost_text
 
 log = logging.getLogger(__name__)
 
@@ -19,11 +21,27 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+# What a JSON answer cost, as charged (group multiplier applied), in the currency's units
+# with 6 places, "0.000000" when nothing was charged. A stream has it in its final usage
+# event instead (see gateway.wire.usage.with_cost): its headers go out before it is known.
+COST_HEADER = b"x-turnpike-cost"
 
 
 def base_headers(ctx: RelayContext, content_type: bytes) -> list[tuple[bytes, bytes]]:
     return [(b"content-type", content_type), (b"x-request-id", ctx.request_id.encode()),
             *ctx.extra_headers]
+
+
+async def price(ctx: RelayContext) -> Decimal:
+    """What the request is charged: counted tokens when the upstream reported none, priced
+    by the ticket (a pure computation, no I/O but the tokenizer's thread in that case).
+    Idempotent, so a stream can announce the cost in its last event and settling, just
+    after, charges the same amount."""
+    if ctx.ticket is None:
+        return ctx.cost
+    await estimate_if_needed(ctx)
+    ctx.cost = policy.charge(ctx.ticket, ctx.usage, ctx.upstream_ok)
+    return ctx.cost
 
 
 async def finish_policy(ctx: RelayContext) -> None:
@@ -34,9 +52,8 @@ async def finish_policy(ctx: RelayContext) -> None:
     client's answer waits for (measured in BENCHMARKS.md)."""
     if ctx.ticket is None or ctx.settled:
         return
-    await estimate_if_needed(ctx)
+    await price(ctx)
     ctx.settled = True
-    ctx.cost = policy.charge(ctx.ticket, ctx.usage, ctx.upstream_ok)
     await policy.settle(ctx.ticket, ctx.cost, ctx.usage, served_binding(ctx), ctx.usage_event())
 
 
@@ -52,6 +69,7 @@ async def send_json(ctx: RelayContext, send: Send, status: int, body: bytes,
     await finish_policy(ctx)
     headers = base_headers(ctx, b"application/json")
     headers.append((b"content-length", str(len(body)).encode()))
+    headers.append((COST_HEADER, cost_text(ctx.cost)))
     if extra:
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -18,6 +18,8 @@ all, so the events in between cost what they did before (a few substring tests):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -25,8 +27,12 @@ import orjson
 from gateway.errors import GatewayError, UpstreamError
 from gateway.providers.base import error_answer, is_error_answer
 from gateway.wire import usage as usage_wire
-from gateway.wire.sse import DONE, SseSplitter, encode, event_data, event_json
+from gateway.wire.sse import DONE, SseSplitter, encode, event_data, event_json, event_name
 from gateway.wire.usage import Usage
+
+# What a request with this usage is charged, when the upstream served it (True) or when
+# only what reached the client counts (False: see StreamTap.delivered).
+Pricer = Callable[[Usage, bool], Decimal]
 
 # SSE lines that carry no data: an event made only of these says nothing yet.
 _FIELD_PREFIXES = (b":", b"event:", b"id:", b"retry:")
@@ -45,6 +51,9 @@ class StreamTap:
     def __init__(self, secret: str | None = None) -> None:
         self.splitter = SseSplitter()
         self.secret = secret  # scrubbed from upstream error messages
+        # Set: the final usage event gets the request's cost (``usage.cost``); it is parsed
+        # anyway for the usage figures, so only that one event is encoded again.
+        self.pricer: Pricer | None = None
         self.usage: Usage | None = None
         self.complete = False  # the upstream sent its protocol's proper end
         self.verified = False  # the first event was the protocol's opening
@@ -166,8 +175,13 @@ class ChatTap(StreamTap):
             return event
         if has_usage:
             self.usage = usage_wire.from_chat(chunk.get("usage")) or self.usage
-            if not self.client_wants_usage and chunk.get("choices") == []:
-                return None
+            if chunk.get("choices") == []:  # the final usage chunk
+                if not self.client_wants_usage:
+                    return None
+                if self.pricer is not None and isinstance(chunk["usage"], dict) and \
+                        self.usage is not None:
+                    usage_wire.with_cost(chunk["usage"], self.pricer(self.usage, True))
+                    return b"data: " + orjson.dumps(chunk)
         for choice in chunk.get("choices") or ():
             if isinstance(choice, dict) and choice.get("finish_reason"):
                 self.finished = True
@@ -244,6 +258,12 @@ class ResponsesTap(StreamTap):
                 if isinstance(response, dict):
                     self.usage = usage_wire.from_responses(response.get("usage")) or self.usage
                     self.response_id = self.response_id or response.get("id")
+                    if self.pricer is not None and self.usage is not None and \
+                            isinstance(response.get("usage"), dict):
+                        # A failed response is charged only if something reached the client.
+                        served = not self.ended_failed or self.delivered()
+                        usage_wire.with_cost(response["usage"], self.pricer(self.usage, served))
+                        return encode(data, event=event_name(event))[:-2]
         return event
 
     def ended_with(self) -> tuple[GatewayError, bool] | None:

@@ -14,7 +14,8 @@ from django.urls import URLPattern, re_path
 
 from gateway.app import gateway_app, status_app
 
-ENDPOINT = r"(?P<endpoint>responses/compact|responses|chat/completions|models)"
+ENDPOINT = (r"(?P<endpoint>responses/compact|responses|chat/completions|models"
+            r"|dashboard/billing/subscription|dashboard/billing/usage)")
 
 
 def gateway_patterns() -> list[URLPattern]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -367,6 +368,7 @@ class ChatEncoder:
         self.calls: dict[int, dict[str, Any]] = {}
         self.finish: c.FinishReason | None = None
         self.usage: usage_wire.Usage | None = None
+        self.cost: Decimal | None = None  # set: the usage chunk carries it (usage.cost)
         self.failure: c.Failure | None = None
         self._opened = False
 
@@ -451,10 +453,12 @@ class ChatEncoder:
                                            "code": self.failure.code}})
         out += self._chunk({}, self.finish_reason())
         if self.include_usage:
+            usage = usage_wire.to_chat(self.usage or usage_wire.Usage())
+            if self.cost is not None:
+                usage_wire.with_cost(usage, self.cost)
             out += encode({"id": self.id, "object": "chat.completion.chunk",
                            "created": self.created, "model": self.model,
-                           "system_fingerprint": None, "choices": [],
-                           "usage": usage_wire.to_chat(self.usage or usage_wire.Usage())})
+                           "system_fingerprint": None, "choices": [], "usage": usage})
         return out + b"data: [DONE]\n\n"
 
     def final(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -468,6 +469,7 @@ class ResponsesEncoder:
         self.pending_deltas: dict[int, list[str]] = {}
         self.finish: c.FinishReason | None = None
         self.usage: usage_wire.Usage | None = None
+        self.cost: Decimal | None = None  # set: the final usage carries it (usage.cost)
         self.failure: c.Failure | None = None
         self.started = False
         self.xml = XmlToolUseFilter() if clean_xml_tools else None
@@ -501,6 +503,8 @@ class ResponsesEncoder:
         }
         if status in ("completed", "incomplete", "failed"):
             body["usage"] = usage_wire.to_responses(self.usage or usage_wire.Usage())
+            if self.cost is not None:
+                usage_wire.with_cost(body["usage"], self.cost)
         if status == "incomplete":
             body["incomplete_details"] = {
                 "reason": "content_filter" if self.finish == "content_filter"

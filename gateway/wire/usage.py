@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
+
+import orjson
 
 
 @dataclass(slots=True)
@@ -66,3 +69,16 @@ def to_responses(usage: Usage) -> dict[str, Any]:
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.input_tokens + usage.output_tokens,
     }
+
+
+def cost_text(cost: Decimal) -> bytes:
+    """A cost as a plain decimal with 6 places (micro-units, as stored): ``0.000150``."""
+    return f"{cost:.6f}".encode()
+
+
+def with_cost(usage: dict[str, Any], cost: Decimal) -> dict[str, Any]:
+    """A usage object with ``cost`` added: a JSON number written exactly (no float
+    rounding), the way OpenRouter reports ``usage.cost``. SDK usage types keep unknown
+    fields and the Codex CLI ignores them."""
+    usage["cost"] = orjson.Fragment(cost_text(cost))
+    return usage

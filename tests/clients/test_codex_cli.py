@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
 import pytest
 
+from billing.models import ModelPrice, UsageLog
+from billing.services import tenant_topup
 from gateway.services import upstream_create
 from tests.conftest import UPSTREAM_SECRET
 
@@ -99,3 +103,26 @@ def test_codex_cli_completes_a_tool_task_against_every_upstream_kind(
     assert len(bodies) >= 2  # the tool call, then the answer after the tool ran
     assert "the hint says hello" in orjson.dumps(bodies[-1]).decode()
     assert "the hint says hello" not in orjson.dumps(bodies[0]).decode()
+
+
+@pytest.mark.parametrize("kind", ["openai", "openai-chat"])
+def test_codex_cli_accepts_the_cost_in_response_completed(gateway, api_key, fake_upstream,
+                                                          tmp_path, kind):
+    """The final usage carries ``cost`` (passed through, or translated): Codex parses
+    ``response.completed`` with it and finishes the turn at the first attempt."""
+    base = fake_upstream.openai_url
+    upstream_create(name=f"priced-{kind}", kind=kind, base_url=base, models=["m-priced"],
+                    api_keys=[UPSTREAM_SECRET])
+    ModelPrice.objects.create(model="m-priced", input_per_million=Decimal("1000"),
+                              output_per_million=Decimal("2000"))
+    tenant_topup(tenant=api_key.key.tenant, amount=Decimal("100"))
+    fake_upstream.clear()
+    result = run_codex(gateway.base_url, api_key.secret, "say hi [[fake chunks=2]]", tmp_path,
+                       model="m-priced")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tok0 tok1" in result.stdout
+    assert len([r for r in fake_upstream.requests() if r["body"]]) == 1  # no retry
+    deadline = time.monotonic() + 10  # the row is written off the response path
+    while not UsageLog.objects.filter(model="m-priced", cost__gt=0).exists():
+        assert time.monotonic() < deadline, "no charged usage row"
+        time.sleep(0.05)
