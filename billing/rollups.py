@@ -91,7 +91,7 @@ def median_ms(buckets: list[int]) -> int | None:
 
 
 def _tz() -> ZoneInfo:
-    return ZoneInfo(settings.TIME_ZONE)
+    return ZoneInfo(settings.TIME_ZONE or "UTC")
 
 
 def _now(now: datetime | None) -> datetime:

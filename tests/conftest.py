@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +32,27 @@ from tests.servers import (
 UPSTREAM_SECRET = "sk-upstream-test-credential-0001"
 DEMO_MODELS = ["gpt-4o-mini", "gpt-5", "gpt-5-codex", "o3"]
 TEST_BODY_LIMIT = 4 * 1024 * 1024
+
+
+FAST_DIR = Path(__file__).with_name("fast")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """``-m fast`` (make test-fast) opens only the modules that can hold fast tests: those
+    under tests/fast/ and those that say ``pytest.mark.fast``. Importing every other module
+    (Selenium, schemathesis, the subprocess helpers) would cost more than the tier runs."""
+    if config.getoption("markexpr", "") != "fast" or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_") or FAST_DIR in collection_path.parents:
+        return None
+    return "pytest.mark.fast" not in collection_path.read_text(encoding="utf-8")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/fast/ is in the fast tier without saying so."""
+    for item in items:
+        if FAST_DIR in item.path.parents:
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture(autouse=True)
