@@ -41,7 +41,7 @@ test: venv ## Run the test suite against PostgreSQL and Redis
 	$(TEST_ENV) $(PY) -m pytest $(ARGS)
 
 test-fast: venv ## The fast tier: pure in-process tests (marker `fast`, tests/fast/), seconds
-	$(TEST_ENV) $(PY) -m pytest -m fast $(ARGS)
+	$(TEST_ENV) $(PY) -m pytest --fast $(ARGS)
 
 typecheck: venv ## mypy with the Django plugin (configuration in pyproject.toml)
 	$(TEST_ENV) $(PY) -m mypy

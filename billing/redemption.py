@@ -19,12 +19,12 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from portal.audit.record import log_bulk_create
 from billing.models import LedgerEntry, RedemptionCode
 from billing.services import ledger_post
 from keys.models import Tenant
 from keys.secrets import hash_secret
 from keys.services import ApplicationError
+from portal.audit.record import log_bulk_create
 
 CODE_PREFIX = "tp-rc-"
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"

@@ -9,11 +9,11 @@ from django.db import transaction
 from django.db.models import DecimalField, F, OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
-from portal.audit.record import log_ledger
 from billing.models import LedgerEntry
 from keys import limits
 from keys.models import MONEY, Tenant
 from keys.money import to_micro
+from portal.audit.record import log_ledger
 
 
 @transaction.atomic

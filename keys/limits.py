@@ -34,7 +34,6 @@ from django.conf import settings
 
 from portal.redis import fast_redis, rkey, sync_redis
 
-
 # A limiter's clock: unix seconds, ``time.time`` unless a test passes its own. Every "now"
 # the limiter uses comes from it, the Lua scripts' too (they take now from their caller, never
 # Redis TIME), so a test moves time forward instead of sleeping; the call stays one round trip.
