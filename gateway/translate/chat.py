@@ -71,7 +71,9 @@ def _parts(content: Any) -> list[c.Part]:
     return parts
 
 
-def parse_request(body: dict[str, Any]) -> c.CanonicalRequest:
+# Over the complexity limit (C901) on purpose: a flat field-by-field mapping, each branch is one
+# optional Chat field.
+def parse_request(body: dict[str, Any]) -> c.CanonicalRequest:  # noqa: C901
     req = c.CanonicalRequest(model=str(body.get("model")))
     messages = body.get("messages")
     if not isinstance(messages, list):
@@ -199,7 +201,9 @@ def _content_for_chat(parts: list[c.Part]) -> str | list[dict[str, Any]]:
     return out
 
 
-def build_request(req: c.CanonicalRequest, model: str) -> dict[str, Any]:
+# Over the complexity limit (C901) on purpose: a flat field-by-field mapping, each branch is one
+# optional Chat field.
+def build_request(req: c.CanonicalRequest, model: str) -> dict[str, Any]:  # noqa: C901
     messages: list[dict[str, Any]] = []
     if req.instructions:
         messages.append({"role": "system", "content": "\n\n".join(req.instructions)})

@@ -121,7 +121,9 @@ def parse_item(item: Any) -> c.Item | None:
     return c.Opaque(item)
 
 
-def parse_request(body: dict[str, Any]) -> c.CanonicalRequest:
+# Over the complexity limit (C901) on purpose: a flat field-by-field mapping, each branch is one
+# optional Responses field.
+def parse_request(body: dict[str, Any]) -> c.CanonicalRequest:  # noqa: C901
     req = c.CanonicalRequest(model=str(body.get("model")))
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:
@@ -244,7 +246,9 @@ def item_to_responses(item: c.Item) -> dict[str, Any] | None:
     return item.item
 
 
-def build_request(req: c.CanonicalRequest, model: str) -> dict[str, Any]:
+# Over the complexity limit (C901) on purpose: a flat field-by-field mapping, each branch is one
+# optional Responses field.
+def build_request(req: c.CanonicalRequest, model: str) -> dict[str, Any]:  # noqa: C901
     body: dict[str, Any] = {"model": model, "stream": req.stream}
     instructions = list(req.instructions)
     if instructions:
@@ -600,7 +604,9 @@ class ResponsesEncoder:
             "item_id": item["id"], "output_index": item["_index"], "content_index": 0,
             "delta": text, "logprobs": []})
 
-    def feed(self, event: c.Event) -> bytes:
+    # Over the complexity limit (C901) on purpose: one branch per canonical event type,
+    # each a few lines of framing.
+    def feed(self, event: c.Event) -> bytes:  # noqa: C901
         out = self._start()
         if isinstance(event, c.TextDelta):
             text = self.xml.feed(event.text) if self.xml is not None else event.text
