@@ -406,8 +406,8 @@ async def _adjust_same_protocol(ctx: RelayContext, operation: str, route: Route,
         if operation == "chat":
             payload = {**payload, "reasoning_effort": ctx.effort}
         else:
-            reasoning = payload.get("reasoning") if isinstance(payload.get("reasoning"),
-                                                               dict) else {}
+            given = payload.get("reasoning")
+            reasoning: dict[str, Any] = given if isinstance(given, dict) else {}
             payload = {**payload, "reasoning": {**reasoning, "effort": ctx.effort}}
         changed = True
     if operation != "chat" and "session_id" in payload:

@@ -415,11 +415,11 @@ class ChatEncoder:
                             "function": {"name": event.name, "arguments": ""}}
             return self._open() + self._chunk({"tool_calls": [fragment]})
         if isinstance(event, c.ToolCallDelta):
-            call = self.calls.get(event.index)
-            if call is None:
+            open_call = self.calls.get(event.index)
+            if open_call is None:
                 return b""
-            call["arguments"].append(event.arguments)
-            key = "custom" if call["kind"] == "custom" else "function"
+            open_call["arguments"].append(event.arguments)
+            key = "custom" if open_call["kind"] == "custom" else "function"
             field = "input" if key == "custom" else "arguments"
             return self._chunk({"tool_calls": [{"index": event.index,
                                                 key: {field: event.arguments}}]})

@@ -111,9 +111,10 @@ def parse_item(item: Any) -> c.Item | None:
                            encrypted_content=c.opt_str(item, "encrypted_content", "input"),
                            item_id=c.opt_str(item, "id", "input"))
     if kind == "compaction":
-        summary = c.open_compaction(c.opt_str(item, "encrypted_content", "input"))
-        if summary is not None:  # one of Turnpike's own: expand it for any upstream
-            return c.Message(role="user", parts=[c.Part("text", COMPACTION_PREAMBLE + summary)])
+        compacted = c.open_compaction(c.opt_str(item, "encrypted_content", "input"))
+        if compacted is not None:  # one of Turnpike's own: expand it for any upstream
+            return c.Message(role="user",
+                             parts=[c.Part("text", COMPACTION_PREAMBLE + compacted)])
         return c.Opaque(item)
     if kind == "item_reference":
         raise c.TranslationError("item_reference inputs need stored responses, which this "
@@ -379,7 +380,8 @@ class StreamDecoder:
         events: list[c.Event] = []
         if not self._started:
             self._started = True
-            response = data.get("response") if isinstance(data.get("response"), dict) else {}
+            started = data.get("response")
+            response: dict[str, Any] = started if isinstance(started, dict) else {}
             events.append(c.Start(response_id=response.get("id"), model=response.get("model"),
                                   created=response.get("created_at")))
         if kind == "response.output_item.added":
@@ -408,10 +410,10 @@ class StreamDecoder:
                                            else "summary"))
         elif kind in ("response.function_call_arguments.delta",
                       "response.custom_tool_call_input.delta"):
-            state = self._items.get(str(data.get("item_id")))
-            if state is not None and "index" in state:
-                state["streamed"] = True
-                events.append(c.ToolCallDelta(index=state["index"],
+            streaming = self._items.get(str(data.get("item_id")))
+            if streaming is not None and "index" in streaming:
+                streaming["streamed"] = True
+                events.append(c.ToolCallDelta(index=streaming["index"],
                                               arguments=str(data.get("delta", ""))))
         elif kind == "response.output_item.done":
             events += self._item_done(data.get("item") or {})
