@@ -6,7 +6,7 @@ FAKE_PORT ?= 8900
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/turnpike
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
 
-.PHONY: help venv run migrate demo fake serve test lint worker beat usagewriter bench soak messages
+.PHONY: help venv run migrate demo fake serve test test-fast typecheck lint worker beat usagewriter bench soak messages
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -33,11 +33,20 @@ run: demo ## Run the fake upstream and the gateway (embedded default: SQLite, no
 serve: venv ## Run only the gateway (daphne + uvloop) with the current environment
 	$(PY) -m portal.server -b 0.0.0.0 -p $(PORT)
 
-test: venv ## Run the test suite against PostgreSQL and Redis
-	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-	SECRET_KEY=$${SECRET_KEY:-test-secret} $(PY) -m pytest $(ARGS)
+# The tests' environment: PostgreSQL, Redis and a secret, each overridable from outside.
+TEST_ENV = DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
+	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} SECRET_KEY=$${SECRET_KEY:-test-secret}
 
-lint: venv ## Ruff
+test: venv ## Run the test suite against PostgreSQL and Redis
+	$(TEST_ENV) $(PY) -m pytest $(ARGS)
+
+test-fast: venv ## The fast tier: pure in-process tests (marker `fast`, tests/fast/), seconds
+	$(TEST_ENV) $(PY) -m pytest --fast $(ARGS)
+
+typecheck: venv ## mypy with the Django plugin (configuration in pyproject.toml)
+	$(TEST_ENV) $(PY) -m mypy
+
+lint: venv ## Ruff (style, imports, bugbear, complexity)
 	$(PY) -m ruff check .
 
 worker: venv ## A Celery worker

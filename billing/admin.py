@@ -201,9 +201,10 @@ class UsageRollupAdmin(admin.ModelAdmin):
     def changelist_view(self, request: HttpRequest,
                         extra_context: dict[str, Any] | None = None) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
-        if isinstance(response, TemplateResponse) and "cl" in (response.context_data or {}):
-            filtered = response.context_data["cl"].queryset
-            response.context_data["rollup_totals"] = filtered.aggregate(
+        context = response.context_data if isinstance(response, TemplateResponse) else None
+        if context and "cl" in context:
+            filtered = context["cl"].queryset
+            context["rollup_totals"] = filtered.aggregate(
                 rows=Count("id"), **{name: Sum(name, default=0) for name in self.TOTALS})
         return response
 

@@ -7,9 +7,9 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 
-from keys.models import MONEY
+from keys.models import MONEY, DecimalShape
 
-PRICE = {"max_digits": 14, "decimal_places": 6, "default": Decimal("0")}
+PRICE: DecimalShape = {"max_digits": 14, "decimal_places": 6}
 
 
 class ModelPrice(models.Model):
@@ -19,17 +19,18 @@ class ModelPrice(models.Model):
     """
 
     model = models.CharField(max_length=200, unique=True)
-    input_per_million = models.DecimalField(**PRICE)
+    input_per_million = models.DecimalField(**PRICE, default=Decimal("0"))
     cached_input_per_million = models.DecimalField(
         max_digits=14, decimal_places=6, null=True, blank=True,
         help_text="Price of cached input tokens; empty: the input price.",
     )
-    output_per_million = models.DecimalField(**PRICE)
+    output_per_million = models.DecimalField(**PRICE, default=Decimal("0"))
     reasoning_per_million = models.DecimalField(
         max_digits=14, decimal_places=6, null=True, blank=True,
         help_text="Price of reasoning tokens (part of the output); empty: the output price.",
     )
-    per_request = models.DecimalField(**PRICE, help_text="Fixed price per request; 0: none.")
+    per_request = models.DecimalField(**PRICE, default=Decimal("0"),
+                                      help_text="Fixed price per request; 0: none.")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -127,19 +127,20 @@ def account_drifts(settle_seconds: float = 0.5) -> list[Drift]:
     return [d for k, d in second.items() if k in first and d.drift == first[k].drift]
 
 
-def reclaim_expired() -> int:
-    """Give back every reservation whose lease ran out, for every tenant (sync)."""
+def reclaim_expired(now: float | None = None) -> int:
+    """Give back every reservation whose lease ran out by ``now`` (unix seconds; the
+    limiter's clock, by default the wall clock), for every tenant (sync)."""
     client = sync_redis()
     if client is None:
         return 0
-    now = int(time.time() * 1000)
+    now_ms = int((time.time() if now is None else now) * 1000)
     prefix = rkey("resv", "")
     total = 0
     for raw in client.scan_iter(prefix + "*", count=1000):
         tail = raw.decode()[len(prefix):]
         if tail.isdigit():
             total += int(client.eval(_RECLAIM_LUA, 3, raw, limits.account_key("tenant", tail),
-                                     limits.reclaimed_key(tail), now,
+                                     limits.reclaimed_key(tail), now_ms,
                                      limits.account_key("key", "")))
     if total:
         log.warning("gave back %d reservations of requests whose process stopped", total)

@@ -15,16 +15,16 @@ import secrets
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from portal.audit.record import log_bulk_create
 from billing.models import LedgerEntry, RedemptionCode
 from billing.services import ledger_post
 from keys.models import Tenant
 from keys.secrets import hash_secret
 from keys.services import ApplicationError
+from portal.audit.record import log_bulk_create
 
 CODE_PREFIX = "tp-rc-"
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -111,14 +111,14 @@ def _valid_amount(amount: Decimal | int | str) -> Decimal:
 
 @transaction.atomic
 def redeem_create(*, amount: Decimal, count: int, expires_at: datetime | None = None,
-                  batch: str = "", user: AbstractBaseUser | None = None) -> list[str]:
+                  batch: str = "", user: User | None = None) -> list[str]:
     """Make ``count`` codes worth ``amount`` each and return them. This is the only time
     the codes exist in plain text: show or hand them over now."""
     value = _valid_amount(amount)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
         raise ApplicationError(f"The number of codes must be between 1 and {MAX_COUNT}.")
     batch = (batch or "").strip()
-    if len(batch) > RedemptionCode._meta.get_field("batch").max_length:
+    if len(batch) > (RedemptionCode._meta.get_field("batch").max_length or 0):
         raise ApplicationError("The batch name is too long (100 characters at most).")
     if expires_at is not None:
         if timezone.is_naive(expires_at):
@@ -143,7 +143,7 @@ def redeem_create(*, amount: Decimal, count: int, expires_at: datetime | None = 
     return codes
 
 
-def redeem(*, code: str, tenant: Tenant, user: AbstractBaseUser | None = None) -> LedgerEntry:
+def redeem(*, code: str, tenant: Tenant, user: User | None = None) -> LedgerEntry:
     """Credit ``tenant`` with the code's amount and use the code up, in one transaction.
     The code's row is locked first, so of two concurrent redemptions exactly one wins;
     the other sees it redeemed."""

@@ -91,7 +91,7 @@ def median_ms(buckets: list[int]) -> int | None:
 
 
 def _tz() -> ZoneInfo:
-    return ZoneInfo(settings.TIME_ZONE)
+    return ZoneInfo(settings.TIME_ZONE or "UTC")
 
 
 def _now(now: datetime | None) -> datetime:
@@ -177,7 +177,7 @@ SELECT (SELECT count(*) FROM agg), (SELECT count(*) FROM ins), (SELECT count(*) 
 """
 
 
-def _upsert(model: type[UsageRollup] | type[UsageRollupHourly], period: str, value: object,
+def _upsert(model: type[UsageRollup] | type[UsageRollupHourly], period: str, value: date,
             start: datetime, end: datetime) -> int:
     """PostgreSQL: the whole period in one statement (the GROUP BY, an INSERT ... ON
     CONFLICT DO UPDATE that writes only rows that differ, and a DELETE of the period's rows
@@ -214,8 +214,8 @@ def _sync(model: type[UsageRollup] | type[UsageRollupHourly], period: dict[str, 
             log.info("rollup of %s kept: its raw usage rows have expired", label)
             return len(existing)
     stale = [r.pk for k, r in existing.items() if k not in wanted]
-    changed = []
-    added = []
+    changed: list[Any] = []  # rows of ``model``, whichever of the two it is
+    added: list[Any] = []
     for k, values in wanted.items():
         row = existing.get(k)
         if row is None:

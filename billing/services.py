@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import DecimalField, F, OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
-from portal.audit.record import log_ledger
 from billing.models import LedgerEntry
 from keys import limits
 from keys.models import MONEY, Tenant
 from keys.money import to_micro
+from portal.audit.record import log_ledger
 
 
 @transaction.atomic
 def ledger_post(*, tenant: Tenant, kind: str, amount: Decimal, reference: str = "",
-                note: str = "", user: AbstractBaseUser | None = None,
+                note: str = "", user: User | None = None,
                 limiter_knows: bool = False) -> LedgerEntry:
     """Add ``amount`` (negative to deduct) to the balance and record why, in one
     transaction. Once committed, the limiter's copy of the balance (which requests in
@@ -43,7 +43,7 @@ def ledger_post(*, tenant: Tenant, kind: str, amount: Decimal, reference: str = 
 
 
 def tenant_topup(*, tenant: Tenant, amount: Decimal, note: str = "",
-                 user: AbstractBaseUser | None = None) -> LedgerEntry:
+                 user: User | None = None) -> LedgerEntry:
     kind = LedgerEntry.Kind.TOPUP if amount >= 0 else LedgerEntry.Kind.ADJUSTMENT
     return ledger_post(tenant=tenant, kind=kind, amount=amount, note=note, user=user)
 

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -118,12 +119,15 @@ async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: d
             await run_route(ctx, operation, route, payload, body, send)
             return
         except GatewayError as exc:
-            if exc.failover is None or ctx.status:
+            verdict = judge_failure(exc, answered=bool(ctx.status),
+                                    has_credential=cred is not None,
+                                    default_cooldown=settings.GATEWAY_COOLDOWN_SECONDS)
+            if not verdict.retry:
                 raise
             last = exc
             ctx.usage = None  # a failed attempt's figures are not this request's
-            await _after_failure(route, exc)
-            if exc.failover == "upstream":
+            await _after_failure(route, exc, verdict)
+            if verdict.skip_upstream:
                 skip_upstreams.add(route.upstream.id)
     if last is not None:
         raise last
@@ -131,18 +135,53 @@ async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: d
                               "at its limit; try again shortly.", code="no_upstream_available")
 
 
-async def _after_failure(route: Route, exc: GatewayError) -> None:
+@dataclass(frozen=True, slots=True)
+class FailureVerdict:
+    """What one failed attempt means for the request and for its credential."""
+
+    retry: bool  # try the next route
+    skip_upstream: bool  # ... but none of this upstream's other credentials
+    disable_credential: bool
+    cool_seconds: float | None  # cool the credential this long (None: leave it as it is)
+
+
+NO_RETRY = FailureVerdict(retry=False, skip_upstream=False, disable_credential=False,
+                          cool_seconds=None)
+# A refused credential cools this long while it is being disabled: every process skips it
+# at once, before the route table without it reaches them.
+DISABLE_COOLDOWN = 3600.0
+
+
+def judge_failure(error: GatewayError, *, answered: bool, has_credential: bool,
+                  default_cooldown: float) -> FailureVerdict:
+    """The failover rule, as a pure decision. Another route is tried only for a failure the
+    upstream layer marked (``error.failover``) before anything reached the client
+    (``answered``); "upstream" failures skip that upstream's other credentials too. A
+    refused credential is disabled; a 429 cools it for the time the upstream asked
+    (``error.cooldown``) or ``default_cooldown``."""
+    if error.failover is None or answered:
+        return NO_RETRY
+    disable = has_credential and error.disable_credential
+    cool: float | None = None
+    if disable:
+        cool = DISABLE_COOLDOWN
+    elif has_credential and error.status == 429:
+        cool = error.cooldown or default_cooldown
+    return FailureVerdict(retry=True, skip_upstream=error.failover == "upstream",
+                          disable_credential=disable, cool_seconds=cool)
+
+
+async def _after_failure(route: Route, exc: GatewayError, verdict: FailureVerdict) -> None:
     from keys.limits import limiter
 
     cred = route.credential
     if cred is None:
         return
-    if exc.disable_credential:
-        await limiter().cool(cred.id, 3600)  # every process skips it at once
+    if verdict.cool_seconds is not None:
+        await limiter().cool(cred.id, verdict.cool_seconds)
+    if verdict.disable_credential:
         await sync_to_async(_disable_credential, thread_sensitive=False)(
             cred.id, f"Upstream answered {exc.message[:200]}")
-    elif exc.status == 429:
-        await limiter().cool(cred.id, exc.cooldown or settings.GATEWAY_COOLDOWN_SECONDS)
 
 
 def _disable_credential(credential_id: int, reason: str) -> None:
@@ -372,8 +411,8 @@ async def _adjust_same_protocol(ctx: RelayContext, operation: str, route: Route,
         if operation == "chat":
             payload = {**payload, "reasoning_effort": ctx.effort}
         else:
-            reasoning = payload.get("reasoning") if isinstance(payload.get("reasoning"),
-                                                               dict) else {}
+            given = payload.get("reasoning")
+            reasoning: dict[str, Any] = given if isinstance(given, dict) else {}
             payload = {**payload, "reasoning": {**reasoning, "effort": ctx.effort}}
         changed = True
     if operation != "chat" and "session_id" in payload:
@@ -403,7 +442,9 @@ async def _relay_json(ctx: RelayContext, operation: str, resp: aiohttp.ClientRes
 MAX_HELD_BYTES = 4 * 1024 * 1024
 
 
-async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,
+# Over the complexity limit (C901) on purpose: one stream's life in order (first event, failover
+# window, keep-alives, end); the exchange refactor of issue 13 splits it.
+async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,  # noqa: C901
                         send: Send) -> None:
     """Relay a passthrough stream event by event.
 
@@ -549,7 +590,9 @@ async def translated(ctx: RelayContext, operation: str, protocol: str, route: Ro
         await pump(ctx, Upstream(resp), protocol, encoder, restorer, send)
 
 
-async def pump(ctx: RelayContext, upstream: Upstream, protocol: str,
+# Over the complexity limit (C901) on purpose: decode, encode, keep alive and fail over in one loop
+# per chunk; the exchange refactor of issue 13 splits it.
+async def pump(ctx: RelayContext, upstream: Upstream, protocol: str,  # noqa: C901
                encoder: chat.ChatEncoder | responses.ResponsesEncoder,
                restorer: c.ToolCallRestorer, send: Send) -> None:
     """Upstream answer -> canonical events -> the client's protocol, as they arrive.

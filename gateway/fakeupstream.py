@@ -931,7 +931,7 @@ def anthropic_frames(reply: Reply, message_id: str) -> list[Frame]:
     events.add("ping")
     index = 0
     if reply.reasoning:
-        block = {"type": "thinking", "thinking": "", "signature": ""}
+        block: Json = {"type": "thinking", "thinking": "", "signature": ""}
         events.add("content_block_start", index=index, content_block=block)
         for piece in REASONING_PIECES:
             delta = {"type": "thinking_delta", "thinking": piece}
@@ -948,7 +948,8 @@ def anthropic_frames(reply: Reply, message_id: str) -> list[Frame]:
         events.add("content_block_stop", index=index)
         index += 1
     for call in reply.calls:
-        block = {"type": "tool_use", "id": f"toolu_{call.hex}", "name": call.name, "input": {}}
+        block = {"type": "tool_use", "id": f"toolu_{call.hex}", "name": call.name,
+                       "input": {}}
         events.add("content_block_start", index=index, content_block=block)
         for piece in call.pieces:
             delta = {"type": "input_json_delta", "partial_json": piece}

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
@@ -38,12 +38,13 @@ class MembershipInline(admin.TabularInline):
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     readonly_fields = ("balance",)
-    fields = ("name", "status", "group", "balance")
+    fields: ClassVar[tuple[str, ...]] = ("name", "status", "group", "balance")
     list_display = ("name", "status", "group", "balance", "key_count", "member_count",
                     "created_at")
     list_filter = ("status", "group")
     search_fields = ("name",)
-    inlines = (MembershipInline,)
+    inlines: ClassVar[tuple[type[admin.options.InlineModelAdmin[Any, Any]], ...]] = (
+        MembershipInline,)
     actions = ("disable", "enable")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
@@ -108,7 +109,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             secret = generate_secret()
             key_set_secret(key=obj, secret=secret)
             if obj.created_by is None and request.user.is_authenticated:
-                obj.created_by = request.user  # type: ignore[assignment]
+                obj.created_by = request.user
             super().save_model(request, obj, form, change)
             messages.warning(
                 request,

@@ -44,7 +44,7 @@ def group_create(*, name: str, upstreams: Iterable[Any] | None = None,
     group.full_clean()
     group.save()
     if upstreams is not None:
-        group.upstreams.set(upstreams)  # type: ignore[attr-defined]
+        group.upstreams.set(upstreams)
     return group
 
 
@@ -69,8 +69,8 @@ def group_update(*, group: Group, upstreams: Iterable[Any] | None = None,
         group.save(update_fields=changed)
     if upstreams is not None:
         wanted = {u.pk for u in upstreams}
-        current = set(group.upstreams.values_list("pk", flat=True))  # type: ignore[attr-defined]
+        current = set(group.upstreams.values_list("pk", flat=True))
         if wanted != current:
-            group.upstreams.set(wanted)  # type: ignore[attr-defined]
+            group.upstreams.set(wanted)
             changed.append("upstreams")
     return changed

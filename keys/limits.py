@@ -25,7 +25,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -33,6 +33,11 @@ from typing import TYPE_CHECKING, Protocol
 from django.conf import settings
 
 from portal.redis import fast_redis, rkey, sync_redis
+
+# A limiter's clock: unix seconds, ``time.time`` unless a test passes its own. Every "now"
+# the limiter uses comes from it, the Lua scripts' too (they take now from their caller, never
+# Redis TIME), so a test moves time forward instead of sleeping; the call stays one round trip.
+Clock = Callable[[], float]
 
 
 def lease_ms() -> int:
@@ -107,15 +112,16 @@ def local_day_and_seconds_left(now: float | None = None) -> tuple[str, int]:
 
     moment = now if now is not None else time.time()
     second = int(moment)
+    zone_name = settings.TIME_ZONE or "UTC"  # the settings' own default
     cached_second, zone, day, left = _day_cache
-    if cached_second == second and zone == settings.TIME_ZONE:
+    if cached_second == second and zone == zone_name:
         return day, left
-    tz = ZoneInfo(settings.TIME_ZONE)
+    tz = ZoneInfo(zone_name)
     current = datetime.fromtimestamp(moment, tz)
     midnight = (current + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     day = current.strftime("%Y%m%d")
     left = max(1, int((midnight - current).total_seconds()) + 1)
-    _day_cache = (second, settings.TIME_ZONE, day, left)
+    _day_cache = (second, zone_name, day, left)
     return day, left
 
 
@@ -166,7 +172,8 @@ class RedisLimiter:
     """The shared backend: the Lua scripts run through the hot path's pipelined client
     (portal.fastredis), so concurrent requests' calls share round trips."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = time.time) -> None:
+        self._clock = clock
         self._admit_src = (LUA_DIR / "admit.lua").read_text()
         self._settle_src = (LUA_DIR / "settle.lua").read_text()
         self._init_src = (LUA_DIR / "init_account.lua").read_text()
@@ -178,12 +185,13 @@ class RedisLimiter:
         return client
 
     async def admit(self, a: Admission) -> Decision:
-        day, seconds_left = local_day_and_seconds_left()
+        now = self._clock()
+        day, seconds_left = local_day_and_seconds_left(now)
         k = a.key_id
         keys = [rkey("rpm", k), rkey("rpd", k, day), rkey("tpm", k), rkey("conc", k),
                 account_key("tenant", a.tenant_id), account_key("key", k), sticky_key(a),
                 rkey("cool"), reservations_key(a.tenant_id), reclaimed_key(a.tenant_id)]
-        args = [int(time.time() * 1000), a.request_id, a.rpm, a.rpd, seconds_left, a.tpm,
+        args = [int(now * 1000), a.request_id, a.rpm, a.rpd, seconds_left, a.tpm,
                 a.concurrency, lease_ms(), a.reserve, int(a.key_quota), int(a.commit), k,
                 account_key("key", "")]
         result = await self._client().evalsha(self._admit_src, keys, args)
@@ -204,14 +212,14 @@ class RedisLimiter:
                 unposted_key("tenant", a.tenant_id), unposted_key("key", k),
                 reclaimed_key(a.tenant_id)]
         args = [a.request_id, a.reserve, a.reserve - refund, int(a.key_quota),
-                tokens if a.tpm else 0, int(time.time() * 1000),
+                tokens if a.tpm else 0, int(self._clock() * 1000),
                 binding if a.session and binding else "", sticky_ttl(), k, row]
         await self._client().evalsha(self._settle_src, keys, args)
 
     async def renew(self, leases: list[Admission]) -> None:
         """Extend the concurrency slots and reservations of requests still running."""
         lease = lease_ms()
-        expiry = int(time.time() * 1000) + lease
+        expiry = int(self._clock() * 1000) + lease
         client = self._client()
         calls = []
         for a in leases:
@@ -226,12 +234,12 @@ class RedisLimiter:
 
     async def cool(self, ident: int, seconds: float) -> None:
         await self._client().execute("HSET", rkey("cool"), str(ident),
-                                     int((time.time() + seconds) * 1000))
+                                     int((self._clock() + seconds) * 1000))
 
     async def hit_credential(self, ident: int, rpm: int) -> bool:
         """Count a request on a credential with a known upstream RPM; False once this minute
         is used up (fixed one-minute windows: enough to stay under the upstream's limit)."""
-        key = rkey("crpm", ident, int(time.time() // 60))
+        key = rkey("crpm", ident, int(self._clock() // 60))
         client = self._client()
         count, _ = await asyncio.gather(client.execute("INCR", key),
                                         client.execute("EXPIRE", key, 120))
@@ -282,7 +290,7 @@ class RedisLimiter:
         """Credential id -> unix time its cool-down ends (sync; for the admin)."""
         client = sync_redis()
         assert client is not None
-        now = time.time()
+        now = self._clock()
         return {int(k): int(v) / 1000 for k, v in client.hgetall(rkey("cool")).items()
                 if int(v) / 1000 > now}
 
@@ -291,7 +299,8 @@ class MemoryLimiter:
     """The same algorithm for one process. A lock makes it safe to adjust accounts from the
     admin's worker threads while the event loop admits requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = time.time) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._rpm: dict[int, deque[tuple[float, str]]] = {}
         self._rpd: dict[tuple[int, str], int] = {}
@@ -304,9 +313,11 @@ class MemoryLimiter:
 
     async def admit(self, a: Admission) -> Decision:
         with self._lock:
-            return self._admit(a, time.time() * 1000)
+            return self._admit(a, self._clock() * 1000)
 
-    def _admit(self, a: Admission, now: float) -> Decision:
+    # Over the complexity limit (C901) on purpose: mirrors lua/admit.lua check by check, in its
+    # order, so the two stay comparable.
+    def _admit(self, a: Admission, now: float) -> Decision:  # noqa: C901
         if not 0 <= a.reserve <= MAX_MICRO:
             raise ValueError(f"impossible reservation {a.reserve}")
         tenant = self._accounts.get(("tenant", a.tenant_id))
@@ -338,8 +349,9 @@ class MemoryLimiter:
         if a.concurrency and len(leases) >= a.concurrency:
             return Decision(CONCURRENCY, retry_after_ms=1000)
         if not a.commit:
-            return Decision(OK, rpm_used=len(window), rpm_reset_ms=reset,
-                            **self._routing_state(a, now))
+            binding, cooled = self._routing_state(a, now)
+            return Decision(OK, rpm_used=len(window), rpm_reset_ms=reset, binding=binding,
+                            cooled=cooled)
         if a.reserve:
             self._accounts[("tenant", a.tenant_id)] = tenant - a.reserve
             if key_avail is not None:
@@ -352,10 +364,11 @@ class MemoryLimiter:
             self._rpd[(a.key_id, day)] = self._rpd.get((a.key_id, day), 0) + 1
         if a.concurrency:
             leases[a.request_id] = now + lease_ms()
-        return Decision(OK, rpm_used=len(window), rpm_reset_ms=reset,
-                        **self._routing_state(a, now))
+        binding, cooled = self._routing_state(a, now)
+        return Decision(OK, rpm_used=len(window), rpm_reset_ms=reset, binding=binding,
+                        cooled=cooled)
 
-    def _routing_state(self, a: Admission, now: float) -> dict[str, object]:
+    def _routing_state(self, a: Admission, now: float) -> tuple[str | None, dict[int, int]]:
         binding = None
         if a.session:
             entry = self._sticky.get((a.key_id, a.session))
@@ -363,7 +376,7 @@ class MemoryLimiter:
                 binding = entry[0]
         for ident in [i for i, until in self._cool.items() if until <= now]:
             del self._cool[ident]
-        return {"binding": binding, "cooled": {i: int(u) for i, u in self._cool.items()}}
+        return binding, {i: int(u) for i, u in self._cool.items()}
 
     async def settle(self, a: Admission, refund: int, tokens: int,
                      binding: str | None = None, row: bytes = b"") -> None:
@@ -373,13 +386,13 @@ class MemoryLimiter:
             self._conc.get(a.key_id, {}).pop(a.request_id, None)
             if a.session and binding:
                 self._sticky[(a.key_id, a.session)] = (
-                    binding, time.time() * 1000 + sticky_ttl() * 1000)
+                    binding, self._clock() * 1000 + sticky_ttl() * 1000)
             if refund:
                 for account in (("tenant", a.tenant_id), ("key", a.key_id)):
                     if account in self._accounts and (account[0] == "tenant" or a.key_quota):
                         self._accounts[account] += refund
             if tokens and a.tpm:
-                bucket = int(time.time() // 10)
+                bucket = int(self._clock() // 10)
                 buckets = self._tpm.setdefault(a.key_id, {})
                 buckets[bucket] = buckets.get(bucket, 0) + tokens
 
@@ -390,17 +403,17 @@ class MemoryLimiter:
 
     async def cool(self, ident: int, seconds: float) -> None:
         with self._lock:
-            self._cool[ident] = (time.time() + seconds) * 1000
+            self._cool[ident] = (self._clock() + seconds) * 1000
 
     async def hit_credential(self, ident: int, rpm: int) -> bool:
-        minute = int(time.time() // 60)
+        minute = int(self._clock() // 60)
         with self._lock:
             self._crpm = {k: v for k, v in self._crpm.items() if k[1] >= minute}
             count = self._crpm[(ident, minute)] = self._crpm.get((ident, minute), 0) + 1
         return count <= rpm
 
     async def renew(self, leases: list[Admission]) -> None:
-        expiry = time.time() * 1000 + lease_ms()
+        expiry = self._clock() * 1000 + lease_ms()
         with self._lock:
             for a in leases:
                 if a.request_id in self._conc.get(a.key_id, {}):
@@ -429,7 +442,7 @@ class MemoryLimiter:
             self._accounts.clear()
 
     def cooldowns(self) -> dict[int, float]:
-        now = time.time() * 1000
+        now = self._clock() * 1000
         with self._lock:
             return {k: v / 1000 for k, v in self._cool.items() if v > now}
 

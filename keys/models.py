@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from decimal import Decimal
+from typing import TypedDict
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -19,7 +20,15 @@ from django.utils.translation import gettext_lazy as _
 from keys.fields import ListField
 from keys.secrets import masked
 
-MONEY = {"max_digits": 18, "decimal_places": 6}
+
+class DecimalShape(TypedDict):
+    """A DecimalField's digits, shared by every field of one kind (typed for **unpacking)."""
+
+    max_digits: int
+    decimal_places: int
+
+
+MONEY: DecimalShape = {"max_digits": 18, "decimal_places": 6}
 
 
 class Status(models.TextChoices):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -77,7 +77,7 @@ def key_create(
     *,
     tenant: Tenant,
     name: str,
-    created_by: AbstractBaseUser | None = None,
+    created_by: User | None = None,
     group: Group | None = None,
     models: list[str] | str | None = None,
     denied_models: list[str] | str | None = None,

@@ -152,7 +152,7 @@ class FastRedis:
             for command, reply in zip(self._handshake, replies, strict=True):
                 if isinstance(reply, BaseException):
                     raise self._refused(command[0], reply)
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
 
     def _refused(self, command: str, reply: BaseException) -> Exception:
         """The handshake failed: drop the connection, return the error to raise."""

@@ -141,7 +141,7 @@ def _is_member(user_id: int, tenant_id: int) -> bool:
     return Membership.objects.filter(user_id=user_id, tenant_id=tenant_id).exists()
 
 
-class LiveConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
+class LiveConsumer(AsyncJsonWebsocketConsumer):
     """``/ws/portal/live/``: the usage events of the session's tenant, as JSON."""
 
     group: str | None = None

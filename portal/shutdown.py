@@ -17,5 +17,5 @@ def before_reactor_shutdown(work: Callable[[], Awaitable[None]]) -> None:
         return
     if not getattr(reactor, "running", False):
         return
-    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: Deferred.fromFuture(asyncio.ensure_future(work())))

@@ -139,4 +139,4 @@ def portal_context(request: HttpRequest) -> dict[str, Any]:
 
 
 def tenant_of(request: HttpRequest) -> Tenant:
-    return request.tenant  # type: ignore[attr-defined,no-any-return]
+    return request.tenant  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +32,44 @@ from tests.servers import (
 UPSTREAM_SECRET = "sk-upstream-test-credential-0001"
 DEMO_MODELS = ["gpt-4o-mini", "gpt-5", "gpt-5-codex", "o3"]
 TEST_BODY_LIMIT = 4 * 1024 * 1024
+
+
+FAST_DIR = Path(__file__).with_name("fast")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fast", action="store_true",
+        help="only the fast tier (make test-fast): tests marked `fast` (all of tests/fast/ "
+             "is) and not `e2e`; pure and in-process, no subprocess, server or SQL")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With --fast, open only the modules that can hold fast tests: those under tests/fast/
+    and those that say ``pytest.mark.fast``. Importing every other module (Selenium,
+    schemathesis, the process helpers) would cost more than the whole tier takes to run."""
+    if not config.getoption("fast") or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_") or FAST_DIR in collection_path.parents:
+        return None
+    return "pytest.mark.fast" not in collection_path.read_text(encoding="utf-8")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/fast/ is in the fast tier without saying so. With --fast, the
+    rest is deselected: a module marked fast may still hold a test that starts a server;
+    such a test is marked e2e too."""
+    for item in items:
+        if FAST_DIR in item.path.parents:
+            item.add_marker(pytest.mark.fast)
+    if not config.getoption("fast"):
+        return
+    keep = [item for item in items
+            if item.get_closest_marker("fast") and not item.get_closest_marker("e2e")]
+    if len(keep) < len(items):
+        kept = {id(item) for item in keep}
+        config.hook.pytest_deselected(items=[i for i in items if id(i) not in kept])
+        items[:] = keep
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,6 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from portal.audit.models import AuditEntry
 from billing.models import LedgerEntry, ModelPrice, RedemptionCode, UsageLog, UsageRollup
 from billing.redemption import redeem_create
 from billing.services import tenant_topup
@@ -28,6 +27,7 @@ from keys.models import AccessToken, ApiKey, Group, Membership, Status, Tenant
 from keys.secrets import KEY_PREFIX, hash_secret
 from keys.services import key_create, tenant_get_or_create
 from keys.tokens import token_create
+from portal.audit.models import AuditEntry
 
 OUR_APPS = ("keys", "gateway", "billing", "audit")
 REGISTERED = sorted(

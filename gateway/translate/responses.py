@@ -112,9 +112,10 @@ def parse_item(item: Any) -> c.Item | None:
                            encrypted_content=c.opt_str(item, "encrypted_content", "input"),
                            item_id=c.opt_str(item, "id", "input"))
     if kind == "compaction":
-        summary = c.open_compaction(c.opt_str(item, "encrypted_content", "input"))
-        if summary is not None:  # one of Turnpike's own: expand it for any upstream
-            return c.Message(role="user", parts=[c.Part("text", COMPACTION_PREAMBLE + summary)])
+        compacted = c.open_compaction(c.opt_str(item, "encrypted_content", "input"))
+        if compacted is not None:  # one of Turnpike's own: expand it for any upstream
+            return c.Message(role="user",
+                             parts=[c.Part("text", COMPACTION_PREAMBLE + compacted)])
         return c.Opaque(item)
     if kind == "item_reference":
         raise c.TranslationError("item_reference inputs need stored responses, which this "
@@ -122,7 +123,9 @@ def parse_item(item: Any) -> c.Item | None:
     return c.Opaque(item)
 
 
-def parse_request(body: dict[str, Any]) -> c.CanonicalRequest:
+# Over the complexity limit (C901) on purpose: a flat field-by-field mapping, each branch is one
+# optional Responses field.
+def parse_request(body: dict[str, Any]) -> c.CanonicalRequest:  # noqa: C901
     req = c.CanonicalRequest(model=str(body.get("model")))
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:
@@ -245,7 +248,9 @@ def item_to_responses(item: c.Item) -> dict[str, Any] | None:
     return item.item
 
 
-def build_request(req: c.CanonicalRequest, model: str) -> dict[str, Any]:
+# Over the complexity limit (C901) on purpose: a flat field-by-field mapping, each branch is one
+# optional Responses field.
+def build_request(req: c.CanonicalRequest, model: str) -> dict[str, Any]:  # noqa: C901
     body: dict[str, Any] = {"model": model, "stream": req.stream}
     instructions = list(req.instructions)
     if instructions:
@@ -376,7 +381,8 @@ class StreamDecoder:
         events: list[c.Event] = []
         if not self._started:
             self._started = True
-            response = data.get("response") if isinstance(data.get("response"), dict) else {}
+            started = data.get("response")
+            response: dict[str, Any] = started if isinstance(started, dict) else {}
             events.append(c.Start(response_id=response.get("id"), model=response.get("model"),
                                   created=response.get("created_at")))
         if kind == "response.output_item.added":
@@ -405,10 +411,10 @@ class StreamDecoder:
                                            else "summary"))
         elif kind in ("response.function_call_arguments.delta",
                       "response.custom_tool_call_input.delta"):
-            state = self._items.get(str(data.get("item_id")))
-            if state is not None and "index" in state:
-                state["streamed"] = True
-                events.append(c.ToolCallDelta(index=state["index"],
+            streaming = self._items.get(str(data.get("item_id")))
+            if streaming is not None and "index" in streaming:
+                streaming["streamed"] = True
+                events.append(c.ToolCallDelta(index=streaming["index"],
                                               arguments=str(data.get("delta", ""))))
         elif kind == "response.output_item.done":
             events += self._item_done(data.get("item") or {})
@@ -604,7 +610,9 @@ class ResponsesEncoder:
             "item_id": item["id"], "output_index": item["_index"], "content_index": 0,
             "delta": text, "logprobs": []})
 
-    def feed(self, event: c.Event) -> bytes:
+    # Over the complexity limit (C901) on purpose: one branch per canonical event type,
+    # each a few lines of framing.
+    def feed(self, event: c.Event) -> bytes:  # noqa: C901
         out = self._start()
         if isinstance(event, c.TextDelta):
             text = self.xml.feed(event.text) if self.xml is not None else event.text

@@ -26,9 +26,9 @@ def tenant_id_of(instance: Any) -> int | None:
     from keys.models import Tenant
 
     if isinstance(instance, Tenant):
-        return instance.pk  # type: ignore[no-any-return]
+        return instance.pk
     if isinstance(instance, RedemptionCode):
-        return instance.redeemed_by_id  # type: ignore[no-any-return]
+        return instance.redeemed_by_id
     return getattr(instance, "tenant_id", None)
 
 

@@ -30,7 +30,7 @@ def _register(model: type, *, exclude: tuple[str, ...] = (), **options: object) 
     create entry would list every one of them as a "field"."""
     reverse = [f.name for f in model._meta.get_fields()  # type: ignore[attr-defined]
                if f.auto_created and not f.concrete]
-    auditlog.register(model, exclude_fields=[*exclude, *reverse], **options)  # type: ignore[arg-type]
+    auditlog.register(model, exclude_fields=[*exclude, *reverse], **options)
 
 
 def register() -> None:

@@ -16,9 +16,9 @@ from django.db.models import Q, QuerySet
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 
+from keys.models import Tenant
 from portal.audit.context import Surface
 from portal.audit.models import AuditEntry
-from keys.models import Tenant
 from portal.selectors.filters import LogFilterForm
 from portal.selectors.usage import BadCursor, Cursor, local_day_start
 

@@ -97,7 +97,7 @@ class UsageFilterForm(LogFilterForm):
 
 def local_day_start(day: dt.date) -> dt.datetime:
     """Midnight of a local date (settings.TIME_ZONE) as an aware datetime."""
-    return dt.datetime.combine(day, dt.time.min, tzinfo=ZoneInfo(settings.TIME_ZONE))
+    return dt.datetime.combine(day, dt.time.min, tzinfo=ZoneInfo(settings.TIME_ZONE or "UTC"))
 
 
 def tenant_rows(tenant: Tenant) -> QuerySet[UsageLog]:

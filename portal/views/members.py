@@ -81,8 +81,8 @@ def members(request: HttpRequest) -> HttpResponse:
         expiry = timezone.now() - invitations.max_age()
         for invitation in rules.pending(request.tenant).select_related(  # type: ignore[attr-defined]
                 "invited_by").order_by("-created_at"):
-            invitation.expired = invitation.created_at < expiry  # type: ignore[attr-defined]
-            invitation.role_label = rules.ROLE_LABELS[  # type: ignore[attr-defined]
+            invitation.expired = invitation.created_at < expiry
+            invitation.role_label = rules.ROLE_LABELS[
                 rules.Role(invitation.role)]
             pending.append(invitation)
     form = InviteForm(actor=actor) if manager else None

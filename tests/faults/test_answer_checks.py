@@ -14,6 +14,8 @@ from gateway.streaming import ChatTap, ResponsesTap
 from gateway.translate import canonical as c
 from gateway.wire.sse import encode
 
+pytestmark = pytest.mark.fast
+
 SECRET = "sk-upstream-secret-0123456789"
 
 

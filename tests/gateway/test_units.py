@@ -13,6 +13,8 @@ from gateway.streaming import ChatTap, ResponsesTap
 from gateway.wire.sse import SseSplitter, event_data
 from keys.snapshots import KeySnapshot
 
+pytestmark = pytest.mark.fast
+
 
 def snapshot(**kw) -> KeySnapshot:
     base = dict(key_id=1, tenant_id=1, prefix="sk-tp-abcd", key_active=True, tenant_active=True,

@@ -1,5 +1,6 @@
 """The limiter's answers, the same for both backends: Redis (shared by every gateway
-process) and in-process (the embedded default)."""
+process) and in-process (the embedded default). Pure and in-process (the fast tier): the
+limiter runs on a FakeClock, so leases expire when a test moves time on, not by sleeping."""
 
 from __future__ import annotations
 
@@ -12,15 +13,23 @@ from django.test import override_settings
 
 from keys import limits
 from keys.limits import Admission, MemoryLimiter, RedisLimiter
+from tests.clock import FakeClock
+
+pytestmark = pytest.mark.fast
 
 BACKENDS = [pytest.param(MemoryLimiter, id="memory")]
 if os.environ.get("REDIS_URL"):
     BACKENDS.append(pytest.param(RedisLimiter, id="redis"))
 
 
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
 @pytest.fixture(params=BACKENDS)
-def limiter(request):
-    return request.param()
+def limiter(request, clock):
+    return request.param(clock=clock)
 
 
 def admission(**kw) -> Admission:
@@ -54,11 +63,11 @@ async def test_rpm_admits_exactly_the_limit_of_simultaneous_requests(limiter):
     assert all(0 < d.retry_after_ms <= 60_000 for d in refused)
 
 
-async def test_rpd_counts_per_day_and_says_when_the_day_ends(limiter):
+async def test_rpd_counts_per_day_and_says_when_the_day_ends(limiter, clock):
     await funded(limiter)
     assert [(await limiter.admit(admission(rpd=2))).code for _ in range(3)] == [0, 0, limits.RPD]
     refused = await limiter.admit(admission(rpd=2))
-    _, seconds_left = limits.local_day_and_seconds_left()
+    _, seconds_left = limits.local_day_and_seconds_left(clock())
     assert abs(refused.retry_after_ms / 1000 - seconds_left) <= 2
 
 
@@ -73,21 +82,21 @@ async def test_concurrency_slots_are_taken_and_given_back(limiter):
 
 
 @override_settings(GATEWAY_CONCURRENCY_LEASE_SECONDS=0.3)
-async def test_a_slot_whose_lease_is_not_renewed_expires(limiter):
+async def test_a_slot_whose_lease_is_not_renewed_expires(limiter, clock):
     await funded(limiter)
     assert (await limiter.admit(admission(concurrency=1))).code == limits.OK
     assert (await limiter.admit(admission(concurrency=1))).code == limits.CONCURRENCY
-    await asyncio.sleep(0.4)
+    clock.advance(0.4)
     assert (await limiter.admit(admission(concurrency=1))).code == limits.OK
 
 
 @override_settings(GATEWAY_CONCURRENCY_LEASE_SECONDS=0.5)
-async def test_a_renewed_lease_keeps_its_slot(limiter):
+async def test_a_renewed_lease_keeps_its_slot(limiter, clock):
     await funded(limiter)
     running = admission(concurrency=1)
     await limiter.admit(running)
     for _ in range(4):
-        await asyncio.sleep(0.2)
+        clock.advance(0.2)
         await limiter.renew([running])
     assert (await limiter.admit(admission(concurrency=1))).code == limits.CONCURRENCY
 
@@ -184,13 +193,14 @@ redis_only = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="shared 
 
 @redis_only
 @override_settings(GATEWAY_CONCURRENCY_LEASE_SECONDS=0.3)
-async def test_a_reservation_outliving_its_lease_is_given_back_and_a_late_settle_charges_the_cost():
-    limiter = RedisLimiter()
+async def test_a_reservation_outliving_its_lease_is_given_back_and_a_late_settle_charges_the_cost(
+        clock):
+    limiter = RedisLimiter(clock=clock)
     await funded(limiter, tenant_avail=1000, key_avail=1000)
     dead = admission(reserve=400, key_quota=True)  # its process dies: nobody renews it
     assert (await limiter.admit(dead)).code == limits.OK
     assert await asyncio.to_thread(limiter.available, "tenant", 1) == 600
-    await asyncio.sleep(0.4)
+    clock.advance(0.4)
     # The next admission for the tenant gives the expired reservation back first.
     assert (await limiter.admit(admission())).code == limits.OK
     assert await asyncio.to_thread(limiter.available, "tenant", 1) == 1000
@@ -220,13 +230,13 @@ async def test_settling_twice_changes_nothing():
 
 @redis_only
 @override_settings(GATEWAY_CONCURRENCY_LEASE_SECONDS=0.3)
-async def test_a_renewed_reservation_is_kept():
-    limiter = RedisLimiter()
+async def test_a_renewed_reservation_is_kept(clock):
+    limiter = RedisLimiter(clock=clock)
     await funded(limiter, tenant_avail=1000)
     running = admission(reserve=400)
     assert (await limiter.admit(running)).code == limits.OK
     for _ in range(3):
-        await asyncio.sleep(0.15)
+        clock.advance(0.15)
         await limiter.renew([running])
         assert (await limiter.admit(admission())).code == limits.OK
     assert await asyncio.to_thread(limiter.available, "tenant", 1) == 600

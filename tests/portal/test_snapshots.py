@@ -11,6 +11,8 @@ from django.test import override_settings
 
 from portal.snapshots import LayeredCache
 
+pytestmark = pytest.mark.fast
+
 
 class CountingLoader:
     def __init__(self, data: dict[str, dict[str, Any] | None]) -> None:

@@ -192,7 +192,7 @@ def test_naming_tenant_b_is_a_404_for_every_operation(world):
     for header in ({"X-Turnpike-Tenant": "globex"},
                    {"X-Turnpike-Tenant": str(b.tenant.pk)}):
         headers = bearer(write_token(a), **header)
-        for (method, template), (path, body) in OPERATIONS(a).items():
+        for (method, _template), (path, body) in OPERATIONS(a).items():
             response = call(client, method, V1 + path, body, headers)
             error_of(response, 404, "tenant_not_found")
     before = snapshot(b)

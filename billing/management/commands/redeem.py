@@ -47,6 +47,7 @@ class Command(cli.OperatorCommand):
 
     def do_create(self, opts: dict[str, Any]) -> None:
         amount = cli.parse_decimal(opts["amount"], "--amount")
+        assert amount is not None  # --amount is required
         expires_at = cli.parse_when(opts["expires"]) if opts["expires"] else None
         codes = redeem_create(amount=amount, count=opts["count"], expires_at=expires_at,
                               batch=opts["batch"])

@@ -91,7 +91,7 @@ class Command(cli.OperatorCommand):
             qs = qs.filter(status=opts["status"])
         if opts["group"]:
             qs = qs.filter(group=find_group(opts["group"]))
-        rows = [{**as_dict(t), "keys": t.n_keys, "members": t.n_members}  # type: ignore[attr-defined]
+        rows = [{**as_dict(t), "keys": t.n_keys, "members": t.n_members}
                 for t in qs]
         self.emit(rows, cli.table(rows, [
             ("ID", "id"), ("NAME", "name"), ("STATUS", "status"), ("GROUP", "group"),

@@ -131,7 +131,7 @@ def as_dict(group: Group) -> dict[str, Any]:
         "concurrency": group.concurrency, "max_tokens": group.max_tokens,
         "price_multiplier": str(group.price_multiplier),
         "dedicated_upstreams": group.dedicated_upstreams,
-        "upstreams": sorted(u.name for u in group.upstreams.all()),  # type: ignore[attr-defined]
+        "upstreams": sorted(u.name for u in group.upstreams.all()),
         "tenants": getattr(group, "n_tenants", None), "keys": getattr(group, "n_keys", None),
         "created_at": group.created_at,
     }

@@ -38,6 +38,8 @@ from gateway.translate.canonical import (
 from gateway.wire.sse import SseSplitter, event_json
 from gateway.wire.usage import Usage
 
+pytestmark = pytest.mark.fast
+
 MODEL = "claude-sonnet-4-5"
 PDF = "JVBERi0xLjQK"
 PNG = "iVBORw0KGgo="
@@ -829,6 +831,7 @@ def check_fake_events(events: list[Event]) -> None:
     ]
 
 
+@pytest.mark.e2e  # serves the fake upstream on loopback
 async def test_fake_upstream_stream_decodes() -> None:
     payload = anthropic.build_request(fake_request(stream=True), MODEL)
     content_type, raw = await post_messages(payload)
@@ -849,6 +852,7 @@ async def test_fake_upstream_stream_decodes() -> None:
     check_fake_events(events)
 
 
+@pytest.mark.e2e  # serves the fake upstream on loopback
 async def test_fake_upstream_json_decodes_and_thinking_round_trips() -> None:
     payload = anthropic.build_request(fake_request(stream=False), MODEL)
     content_type, raw = await post_messages(payload)

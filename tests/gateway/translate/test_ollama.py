@@ -44,6 +44,8 @@ from gateway.translate.canonical import (
 from gateway.translate.ollama import StreamDecoder, build_request, decode_response
 from gateway.wire.usage import Usage
 
+pytestmark = pytest.mark.fast
+
 MODEL = "llama3.2"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -633,6 +635,7 @@ def settle_start(events: list[Event]) -> list[Event]:
 THINKING = [ReasoningDelta(piece, kind="raw") for piece in ("thinking ", "about ", "it")]
 
 
+@pytest.mark.e2e  # the fake upstream runs as a subprocess
 def test_fake_upstream_stream_with_reasoning_and_tool_calls(fake_url: str) -> None:
     # input words: "weather" "please" "[[fake" "tool=get_weather" "tools=2" "reasoning=1]]"
     events = ask(fake_url, "weather please [[fake tool=get_weather tools=2 reasoning=1]]",
@@ -650,6 +653,7 @@ def test_fake_upstream_stream_with_reasoning_and_tool_calls(fake_url: str) -> No
     ]
 
 
+@pytest.mark.e2e  # the fake upstream runs as a subprocess
 def test_fake_upstream_stream_text_with_length_finish(fake_url: str) -> None:
     events = ask(fake_url, "go [[fake finish=length]]", stream=True)
     assert settle_start(events) == [
@@ -662,6 +666,7 @@ def test_fake_upstream_stream_text_with_length_finish(fake_url: str) -> None:
     ]
 
 
+@pytest.mark.e2e  # the fake upstream runs as a subprocess
 def test_fake_upstream_non_stream_with_reasoning_and_tool_call(fake_url: str) -> None:
     events = ask(fake_url, "[[fake tool=get_weather reasoning=1]]", stream=False)
     assert normalize(settle_start(events)) == [
@@ -675,6 +680,7 @@ def test_fake_upstream_non_stream_with_reasoning_and_tool_call(fake_url: str) ->
     ]
 
 
+@pytest.mark.e2e  # the fake upstream runs as a subprocess
 def test_fake_upstream_non_stream_text(fake_url: str) -> None:
     events = ask(fake_url, "say [[fake reasoning=1 chunks=2]]", stream=False)
     assert settle_start(events) == [

@@ -12,6 +12,8 @@ from gateway.translate.xmltools import XmlToolUseFilter, strip_xml_tool_use
 from gateway.wire.sse import event_data, event_name
 from gateway.wire.usage import Usage
 
+pytestmark = pytest.mark.fast
+
 
 def sse_events(raw: bytes) -> list[tuple[str | None, dict]]:
     frames = [f for f in raw.split(b"\n\n") if f]
