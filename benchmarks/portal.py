@@ -96,7 +96,9 @@ def generate(keys: int, rows: int, regenerate: bool) -> None:
         say("dropping the old data")
         with connection.cursor() as cur:
             cur.execute("TRUNCATE billing_usagelog, billing_usagerollup, "
-                        "billing_usagerolluphourly, billing_rollupstate")
+                        "billing_usagerolluphourly, billing_usagerolluptenant, "
+                        "billing_usagerolluptenanthourly, billing_keyusagetotals, "
+                        "billing_rollupstate")
         ApiKey.objects.all().delete()
         Tenant.objects.filter(name__startswith="bench-").delete()
     if not Tenant.objects.filter(name="bench-big").exists():

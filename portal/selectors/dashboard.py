@@ -19,12 +19,15 @@ start inside an hour: that hour counts to the day it starts in).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
-from django.db.models import Sum
+from django.db import connection
+from django.db.models import Exists, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
@@ -32,12 +35,17 @@ from billing.models import (
     LATENCY_BOUNDS_MS,
     LATENCY_FIELDS,
     TTFB_FIELDS,
+    KeyUsageTotals,
     RollupState,
     UsageLog,
     UsageRollup,
     UsageRollupHourly,
+    UsageRollupTenant,
+    UsageRollupTenantHourly,
 )
 from billing.rollups import (
+    DASHBOARD_DAYS,
+    KEY_TOTALS,
     MEASURES,
     day_bounds,
     hour_start,
@@ -47,7 +55,7 @@ from billing.rollups import (
 )
 from keys.models import ApiKey, Tenant
 
-DAYS = 30
+DAYS = DASHBOARD_DAYS
 TOP_KEYS = 10
 TOKENS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
 # What the by-model and by-key breakdowns need (no histograms: cheaper GROUP BYs).
@@ -106,6 +114,9 @@ class Totals:
                 "cost": float(self.cost), "lat": self.lat, "ttfb": self.ttfb}
 
 
+KeyRanking = list[tuple[int | None, Totals]]
+
+
 @dataclass
 class Overview:
     tenant: Tenant
@@ -116,19 +127,36 @@ class Overview:
     by_day: dict[date, Totals]
     by_hour: dict[datetime, Totals]   # local hour starts of today
     by_model: dict[str, Totals]       # 30 days
-    by_key: dict[int | None, Totals]  # 30 days (empty for one key's overview)
     today_totals: Totals
     month_totals: Totals
     days_totals: Totals
+    # The keys by 30-day cost, then requests (the query's LIMIT: None for all; never called
+    # for one key's overview).
+    rank_keys: Callable[[int | None], KeyRanking] = field(default=lambda limit: [],
+                                                           repr=False)
     key_names: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
         return self.days_totals.requests == 0
 
+    @cached_property
+    def top(self) -> KeyRanking:
+        return self.rank_keys(TOP_KEYS)
+
+    @cached_property
+    def by_key(self) -> dict[int | None, Totals]:
+        """Every key's 30 days (empty for one key's overview). The page needs only
+        ``top_keys``: this reads one row per key with traffic."""
+        return dict(self.rank_keys(None))
+
     def top_keys(self, n: int = TOP_KEYS) -> list[dict[str, Any]]:
-        ranked = sorted(self.by_key.items(), key=lambda kv: (kv[1].cost, kv[1].requests),
-                        reverse=True)[:n]
+        ranked = self.top[:n] if n <= TOP_KEYS else self.rank_keys(n)
+        missing = [k for k, _ in ranked if k and k not in self.key_names]
+        if missing:  # names of the keys shown only (a tenant may have 100k)
+            for k in ApiKey.objects.filter(tenant=self.tenant, pk__in=missing).only(
+                    "pk", "name", "prefix", "last4"):
+                self.key_names[k.pk] = (k.name, k.masked)
         out = []
         for key_id, t in ranked:
             name, masked = self.key_names.get(key_id, ("", "")) if key_id else ("", "")
@@ -172,10 +200,60 @@ def _values(qs: Any, group: str | None, names: tuple[str, ...]) -> list[dict[str
     return list(qs.values(group).annotate(**aggregates))
 
 
+def _per_key(qs: Any, aggregates: dict[str, Any] | None = None) -> Any:
+    """``qs`` summed per key: key_id, then BREAKDOWN in that order (the parts of the key
+    ranking are glued with UNION ALL, which goes by position)."""
+    aggregates = aggregates or {name: Sum(name) for name in BREAKDOWN}
+    return qs.order_by().values("key_id").annotate(**{n: aggregates[n] for n in BREAKDOWN})
+
+
+_CENT = Decimal("0.000001")
+
+
+def _ranking(parts: list[Any]) -> Callable[[int | None], KeyRanking]:
+    """A function of a LIMIT that sums the per-key ``parts`` (querysets of key_id and
+    BREAKDOWN) per key in one statement and returns the keys by cost, then requests (then
+    id), so only the keys shown leave the database."""
+
+    def rank(limit: int | None) -> KeyRanking:
+        if not parts:
+            return []
+        sqls, params = [], []
+        for qs in parts:
+            sql, p = qs.query.sql_with_params()
+            sqls.append(sql)
+            params.extend(p)
+        sums = ", ".join(f"SUM({n})" for n in BREAKDOWN)
+        cost, requests = (2 + BREAKDOWN.index(n) for n in ("cost", "requests"))
+        statement = (f"SELECT key_id, {sums} FROM ({' UNION ALL '.join(sqls)}) parts "
+                     f"GROUP BY key_id ORDER BY {cost} DESC, {requests} DESC, 1")
+        if limit is not None:
+            statement += " LIMIT %s"
+            params.append(limit)
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            rows = cursor.fetchall()
+        out = []
+        for key_id, *values in rows:
+            t = Totals()
+            t.add(dict(zip(BREAKDOWN, values, strict=True)))
+            if not isinstance(values[-1], Decimal):  # SQLite sums decimals as floats
+                t.cost = Decimal(str(values[-1] or 0)).quantize(_CENT)
+            out.append((key_id, t))
+        return out
+
+    return rank
+
+
 def overview(tenant: Tenant, key: ApiKey | None = None,
              now: datetime | None = None) -> Overview:
     """The dashboard's figures for ``tenant`` (and only ``key`` of it, when given: its
-    rows must be the tenant's, which the caller fetched by tenant)."""
+    rows must be the tenant's, which the caller fetched by tenant).
+
+    The tenant's figures come from the per-tenant rollups (a row per day or hour and model,
+    whatever the number of keys); one key's from the per-key rollups of that key. The key
+    ranking (top keys) reads ``KeyUsageTotals`` for the daily part of the window when it
+    holds exactly those days, and sums the per-key daily rollups otherwise."""
     now = now or timezone.now()
     today = local_date(now)
     first_day = min(today - timedelta(days=DAYS - 1), today.replace(day=1))
@@ -184,6 +262,8 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
     scope: dict[str, Any] = {"tenant": tenant}
     if key is not None:
         scope["key"] = key
+    daily_rollup = UsageRollupTenant if key is None else UsageRollup
+    hourly_rollup = UsageRollupTenantHourly if key is None else UsageRollupHourly
 
     daily = _watermark("daily")
     hourly = _watermark("hourly")
@@ -203,22 +283,29 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
                                     for i in range((today - first_day).days + 1))}
     by_hour: dict[datetime, Totals] = {}
     by_model: dict[str, Totals] = {}
-    by_key: dict[int | None, Totals] = {}
+    key_parts: list[Any] = []  # per-key sums over the window, for the key ranking
 
     def bump(table: dict[Any, Totals], k: Any, row: dict[str, Any]) -> None:
         table.setdefault(k, Totals()).add(row)
 
-    # 1. daily rollups: by day (with histograms), by model and by key over the window.
+    # 1. daily rollups: by day (with histograms) and by model over the window.
     if d1 > d0:
-        qs = UsageRollup.objects.filter(**scope, date__gte=d0, date__lt=d1)
+        qs = daily_rollup.objects.filter(**scope, date__gte=d0, date__lt=d1)
         for row in _values(qs, "date", MEASURES):
             by_day[row["date"]].add(row)
-        window = qs.filter(date__gte=window_day)
-        for row in _values(window, "model", BREAKDOWN):
+        for row in _values(qs.filter(date__gte=window_day), "model", BREAKDOWN):
             bump(by_model, row["model"], row)
-        if key is None:
-            for row in _values(window, "key_id", BREAKDOWN):
-                bump(by_key, row["key_id"], row)
+    k0 = max(d0, window_day)
+    if key is None and d1 > k0:
+        # KeyUsageTotals when its state names exactly [k0, d1), the per-key rollups
+        # otherwise: both parts in the ranking's one statement (one snapshot), each under
+        # an uncorrelated EXISTS / NOT EXISTS on the state, so exactly one of them counts.
+        held = Exists(RollupState.objects.filter(name=KEY_TOTALS, since=day_bounds(k0)[0],
+                                                 through=day_bounds(d1)[0]))
+        key_parts.append(KeyUsageTotals.objects.filter(held, tenant=tenant).order_by()
+                         .values("key_id", *BREAKDOWN))
+        key_parts.append(_per_key(UsageRollup.objects.filter(
+            ~held, tenant=tenant, date__gte=k0, date__lt=d1)))
 
     def add_hour(hour: datetime, row: dict[str, Any]) -> None:
         day = local_date(hour)
@@ -229,34 +316,44 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
 
     # 2. hourly rollups of [t0, t1).
     if t1 > t0:
-        qs = UsageRollupHourly.objects.filter(**scope, hour__gte=t0, hour__lt=t1)
+        qs = hourly_rollup.objects.filter(**scope, hour__gte=t0, hour__lt=t1)
         for row in _values(qs, "hour", MEASURES):
             add_hour(row["hour"], row)
         window = qs.filter(hour__gte=hour_start(day_bounds(window_day)[0]))
         for row in _values(window, "model", BREAKDOWN):
             bump(by_model, row["model"], row)
         if key is None:
-            for row in _values(window, "key_id", BREAKDOWN):
-                bump(by_key, row["key_id"], row)
+            key_parts.append(_per_key(UsageRollupHourly.objects.filter(
+                tenant=tenant, hour__gte=max(t0, hour_start(day_bounds(window_day)[0])),
+                hour__lt=t1)))
 
     # 3. raw rows: since t1 (normally the current hour), and before d0 (if any); one
-    # GROUP BY by hour, model and key each.
+    # GROUP BY by hour and model each (rows of an hour that starts before the window count
+    # for their day only).
     window_start = day_bounds(window_day)[0]
+    first_hour = hour_start(window_start)
+    if first_hour < window_start:
+        first_hour += timedelta(hours=1)
 
-    def raw(**created: datetime) -> None:
+    def raw(start: datetime, end: datetime | None = None) -> None:
+        created = {"created_at__gte": start}
+        if end is not None:
+            created["created_at__lt"] = end
         rows = (UsageLog.objects.filter(**scope, **created).order_by()
                 .annotate(h=TruncHour("created_at", tzinfo=UTC))
-                .values("h", "model", "key_id").annotate(**measure_aggregates()))
+                .values("h", "model").annotate(**measure_aggregates()))
         for row in rows:
             add_hour(row["h"], row)
             if row["h"] >= window_start:
                 bump(by_model, row["model"], row)
-                if key is None:
-                    bump(by_key, row["key_id"], row)
+        if key is None and (end is None or end > first_hour):
+            created["created_at__gte"] = max(start, first_hour)
+            key_parts.append(_per_key(UsageLog.objects.filter(tenant=tenant, **created),
+                                      measure_aggregates()))
 
-    raw(created_at__gte=t1)
+    raw(t1)
     if d0 > first_day:
-        raw(created_at__gte=day_bounds(first_day)[0], created_at__lt=day_bounds(d0)[0])
+        raw(day_bounds(first_day)[0], day_bounds(d0)[0])
 
     for h in _today_hours(today, now):
         by_hour.setdefault(h, Totals())
@@ -267,18 +364,11 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
             days_totals.merge(t)
         if d >= today.replace(day=1):
             month_totals.merge(t)
-    key_names: dict[int, tuple[str, str]] = {}
-    if key is None and by_key:  # names of the top keys only (a tenant may have 100k)
-        top = sorted(by_key.items(), key=lambda kv: (kv[1].cost, kv[1].requests),
-                     reverse=True)[:TOP_KEYS]
-        for k in ApiKey.objects.filter(tenant=tenant, pk__in=[i for i, _ in top if i]).only(
-                "pk", "name", "prefix", "last4"):
-            key_names[k.pk] = (k.name, k.masked)
     return Overview(
         tenant=tenant, key=key, now=now, today=today, days=days,
         by_day={d: t for d, t in by_day.items() if d >= window_day}, by_hour=by_hour,
-        by_model=by_model, by_key=by_key, today_totals=by_day[today],
-        month_totals=month_totals, days_totals=days_totals, key_names=key_names,
+        by_model=by_model, today_totals=by_day[today], month_totals=month_totals,
+        days_totals=days_totals, rank_keys=_ranking(key_parts),
     )
 
 
