@@ -27,7 +27,7 @@ from functools import cached_property
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Exists, Sum
+from django.db.models import Exists, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
@@ -200,40 +200,52 @@ def _values(qs: Any, group: str | None, names: tuple[str, ...]) -> list[dict[str
     return list(qs.values(group).annotate(**aggregates))
 
 
-def _per_key(qs: Any, aggregates: dict[str, Any] | None = None) -> Any:
-    """A part of the key ranking: key_id, then BREAKDOWN in that order (the parts are glued
-    with UNION ALL, which goes by position). Rollup rows go in as they are (the ranking
-    sums them per key once); raw usage rows are summed per key first (``aggregates``)."""
-    if aggregates is None:
-        return qs.order_by().values("key_id", *BREAKDOWN)
-    return qs.order_by().values("key_id").annotate(**{n: aggregates[n] for n in BREAKDOWN})
-
-
+KeyPart = tuple[Any, dict[str, Any] | None]
 _CENT = Decimal("0.000001")
 
 
-def _ranking(parts: list[Any]) -> Callable[[int | None], KeyRanking]:
-    """A function of a LIMIT that sums the per-key ``parts`` (querysets of key_id and
-    BREAKDOWN) per key in one statement and returns the keys by cost, then requests (then
-    id), so only the keys shown leave the database."""
+def _part(part: KeyPart, names: tuple[str, ...], ids: list[int | None] | None) -> Any:
+    """A part of the key ranking as a queryset of key_id, then ``names`` in that order (the
+    parts are glued with UNION ALL, which goes by position); only the keys ``ids`` when
+    given. Rollup rows go in as they are (the ranking sums them per key once); raw usage
+    rows (``part[1]``: their aggregates) are summed per key first."""
+    qs, aggregates = part
+    if ids is not None:
+        only = Q(key_id__in=[i for i in ids if i is not None])
+        qs = qs.filter(only | Q(key_id__isnull=True) if None in ids else only)
+    if aggregates is None:
+        return qs.order_by().values("key_id", *names)
+    return qs.order_by().values("key_id").annotate(**{n: aggregates[n] for n in names})
+
+
+def _union(parts: list[KeyPart], names: tuple[str, ...],
+           ids: list[int | None] | None = None) -> tuple[str, list[Any]]:
+    """``SELECT key_id, SUM(name)... FROM (the parts) GROUP BY key_id`` and its params."""
+    sqls, params = [], []
+    for part in parts:
+        sql, p = _part(part, names, ids).query.sql_with_params()
+        sqls.append(sql)
+        params.extend(p)
+    sums = ", ".join(f"SUM({n})" for n in names)
+    return (f"SELECT key_id, {sums} FROM ({' UNION ALL '.join(sqls)}) parts GROUP BY key_id",
+            params)
+
+
+def _ranking(parts: list[KeyPart]) -> Callable[[int | None], KeyRanking]:
+    """A function of a LIMIT that sums the per-key ``parts`` per key and returns the keys by
+    cost, then requests (then id), with their BREAKDOWN. With a LIMIT, one statement ranks
+    the keys on cost and requests only (two sums per row, not seven) and a second sums the
+    BREAKDOWN of the keys shown; both read one snapshot on PostgreSQL (a REPEATABLE READ
+    transaction, unless the caller's transaction is already open)."""
 
     def rank(limit: int | None) -> KeyRanking:
         if not parts:
             return []
-        sqls, params = [], []
-        for qs in parts:
-            sql, p = qs.query.sql_with_params()
-            sqls.append(sql)
-            params.extend(p)
-        sums = ", ".join(f"SUM({n})" for n in BREAKDOWN)
-        cost, requests = (2 + BREAKDOWN.index(n) for n in ("cost", "requests"))
-        statement = (f"SELECT key_id, {sums} FROM ({' UNION ALL '.join(sqls)}) parts "
-                     f"GROUP BY key_id ORDER BY {cost} DESC, {requests} DESC, 1")
-        if limit is not None:
-            statement += " LIMIT %s"
-            params.append(limit)
+        fresh = not connection.in_atomic_block
         with transaction.atomic(), connection.cursor() as cursor:
             if connection.vendor == "postgresql":
+                if fresh:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 # The planner costs the fallback part (per-key daily rollups, skipped by
                 # its one-time filter while KeyUsageTotals holds the days) as if it ran,
                 # and would compile the statement (JIT) and start parallel workers for
@@ -241,7 +253,16 @@ def _ranking(parts: list[Any]) -> Callable[[int | None], KeyRanking]:
                 # work_mem not to spill to disk for a tenant with 10k+ keys.
                 cursor.execute("SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather"
                                " = 0; SET LOCAL work_mem = '64MB'")
-            cursor.execute(statement, params)
+            ids = None
+            if limit is not None:
+                sql, params = _union(parts, ("cost", "requests"))
+                cursor.execute(f"{sql} ORDER BY 2 DESC, 3 DESC, 1 LIMIT %s", [*params, limit])
+                ids = [row[0] for row in cursor.fetchall()]
+                if not ids:
+                    return []
+            sql, params = _union(parts, BREAKDOWN, ids)
+            cost, requests = (2 + BREAKDOWN.index(n) for n in ("cost", "requests"))
+            cursor.execute(f"{sql} ORDER BY {cost} DESC, {requests} DESC, 1", params)
             rows = cursor.fetchall()
         out = []
         for key_id, *values in rows:
@@ -293,7 +314,7 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
                                     for i in range((today - first_day).days + 1))}
     by_hour: dict[datetime, Totals] = {}
     by_model: dict[str, Totals] = {}
-    key_parts: list[Any] = []  # per-key sums over the window, for the key ranking
+    key_parts: list[KeyPart] = []  # per-key sums over the window, for the key ranking
 
     def bump(table: dict[Any, Totals], k: Any, row: dict[str, Any]) -> None:
         table.setdefault(k, Totals()).add(row)
@@ -312,10 +333,9 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
         # an uncorrelated EXISTS / NOT EXISTS on the state, so exactly one of them counts.
         held = Exists(RollupState.objects.filter(name=KEY_TOTALS, since=day_bounds(k0)[0],
                                                  through=day_bounds(d1)[0]))
-        key_parts.append(KeyUsageTotals.objects.filter(held, tenant=tenant).order_by()
-                         .values("key_id", *BREAKDOWN))
-        key_parts.append(_per_key(UsageRollup.objects.filter(
-            ~held, tenant=tenant, date__gte=k0, date__lt=d1)))
+        key_parts.append((KeyUsageTotals.objects.filter(held, tenant=tenant), None))
+        key_parts.append((UsageRollup.objects.filter(
+            ~held, tenant=tenant, date__gte=k0, date__lt=d1), None))
 
     def add_hour(hour: datetime, row: dict[str, Any]) -> None:
         day = local_date(hour)
@@ -333,9 +353,9 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
         for row in _values(window, "model", BREAKDOWN):
             bump(by_model, row["model"], row)
         if key is None:
-            key_parts.append(_per_key(UsageRollupHourly.objects.filter(
+            key_parts.append((UsageRollupHourly.objects.filter(
                 tenant=tenant, hour__gte=max(t0, hour_start(day_bounds(window_day)[0])),
-                hour__lt=t1)))
+                hour__lt=t1), None))
 
     # 3. raw rows: since t1 (normally the current hour), and before d0 (if any); one
     # GROUP BY by hour and model each (rows of an hour that starts before the window count
@@ -358,8 +378,8 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
                 bump(by_model, row["model"], row)
         if key is None and (end is None or end > first_hour):
             created["created_at__gte"] = max(start, first_hour)
-            key_parts.append(_per_key(UsageLog.objects.filter(tenant=tenant, **created),
-                                      measure_aggregates()))
+            key_parts.append((UsageLog.objects.filter(tenant=tenant, **created),
+                              measure_aggregates()))
 
     raw(t1)
     if d0 > first_day:

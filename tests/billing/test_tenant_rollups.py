@@ -287,3 +287,17 @@ def test_the_dashboard_reads_the_tenant_rollups_and_the_key_totals(world):
     # Without the state (dropped by a rollup), the totals are not read at all.
     RollupState.objects.filter(name=rollups.KEY_TOTALS).delete()
     assert overview(w["acme"], now=NOW).top_keys()[0]["id"] == w["a2"].pk
+
+
+def test_usage_without_a_key_is_ranked_with_the_keys(world):
+    w = world
+    log(NOW - timedelta(days=2), w["acme"], None, "", status=401, cost="9")
+    log(NOW - timedelta(days=2), w["acme"], w["a1"], cost="1")
+    log(NOW - timedelta(minutes=5), w["acme"], w["a1"], cost="0.5")  # the current hour
+    log(NOW - timedelta(days=2), w["globex"], w["g1"], cost="20")
+    rollups.rollup_recent_days(NOW)
+    rollups.rollup_recent_hours(NOW)
+    top = overview(w["acme"], now=NOW).top_keys()
+    assert [(k["id"], k["totals"].requests, k["totals"].errors, k["totals"].cost)
+            for k in top] == [(None, 1, 1, Decimal("9")), (w["a1"].pk, 2, 0, Decimal("1.5"))]
+    assert [k["id"] for k in overview(w["acme"], now=NOW).top_keys(1)] == [None]
