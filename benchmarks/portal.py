@@ -334,6 +334,7 @@ PAGES: list[Page] = [
     Page("key usage, bench-big's busiest key", _top_key, "bench-big"),
     Page("key list, bench-wide (10k keys)", "/portal/keys/", "bench-wide"),
     Page("usage log, bench-big", "/portal/usage/", "bench-big"),
+    Page("usage log, bench-wide (10k keys)", "/portal/usage/", "bench-wide"),
 ]
 EXTRA: list[Callable[[dict[str, Any]], list[Result]]] = []
 
