@@ -200,7 +200,9 @@ def _values(qs: Any, group: str | None, names: tuple[str, ...]) -> list[dict[str
     return list(qs.values(group).annotate(**aggregates))
 
 
-KeyPart = tuple[Any, dict[str, Any] | None]
+# A part of the key ranking: a queryset, the aggregates of its rows per key (raw usage rows)
+# or None (rollup rows, summed as they are), and its sign (-1: subtracted).
+KeyPart = tuple[Any, dict[str, Any] | None, int]
 _CENT = Decimal("0.000001")
 
 
@@ -209,7 +211,7 @@ def _part(part: KeyPart, names: tuple[str, ...], ids: list[int | None] | None) -
     parts are glued with UNION ALL, which goes by position); only the keys ``ids`` when
     given. Rollup rows go in as they are (the ranking sums them per key once); raw usage
     rows (``part[1]``: their aggregates) are summed per key first."""
-    qs, aggregates = part
+    qs, aggregates, _sign = part
     if ids is not None:
         only = Q(key_id__in=[i for i in ids if i is not None])
         qs = qs.filter(only | Q(key_id__isnull=True) if None in ids else only)
@@ -220,15 +222,19 @@ def _part(part: KeyPart, names: tuple[str, ...], ids: list[int | None] | None) -
 
 def _union(parts: list[KeyPart], names: tuple[str, ...],
            ids: list[int | None] | None = None) -> tuple[str, list[Any]]:
-    """``SELECT key_id, SUM(name)... FROM (the parts) GROUP BY key_id`` and its params."""
+    """``SELECT key_id, SUM(name)... FROM (the parts) GROUP BY key_id`` and its params
+    (``names`` has requests: a key whose rows were all subtracted has none left, and every
+    rollup row counts at least one request, so it is left out)."""
     sqls, params = [], []
     for part in parts:
         sql, p = _part(part, names, ids).query.sql_with_params()
+        if part[2] < 0:  # the columns are aliased by their names
+            sql = f"SELECT key_id, {', '.join(f'-{n}' for n in names)} FROM ({sql}) minus"
         sqls.append(sql)
         params.extend(p)
     sums = ", ".join(f"SUM({n})" for n in names)
-    return (f"SELECT key_id, {sums} FROM ({' UNION ALL '.join(sqls)}) parts GROUP BY key_id",
-            params)
+    return (f"SELECT key_id, {sums} FROM ({' UNION ALL '.join(sqls)}) parts GROUP BY key_id "
+            "HAVING SUM(requests) > 0", params)
 
 
 def _ranking(parts: list[KeyPart]) -> Callable[[int | None], KeyRanking]:
@@ -276,6 +282,39 @@ def _ranking(parts: list[KeyPart]) -> Callable[[int | None], KeyRanking]:
     return rank
 
 
+def _window_parts(tenant: Tenant, first: date, end: date) -> list[KeyPart]:
+    """The key ranking's parts for the local days [first, end), read from daily rollups.
+
+    From ``KeyUsageTotals`` (the sums over the days its RollupState names), corrected by
+    the per-key rollups of the days it lacks (added) and of the days it has beyond
+    [first, end) (subtracted): normally none, and one day each between local midnight and
+    the 10-minute task's next run. Under an uncorrelated EXISTS on that state, with the
+    per-key rollups of [first, end) under NOT EXISTS as the fallback, all in the ranking's
+    one snapshot: exactly one of the two ways counts, also if the totals are rebuilt or
+    dropped meanwhile. Without totals, or when correcting them would read as many days as
+    the fallback, the per-key rollups alone."""
+    per_key = UsageRollup.objects.filter(tenant=tenant)
+    fallback: KeyPart = (per_key.filter(date__gte=first, date__lt=end), None, 1)
+    state = _watermark(KEY_TOTALS)
+    if state is None:
+        return [fallback]
+    wanted = {first + timedelta(days=i) for i in range((end - first).days)}
+    s0, s1 = local_date(state.since), local_date(state.through)
+    stored = {s0 + timedelta(days=i) for i in range(max(0, (s1 - s0).days))}
+    add, drop = sorted(wanted - stored), sorted(stored - wanted)
+    if len(add) + len(drop) >= len(wanted):
+        return [fallback]
+    held = Exists(RollupState.objects.filter(name=KEY_TOTALS, since=state.since,
+                                             through=state.through))
+    parts: list[KeyPart] = [(KeyUsageTotals.objects.filter(held, tenant=tenant), None, 1),
+                            (fallback[0].filter(~held), None, 1)]
+    if add:
+        parts.append((per_key.filter(held, date__in=add), None, 1))
+    if drop:
+        parts.append((per_key.filter(held, date__in=drop), None, -1))
+    return parts
+
+
 def overview(tenant: Tenant, key: ApiKey | None = None,
              now: datetime | None = None) -> Overview:
     """The dashboard's figures for ``tenant`` (and only ``key`` of it, when given: its
@@ -283,8 +322,8 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
 
     The tenant's figures come from the per-tenant rollups (a row per day or hour and model,
     whatever the number of keys); one key's from the per-key rollups of that key. The key
-    ranking (top keys) reads ``KeyUsageTotals`` for the daily part of the window when it
-    holds exactly those days, and sums the per-key daily rollups otherwise."""
+    ranking (top keys) reads ``KeyUsageTotals`` for the daily part of the window (see
+    ``_window_parts``), the per-key hourly rollups and raw rows for the rest."""
     now = now or timezone.now()
     today = local_date(now)
     first_day = min(today - timedelta(days=DAYS - 1), today.replace(day=1))
@@ -328,14 +367,7 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
             bump(by_model, row["model"], row)
     k0 = max(d0, window_day)
     if key is None and d1 > k0:
-        # KeyUsageTotals when its state names exactly [k0, d1), the per-key rollups
-        # otherwise: both parts in the ranking's one statement (one snapshot), each under
-        # an uncorrelated EXISTS / NOT EXISTS on the state, so exactly one of them counts.
-        held = Exists(RollupState.objects.filter(name=KEY_TOTALS, since=day_bounds(k0)[0],
-                                                 through=day_bounds(d1)[0]))
-        key_parts.append((KeyUsageTotals.objects.filter(held, tenant=tenant), None))
-        key_parts.append((UsageRollup.objects.filter(
-            ~held, tenant=tenant, date__gte=k0, date__lt=d1), None))
+        key_parts.extend(_window_parts(tenant, k0, d1))
 
     def add_hour(hour: datetime, row: dict[str, Any]) -> None:
         day = local_date(hour)
@@ -355,7 +387,7 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
         if key is None:
             key_parts.append((UsageRollupHourly.objects.filter(
                 tenant=tenant, hour__gte=max(t0, hour_start(day_bounds(window_day)[0])),
-                hour__lt=t1), None))
+                hour__lt=t1), None, 1))
 
     # 3. raw rows: since t1 (normally the current hour), and before d0 (if any); one
     # GROUP BY by hour and model each (rows of an hour that starts before the window count
@@ -379,7 +411,7 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
         if key is None and (end is None or end > first_hour):
             created["created_at__gte"] = max(start, first_hour)
             key_parts.append((UsageLog.objects.filter(tenant=tenant, **created),
-                              measure_aggregates()))
+                              measure_aggregates(), 1))
 
     raw(t1)
     if d0 > first_day:

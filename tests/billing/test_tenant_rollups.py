@@ -301,3 +301,27 @@ def test_usage_without_a_key_is_ranked_with_the_keys(world):
     assert [(k["id"], k["totals"].requests, k["totals"].errors, k["totals"].cost)
             for k in top] == [(None, 1, 1, Decimal("9")), (w["a1"].pk, 2, 0, Decimal("1.5"))]
     assert [k["id"] for k in overview(w["acme"], now=NOW).top_keys(1)] == [None]
+
+
+def test_after_midnight_the_totals_are_corrected_until_the_task_runs(world):
+    """Between local midnight and the daily task's next run the totals hold the day that
+    left the window: the dashboard subtracts it (and the totals are still what it reads)."""
+    w = world
+    spread_rows(w)
+    rollups.rollup_recent_days(NOW)
+    rollups.rollup_recent_hours(NOW)
+    later = NOW + timedelta(days=1)  # 2025-06-16: 2025-05-17 (a3's 0.29) left the window
+    log(later - timedelta(hours=2), w["acme"], w["a1"], cost="0.4")
+    start = datetime.combine(later.date() - timedelta(days=rollups.DASHBOARD_DAYS - 1),
+                             datetime.min.time(), tzinfo=UTC)
+    want = expected(UsageLog.objects.filter(tenant=w["acme"], created_at__gte=start),
+                    lambda r: (r.key_id,), False)
+    assert (w["a3"].pk,) not in want and (w["a2"].pk,) in want
+    ov = overview(w["acme"], now=later)
+    got = {(k,): {"requests": t.requests, "errors": t.errors, "input_tokens": t.input_tokens,
+                  "cached_tokens": t.cached_tokens, "output_tokens": t.output_tokens,
+                  "reasoning_tokens": t.reasoning_tokens, "cost": t.cost}
+           for k, t in ov.by_key.items()}
+    assert got == want
+    KeyUsageTotals.objects.filter(key=w["a1"]).update(cost=Decimal("100"))
+    assert overview(w["acme"], now=later).top_keys()[0]["totals"].cost == Decimal("100.4")
