@@ -325,3 +325,18 @@ def test_after_midnight_the_totals_are_corrected_until_the_task_runs(world):
     assert got == want
     KeyUsageTotals.objects.filter(key=w["a1"]).update(cost=Decimal("100"))
     assert overview(w["acme"], now=later).top_keys()[0]["totals"].cost == Decimal("100.4")
+
+
+def test_the_operations_overview_reads_today_from_the_tenant_rollups(world):
+    from portal.selectors.overview import today
+
+    w = world
+    now = datetime.now(UTC)
+    log(now, w["acme"], w["a1"], cost="1")
+    log(now, w["acme"], w["a2"], "o3", status=500, cost="2")
+    log(now, w["globex"], w["g1"], cost="0.5")
+    rollups.rollup_day(rollups.local_date(now))
+    window = today()
+    assert (window.requests, window.errors, window.spend) == (3, 1, Decimal("3.5"))
+    assert [(t["tenant__name"], t["requests"], t["spend"]) for t in window.top_tenants] == [
+        ("acme", 2, Decimal("3")), ("globex", 1, Decimal("0.5"))]
