@@ -8,7 +8,8 @@
 It uses its own PostgreSQL database (``PORTAL_BENCH_DB``, default turnpike_bench_portal,
 on the server of DATABASE_URL), made once: 1000 tenants, 100k keys and the usage rows
 spread over the last 30 days with INSERT ... SELECT generate_series (like
-benchmarks/run.py), then rolled up (daily and hourly) the way the Celery tasks do. A later
+benchmarks/run.py), then rolled up (daily and hourly, per key and per tenant, and the per-key
+totals of the dashboard's window) the way the Celery tasks do. A later
 run reuses it (the rollups are brought up to date first, as beat would).
 
 Pages are fetched through Django's test client in this process (server time only: the
@@ -96,7 +97,9 @@ def generate(keys: int, rows: int, regenerate: bool) -> None:
         say("dropping the old data")
         with connection.cursor() as cur:
             cur.execute("TRUNCATE billing_usagelog, billing_usagerollup, "
-                        "billing_usagerolluphourly, billing_rollupstate")
+                        "billing_usagerolluphourly, billing_usagerolluptenant, "
+                        "billing_usagerolluptenanthourly, billing_keyusagetotals, "
+                        "billing_rollupstate")
         ApiKey.objects.all().delete()
         Tenant.objects.filter(name__startswith="bench-").delete()
     if not Tenant.objects.filter(name="bench-big").exists():
@@ -276,8 +279,10 @@ def rollups_up_to_date() -> None:
     done = rollups.rollup_recent_hours(now)
     say(f"hourly rollups caught up ({len(done)} hours) in {time.monotonic() - t:.1f} s")
     with connection.cursor() as cur:
-        cur.execute("ANALYZE billing_usagerollup")
-        cur.execute("ANALYZE billing_usagerolluphourly")
+        for table in ("billing_usagerollup", "billing_usagerolluphourly",
+                      "billing_usagerolluptenant", "billing_usagerolluptenanthourly",
+                      "billing_keyusagetotals"):
+            cur.execute(f"ANALYZE {table}")
 
 
 # --- measurement --------------------------------------------------------------------------
@@ -329,6 +334,7 @@ PAGES: list[Page] = [
     Page("key usage, bench-big's busiest key", _top_key, "bench-big"),
     Page("key list, bench-wide (10k keys)", "/portal/keys/", "bench-wide"),
     Page("usage log, bench-big", "/portal/usage/", "bench-big"),
+    Page("usage log, bench-wide (10k keys)", "/portal/usage/", "bench-wide"),
 ]
 EXTRA: list[Callable[[dict[str, Any]], list[Result]]] = []
 
@@ -383,13 +389,22 @@ def main() -> None:
     results = [measure(page, ctx, args.requests) for page in PAGES]
     for extra in EXTRA:
         results += extra(ctx)
-    from billing.models import UsageLog, UsageRollup, UsageRollupHourly
+    from billing.models import (
+        KeyUsageTotals,
+        UsageLog,
+        UsageRollup,
+        UsageRollupHourly,
+        UsageRollupTenant,
+        UsageRollupTenantHourly,
+    )
     from keys.models import ApiKey
 
     print()
     print(f"{ApiKey.objects.count()} keys, {UsageLog.objects.count()} usage rows, "
           f"{UsageRollup.objects.count()} daily and {UsageRollupHourly.objects.count()} "
-          "hourly rollup rows")
+          f"hourly per-key rollup rows, {UsageRollupTenant.objects.count()} daily and "
+          f"{UsageRollupTenantHourly.objects.count()} hourly per-tenant ones, "
+          f"{KeyUsageTotals.objects.count()} per-key totals")
     print()
     print("| page | p50 ms | p95 ms | max ms | |")
     print("|---|---:|---:|---:|---|")

@@ -208,6 +208,77 @@ class UsageRollupHourly(RollupMeasures):
         return f"{self.hour:%Y-%m-%d %H}:00 {self.tenant} {self.model}"
 
 
+class UsageRollupTenant(RollupMeasures):
+    """Usage per local day, tenant and model: the sum of that day's ``UsageRollup`` rows of
+    the tenant and model over all its keys, kept in the same transaction as they are (by
+    ``billing.rollups.rollup_day``). The tenant's dashboard reads it for its cards, day
+    series, histograms and model chart: a few rows per day whatever the number of keys."""
+
+    date = models.DateField()
+    tenant = models.ForeignKey("keys.Tenant", null=True, blank=True, on_delete=models.CASCADE,
+                               related_name="tenant_rollups")
+    model = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-date", "tenant", "model"]
+        constraints = [
+            models.UniqueConstraint(fields=["date", "tenant", "model"],
+                                    name="unique_rollup_tenant", nulls_distinct=False),
+        ]
+        indexes = [models.Index(fields=["tenant", "date"], name="rollup_t_tenant_date")]
+
+    def __str__(self) -> str:
+        return f"{self.date} {self.tenant} {self.model}"
+
+
+class UsageRollupTenantHourly(RollupMeasures):
+    """Usage per UTC hour, tenant and model: the sum of that hour's ``UsageRollupHourly``
+    rows over the tenant's keys, kept with them (``billing.rollups.rollup_hour``)."""
+
+    hour = models.DateTimeField()
+    tenant = models.ForeignKey("keys.Tenant", null=True, blank=True, on_delete=models.CASCADE,
+                               related_name="tenant_hourly_rollups")
+    model = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-hour", "tenant", "model"]
+        constraints = [
+            models.UniqueConstraint(fields=["hour", "tenant", "model"],
+                                    name="unique_rollup_tenant_hourly", nulls_distinct=False),
+        ]
+        indexes = [models.Index(fields=["tenant", "hour"], name="rollup_th_tenant_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 {self.tenant} {self.model}"
+
+
+class KeyUsageTotals(models.Model):
+    """Each key's usage summed over a range of local days of ``UsageRollup`` (the range is
+    ``RollupState('key_totals')``: normally the dashboard's 30-day window up to yesterday).
+    Rebuilt by the 10-minute rollup task when the range moves, and dropped (with its
+    state) by any rollup that changes a day inside the range, so it is never stale: the
+    dashboard's key chart and top keys read one row per key from it instead of a GROUP BY
+    over every (day, key, model) rollup row of the window."""
+
+    tenant = models.ForeignKey("keys.Tenant", null=True, blank=True, on_delete=models.CASCADE,
+                               related_name="key_usage_totals")
+    key = models.ForeignKey("keys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL,
+                            related_name="usage_totals")
+    requests = models.PositiveBigIntegerField(default=0)
+    errors = models.PositiveBigIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    cached_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    reasoning_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=24, decimal_places=6, default=Decimal("0"))
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "key"], name="key_totals_tenant_key")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.key_id}: {self.requests} requests"
+
+
 class RollupState(models.Model):
     """How far the scheduled rollups have got: every period in [since, through) of this
     granularity (``daily``: local days, ``hourly``: UTC hours) was rolled up after it ended.

@@ -20,17 +20,20 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Model, Q, Sum
 from django.utils import timezone
 
 from billing.models import (
     LATENCY_BOUNDS_MS,
     LATENCY_FIELDS,
     TTFB_FIELDS,
+    KeyUsageTotals,
     RollupState,
     UsageLog,
     UsageRollup,
     UsageRollupHourly,
+    UsageRollupTenant,
+    UsageRollupTenantHourly,
 )
 from keys.limits import local_day_and_seconds_left
 from portal.redis import rkey, sync_redis
@@ -44,6 +47,11 @@ MEASURES = (*COUNTED, *SUMMED, *HISTOGRAM)
 # Namespaces of the PostgreSQL advisory locks that serialise rollups of one day / one hour.
 _ROLLUP_LOCK = 0x7475726E  # "turn"
 _ROLLUP_HOUR_LOCK = 0x74757268  # "turh"
+_KEY_TOTALS_LOCK = 0x7475726B  # "turk": the rebuild of KeyUsageTotals
+# The dashboard's window of local days (today and the 29 before it), and the name of the
+# RollupState row that says which days of it KeyUsageTotals holds.
+DASHBOARD_DAYS = 30
+KEY_TOTALS = "key_totals"
 
 
 def _bucket_filters(column: str) -> list[Q]:
@@ -125,25 +133,40 @@ def retention_start(now: datetime | None = None) -> date | None:
 
 
 # --- rollups ----------------------------------------------------------------------------
+#
+# Two levels per period: the per-key rollups (UsageRollup, UsageRollupHourly: a GROUP BY
+# over the period's raw rows per tenant, key and model) and the per-tenant ones
+# (UsageRollupTenant, UsageRollupTenantHourly: the per-key rows of the period summed per
+# tenant and model), written in the same transaction, so a tenant row always equals the
+# sum of its per-key rows (also for a day whose raw rows have expired).
 
-RollupKey = tuple[int | None, int | None, str]
+KEY_GROUP = ("tenant_id", "key_id", "model")
+TENANT_GROUP = ("tenant_id", "model")
+RollupKey = tuple[int | str | None, ...]
+RollupModel = type[Model]
 
 
 def _aggregate_qs(start: datetime, end: datetime) -> Any:
     return (
         UsageLog.objects.filter(created_at__gte=start, created_at__lt=end)
         .order_by()
-        .values("tenant_id", "key_id", "model")
+        .values(*KEY_GROUP)
         .annotate(**measure_aggregates())
     )
 
 
-def _aggregate(start: datetime, end: datetime) -> dict[RollupKey, dict[str, int | Decimal]]:
+def _tenant_qs(per_key: RollupModel, period: dict[str, object]) -> Any:
+    """The per-key rollup rows of one period summed per tenant and model."""
+    return (per_key.objects.filter(**period).order_by()  # type: ignore[attr-defined]
+            .values(*TENANT_GROUP).annotate(**{name: Sum(name) for name in MEASURES}))
+
+
+def _collect(qs: Any, group: tuple[str, ...]) -> dict[RollupKey, dict[str, int | Decimal]]:
     return {
-        (r["tenant_id"], r["key_id"], r["model"]): {
+        tuple(r[g] for g in group): {
             name: r[name] if r[name] is not None else 0 for name in MEASURES
         }
-        for r in _aggregate_qs(start, end)
+        for r in qs
     }
 
 
@@ -163,94 +186,124 @@ def _lock_day(day: date) -> None:
 _UPSERT = """
 WITH agg AS ({aggregate}),
 ins AS (
-  INSERT INTO {table} ({period}, tenant_id, key_id, model, {measures})
-  SELECT %s, tenant_id, key_id, model, {coalesced} FROM agg
+  INSERT INTO {table} ({period}, {group}, {measures})
+  SELECT %s, {group}, {coalesced} FROM agg
   ON CONFLICT ON CONSTRAINT {constraint} DO UPDATE SET {assign}
   WHERE ({current}) IS DISTINCT FROM ({excluded})
   RETURNING 1),
 del AS (
   DELETE FROM {table} r WHERE r.{period} = %s AND NOT EXISTS (
-    SELECT 1 FROM agg WHERE COALESCE(agg.tenant_id, 0) = COALESCE(r.tenant_id, 0)
-      AND COALESCE(agg.key_id, 0) = COALESCE(r.key_id, 0) AND agg.model = r.model)
+    SELECT 1 FROM agg WHERE {match})
   RETURNING 1)
 SELECT (SELECT count(*) FROM agg), (SELECT count(*) FROM ins), (SELECT count(*) FROM del)
 """
 
 
-def _upsert(model: type[UsageRollup] | type[UsageRollupHourly], period: str, value: date,
-            start: datetime, end: datetime) -> int:
-    """PostgreSQL: the whole period in one statement (the GROUP BY, an INSERT ... ON
-    CONFLICT DO UPDATE that writes only rows that differ, and a DELETE of the period's rows
-    no longer in the aggregate), with no per-row Python. Returns the period's rollup rows.
-    (The DELETE compares ids through COALESCE(.., 0), not IS NOT DISTINCT FROM, so it is a
-    hash anti-join: ids are positive, and the other form made it a nested loop.)"""
+def _upsert(model: RollupModel, period: str, value: date | datetime, aggregate: Any,
+            group: tuple[str, ...]) -> tuple[int, bool]:
+    """PostgreSQL: the whole period in one statement (the GROUP BY ``aggregate``, an INSERT
+    ... ON CONFLICT DO UPDATE that writes only rows that differ, and a DELETE of the
+    period's rows no longer in the aggregate), with no per-row Python. Returns the period's
+    rollup rows and whether any was written. (The DELETE compares ids through
+    COALESCE(.., 0), not IS NOT DISTINCT FROM, so it is a hash anti-join: ids are
+    positive, and the other form made it a nested loop.)"""
     table = model._meta.db_table
     constraint = model._meta.constraints[0].name
-    sql, params = _aggregate_qs(start, end).query.sql_with_params()
-    measures = ", ".join(MEASURES)
+    sql, params = aggregate.query.sql_with_params()
+    match = " AND ".join(f"agg.{g} = r.{g}" if g == "model"
+                         else f"COALESCE(agg.{g}, 0) = COALESCE(r.{g}, 0)" for g in group)
     statement = _UPSERT.format(
-        aggregate=sql, table=table, period=period, measures=measures, constraint=constraint,
+        aggregate=sql, table=table, period=period, group=", ".join(group),
+        measures=", ".join(MEASURES), constraint=constraint, match=match,
         coalesced=", ".join(f"COALESCE({m}, 0)" for m in MEASURES),
         assign=", ".join(f"{m} = EXCLUDED.{m}" for m in MEASURES),
         current=", ".join(f"{table}.{m}" for m in MEASURES),
         excluded=", ".join(f"EXCLUDED.{m}" for m in MEASURES))
     with connection.cursor() as cursor:
         cursor.execute(statement, [*params, value, value])
-        rows, _written, _deleted = cursor.fetchone()
-    return int(rows)
+        rows, written, deleted = cursor.fetchone()
+    return int(rows), bool(written or deleted)
 
 
-def _sync(model: type[UsageRollup] | type[UsageRollupHourly], period: dict[str, object],
+def _sync(model: RollupModel, period: dict[str, object], group: tuple[str, ...],
           wanted: dict[RollupKey, dict[str, int | Decimal]], label: str,
-          expired: bool) -> int:
+          expired: bool) -> tuple[int, bool]:
     """Make the rollup rows of one period (``period``: its field and value) equal to
-    ``wanted``: insert the missing, update the changed, delete the stale; rows already
-    right are not written. A period whose raw rows have expired (``expired``) is never
-    made smaller."""
-    existing = {(r.tenant_id, r.key_id, r.model): r for r in model.objects.filter(**period)}
+    ``wanted`` (keyed by the ``group`` fields): insert the missing, update the changed,
+    delete the stale; rows already right are not written. A period whose raw rows have
+    expired (``expired``) is never made smaller. Returns its rows and whether any was
+    written."""
+    manager = model.objects  # type: ignore[attr-defined]
+    existing = {tuple(getattr(r, g) for g in group): r for r in manager.filter(**period)}
     if expired:
         had = sum(r.requests for r in existing.values())
         if sum(int(v["requests"]) for v in wanted.values()) < had:
             log.info("rollup of %s kept: its raw usage rows have expired", label)
-            return len(existing)
+            return len(existing), False
     stale = [r.pk for k, r in existing.items() if k not in wanted]
     changed: list[Any] = []  # rows of ``model``, whichever of the two it is
     added: list[Any] = []
     for k, values in wanted.items():
         row = existing.get(k)
         if row is None:
-            added.append(model(**period, tenant_id=k[0], key_id=k[1], model=k[2], **values))
+            added.append(model(**period, **dict(zip(group, k, strict=True)), **values))
         elif any(getattr(row, name) != value for name, value in values.items()):
             for name, value in values.items():
                 setattr(row, name, value)
             changed.append(row)
     if stale:
-        model.objects.filter(pk__in=stale).delete()
+        manager.filter(pk__in=stale).delete()
     if changed:
-        model.objects.bulk_update(changed, list(MEASURES), batch_size=1000)
+        manager.bulk_update(changed, list(MEASURES), batch_size=1000)
     if added:
-        model.objects.bulk_create(added, batch_size=1000)
-    return len(wanted)
+        manager.bulk_create(added, batch_size=1000)
+    return len(wanted), bool(stale or changed or added)
+
+
+def _roll(per_key: RollupModel, per_tenant: RollupModel, period: str, value: date | datetime,
+          start: datetime, end: datetime, label: str, expired: bool) -> tuple[int, bool]:
+    """One period, both levels (in the caller's transaction, under its lock): the per-key
+    rows from the raw rows, then the per-tenant rows from the per-key rows. Returns the
+    per-key rows and whether any per-key row was written."""
+    if connection.vendor == "postgresql" and not expired:
+        rows, changed = _upsert(per_key, period, value, _aggregate_qs(start, end), KEY_GROUP)
+    else:
+        rows, changed = _sync(per_key, {period: value}, KEY_GROUP,
+                              _collect(_aggregate_qs(start, end), KEY_GROUP), label, expired)
+    # Always (not only when the per-key rows changed), so tenant rows that drifted for any
+    # reason are put right by the next run; when nothing changed this writes nothing.
+    if connection.vendor == "postgresql":
+        _upsert(per_tenant, period, value, _tenant_qs(per_key, {period: value}), TENANT_GROUP)
+    else:
+        _sync(per_tenant, {period: value}, TENANT_GROUP,
+              _collect(_tenant_qs(per_key, {period: value}), TENANT_GROUP), label, False)
+    return rows, changed
 
 
 def rollup_day(day: date, now: datetime | None = None) -> int:
     """Make the UsageRollup rows of one local day equal to the aggregate of its UsageLog
     rows, per (tenant, key, model): requests, errors (status >= 400), token and cost sums,
-    latency and TTFB histograms. Returns the number of rollup rows the day has.
+    latency and TTFB histograms; and the day's UsageRollupTenant rows equal to their sum
+    per (tenant, model). Returns the number of (per-key) rollup rows the day has.
 
     One transaction. Rows that are already right are left alone, so a second run (or the
     10-minute task on a quiet day) writes nothing. A day whose raw rows have expired (it is
     before ``retention_start``) is never made smaller: if its raw rows count fewer requests
-    than its rollups (all or part of them deleted), the rollups stay as they are.
+    than its rollups (all or part of them deleted), the rollups stay as they are. A change
+    to a day inside the range of the per-key totals (``KeyUsageTotals``) drops them, in the
+    same transaction: the dashboard then sums the per-key rollups until the 10-minute task
+    builds them again.
     """
     kept_from = retention_start(now)
     expired = kept_from is not None and day < kept_from
     with transaction.atomic():
         _lock_day(day)
-        if connection.vendor == "postgresql" and not expired:
-            return _upsert(UsageRollup, "date", day, *day_bounds(day))
-        wanted = _aggregate(*day_bounds(day))
-        return _sync(UsageRollup, {"date": day}, wanted, str(day), expired=expired)
+        rows, changed = _roll(UsageRollup, UsageRollupTenant, "date", day, *day_bounds(day),
+                              label=str(day), expired=expired)
+        if changed:
+            RollupState.objects.filter(name=KEY_TOTALS, since__lte=day_bounds(day)[0],
+                                       through__gt=day_bounds(day)[0]).delete()
+        return rows
 
 
 def hour_start(moment: datetime) -> datetime:
@@ -260,17 +313,16 @@ def hour_start(moment: datetime) -> datetime:
 
 def rollup_hour(hour: datetime, now: datetime | None = None) -> int:
     """Make the UsageRollupHourly rows of one UTC hour (any moment in it) equal to the
-    aggregate of its UsageLog rows, like ``rollup_day``. Returns its rollup rows."""
+    aggregate of its UsageLog rows, and its UsageRollupTenantHourly rows equal to their
+    sum per tenant and model, like ``rollup_day``. Returns its (per-key) rollup rows."""
     start = hour_start(hour)
     kept_from = retention_start(now)
     expired = kept_from is not None and start < day_bounds(kept_from)[0]
     with transaction.atomic():
         _lock(_ROLLUP_HOUR_LOCK, int(start.timestamp()) // 3600)
-        if connection.vendor == "postgresql" and not expired:
-            return _upsert(UsageRollupHourly, "hour", start, start, start + timedelta(hours=1))
-        wanted = _aggregate(start, start + timedelta(hours=1))
-        return _sync(UsageRollupHourly, {"hour": start}, wanted,
-                     start.strftime("%Y-%m-%d %H:00 UTC"), expired=expired)
+        return _roll(UsageRollupHourly, UsageRollupTenantHourly, "hour", start, start,
+                     start + timedelta(hours=1), label=start.strftime("%Y-%m-%d %H:00 UTC"),
+                     expired=expired)[0]
 
 
 def rollup_hours(start: datetime, end: datetime, now: datetime | None = None) -> int:
@@ -354,7 +406,60 @@ def rollup_recent_days(now: datetime | None = None) -> dict[str, int]:
              day_bounds(today)[0])
     if gap:
         RollupState.objects.filter(name="daily").update(since=day_bounds(first)[0])
+    rebuild_key_totals(moment)
     return done
+
+
+# --- per-key totals of the dashboard's window ------------------------------------------------
+
+def key_totals_range(today: date, daily: RollupState) -> tuple[date, date]:
+    """The local days [first, end) whose per-key usage the dashboard of ``today`` reads
+    from the daily rollups: its window (DASHBOARD_DAYS up to today) cut to the days the
+    daily task rolled up after they ended (``daily``: its RollupState). Today is never in
+    it (the dashboard reads today from hourly rollups and raw rows)."""
+    window = today - timedelta(days=DASHBOARD_DAYS - 1)
+    first = min(max(window, local_date(daily.since)), today)
+    return first, max(first, min(local_date(daily.through), today))
+
+
+def rebuild_key_totals(now: datetime | None = None) -> int | None:
+    """Make KeyUsageTotals the per-key sums of the UsageRollup rows of
+    ``key_totals_range`` (every tenant; requests, errors, tokens, cost), with its range in
+    ``RollupState('key_totals')``, unless they already are (the state names that range: a
+    rollup that changed a day in it would have dropped the state). One transaction that
+    holds the locks of those days, so no rollup of them runs meanwhile. Returns the rows
+    written, or None when there was nothing to do (or no daily rollups yet)."""
+    today = local_date(_now(now))
+    with transaction.atomic():
+        _lock(_KEY_TOTALS_LOCK, 0)
+        daily = _state("daily")
+        if daily is None:
+            return None
+        first, end = key_totals_range(today, daily)
+        since, through = day_bounds(first)[0], day_bounds(end)[0]
+        state = _state(KEY_TOTALS)
+        if state is not None and (state.since, state.through) == (since, through):
+            return None
+        day = first
+        while day < end:
+            _lock_day(day)
+            day += timedelta(days=1)
+        table = KeyUsageTotals._meta.db_table
+        names = ("requests", "errors", "input_tokens", "cached_tokens", "output_tokens",
+                 "reasoning_tokens", "cost")
+        sums = (UsageRollup.objects.filter(date__gte=first, date__lt=end).order_by()
+                .values("tenant_id", "key_id").annotate(**{n: Sum(n) for n in names}))
+        sql, params = sums.query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {table}")
+            cursor.execute(f"INSERT INTO {table} (tenant_id, key_id, {', '.join(names)}) "
+                           f"SELECT tenant_id, key_id, {', '.join(names)} FROM ({sql}) s",
+                           params)
+            written = cursor.rowcount
+        RollupState.objects.update_or_create(name=KEY_TOTALS, defaults={
+            "since": since, "through": through})
+    log.info("per-key totals of %s..%s rebuilt: %d rows", first, end, written)
+    return written
 
 
 # --- expiry of raw rows -------------------------------------------------------------------

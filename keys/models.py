@@ -199,6 +199,9 @@ class ApiKey(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "API key"
+        # The portal's key list: a tenant's keys newest first, a page at a time (an index
+        # scan that stops after the page, not a sort of every key of the tenant).
+        indexes = [models.Index(fields=["tenant", "-id"], name="apikey_tenant_newest")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.masked})"

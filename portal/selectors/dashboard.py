@@ -19,12 +19,15 @@ start inside an hour: that hour counts to the day it starts in).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
-from django.db.models import Sum
+from django.db import connection, transaction
+from django.db.models import Exists, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
@@ -32,12 +35,17 @@ from billing.models import (
     LATENCY_BOUNDS_MS,
     LATENCY_FIELDS,
     TTFB_FIELDS,
+    KeyUsageTotals,
     RollupState,
     UsageLog,
     UsageRollup,
     UsageRollupHourly,
+    UsageRollupTenant,
+    UsageRollupTenantHourly,
 )
 from billing.rollups import (
+    DASHBOARD_DAYS,
+    KEY_TOTALS,
     MEASURES,
     day_bounds,
     hour_start,
@@ -47,7 +55,7 @@ from billing.rollups import (
 )
 from keys.models import ApiKey, Tenant
 
-DAYS = 30
+DAYS = DASHBOARD_DAYS
 TOP_KEYS = 10
 TOKENS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
 # What the by-model and by-key breakdowns need (no histograms: cheaper GROUP BYs).
@@ -106,6 +114,9 @@ class Totals:
                 "cost": float(self.cost), "lat": self.lat, "ttfb": self.ttfb}
 
 
+KeyRanking = list[tuple[int | None, Totals]]
+
+
 @dataclass
 class Overview:
     tenant: Tenant
@@ -116,19 +127,36 @@ class Overview:
     by_day: dict[date, Totals]
     by_hour: dict[datetime, Totals]   # local hour starts of today
     by_model: dict[str, Totals]       # 30 days
-    by_key: dict[int | None, Totals]  # 30 days (empty for one key's overview)
     today_totals: Totals
     month_totals: Totals
     days_totals: Totals
+    # The keys by 30-day cost, then requests (the query's LIMIT: None for all; never called
+    # for one key's overview).
+    rank_keys: Callable[[int | None], KeyRanking] = field(default=lambda limit: [],
+                                                           repr=False)
     key_names: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
         return self.days_totals.requests == 0
 
+    @cached_property
+    def top(self) -> KeyRanking:
+        return self.rank_keys(TOP_KEYS)
+
+    @cached_property
+    def by_key(self) -> dict[int | None, Totals]:
+        """Every key's 30 days (empty for one key's overview). The page needs only
+        ``top_keys``: this reads one row per key with traffic."""
+        return dict(self.rank_keys(None))
+
     def top_keys(self, n: int = TOP_KEYS) -> list[dict[str, Any]]:
-        ranked = sorted(self.by_key.items(), key=lambda kv: (kv[1].cost, kv[1].requests),
-                        reverse=True)[:n]
+        ranked = self.top[:n] if n <= TOP_KEYS else self.rank_keys(n)
+        missing = [k for k, _ in ranked if k and k not in self.key_names]
+        if missing:  # names of the keys shown only (a tenant may have 100k)
+            for k in ApiKey.objects.filter(tenant=self.tenant, pk__in=missing).only(
+                    "pk", "name", "prefix", "last4"):
+                self.key_names[k.pk] = (k.name, k.masked)
         out = []
         for key_id, t in ranked:
             name, masked = self.key_names.get(key_id, ("", "")) if key_id else ("", "")
@@ -172,12 +200,132 @@ def _values(qs: Any, group: str | None, names: tuple[str, ...]) -> list[dict[str
     return list(qs.values(group).annotate(**aggregates))
 
 
-# Over the complexity limit (C901) on purpose: three data sources stitched by time range (daily,
-# hourly rollups, raw rows); each step is commented.
+# A part of the key ranking: a queryset, the aggregates of its rows per key (raw usage rows)
+# or None (rollup rows, summed as they are), and its sign (-1: subtracted).
+KeyPart = tuple[Any, dict[str, Any] | None, int]
+_CENT = Decimal("0.000001")
+
+
+def _part(part: KeyPart, names: tuple[str, ...], ids: list[int | None] | None) -> Any:
+    """A part of the key ranking as a queryset of key_id, then ``names`` in that order (the
+    parts are glued with UNION ALL, which goes by position); only the keys ``ids`` when
+    given. Rollup rows go in as they are (the ranking sums them per key once); raw usage
+    rows (``part[1]``: their aggregates) are summed per key first."""
+    qs, aggregates, _sign = part
+    if ids is not None:
+        only = Q(key_id__in=[i for i in ids if i is not None])
+        qs = qs.filter(only | Q(key_id__isnull=True) if None in ids else only)
+    if aggregates is None:
+        return qs.order_by().values("key_id", *names)
+    return qs.order_by().values("key_id").annotate(**{n: aggregates[n] for n in names})
+
+
+def _union(parts: list[KeyPart], names: tuple[str, ...],
+           ids: list[int | None] | None = None) -> tuple[str, list[Any]]:
+    """``SELECT key_id, SUM(name)... FROM (the parts) GROUP BY key_id`` and its params
+    (``names`` has requests: a key whose rows were all subtracted has none left, and every
+    rollup row counts at least one request, so it is left out)."""
+    sqls, params = [], []
+    for part in parts:
+        sql, p = _part(part, names, ids).query.sql_with_params()
+        if part[2] < 0:  # the columns are aliased by their names
+            sql = f"SELECT key_id, {', '.join(f'-{n}' for n in names)} FROM ({sql}) minus"
+        sqls.append(sql)
+        params.extend(p)
+    sums = ", ".join(f"SUM({n})" for n in names)
+    return (f"SELECT key_id, {sums} FROM ({' UNION ALL '.join(sqls)}) parts GROUP BY key_id "
+            "HAVING SUM(requests) > 0", params)
+
+
+def _ranking(parts: list[KeyPart]) -> Callable[[int | None], KeyRanking]:
+    """A function of a LIMIT that sums the per-key ``parts`` per key and returns the keys by
+    cost, then requests (then id), with their BREAKDOWN. With a LIMIT, one statement ranks
+    the keys on cost and requests only (two sums per row, not seven) and a second sums the
+    BREAKDOWN of the keys shown; both read one snapshot on PostgreSQL (a REPEATABLE READ
+    transaction, unless the caller's transaction is already open)."""
+
+    def rank(limit: int | None) -> KeyRanking:
+        if not parts:
+            return []
+        fresh = not connection.in_atomic_block
+        with transaction.atomic(), connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                if fresh:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                # The planner costs the fallback part (per-key daily rollups, skipped by
+                # its one-time filter while KeyUsageTotals holds the days) as if it ran,
+                # and would compile the statement (JIT) and start parallel workers for
+                # it: ~200 ms for nothing. The sums per key need more than the default
+                # work_mem not to spill to disk for a tenant with 10k+ keys.
+                cursor.execute("SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather"
+                               " = 0; SET LOCAL work_mem = '64MB'")
+            ids = None
+            if limit is not None:
+                sql, params = _union(parts, ("cost", "requests"))
+                cursor.execute(f"{sql} ORDER BY 2 DESC, 3 DESC, 1 LIMIT %s", [*params, limit])
+                ids = [row[0] for row in cursor.fetchall()]
+                if not ids:
+                    return []
+            sql, params = _union(parts, BREAKDOWN, ids)
+            cost, requests = (2 + BREAKDOWN.index(n) for n in ("cost", "requests"))
+            cursor.execute(f"{sql} ORDER BY {cost} DESC, {requests} DESC, 1", params)
+            rows = cursor.fetchall()
+        out = []
+        for key_id, *values in rows:
+            t = Totals()
+            t.add(dict(zip(BREAKDOWN, values, strict=True)))
+            if not isinstance(values[-1], Decimal):  # SQLite sums decimals as floats
+                t.cost = Decimal(str(values[-1] or 0)).quantize(_CENT)
+            out.append((key_id, t))
+        return out
+
+    return rank
+
+
+def _window_parts(tenant: Tenant, first: date, end: date) -> list[KeyPart]:
+    """The key ranking's parts for the local days [first, end), read from daily rollups.
+
+    From ``KeyUsageTotals`` (the sums over the days its RollupState names), corrected by
+    the per-key rollups of the days it lacks (added) and of the days it has beyond
+    [first, end) (subtracted): normally none, and one day each between local midnight and
+    the 10-minute task's next run. Under an uncorrelated EXISTS on that state, with the
+    per-key rollups of [first, end) under NOT EXISTS as the fallback, all in the ranking's
+    one snapshot: exactly one of the two ways counts, also if the totals are rebuilt or
+    dropped meanwhile. Without totals, or when correcting them would read as many days as
+    the fallback, the per-key rollups alone."""
+    per_key = UsageRollup.objects.filter(tenant=tenant)
+    fallback: KeyPart = (per_key.filter(date__gte=first, date__lt=end), None, 1)
+    state = _watermark(KEY_TOTALS)
+    if state is None:
+        return [fallback]
+    wanted = {first + timedelta(days=i) for i in range((end - first).days)}
+    s0, s1 = local_date(state.since), local_date(state.through)
+    stored = {s0 + timedelta(days=i) for i in range(max(0, (s1 - s0).days))}
+    add, drop = sorted(wanted - stored), sorted(stored - wanted)
+    if len(add) + len(drop) >= len(wanted):
+        return [fallback]
+    held = Exists(RollupState.objects.filter(name=KEY_TOTALS, since=state.since,
+                                             through=state.through))
+    parts: list[KeyPart] = [(KeyUsageTotals.objects.filter(held, tenant=tenant), None, 1),
+                            (fallback[0].filter(~held), None, 1)]
+    if add:
+        parts.append((per_key.filter(held, date__in=add), None, 1))
+    if drop:
+        parts.append((per_key.filter(held, date__in=drop), None, -1))
+    return parts
+
+
+# Over the complexity limit (C901) on purpose: data sources stitched by time range (daily,
+# hourly rollups, raw rows; per tenant or per key); each step is commented.
 def overview(tenant: Tenant, key: ApiKey | None = None,  # noqa: C901
              now: datetime | None = None) -> Overview:
     """The dashboard's figures for ``tenant`` (and only ``key`` of it, when given: its
-    rows must be the tenant's, which the caller fetched by tenant)."""
+    rows must be the tenant's, which the caller fetched by tenant).
+
+    The tenant's figures come from the per-tenant rollups (a row per day or hour and model,
+    whatever the number of keys); one key's from the per-key rollups of that key. The key
+    ranking (top keys) reads ``KeyUsageTotals`` for the daily part of the window (see
+    ``_window_parts``), the per-key hourly rollups and raw rows for the rest."""
     now = now or timezone.now()
     today = local_date(now)
     first_day = min(today - timedelta(days=DAYS - 1), today.replace(day=1))
@@ -186,6 +334,8 @@ def overview(tenant: Tenant, key: ApiKey | None = None,  # noqa: C901
     scope: dict[str, Any] = {"tenant": tenant}
     if key is not None:
         scope["key"] = key
+    daily_rollup = UsageRollupTenant if key is None else UsageRollup
+    hourly_rollup = UsageRollupTenantHourly if key is None else UsageRollupHourly
 
     daily = _watermark("daily")
     hourly = _watermark("hourly")
@@ -205,22 +355,21 @@ def overview(tenant: Tenant, key: ApiKey | None = None,  # noqa: C901
                                     for i in range((today - first_day).days + 1))}
     by_hour: dict[datetime, Totals] = {}
     by_model: dict[str, Totals] = {}
-    by_key: dict[int | None, Totals] = {}
+    key_parts: list[KeyPart] = []  # per-key sums over the window, for the key ranking
 
     def bump(table: dict[Any, Totals], k: Any, row: dict[str, Any]) -> None:
         table.setdefault(k, Totals()).add(row)
 
-    # 1. daily rollups: by day (with histograms), by model and by key over the window.
+    # 1. daily rollups: by day (with histograms) and by model over the window.
     if d1 > d0:
-        qs = UsageRollup.objects.filter(**scope, date__gte=d0, date__lt=d1)
+        qs = daily_rollup.objects.filter(**scope, date__gte=d0, date__lt=d1)
         for row in _values(qs, "date", MEASURES):
             by_day[row["date"]].add(row)
-        window = qs.filter(date__gte=window_day)
-        for row in _values(window, "model", BREAKDOWN):
+        for row in _values(qs.filter(date__gte=window_day), "model", BREAKDOWN):
             bump(by_model, row["model"], row)
-        if key is None:
-            for row in _values(window, "key_id", BREAKDOWN):
-                bump(by_key, row["key_id"], row)
+    k0 = max(d0, window_day)
+    if key is None and d1 > k0:
+        key_parts.extend(_window_parts(tenant, k0, d1))
 
     def add_hour(hour: datetime, row: dict[str, Any]) -> None:
         day = local_date(hour)
@@ -231,34 +380,44 @@ def overview(tenant: Tenant, key: ApiKey | None = None,  # noqa: C901
 
     # 2. hourly rollups of [t0, t1).
     if t1 > t0:
-        qs = UsageRollupHourly.objects.filter(**scope, hour__gte=t0, hour__lt=t1)
+        qs = hourly_rollup.objects.filter(**scope, hour__gte=t0, hour__lt=t1)
         for row in _values(qs, "hour", MEASURES):
             add_hour(row["hour"], row)
         window = qs.filter(hour__gte=hour_start(day_bounds(window_day)[0]))
         for row in _values(window, "model", BREAKDOWN):
             bump(by_model, row["model"], row)
         if key is None:
-            for row in _values(window, "key_id", BREAKDOWN):
-                bump(by_key, row["key_id"], row)
+            key_parts.append((UsageRollupHourly.objects.filter(
+                tenant=tenant, hour__gte=max(t0, hour_start(day_bounds(window_day)[0])),
+                hour__lt=t1), None, 1))
 
     # 3. raw rows: since t1 (normally the current hour), and before d0 (if any); one
-    # GROUP BY by hour, model and key each.
+    # GROUP BY by hour and model each (rows of an hour that starts before the window count
+    # for their day only).
     window_start = day_bounds(window_day)[0]
+    first_hour = hour_start(window_start)
+    if first_hour < window_start:
+        first_hour += timedelta(hours=1)
 
-    def raw(**created: datetime) -> None:
+    def raw(start: datetime, end: datetime | None = None) -> None:
+        created = {"created_at__gte": start}
+        if end is not None:
+            created["created_at__lt"] = end
         rows = (UsageLog.objects.filter(**scope, **created).order_by()
                 .annotate(h=TruncHour("created_at", tzinfo=UTC))
-                .values("h", "model", "key_id").annotate(**measure_aggregates()))
+                .values("h", "model").annotate(**measure_aggregates()))
         for row in rows:
             add_hour(row["h"], row)
             if row["h"] >= window_start:
                 bump(by_model, row["model"], row)
-                if key is None:
-                    bump(by_key, row["key_id"], row)
+        if key is None and (end is None or end > first_hour):
+            created["created_at__gte"] = max(start, first_hour)
+            key_parts.append((UsageLog.objects.filter(tenant=tenant, **created),
+                              measure_aggregates(), 1))
 
-    raw(created_at__gte=t1)
+    raw(t1)
     if d0 > first_day:
-        raw(created_at__gte=day_bounds(first_day)[0], created_at__lt=day_bounds(d0)[0])
+        raw(day_bounds(first_day)[0], day_bounds(d0)[0])
 
     for h in _today_hours(today, now):
         by_hour.setdefault(h, Totals())
@@ -269,18 +428,11 @@ def overview(tenant: Tenant, key: ApiKey | None = None,  # noqa: C901
             days_totals.merge(t)
         if d >= today.replace(day=1):
             month_totals.merge(t)
-    key_names: dict[int, tuple[str, str]] = {}
-    if key is None and by_key:  # names of the top keys only (a tenant may have 100k)
-        top = sorted(by_key.items(), key=lambda kv: (kv[1].cost, kv[1].requests),
-                     reverse=True)[:TOP_KEYS]
-        for k in ApiKey.objects.filter(tenant=tenant, pk__in=[i for i, _ in top if i]).only(
-                "pk", "name", "prefix", "last4"):
-            key_names[k.pk] = (k.name, k.masked)
     return Overview(
         tenant=tenant, key=key, now=now, today=today, days=days,
         by_day={d: t for d, t in by_day.items() if d >= window_day}, by_hour=by_hour,
-        by_model=by_model, by_key=by_key, today_totals=by_day[today],
-        month_totals=month_totals, days_totals=days_totals, key_names=key_names,
+        by_model=by_model, today_totals=by_day[today], month_totals=month_totals,
+        days_totals=days_totals, rank_keys=_ranking(key_parts),
     )
 
 

@@ -92,7 +92,7 @@ def key_page(tenant: Tenant, number: Any = 1, *, search: str = "",
 
 def fill_figures(rows: list[KeyRow]) -> None:
     """Today's and this month's requests and spend, and the last use, of these keys (all
-    of one tenant: the rollup query uses the (date, tenant, key, model) unique index)."""
+    of one tenant: the rollup query uses the (key, date) index)."""
     if not rows:
         return
     by_id = {row.key.pk: row for row in rows}
@@ -104,9 +104,11 @@ def fill_figures(rows: list[KeyRow]) -> None:
         row = by_id[r["key_id"]]
         row.today = Figures(r["n"], r["cost"] or Decimal("0"))
         row.month = Figures(r["n"], r["cost"] or Decimal("0"))
-    tenant_id = rows[0].key.tenant_id
+    # By key only (the keys are the page's, fetched by tenant; a key's rollups are its
+    # tenant's): with tenant_id too, PostgreSQL ANDs the (key, date) index with the tenant
+    # index, a bitmap of every rollup row of the tenant (36 ms for 10k busy keys, not 1.5).
     for r in (UsageRollup.objects.filter(date__gte=today.replace(day=1), date__lt=today,
-                                         tenant_id=tenant_id, key_id__in=ids).order_by()
+                                         key_id__in=ids).order_by()
               .values("key_id").annotate(n=Sum("requests"), cost=Sum("cost"))):
         row = by_id[r["key_id"]]
         row.month = Figures(row.month.requests + (r["n"] or 0),

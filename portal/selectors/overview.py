@@ -2,8 +2,9 @@
 spend, upstream health and top tenants, for the last hour and today.
 
 The last hour is read from the raw usage log through its ``created_at`` index (one hour
-of rows); today from the daily rollups (refreshed every few minutes by
-``billing.rollup_usage``), so the page stays fast on a large log."""
+of rows); today from the per-tenant daily rollups (refreshed every few minutes by
+``billing.rollup_usage``; a row per tenant and model), so the page stays fast on a large
+log."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from billing.models import UsageLog, UsageRollup
+from billing.models import UsageLog, UsageRollupTenant
 from billing.rollups import local_today
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def last_hour(now: datetime | None = None) -> Window:
 
 
 def today() -> Window:
-    rows = UsageRollup.objects.filter(date=local_today())
+    rows = UsageRollupTenant.objects.filter(date=local_today())
     totals = rows.aggregate(requests=Sum("requests"), errors=Sum("errors"), spend=Sum("cost"))
     top = list(rows.filter(tenant__isnull=False).values("tenant_id", "tenant__name")
                .annotate(requests=Sum("requests"), spend=Sum("cost"))

@@ -34,7 +34,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing import rollups, tasks
-from billing.models import LedgerEntry, UsageLog, UsageRollup
+from billing.models import LedgerEntry, RollupState, UsageLog, UsageRollup, UsageRollupTenant
 from billing.usage import UsageEvent, spool
 from keys.models import ApiKey, Tenant
 from keys.services import key_create, tenant_get_or_create
@@ -467,6 +467,11 @@ def test_the_worker_rolls_up_a_given_day_and_by_default_today_and_yesterday(
     assert len(days) == 2 and days[1] - days[0] == timedelta(days=1) and days[1] == today
     assert table()[(today.isoformat(), "acme", "a2", "gpt-5")] == (
         1, 0, 1, 0, 0, 0, Decimal("0.5"))
+    # The same task keeps the per-tenant rollups and the per-key totals of the window.
+    tenant_row = UsageRollupTenant.objects.get(date=today, tenant=w.acme, model="gpt-5")
+    assert (tenant_row.requests, tenant_row.cost) == (1, Decimal("0.5"))
+    assert RollupState.objects.get(name=rollups.KEY_TOTALS).through == rollups.day_bounds(
+        today)[0]
 
 
 @pytest.mark.django_db(transaction=True)
