@@ -527,3 +527,24 @@ def reset_daily_counters(now: datetime | None = None) -> int:
     if removed:
         log.info("deleted %d RPD counters of earlier days", removed)
     return removed
+
+
+def fold_deleted_key(key_id: int) -> None:
+    """Before a key is deleted: each of its rollup rows is added to the tenant's key-less row
+    of the same period and model, when there is one. Deleting a key empties the key of its
+    rows (``SET_NULL``), and the rollups are unique per (period, tenant, key, model) with
+    empty keys equal, so a second deleted key with a row for the same day and model would
+    otherwise collide with the first one's. The sums are what a re-roll of the period gives
+    (the raw rows lose their key too)."""
+    for model, period in ((UsageRollup, "date"), (UsageRollupHourly, "hour")):
+        for row in model.objects.filter(key_id=key_id).order_by("pk"):
+            same: dict[str, Any] = {period: getattr(row, period), "tenant_id": row.tenant_id,
+                                    "model": row.model}
+            keyless = (model.objects.select_for_update().filter(**same, key__isnull=True)
+                       .first())
+            if keyless is None:
+                continue  # the delete empties its key
+            for name in MEASURES:
+                setattr(keyless, name, getattr(keyless, name) + getattr(row, name))
+            keyless.save(update_fields=list(MEASURES))
+            row.delete()

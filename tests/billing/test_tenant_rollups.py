@@ -24,6 +24,7 @@ from billing.models import (
     RollupState,
     UsageLog,
     UsageRollup,
+    UsageRollupHourly,
     UsageRollupTenant,
     UsageRollupTenantHourly,
 )
@@ -340,3 +341,29 @@ def test_the_operations_overview_reads_today_from_the_tenant_rollups(world):
     assert (window.requests, window.errors, window.spend) == (3, 1, Decimal("3.5"))
     assert [(t["tenant__name"], t["requests"], t["spend"]) for t in window.top_tenants] == [
         ("acme", 2, Decimal("3")), ("globex", 1, Decimal("0.5"))]
+
+
+def test_deleting_keys_that_share_a_day_and_model_folds_their_rollups_together() -> None:
+    """Deleted keys' rollup rows join the tenant's key-less rows (the unique constraint treats
+    empty keys as equal, so a second deleted key's row used to collide with the first's),
+    and the sums stay what a re-roll of the raw rows gives."""
+    tenant, _ = tenant_get_or_create(name="fold")
+    first, second, kept = (key_create(tenant=tenant, name=n).key for n in ("a", "b", "c"))
+    start = datetime.combine(DAY, datetime.min.time(), tzinfo=UTC)
+    for key, cost in ((first, "1"), (second, "2"), (kept, "4"), (None, "8")):
+        log(start + timedelta(hours=3), tenant, key, inp=10, out=5, cost=cost, latency=120)
+    rollups.rollup_day(DAY, now=start + timedelta(days=1))
+    rollups.rollup_hours(start, start + timedelta(hours=23), now=start + timedelta(days=1))
+
+    first.delete()
+    second.delete()
+
+    rows = UsageLog.objects.filter(tenant=tenant)
+    want = expected(rows, lambda r: (r.key_id, r.model))
+    assert stored(UsageRollup, ("key_id", "model"), date=DAY) == want
+    assert want[(None, "gpt-5")]["cost"] == Decimal("11")
+    hourly = UsageRollupHourly.objects.filter(tenant=tenant, key__isnull=True).get()
+    assert (hourly.requests, hourly.cost) == (3, Decimal("11"))
+    # A re-roll of the day from the raw rows (whose key was emptied too) changes nothing.
+    rollups.rollup_day(DAY, now=start + timedelta(days=2))
+    assert stored(UsageRollup, ("key_id", "model"), date=DAY) == want
