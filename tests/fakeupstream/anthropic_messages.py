@@ -77,7 +77,7 @@ def anthropic_frames(reply: Reply, message_id: str) -> list[Frame]:
     events.add("ping")
     index = 0
     if reply.reasoning:
-        block = {"type": "thinking", "thinking": "", "signature": ""}
+        block: Json = {"type": "thinking", "thinking": "", "signature": ""}
         events.add("content_block_start", index=index, content_block=block)
         for piece in REASONING_PIECES:
             delta = {"type": "thinking_delta", "thinking": piece}
