@@ -26,7 +26,7 @@ demo: migrate ## Seed the demo tenant, key and upstream; prints the key
 	$(PY) manage.py demo --upstream-url http://127.0.0.1:$(FAKE_PORT)/v1 --gateway-url http://127.0.0.1:$(PORT)
 
 run: demo ## Run the fake upstream and the gateway (embedded default: SQLite, no Redis)
-	@$(PY) manage.py fakeupstream --port $(FAKE_PORT) & fake=$$!; \
+	@$(PY) -m tests.fakeupstream --port $(FAKE_PORT) & fake=$$!; \
 	trap 'kill $$fake 2>/dev/null' EXIT INT TERM; \
 	$(PY) -m portal.server -b 127.0.0.1 -p $(PORT)
 

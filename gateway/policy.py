@@ -3,7 +3,7 @@
     1 key present and known       401 missing_api_key / invalid_api_key  (pipeline.authenticate)
     2 key and tenant active, IP   403 api_key_disabled / ip_not_allowed  (pipeline.authenticate)
     3 not expired                 401 api_key_expired                    (pipeline.authenticate)
-    4 model allowed               403 model_not_allowed                  (pipeline.plan_route)
+    4 model allowed               403 model_not_allowed                  (pipeline.resolve_model)
     5 balance / key quota         429 quota_exceeded         ┐
     6 requests per minute         429 rate_limit_rpm         │ admit(): one limiter call
     7 requests per day (+ TPM)    429 rate_limit_rpd / _tpm  │ that takes every counter

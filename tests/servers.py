@@ -73,7 +73,7 @@ class FakeUpstream:
 
 def start_fake_upstream(*api_keys: str) -> FakeUpstream:
     port = free_port()
-    args = [sys.executable, "-m", "gateway.fakeupstream", "--port", str(port)]
+    args = [sys.executable, "-m", "tests.fakeupstream", "--port", str(port)]
     for key in api_keys:
         args += ["--api-key", key]
     proc = subprocess.Popen(args, cwd=ROOT)

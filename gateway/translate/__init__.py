@@ -3,8 +3,10 @@
     client body ──parse──> CanonicalRequest ──build──> upstream body
     upstream JSON/SSE ──decode──> canonical events ──encode──> client JSON/SSE
 
-``canonical.py`` defines the request and the events; ``chat.py`` and ``responses.py`` parse
+``canonical.py`` defines the request and the events; ``chat.py`` and ``responses/`` parse
 client requests and encode client answers (both directions of the OpenAI protocols, as
-they can also be upstreams); ``anthropic.py`` and ``ollama.py`` build upstream requests and
-decode upstream answers. Everything here is pure: no I/O, no Django.
+they can also be upstreams); ``anthropic/`` and ``ollama.py`` build upstream requests and
+decode upstream answers. The two packages keep one module per arrow above (``parse``,
+``build``, ``decode``, ``encode``) and re-export their public names. Everything here is
+pure: no I/O, no Django.
 """

@@ -56,4 +56,4 @@ def register() -> None:
     _register(ModelRule)
     _register(RedemptionCode, mask_fields=["code_hash"], mask_callable=masked)
     # LedgerEntry is not registered: balance changes are recorded by billing.services
-    # (with the balance before and after), and usage charges not at all (audit.record).
+    # (with the balance before and after), and usage charges not at all (portal.audit.record).

@@ -1,4 +1,4 @@
-"""A fault-injecting upstream for tests, independent of the demo fake (gateway/fakeupstream.py)
+"""A fault-injecting upstream for tests, independent of the demo fake (tests/fakeupstream/)
 so that the fake is not the judge of the gateway that was built against it.
 
 It is a raw asyncio HTTP/1.1 server, not a web framework: faults are about bytes on the

@@ -6,7 +6,7 @@ Every case is data: a protocol-neutral request (``matrix_cases.Turn``s, tools, o
 and what must come out — the client-visible answer in the client's own protocol and what
 the upstream received in its own. Each case runs for every client protocol x upstream
 kind x stream mode it applies to. Numbers are exact: the fake's usage rule (see
-``gateway/fakeupstream.py``) counts the words Turnpike sends, and answers 3 text chunks
+``tests/fakeupstream/``) counts the words Turnpike sends, and answers 3 text chunks
 (or 3 argument pieces per tool call) unless told otherwise.
 
 Expectation tables keyed by where the request went are read with ``matrix_cases.pick``:

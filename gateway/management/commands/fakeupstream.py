@@ -1,4 +1,9 @@
-"""`manage.py fakeupstream`: run the scriptable fake LLM upstream (gateway/fakeupstream.py)."""
+"""`manage.py fakeupstream`: run the scriptable fake LLM upstream (tests/fakeupstream/).
+
+The fake is a test and demo tool that lives with the tests, not in the gateway package; this
+command imports it only when run, so a deployment without `tests/` loses nothing but this
+command (which then says so).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,13 @@ import json
 from argparse import ArgumentParser
 from typing import Any
 
-from gateway.fakeupstream import serve, split_models
+from django.core.management.base import CommandError
+
 from keys import cli
 
 
 class Command(cli.OperatorCommand):
-    help = "Run the fake OpenAI/Anthropic/Ollama upstream used by tests, the demo and benchmarks."
+    help = "Run the fake OpenAI/Anthropic/Ollama upstream used by tests and the demo."
     # The fake touches no models or database; skipping checks keeps its start-up instant.
     requires_system_checks: list[str] = []
 
@@ -24,6 +30,16 @@ class Command(cli.OperatorCommand):
         parser.add_argument("--models", help="comma-separated model ids to list")
 
     def run(self, opts: dict[str, Any]) -> None:
+        try:
+            from tests.fakeupstream import serve, split_models
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("tests", "tests.fakeupstream"):
+                raise
+            raise CommandError(
+                "the fake upstream is a test tool (tests/fakeupstream/) and is not in this "
+                "installation; run it from a source checkout"
+            ) from exc
+
         # serve() prints its own "listening" line to stdout; tests and `make run` wait on it.
         # With --json that line is {"listening": URL}.
         def announce(url: str) -> None:

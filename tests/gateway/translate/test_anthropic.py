@@ -11,7 +11,6 @@ import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
-from gateway.fakeupstream import build_app
 from gateway.translate import anthropic
 from gateway.translate.canonical import (
     CanonicalRequest,
@@ -37,6 +36,7 @@ from gateway.translate.canonical import (
 )
 from gateway.wire.sse import SseSplitter, event_json
 from gateway.wire.usage import Usage
+from tests.fakeupstream import build_app
 
 pytestmark = pytest.mark.fast
 

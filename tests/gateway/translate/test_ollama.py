@@ -576,7 +576,7 @@ LISTENING = "fake upstream listening on "
 
 @pytest.fixture(scope="module")
 def fake_url() -> Iterator[str]:
-    command = [sys.executable, "-m", "gateway.fakeupstream", "--port", "0"]
+    command = [sys.executable, "-m", "tests.fakeupstream", "--port", "0"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None

@@ -1,6 +1,6 @@
 """The fake upstream, driven over real HTTP by the official openai SDK and httpx.
 
-Each server runs as a real subprocess (``python -m gateway.fakeupstream --port 0``), exactly as
+Each server runs as a real subprocess (``python -m tests.fakeupstream --port 0``), exactly as
 the gateway's end-to-end tests, the demo and the benchmarks use it.
 """
 
@@ -63,7 +63,7 @@ def stop_server(server: FakeServer) -> None:
 
 
 def fake_module(*args: str) -> list[str]:
-    return [sys.executable, "-m", "gateway.fakeupstream", "--port", "0", *args]
+    return [sys.executable, "-m", "tests.fakeupstream", "--port", "0", *args]
 
 
 @pytest.fixture(scope="module")
@@ -745,3 +745,13 @@ def test_management_command_serves_the_configured_models() -> None:
         assert [model["id"] for model in listed["data"]] == ["x", "y"]
     finally:
         stop_server(server)
+
+
+def test_management_command_says_so_where_the_fake_is_not_installed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The Docker image leaves tests/ out; the command must explain rather than trace back.
+    from django.core.management import CommandError, call_command
+
+    monkeypatch.setitem(sys.modules, "tests.fakeupstream", None)
+    with pytest.raises(CommandError, match="test tool"):
+        call_command("fakeupstream", port=0)
