@@ -22,6 +22,14 @@ if os.environ.get("REDIS_URL"):
     BACKENDS.append(pytest.param(RedisLimiter, id="redis"))
 
 
+@pytest.fixture(autouse=True)
+def own_redis_keys(settings) -> None:
+    """Every test here gets Redis keys of its own: the gateway processes other tests of the
+    run keep alive share the run's prefix, and their usage writers take rows from the
+    journal these tests count (and accounts 1 are everyone's)."""
+    settings.GATEWAY_REDIS_PREFIX += f"limits-{uuid.uuid4().hex[:8]}:"
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -214,9 +222,6 @@ async def test_a_reservation_outliving_its_lease_is_given_back_and_a_late_settle
 
 
 @redis_only
-# No usage writer of this process (one may run on the test loop from an earlier test) takes
-# the row from the journal while the test counts it.
-@override_settings(GATEWAY_USAGE_SINK="redis")
 async def test_settling_twice_changes_nothing():
     """A process that lost the reply to its settle (Redis went away) sends it again."""
     from portal.redis import sync_redis
