@@ -35,9 +35,10 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.providers import registry
 from gateway.providers.base import error_answer, is_error_answer, reported_error, upstream_error
+from gateway.providers.decoding import EventDecoder
 from gateway.providers.http import upstream_session
+from gateway.providers.protocols import CLIENT_PROTOCOL, RESPONSES, WireProtocol
 from gateway.respond import (
     Send,
     end_stream,
@@ -49,25 +50,13 @@ from gateway.respond import (
 from gateway.routing import Route
 from gateway.rules import aget_rules, apply_rules
 from gateway.streaming import ChatTap, ResponsesTap, StreamTap, bad_response
-from gateway.translate import anthropic, chat, codex, ollama, responses
 from gateway.translate import canonical as c
+from gateway.translate import chat, responses
 from gateway.wire import usage as usage_wire
-from gateway.wire.sse import DONE, SseSplitter, encode, event_data, event_name
+from gateway.wire.sse import encode
 
 log = logging.getLogger(__name__)
 
-# The protocol each upstream kind is spoken in, per client operation.
-UPSTREAM_PROTOCOL: dict[str, dict[str, str]] = {
-    "openai": {"chat": "chat", "responses": "responses", "compact": "compact"},
-    "openai-chat": {"chat": "chat", "responses": "chat", "compact": "chat"},
-    "openai-responses": {"chat": "responses", "responses": "responses", "compact": "compact"},
-    "anthropic": {"chat": "anthropic", "responses": "anthropic", "compact": "anthropic"},
-    "ollama": {"chat": "ollama", "responses": "ollama", "compact": "ollama"},
-}
-CLIENT_PROTOCOL = {"chat": "chat", "responses": "responses", "compact": "compact"}
-NATIVE_COMPACTION = frozenset({"openai", "openai-responses"})
-BUILDERS = {"chat": chat.build_request, "responses": responses.build_request,
-            "anthropic": anthropic.build_request, "ollama": ollama.build_request}
 COMPACT_PROMPT = (
     "You are compacting a conversation so it can continue in a fresh context window. Write a "
     "handoff summary for another model: the user's goals and constraints, decisions made, work "
@@ -167,11 +156,11 @@ def _attempt(route: Route, status: int, error: str, started: float) -> dict[str,
 
 async def run_route(ctx: RelayContext, operation: str, route: Route, payload: dict[str, Any],
                     body: bytes, send: Send) -> None:
-    kind = route.upstream.kind
-    protocol = UPSTREAM_PROTOCOL[kind][operation]
+    provider = route.upstream.provider
+    protocol = provider.protocol(operation)
     raw = raw_mode(ctx.headers)
-    if kind not in NATIVE_COMPACTION and (operation == "compact"
-                                          or has_compaction_trigger(payload)):
+    if not provider.native_compaction and (operation == "compact"
+                                           or has_compaction_trigger(payload)):
         await compact(ctx, operation, route, payload, send)
         return
     # Turnpike's own sealed reasoning/compaction tokens must be opened, so such a body is
@@ -183,8 +172,8 @@ async def run_route(ctx: RelayContext, operation: str, route: Route, payload: di
         items = [responses.item_to_responses(i) for i in parse_client(operation, payload).items]
         payload = {**payload, "input": [i for i in items if i is not None]}
         body, sealed = orjson.dumps(payload), False
-    if protocol == CLIENT_PROTOCOL[operation] and not sealed and (
-            kind in ("openai", "openai-chat") or raw or operation == "compact"):
+    if protocol is CLIENT_PROTOCOL[operation] and not sealed and (
+            provider.relays_untouched or raw or operation == "compact"):
         # The Codex fixes are for /responses streams; /responses/compact is plain JSON.
         await passthrough(ctx, operation, route, payload, body, raw, send)
     else:
@@ -222,7 +211,7 @@ class Upstream:
             yield chunk
 
 
-async def call_upstream(ctx: RelayContext, route: Route, protocol: str, stream: bool,
+async def call_upstream(ctx: RelayContext, route: Route, protocol: WireProtocol, stream: bool,
                         body: bytes) -> aiohttp.ClientResponse:
     """Send the request and wait for the answer's start (the upstream's own timeouts);
     raise the client-facing error, marked for failover, for anything but a 2xx.
@@ -234,9 +223,10 @@ async def call_upstream(ctx: RelayContext, route: Route, protocol: str, stream: 
     A 2xx is not yet a success: the relay decides that from the answer itself (an error
     body, garbage, a stream cut before its first event are failures too), and sets
     ``ctx.upstream_ok`` only then."""
-    url, headers = registry.target(route, protocol, stream, ctx.headers)
     up = route.upstream
     secret = route.credential.secret if route.credential else None
+    url = up.provider.url(up.base_url, protocol)
+    headers = up.provider.headers(secret, stream, ctx.headers)
     started = time.perf_counter()
     timeout = aiohttp.ClientTimeout(
         total=None, connect=up.timeout_connect or settings.GATEWAY_CONNECT_TIMEOUT,
@@ -383,7 +373,8 @@ async def _adjust_same_protocol(ctx: RelayContext, operation: str, route: Route,
         changed = True
     rules = await aget_rules()
     if rules:
-        payload, matched = apply_rules(rules, route.model, CLIENT_PROTOCOL[operation], payload)
+        payload, matched = apply_rules(rules, route.model, CLIENT_PROTOCOL[operation].name,
+                                       payload)
         changed = changed or matched
     return payload, changed
 
@@ -500,47 +491,47 @@ def client_encoder(ctx: RelayContext, operation: str, req: c.CanonicalRequest,
     return responses.ResponsesEncoder(ctx.model, echo, clean_xml_tools=clean_xml)
 
 
-async def build_upstream_body(ctx: RelayContext, operation: str, protocol: str, route: Route,
-                              payload: dict[str, Any], req: c.CanonicalRequest,
+async def build_upstream_body(ctx: RelayContext, operation: str, protocol: WireProtocol,
+                              route: Route, payload: dict[str, Any], req: c.CanonicalRequest,
                               raw: bool, sealed: bool) -> tuple[dict[str, Any], c.ToolMap]:
-    kind = route.upstream.kind
+    provider = route.upstream.provider
     tool_map = c.ToolMap()
-    if protocol != "responses":
+    if protocol is not RESPONSES:
         tool_map = c.lower_tools(req)
         if tool_map.dropped:
             log.info("%s: tools %s have no form upstream (%s) and were dropped",
-                     ctx.request_id, ", ".join(tool_map.dropped), protocol)
+                     ctx.request_id, ", ".join(tool_map.dropped), protocol.name)
     try:
-        if protocol == "responses" and CLIENT_PROTOCOL[operation] == "responses" and \
-                not sealed:
+        if protocol is RESPONSES and CLIENT_PROTOCOL[operation] is RESPONSES and not sealed:
             # Same protocol: keep every field the client sent.
             body = {**payload, "model": route.model, "stream": req.stream}
             if ctx.effort:
                 body["reasoning"] = {**(body.get("reasoning") or {}), "effort": ctx.effort}
         else:
-            body = BUILDERS[protocol](req, route.model)
+            assert protocol.build is not None, protocol.name
+            body = protocol.build(req, route.model)
     except c.TranslationError as exc:
         raise InvalidRequest(str(exc), param=exc.param) from None
-    if kind == "openai-responses" and not raw:
-        body = codex.fix_request(body)
+    if not raw:
+        body = provider.fix_request(body)
     rules = await aget_rules()
     if rules:
-        body, _ = apply_rules(rules, route.model, protocol, body)
+        body, _ = apply_rules(rules, route.model, protocol.name, body)
     return body, tool_map
 
 
-async def translated(ctx: RelayContext, operation: str, protocol: str, route: Route,
+async def translated(ctx: RelayContext, operation: str, protocol: WireProtocol, route: Route,
                      payload: dict[str, Any], raw: bool, sealed: bool, send: Send) -> None:
-    kind = route.upstream.kind
+    provider = route.upstream.provider
     req = parse_client(operation, payload)
     if ctx.effort:
         req.reasoning_effort = ctx.effort
-    # Codex-style upstreams only stream; a non-stream client gets the aggregated answer.
-    req.stream = ctx.stream or kind == "openai-responses"
+    # Upstreams that only stream: a non-stream client gets the aggregated answer.
+    req.stream = ctx.stream or provider.always_streams
     body, tool_map = await build_upstream_body(ctx, operation, protocol, route, payload, req,
                                                raw, sealed)
     encoder = client_encoder(ctx, operation, req, payload,
-                             clean_xml=kind == "openai-responses" and not raw)
+                             clean_xml=provider.clean_xml_tools and not raw)
     restorer = c.ToolCallRestorer(tool_map)
     ctx.relayed = encoder.relayed_text
     resp = await call_upstream(ctx, route, protocol, bool(body.get("stream")),
@@ -549,7 +540,7 @@ async def translated(ctx: RelayContext, operation: str, protocol: str, route: Ro
         await pump(ctx, Upstream(resp), protocol, encoder, restorer, send)
 
 
-async def pump(ctx: RelayContext, upstream: Upstream, protocol: str,
+async def pump(ctx: RelayContext, upstream: Upstream, protocol: WireProtocol,
                encoder: chat.ChatEncoder | responses.ResponsesEncoder,
                restorer: c.ToolCallRestorer, send: Send) -> None:
     """Upstream answer -> canonical events -> the client's protocol, as they arrive.
@@ -657,125 +648,12 @@ def _keepalive(encoder: chat.ChatEncoder | responses.ResponsesEncoder) -> bytes:
     return b": keepalive\n\n"
 
 
-class EventDecoder:
-    """Frames (SSE or NDJSON) of one upstream protocol -> canonical events; notices a
-    stream that ends without its protocol's end, and a frame that is not the protocol's
-    (garbage, invalid JSON): a translation cannot be trusted past one, so it is a failure."""
-
-    def __init__(self, protocol: str) -> None:
-        self.protocol = protocol
-        self.splitter = SseSplitter()
-        self.buffer = b""
-        self.ended = False
-        self.finished = False  # a Finish came (for Chat, [DONE] ends only after one)
-        self.failed = False  # a Failure came
-        self.saw_content = False
-        self.decoder: Any = {
-            "chat": chat.StreamDecoder, "responses": responses.StreamDecoder,
-            "anthropic": anthropic.StreamDecoder, "ollama": ollama.StreamDecoder,
-        }[protocol]()
-
-    def decode_body(self, data: dict[str, Any]) -> list[c.Event]:
-        events = {"chat": chat.decode_response, "responses": responses.decode_response,
-                  "anthropic": anthropic.decode_response,
-                  "ollama": ollama.decode_response}[self.protocol](data)
-        self.ended = True
-        return self._note(events)
-
-    def feed(self, chunk: bytes) -> list[c.Event]:
-        events: list[c.Event] = []
-        if self.protocol == "ollama":
-            lines = (self.buffer + chunk).split(b"\n")
-            self.buffer = lines.pop()
-            for line in lines:
-                if self.failed:
-                    break
-                events += self._note(self._ollama_line(line))
-            return events
-        for frame in self.splitter.feed(chunk):  # noted frame by frame: [DONE] needs it
-            if self.failed:
-                break  # the first failure is the one reported; nothing after it is read
-            events += self._note(self._sse(frame))
-        return events
-
-    def finish(self) -> list[c.Event]:
-        events: list[c.Event] = []
-        if self.failed:
-            return events
-        if self.protocol == "ollama":
-            events += self._ollama_line(self.buffer)
-            self.buffer = b""
-        else:
-            rest = self.splitter.rest()
-            if rest:
-                events += self._sse(rest)
-        events = self._note(events)
-        if not self.ended and not (self.protocol == "chat" and self.finished):
-            # (Some Chat servers end after the finish_reason chunk without [DONE].)
-            events.append(c.Failure("upstream_stream_cut",
-                                    "The upstream ended the stream before it was complete."))
-        return events
-
-    def _ollama_line(self, line: bytes) -> list[c.Event]:
-        if not line.strip():
-            return []
-        try:
-            parsed = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            return [c.Failure("upstream_bad_response",
-                              "The upstream sent a line that is not a JSON object.")]
-        return self.decoder.feed(parsed)
-
-    def _sse(self, frame: bytes) -> list[c.Event]:
-        data = event_data(frame)
-        if data is None:
-            if all(line.startswith((b":", b"event:", b"id:", b"retry:"))
-                   for line in frame.split(b"\n")):
-                return []  # comments (keep-alives) and fields without data
-            return [c.Failure("upstream_bad_response",
-                              "The upstream's stream is not server-sent events.")]
-        if data == DONE:
-            if not self.finished:
-                return [c.Failure("upstream_stream_cut",
-                                  "The upstream ended the stream without finishing the answer.")]
-            self.ended = True
-            return []
-        if not data.strip():
-            return []
-        try:
-            parsed = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            return [c.Failure("upstream_bad_response",
-                              "The upstream sent an event that is not a JSON object.")]
-        if self.protocol == "anthropic":
-            return self.decoder.feed(event_name(frame), parsed)
-        return self.decoder.feed(parsed)
-
-    def _note(self, events: list[c.Event]) -> list[c.Event]:
-        for event in events:
-            if isinstance(event, c.Finish):
-                self.finished = True
-            elif isinstance(event, c.Failure):
-                self.failed = True
-            if isinstance(event, (c.Failure,)) or (
-                    isinstance(event, (c.Finish, c.UsageReport)) and self.protocol != "chat"):
-                self.ended = True
-            elif isinstance(event, (c.TextDelta, c.RefusalDelta, c.ToolCallStart,
-                                    c.ReasoningDelta, c.OpaqueItem)):
-                self.saw_content = True
-        return events
-
-
 # --- compaction by Turnpike ---------------------------------------------------------------
 
 async def compact(ctx: RelayContext, operation: str, route: Route, payload: dict[str, Any],
                   send: Send) -> None:
     """Summarise the history with the routed model and answer with a compaction item."""
-    protocol = UPSTREAM_PROTOCOL[route.upstream.kind][operation]
+    protocol = route.upstream.provider.protocol(operation)
     history = dict(payload)
     items = payload.get("input")
     if isinstance(items, list) and items and isinstance(items[-1], dict) and \

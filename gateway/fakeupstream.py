@@ -22,8 +22,9 @@ Anthropic and Ollama)::
                                  "hold", "count"})
 
 Auth: with one or more ``--api-key``, protocol requests must present one of them
-(``Authorization: Bearer K``; Anthropic also ``x-api-key: K``), else 401 in the protocol's error
-shape. Without ``--api-key`` anything is accepted. ``/_fake/*`` never needs a key.
+(``Authorization: Bearer K``; Anthropic also ``x-api-key: K``, OpenAI also ``api-key: K``),
+else 401 in the protocol's error shape. Without ``--api-key`` anything is accepted.
+``/_fake/*`` never needs a key.
 
 Directives (per request) come from headers ``x-fake-<name>: <value>`` (``-`` and ``_`` are
 interchangeable in the name) and from ``[[fake name=value ...]]`` tokens anywhere in the raw
@@ -1080,6 +1081,8 @@ ReplyFn = Callable[[web.Request, Json, Script], Awaitable[web.StreamResponse]]
 def _presented_key(request: web.Request, protocol: Protocol) -> str | None:
     if protocol.accepts_x_api_key and "x-api-key" in request.headers:
         return request.headers["x-api-key"]
+    if protocol is OPENAI and "api-key" in request.headers:  # Azure OpenAI's header
+        return request.headers["api-key"]
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
 
