@@ -27,6 +27,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from gateway import policy
+from gateway.charging import Settlement
 from gateway.context import RelayContext
 from gateway.errors import (
     GatewayError,
@@ -35,18 +36,12 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.outcome import Outcome
 from gateway.providers.base import error_answer, is_error_answer, reported_error, upstream_error
 from gateway.providers.decoding import EventDecoder
 from gateway.providers.http import upstream_session
 from gateway.providers.protocols import CLIENT_PROTOCOL, RESPONSES, WireProtocol
-from gateway.respond import (
-    Send,
-    end_stream,
-    price,
-    send_chunk,
-    send_json,
-    start_stream,
-)
+from gateway.respond import Send, end_stream, send_chunk, send_json, start_stream
 from gateway.routing import Route
 from gateway.rules import aget_rules, apply_rules
 from gateway.streaming import ChatTap, ResponsesTap, StreamTap, bad_response
@@ -79,11 +74,15 @@ def has_compaction_trigger(payload: dict[str, Any]) -> bool:
 
 
 async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: dict[str, Any],
-              body: bytes, send: Send) -> None:
+              body: bytes, out: Outcome, send: Send, settle: Settlement) -> Outcome:
     """Try the routes in order until one answers. Before the first byte reaches the client,
     a connect error, timeout, 429, 5xx or credential refusal moves on to the next route
     (bounded attempts, growing backoff); a 429 cools its credential for the time the
-    upstream asked, a 401/403 disables it. After the first byte, errors end the stream."""
+    upstream asked, a 401/403 disables it. After the first byte, errors end the stream.
+
+    Everything the exchange comes to is written to ``out`` (and nowhere else): the routes
+    tried, the usage, whether the upstream served the request; ``settle`` is called just
+    before the answer's last bytes are sent."""
     from keys.limits import limiter
 
     last: GatewayError | None = None
@@ -97,20 +96,20 @@ async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: d
         cred = route.credential
         if cred is not None and cred.rpm and not await limiter().hit_credential(cred.id,
                                                                                 cred.rpm):
-            ctx.attempts.append(_attempt(route, 0, "credential_rpm_full", 0.0))
+            out.attempts.append(_attempt(route, 0, "credential_rpm_full", 0.0))
             continue
         if attempts:
             await asyncio.sleep(settings.GATEWAY_RETRY_BACKOFF * 2 ** (attempts - 1))
         attempts += 1
-        ctx.route = route
+        out.route = route
         try:
-            await run_route(ctx, operation, route, payload, body, send)
-            return
+            await run_route(ctx, out, operation, route, payload, body, send, settle)
+            return out
         except GatewayError as exc:
             if exc.failover is None or ctx.status:
                 raise
             last = exc
-            ctx.usage = None  # a failed attempt's figures are not this request's
+            out.usage = None  # a failed attempt's figures are not this request's
             await _after_failure(route, exc)
             if exc.failover == "upstream":
                 skip_upstreams.add(route.upstream.id)
@@ -154,14 +153,15 @@ def _attempt(route: Route, status: int, error: str, started: float) -> dict[str,
             "ms": int((time.perf_counter() - started) * 1000) if started else 0}
 
 
-async def run_route(ctx: RelayContext, operation: str, route: Route, payload: dict[str, Any],
-                    body: bytes, send: Send) -> None:
+async def run_route(ctx: RelayContext, out: Outcome, operation: str, route: Route,
+                    payload: dict[str, Any], body: bytes, send: Send,
+                    settle: Settlement) -> None:
     provider = route.upstream.provider
     protocol = provider.protocol(operation)
     raw = raw_mode(ctx.headers)
     if not provider.native_compaction and (operation == "compact"
                                            or has_compaction_trigger(payload)):
-        await compact(ctx, operation, route, payload, send)
+        await compact(ctx, out, operation, route, payload, send, settle)
         return
     # Turnpike's own sealed reasoning/compaction tokens must be opened, so such a body is
     # never relayed untouched (searched once, in the raw bytes).
@@ -175,9 +175,10 @@ async def run_route(ctx: RelayContext, operation: str, route: Route, payload: di
     if protocol is CLIENT_PROTOCOL[operation] and not sealed and (
             provider.relays_untouched or raw or operation == "compact"):
         # The Codex fixes are for /responses streams; /responses/compact is plain JSON.
-        await passthrough(ctx, operation, route, payload, body, raw, send)
+        await passthrough(ctx, out, operation, route, payload, body, raw, send, settle)
     else:
-        await translated(ctx, operation, protocol, route, payload, raw, sealed, send)
+        await translated(ctx, out, operation, protocol, route, payload, raw, sealed, send,
+                         settle)
 
 
 # --- upstream I/O -----------------------------------------------------------------------
@@ -211,8 +212,8 @@ class Upstream:
             yield chunk
 
 
-async def call_upstream(ctx: RelayContext, route: Route, protocol: WireProtocol, stream: bool,
-                        body: bytes) -> aiohttp.ClientResponse:
+async def call_upstream(ctx: RelayContext, out: Outcome, route: Route, protocol: WireProtocol,
+                        stream: bool, body: bytes) -> aiohttp.ClientResponse:
     """Send the request and wait for the answer's start (the upstream's own timeouts);
     raise the client-facing error, marked for failover, for anything but a 2xx.
 
@@ -222,7 +223,7 @@ async def call_upstream(ctx: RelayContext, route: Route, protocol: WireProtocol,
 
     A 2xx is not yet a success: the relay decides that from the answer itself (an error
     body, garbage, a stream cut before its first event are failures too), and sets
-    ``ctx.upstream_ok`` only then."""
+    ``out.served`` only then."""
     up = route.upstream
     secret = route.credential.secret if route.credential else None
     url = up.provider.url(up.base_url, protocol)
@@ -240,12 +241,12 @@ async def call_upstream(ctx: RelayContext, route: Route, protocol: WireProtocol,
     except TimeoutError:
         error = UpstreamTimeout("The upstream did not answer in time.")
         error.failover = "upstream"
-        ctx.attempts.append(_attempt(route, 0, error.code, started))
+        out.attempts.append(_attempt(route, 0, error.code, started))
         raise error from None
     except aiohttp.ClientError as exc:
         error = UpstreamUnavailable(f"Could not reach the upstream: {type(exc).__name__}.")
         error.failover = "upstream"
-        ctx.attempts.append(_attempt(route, 0, error.code, started))
+        out.attempts.append(_attempt(route, 0, error.code, started))
         raise error from None
     if 300 <= resp.status < 400:
         resp.release()
@@ -254,7 +255,7 @@ async def call_upstream(ctx: RelayContext, route: Route, protocol: WireProtocol,
             "upstream redirects. An operator needs to check the upstream's base URL.",
             code="upstream_redirect")
         error.failover = "upstream"
-        ctx.attempts.append(_attempt(route, resp.status, error.code, started))
+        out.attempts.append(_attempt(route, resp.status, error.code, started))
         raise error
     if resp.status >= 400:
         try:
@@ -263,22 +264,22 @@ async def call_upstream(ctx: RelayContext, route: Route, protocol: WireProtocol,
             error = upstream_error(resp.status, b"", resp.headers, secret)
         finally:
             resp.release()
-        ctx.attempts.append(_attempt(route, resp.status, error.code, started))
+        out.attempts.append(_attempt(route, resp.status, error.code, started))
         raise error
-    ctx.attempts.append(_attempt(route, resp.status, "", started))
+    out.attempts.append(_attempt(route, resp.status, "", started))
     return resp
 
 
-def _secret(ctx: RelayContext) -> str | None:
-    route = ctx.route
+def _secret(out: Outcome) -> str | None:
+    route = out.route
     return route.credential.secret if route is not None and route.credential else None
 
 
-def _failed(ctx: RelayContext, error: GatewayError) -> GatewayError:
+def _failed(out: Outcome, error: GatewayError) -> GatewayError:
     """Note on the attempt that its 2xx answer failed after all, and return the error. An
     error made here before the client got a byte may fail over like a 5xx would."""
-    if ctx.attempts and not ctx.attempts[-1]["error"]:
-        ctx.attempts[-1]["error"] = error.code
+    if out.attempts and not out.attempts[-1]["error"]:
+        out.attempts[-1]["error"] = error.code
     return error
 
 
@@ -290,39 +291,40 @@ def _before_first_byte(error: GatewayError) -> GatewayError:
     return error
 
 
-async def read_answer(ctx: RelayContext, resp: aiohttp.ClientResponse) -> bytes:
+async def read_answer(out: Outcome, resp: aiohttp.ClientResponse) -> bytes:
     """The whole body of a non-streamed answer. An upstream that goes silent (idle timeout)
     or breaks the body off (ClientPayloadError) is an upstream failure, 504/502, not ours."""
     try:
         return await resp.read()
     except TimeoutError:
-        raise _failed(ctx, _before_first_byte(UpstreamTimeout(
+        raise _failed(out, _before_first_byte(UpstreamTimeout(
             "The upstream stopped sending its answer."))) from None
     except aiohttp.ClientError:
-        raise _failed(ctx, _before_first_byte(UpstreamError(
+        raise _failed(out, _before_first_byte(UpstreamError(
             "The upstream connection broke before its answer was complete.",
             code="upstream_stream_cut"))) from None
 
 
-def parse_answer(ctx: RelayContext, resp: aiohttp.ClientResponse, payload: bytes) -> Any:
+def parse_answer(out: Outcome, resp: aiohttp.ClientResponse, payload: bytes) -> Any:
     """A non-streamed answer as JSON; raise the client-facing error if it is not JSON, not
     an object, or an error object (which is mapped like the HTTP error it stands for)."""
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        raise _failed(ctx, bad_response(
+        raise _failed(out, bad_response(
             "The upstream answered with something that is not JSON.")) from None
     if not isinstance(data, dict):
-        raise _failed(ctx, bad_response("The upstream's answer is not a JSON object."))
+        raise _failed(out, bad_response("The upstream's answer is not a JSON object."))
     if is_error_answer(data):
-        raise _failed(ctx, error_answer(payload, resp.headers, _secret(ctx)))
+        raise _failed(out, error_answer(payload, resp.headers, _secret(out)))
     return data
 
 
 # --- passthrough ------------------------------------------------------------------------
 
-async def passthrough(ctx: RelayContext, operation: str, route: Route, payload: dict[str, Any],
-                      body: bytes, raw: bool, send: Send) -> None:
+async def passthrough(ctx: RelayContext, out: Outcome, operation: str, route: Route,
+                      payload: dict[str, Any], body: bytes, raw: bool, send: Send,
+                      settle: Settlement) -> None:
     changed = False
     client_wants_usage = False
     if not raw:
@@ -334,21 +336,21 @@ async def passthrough(ctx: RelayContext, operation: str, route: Route, payload: 
                 payload = {**payload, "stream_options": {
                     **(options if isinstance(options, dict) else {}), "include_usage": True}}
                 changed = True
-    out = orjson.dumps(payload) if changed else body
-    resp = await call_upstream(ctx, route, CLIENT_PROTOCOL[operation], ctx.stream, out)
+    sent = orjson.dumps(payload) if changed else body
+    resp = await call_upstream(ctx, out, route, CLIENT_PROTOCOL[operation], ctx.stream, sent)
     async with resp:
         upstream = Upstream(resp)
         if ctx.stream and upstream.streaming:
-            secret = _secret(ctx)
+            secret = _secret(out)
             tap: StreamTap = ChatTap(client_wants_usage or raw, secret) if operation == "chat" \
                 else ResponsesTap(secret)
             ticket = ctx.ticket
             if not raw and ticket is not None:  # raw mode: events pass through untouched
                 tap.pricer = lambda usage, served: policy.charge(ticket, usage, served)
-            ctx.relayed = tap.relayed_text
-            await _relay_tapped(ctx, upstream, tap, send)
+            out.relayed = tap.relayed_text
+            await _relay_tapped(ctx, out, upstream, tap, send, settle)
         else:
-            await _relay_json(ctx, operation, resp, send)
+            await _relay_json(ctx, out, operation, resp, send, settle)
 
 
 async def _adjust_same_protocol(ctx: RelayContext, operation: str, route: Route,
@@ -379,14 +381,14 @@ async def _adjust_same_protocol(ctx: RelayContext, operation: str, route: Route,
     return payload, changed
 
 
-async def _relay_json(ctx: RelayContext, operation: str, resp: aiohttp.ClientResponse,
-                      send: Send) -> None:
-    payload = await read_answer(ctx, resp)
-    data = parse_answer(ctx, resp, payload)
-    ctx.usage = (usage_wire.from_chat if operation == "chat"
+async def _relay_json(ctx: RelayContext, out: Outcome, operation: str,
+                      resp: aiohttp.ClientResponse, send: Send, settle: Settlement) -> None:
+    payload = await read_answer(out, resp)
+    data = parse_answer(out, resp, payload)
+    out.usage = (usage_wire.from_chat if operation == "chat"
                  else usage_wire.from_responses)(data.get("usage"))
-    ctx.upstream_ok = True
-    await send_json(ctx, send, 200, payload)
+    out.served = True
+    await send_json(ctx, send, 200, payload, settle=settle)
 
 
 # Most bytes held back before the first event has shown what the stream is (a Responses
@@ -394,8 +396,8 @@ async def _relay_json(ctx: RelayContext, operation: str, resp: aiohttp.ClientRes
 MAX_HELD_BYTES = 4 * 1024 * 1024
 
 
-async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,
-                        send: Send) -> None:
+async def _relay_tapped(ctx: RelayContext, out: Outcome, upstream: Upstream, tap: StreamTap,
+                        send: Send, settle: Settlement) -> None:
     """Relay a passthrough stream event by event.
 
     The status line waits for the first event: until it proves the stream (see the tap),
@@ -410,14 +412,14 @@ async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,
     try:
         async for chunk in upstream.chunks():
             if chunk is None:
-                out = keepalive or encode({"type": "keepalive", "sequence_number": tap.events},
-                                          event="keepalive")
+                data = keepalive or encode({"type": "keepalive", "sequence_number": tap.events},
+                                           event="keepalive")
             else:
-                out = tap.feed(chunk)
+                data = tap.feed(chunk)
                 if tap.failure is not None:
                     break
                 if held is not None and not tap.verified:
-                    held += out
+                    held += data
                     if len(held) + tap.buffered() > MAX_HELD_BYTES:
                         tap.failure = bad_response("The upstream's stream has no event in its "
                                                    "first 4 MiB.")
@@ -425,11 +427,11 @@ async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,
                     continue
             if held is not None:  # proved (or a long silence): the answer starts
                 await start_stream(ctx, send)
-                out, held = held + out, None
-            ctx.upstream_ok = tap.verified
-            await send_chunk(ctx, send, out)
+                data, held = held + data, None
+            out.served = tap.verified
+            await send_chunk(ctx, send, data)
             if tap.usage is not None:
-                ctx.usage = tap.usage
+                out.usage = tap.usage
     except TimeoutError:
         failure = UpstreamTimeout("The upstream stopped sending mid-stream.")
     except aiohttp.ClientError:
@@ -450,21 +452,21 @@ async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,
             failure = UpstreamError("The upstream ended the stream before it was complete.",
                                     code="upstream_stream_cut")
     if failure is not None:
-        _failed(ctx, failure)
+        _failed(out, failure)
         if held is not None:  # nothing was sent: still an HTTP error
-            ctx.upstream_ok = False
+            out.served = False
             raise _before_first_byte(failure)
-        ctx.error_code = failure.code
-        ctx.upstream_ok = tap.delivered()  # nothing usable reached the client: no charge
+        out.error_code = failure.code
+        out.served = tap.delivered()  # nothing usable reached the client: no charge
         if not relayed_error:
             tail += tap.error_event(failure)
     else:
-        ctx.upstream_ok = True
+        out.served = True
         if held is not None:  # a whole stream in the first read
             await start_stream(ctx, send)
             tail = held + tail
-    ctx.usage = tap.usage
-    await end_stream(ctx, send, tail)
+    out.usage = tap.usage
+    await end_stream(ctx, send, tail, settle)
 
 
 # --- translated -------------------------------------------------------------------------
@@ -520,8 +522,9 @@ async def build_upstream_body(ctx: RelayContext, operation: str, protocol: WireP
     return body, tool_map
 
 
-async def translated(ctx: RelayContext, operation: str, protocol: WireProtocol, route: Route,
-                     payload: dict[str, Any], raw: bool, sealed: bool, send: Send) -> None:
+async def translated(ctx: RelayContext, out: Outcome, operation: str, protocol: WireProtocol,
+                     route: Route, payload: dict[str, Any], raw: bool, sealed: bool,
+                     send: Send, settle: Settlement) -> None:
     provider = route.upstream.provider
     req = parse_client(operation, payload)
     if ctx.effort:
@@ -533,16 +536,16 @@ async def translated(ctx: RelayContext, operation: str, protocol: WireProtocol, 
     encoder = client_encoder(ctx, operation, req, payload,
                              clean_xml=provider.clean_xml_tools and not raw)
     restorer = c.ToolCallRestorer(tool_map)
-    ctx.relayed = encoder.relayed_text
-    resp = await call_upstream(ctx, route, protocol, bool(body.get("stream")),
+    out.relayed = encoder.relayed_text
+    resp = await call_upstream(ctx, out, route, protocol, bool(body.get("stream")),
                                orjson.dumps(body))
     async with resp:
-        await pump(ctx, Upstream(resp), protocol, encoder, restorer, send)
+        await pump(ctx, out, Upstream(resp), protocol, encoder, restorer, send, settle)
 
 
-async def pump(ctx: RelayContext, upstream: Upstream, protocol: WireProtocol,
+async def pump(ctx: RelayContext, out: Outcome, upstream: Upstream, protocol: WireProtocol,
                encoder: chat.ChatEncoder | responses.ResponsesEncoder,
-               restorer: c.ToolCallRestorer, send: Send) -> None:
+               restorer: c.ToolCallRestorer, send: Send, settle: Settlement) -> None:
     """Upstream answer -> canonical events -> the client's protocol, as they arrive.
 
     A streaming client's status line waits for the first content (or a long silence, or
@@ -556,23 +559,23 @@ async def pump(ctx: RelayContext, upstream: Upstream, protocol: WireProtocol,
 
     async def emit(events: list[c.Event]) -> None:
         nonlocal held
-        out = b"".join(encoder.feed(e) for ev in events for e in restorer.feed(ev))
+        data = b"".join(encoder.feed(e) for ev in events for e in restorer.feed(ev))
         if encoder.usage is not None:
-            ctx.usage = encoder.usage
+            out.usage = encoder.usage
         if not client_stream:
             return
         if held is not None:
             if not decoder.saw_content or encoder.failure is not None:
-                held += out
+                held += data
                 return
             await start_stream(ctx, send)
-            out, held = held + out, None
-        ctx.upstream_ok = decoder.saw_content
-        await send_chunk(ctx, send, out)
+            data, held = held + data, None
+        out.served = decoder.saw_content
+        await send_chunk(ctx, send, data)
 
     if not upstream.streaming:
-        payload = await read_answer(ctx, upstream.resp)
-        await emit(decoder.decode_body(parse_answer(ctx, upstream.resp, payload)))
+        payload = await read_answer(out, upstream.resp)
+        await emit(decoder.decode_body(parse_answer(out, upstream.resp, payload)))
     else:
         try:
             async for chunk in upstream.chunks():
@@ -597,34 +600,34 @@ async def pump(ctx: RelayContext, upstream: Upstream, protocol: WireProtocol,
     await emit(restorer.close())
     failure = encoder.failure
     if failure is not None and (not client_stream or held is not None):
-        ctx.upstream_ok = False  # nothing reached the client: an HTTP error, no charge
-        raise _failed(ctx, _before_first_byte(_failure_error(ctx, failure)))
-    ctx.usage = encoder.usage
+        out.served = False  # nothing reached the client: an HTTP error, no charge
+        raise _failed(out, _before_first_byte(_failure_error(out, failure)))
+    out.usage = encoder.usage
     if failure is not None:
-        _failed(ctx, _failure_error(ctx, failure))
-        ctx.error_code = failure.code
-        ctx.upstream_ok = decoder.saw_content  # charged only for text the client got
+        _failed(out, _failure_error(out, failure))
+        out.error_code = failure.code
+        out.served = decoder.saw_content  # charged only for text the client got
     else:
-        ctx.upstream_ok = True
+        out.served = True
     if not client_stream:
-        await send_json(ctx, send, 200, orjson.dumps(encoder.final()))
+        await send_json(ctx, send, 200, orjson.dumps(encoder.final()), settle=settle)
         return
-    await announce_cost(ctx, encoder)
+    await announce_cost(out, encoder, settle)
     tail = encoder.close()
     if held is not None:  # the whole answer came before any content (or had none)
         await start_stream(ctx, send)
         tail = held + tail
-    await end_stream(ctx, send, tail)
+    await end_stream(ctx, send, tail, settle)
 
 
-async def announce_cost(ctx: RelayContext,
-                        encoder: chat.ChatEncoder | responses.ResponsesEncoder) -> None:
+async def announce_cost(out: Outcome, encoder: chat.ChatEncoder | responses.ResponsesEncoder,
+                        settle: Settlement) -> None:
     """Price the stream before its last event is written, so the event's usage carries the
     cost (and, when the upstream reported no usage, the tokens Turnpike counted, which are
     what is charged)."""
-    encoder.cost = await price(ctx)
+    encoder.cost = await settle.price()
     if encoder.usage is None:
-        encoder.usage = ctx.usage
+        encoder.usage = out.usage
 
 
 # Failure codes the relay itself decides (the others are the upstream's own error codes).
@@ -634,12 +637,12 @@ _RELAY_FAILURES: dict[str, type[UpstreamError]] = {
 }
 
 
-def _failure_error(ctx: RelayContext, failure: c.Failure) -> GatewayError:
+def _failure_error(out: Outcome, failure: c.Failure) -> GatewayError:
     """The client-facing error for a translated stream's failure."""
     relay_error = _RELAY_FAILURES.get(failure.code)
     if relay_error is not None:
         return relay_error(failure.message, code=failure.code)
-    return reported_error(failure.code, failure.message, _secret(ctx))
+    return reported_error(failure.code, failure.message, _secret(out))
 
 
 def _keepalive(encoder: chat.ChatEncoder | responses.ResponsesEncoder) -> bytes:
@@ -650,8 +653,8 @@ def _keepalive(encoder: chat.ChatEncoder | responses.ResponsesEncoder) -> bytes:
 
 # --- compaction by Turnpike ---------------------------------------------------------------
 
-async def compact(ctx: RelayContext, operation: str, route: Route, payload: dict[str, Any],
-                  send: Send) -> None:
+async def compact(ctx: RelayContext, out: Outcome, operation: str, route: Route,
+                  payload: dict[str, Any], send: Send, settle: Settlement) -> None:
     """Summarise the history with the routed model and answer with a compaction item."""
     protocol = route.upstream.provider.protocol(operation)
     history = dict(payload)
@@ -668,18 +671,18 @@ async def compact(ctx: RelayContext, operation: str, route: Route, payload: dict
     body, _ = await build_upstream_body(ctx, operation, protocol, route, {}, req, raw=True,
                                         sealed=True)
     body["stream"] = False
-    resp = await call_upstream(ctx, route, protocol, False, orjson.dumps(body))
+    resp = await call_upstream(ctx, out, route, protocol, False, orjson.dumps(body))
     async with resp:
         events = EventDecoder(protocol).decode_body(
-            parse_answer(ctx, resp, await read_answer(ctx, resp)))
+            parse_answer(out, resp, await read_answer(out, resp)))
     summary = "".join(e.text for e in events if isinstance(e, c.TextDelta))
     usage = next((e.usage for e in events if isinstance(e, c.UsageReport)), usage_wire.Usage())
     failure = next((e for e in events if isinstance(e, c.Failure)), None)
     if failure is not None or not summary:
         raise UpstreamError(failure.message if failure else "The model returned no summary.",
                             code=failure.code if failure else "compaction_failed")
-    ctx.usage = usage
-    ctx.upstream_ok = True
+    out.usage = usage
+    out.served = True
     item = {"type": "compaction", "id": responses.new_id("cmp"),
             "encrypted_content": c.seal_compaction(summary)}
     if operation == "compact":
@@ -691,14 +694,14 @@ async def compact(ctx: RelayContext, operation: str, route: Route, payload: dict
         answer = {"id": item["id"], "object": "response.compaction",
                   "created_at": int(time.time()), "output": [*kept, item],
                   "usage": usage_wire.to_responses(usage)}
-        await send_json(ctx, send, 200, orjson.dumps(answer))
+        await send_json(ctx, send, 200, orjson.dumps(answer), settle=settle)
         return
     encoder = responses.ResponsesEncoder(ctx.model)
     stream = b"".join(encoder.feed(e) for e in (c.Start(), c.OpaqueItem(item), c.Finish("stop"),
                                                   c.UsageReport(usage)))
     if ctx.stream:
-        await announce_cost(ctx, encoder)
+        await announce_cost(out, encoder, settle)
         await start_stream(ctx, send)
-        await end_stream(ctx, send, stream + encoder.close())
+        await end_stream(ctx, send, stream + encoder.close(), settle)
     else:
-        await send_json(ctx, send, 200, orjson.dumps(encoder.final()))
+        await send_json(ctx, send, 200, orjson.dumps(encoder.final()), settle=settle)
