@@ -37,8 +37,15 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.outcome import Outcome
-from gateway.providers.base import error_answer, is_error_answer, reported_error, upstream_error
+from gateway.providers.base import (
+    error_answer,
+    is_error_answer,
+    reported_error,
+    retry_after_seconds,
+    upstream_error,
+)
 from gateway.providers.decoding import EventDecoder
+from gateway.providers.failures import NEXT_UPSTREAM, UpstreamFailed, UpstreamFailure, classify
 from gateway.providers.http import upstream_session
 from gateway.providers.protocols import CLIENT_PROTOCOL, RESPONSES, WireProtocol
 from gateway.respond import Send, end_stream, send_chunk, send_json, start_stream
@@ -85,7 +92,7 @@ async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: d
     before the answer's last bytes are sent."""
     from keys.limits import limiter
 
-    last: GatewayError | None = None
+    last: UpstreamFailed | None = None
     skip_upstreams: set[int] = set()
     attempts = 0
     for route in routes:
@@ -105,13 +112,13 @@ async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: d
         try:
             await run_route(ctx, out, operation, route, payload, body, send, settle)
             return out
-        except GatewayError as exc:
-            if exc.failover is None or ctx.status:
+        except UpstreamFailed as exc:
+            if exc.failure.retry is None or ctx.status:
                 raise
             last = exc
             out.usage = None  # a failed attempt's figures are not this request's
-            await _after_failure(route, exc)
-            if exc.failover == "upstream":
+            await _after_failure(route, exc.failure, exc.error)
+            if exc.failure.retry == "upstream":
                 skip_upstreams.add(route.upstream.id)
     if last is not None:
         raise last
@@ -119,18 +126,19 @@ async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: d
                               "at its limit; try again shortly.", code="no_upstream_available")
 
 
-async def _after_failure(route: Route, exc: GatewayError) -> None:
+async def _after_failure(route: Route, failure: UpstreamFailure,
+                         error: GatewayError) -> None:
     from keys.limits import limiter
 
     cred = route.credential
     if cred is None:
         return
-    if exc.disable_credential:
+    if failure.disable:
         await limiter().cool(cred.id, 3600)  # every process skips it at once
         await sync_to_async(_disable_credential, thread_sensitive=False)(
-            cred.id, f"Upstream answered {exc.message[:200]}")
-    elif exc.status == 429:
-        await limiter().cool(cred.id, exc.cooldown or settings.GATEWAY_COOLDOWN_SECONDS)
+            cred.id, f"Upstream answered {error.message[:200]}")
+    elif failure.cool:
+        await limiter().cool(cred.id, failure.cool_for or settings.GATEWAY_COOLDOWN_SECONDS)
 
 
 def _disable_credential(credential_id: int, reason: str) -> None:
@@ -215,7 +223,8 @@ class Upstream:
 async def call_upstream(ctx: RelayContext, out: Outcome, route: Route, protocol: WireProtocol,
                         stream: bool, body: bytes) -> aiohttp.ClientResponse:
     """Send the request and wait for the answer's start (the upstream's own timeouts);
-    raise the client-facing error, marked for failover, for anything but a 2xx.
+    raise UpstreamFailed (what it means for routing, and the client-facing error) for
+    anything but a 2xx.
 
     Redirects are never followed: a 3xx is an upstream (configuration) error. Following
     one would send the request, and the credential with it, wherever the upstream points
@@ -240,23 +249,20 @@ async def call_upstream(ctx: RelayContext, out: Outcome, route: Route, protocol:
                                                  allow_redirects=False)
     except TimeoutError:
         error = UpstreamTimeout("The upstream did not answer in time.")
-        error.failover = "upstream"
         out.attempts.append(_attempt(route, 0, error.code, started))
-        raise error from None
+        raise UpstreamFailed(NEXT_UPSTREAM, error) from None
     except aiohttp.ClientError as exc:
         error = UpstreamUnavailable(f"Could not reach the upstream: {type(exc).__name__}.")
-        error.failover = "upstream"
         out.attempts.append(_attempt(route, 0, error.code, started))
-        raise error from None
+        raise UpstreamFailed(NEXT_UPSTREAM, error) from None
     if 300 <= resp.status < 400:
         resp.release()
         error = UpstreamError(
             f"The upstream answered HTTP {resp.status}, a redirect; Turnpike does not follow "
             "upstream redirects. An operator needs to check the upstream's base URL.",
             code="upstream_redirect")
-        error.failover = "upstream"
         out.attempts.append(_attempt(route, resp.status, error.code, started))
-        raise error
+        raise UpstreamFailed(NEXT_UPSTREAM, error)
     if resp.status >= 400:
         try:
             error = upstream_error(resp.status, await resp.read(), resp.headers, secret)
@@ -265,7 +271,7 @@ async def call_upstream(ctx: RelayContext, out: Outcome, route: Route, protocol:
         finally:
             resp.release()
         out.attempts.append(_attempt(route, resp.status, error.code, started))
-        raise error
+        raise UpstreamFailed(classify(resp.status, retry_after_seconds(resp.headers)), error)
     out.attempts.append(_attempt(route, resp.status, "", started))
     return resp
 
@@ -275,20 +281,19 @@ def _secret(out: Outcome) -> str | None:
     return route.credential.secret if route is not None and route.credential else None
 
 
-def _failed(out: Outcome, error: GatewayError) -> GatewayError:
-    """Note on the attempt that its 2xx answer failed after all, and return the error. An
-    error made here before the client got a byte may fail over like a 5xx would."""
+def _note_failure(out: Outcome, error: GatewayError) -> None:
+    """Note on the attempt that its 2xx answer failed after all."""
     if out.attempts and not out.attempts[-1]["error"]:
         out.attempts[-1]["error"] = error.code
-    return error
 
 
-def _before_first_byte(error: GatewayError) -> GatewayError:
-    """Mark an upstream failure that nothing was sent for as eligible for failover (unless
-    it is the request's own fault, a 4xx, which no other upstream would answer better)."""
-    if error.failover is None and error.status >= 500:
-        error.failover = "upstream"
-    return error
+def _failed(out: Outcome, error: GatewayError) -> UpstreamFailed:
+    """A 2xx answer that failed before the client got a byte: noted on the attempt, and
+    classified by the status it is answered with (a 5xx or a bad answer fails over, a rate
+    limit cools the credential, the request's own fault, a 4xx, goes back to the client:
+    no other upstream would answer it better)."""
+    _note_failure(out, error)
+    return UpstreamFailed(classify(error.status), error)
 
 
 async def read_answer(out: Outcome, resp: aiohttp.ClientResponse) -> bytes:
@@ -297,12 +302,11 @@ async def read_answer(out: Outcome, resp: aiohttp.ClientResponse) -> bytes:
     try:
         return await resp.read()
     except TimeoutError:
-        raise _failed(out, _before_first_byte(UpstreamTimeout(
-            "The upstream stopped sending its answer."))) from None
+        raise _failed(out, UpstreamTimeout("The upstream stopped sending its answer.")) from None
     except aiohttp.ClientError:
-        raise _failed(out, _before_first_byte(UpstreamError(
+        raise _failed(out, UpstreamError(
             "The upstream connection broke before its answer was complete.",
-            code="upstream_stream_cut"))) from None
+            code="upstream_stream_cut")) from None
 
 
 def parse_answer(out: Outcome, resp: aiohttp.ClientResponse, payload: bytes) -> Any:
@@ -452,10 +456,10 @@ async def _relay_tapped(ctx: RelayContext, out: Outcome, upstream: Upstream, tap
             failure = UpstreamError("The upstream ended the stream before it was complete.",
                                     code="upstream_stream_cut")
     if failure is not None:
-        _failed(out, failure)
         if held is not None:  # nothing was sent: still an HTTP error
             out.served = False
-            raise _before_first_byte(failure)
+            raise _failed(out, failure)
+        _note_failure(out, failure)
         out.error_code = failure.code
         out.served = tap.delivered()  # nothing usable reached the client: no charge
         if not relayed_error:
@@ -601,10 +605,10 @@ async def pump(ctx: RelayContext, out: Outcome, upstream: Upstream, protocol: Wi
     failure = encoder.failure
     if failure is not None and (not client_stream or held is not None):
         out.served = False  # nothing reached the client: an HTTP error, no charge
-        raise _failed(out, _before_first_byte(_failure_error(out, failure)))
+        raise _failed(out, _failure_error(out, failure))
     out.usage = encoder.usage
     if failure is not None:
-        _failed(out, _failure_error(out, failure))
+        _note_failure(out, _failure_error(out, failure))
         out.error_code = failure.code
         out.served = decoder.saw_content  # charged only for text the client got
     else:

@@ -48,6 +48,8 @@ from gateway.errors import (
     RateLimited,
     UnsupportedContentType,
 )
+from gateway.outcome import Outcome
+from gateway.providers.failures import UpstreamFailed
 from gateway.providers.registry import FORWARDED_HEADERS
 from gateway.respond import (
     Receive,
@@ -239,7 +241,7 @@ def plan_routes(model: str, candidates: list[UpstreamRef], session: str,
 
 
 async def relay(ctx: RelayContext, operation: str, receive: Receive,
-                send: Send) -> exchange.Outcome:
+                send: Send) -> Outcome:
     key = await authenticate(ctx)
     validate.check_headers(ctx.headers, FORWARDED_HEADERS)
     body = await read_body(receive, ctx)
@@ -343,26 +345,31 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         ctx.error_code = ctx.error_code or "client_disconnected"
         if ctx.settlement is not None:  # charged for what was generated (counted if unreported)
             await ctx.settlement()
+    except UpstreamFailed as exc:  # no route answered: the last failure is the client's error
+        await answer_error(ctx, send, exc.error)
     except GatewayError as exc:
-        if ctx.status:  # headers already sent: end an open stream with the error event
-            ctx.error_code = ctx.error_code or exc.code
-            await abort_stream(ctx, send, exc, ctx.settlement)
-        else:
-            await send_error(ctx, send, exc, ctx.settlement)
+        await answer_error(ctx, send, exc)
     except Exception:
         log.exception("unhandled error on %s %s (%s)", scope["method"], scope.get("path"),
                       ctx.request_id)
-        error = GatewayError("Turnpike hit an internal error; the request was not completed. "
-                             f"Request id: {ctx.request_id}.")
-        if ctx.status:
-            ctx.error_code = ctx.error_code or error.code
-            await abort_stream(ctx, send, error, ctx.settlement)
-        else:
-            await send_error(ctx, send, error, ctx.settlement)
+        await answer_error(ctx, send, GatewayError(
+            "Turnpike hit an internal error; the request was not completed. "
+            f"Request id: {ctx.request_id}."))
         ctx.error_code = ctx.error_code or "internal_error"
     finally:
         _in_flight -= 1
         record(ctx)
+
+
+async def answer_error(ctx: RelayContext, send: Send, error: GatewayError) -> None:
+    """The one place an error becomes the client's answer: the OpenAI error envelope, or,
+    once a stream has started, the protocol's error event that ends it (settled first, like
+    any answer's end)."""
+    if ctx.status:  # headers already sent: end an open stream with the error event
+        ctx.error_code = ctx.error_code or error.code
+        await abort_stream(ctx, send, error, ctx.settlement)
+    else:
+        await send_error(ctx, send, error, ctx.settlement)
 
 
 def record(ctx: RelayContext) -> None:

@@ -11,7 +11,6 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 class Anthropic(Provider):
     kind = "anthropic"
-    label = "Anthropic Messages"
     speaks = {"chat": ANTHROPIC, "responses": ANTHROPIC, "compact": ANTHROPIC}
     server_root = True
     forwards_client_headers = False

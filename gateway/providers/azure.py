@@ -13,7 +13,6 @@ from gateway.providers.provider import Provider
 
 class Azure(Provider):
     kind = "azure"
-    label = "Azure OpenAI (v1 API, api-key header)"
     # No native /responses/compact: Turnpike compacts for it.
     speaks = {"chat": CHAT, "responses": RESPONSES, "compact": RESPONSES}
 

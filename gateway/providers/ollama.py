@@ -10,7 +10,6 @@ from gateway.providers.provider import Provider
 
 class Ollama(Provider):
     kind = "ollama"
-    label = "Ollama chat"
     speaks = {"chat": OLLAMA, "responses": OLLAMA, "compact": OLLAMA}
     server_root = True
     needs_secret = False

@@ -9,6 +9,5 @@ from gateway.providers.provider import Provider
 
 class OpenAI(Provider):
     kind = "openai"
-    label = "OpenAI (Chat Completions + Responses)"
     speaks = {"chat": CHAT, "responses": RESPONSES, "compact": COMPACT}
     native_compaction = True

@@ -9,5 +9,4 @@ from gateway.providers.provider import Provider
 
 class OpenAIChat(Provider):
     kind = "openai-chat"
-    label = "OpenAI-compatible, Chat Completions only"
     speaks = {"chat": CHAT, "responses": CHAT, "compact": CHAT}

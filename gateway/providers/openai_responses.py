@@ -14,7 +14,6 @@ from gateway.translate import codex
 
 class OpenAIResponses(Provider):
     kind = "openai-responses"
-    label = "OpenAI Responses only (Codex-style)"
     speaks = {"chat": RESPONSES, "responses": RESPONSES, "compact": COMPACT}
     native_compaction = True
     relays_untouched = False

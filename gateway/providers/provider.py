@@ -3,7 +3,7 @@ under ``gateway/providers/``, registered in ``gateway/providers/registry.py``.
 
 A provider says, and nothing else in the gateway decides by kind:
 
-    kind, label               the ``Upstream.kind`` value it serves (a choice of
+    kind                      the ``Upstream.kind`` value it serves (a choice of
                               ``gateway.models.UpstreamKind``)
     speaks                    the wire protocol (``gateway.providers.protocols``) it is called
                               in for each client operation: chat, responses, compact
@@ -54,13 +54,13 @@ FORWARDED_HEADERS = (
 
 class Provider:
     kind: ClassVar[str]
-    label: ClassVar[str]
     speaks: ClassVar[Mapping[str, WireProtocol]]  # client operation -> upstream protocol
     server_root: ClassVar[bool] = False
     needs_secret: ClassVar[bool] = True
     native_compaction: ClassVar[bool] = False
     relays_untouched: ClassVar[bool] = True
     always_streams: ClassVar[bool] = False
+    clean_xml_tools: ClassVar[bool] = False  # clean <tool_use> text from its output
     forwards_client_headers: ClassVar[bool] = True  # FORWARDED_HEADERS
     fixed_headers: ClassVar[Mapping[str, str]] = {}
     probe_path: ClassVar[str] = "/models"
@@ -98,8 +98,6 @@ class Provider:
     def fix_request(self, body: dict[str, Any]) -> dict[str, Any]:
         """This kind's fixes of a built request body (not applied in raw mode)."""
         return body
-
-    clean_xml_tools: ClassVar[bool] = False  # clean <tool_use> text from its output
 
     # --- health -------------------------------------------------------------------------
 
