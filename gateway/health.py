@@ -11,11 +11,11 @@ import httpx
 from django.conf import settings
 from django.utils import timezone
 
-from portal.audit.record import log_change
 from gateway.models import Upstream, upstream_base_url
 from gateway.providers.registry import PROVIDERS
 from gateway.routing import route_tables
 from keys.models import Status
+from portal.audit.record import log_change
 
 log = logging.getLogger(__name__)
 
