@@ -27,7 +27,7 @@ class CredentialForm(forms.ModelForm):
         data = super().clean() or {}
         if not self.instance.pk and not data.get("secret"):
             upstream = data.get("upstream")
-            if upstream is None or upstream.kind != "ollama":
+            if upstream is None or upstream.provider.needs_secret:
                 self.add_error("secret", "A new credential needs its secret.")
         return data
 

@@ -1,21 +1,26 @@
-"""RelayContext: the typed state of one /v1 request, from arrival to its usage row."""
+"""RelayContext: the typed state of one /v1 request, from arrival to its usage row.
+
+Written by the pipeline (who the client is, what it asked for, how it is charged) and by
+``gateway.respond`` (what has been sent). What the upstream exchange came to is its own
+record, ``outcome`` (``gateway.outcome.Outcome``), written by ``gateway.exchange`` alone."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billing.usage import UsageEvent
+from gateway.outcome import Outcome
 from gateway.policy import Ticket
-from gateway.routing import Route
 from gateway.validate import printable
-from gateway.wire.usage import Usage
 from keys.snapshots import KeySnapshot
+
+if TYPE_CHECKING:
+    from gateway.charging import Settlement
 
 
 @dataclass(slots=True)
@@ -31,21 +36,14 @@ class RelayContext:
     model: str = ""
     effort: str | None = None  # from a model-name suffix (gpt-5-high)
     stream: bool = False
-    route: Route | None = None
     status: int = 0
     error_code: str = ""
-    usage: Usage | None = None
     first_byte_at: float | None = None
     client_gone: bool = False
     ticket: Ticket | None = None  # set once the policy admitted the request
-    upstream_ok: bool = False  # the upstream answered 2xx: the request is charged
-    settled: bool = False
-    cost: Decimal = Decimal(0)
+    settlement: Settlement | None = None  # how an admitted request is charged
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    attempts: list[dict[str, Any]] = field(default_factory=list)  # every upstream tried
-    payload: dict[str, Any] | None = None  # the parsed request body
-    relayed: Callable[[], str] | None = None  # text relayed so far (for estimating usage)
-    estimated: bool = False  # usage counted by Turnpike, not reported by the upstream
+    outcome: Outcome = field(default_factory=Outcome)  # the upstream exchange's record
     stream_open: bool = False  # an SSE response has started and not yet ended
     events_sent: int = 0  # SSE events sent so far (the next Responses sequence_number)
 
@@ -74,7 +72,9 @@ class RelayContext:
         """The request's usage row as it stands now (the one place a row is described).
         Client-chosen text is cleaned of control characters: one NUL would make PostgreSQL
         refuse the row."""
-        key, usage, route = self.key, self.usage, self.route
+        key, out = self.key, self.outcome
+        usage, route = out.usage, out.route
+        cost = self.settlement.cost if self.settlement is not None else Decimal(0)
         return UsageEvent(
             created_at=self.started_at,
             request_id=self.request_id,
@@ -86,17 +86,17 @@ class RelayContext:
             model=printable(self.model),
             upstream_id=route.upstream.id if route else None,
             credential_id=route.credential.id if route and route.credential else None,
-            error_code=printable(self.error_code),
+            error_code=printable(out.error_code or self.error_code),
             stream=self.stream,
             input_tokens=usage.input_tokens if usage else 0,
             cached_tokens=usage.cached_tokens if usage else 0,
             output_tokens=usage.output_tokens if usage else 0,
             reasoning_tokens=usage.reasoning_tokens if usage else 0,
-            cost=self.cost,
+            cost=cost,
             latency_ms=self.elapsed_ms(),
             ttfb_ms=self.elapsed_ms(self.first_byte_at) if self.first_byte_at else None,
             client_ip=self.client_ip,
             user_agent=printable(self.user_agent),
-            attempts=self.attempts,
-            estimated=self.estimated,
+            attempts=out.attempts,
+            estimated=out.estimated,
         )

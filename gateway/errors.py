@@ -34,12 +34,6 @@ class GatewayError(Exception):
     type: str = "server_error"
     code: str = "internal_error"
     param: str | None = None
-    # Set on errors from an upstream call: whether another route may be tried before the
-    # client sees anything ("credential": try another credential; "upstream": skip this
-    # upstream's other credentials too), and what happens to the credential.
-    failover: str | None = None
-    cooldown: float | None = None
-    disable_credential: bool = False
 
     def __init__(
         self,

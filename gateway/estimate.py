@@ -7,17 +7,16 @@ from __future__ import annotations
 import asyncio
 
 from billing.tokens import count_tokens, request_text
-from gateway.context import RelayContext
+from gateway.outcome import Outcome
 from gateway.wire.usage import Usage
 
 
-async def estimate_if_needed(ctx: RelayContext) -> None:
-    if ctx.usage is not None or not ctx.upstream_ok or ctx.payload is None:
+async def estimate_if_needed(out: Outcome, payload: dict | None) -> None:
+    if out.usage is not None or not out.served or payload is None:
         return
-    relayed = ctx.relayed() if ctx.relayed is not None else ""
-    payload = ctx.payload
-    ctx.usage = await asyncio.to_thread(_estimate, payload, relayed)
-    ctx.estimated = True
+    relayed = out.relayed() if out.relayed is not None else ""
+    out.usage = await asyncio.to_thread(_estimate, payload, relayed)
+    out.estimated = True
 
 
 def _estimate(payload: dict, relayed: str) -> Usage:

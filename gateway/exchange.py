@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -28,6 +27,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from gateway import policy
+from gateway.charging import Settlement
 from gateway.context import RelayContext
 from gateway.errors import (
     GatewayError,
@@ -36,39 +36,29 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.providers import registry
-from gateway.providers.base import error_answer, is_error_answer, reported_error, upstream_error
-from gateway.providers.http import upstream_session
-from gateway.respond import (
-    Send,
-    end_stream,
-    price,
-    send_chunk,
-    send_json,
-    start_stream,
+from gateway.outcome import Outcome
+from gateway.providers.base import (
+    error_answer,
+    is_error_answer,
+    reported_error,
+    retry_after_seconds,
+    upstream_error,
 )
+from gateway.providers.decoding import EventDecoder
+from gateway.providers.failures import NEXT_UPSTREAM, UpstreamFailed, UpstreamFailure, classify
+from gateway.providers.http import upstream_session
+from gateway.providers.protocols import CLIENT_PROTOCOL, RESPONSES, WireProtocol
+from gateway.respond import Send, end_stream, send_chunk, send_json, start_stream
 from gateway.routing import Route
 from gateway.rules import aget_rules, apply_rules
 from gateway.streaming import ChatTap, ResponsesTap, StreamTap, bad_response
-from gateway.translate import anthropic, chat, codex, ollama, responses
 from gateway.translate import canonical as c
+from gateway.translate import chat, responses
 from gateway.wire import usage as usage_wire
-from gateway.wire.sse import DONE, SseSplitter, encode, event_data, event_name
+from gateway.wire.sse import encode
 
 log = logging.getLogger(__name__)
 
-# The protocol each upstream kind is spoken in, per client operation.
-UPSTREAM_PROTOCOL: dict[str, dict[str, str]] = {
-    "openai": {"chat": "chat", "responses": "responses", "compact": "compact"},
-    "openai-chat": {"chat": "chat", "responses": "chat", "compact": "chat"},
-    "openai-responses": {"chat": "responses", "responses": "responses", "compact": "compact"},
-    "anthropic": {"chat": "anthropic", "responses": "anthropic", "compact": "anthropic"},
-    "ollama": {"chat": "ollama", "responses": "ollama", "compact": "ollama"},
-}
-CLIENT_PROTOCOL = {"chat": "chat", "responses": "responses", "compact": "compact"}
-NATIVE_COMPACTION = frozenset({"openai", "openai-responses"})
-BUILDERS = {"chat": chat.build_request, "responses": responses.build_request,
-            "anthropic": anthropic.build_request, "ollama": ollama.build_request}
 COMPACT_PROMPT = (
     "You are compacting a conversation so it can continue in a fresh context window. Write a "
     "handoff summary for another model: the user's goals and constraints, decisions made, work "
@@ -91,14 +81,18 @@ def has_compaction_trigger(payload: dict[str, Any]) -> bool:
 
 
 async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: dict[str, Any],
-              body: bytes, send: Send) -> None:
+              body: bytes, out: Outcome, send: Send, settle: Settlement) -> Outcome:
     """Try the routes in order until one answers. Before the first byte reaches the client,
     a connect error, timeout, 429, 5xx or credential refusal moves on to the next route
     (bounded attempts, growing backoff); a 429 cools its credential for the time the
-    upstream asked, a 401/403 disables it. After the first byte, errors end the stream."""
+    upstream asked, a 401/403 disables it. After the first byte, errors end the stream.
+
+    Everything the exchange comes to is written to ``out`` (and nowhere else): the routes
+    tried, the usage, whether the upstream served the request; ``settle`` is called just
+    before the answer's last bytes are sent."""
     from keys.limits import limiter
 
-    last: GatewayError | None = None
+    last: UpstreamFailed | None = None
     skip_upstreams: set[int] = set()
     attempts = 0
     for route in routes:
@@ -109,25 +103,22 @@ async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: d
         cred = route.credential
         if cred is not None and cred.rpm and not await limiter().hit_credential(cred.id,
                                                                                 cred.rpm):
-            ctx.attempts.append(_attempt(route, 0, "credential_rpm_full", 0.0))
+            out.attempts.append(_attempt(route, 0, "credential_rpm_full", 0.0))
             continue
         if attempts:
             await asyncio.sleep(settings.GATEWAY_RETRY_BACKOFF * 2 ** (attempts - 1))
         attempts += 1
-        ctx.route = route
+        out.route = route
         try:
-            await run_route(ctx, operation, route, payload, body, send)
-            return
-        except GatewayError as exc:
-            verdict = judge_failure(exc, answered=bool(ctx.status),
-                                    has_credential=cred is not None,
-                                    default_cooldown=settings.GATEWAY_COOLDOWN_SECONDS)
-            if not verdict.retry:
+            await run_route(ctx, out, operation, route, payload, body, send, settle)
+            return out
+        except UpstreamFailed as exc:
+            if exc.failure.retry is None or ctx.status:
                 raise
             last = exc
-            ctx.usage = None  # a failed attempt's figures are not this request's
-            await _after_failure(route, exc, verdict)
-            if verdict.skip_upstream:
+            out.usage = None  # a failed attempt's figures are not this request's
+            await _after_failure(route, exc.failure, exc.error)
+            if exc.failure.retry == "upstream":
                 skip_upstreams.add(route.upstream.id)
     if last is not None:
         raise last
@@ -135,53 +126,19 @@ async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: d
                               "at its limit; try again shortly.", code="no_upstream_available")
 
 
-@dataclass(frozen=True, slots=True)
-class FailureVerdict:
-    """What one failed attempt means for the request and for its credential."""
-
-    retry: bool  # try the next route
-    skip_upstream: bool  # ... but none of this upstream's other credentials
-    disable_credential: bool
-    cool_seconds: float | None  # cool the credential this long (None: leave it as it is)
-
-
-NO_RETRY = FailureVerdict(retry=False, skip_upstream=False, disable_credential=False,
-                          cool_seconds=None)
-# A refused credential cools this long while it is being disabled: every process skips it
-# at once, before the route table without it reaches them.
-DISABLE_COOLDOWN = 3600.0
-
-
-def judge_failure(error: GatewayError, *, answered: bool, has_credential: bool,
-                  default_cooldown: float) -> FailureVerdict:
-    """The failover rule, as a pure decision. Another route is tried only for a failure the
-    upstream layer marked (``error.failover``) before anything reached the client
-    (``answered``); "upstream" failures skip that upstream's other credentials too. A
-    refused credential is disabled; a 429 cools it for the time the upstream asked
-    (``error.cooldown``) or ``default_cooldown``."""
-    if error.failover is None or answered:
-        return NO_RETRY
-    disable = has_credential and error.disable_credential
-    cool: float | None = None
-    if disable:
-        cool = DISABLE_COOLDOWN
-    elif has_credential and error.status == 429:
-        cool = error.cooldown or default_cooldown
-    return FailureVerdict(retry=True, skip_upstream=error.failover == "upstream",
-                          disable_credential=disable, cool_seconds=cool)
-
-
-async def _after_failure(route: Route, exc: GatewayError, verdict: FailureVerdict) -> None:
+async def _after_failure(route: Route, failure: UpstreamFailure,
+                         error: GatewayError) -> None:
     from keys.limits import limiter
 
     cred = route.credential
     if cred is None:
         return
-    if verdict.cool_seconds is not None:
-        await limiter().cool(cred.id, verdict.cool_seconds)
-    if verdict.disable_credential:
+    if failure.disable:
+        await limiter().cool(cred.id, 3600)  # every process skips it at once
         await sync_to_async(_disable_credential, thread_sensitive=False)(
-            cred.id, f"Upstream answered {exc.message[:200]}")
+            cred.id, f"Upstream answered {error.message[:200]}")
+    elif failure.cool:
+        await limiter().cool(cred.id, failure.cool_for or settings.GATEWAY_COOLDOWN_SECONDS)
 
 
 def _disable_credential(credential_id: int, reason: str) -> None:
@@ -204,14 +161,15 @@ def _attempt(route: Route, status: int, error: str, started: float) -> dict[str,
             "ms": int((time.perf_counter() - started) * 1000) if started else 0}
 
 
-async def run_route(ctx: RelayContext, operation: str, route: Route, payload: dict[str, Any],
-                    body: bytes, send: Send) -> None:
-    kind = route.upstream.kind
-    protocol = UPSTREAM_PROTOCOL[kind][operation]
+async def run_route(ctx: RelayContext, out: Outcome, operation: str, route: Route,
+                    payload: dict[str, Any], body: bytes, send: Send,
+                    settle: Settlement) -> None:
+    provider = route.upstream.provider
+    protocol = provider.protocol(operation)
     raw = raw_mode(ctx.headers)
-    if kind not in NATIVE_COMPACTION and (operation == "compact"
-                                          or has_compaction_trigger(payload)):
-        await compact(ctx, operation, route, payload, send)
+    if not provider.native_compaction and (operation == "compact"
+                                           or has_compaction_trigger(payload)):
+        await compact(ctx, out, operation, route, payload, send, settle)
         return
     # Turnpike's own sealed reasoning/compaction tokens must be opened, so such a body is
     # never relayed untouched (searched once, in the raw bytes).
@@ -222,12 +180,13 @@ async def run_route(ctx: RelayContext, operation: str, route: Route, payload: di
         items = [responses.item_to_responses(i) for i in parse_client(operation, payload).items]
         payload = {**payload, "input": [i for i in items if i is not None]}
         body, sealed = orjson.dumps(payload), False
-    if protocol == CLIENT_PROTOCOL[operation] and not sealed and (
-            kind in ("openai", "openai-chat") or raw or operation == "compact"):
+    if protocol is CLIENT_PROTOCOL[operation] and not sealed and (
+            provider.relays_untouched or raw or operation == "compact"):
         # The Codex fixes are for /responses streams; /responses/compact is plain JSON.
-        await passthrough(ctx, operation, route, payload, body, raw, send)
+        await passthrough(ctx, out, operation, route, payload, body, raw, send, settle)
     else:
-        await translated(ctx, operation, protocol, route, payload, raw, sealed, send)
+        await translated(ctx, out, operation, protocol, route, payload, raw, sealed, send,
+                         settle)
 
 
 # --- upstream I/O -----------------------------------------------------------------------
@@ -261,10 +220,11 @@ class Upstream:
             yield chunk
 
 
-async def call_upstream(ctx: RelayContext, route: Route, protocol: str, stream: bool,
-                        body: bytes) -> aiohttp.ClientResponse:
+async def call_upstream(ctx: RelayContext, out: Outcome, route: Route, protocol: WireProtocol,
+                        stream: bool, body: bytes) -> aiohttp.ClientResponse:
     """Send the request and wait for the answer's start (the upstream's own timeouts);
-    raise the client-facing error, marked for failover, for anything but a 2xx.
+    raise UpstreamFailed (what it means for routing, and the client-facing error) for
+    anything but a 2xx.
 
     Redirects are never followed: a 3xx is an upstream (configuration) error. Following
     one would send the request, and the credential with it, wherever the upstream points
@@ -272,10 +232,11 @@ async def call_upstream(ctx: RelayContext, route: Route, protocol: str, stream: 
 
     A 2xx is not yet a success: the relay decides that from the answer itself (an error
     body, garbage, a stream cut before its first event are failures too), and sets
-    ``ctx.upstream_ok`` only then."""
-    url, headers = registry.target(route, protocol, stream, ctx.headers)
+    ``out.served`` only then."""
     up = route.upstream
     secret = route.credential.secret if route.credential else None
+    url = up.provider.url(up.base_url, protocol)
+    headers = up.provider.headers(secret, stream, ctx.headers)
     started = time.perf_counter()
     timeout = aiohttp.ClientTimeout(
         total=None, connect=up.timeout_connect or settings.GATEWAY_CONNECT_TIMEOUT,
@@ -288,23 +249,20 @@ async def call_upstream(ctx: RelayContext, route: Route, protocol: str, stream: 
                                                  allow_redirects=False)
     except TimeoutError:
         error = UpstreamTimeout("The upstream did not answer in time.")
-        error.failover = "upstream"
-        ctx.attempts.append(_attempt(route, 0, error.code, started))
-        raise error from None
+        out.attempts.append(_attempt(route, 0, error.code, started))
+        raise UpstreamFailed(NEXT_UPSTREAM, error) from None
     except aiohttp.ClientError as exc:
         error = UpstreamUnavailable(f"Could not reach the upstream: {type(exc).__name__}.")
-        error.failover = "upstream"
-        ctx.attempts.append(_attempt(route, 0, error.code, started))
-        raise error from None
+        out.attempts.append(_attempt(route, 0, error.code, started))
+        raise UpstreamFailed(NEXT_UPSTREAM, error) from None
     if 300 <= resp.status < 400:
         resp.release()
         error = UpstreamError(
             f"The upstream answered HTTP {resp.status}, a redirect; Turnpike does not follow "
             "upstream redirects. An operator needs to check the upstream's base URL.",
             code="upstream_redirect")
-        error.failover = "upstream"
-        ctx.attempts.append(_attempt(route, resp.status, error.code, started))
-        raise error
+        out.attempts.append(_attempt(route, resp.status, error.code, started))
+        raise UpstreamFailed(NEXT_UPSTREAM, error)
     if resp.status >= 400:
         try:
             error = upstream_error(resp.status, await resp.read(), resp.headers, secret)
@@ -312,66 +270,65 @@ async def call_upstream(ctx: RelayContext, route: Route, protocol: str, stream: 
             error = upstream_error(resp.status, b"", resp.headers, secret)
         finally:
             resp.release()
-        ctx.attempts.append(_attempt(route, resp.status, error.code, started))
-        raise error
-    ctx.attempts.append(_attempt(route, resp.status, "", started))
+        out.attempts.append(_attempt(route, resp.status, error.code, started))
+        raise UpstreamFailed(classify(resp.status, retry_after_seconds(resp.headers)), error)
+    out.attempts.append(_attempt(route, resp.status, "", started))
     return resp
 
 
-def _secret(ctx: RelayContext) -> str | None:
-    route = ctx.route
+def _secret(out: Outcome) -> str | None:
+    route = out.route
     return route.credential.secret if route is not None and route.credential else None
 
 
-def _failed(ctx: RelayContext, error: GatewayError) -> GatewayError:
-    """Note on the attempt that its 2xx answer failed after all, and return the error. An
-    error made here before the client got a byte may fail over like a 5xx would."""
-    if ctx.attempts and not ctx.attempts[-1]["error"]:
-        ctx.attempts[-1]["error"] = error.code
-    return error
+def _note_failure(out: Outcome, error: GatewayError) -> None:
+    """Note on the attempt that its 2xx answer failed after all."""
+    if out.attempts and not out.attempts[-1]["error"]:
+        out.attempts[-1]["error"] = error.code
 
 
-def _before_first_byte(error: GatewayError) -> GatewayError:
-    """Mark an upstream failure that nothing was sent for as eligible for failover (unless
-    it is the request's own fault, a 4xx, which no other upstream would answer better)."""
-    if error.failover is None and error.status >= 500:
-        error.failover = "upstream"
-    return error
+def _failed(out: Outcome, error: GatewayError) -> UpstreamFailed:
+    """A 2xx answer that failed before the client got a byte: noted on the attempt, and
+    classified by the status it is answered with (a 5xx or a bad answer fails over, a rate
+    limit cools the credential, the request's own fault, a 4xx, goes back to the client:
+    no other upstream would answer it better)."""
+    _note_failure(out, error)
+    return UpstreamFailed(classify(error.status), error)
 
 
-async def read_answer(ctx: RelayContext, resp: aiohttp.ClientResponse) -> bytes:
+async def read_answer(out: Outcome, resp: aiohttp.ClientResponse) -> bytes:
     """The whole body of a non-streamed answer. An upstream that goes silent (idle timeout)
     or breaks the body off (ClientPayloadError) is an upstream failure, 504/502, not ours."""
     try:
         return await resp.read()
     except TimeoutError:
-        raise _failed(ctx, _before_first_byte(UpstreamTimeout(
-            "The upstream stopped sending its answer."))) from None
+        raise _failed(out, UpstreamTimeout("The upstream stopped sending its answer.")) from None
     except aiohttp.ClientError:
-        raise _failed(ctx, _before_first_byte(UpstreamError(
+        raise _failed(out, UpstreamError(
             "The upstream connection broke before its answer was complete.",
-            code="upstream_stream_cut"))) from None
+            code="upstream_stream_cut")) from None
 
 
-def parse_answer(ctx: RelayContext, resp: aiohttp.ClientResponse, payload: bytes) -> Any:
+def parse_answer(out: Outcome, resp: aiohttp.ClientResponse, payload: bytes) -> Any:
     """A non-streamed answer as JSON; raise the client-facing error if it is not JSON, not
     an object, or an error object (which is mapped like the HTTP error it stands for)."""
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        raise _failed(ctx, bad_response(
+        raise _failed(out, bad_response(
             "The upstream answered with something that is not JSON.")) from None
     if not isinstance(data, dict):
-        raise _failed(ctx, bad_response("The upstream's answer is not a JSON object."))
+        raise _failed(out, bad_response("The upstream's answer is not a JSON object."))
     if is_error_answer(data):
-        raise _failed(ctx, error_answer(payload, resp.headers, _secret(ctx)))
+        raise _failed(out, error_answer(payload, resp.headers, _secret(out)))
     return data
 
 
 # --- passthrough ------------------------------------------------------------------------
 
-async def passthrough(ctx: RelayContext, operation: str, route: Route, payload: dict[str, Any],
-                      body: bytes, raw: bool, send: Send) -> None:
+async def passthrough(ctx: RelayContext, out: Outcome, operation: str, route: Route,
+                      payload: dict[str, Any], body: bytes, raw: bool, send: Send,
+                      settle: Settlement) -> None:
     changed = False
     client_wants_usage = False
     if not raw:
@@ -383,21 +340,21 @@ async def passthrough(ctx: RelayContext, operation: str, route: Route, payload: 
                 payload = {**payload, "stream_options": {
                     **(options if isinstance(options, dict) else {}), "include_usage": True}}
                 changed = True
-    out = orjson.dumps(payload) if changed else body
-    resp = await call_upstream(ctx, route, CLIENT_PROTOCOL[operation], ctx.stream, out)
+    sent = orjson.dumps(payload) if changed else body
+    resp = await call_upstream(ctx, out, route, CLIENT_PROTOCOL[operation], ctx.stream, sent)
     async with resp:
         upstream = Upstream(resp)
         if ctx.stream and upstream.streaming:
-            secret = _secret(ctx)
+            secret = _secret(out)
             tap: StreamTap = ChatTap(client_wants_usage or raw, secret) if operation == "chat" \
                 else ResponsesTap(secret)
             ticket = ctx.ticket
             if not raw and ticket is not None:  # raw mode: events pass through untouched
                 tap.pricer = lambda usage, served: policy.charge(ticket, usage, served)
-            ctx.relayed = tap.relayed_text
-            await _relay_tapped(ctx, upstream, tap, send)
+            out.relayed = tap.relayed_text
+            await _relay_tapped(ctx, out, upstream, tap, send, settle)
         else:
-            await _relay_json(ctx, operation, resp, send)
+            await _relay_json(ctx, out, operation, resp, send, settle)
 
 
 async def _adjust_same_protocol(ctx: RelayContext, operation: str, route: Route,
@@ -422,19 +379,20 @@ async def _adjust_same_protocol(ctx: RelayContext, operation: str, route: Route,
         changed = True
     rules = await aget_rules()
     if rules:
-        payload, matched = apply_rules(rules, route.model, CLIENT_PROTOCOL[operation], payload)
+        payload, matched = apply_rules(rules, route.model, CLIENT_PROTOCOL[operation].name,
+                                       payload)
         changed = changed or matched
     return payload, changed
 
 
-async def _relay_json(ctx: RelayContext, operation: str, resp: aiohttp.ClientResponse,
-                      send: Send) -> None:
-    payload = await read_answer(ctx, resp)
-    data = parse_answer(ctx, resp, payload)
-    ctx.usage = (usage_wire.from_chat if operation == "chat"
+async def _relay_json(ctx: RelayContext, out: Outcome, operation: str,
+                      resp: aiohttp.ClientResponse, send: Send, settle: Settlement) -> None:
+    payload = await read_answer(out, resp)
+    data = parse_answer(out, resp, payload)
+    out.usage = (usage_wire.from_chat if operation == "chat"
                  else usage_wire.from_responses)(data.get("usage"))
-    ctx.upstream_ok = True
-    await send_json(ctx, send, 200, payload)
+    out.served = True
+    await send_json(ctx, send, 200, payload, settle=settle)
 
 
 # Most bytes held back before the first event has shown what the stream is (a Responses
@@ -443,9 +401,10 @@ MAX_HELD_BYTES = 4 * 1024 * 1024
 
 
 # Over the complexity limit (C901) on purpose: one stream's life in order (first event, failover
-# window, keep-alives, end); the exchange refactor of issue 13 splits it.
-async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,  # noqa: C901
-                        send: Send) -> None:
+# window, keep-alives, end).
+async def _relay_tapped(ctx: RelayContext, out: Outcome, upstream: Upstream,  # noqa: C901
+                        tap: StreamTap,
+                        send: Send, settle: Settlement) -> None:
     """Relay a passthrough stream event by event.
 
     The status line waits for the first event: until it proves the stream (see the tap),
@@ -460,14 +419,14 @@ async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,  
     try:
         async for chunk in upstream.chunks():
             if chunk is None:
-                out = keepalive or encode({"type": "keepalive", "sequence_number": tap.events},
-                                          event="keepalive")
+                data = keepalive or encode({"type": "keepalive", "sequence_number": tap.events},
+                                           event="keepalive")
             else:
-                out = tap.feed(chunk)
+                data = tap.feed(chunk)
                 if tap.failure is not None:
                     break
                 if held is not None and not tap.verified:
-                    held += out
+                    held += data
                     if len(held) + tap.buffered() > MAX_HELD_BYTES:
                         tap.failure = bad_response("The upstream's stream has no event in its "
                                                    "first 4 MiB.")
@@ -475,11 +434,11 @@ async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,  
                     continue
             if held is not None:  # proved (or a long silence): the answer starts
                 await start_stream(ctx, send)
-                out, held = held + out, None
-            ctx.upstream_ok = tap.verified
-            await send_chunk(ctx, send, out)
+                data, held = held + data, None
+            out.served = tap.verified
+            await send_chunk(ctx, send, data)
             if tap.usage is not None:
-                ctx.usage = tap.usage
+                out.usage = tap.usage
     except TimeoutError:
         failure = UpstreamTimeout("The upstream stopped sending mid-stream.")
     except aiohttp.ClientError:
@@ -500,21 +459,21 @@ async def _relay_tapped(ctx: RelayContext, upstream: Upstream, tap: StreamTap,  
             failure = UpstreamError("The upstream ended the stream before it was complete.",
                                     code="upstream_stream_cut")
     if failure is not None:
-        _failed(ctx, failure)
         if held is not None:  # nothing was sent: still an HTTP error
-            ctx.upstream_ok = False
-            raise _before_first_byte(failure)
-        ctx.error_code = failure.code
-        ctx.upstream_ok = tap.delivered()  # nothing usable reached the client: no charge
+            out.served = False
+            raise _failed(out, failure)
+        _note_failure(out, failure)
+        out.error_code = failure.code
+        out.served = tap.delivered()  # nothing usable reached the client: no charge
         if not relayed_error:
             tail += tap.error_event(failure)
     else:
-        ctx.upstream_ok = True
+        out.served = True
         if held is not None:  # a whole stream in the first read
             await start_stream(ctx, send)
             tail = held + tail
-    ctx.usage = tap.usage
-    await end_stream(ctx, send, tail)
+    out.usage = tap.usage
+    await end_stream(ctx, send, tail, settle)
 
 
 # --- translated -------------------------------------------------------------------------
@@ -541,60 +500,62 @@ def client_encoder(ctx: RelayContext, operation: str, req: c.CanonicalRequest,
     return responses.ResponsesEncoder(ctx.model, echo, clean_xml_tools=clean_xml)
 
 
-async def build_upstream_body(ctx: RelayContext, operation: str, protocol: str, route: Route,
-                              payload: dict[str, Any], req: c.CanonicalRequest,
+async def build_upstream_body(ctx: RelayContext, operation: str, protocol: WireProtocol,
+                              route: Route, payload: dict[str, Any], req: c.CanonicalRequest,
                               raw: bool, sealed: bool) -> tuple[dict[str, Any], c.ToolMap]:
-    kind = route.upstream.kind
+    provider = route.upstream.provider
     tool_map = c.ToolMap()
-    if protocol != "responses":
+    if protocol is not RESPONSES:
         tool_map = c.lower_tools(req)
         if tool_map.dropped:
             log.info("%s: tools %s have no form upstream (%s) and were dropped",
-                     ctx.request_id, ", ".join(tool_map.dropped), protocol)
+                     ctx.request_id, ", ".join(tool_map.dropped), protocol.name)
     try:
-        if protocol == "responses" and CLIENT_PROTOCOL[operation] == "responses" and \
-                not sealed:
+        if protocol is RESPONSES and CLIENT_PROTOCOL[operation] is RESPONSES and not sealed:
             # Same protocol: keep every field the client sent.
             body = {**payload, "model": route.model, "stream": req.stream}
             if ctx.effort:
                 body["reasoning"] = {**(body.get("reasoning") or {}), "effort": ctx.effort}
         else:
-            body = BUILDERS[protocol](req, route.model)
+            assert protocol.build is not None, protocol.name
+            body = protocol.build(req, route.model)
     except c.TranslationError as exc:
         raise InvalidRequest(str(exc), param=exc.param) from None
-    if kind == "openai-responses" and not raw:
-        body = codex.fix_request(body)
+    if not raw:
+        body = provider.fix_request(body)
     rules = await aget_rules()
     if rules:
-        body, _ = apply_rules(rules, route.model, protocol, body)
+        body, _ = apply_rules(rules, route.model, protocol.name, body)
     return body, tool_map
 
 
-async def translated(ctx: RelayContext, operation: str, protocol: str, route: Route,
-                     payload: dict[str, Any], raw: bool, sealed: bool, send: Send) -> None:
-    kind = route.upstream.kind
+async def translated(ctx: RelayContext, out: Outcome, operation: str, protocol: WireProtocol,
+                     route: Route, payload: dict[str, Any], raw: bool, sealed: bool,
+                     send: Send, settle: Settlement) -> None:
+    provider = route.upstream.provider
     req = parse_client(operation, payload)
     if ctx.effort:
         req.reasoning_effort = ctx.effort
-    # Codex-style upstreams only stream; a non-stream client gets the aggregated answer.
-    req.stream = ctx.stream or kind == "openai-responses"
+    # Upstreams that only stream: a non-stream client gets the aggregated answer.
+    req.stream = ctx.stream or provider.always_streams
     body, tool_map = await build_upstream_body(ctx, operation, protocol, route, payload, req,
                                                raw, sealed)
     encoder = client_encoder(ctx, operation, req, payload,
-                             clean_xml=kind == "openai-responses" and not raw)
+                             clean_xml=provider.clean_xml_tools and not raw)
     restorer = c.ToolCallRestorer(tool_map)
-    ctx.relayed = encoder.relayed_text
-    resp = await call_upstream(ctx, route, protocol, bool(body.get("stream")),
+    out.relayed = encoder.relayed_text
+    resp = await call_upstream(ctx, out, route, protocol, bool(body.get("stream")),
                                orjson.dumps(body))
     async with resp:
-        await pump(ctx, Upstream(resp), protocol, encoder, restorer, send)
+        await pump(ctx, out, Upstream(resp), protocol, encoder, restorer, send, settle)
 
 
-# Over the complexity limit (C901) on purpose: decode, encode, keep alive and fail over in one loop
-# per chunk; the exchange refactor of issue 13 splits it.
-async def pump(ctx: RelayContext, upstream: Upstream, protocol: str,  # noqa: C901
+# Over the complexity limit (C901) on purpose: decode, encode, keep alive and fail over in one
+# loop per chunk.
+async def pump(ctx: RelayContext, out: Outcome, upstream: Upstream,  # noqa: C901
+               protocol: WireProtocol,
                encoder: chat.ChatEncoder | responses.ResponsesEncoder,
-               restorer: c.ToolCallRestorer, send: Send) -> None:
+               restorer: c.ToolCallRestorer, send: Send, settle: Settlement) -> None:
     """Upstream answer -> canonical events -> the client's protocol, as they arrive.
 
     A streaming client's status line waits for the first content (or a long silence, or
@@ -608,23 +569,23 @@ async def pump(ctx: RelayContext, upstream: Upstream, protocol: str,  # noqa: C9
 
     async def emit(events: list[c.Event]) -> None:
         nonlocal held
-        out = b"".join(encoder.feed(e) for ev in events for e in restorer.feed(ev))
+        data = b"".join(encoder.feed(e) for ev in events for e in restorer.feed(ev))
         if encoder.usage is not None:
-            ctx.usage = encoder.usage
+            out.usage = encoder.usage
         if not client_stream:
             return
         if held is not None:
             if not decoder.saw_content or encoder.failure is not None:
-                held += out
+                held += data
                 return
             await start_stream(ctx, send)
-            out, held = held + out, None
-        ctx.upstream_ok = decoder.saw_content
-        await send_chunk(ctx, send, out)
+            data, held = held + data, None
+        out.served = decoder.saw_content
+        await send_chunk(ctx, send, data)
 
     if not upstream.streaming:
-        payload = await read_answer(ctx, upstream.resp)
-        await emit(decoder.decode_body(parse_answer(ctx, upstream.resp, payload)))
+        payload = await read_answer(out, upstream.resp)
+        await emit(decoder.decode_body(parse_answer(out, upstream.resp, payload)))
     else:
         try:
             async for chunk in upstream.chunks():
@@ -649,34 +610,34 @@ async def pump(ctx: RelayContext, upstream: Upstream, protocol: str,  # noqa: C9
     await emit(restorer.close())
     failure = encoder.failure
     if failure is not None and (not client_stream or held is not None):
-        ctx.upstream_ok = False  # nothing reached the client: an HTTP error, no charge
-        raise _failed(ctx, _before_first_byte(_failure_error(ctx, failure)))
-    ctx.usage = encoder.usage
+        out.served = False  # nothing reached the client: an HTTP error, no charge
+        raise _failed(out, _failure_error(out, failure))
+    out.usage = encoder.usage
     if failure is not None:
-        _failed(ctx, _failure_error(ctx, failure))
-        ctx.error_code = failure.code
-        ctx.upstream_ok = decoder.saw_content  # charged only for text the client got
+        _note_failure(out, _failure_error(out, failure))
+        out.error_code = failure.code
+        out.served = decoder.saw_content  # charged only for text the client got
     else:
-        ctx.upstream_ok = True
+        out.served = True
     if not client_stream:
-        await send_json(ctx, send, 200, orjson.dumps(encoder.final()))
+        await send_json(ctx, send, 200, orjson.dumps(encoder.final()), settle=settle)
         return
-    await announce_cost(ctx, encoder)
+    await announce_cost(out, encoder, settle)
     tail = encoder.close()
     if held is not None:  # the whole answer came before any content (or had none)
         await start_stream(ctx, send)
         tail = held + tail
-    await end_stream(ctx, send, tail)
+    await end_stream(ctx, send, tail, settle)
 
 
-async def announce_cost(ctx: RelayContext,
-                        encoder: chat.ChatEncoder | responses.ResponsesEncoder) -> None:
+async def announce_cost(out: Outcome, encoder: chat.ChatEncoder | responses.ResponsesEncoder,
+                        settle: Settlement) -> None:
     """Price the stream before its last event is written, so the event's usage carries the
     cost (and, when the upstream reported no usage, the tokens Turnpike counted, which are
     what is charged)."""
-    encoder.cost = await price(ctx)
+    encoder.cost = await settle.price()
     if encoder.usage is None:
-        encoder.usage = ctx.usage
+        encoder.usage = out.usage
 
 
 # Failure codes the relay itself decides (the others are the upstream's own error codes).
@@ -686,12 +647,12 @@ _RELAY_FAILURES: dict[str, type[UpstreamError]] = {
 }
 
 
-def _failure_error(ctx: RelayContext, failure: c.Failure) -> GatewayError:
+def _failure_error(out: Outcome, failure: c.Failure) -> GatewayError:
     """The client-facing error for a translated stream's failure."""
     relay_error = _RELAY_FAILURES.get(failure.code)
     if relay_error is not None:
         return relay_error(failure.message, code=failure.code)
-    return reported_error(failure.code, failure.message, _secret(ctx))
+    return reported_error(failure.code, failure.message, _secret(out))
 
 
 def _keepalive(encoder: chat.ChatEncoder | responses.ResponsesEncoder) -> bytes:
@@ -700,125 +661,12 @@ def _keepalive(encoder: chat.ChatEncoder | responses.ResponsesEncoder) -> bytes:
     return b": keepalive\n\n"
 
 
-class EventDecoder:
-    """Frames (SSE or NDJSON) of one upstream protocol -> canonical events; notices a
-    stream that ends without its protocol's end, and a frame that is not the protocol's
-    (garbage, invalid JSON): a translation cannot be trusted past one, so it is a failure."""
-
-    def __init__(self, protocol: str) -> None:
-        self.protocol = protocol
-        self.splitter = SseSplitter()
-        self.buffer = b""
-        self.ended = False
-        self.finished = False  # a Finish came (for Chat, [DONE] ends only after one)
-        self.failed = False  # a Failure came
-        self.saw_content = False
-        self.decoder: Any = {
-            "chat": chat.StreamDecoder, "responses": responses.StreamDecoder,
-            "anthropic": anthropic.StreamDecoder, "ollama": ollama.StreamDecoder,
-        }[protocol]()
-
-    def decode_body(self, data: dict[str, Any]) -> list[c.Event]:
-        events = {"chat": chat.decode_response, "responses": responses.decode_response,
-                  "anthropic": anthropic.decode_response,
-                  "ollama": ollama.decode_response}[self.protocol](data)
-        self.ended = True
-        return self._note(events)
-
-    def feed(self, chunk: bytes) -> list[c.Event]:
-        events: list[c.Event] = []
-        if self.protocol == "ollama":
-            lines = (self.buffer + chunk).split(b"\n")
-            self.buffer = lines.pop()
-            for line in lines:
-                if self.failed:
-                    break
-                events += self._note(self._ollama_line(line))
-            return events
-        for frame in self.splitter.feed(chunk):  # noted frame by frame: [DONE] needs it
-            if self.failed:
-                break  # the first failure is the one reported; nothing after it is read
-            events += self._note(self._sse(frame))
-        return events
-
-    def finish(self) -> list[c.Event]:
-        events: list[c.Event] = []
-        if self.failed:
-            return events
-        if self.protocol == "ollama":
-            events += self._ollama_line(self.buffer)
-            self.buffer = b""
-        else:
-            rest = self.splitter.rest()
-            if rest:
-                events += self._sse(rest)
-        events = self._note(events)
-        if not self.ended and not (self.protocol == "chat" and self.finished):
-            # (Some Chat servers end after the finish_reason chunk without [DONE].)
-            events.append(c.Failure("upstream_stream_cut",
-                                    "The upstream ended the stream before it was complete."))
-        return events
-
-    def _ollama_line(self, line: bytes) -> list[c.Event]:
-        if not line.strip():
-            return []
-        try:
-            parsed = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            return [c.Failure("upstream_bad_response",
-                              "The upstream sent a line that is not a JSON object.")]
-        return self.decoder.feed(parsed)
-
-    def _sse(self, frame: bytes) -> list[c.Event]:
-        data = event_data(frame)
-        if data is None:
-            if all(line.startswith((b":", b"event:", b"id:", b"retry:"))
-                   for line in frame.split(b"\n")):
-                return []  # comments (keep-alives) and fields without data
-            return [c.Failure("upstream_bad_response",
-                              "The upstream's stream is not server-sent events.")]
-        if data == DONE:
-            if not self.finished:
-                return [c.Failure("upstream_stream_cut",
-                                  "The upstream ended the stream without finishing the answer.")]
-            self.ended = True
-            return []
-        if not data.strip():
-            return []
-        try:
-            parsed = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            return [c.Failure("upstream_bad_response",
-                              "The upstream sent an event that is not a JSON object.")]
-        if self.protocol == "anthropic":
-            return self.decoder.feed(event_name(frame), parsed)
-        return self.decoder.feed(parsed)
-
-    def _note(self, events: list[c.Event]) -> list[c.Event]:
-        for event in events:
-            if isinstance(event, c.Finish):
-                self.finished = True
-            elif isinstance(event, c.Failure):
-                self.failed = True
-            if isinstance(event, (c.Failure,)) or (
-                    isinstance(event, (c.Finish, c.UsageReport)) and self.protocol != "chat"):
-                self.ended = True
-            elif isinstance(event, (c.TextDelta, c.RefusalDelta, c.ToolCallStart,
-                                    c.ReasoningDelta, c.OpaqueItem)):
-                self.saw_content = True
-        return events
-
-
 # --- compaction by Turnpike ---------------------------------------------------------------
 
-async def compact(ctx: RelayContext, operation: str, route: Route, payload: dict[str, Any],
-                  send: Send) -> None:
+async def compact(ctx: RelayContext, out: Outcome, operation: str, route: Route,
+                  payload: dict[str, Any], send: Send, settle: Settlement) -> None:
     """Summarise the history with the routed model and answer with a compaction item."""
-    protocol = UPSTREAM_PROTOCOL[route.upstream.kind][operation]
+    protocol = route.upstream.provider.protocol(operation)
     history = dict(payload)
     items = payload.get("input")
     if isinstance(items, list) and items and isinstance(items[-1], dict) and \
@@ -833,18 +681,18 @@ async def compact(ctx: RelayContext, operation: str, route: Route, payload: dict
     body, _ = await build_upstream_body(ctx, operation, protocol, route, {}, req, raw=True,
                                         sealed=True)
     body["stream"] = False
-    resp = await call_upstream(ctx, route, protocol, False, orjson.dumps(body))
+    resp = await call_upstream(ctx, out, route, protocol, False, orjson.dumps(body))
     async with resp:
         events = EventDecoder(protocol).decode_body(
-            parse_answer(ctx, resp, await read_answer(ctx, resp)))
+            parse_answer(out, resp, await read_answer(out, resp)))
     summary = "".join(e.text for e in events if isinstance(e, c.TextDelta))
     usage = next((e.usage for e in events if isinstance(e, c.UsageReport)), usage_wire.Usage())
     failure = next((e for e in events if isinstance(e, c.Failure)), None)
     if failure is not None or not summary:
         raise UpstreamError(failure.message if failure else "The model returned no summary.",
                             code=failure.code if failure else "compaction_failed")
-    ctx.usage = usage
-    ctx.upstream_ok = True
+    out.usage = usage
+    out.served = True
     item = {"type": "compaction", "id": responses.new_id("cmp"),
             "encrypted_content": c.seal_compaction(summary)}
     if operation == "compact":
@@ -856,14 +704,14 @@ async def compact(ctx: RelayContext, operation: str, route: Route, payload: dict
         answer = {"id": item["id"], "object": "response.compaction",
                   "created_at": int(time.time()), "output": [*kept, item],
                   "usage": usage_wire.to_responses(usage)}
-        await send_json(ctx, send, 200, orjson.dumps(answer))
+        await send_json(ctx, send, 200, orjson.dumps(answer), settle=settle)
         return
     encoder = responses.ResponsesEncoder(ctx.model)
     stream = b"".join(encoder.feed(e) for e in (c.Start(), c.OpaqueItem(item), c.Finish("stop"),
                                                   c.UsageReport(usage)))
     if ctx.stream:
-        await announce_cost(ctx, encoder)
+        await announce_cost(out, encoder, settle)
         await start_stream(ctx, send)
-        await end_stream(ctx, send, stream + encoder.close())
+        await end_stream(ctx, send, stream + encoder.close(), settle)
     else:
-        await send_json(ctx, send, 200, orjson.dumps(encoder.final()))
+        await send_json(ctx, send, 200, orjson.dumps(encoder.final()), settle=settle)

@@ -12,21 +12,12 @@ from django.conf import settings
 from django.utils import timezone
 
 from gateway.models import Upstream, upstream_base_url
+from gateway.providers.registry import PROVIDERS
 from gateway.routing import route_tables
 from keys.models import Status
 from portal.audit.record import log_change
 
 log = logging.getLogger(__name__)
-
-# A cheap authenticated GET per kind, relative to the upstream's base URL.
-PROBE_PATHS = {
-    "openai": "/models",
-    "openai-chat": "/models",
-    "openai-responses": "/models",
-    "anthropic": "/v1/models",
-    "ollama": "/api/tags",
-}
-
 
 @dataclass(frozen=True)
 class ProbeResult:
@@ -39,15 +30,9 @@ def probe(upstream: Upstream, timeout: float = 10.0) -> ProbeResult:
     """One request to the upstream with its first active credential (sync; for the task and
     the admin's "test now")."""
     credential = upstream.credentials.filter(status=Status.ACTIVE).first()
-    headers: dict[str, str] = {}
-    if credential is not None:
-        secret = credential.get_secret()
-        if upstream.kind == "anthropic":
-            headers = {"x-api-key": secret, "anthropic-version": "2023-06-01"}
-        else:
-            headers = {"Authorization": f"Bearer {secret}"}
-    base = upstream_base_url(upstream.kind, upstream.base_url)
-    url = base + PROBE_PATHS.get(upstream.kind, "/models")
+    secret = credential.get_secret() if credential is not None else None
+    url, headers = PROVIDERS[upstream.kind].probe(
+        upstream_base_url(upstream.kind, upstream.base_url), secret)
     started = time.perf_counter()
     try:
         with httpx.Client(timeout=timeout, proxy=upstream.proxy_url or None,

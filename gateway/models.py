@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.validators import MinValueValidator, URLValidator
 from django.db import models
@@ -10,6 +10,9 @@ from django.db import models
 from gateway.crypto import decrypt, encrypt
 from keys.fields import ListField
 from keys.models import Status
+
+if TYPE_CHECKING:
+    from gateway.providers.provider import Provider
 
 
 class UpstreamKind(models.TextChoices):
@@ -21,11 +24,10 @@ class UpstreamKind(models.TextChoices):
     OPENAI_RESPONSES = "openai-responses", "OpenAI Responses only (Codex-style)"
     ANTHROPIC = "anthropic", "Anthropic Messages"
     OLLAMA = "ollama", "Ollama chat"
-
-
-# Kinds whose request paths carry their own version (/v1/messages, /api/chat): their base
-# URL is the server root.
-SERVER_ROOT_KINDS = frozenset({UpstreamKind.ANTHROPIC.value, UpstreamKind.OLLAMA.value})
+    # OpenAI-compatible with an ``api-key`` header (gateway/providers/azure.py).
+    AZURE = "azure", "Azure OpenAI (v1 API, api-key header)"
+    # Each kind's behaviour is its provider's (gateway/providers/, registered in
+    # gateway/providers/registry.py); a new kind is a choice here plus its provider.
 
 
 def upstream_base_url(kind: str, url: str) -> str:
@@ -34,8 +36,11 @@ def upstream_base_url(kind: str, url: str) -> str:
     (``https://api.anthropic.com/v1``, Ollama's OpenAI-compatible ``http://host:11434/v1``),
     which would otherwise make ``/v1/v1/messages``. Applied when an upstream is saved and
     again where URLs are built, so rows written without ``save()`` work too."""
+    from gateway.providers.registry import PROVIDERS
+
     url = url.strip().rstrip("/")
-    if kind in SERVER_ROOT_KINDS and url.endswith("/v1"):
+    provider = PROVIDERS.get(kind)
+    if provider is not None and provider.server_root and url.endswith("/v1"):
         url = url[: -len("/v1")].rstrip("/")
     return url
 
@@ -95,6 +100,13 @@ class Upstream(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def provider(self) -> Provider:
+        """Everything kind-specific about this upstream (``gateway.providers``)."""
+        from gateway.providers.registry import PROVIDERS
+
+        return PROVIDERS[self.kind]
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         # Here rather than in each writer: the admin, the CLI and the demo all save.

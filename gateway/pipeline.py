@@ -6,9 +6,14 @@
       dashboard.*       GET /v1/dashboard/billing/subscription|usage (balance for chat clients)
       relay()           POST /v1/responses, /v1/responses/compact, /v1/chat/completions
         read_body(), parse_request()   the checks every endpoint shares
-        resolve_model() model permission, model -> upstreams (routing.plan orders routes)
+        resolve_model() model permission, model -> upstreams
         policy.admit()  quota, rate limits, concurrency, max_tokens (one limiter call)
-        exchange.run()  send upstream; relay or translate the answer as it arrives
+        plan_routes()   the upstream + credential routes to try, in order (routing.plan)
+        Settlement      charging: priced and settled by the sender just before the answer's
+                        last bytes (gateway.charging), or in the background by record()
+        exchange.run()  send upstream; relay or translate the answer as it arrives; its
+                        Outcome (route, attempts, usage, served) is what is charged
+      record()          the usage row (settled with it when admitted)
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from django.conf import settings
 
 from billing.usage import record_usage
 from gateway import dashboard, exchange, policy, routing, validate
+from gateway.charging import Settlement
 from gateway.context import RelayContext
 from gateway.errors import (
     AuthenticationFailed,
@@ -42,22 +48,23 @@ from gateway.errors import (
     RateLimited,
     UnsupportedContentType,
 )
+from gateway.outcome import Outcome
+from gateway.providers.failures import UpstreamFailed
 from gateway.providers.registry import FORWARDED_HEADERS
 from gateway.respond import (
     Receive,
     Send,
     abort_stream,
-    finish_policy,
     send_error,
     send_json,
-    served_binding,
 )
-from gateway.routing import UpstreamRef, aget_route_table
+from gateway.routing import Route, UpstreamRef, aget_route_table
 from gateway.translate import codex
 from keys.secrets import hash_secret
 from keys.snapshots import KeySnapshot, aget_key_snapshot
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # endpoint name (from the URL router) -> (HTTP method, operation)
 ENDPOINTS: dict[str, tuple[str, str]] = {
@@ -219,29 +226,41 @@ def first_user_text(payload: dict[str, Any]) -> str:
 
 # --- the relay --------------------------------------------------------------------------
 
-async def relay(ctx: RelayContext, operation: str, receive: Receive, send: Send) -> None:
-    key = await authenticate(ctx)
-    validate.check_headers(ctx.headers, FORWARDED_HEADERS)
-    body = await read_body(receive, ctx)
-    payload = parse_request(ctx, body, operation)
-    ctx.payload = payload
-    model, candidates = await resolve_model(ctx, key)
-    explicit, session = session_of(ctx, key, payload)
-    ctx.ticket = await policy.admit(key, ctx.request_id, model, payload, len(body),
-                                    session=explicit)
-    ctx.extra_headers = ctx.ticket.headers
-    routes = routing.plan(candidates, model, session, ctx.ticket.binding, ctx.ticket.cooled)
+def plan_routes(model: str, candidates: list[UpstreamRef], session: str,
+                ticket: policy.Ticket) -> list[Route]:
+    """The routes to try, in order: the session's binding first, then by priority and
+    weight, skipping credentials that are cooling down (all cooling: a 429)."""
+    routes = routing.plan(candidates, model, session, ticket.binding, ticket.cooled)
     if not routes:
-        wait = routing.shortest_cooldown(candidates, ctx.ticket.cooled, int(time.time() * 1000))
+        wait = routing.shortest_cooldown(candidates, ticket.cooled, int(time.time() * 1000))
         raise RateLimited(
             f"Every upstream credential for the model '{model}' is cooling down after the "
             "upstream rate-limited it; retry after the time in Retry-After.",
             code="upstream_rate_limited", retry_after=max(wait or 0.0, 0.001))
-    await watch_disconnect(ctx, receive, exchange.run(ctx, operation, routes, payload, body,
-                                                      send))
+    return routes
 
 
-async def watch_disconnect(ctx: RelayContext, receive: Receive, work: Awaitable[None]) -> None:
+async def relay(ctx: RelayContext, operation: str, receive: Receive,
+                send: Send) -> Outcome:
+    key = await authenticate(ctx)
+    validate.check_headers(ctx.headers, FORWARDED_HEADERS)
+    body = await read_body(receive, ctx)
+    payload = parse_request(ctx, body, operation)
+    model, candidates = await resolve_model(ctx, key)
+    explicit, session = session_of(ctx, key, payload)
+    ticket = ctx.ticket = await policy.admit(key, ctx.request_id, model, payload, len(body),
+                                             session=explicit)
+    ctx.extra_headers = ticket.headers
+    routes = plan_routes(model, candidates, session, ticket)
+    # Charging, by name: whatever ends the answer awaits ``settle`` right before its last
+    # bytes (respond.send_json / end_stream / abort_stream); record() settles otherwise.
+    outcome = ctx.outcome
+    settle = ctx.settlement = Settlement(ticket, outcome, payload, ctx.usage_event)
+    return await watch_disconnect(ctx, receive, exchange.run(
+        ctx, operation, routes, payload, body, outcome, send, settle))
+
+
+async def watch_disconnect(ctx: RelayContext, receive: Receive, work: Awaitable[T]) -> T:
     """Run ``work``; if the client disconnects first, cancel it (which closes the upstream
     request too) and raise ClientGone."""
     task = asyncio.current_task()
@@ -257,7 +276,7 @@ async def watch_disconnect(ctx: RelayContext, receive: Receive, work: Awaitable[
 
     watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await work
+        return await work
     except asyncio.CancelledError:
         if not ctx.client_gone:
             raise
@@ -324,39 +343,41 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     except ClientGone:
         ctx.status = ctx.status or 499
         ctx.error_code = ctx.error_code or "client_disconnected"
-        await finish_policy(ctx)  # charged for what was generated (counted if unreported)
+        if ctx.settlement is not None:  # charged for what was generated (counted if unreported)
+            await ctx.settlement()
+    except UpstreamFailed as exc:  # no route answered: the last failure is the client's error
+        await answer_error(ctx, send, exc.error)
     except GatewayError as exc:
-        if ctx.status:  # headers already sent: end an open stream with the error event
-            ctx.error_code = ctx.error_code or exc.code
-            await abort_stream(ctx, send, exc)
-        else:
-            await send_error(ctx, send, exc)
+        await answer_error(ctx, send, exc)
     except Exception:
         log.exception("unhandled error on %s %s (%s)", scope["method"], scope.get("path"),
                       ctx.request_id)
-        error = GatewayError("Turnpike hit an internal error; the request was not completed. "
-                             f"Request id: {ctx.request_id}.")
-        if ctx.status:
-            ctx.error_code = ctx.error_code or error.code
-            await abort_stream(ctx, send, error)
-        else:
-            await send_error(ctx, send, error)
+        await answer_error(ctx, send, GatewayError(
+            "Turnpike hit an internal error; the request was not completed. "
+            f"Request id: {ctx.request_id}."))
         ctx.error_code = ctx.error_code or "internal_error"
     finally:
         _in_flight -= 1
-        _record(ctx)
+        record(ctx)
 
 
-def _record(ctx: RelayContext) -> None:
+async def answer_error(ctx: RelayContext, send: Send, error: GatewayError) -> None:
+    """The one place an error becomes the client's answer: the OpenAI error envelope, or,
+    once a stream has started, the protocol's error event that ends it (settled first, like
+    any answer's end)."""
+    if ctx.status:  # headers already sent: end an open stream with the error event
+        ctx.error_code = ctx.error_code or error.code
+        await abort_stream(ctx, send, error, ctx.settlement)
+    else:
+        await send_error(ctx, send, error, ctx.settlement)
+
+
+def record(ctx: RelayContext) -> None:
     """The request's usage row. An admitted request's row goes with its settlement (see
-    respond.finish_policy); one that ended without its last send (client gone, internal
-    error) is settled here, in the background, where a cancelled request cannot interrupt
-    it. Anything refused before the limiter is queued for the writer."""
-    if ctx.ticket is None:
+    gateway.charging); one that ended without its last send (client gone, internal error)
+    is settled here, in the background, where a cancelled request cannot interrupt it.
+    Anything refused before the limiter is queued for the writer."""
+    if ctx.settlement is None:
         record_usage(ctx.usage_event())
         return
-    if not ctx.settled:
-        ctx.settled = True
-        ctx.cost = policy.charge(ctx.ticket, ctx.usage, ctx.upstream_ok)
-        policy.settle_later(ctx.ticket, ctx.cost, ctx.usage, served_binding(ctx),
-                            ctx.usage_event())
+    ctx.settlement.later()

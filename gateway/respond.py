@@ -1,5 +1,6 @@
-"""Writing the answer to the client: JSON bodies, stream starts, settling just before the
-last bytes go out, and ending a stream that broke."""
+"""Writing the answer to the client: JSON bodies, stream starts, the end of a stream, and
+ending a stream that broke. The calls that write an answer's last bytes take the request's
+``settle`` step (``gateway.charging.Settlement``) and await it just before writing them."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-from gateway import policy
 from gateway.context import RelayContext
 from gateway.errors import GatewayError
-from gateway.estimate import estimate_if_needed
 from gateway.wire.sse import encode
 from gateway.wire.usage import cost_text
 
@@ -19,6 +18,9 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+# Settle the request (charge it, free its slot) and return its cost: awaited right before
+# the answer's last bytes go out. None for a request that was never admitted.
+Settle = Callable[[], Awaitable[Decimal]]
 
 SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 # What a JSON answer cost, as charged (group multiplier applied), in the currency's units
@@ -32,53 +34,28 @@ def base_headers(ctx: RelayContext, content_type: bytes) -> list[tuple[bytes, by
             *ctx.extra_headers]
 
 
-async def price(ctx: RelayContext) -> Decimal:
-    """What the request is charged: counted tokens when the upstream reported none, priced
-    by the ticket (a pure computation, no I/O but the tokenizer's thread in that case).
-    Idempotent, so a stream can announce the cost in its last event and settling, just
-    after, charges the same amount."""
-    if ctx.ticket is None:
-        return ctx.cost
-    await estimate_if_needed(ctx)
-    ctx.cost = policy.charge(ctx.ticket, ctx.usage, ctx.upstream_ok)
-    return ctx.cost
-
-
-async def finish_policy(ctx: RelayContext) -> None:
-    """Settle the request just before its last bytes go out, and wait for it: the slot is
-    free, the reservation closed and the usage row journaled (with Redis) before the client
-    has its whole answer, so its next request finds the slot free on any process and a
-    crash of this process after this point loses nothing. One round trip, which the
-    client's answer waits for (measured in BENCHMARKS.md)."""
-    if ctx.ticket is None or ctx.settled:
-        return
-    await price(ctx)
-    ctx.settled = True
-    await policy.settle(ctx.ticket, ctx.cost, ctx.usage, served_binding(ctx), ctx.usage_event())
-
-
-def served_binding(ctx: RelayContext) -> str | None:
-    """The route to bind the session to: the one that served it (re-set to renew its TTL)."""
-    return ctx.route.binding if ctx.route is not None and ctx.upstream_ok else None
+NOTHING = Decimal(0)
 
 
 async def send_json(ctx: RelayContext, send: Send, status: int, body: bytes,
-                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+                    extra: list[tuple[bytes, bytes]] | None = None,
+                    settle: Settle | None = None) -> None:
     ctx.status = status
     ctx.mark_first_byte()  # the answer starts now: the row, settled next, says so
-    await finish_policy(ctx)
+    cost = await settle() if settle is not None else NOTHING
     headers = base_headers(ctx, b"application/json")
     headers.append((b"content-length", str(len(body)).encode()))
-    headers.append((COST_HEADER, cost_text(ctx.cost)))
+    headers.append((COST_HEADER, cost_text(cost)))
     if extra:
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(ctx: RelayContext, send: Send, error: GatewayError) -> None:
+async def send_error(ctx: RelayContext, send: Send, error: GatewayError,
+                     settle: Settle | None = None) -> None:
     ctx.error_code = error.code
-    await send_json(ctx, send, error.status, error.render(), error.headers())
+    await send_json(ctx, send, error.status, error.render(), error.headers(), settle)
 
 
 async def start_stream(ctx: RelayContext, send: Send) -> None:
@@ -97,8 +74,8 @@ async def send_chunk(ctx: RelayContext, send: Send, data: bytes) -> None:
         ctx.mark_first_byte()
 
 
-async def end_stream(ctx: RelayContext, send: Send, tail: bytes) -> None:
-    await finish_policy(ctx)
+async def end_stream(ctx: RelayContext, send: Send, tail: bytes, settle: Settle) -> None:
+    await settle()
     await send({"type": "http.response.body", "body": tail, "more_body": False})
     ctx.stream_open = False
     ctx.mark_first_byte()
@@ -125,7 +102,8 @@ def stream_error_event(ctx: RelayContext, error: GatewayError) -> bytes:
     }, event="response.failed")
 
 
-async def abort_stream(ctx: RelayContext, send: Send, error: GatewayError) -> None:
+async def abort_stream(ctx: RelayContext, send: Send, error: GatewayError,
+                       settle: Settle | None) -> None:
     """End a stream that failed after its first byte: settle, send the protocol's error
     event and finish the response, so the client is never left waiting on an open
     connection. A JSON answer already sent whole needs nothing more."""
@@ -133,7 +111,8 @@ async def abort_stream(ctx: RelayContext, send: Send, error: GatewayError) -> No
         return
     ctx.stream_open = False
     try:
-        await finish_policy(ctx)  # charged for what was relayed, like any ended stream
+        if settle is not None:
+            await settle()  # charged for what was relayed, like any ended stream
     except Exception as exc:  # often the very failure being reported: no second traceback
         log.warning("settling the broken stream of %s failed too: %r", ctx.request_id, exc)
     try:

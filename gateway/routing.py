@@ -20,6 +20,8 @@ from functools import lru_cache
 from typing import Any
 
 from gateway.crypto import decrypt
+from gateway.providers.provider import Provider
+from gateway.providers.registry import PROVIDERS
 from keys.snapshots import model_matches
 from portal.snapshots import LayeredCache
 
@@ -48,6 +50,11 @@ class UpstreamRef:
     timeout_first_byte: float | None = None
     timeout_idle: float | None = None
     proxy: str | None = None
+
+    @property
+    def provider(self) -> Provider:
+        """Everything kind-specific about calling this upstream (``gateway.providers``)."""
+        return PROVIDERS[self.kind]
 
     def serves(self, model: str) -> bool:
         if model in self._exact:

@@ -39,10 +39,9 @@ _FIELD_PREFIXES = (b":", b"event:", b"id:", b"retry:")
 
 
 def bad_response(message: str) -> UpstreamError:
-    """The upstream answered, but not with its protocol (garbage, invalid JSON)."""
-    error = UpstreamError(message, code="upstream_bad_response")
-    error.failover = "upstream"
-    return error
+    """The upstream answered, but not with its protocol (garbage, invalid JSON): a 502,
+    which fails over (gateway.providers.failures) while the client has nothing yet."""
+    return UpstreamError(message, code="upstream_bad_response")
 
 
 class StreamTap:

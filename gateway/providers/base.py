@@ -112,22 +112,17 @@ def _mapped(status: int, message: str | None, code: str | None, param: str | Non
         if len(secret) > 12:
             message = message.replace(secret[-8:], "****")
     if status in (401, 403):
-        error: GatewayError = UpstreamError(
+        return UpstreamError(
             f"The upstream refused Turnpike's credential (HTTP {status}). "
             "An operator needs to check the upstream's API key.",
             code="upstream_auth_failed",
         )
-        error.failover, error.disable_credential = "credential", True
-        return error
     if status == 429:
-        asked = retry_after_seconds(headers)
-        error = RateLimited(
+        return RateLimited(
             message or "The upstream is rate limiting; try again shortly.",
             code=code or "rate_limit_exceeded",
-            retry_after=asked or DEFAULT_RETRY_AFTER,
+            retry_after=retry_after_seconds(headers) or DEFAULT_RETRY_AFTER,
         )
-        error.failover, error.cooldown = "credential", asked
-        return error
     if status == 404:
         return NotFound(message or "The upstream does not know this path or model.",
                         code=code or "not_found")
@@ -136,11 +131,9 @@ def _mapped(status: int, message: str | None, code: str | None, param: str | Non
             message or f"The upstream rejected the request (HTTP {status}).",
             code=code or "upstream_rejected", status=status, param=param,
         )
-    error = UpstreamError(
+    return UpstreamError(
         message or f"The upstream failed (HTTP {status}).",
         code=code or "upstream_error",
         status=status if status in (500, 502, 503, 504) else 502,
         type="server_error",
     )
-    error.failover = "upstream"
-    return error

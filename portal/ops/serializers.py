@@ -16,7 +16,7 @@ from rest_framework import serializers
 
 from billing.models import LedgerEntry, ModelPrice, RedemptionCode, UsageLog, UsageRollup
 from billing.redemption import MAX_COUNT, code_state
-from gateway.models import Credential, ModelRule, Upstream, UpstreamKind
+from gateway.models import Credential, ModelRule, Upstream
 from keys.limits import MAX_MICRO
 from keys.models import AccessToken, ApiKey, Group, Membership, Tenant
 from keys.money import from_micro
@@ -250,7 +250,7 @@ class CredentialSerializer(serializers.ModelSerializer):
         secret = (data.get("secret") or "").strip()
         upstream = data.get("upstream") or getattr(self.instance, "upstream", None)
         if self.instance is None and not secret and (
-                upstream is None or upstream.kind != UpstreamKind.OLLAMA):
+                upstream is None or upstream.provider.needs_secret):
             raise serializers.ValidationError({"secret": "A new credential needs its secret."})
         data["secret"] = secret
         return data

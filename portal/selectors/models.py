@@ -75,13 +75,15 @@ def multiplied(price: Price, factor: Decimal) -> Price:
 def endpoint_support(kinds: set[str]) -> dict[str, str]:
     """Per client endpoint: native when some upstream kind speaks it as is, else translated
     (compaction: done by Turnpike when no upstream compacts natively)."""
-    from gateway.exchange import NATIVE_COMPACTION, UPSTREAM_PROTOCOL
+    from gateway.providers.protocols import CLIENT_PROTOCOL
+    from gateway.providers.registry import PROVIDERS
 
+    providers = [PROVIDERS[k] for k in kinds if k in PROVIDERS]
     out: dict[str, str] = {}
     for endpoint in ENDPOINTS:
-        if any(UPSTREAM_PROTOCOL.get(k, {}).get(endpoint) == endpoint for k in kinds):
+        if any(p.protocol(endpoint) is CLIENT_PROTOCOL[endpoint] for p in providers):
             out[endpoint] = NATIVE
-        elif endpoint == "compact" and not kinds & NATIVE_COMPACTION:
+        elif endpoint == "compact" and not any(p.native_compaction for p in providers):
             out[endpoint] = BY_TURNPIKE
         else:
             out[endpoint] = TRANSLATED

@@ -23,8 +23,9 @@ Anthropic and Ollama)::
                                  "hold", "count"})
 
 Auth: with one or more ``--api-key``, protocol requests must present one of them
-(``Authorization: Bearer K``; Anthropic also ``x-api-key: K``), else 401 in the protocol's error
-shape. Without ``--api-key`` anything is accepted. ``/_fake/*`` never needs a key.
+(``Authorization: Bearer K``; Anthropic also ``x-api-key: K``, OpenAI also ``api-key: K``),
+else 401 in the protocol's error shape. Without ``--api-key`` anything is accepted.
+``/_fake/*`` never needs a key.
 
 The modules, in the order a request meets them:
 

@@ -41,6 +41,8 @@ ErrorFn = Callable[[int, str, Mapping[str, str] | None], Awaitable[web.Response]
 def _presented_key(request: web.Request, protocol: Protocol) -> str | None:
     if protocol.accepts_x_api_key and "x-api-key" in request.headers:
         return request.headers["x-api-key"]
+    if protocol is OPENAI and "api-key" in request.headers:  # Azure OpenAI's header
+        return request.headers["api-key"]
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
 

@@ -10,6 +10,7 @@ import pytest
 from gateway.errors import InvalidRequest, RateLimited, UpstreamError
 from gateway.exchange import EventDecoder
 from gateway.providers.base import error_answer, is_error_answer
+from gateway.providers.failures import classify
 from gateway.streaming import ChatTap, ResponsesTap
 from gateway.translate import canonical as c
 from gateway.wire.sse import encode
@@ -34,19 +35,25 @@ def test_which_answers_are_errors(body, is_error):
     assert is_error_answer(body) is is_error
 
 
+def failover(error):
+    """Where routing goes after this error, before the client got a byte (see
+    gateway.providers.failures)."""
+    return classify(error.status).retry
+
+
 def test_an_error_in_a_200_is_mapped_like_the_status_it_stands_for():
     server = error_answer(orjson.dumps({"error": {"message": "boom", "type": "server_error"}}),
                           {}, None)
-    assert (type(server), server.status, server.code, server.failover) == (
+    assert (type(server), server.status, server.code, failover(server)) == (
         UpstreamError, 502, "server_error", "upstream")
     limited = error_answer(orjson.dumps({"type": "error", "error": {
         "type": "rate_limit_error", "message": "slow down"}}), {}, None)
-    assert isinstance(limited, RateLimited) and limited.failover == "credential"
+    assert isinstance(limited, RateLimited) and failover(limited) == "credential"
     assert limited.retry_after == 5  # a 429 always tells the client when to retry
     bad = error_answer(orjson.dumps({"error": {"message": "too long",
                                                "type": "invalid_request_error",
                                                "code": "context_length_exceeded"}}), {}, None)
-    assert isinstance(bad, InvalidRequest) and bad.status == 400 and bad.failover is None
+    assert isinstance(bad, InvalidRequest) and bad.status == 400 and failover(bad) is None
     ollama = error_answer(orjson.dumps({"error": f"bad key {SECRET}"}), {}, SECRET)
     assert (ollama.status, ollama.code) == (502, "upstream_error")
     assert SECRET not in ollama.message

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import exchange, pipeline, policy, validate
+from gateway.providers.protocols import PROTOCOLS
 from gateway.providers.registry import FORWARDED_HEADERS
 from gateway.translate import canonical as c
 from gateway.translate import chat, codex, responses
@@ -261,7 +262,7 @@ def _exercise(operation: str, payload: dict[str, Any]) -> None:
     encoder.close()
     orjson.dumps(encoder.final())
     # Every upstream protocol's body.
-    for protocol, build in exchange.BUILDERS.items():
+    for protocol, build in ((p.name, p.build) for p in PROTOCOLS.values() if p.build):
         one = copy.deepcopy(req)
         try:
             if protocol != "responses":
