@@ -360,12 +360,19 @@ def submit(driver: Any, form_selector: str = "main form") -> None:
 
 
 def _stale(element: Any) -> bool:
-    from selenium.common.exceptions import StaleElementReferenceException
+    """Whether ``element``'s document is gone (the next page replaced it). Chromium says so
+    with a stale-element error, or, when the check races the navigation, with an inspector
+    error that the node "does not belong to the document": the same fact."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 
     try:
         element.is_enabled()
     except StaleElementReferenceException:
         return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
     return False
 
 
