@@ -479,6 +479,21 @@ def js_errors(driver: Any) -> list[str]:
             for entry in driver.get_log("browser") if entry.get("level") == "SEVERE"]
 
 
+def settled_overflow(driver: Any, timeout: float = 3.0) -> list[str]:
+    """``overflowing`` once the page has laid itself out for the window's new size: charts
+    (chart.js) resize their canvases from a ResizeObserver a frame or more after the window
+    changed, later still on a busy machine. Returns [] as soon as nothing sticks out; an
+    overflow still there after ``timeout`` is real."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        wide = overflowing(driver)
+        if not wide or time.monotonic() >= deadline:
+            return wide
+        time.sleep(0.1)
+
+
 def overflowing(driver: Any) -> list[str]:
     """The page scrolls sideways (a layout too wide for the window): the widest elements
     that stick out on the right, else []. Regions that scroll on their own (a wide table in
@@ -567,7 +582,7 @@ def check_page(driver: Any, name: str, *, widths: tuple[str, ...] = tuple(WIDTHS
     screenshot(driver, name, widths)
     for width in widths:
         at_width(driver, width)
-        wide = overflowing(driver)
+        wide = settled_overflow(driver)
         assert not wide, f"{url} is wider than the window at {width} width: {wide}"
         if axe:
             bad = accessibility(driver)

@@ -31,6 +31,7 @@ from tests.browser.conftest import (
     login,
     make_user,
     overflowing,
+    settled_overflow,
     wait_for_path,
 )
 
@@ -205,7 +206,7 @@ def test_the_checks_catch_problems(visitor: Visitor) -> None:
     assert driver.execute_script("return window.inline") is None
     # A box wider than a phone makes the page scroll sideways; in a .table-wrap it does not.
     at_width(driver, "phone")
-    assert overflowing(driver) == []
+    assert settled_overflow(driver) == []
     driver.execute_script(
         "const wrap = document.createElement('div'); wrap.className = 'table-wrap';"
         "wrap.innerHTML = '<div id=wide-ok>x</div>'; document.querySelector('main').append(wrap);"
@@ -216,4 +217,6 @@ def test_the_checks_catch_problems(visitor: Visitor) -> None:
         "document.querySelector('main').append(div); div.style.width = '900px';")
     wide = overflowing(driver)
     assert any(found.startswith("div#too-wide") for found in wide), wide
+    # Waiting for the layout to settle never hides a real overflow.
+    assert settled_overflow(driver, timeout=0.3) == wide
     at_width(driver, "desktop")
