@@ -7,8 +7,9 @@ The settle is awaited just before the answer's last bytes go out: the pipeline h
 writing them (``respond.send_json``, ``end_stream``, ``abort_stream``). So a client that has
 its whole answer finds its slot free on any process, and a crash after that point loses
 nothing. One Redis round trip, which the answer waits for (measured in BENCHMARKS.md). An
-answer that ended any other way (client gone, internal error) is settled in the background
-by ``later()``."""
+error answer is settled the same way as it is sent, and a client that left is settled by the
+pipeline as soon as it is noticed (usage counted if unreported); only a request cut off
+before either (cancelled, say at shutdown) is settled in the background by ``later()``."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Written by the pipeline (who the client is, what it asked for, how it is charged) and by
 ``gateway.respond`` (what has been sent). What the upstream exchange came to is its own
-record, ``outcome`` (``gateway.outcome.Outcome``), written by ``gateway.exchange`` alone."""
+record, ``outcome`` (``gateway.outcome.Outcome``), written by ``gateway.exchange`` (and by
+the settlement's estimate, for usage the upstream never reported)."""
 
 from __future__ import annotations
 

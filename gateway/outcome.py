@@ -1,5 +1,7 @@
 """Outcome: what one request's exchange with its upstreams came to. Written by
-``gateway.exchange`` alone, read by the settlement (``gateway.charging``) and the usage row."""
+``gateway.exchange``, read by the settlement (``gateway.charging``) and the usage row; the
+settlement adds only the usage Turnpike counts when the upstream reported none
+(``gateway.estimate``, which marks it ``estimated``)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@
         policy.admit()  quota, rate limits, concurrency, max_tokens (one limiter call)
         plan_routes()   the upstream + credential routes to try, in order (routing.plan)
         Settlement      charging: priced and settled by the sender just before the answer's
-                        last bytes (gateway.charging), or in the background by record()
+                        last bytes (gateway.charging), by handle() when the client left,
+                        or in the background by record()
         exchange.run()  send upstream; relay or translate the answer as it arrives; its
                         Outcome (route, attempts, usage, served) is what is charged
       record()          the usage row (settled with it when admitted)
@@ -253,7 +254,8 @@ async def relay(ctx: RelayContext, operation: str, receive: Receive,
     ctx.extra_headers = ticket.headers
     routes = plan_routes(model, candidates, session, ticket)
     # Charging, by name: whatever ends the answer awaits ``settle`` right before its last
-    # bytes (respond.send_json / end_stream / abort_stream); record() settles otherwise.
+    # bytes (respond.send_json / end_stream / abort_stream), handle() settles a client that
+    # left, and record() anything cut off before either.
     outcome = ctx.outcome
     settle = ctx.settlement = Settlement(ticket, outcome, payload, ctx.usage_event)
     return await watch_disconnect(ctx, receive, exchange.run(
@@ -374,7 +376,7 @@ async def answer_error(ctx: RelayContext, send: Send, error: GatewayError) -> No
 
 def record(ctx: RelayContext) -> None:
     """The request's usage row. An admitted request's row goes with its settlement (see
-    gateway.charging); one that ended without its last send (client gone, internal error)
+    gateway.charging); one that nothing settled (cancelled before its answer's last send)
     is settled here, in the background, where a cancelled request cannot interrupt it.
     Anything refused before the limiter is queued for the writer."""
     if ctx.settlement is None:

@@ -1,4 +1,4 @@
-"""The key policy, checked in the reference's order (shared/reference/000_…txt):
+"""The key policy, checked in the reference gateways' order (README, "Key policy"):
 
     1 key present and known       401 missing_api_key / invalid_api_key  (pipeline.authenticate)
     2 key and tenant active, IP   403 api_key_disabled / ip_not_allowed  (pipeline.authenticate)

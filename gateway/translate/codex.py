@@ -1,6 +1,6 @@
 """Fixes for Codex-style Responses upstreams (kind ``openai-responses``), on unless the
-client asks for raw mode. Each fix names the upstream error it prevents
-(shared/reference/000_…txt, 001_…txt, 002_…txt)."""
+client asks for raw mode. Where a fix prevents an upstream error, its comment quotes the
+error."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ import orjson
 import pytest
 
 from gateway.errors import InvalidRequest, RateLimited, UpstreamError
-from gateway.exchange import EventDecoder
 from gateway.providers.base import error_answer, is_error_answer
+from gateway.providers.decoding import EventDecoder
 from gateway.providers.failures import classify
 from gateway.streaming import ChatTap, ResponsesTap
 from gateway.translate import canonical as c
