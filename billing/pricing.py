@@ -6,12 +6,12 @@ currency) in the limiter, so reservations are exact integers in Redis.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from keys.money import MICRO, from_micro, to_micro
+from keys.patterns import is_pattern, matches
 from portal.snapshots import LayeredCache
 
 __all__ = ["MICRO", "from_micro", "to_micro"]  # re-exported for callers of pricing
@@ -75,7 +75,7 @@ class PriceTable:
         if price is not None:
             return price
         for pattern, candidate in self.patterns:
-            if fnmatch.fnmatchcase(model, pattern):
+            if matches(pattern, model):
                 return candidate
         return FREE
 
@@ -108,7 +108,7 @@ def decode_price_table(data: dict[str, Any]) -> PriceTable:
         price = Price(input=Decimal(row["input"]), cached_input=_dec(row["cached_input"]),
                       output=Decimal(row["output"]), reasoning=_dec(row["reasoning"]),
                       per_request=Decimal(row["per_request"]))
-        if any(ch in row["model"] for ch in "*?["):
+        if is_pattern(row["model"]):
             patterns.append((row["model"], price))
         else:
             exact[row["model"]] = price

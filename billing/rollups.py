@@ -35,12 +35,13 @@ from billing.models import (
     UsageRollupTenant,
     UsageRollupTenantHourly,
 )
+from billing.usagerow import TOKEN_FIELDS
 from keys.limits import local_day_and_seconds_left
 from portal.redis import rkey, sync_redis
 
 log = logging.getLogger(__name__)
 
-SUMMED = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "cost")
+SUMMED = (*TOKEN_FIELDS, "cost")
 COUNTED = ("requests", "errors")
 HISTOGRAM = (*LATENCY_FIELDS, *TTFB_FIELDS)
 MEASURES = (*COUNTED, *SUMMED, *HISTOGRAM)

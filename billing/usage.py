@@ -1,4 +1,5 @@
-"""record_usage(): the only writer of UsageLog.
+"""record_usage(): the only writer of UsageLog. The row itself (its fields, its journal
+format, its columns) is defined once, in ``billing.usagerow``.
 
 With Redis, an admitted request's row goes to the Redis journal with its settlement
 (``keys/lua/settle.lua``), before the answer ends, so it survives the serving process. Other
@@ -15,53 +16,25 @@ import asyncio
 import logging
 import threading
 import weakref
-from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from billing import usagerow
+from billing.usagerow import UsageEvent
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class UsageEvent:
-    created_at: datetime
-    request_id: str
-    endpoint: str
-    status_code: int
-    key_id: int | None = None
-    key_prefix: str = ""
-    tenant_id: int | None = None
-    model: str = ""
-    upstream_id: int | None = None
-    credential_id: int | None = None
-    error_code: str = ""
-    stream: bool = False
-    input_tokens: int = 0
-    cached_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost: Decimal = field(default_factory=Decimal)
-    latency_ms: int = 0
-    ttfb_ms: int | None = None
-    client_ip: str | None = None
-    user_agent: str = ""
-    attempts: list[dict[str, object]] = field(default_factory=list)
-    estimated: bool = False
 
 
 def _drop_dangling_links(events: list[UsageEvent]) -> None:
     """Null links to rows deleted while the request ran (a key or upstream removed by an
     admin mid-stream): one bad FK must not sink the whole batch's INSERT."""
-    from gateway.models import Credential, Upstream
-    from keys.models import ApiKey, Tenant
+    from django.apps import apps
 
-    for attr, model in (("key_id", ApiKey), ("tenant_id", Tenant),
-                        ("upstream_id", Upstream), ("credential_id", Credential)):
+    for attr, label in usagerow.LINKS.items():
+        model = apps.get_model(label)
         ids = {getattr(e, attr) for e in events} - {None}
         if not ids:
             continue
@@ -117,12 +90,7 @@ def _unique(events: list[UsageEvent]) -> list[UsageEvent]:
     return out
 
 
-COPY_COLUMNS = (
-    "created_at", "request_id", "endpoint", "status_code", "key_id", "key_prefix", "tenant_id",
-    "model", "upstream_id", "credential_id", "error_code", "stream", "input_tokens",
-    "cached_tokens", "output_tokens", "reasoning_tokens", "cost", "latency_ms", "ttfb_ms",
-    "client_ip", "user_agent", "attempts", "estimated",
-)
+COPY_COLUMNS = usagerow.FIELDS
 
 
 def _insert(events: list[UsageEvent]) -> list[UsageEvent]:
@@ -133,8 +101,6 @@ def _insert(events: list[UsageEvent]) -> list[UsageEvent]:
         # reach PostgreSQL with almost no Python per row (the ORM's bulk_create held the GIL
         # for milliseconds per batch, which a gateway process shows as tail latency), and a
         # row written before is skipped by its unique request id.
-        import orjson
-
         columns = ", ".join(COPY_COLUMNS)
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
@@ -142,13 +108,7 @@ def _insert(events: list[UsageEvent]) -> list[UsageEvent]:
                 f"SELECT {columns} FROM billing_usagelog WITH NO DATA")
             with cursor.cursor.copy(f"COPY usage_incoming ({columns}) FROM STDIN") as copy:
                 for e in events:
-                    copy.write_row((
-                        e.created_at, e.request_id, e.endpoint, e.status_code, e.key_id,
-                        e.key_prefix, e.tenant_id, e.model[:200], e.upstream_id,
-                        e.credential_id, e.error_code[:64], e.stream, e.input_tokens,
-                        e.cached_tokens, e.output_tokens, e.reasoning_tokens, e.cost,
-                        e.latency_ms, e.ttfb_ms, e.client_ip, e.user_agent[:300],
-                        orjson.dumps(e.attempts).decode(), e.estimated))
+                    copy.write_row(usagerow.db_values(e))
             cursor.execute(
                 f"INSERT INTO billing_usagelog ({columns}) SELECT {columns} FROM "
                 "usage_incoming ON CONFLICT (request_id) DO NOTHING RETURNING request_id")
@@ -168,17 +128,8 @@ def _insert_orm(events: list[UsageEvent]) -> list[UsageEvent]:
                     .values_list("request_id", flat=True))
         fresh = [e for e in events if e.request_id not in known]
         UsageLog.objects.bulk_create([
-            UsageLog(
-                created_at=e.created_at, request_id=e.request_id, endpoint=e.endpoint,
-                status_code=e.status_code, key_id=e.key_id, key_prefix=e.key_prefix,
-                tenant_id=e.tenant_id, model=e.model[:200], upstream_id=e.upstream_id,
-                credential_id=e.credential_id, error_code=e.error_code[:64], stream=e.stream,
-                input_tokens=e.input_tokens, cached_tokens=e.cached_tokens,
-                output_tokens=e.output_tokens, reasoning_tokens=e.reasoning_tokens,
-                cost=e.cost, latency_ms=e.latency_ms, ttfb_ms=e.ttfb_ms,
-                client_ip=e.client_ip, user_agent=e.user_agent[:300], attempts=e.attempts,
-                estimated=e.estimated,
-            )
+            UsageLog(**dict(zip(COPY_COLUMNS, usagerow.db_values(e, attempts_as_text=False),
+                                strict=True)))
             for e in fresh
         ])
         _charge(fresh)
@@ -272,22 +223,7 @@ def _claim_list(claim_id: str) -> str:
     return rkey("usage", "claim", claim_id)
 
 
-def _to_json(e: UsageEvent) -> dict[str, object]:
-    return {**{name: getattr(e, name) for name in e.__dataclass_fields__},
-            "created_at": e.created_at.isoformat(), "cost": str(e.cost)}
-
-
-def _from_json(data: dict[str, object]) -> UsageEvent:
-    data = dict(data)
-    data["created_at"] = datetime.fromisoformat(str(data["created_at"]))
-    data["cost"] = Decimal(str(data["cost"]))
-    return UsageEvent(**data)  # type: ignore[arg-type]
-
-
-def encode_row(e: UsageEvent) -> bytes:
-    """A usage row as the journal holds it: orjson writes the dataclass itself (times as
-    RFC 3339), the cost as a decimal string; half the time of building a dict first."""
-    return orjson.dumps(e, default=str)
+encode_row = usagerow.encode  # a row as the journal holds it
 
 
 def _journal_entries(events: list[UsageEvent]) -> list[bytes]:
@@ -333,7 +269,6 @@ def drain_spool(max_batches: int = 100) -> int:
     import time
     import uuid
 
-    import orjson
     from django.db import DatabaseError, InterfaceError, OperationalError
 
     from portal.redis import sync_redis
@@ -351,7 +286,7 @@ def drain_spool(max_batches: int = 100) -> int:
                             int(time.time() * 1000), claim_id)
         if not items:
             break
-        events = [_from_json(orjson.loads(item)) for item in items]
+        events = [usagerow.decode(item) for item in items]
         try:
             fresh = write_events(events)
             posted = events

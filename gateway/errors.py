@@ -9,10 +9,8 @@
     ├── NotFound                      404 not_found
     │   └── ModelNotFound             404 model_not_found
     ├── MethodNotAllowed              405 method_not_allowed
-    ├── AuthenticationFailed          401 authentication_error
-    │   ├── MissingApiKey             401 missing_api_key
-    │   └── InvalidApiKey             401 invalid_api_key
-    ├── PermissionDenied              403 permission_error
+    ├── AuthenticationFailed          401 authentication_error (key refusals: keys.authn)
+    ├── PermissionDenied              403 permission_error (key refusals: keys.authn)
     │   └── ModelNotAllowed           403 model_not_allowed
     ├── RateLimited                   429 rate_limit_exceeded (+ Retry-After)
     ├── ServiceUnavailable            503 service_unavailable (+ Retry-After)
@@ -125,14 +123,6 @@ class AuthenticationFailed(GatewayError):
     status = 401
     type = "authentication_error"
     code = "authentication_error"
-
-
-class MissingApiKey(AuthenticationFailed):
-    code = "missing_api_key"
-
-
-class InvalidApiKey(AuthenticationFailed):
-    code = "invalid_api_key"
 
 
 class PermissionDenied(GatewayError):

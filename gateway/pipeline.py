@@ -1,7 +1,8 @@
 """The /v1 request flow, one function per step, readable top to bottom.
 
     handle()            any /v1 request: context, auth, dispatch, error rendering, usage row
-      authenticate()    key from the headers -> KeySnapshot (no SQL for a known key)
+      authenticate()    key from the headers -> KeySnapshot (no SQL for a known key),
+                        checked by keys.authn
       list_models()     GET /v1/models[/{id}]
       dashboard.*       GET /v1/dashboard/billing/subscription|usage (balance for chat clients)
       relay()           POST /v1/responses, /v1/responses/compact, /v1/chat/completions
@@ -36,11 +37,9 @@ from gateway.errors import (
     AuthenticationFailed,
     BodyTooLarge,
     GatewayError,
-    InvalidApiKey,
     InvalidJSON,
     InvalidRequest,
     MethodNotAllowed,
-    MissingApiKey,
     MissingModel,
     ModelNotAllowed,
     ModelNotFound,
@@ -61,6 +60,7 @@ from gateway.respond import (
 )
 from gateway.routing import Route, UpstreamRef, aget_route_table
 from gateway.translate import codex
+from keys import authn
 from keys.secrets import hash_secret
 from keys.snapshots import KeySnapshot, aget_key_snapshot
 
@@ -84,41 +84,26 @@ class ClientGone(Exception):
 
 # --- steps ------------------------------------------------------------------------------
 
-def api_key_from_headers(headers: dict[bytes, bytes]) -> str | None:
-    """``Authorization: Bearer sk-…``, bare ``Authorization: sk-…``, ``x-api-key``, ``api-key``."""
-    auth = headers.get(b"authorization")
-    if auth:
-        value = auth.decode("latin-1").strip()
-        if value[:7].lower() == "bearer ":
-            value = value[7:].strip()
-        elif value.lower() == "bearer":
-            value = ""
-        if value:
-            return value
-    for name in (b"x-api-key", b"api-key"):
-        raw = headers.get(name)
-        if raw and raw.strip():
-            return raw.decode("latin-1").strip()
-    return None
+_REFUSED: dict[int, type[GatewayError]] = {401: AuthenticationFailed, 403: PermissionDenied}
+
+
+def refused(why: authn.Refusal) -> GatewayError:
+    """A key refusal (``keys.authn``) as the OpenAI error it is answered with."""
+    return _REFUSED[why.status](why.message, code=why.code)
 
 
 async def authenticate(ctx: RelayContext) -> KeySnapshot:
-    secret = api_key_from_headers(ctx.headers)
+    """Checks 1-3 (``keys.authn``): the presented key, from the snapshot cache."""
+    secret = authn.secret_from_asgi(ctx.headers)
     if secret is None:
-        raise MissingApiKey(
-            "No API key was provided. Send it as 'Authorization: Bearer sk-tp-…' "
-            "(or in an 'x-api-key' header)."
-        )
+        raise refused(authn.MISSING)
     key = await aget_key_snapshot(hash_secret(secret))
-    if key is None:
-        raise InvalidApiKey("The API key is not valid. Check it, or create a new one.")
-    ctx.key = key
-    if not key.active:
-        who = "API key" if not key.key_active else "tenant that owns this API key"
-        raise PermissionDenied(f"The {who} is disabled.", code="api_key_disabled")
-    policy.check_ip(key, ctx.client_ip)
-    if key.is_expired():
-        raise AuthenticationFailed("The API key has expired.", code="api_key_expired")
+    if key is not None:
+        ctx.key = key
+    why = authn.refusal(key, ctx.client_ip)
+    if why is not None:
+        raise refused(why)
+    assert key is not None
     return key
 
 

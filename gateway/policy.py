@@ -1,8 +1,9 @@
 """The key policy, checked in the reference gateways' order (README, "Key policy"):
 
-    1 key present and known       401 missing_api_key / invalid_api_key  (pipeline.authenticate)
-    2 key and tenant active, IP   403 api_key_disabled / ip_not_allowed  (pipeline.authenticate)
-    3 not expired                 401 api_key_expired                    (pipeline.authenticate)
+    1 key present and known       401 missing_api_key / invalid_api_key  ┐ keys.authn, asked by
+    2 key and tenant active, IP   403 api_key_disabled / tenant_disabled │ pipeline.authenticate
+                                      / ip_not_allowed                   │
+    3 not expired                 401 api_key_expired                    ┘
     4 model allowed               403 model_not_allowed                  (pipeline.resolve_model)
     5 balance / key quota         429 quota_exceeded         ┐
     6 requests per minute         429 rate_limit_rpm         │ admit(): one limiter call
@@ -17,13 +18,11 @@ check first, so it is decided locally and the limiter then runs in check-only mo
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -34,7 +33,6 @@ from billing.usage import UsageEvent, encode_row, journal_started, record_usage
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
-    PermissionDenied,
     RateLimited,
     ServiceUnavailable,
 )
@@ -45,7 +43,6 @@ from keys.snapshots import KeySnapshot
 from portal.redishealth import is_outage, redis_health
 
 log = logging.getLogger(__name__)
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class QuotaExceeded(RateLimited):
@@ -62,33 +59,6 @@ REFUSALS: dict[int, tuple[str, str]] = {
     limits.CONCURRENCY: ("concurrent_limit",
                          "Too many requests in flight for this key; wait for one to finish."),
 }
-
-
-# --- check 2: client IP ----------------------------------------------------------------
-
-@lru_cache(maxsize=1024)
-def _networks(entries: tuple[str, ...]) -> tuple[IPNetwork, ...]:
-    nets = []
-    for entry in entries:
-        try:
-            nets.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            log.warning("ignoring malformed IP allow-list entry %r", entry)
-    return tuple(nets)
-
-
-def check_ip(key: KeySnapshot, client_ip: str | None) -> None:
-    if not key.allowed_ips:
-        return
-    try:
-        address = ipaddress.ip_address(client_ip or "")
-    except ValueError:
-        address = None
-    if address is not None and address.version == 6 and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    if address is None or not any(address in net for net in _networks(key.allowed_ips)):
-        raise PermissionDenied(f"This API key may not be used from {client_ip}.",
-                               code="ip_not_allowed")
 
 
 # --- checks 5-9 ----------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 from gateway.crypto import decrypt
 from gateway.providers.provider import Provider
 from gateway.providers.registry import PROVIDERS
-from keys.snapshots import model_matches
+from keys.patterns import is_pattern, matches
 from portal.snapshots import LayeredCache
 
 
@@ -59,7 +59,7 @@ class UpstreamRef:
     def serves(self, model: str) -> bool:
         if model in self._exact:
             return True
-        return any(model_matches(p, model) for p in self._patterns)
+        return any(matches(p, model) for p in self._patterns)
 
     @property
     def _exact(self) -> frozenset[str]:
@@ -84,13 +84,13 @@ class UpstreamRef:
 
 @lru_cache(maxsize=4096)
 def _exact_names(models: tuple[str, ...], model_map: tuple[tuple[str, str], ...]) -> frozenset[str]:
-    return frozenset([*(m for m in models if not any(ch in m for ch in "*?[")),
+    return frozenset([*(m for m in models if not is_pattern(m)),
                       *(name for name, _ in model_map)])
 
 
 @lru_cache(maxsize=4096)
 def _wildcards(models: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(m for m in models if any(ch in m for ch in "*?["))
+    return tuple(m for m in models if is_pattern(m))
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,7 @@ class RouteTable:
                 continue
             names = [*upstream.models, *(name for name, _ in upstream.model_map)]
             for name in names:
-                if not any(ch in name for ch in "*?["):
+                if not is_pattern(name):
                     seen.setdefault(name, upstream)
         return seen
 

@@ -6,7 +6,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from keys.snapshots import model_matches
+from keys.patterns import matches
 from portal.snapshots import LayeredCache
 
 
@@ -35,7 +35,7 @@ def apply_rules(rules: tuple[Rule, ...], model: str, protocol: str,
     """(the body with every matching rule applied, whether anything matched)."""
     matched = False
     for rule in rules:
-        if rule.protocol not in ("any", protocol) or not model_matches(rule.pattern, model):
+        if rule.protocol not in ("any", protocol) or not matches(rule.pattern, model):
             continue
         matched = True
         body = _merge(body, rule.defaults, overwrite=False)

@@ -6,19 +6,15 @@ key's secret hash, and invalidated by ``keys.signals`` whenever one of those row
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from keys.patterns import permits
 from portal.snapshots import LayeredCache
 
-
-def model_matches(pattern: str, model: str) -> bool:
-    """Exact name, or a shell-style wildcard (``gpt-5*``), compared case-sensitively."""
-    if "*" in pattern or "?" in pattern or "[" in pattern:
-        return fnmatch.fnmatchcase(model, pattern)
-    return pattern == model
+if TYPE_CHECKING:
+    from keys.models import ApiKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +46,8 @@ class KeySnapshot:
         return self.expires_at is not None and self.expires_at <= (now or time.time())
 
     def allows(self, model: str) -> bool:
-        if any(model_matches(p, model) for p in self.denied_models):
-            return False
-        if not self.allowed_models:
-            return True
-        return any(model_matches(p, model) for p in self.allowed_models)
+        """The model passes the key's deny-list and allow-list (``keys.patterns``)."""
+        return permits(self.allowed_models, self.denied_models, model)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,19 +65,16 @@ def _effective(key_value: int | None, group_value: int | None) -> int:
     return group_value or 0
 
 
-def build_key_snapshot(secret_hash: str) -> dict[str, Any] | None:
-    """Read one key from the database (sync). None when no key has this hash."""
-    from keys.models import ApiKey, Status
+SNAPSHOT_RELATED = ("tenant", "group", "tenant__group")  # what snapshot_of() reads
 
-    key = (
-        ApiKey.objects.select_related("tenant", "group", "tenant__group")
-        .filter(secret_hash=secret_hash)
-        .first()
-    )
-    if key is None:
-        return None
+
+def snapshot_of(key: ApiKey) -> KeySnapshot:
+    """The snapshot of one ApiKey row (loaded with ``select_related(*SNAPSHOT_RELATED)``):
+    what the cache holds, and what the Django-side key checks (``keys.authn``) decide from."""
+    from keys.models import Status
+
     group = key.group or key.tenant.group
-    snap = KeySnapshot(
+    return KeySnapshot(
         key_id=key.pk,
         tenant_id=key.tenant_id,
         prefix=key.prefix,
@@ -104,7 +94,14 @@ def build_key_snapshot(secret_hash: str) -> dict[str, Any] | None:
         has_quota=key.quota is not None,
         dedicated_upstreams=bool(group and group.dedicated_upstreams),
     )
-    return snap.to_dict()
+
+
+def build_key_snapshot(secret_hash: str) -> dict[str, Any] | None:
+    """Read one key from the database (sync). None when no key has this hash."""
+    from keys.models import ApiKey
+
+    key = ApiKey.objects.select_related(*SNAPSHOT_RELATED).filter(secret_hash=secret_hash).first()
+    return None if key is None else snapshot_of(key).to_dict()
 
 
 key_snapshots: LayeredCache[KeySnapshot] = LayeredCache(

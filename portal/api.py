@@ -5,7 +5,7 @@ its three endpoints are kept as they are for existing scripts, and the tenant AP
 token).
 
 Authentication is a Turnpike API key, the same one a client sends to /v1
-(``Authorization: Bearer sk-tp-…``), looked up by its hash like the gateway does, so a
+(``Authorization: Bearer sk-tp-…``), checked by ``keys.authn`` as /v1 checks it, so a
 script can check its balance and top it up with a redemption code.
 
 Every error has one body shape, ``{"message": "...", "extra": {"code": "...", ...}}``,
@@ -16,7 +16,6 @@ address the key does not allow.
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -29,8 +28,8 @@ from ninja.security import HttpBearer
 
 from billing.models import LedgerEntry
 from billing.redemption import RedemptionError, redeem
-from keys.models import ApiKey, Status, Tenant
-from keys.secrets import hash_secret
+from keys import authn
+from keys.models import ApiKey, Tenant
 from keys.services import ApplicationError
 
 MAX_LEDGER_LIMIT = 500
@@ -48,66 +47,18 @@ class ApiError(Exception):
 
 # --- authentication ---------------------------------------------------------------------
 
-def _secret_from(request: HttpRequest) -> str | None:
-    """``Authorization: Bearer sk-…`` (or a bare ``Authorization: sk-…``) or ``x-api-key``,
-    as the gateway accepts them."""
-    value = request.headers.get("Authorization", "").strip()
-    if value[:7].lower() == "bearer ":
-        value = value[7:].strip()
-    elif value.lower() == "bearer":
-        value = ""
-    if value:
-        return value
-    value = (request.headers.get("X-Api-Key") or "").strip()
-    return value or None
-
-
-def _ip_allowed(allowed: list[str], client_ip: str | None) -> bool:
-    if not allowed:
-        return True
-    try:
-        address = ipaddress.ip_address(client_ip or "")
-    except ValueError:
-        return False
-    if address.version == 6 and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    for entry in allowed:
-        try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
-
-
 class TurnpikeKey(HttpBearer):
-    """A Turnpike API key; ``request.auth`` is the ``ApiKey`` (its tenant loaded)."""
+    """A Turnpike API key, checked by ``keys.authn`` as ``/v1`` checks it (the same
+    headers, order and codes); ``request.auth`` is the ``ApiKey`` (its tenant loaded)."""
 
     def __call__(self, request: HttpRequest) -> ApiKey:
-        secret = _secret_from(request)
-        if secret is None:
-            raise ApiError(401, "No API key was provided. Send it as "
-                           "'Authorization: Bearer sk-tp-…'.", code="missing_api_key")
-        return self.authenticate(request, secret)
+        return self.authenticate(request, authn.secret_from_django(request.headers))
 
-    def authenticate(self, request: HttpRequest, token: str) -> ApiKey:
-        key = (ApiKey.objects.select_related("tenant")
-               .filter(secret_hash=hash_secret(token)).first())
-        if key is None:
-            raise ApiError(401, "The API key is not valid. Check it, or create a new one.",
-                           code="invalid_api_key")
-        if key.status != Status.ACTIVE:
-            raise ApiError(403, "The API key is disabled.", code="api_key_disabled")
-        if key.tenant.status != Status.ACTIVE:
-            raise ApiError(403, "The tenant that owns this API key is disabled.",
-                           code="tenant_disabled")
-        if key.is_expired:
-            raise ApiError(401, "The API key has expired.", code="api_key_expired")
-        client_ip = request.META.get("REMOTE_ADDR")
-        if not _ip_allowed(key.allowed_ips or [], client_ip):
-            raise ApiError(403, f"This API key may not be used from {client_ip}.",
-                           code="ip_not_allowed")
-        return key
+    def authenticate(self, request: HttpRequest, token: str | None) -> ApiKey:
+        try:
+            return authn.authenticate_secret(token, request.META.get("REMOTE_ADDR"))
+        except authn.KeyRefused as refused:
+            raise ApiError(refused.status, refused.message, code=refused.code) from None
 
 
 api = NinjaAPI(

@@ -39,6 +39,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 
+from billing.usagerow import TOKEN_FIELDS
+
 log = logging.getLogger(__name__)
 
 LIVE_MAX_ROWS = 50
@@ -74,7 +76,7 @@ def messages_for(rows: Iterable[Any]) -> dict[int, dict[str, Any]]:
     for tenant_id, mine in by_tenant.items():
         totals: dict[str, Any] = {"requests": len(mine),
                                   "errors": sum(1 for e in mine if e.status_code >= 400)}
-        for name in ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens"):
+        for name in TOKEN_FIELDS:
             totals[name] = sum(getattr(e, name) for e in mine)
         totals["cost"] = str(sum((e.cost for e in mine), Decimal(0)))
         newest = sorted(mine, key=lambda e: e.created_at)[-LIVE_MAX_ROWS:]

@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from rest_framework import serializers
 
+from billing import usagerow
 from billing.models import LedgerEntry, ModelPrice, RedemptionCode, UsageLog, UsageRollup
 from billing.redemption import MAX_COUNT, code_state
 from gateway.models import Credential, ModelRule, Upstream
@@ -330,11 +331,7 @@ class RedemptionBatchCreatedSerializer(serializers.Serializer):
 class UsageLogSerializer(serializers.ModelSerializer):
     class Meta:
         model = UsageLog
-        fields = ("id", "created_at", "request_id", "tenant", "key", "key_prefix", "endpoint",
-                  "model", "upstream", "credential", "status_code", "error_code", "stream",
-                  "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens",
-                  "cost", "latency_ms", "ttfb_ms", "client_ip", "attempts", "estimated",
-                  "user_agent")
+        fields = ("id", *usagerow.MODEL_FIELDS)  # the whole row (billing.usagerow)
         read_only_fields = fields
 
 

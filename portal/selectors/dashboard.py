@@ -53,11 +53,12 @@ from billing.rollups import (
     measure_aggregates,
     median_ms,
 )
+from billing.usagerow import TOKEN_FIELDS
 from keys.models import ApiKey, Tenant
 
 DAYS = DASHBOARD_DAYS
 TOP_KEYS = 10
-TOKENS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
+TOKENS = TOKEN_FIELDS  # the usage row's token counts (billing.usagerow)
 # What the by-model and by-key breakdowns need (no histograms: cheaper GROUP BYs).
 BREAKDOWN = ("requests", "errors", *TOKENS, "cost")
 

@@ -26,7 +26,7 @@ from django.shortcuts import get_object_or_404
 from billing.models import UsageLog, UsageRollup
 from billing.rollups import day_bounds, local_today
 from keys.models import ApiKey, Group, Status, Tenant
-from keys.snapshots import model_matches
+from keys.patterns import matches_any
 
 PAGE_SIZE = 50
 
@@ -170,5 +170,5 @@ def callable_models(group: Group | None, table: Any = None) -> list[str]:
     listed = table.listed_models(group.pk if group else None,
                                  bool(group and group.dedicated_upstreams))
     allowed = list(group.allowed_models or []) if group else []
-    names = [m for m in listed if not allowed or any(model_matches(p, m) for p in allowed)]
+    names = [m for m in listed if not allowed or matches_any(allowed, m)]
     return sorted(names)

@@ -20,7 +20,7 @@ from billing.pricing import (
 from gateway.routing import RouteTable, build_route_table, decode_route_table
 from keys.models import ApiKey, Group, Tenant
 from keys.money import MICRO
-from keys.snapshots import model_matches
+from keys.patterns import permits
 
 ENDPOINTS = ("chat", "responses", "compact")
 # How each upstream kind serves each client endpoint (README "Upstream kinds").
@@ -106,9 +106,7 @@ def tenant_models(tenant: Tenant, key: ApiKey | None = None,
     factor = multiplier(group)
     out = []
     for name in sorted(routes.listed_models(group_id, dedicated)):
-        if any(model_matches(p, name) for p in denied):
-            continue
-        if allowed and not any(model_matches(p, name) for p in allowed):
+        if not permits(allowed, denied, name):
             continue
         kinds = {u.kind for u in routes.serving(name, group_id, dedicated)}
         out.append(ModelInfo(name=name, price=multiplied(prices.lookup(name), factor),

@@ -32,6 +32,7 @@ from django.utils.translation import gettext_lazy as _
 
 from billing.models import UsageLog
 from billing.pricing import FREE, Price, cost
+from billing.usagerow import MEMBER_FIELDS, TOKEN_FIELDS
 from keys.models import ApiKey, Tenant
 from portal.selectors.filters import LogFilterForm
 
@@ -183,10 +184,8 @@ def newer_than(rows: QuerySet[UsageLog], created_at: dt.datetime, pk: int) -> Qu
 
 NEWEST_FIRST = ("-created_at", "-id")
 OLDEST_FIRST = ("created_at", "id")
-LIST_COLUMNS = ("id", "created_at", "request_id", "key_prefix", "key__name", "key__prefix",
-                "key__last4", "endpoint", "model", "status_code", "error_code", "stream",
-                "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "cost",
-                "latency_ms", "ttfb_ms", "estimated")
+# What a member sees of a row (billing.usagerow), and the key's name and masked form.
+LIST_COLUMNS = ("id", *MEMBER_FIELDS, "key_prefix", "key__name", "key__prefix", "key__last4")
 
 
 @dataclass
@@ -285,7 +284,7 @@ def totals(rows: QuerySet[UsageLog], cap: int = TOTALS_CAP) -> dict[str, Any]:
         reasoning_tokens=Sum("reasoning_tokens"), cost=Sum("cost"),
         errors=Count("id", filter=Q(status_code__gte=400)))
     capped = agg["requests"] >= cap  # the newest ``cap`` rows, perhaps of more
-    for name in ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens"):
+    for name in TOKEN_FIELDS:
         agg[name] = agg[name] or 0
     agg["cost"] = agg["cost"] or Decimal(0)
     agg["capped"] = capped

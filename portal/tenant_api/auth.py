@@ -4,10 +4,11 @@ Three ways in, tried in this order:
 
 1. ``Authorization: Bearer tp_pat_…``: a personal access token (``keys.tokens``). A
    ``read`` token may only read (any other method: 403 ``read_only_token``).
-2. ``Authorization: Bearer sk-tp-…`` (or ``x-api-key``): a Turnpike API key, checked as
-   the gateway checks it (disabled, expired, IP allow-list). It may read only the tenant's
-   balance and its own key: ``GET /balance``, ``GET /key``, its own usage; everything else
-   is 403 ``api_key_not_allowed``.
+2. ``Authorization: Bearer sk-tp-…`` (or ``x-api-key``, ``api-key``): a Turnpike API key,
+   checked by ``keys.authn`` as ``/v1`` checks it (the same order and codes: disabled key
+   or tenant, IP allow-list, expiry). It may read only the tenant's balance and its own
+   key: ``GET /balance``, ``GET /key``, its own usage; everything else is 403
+   ``api_key_not_allowed``.
 3. The portal's session cookie; unsafe methods need the CSRF token (``X-CSRFToken``).
 
 The tenant: a token bound to a tenant acts for it; otherwise the ``X-Turnpike-Tenant``
@@ -30,10 +31,9 @@ from django.http import HttpRequest
 from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
 
-from keys import tokens
+from keys import authn, tokens
 from keys.models import AccessToken, ApiKey, Membership, Tenant
 from keys.secrets import KEY_PREFIX
-from portal import api as legacy_api
 from portal import tenancy
 from portal.tenant_api.errors import ApiError
 
@@ -145,24 +145,23 @@ def _token_caller(request: HttpRequest, secret: str) -> Caller:
 
 def _key_caller(request: HttpRequest, secret: str) -> Caller:
     try:
-        key = legacy_api.TurnpikeKey().authenticate(request, secret)
-    except legacy_api.ApiError as exc:
-        raise ApiError(exc.status, exc.extra.get("code", "invalid_api_key"),
-                       exc.message) from None
+        key = authn.authenticate_secret(secret, request.META.get("REMOTE_ADDR"))
+    except authn.KeyRefused as refused:
+        raise ApiError(refused.status, refused.code, refused.message) from None
     request.turnpike_api_key = key  # type: ignore[attr-defined]
     return Caller(tenant=key.tenant, api_key=key, method="api_key")
 
 
 class BearerAuth(HttpBearer):
     """``Authorization: Bearer tp_pat_…`` (personal access token) or ``sk-tp-…`` (API key;
-    ``x-api-key`` works too)."""
+    ``x-api-key`` and ``api-key`` work too: the headers ``keys.authn`` reads)."""
 
     openapi_description = ("A personal access token (`tp_pat_…`, made in the portal under "
                            "Access tokens) or a Turnpike API key (`sk-tp-…`, read-only: "
                            "balance, its own key and usage).")
 
     def __call__(self, request: HttpRequest) -> Caller | None:
-        secret = legacy_api._secret_from(request)
+        secret = authn.secret_from_django(request.headers)
         if not secret:
             return None  # perhaps the session
         if tokens.looks_like_token(secret):

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
 
+from billing import usagerow
 from keys.models import ApiKey
 from portal.selectors import keys as key_selectors
 from portal.selectors import usage as sel
@@ -268,11 +269,7 @@ def usage_detail(request: HttpRequest, request_id: str) -> dict[str, Any]:
     if caller.api_key is None:
         caller.require()
     breakdown = sel.cost_breakdown(log)
-    row = {f: getattr(log, f) for f in ("request_id", "created_at", "model", "endpoint",
-                                         "status_code", "error_code", "stream",
-                                         "input_tokens", "cached_tokens", "output_tokens",
-                                         "reasoning_tokens", "cost", "latency_ms",
-                                         "ttfb_ms", "estimated")}
+    row = {f: getattr(log, f) for f in usagerow.MEMBER_FIELDS}
     row.update(key_masked=log.key.masked if log.key else (
         f"{log.key_prefix}…" if log.key_prefix else ""),
         key__name=log.key.name if log.key else None,

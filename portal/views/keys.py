@@ -21,7 +21,7 @@ from django.views.decorators.http import require_POST
 
 from keys import services
 from keys.models import ApiKey
-from keys.snapshots import model_matches
+from keys.patterns import concrete, permits
 from portal.selectors import keys as selectors
 from portal.tenancy import can, can_change_key, portal_view
 from portal.views.key_forms import KeyForm, RotateForm
@@ -50,10 +50,8 @@ def _secret_page(request: HttpRequest, made: services.CreatedKey, *, rotated: Ap
 def _example_models(key: ApiKey) -> tuple[str, str]:
     """Models for the snippets: one this key can call (a codex one for Codex, if any)."""
     names = selectors.callable_models(selectors.effective_group(key.tenant, key.group))
-    usable = [m for m in names if not any(model_matches(p, m) for p in key.denied_models)
-              and (not key.allowed_models or any(model_matches(p, m)
-                                                 for p in key.allowed_models))]
-    names = usable or [m for m in key.allowed_models if "*" not in m] or ["gpt-5"]
+    usable = [m for m in names if permits(key.allowed_models, key.denied_models, m)]
+    names = usable or concrete(key.allowed_models) or ["gpt-5"]
     codex = next((m for m in names if "codex" in m), names[0])
     return names[0], codex
 

@@ -1,7 +1,7 @@
-"""The key policy, request validation and model rules as in-process code: the IP allow-list,
-the output cap, the order admission reports refusals in (gateway.policy, on the memory
-limiter and a fake clock), field/depth/header validation (gateway.validate) and the model
-rules' merge (gateway.rules)."""
+"""The key policy, request validation and model rules as in-process code: the output cap,
+the order admission reports refusals in (gateway.policy, on the memory limiter and a fake
+clock), field/depth/header validation (gateway.validate) and the model rules' merge
+(gateway.rules). The key checks and the IP allow-list are in tests/fast/test_key_auth.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from django.test import override_settings
 
 from billing import pricing
 from gateway import policy
-from gateway.errors import InvalidRequest, PermissionDenied, RateLimited
+from gateway.errors import InvalidRequest, RateLimited
 from gateway.rules import Rule, apply_rules
 from gateway.validate import (
     MAX_DEPTH,
@@ -39,30 +39,6 @@ def snapshot(**kw) -> KeySnapshot:
                 rpd=0, tpm=0, concurrency=0, max_tokens=0, group_id=None,
                 price_multiplier="1", has_quota=False)
     return KeySnapshot(**{**base, **kw})
-
-
-# --- check 2: the IP allow-list -------------------------------------------------------------
-
-@pytest.mark.parametrize(("allowed", "ip", "ok"), [
-    ((), "203.0.113.9", True),  # no list: anywhere
-    ((), None, True),
-    (("10.0.0.0/8",), "10.2.3.4", True),
-    (("10.0.0.0/8",), "11.2.3.4", False),
-    (("10.0.0.0/8",), "::ffff:10.2.3.4", True),  # an IPv4 client on a dual-stack socket
-    (("2001:db8::/32",), "2001:db8::1", True),
-    (("192.168.1.7",), "192.168.1.7", True),  # a bare address is a /32
-    (("not-an-ip", "192.168.1.7"), "192.168.1.7", True),  # a bad entry is skipped
-    (("10.0.0.0/8",), None, False),  # no address to check: refused
-    (("10.0.0.0/8",), "garbage", False),
-])
-def test_the_ip_allow_list(allowed, ip, ok):
-    key = snapshot(allowed_ips=allowed)
-    if ok:
-        policy.check_ip(key, ip)
-    else:
-        with pytest.raises(PermissionDenied) as refused:
-            policy.check_ip(key, ip)
-        assert refused.value.code == "ip_not_allowed" and refused.value.status == 403
 
 
 @pytest.mark.parametrize(("payload", "cap"), [

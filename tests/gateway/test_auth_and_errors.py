@@ -12,6 +12,7 @@ from django.utils import timezone
 from billing.models import UsageLog
 from gateway.services import upstream_create
 from keys.models import Status
+from keys.services import tenant_get_or_create
 from tests.conftest import TEST_BODY_LIMIT, UPSTREAM_SECRET, wait_for_usage
 from tests.servers import free_port
 
@@ -78,7 +79,7 @@ def test_a_disabled_key_or_tenant_is_refused_at_once(gateway, upstream, api_key)
     key.tenant.status = Status.DISABLED
     key.tenant.save()
     resp = httpx.post(gateway.base_url + "/chat/completions", json=CHAT, headers=headers)
-    assert_envelope(resp, 403, "api_key_disabled")
+    assert_envelope(resp, 403, "tenant_disabled")
 
 
 def test_an_expired_key_is_401_api_key_expired(gateway, upstream, make_key):
@@ -86,6 +87,49 @@ def test_an_expired_key_is_401_api_key_expired(gateway, upstream, make_key):
     resp = httpx.post(gateway.base_url + "/chat/completions", json=CHAT,
                       headers={"Authorization": f"Bearer {made.secret}"})
     assert_envelope(resp, 401, "api_key_expired")
+
+
+def _code(surface: str, resp: httpx.Response) -> tuple[int, str]:
+    """(status, code) from each surface's own error shape."""
+    body = resp.json()
+    if surface == "/api/balance":  # the deprecated API: {"message", "extra": {"code"}}
+        return resp.status_code, body["extra"]["code"]
+    return resp.status_code, body["error"]["code"]  # /v1 and /api/v1: {"error": {"code"}}
+
+
+@pytest.mark.parametrize("header", ["Authorization: Bearer {k}", "x-api-key: {k}",
+                                    "api-key: {k}"])
+def test_v1_the_tenant_api_and_the_old_api_refuse_a_key_alike(gateway, upstream, make_key,
+                                                               header):
+    """One rule (keys.authn) for every surface that takes an API key: the same status and
+    code for a disabled key, a key of a disabled tenant, an expired key, a key used from an
+    address outside its list and an unknown key, whichever header carries it."""
+    off = make_key(name="off")
+    off.key.status = Status.DISABLED
+    off.key.save()
+    other = tenant_get_or_create(name="closed")[0]
+    closed = make_key(name="closed", tenant=other)
+    other.status = Status.DISABLED
+    other.save()
+    late = make_key(name="late", expires_at=timezone.now() - timedelta(seconds=1))
+    far = make_key(name="far", allowed_ips=["10.0.0.0/8"])  # the test client is 127.0.0.1
+    cases = [(off.secret, 403, "api_key_disabled"), (closed.secret, 403, "tenant_disabled"),
+             (late.secret, 401, "api_key_expired"), (far.secret, 403, "ip_not_allowed"),
+             ("sk-tp-" + "x" * 40, 401, "invalid_api_key")]
+    name, value = header.split(": ")
+    for secret, status, code in cases:
+        headers = {name: value.format(k=secret)}
+        v1 = httpx.post(gateway.base_url + "/chat/completions", json=CHAT, headers=headers)
+        assert _code("/v1", v1) == (status, code), v1.text
+        for path in ("/api/v1/balance", "/api/balance"):
+            resp = httpx.get(gateway.url + path, headers=headers)
+            assert _code(path, resp) == (status, code), (path, resp.text)
+    # A known key is still served by all three.
+    ok = {name: value.format(k=make_key(name="fine").secret)}
+    assert httpx.post(gateway.base_url + "/chat/completions", json=CHAT,
+                      headers=ok).status_code == 200
+    for path in ("/api/v1/balance", "/api/balance"):
+        assert httpx.get(gateway.url + path, headers=ok).status_code == 200, path
 
 
 @pytest.mark.parametrize("path", [

@@ -720,7 +720,7 @@ def test_a_tenant_disabled_from_the_shell_is_refused_by_a_running_gateway_and_en
     assert done.stdout.strip() == "Tenant acme disabled: its 1 key(s) are refused on /v1."
     refused = status_within(2.0, 403)
     assert refused.status_code == 403
-    assert refused.json()["error"]["code"] == "api_key_disabled"
+    assert refused.json()["error"]["code"] == "tenant_disabled"
 
     done = manage("tenant", "enable", "acme", "--json")
     assert done.returncode == 0, done.stderr

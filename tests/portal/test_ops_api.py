@@ -276,7 +276,7 @@ def test_key_tenant_and_group_changes_reach_the_gateway(
     _models(gateway, made["secret"])
 
     assert ops("patch", f"tenants/{tenant.pk}/", {"status": "disabled"})[0] == 200
-    _refused(gateway, made["secret"], openai.PermissionDeniedError, "api_key_disabled")
+    _refused(gateway, made["secret"], openai.PermissionDeniedError, "tenant_disabled")
     assert ops("post", f"tenants/{tenant.pk}/enable/")[0] == 200
     _models(gateway, made["secret"])
 

@@ -56,7 +56,7 @@ class Command(cli.OperatorCommand):
         lst.add_argument("--group", help="Only the tenants of this group.")
         for action, text in (
                 ("show", "Balance, reservations in flight, ledger total."),
-                ("disable", "Refuse every key of the tenant on /v1 (403 api_key_disabled)."),
+                ("disable", "Refuse every key of the tenant on /v1 (403 tenant_disabled)."),
                 ("enable", "Accept the tenant's keys again.")):
             sub.add_parser(action, help=text).add_argument("name", help=NAME_HELP)
         topup = sub.add_parser("topup", help="Add AMOUNT to the balance (negative deducts).")
