@@ -109,7 +109,7 @@ def publish_usage(rows: list[Any]) -> None:
         if messages:
             async_to_sync(_send_all)(messages)
     except Exception as exc:
-        from portal.redishealth import is_outage
+        from portal.infra.redishealth import is_outage
 
         now = time.monotonic()
         if now - _last_failure_log > 60:
