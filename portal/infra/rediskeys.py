@@ -86,14 +86,18 @@ def account(kind: str, ident: Ident, *, prefix: str | None = None) -> str:
 
 
 def reservations(tenant_id: Ident, *, prefix: str | None = None) -> str:
+    """A zset of ``keys.limits.reservation_member`` strings scored by lease expiry."""
     return f"{_p(prefix)}resv:{tenant_id}"
 
 
 def reclaimed(tenant_id: Ident, *, prefix: str | None = None) -> str:
+    """Request id -> when its reservation was given back: a settle that still comes knows
+    to charge its whole cost."""
     return f"{_p(prefix)}reclaimed:{tenant_id}"
 
 
 def unposted(kind: str, ident: Ident, *, prefix: str | None = None) -> str:
+    """Request id -> micro-units: the settle script adds, the row's writer removes."""
     return f"{_p(prefix)}unposted:{kind}:{ident}"
 
 
