@@ -46,8 +46,9 @@ test-fast: venv ## The fast tier: pure in-process tests (marker `fast`, tests/fa
 typecheck: venv ## mypy with the Django plugin (configuration in pyproject.toml)
 	$(TEST_ENV) $(PY) -m mypy
 
-lint: venv ## Ruff (style, imports, bugbear, complexity)
+lint: venv ## Ruff (style, imports, bugbear, complexity), then the layers (import-linter)
 	$(PY) -m ruff check .
+	$(dir $(PY))lint-imports
 
 worker: venv ## A Celery worker
 	.venv/bin/celery -A portal worker -l info

@@ -132,11 +132,13 @@ def journal_waiting(redis_url: str, prefix: str) -> int:
     """Usage rows in the Redis journal, or claimed by a writer that has not finished."""
     import redis
 
+    from portal.infra import rediskeys  # names only: this driver has no Django settings
+
     client = redis.Redis.from_url(redis_url)
     try:
-        claimed = sum(client.llen(f"{prefix}usage:claim:{c.decode()}")
-                      for c in client.zrange(f"{prefix}usage:claims", 0, -1))
-        return int(client.llen(f"{prefix}usage:spool")) + claimed
+        claimed = sum(client.llen(rediskeys.claim(c.decode(), prefix=prefix))
+                      for c in client.zrange(rediskeys.claims(prefix=prefix), 0, -1))
+        return int(client.llen(rediskeys.journal(prefix=prefix))) + claimed
     finally:
         client.close()
 
@@ -191,7 +193,8 @@ def audit(record_files: list[str]) -> None:
     from billing.services import ledger_mismatches
     from billing.usage import journal_length
     from keys.models import ApiKey, Tenant
-    from portal.redis import rkey, sync_redis
+    from portal.infra import rediskeys
+    from portal.infra.redis import sync_redis
 
     result: dict[str, Any] = {}
     with connection.cursor() as cur:
@@ -279,9 +282,9 @@ def audit(record_files: list[str]) -> None:
     result["accounts_checked"] = len(now)
     client = sync_redis()
     assert client is not None
-    result["slots_left"] = sum(int(client.zcard(rkey("conc", k.pk))) for k in keys)
+    result["slots_left"] = sum(int(client.zcard(rediskeys.concurrency(k.pk))) for k in keys)
     result["journal_left"] = journal_length()
-    result["dead_rows"] = int(client.llen(rkey("usage", "dead")))
+    result["dead_rows"] = int(client.llen(rediskeys.dead_rows()))
     print("SOAK_AUDIT " + json.dumps(result, default=str))
 
 

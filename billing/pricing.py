@@ -12,7 +12,7 @@ from typing import Any
 
 from keys.money import MICRO, from_micro, to_micro
 from keys.patterns import is_pattern, matches
-from portal.snapshots import LayeredCache
+from portal.infra.snapshots import LayeredCache
 
 __all__ = ["MICRO", "from_micro", "to_micro"]  # re-exported for callers of pricing
 

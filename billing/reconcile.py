@@ -28,7 +28,8 @@ from pathlib import Path
 
 from keys import limits
 from keys.money import from_micro, to_micro
-from portal.redis import rkey, sync_redis
+from portal.infra import rediskeys
+from portal.infra.redis import sync_redis
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +78,12 @@ class Drift:
 
 
 def _loaded(client: object, kind: str) -> list[int]:
-    prefix = limits.account_key(kind, "")
     out = []
-    for raw in client.scan_iter(prefix + "*", count=1000):  # type: ignore[attr-defined]
-        tail = raw.decode()[len(prefix):]
-        if tail.isdigit():
-            out.append(int(tail))
+    for raw in client.scan_iter(rediskeys.accounts_pattern(kind),  # type: ignore[attr-defined]
+                                count=1000):
+        ident = rediskeys.account_id(raw, kind)
+        if ident is not None:
+            out.append(ident)
     return out
 
 
@@ -103,8 +104,8 @@ def _read_drifts() -> dict[tuple[str, int], Drift]:
               str(k.pk), k.tenant_id) for k in keys.values()]
     for kind, ident, name, database, key_arg, tenant_id in rows:
         avail, unposted, live, stale = client.eval(
-            _READ_LUA, 3, limits.account_key(kind, ident), limits.reservations_key(tenant_id),
-            limits.unposted_key(kind, ident), now, key_arg)
+            _READ_LUA, 3, rediskeys.account(kind, ident), rediskeys.reservations(tenant_id),
+            rediskeys.unposted(kind, ident), now, key_arg)
         if avail is None:
             continue
         expected = to_micro(database) - int(live) - int(unposted)
@@ -134,14 +135,13 @@ def reclaim_expired(now: float | None = None) -> int:
     if client is None:
         return 0
     now_ms = int((time.time() if now is None else now) * 1000)
-    prefix = rkey("resv", "")
     total = 0
-    for raw in client.scan_iter(prefix + "*", count=1000):
-        tail = raw.decode()[len(prefix):]
-        if tail.isdigit():
-            total += int(client.eval(_RECLAIM_LUA, 3, raw, limits.account_key("tenant", tail),
-                                     limits.reclaimed_key(tail), now_ms,
-                                     limits.account_key("key", "")))
+    for raw in client.scan_iter(rediskeys.reservations_pattern(), count=1000):
+        tenant_id = rediskeys.reservations_tenant(raw)
+        if tenant_id is not None:
+            total += int(client.eval(_RECLAIM_LUA, 3, raw, rediskeys.account("tenant", tenant_id),
+                                     rediskeys.reclaimed(tenant_id), now_ms,
+                                     rediskeys.account_prefix("key")))
     if total:
         log.warning("gave back %d reservations of requests whose process stopped", total)
     return total
@@ -155,6 +155,6 @@ def reconcile(settle_seconds: float = 0.5) -> list[Drift]:
     client = sync_redis()
     for d in drifts:
         assert client is not None
-        client.eval(_ADJUST_LUA, 1, limits.account_key(d.kind, d.ident), -to_micro(d.drift))
+        client.eval(_ADJUST_LUA, 1, rediskeys.account(d.kind, d.ident), -to_micro(d.drift))
         log.warning("reconciled %s", d.describe())
     return drifts

@@ -12,7 +12,6 @@ row changes nothing the second time.
 from __future__ import annotations
 
 import logging
-import re
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -37,7 +36,8 @@ from billing.models import (
 )
 from billing.usagerow import TOKEN_FIELDS
 from keys.limits import local_day_and_seconds_left
-from portal.redis import rkey, sync_redis
+from portal.infra import rediskeys
+from portal.infra.redis import sync_redis
 
 log = logging.getLogger(__name__)
 
@@ -496,13 +496,10 @@ def expire_usage(now: datetime | None = None) -> int:
 
 # --- daily counters -------------------------------------------------------------------------
 
-_GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
-_DAY = re.compile(rb":(\d{8})$")
-
 
 def reset_daily_counters(now: datetime | None = None) -> int:
     """Delete the daily counters of earlier local days: the RPD counters
-    ``rkey("rpd", key_id, "YYYYMMDD")`` in Redis. Today's counters are untouched (a new
+    ``rediskeys.rpd(key_id, "YYYYMMDD")`` in Redis. Today's counters are untouched (a new
     day's requests already count under the new day's key: that is the reset at midnight);
     Redis would also expire the old ones an hour after midnight on its own. Returns the
     number of keys deleted.
@@ -514,14 +511,12 @@ def reset_daily_counters(now: datetime | None = None) -> int:
     if client is None:
         return 0
     moment = _now(now)
-    today = local_day_and_seconds_left(moment.timestamp())[0].encode()
-    pattern = _GLOB_SPECIAL.sub(r"\\\1", rkey("rpd", "")) + "*"
+    today = local_day_and_seconds_left(moment.timestamp())[0]
     stale = []
-    for name in client.scan_iter(match=pattern, count=1000):
-        raw = name if isinstance(name, bytes) else name.encode()
-        match = _DAY.search(raw)
-        if match and match.group(1) < today:
-            stale.append(raw)
+    for name in client.scan_iter(match=rediskeys.rpd_pattern(), count=1000):
+        day = rediskeys.rpd_day(name)
+        if day is not None and day < today:
+            stale.append(name)
     removed = 0
     for i in range(0, len(stale), 500):
         removed += int(client.delete(*stale[i:i + 500]))

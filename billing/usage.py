@@ -21,11 +21,18 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.dispatch import Signal
 
 from billing import usagerow
 from billing.usagerow import UsageEvent
+from portal.infra import rediskeys
 
 log = logging.getLogger(__name__)
+
+# Sent with ``rows`` (the UsageEvents just inserted) once their transaction has committed,
+# from the writer's thread, never on a /v1 response path. Billing sits below the portal,
+# so the portal subscribes here rather than billing calling it.
+usage_written = Signal()
 
 
 def _drop_dangling_links(events: list[UsageEvent]) -> None:
@@ -38,7 +45,7 @@ def _drop_dangling_links(events: list[UsageEvent]) -> None:
         ids = {getattr(e, attr) for e in events} - {None}
         if not ids:
             continue
-        existing = set(model.objects.filter(pk__in=ids).values_list("pk", flat=True))
+        existing = set(model._default_manager.filter(pk__in=ids).values_list("pk", flat=True))
         if len(existing) == len(ids):
             continue
         for e in events:
@@ -69,15 +76,14 @@ def write_events(events: list[UsageEvent]) -> list[UsageEvent]:
 
 
 def _publish_after_commit(fresh: list[UsageEvent]) -> None:
-    """The portal's live events for the rows just written: one message per tenant, once
-    the rows are committed (portal.live; it never raises)."""
+    """Tell ``usage_written``'s receivers about the rows just written, once they are
+    committed (the portal's live events: portal.live, connected by portal.apps; its
+    receiver never raises)."""
     if not fresh:
         return
     from django.db import transaction
 
-    from portal.live import publish_usage
-
-    transaction.on_commit(lambda: publish_usage(fresh))
+    transaction.on_commit(lambda: usage_written.send(UsageEvent, rows=fresh))
 
 
 def _unique(events: list[UsageEvent]) -> list[UsageEvent]:
@@ -205,24 +211,6 @@ return 1
 """
 
 
-def journal_key() -> str:
-    from keys.limits import journal_key
-
-    return journal_key()
-
-
-def _claims_key() -> str:
-    from portal.redis import rkey
-
-    return rkey("usage", "claims")
-
-
-def _claim_list(claim_id: str) -> str:
-    from portal.redis import rkey
-
-    return rkey("usage", "claim", claim_id)
-
-
 encode_row = usagerow.encode  # a row as the journal holds it
 
 
@@ -233,13 +221,13 @@ def _journal_entries(events: list[UsageEvent]) -> list[bytes]:
 def spool(events: list[UsageEvent]) -> bool:
     """Keep rows the database refused in the Redis journal until they can be written
     (sync). False when there is no Redis or it failed too."""
-    from portal.redis import sync_redis
+    from portal.infra.redis import sync_redis
 
     client = sync_redis()
     if client is None:
         return False
     try:
-        client.rpush(journal_key(), *_journal_entries(events))
+        client.rpush(rediskeys.journal(), *_journal_entries(events))
     except Exception:
         log.exception("could not spool %d usage rows to Redis either", len(events))
         return False
@@ -251,12 +239,13 @@ def _recover_claims(client: Any) -> int:
     import time
 
     timeout_ms = int(settings.GATEWAY_USAGE_CLAIM_SECONDS * 1000)
-    stale = client.zrangebyscore(_claims_key(), "-inf", int(time.time() * 1000) - timeout_ms)
+    stale = client.zrangebyscore(rediskeys.claims(), "-inf",
+                                 int(time.time() * 1000) - timeout_ms)
     back = 0
     for raw in stale:
         claim_id = raw.decode() if isinstance(raw, bytes) else raw
-        back += int(client.eval(_UNCLAIM_LUA, 3, journal_key(), _claims_key(),
-                                _claim_list(claim_id), claim_id))
+        back += int(client.eval(_UNCLAIM_LUA, 3, rediskeys.journal(), rediskeys.claims(),
+                                rediskeys.claim(claim_id), claim_id))
     if back:
         log.warning("usage journal: put back %d rows claimed by a writer that stopped", back)
     return back
@@ -271,7 +260,7 @@ def drain_spool(max_batches: int = 100) -> int:
 
     from django.db import DatabaseError, InterfaceError, OperationalError
 
-    from portal.redis import sync_redis
+    from portal.infra.redis import sync_redis
 
     client = sync_redis()
     if client is None:
@@ -281,7 +270,7 @@ def drain_spool(max_batches: int = 100) -> int:
     written = 0
     for _ in range(max_batches):
         claim_id = uuid.uuid4().hex
-        keys = (journal_key(), _claims_key(), _claim_list(claim_id))
+        keys = (rediskeys.journal(), rediskeys.claims(), rediskeys.claim(claim_id))
         items = client.eval(_CLAIM_LUA, 3, *keys, settings.GATEWAY_USAGE_BATCH_SIZE,
                             int(time.time() * 1000), claim_id)
         if not items:
@@ -331,16 +320,14 @@ def _release(client: Any, claim_id: str, posted: list[UsageEvent]) -> None:
 
 
 def _release_now(client: Any, claim_id: str, posted: list[UsageEvent]) -> None:
-    from keys.limits import unposted_key
-
-    keys = [_claims_key(), _claim_list(claim_id)]
+    keys = [rediskeys.claims(), rediskeys.claim(claim_id)]
     args: list[Any] = [claim_id]
     for e in posted:
         if e.cost and e.tenant_id is not None:
-            keys.append(unposted_key("tenant", e.tenant_id))
+            keys.append(rediskeys.unposted("tenant", e.tenant_id))
             args.append(e.request_id)
         if e.cost and e.key_id is not None:
-            keys.append(unposted_key("key", e.key_id))
+            keys.append(rediskeys.unposted("key", e.key_id))
             args.append(e.request_id)
     client.eval(_RELEASE_LUA, len(keys), *keys, *args)
 
@@ -351,8 +338,6 @@ def _write_one_by_one(client: Any, events: list[UsageEvent]
     still refuses goes to ``usage:dead`` for an operator, with its error logged."""
     from django.db import DatabaseError
 
-    from portal.redis import rkey
-
     fresh: list[UsageEvent] = []
     posted: list[UsageEvent] = []
     for event in events:
@@ -361,10 +346,11 @@ def _write_one_by_one(client: Any, events: list[UsageEvent]
             posted.append(event)
         except DatabaseError:
             log.exception("usage journal: row %s refused; kept in usage:dead", event.request_id)
-            client.rpush(rkey("usage", "dead"), encode_row(event))
+            client.rpush(rediskeys.dead_rows(), encode_row(event))
     return fresh, posted
 
 
+# KEYS: 1 journal, 2 claims zset. ARGV: 1 the claim lists' name prefix.
 _PENDING_LUA = """
 local n = redis.call('LLEN', KEYS[1])
 for _, claim in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
@@ -376,25 +362,26 @@ return n
 
 def journal_length() -> int:
     """Rows waiting in the journal or claimed by a writer (sync; for audits and tools)."""
-    from portal.redis import sync_redis
+    from portal.infra.redis import sync_redis
 
     client = sync_redis()
     if client is None:
         return 0
-    return int(client.eval(_PENDING_LUA, 2, journal_key(), _claims_key(), _claim_list("")))
+    return int(client.eval(_PENDING_LUA, 2, rediskeys.journal(), rediskeys.claims(),
+                           rediskeys.claim_prefix()))
 
 
 async def journal_pending() -> int | None:
     """Rows waiting in the Redis journal or claimed by a writer, not yet in the database
     (None without Redis, or when it does not answer)."""
-    from portal.redis import fast_redis
+    from portal.infra.redis import fast_redis
 
     client = fast_redis()
     if client is None:
         return None
     try:
-        return int(await client.execute("EVAL", _PENDING_LUA, 2, journal_key(), _claims_key(),
-                                        _claim_list("")))
+        return int(await client.execute("EVAL", _PENDING_LUA, 2, rediskeys.journal(),
+                                        rediskeys.claims(), rediskeys.claim_prefix()))
     except Exception:
         return None
 
@@ -402,13 +389,13 @@ async def journal_pending() -> int | None:
 async def _push(events: list[UsageEvent]) -> bool:
     """GATEWAY_USAGE_SINK=redis: hand rows to the journal for ``manage.py usagewriter``,
     with no database work (and no GIL-holding worker thread) in the serving process."""
-    from portal.redis import fast_redis
+    from portal.infra.redis import fast_redis
 
     client = fast_redis()
     if client is None:
         return False
     try:
-        await client.execute("RPUSH", journal_key(), *_journal_entries(events))
+        await client.execute("RPUSH", rediskeys.journal(), *_journal_entries(events))
     except Exception:
         log.exception("could not hand %d usage rows to Redis; writing them here", len(events))
         return False
@@ -459,7 +446,7 @@ class UsageWriter:
                 try:
                     await sync_to_async(drain_spool, thread_sensitive=False)()
                 except Exception as exc:
-                    from portal.redishealth import is_outage
+                    from portal.infra.redishealth import is_outage
 
                     if not is_outage(exc):  # an outage is logged once, by redis_health
                         log.exception("writing the usage journal failed")
@@ -551,6 +538,6 @@ async def close_usage() -> None:
 
 def _flush_at_reactor_shutdown(writer: UsageWriter) -> None:
     """Under daphne (Twisted on asyncio) flush the queue before the reactor stops."""
-    from portal.shutdown import before_reactor_shutdown
+    from portal.infra.shutdown import before_reactor_shutdown
 
     before_reactor_shutdown(writer.close)

@@ -40,7 +40,8 @@ from gateway.wire.usage import Usage
 from keys import limits
 from keys.limits import Admission, Decision, Limiter
 from keys.snapshots import KeySnapshot
-from portal.redishealth import is_outage, redis_health
+from portal.infra import rediskeys
+from portal.infra.redishealth import is_outage, redis_health
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,7 @@ class OutageCharges:
             task.add_done_callback(_settling.discard)
 
     async def apply(self) -> None:
-        from portal.redis import fast_redis
+        from portal.infra.redis import fast_redis
 
         client = fast_redis()
         if client is None:
@@ -328,7 +329,7 @@ class OutageCharges:
         due, self._due = self._due, {}
         try:
             for (kind, ident), micro in due.items():
-                await client.execute("EVAL", _ADJUST_LUA, 1, limits.account_key(kind, ident),
+                await client.execute("EVAL", _ADJUST_LUA, 1, rediskeys.account(kind, ident),
                                      -micro)
         except Exception:
             for account, micro in due.items():  # try again on the next recovery

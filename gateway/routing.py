@@ -23,7 +23,7 @@ from gateway.crypto import decrypt
 from gateway.providers.provider import Provider
 from gateway.providers.registry import PROVIDERS
 from keys.patterns import is_pattern, matches
-from portal.snapshots import LayeredCache
+from portal.infra.snapshots import LayeredCache
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from keys.patterns import matches
-from portal.snapshots import LayeredCache
+from portal.infra.snapshots import LayeredCache
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from django.conf import settings
 
-from portal.redis import fast_redis, rkey, sync_redis
+from portal.infra import rediskeys
+from portal.infra.redis import fast_redis, sync_redis
 
 # A limiter's clock: unix seconds, ``time.time`` unless a test passes its own. Every "now"
 # the limiter uses comes from it, the Lua scripts' too (they take now from their caller, never
@@ -45,7 +46,7 @@ def lease_ms() -> int:
     return int(settings.GATEWAY_CONCURRENCY_LEASE_SECONDS * 1000)
 
 if TYPE_CHECKING:
-    from portal.fastredis import FastRedis
+    from portal.infra.fastredis import FastRedis
 
 LUA_DIR = Path(__file__).with_name("lua")
 
@@ -125,43 +126,10 @@ def local_day_and_seconds_left(now: float | None = None) -> tuple[str, int]:
     return day, left
 
 
-def account_key(kind: str, ident: int | str) -> str:
-    return rkey("acct", kind, ident)
-
-
-def reservations_key(tenant_id: int) -> str:
-    """The tenant's reservations: a zset of ``reservation_member`` scored by lease expiry."""
-    return rkey("resv", tenant_id)
-
-
-def reclaimed_key(tenant_id: int | str) -> str:
-    """Reservations given back after their lease ran out (zset request id -> when): a
-    settle that still comes knows to charge its whole cost."""
-    return rkey("reclaimed", tenant_id)
-
-
 def reservation_member(a: Admission) -> str:
     """How a reservation is named in its zset: everything needed to give it back (the
     admit and settle scripts build the same string)."""
     return f"{a.request_id}|{a.reserve}|{a.key_id}|{int(a.key_quota)}"
-
-
-def unposted_key(kind: str, ident: int | str) -> str:
-    """Costs of an account's settled requests whose usage rows are not yet in the database
-    (hash request id -> micro-units): the settle script adds, the row's writer removes."""
-    return rkey("unposted", kind, ident)
-
-
-def journal_key() -> str:
-    """The usage journal: rows of settled requests, appended by the settle script and
-    written to the database by ``billing.usage`` writers. (Named "spool" for the rows it
-    held before it was a journal: deployments upgrading keep theirs.)"""
-    return rkey("usage", "spool")
-
-
-def sticky_key(a: Admission) -> str:
-    """Sessions are per key, so two tenants' equal session ids never share a binding."""
-    return rkey("sticky", a.key_id, a.session or "-")
 
 
 def sticky_ttl() -> int:
@@ -170,7 +138,7 @@ def sticky_ttl() -> int:
 
 class RedisLimiter:
     """The shared backend: the Lua scripts run through the hot path's pipelined client
-    (portal.fastredis), so concurrent requests' calls share round trips."""
+    (portal.infra.fastredis), so concurrent requests' calls share round trips."""
 
     def __init__(self, clock: Clock = time.time) -> None:
         self._clock = clock
@@ -188,12 +156,14 @@ class RedisLimiter:
         now = self._clock()
         day, seconds_left = local_day_and_seconds_left(now)
         k = a.key_id
-        keys = [rkey("rpm", k), rkey("rpd", k, day), rkey("tpm", k), rkey("conc", k),
-                account_key("tenant", a.tenant_id), account_key("key", k), sticky_key(a),
-                rkey("cool"), reservations_key(a.tenant_id), reclaimed_key(a.tenant_id)]
+        keys = [rediskeys.rpm(k), rediskeys.rpd(k, day), rediskeys.tpm(k),
+                rediskeys.concurrency(k), rediskeys.account("tenant", a.tenant_id),
+                rediskeys.account("key", k), rediskeys.sticky(k, a.session),
+                rediskeys.cooldowns(), rediskeys.reservations(a.tenant_id),
+                rediskeys.reclaimed(a.tenant_id)]
         args = [int(now * 1000), a.request_id, a.rpm, a.rpd, seconds_left, a.tpm,
                 a.concurrency, lease_ms(), a.reserve, int(a.key_quota), int(a.commit), k,
-                account_key("key", "")]
+                rediskeys.account_prefix("key")]
         result = await self._client().evalsha(self._admit_src, keys, args)
         code, x, y = result[:3]
         if code == OK:
@@ -207,10 +177,11 @@ class RedisLimiter:
     async def settle(self, a: Admission, refund: int, tokens: int,
                      binding: str | None = None, row: bytes = b"") -> None:
         k = a.key_id
-        keys = [rkey("conc", k), account_key("tenant", a.tenant_id), account_key("key", k),
-                rkey("tpm", k), sticky_key(a), reservations_key(a.tenant_id), journal_key(),
-                unposted_key("tenant", a.tenant_id), unposted_key("key", k),
-                reclaimed_key(a.tenant_id)]
+        keys = [rediskeys.concurrency(k), rediskeys.account("tenant", a.tenant_id),
+                rediskeys.account("key", k), rediskeys.tpm(k), rediskeys.sticky(k, a.session),
+                rediskeys.reservations(a.tenant_id), rediskeys.journal(),
+                rediskeys.unposted("tenant", a.tenant_id), rediskeys.unposted("key", k),
+                rediskeys.reclaimed(a.tenant_id)]
         args = [a.request_id, a.reserve, a.reserve - refund, int(a.key_quota),
                 tokens if a.tpm else 0, int(self._clock() * 1000),
                 binding if a.session and binding else "", sticky_ttl(), k, row]
@@ -224,22 +195,23 @@ class RedisLimiter:
         calls = []
         for a in leases:
             if a.concurrency:
-                calls += [client.execute("ZADD", rkey("conc", a.key_id), "XX", expiry,
-                                         a.request_id),
-                          client.execute("PEXPIRE", rkey("conc", a.key_id), lease * 2)]
+                calls += [client.execute("ZADD", rediskeys.concurrency(a.key_id), "XX",
+                                         expiry, a.request_id),
+                          client.execute("PEXPIRE", rediskeys.concurrency(a.key_id),
+                                         lease * 2)]
             if a.reserve:
-                calls.append(client.execute("ZADD", reservations_key(a.tenant_id), "XX", "CH",
+                calls.append(client.execute("ZADD", rediskeys.reservations(a.tenant_id), "XX", "CH",
                                             expiry, reservation_member(a)))
         await asyncio.gather(*calls)
 
     async def cool(self, ident: int, seconds: float) -> None:
-        await self._client().execute("HSET", rkey("cool"), str(ident),
+        await self._client().execute("HSET", rediskeys.cooldowns(), str(ident),
                                      int((self._clock() + seconds) * 1000))
 
     async def hit_credential(self, ident: int, rpm: int) -> bool:
         """Count a request on a credential with a known upstream RPM; False once this minute
         is used up (fixed one-minute windows: enough to stay under the upstream's limit)."""
-        key = rkey("crpm", ident, int(self._clock() // 60))
+        key = rediskeys.credential_rpm(ident, int(self._clock() // 60))
         client = self._client()
         count, _ = await asyncio.gather(client.execute("INCR", key),
                                         client.execute("EXPIRE", key, 120))
@@ -253,8 +225,8 @@ class RedisLimiter:
         owner = ident if kind == "tenant" else tenant_id
         await self._client().evalsha(
             self._init_src,
-            [account_key(kind, ident), unposted_key(kind, ident),
-             reservations_key(owner if owner is not None else 0)],
+            [rediskeys.account(kind, ident), rediskeys.unposted(kind, ident),
+             rediskeys.reservations(owner if owner is not None else 0)],
             [avail, "" if kind == "tenant" else ident])
 
     def adjust_account(self, kind: str, ident: int, delta: int) -> None:
@@ -265,33 +237,33 @@ class RedisLimiter:
         client.eval(
             "if redis.call('EXISTS', KEYS[1]) == 1 then "
             "return redis.call('HINCRBY', KEYS[1], 'avail', ARGV[1]) end return nil",
-            1, account_key(kind, ident), delta,
+            1, rediskeys.account(kind, ident), delta,
         )
 
     def drop_account(self, kind: str, ident: int) -> None:
         client = sync_redis()
         assert client is not None
-        client.delete(account_key(kind, ident))
+        client.delete(rediskeys.account(kind, ident))
 
     def available(self, kind: str, ident: int) -> int | None:
         """The account's available micro-units, None if not loaded (sync; for the CLI)."""
         client = sync_redis()
         assert client is not None
-        value = client.hget(account_key(kind, ident), "avail")
+        value = client.hget(rediskeys.account(kind, ident), "avail")
         return None if value is None else int(value)
 
     def uncool(self, ident: int) -> None:
         """End a cool-down now (sync; an operator re-enabled the credential)."""
         client = sync_redis()
         assert client is not None
-        client.hdel(rkey("cool"), str(ident))
+        client.hdel(rediskeys.cooldowns(), str(ident))
 
     def cooldowns(self) -> dict[int, float]:
         """Credential id -> unix time its cool-down ends (sync; for the admin)."""
         client = sync_redis()
         assert client is not None
         now = self._clock()
-        return {int(k): int(v) / 1000 for k, v in client.hgetall(rkey("cool")).items()
+        return {int(k): int(v) / 1000 for k, v in client.hgetall(rediskeys.cooldowns()).items()
                 if int(v) / 1000 > now}
 
 

@@ -1,6 +1,6 @@
 """KeySnapshot: everything the gateway needs to know about a key, without the database.
 
-Built from ApiKey + Tenant + Group, cached by ``portal.snapshots.LayeredCache`` under the
+Built from ApiKey + Tenant + Group, cached by ``portal.infra.snapshots.LayeredCache`` under the
 key's secret hash, and invalidated by ``keys.signals`` whenever one of those rows changes.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from keys.patterns import permits
-from portal.snapshots import LayeredCache
+from portal.infra.snapshots import LayeredCache
 
 if TYPE_CHECKING:
     from keys.models import ApiKey

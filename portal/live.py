@@ -1,11 +1,12 @@
 """Live usage events for the portal: a channels WebSocket per tenant, fed by the usage writer.
 
-Publisher: ``publish_usage(rows)`` is called by ``billing.usage.write_events`` once its rows
-are committed (in the writer's worker thread, never on a /v1 response path). It sends ONE
-message per tenant per batch to the group ``tenant-<id>`` (``channel_layer.group_send``;
-``async_to_sync`` from the worker thread: inside daphne that runs on the process's event
-loop, where an in-memory layer's consumers live). Failures are logged (at most once a
-minute) and swallowed: publishing never breaks usage writing.
+Publisher: ``publish_usage(rows)`` receives ``billing.usage.usage_written`` (connected in
+portal/apps.py): rows ``write_events`` has committed (in the writer's worker thread, never on
+a /v1 response path). It sends ONE message per tenant per batch to the group
+``tenant-<id>`` (``channel_layer.group_send``; ``async_to_sync`` from the worker thread:
+inside daphne that runs on the process's event loop, where an in-memory layer's consumers
+live). Failures are logged (at most once a minute) and swallowed: publishing never breaks
+usage writing.
 
 Message (what the browser receives as JSON, ``type: "usage"``)::
 
@@ -111,7 +112,7 @@ def publish_usage(rows: list[Any]) -> None:
         if messages:
             async_to_sync(_send_all)(messages)
     except Exception as exc:
-        from portal.redishealth import is_outage
+        from portal.infra.redishealth import is_outage
 
         now = time.monotonic()
         if now - _last_failure_log > 60:

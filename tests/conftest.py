@@ -19,7 +19,7 @@ from gateway.models import Upstream
 from gateway.services import upstream_create
 from keys.models import Tenant
 from keys.services import CreatedKey, key_create, tenant_get_or_create
-from portal.redis import sync_redis
+from portal.infra.redis import sync_redis
 from tests.servers import (
     FakeUpstream,
     Gateway,

@@ -76,6 +76,6 @@ def _close_at_reactor_shutdown() -> None:
     queue in another "before shutdown" trigger (they run concurrently): this one awaits that
     same flush (``UsageWriter.close`` is shared) and closes the sessions after it, so the
     rows the process owes are written first whatever closing the connections costs."""
-    from portal.shutdown import before_reactor_shutdown
+    from portal.infra.shutdown import before_reactor_shutdown
 
     before_reactor_shutdown(_close_after_usage)

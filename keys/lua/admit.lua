@@ -9,7 +9,8 @@
 --       10 the tenant's reclaimed reservations (zset request id -> when; see settle.lua)
 -- ARGV: 1 now ms, 2 request id, 3 rpm, 4 rpd, 5 seconds to local midnight, 6 tpm,
 --       7 concurrency, 8 lease ms, 9 reservation (micro-units), 10 key has a quota (0/1),
---       11 commit (0/1), 12 key id, 13 key account name prefix (for reclaimed reservations)
+--       11 commit (0/1), 12 key id, 13 key account name prefix (for reclaimed reservations;
+--       rediskeys.account_prefix("key"): names are built in portal/infra/rediskeys.py)
 -- Returns {code, a, b, binding, cooled}: code 0 = admitted (a = requests in the RPM window,
 -- b = ms until the oldest leaves it, binding = the sticky route or '', cooled = flat list of
 -- credential id, cool-down end ms); -1 = tenant account not loaded, -2 = key account not

@@ -3,7 +3,7 @@
 -- number at a time (Redis scripts cannot share code; keep the two in step).
 --
 -- KEYS: 1 the tenant's reservations zset, 2 the tenant's account, 3 its reclaimed zset
--- ARGV: 1 now ms, 2 the key account name prefix
+-- ARGV: 1 now ms, 2 the key account name prefix (portal/infra/rediskeys.py: account_prefix)
 -- Returns how many were given back.
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 for _, member in ipairs(stale) do

@@ -10,6 +10,7 @@ so a tenant's entries are one index range scan, newest first).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from auditlog.models import AbstractLogEntry, LogEntryManager
@@ -20,15 +21,18 @@ from portal.audit.context import ActorKind, Surface, resolve
 log = logging.getLogger("turnpike.audit")
 
 
+# The tenant of an audited model's objects where it is not their ``tenant_id`` (a tenant is
+# its own; a redemption code is its redeemer's). Filled by portal.audit.registry, which
+# names every audited model: the log itself imports none of the apps it records.
+TENANT_OF: dict[type, Callable[[Any], int | None]] = {}
+
+
 def tenant_id_of(instance: Any) -> int | None:
     """The tenant an audited object belongs to (None: a global object, e.g. an upstream)."""
-    from billing.models import RedemptionCode
-    from keys.models import Tenant
-
-    if isinstance(instance, Tenant):
-        return instance.pk
-    if isinstance(instance, RedemptionCode):
-        return instance.redeemed_by_id
+    for cls in type(instance).__mro__:
+        rule = TENANT_OF.get(cls)
+        if rule is not None:
+            return rule(instance)
     return getattr(instance, "tenant_id", None)
 
 

@@ -14,7 +14,8 @@ import dj_database_url
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
-from portal.redisurl import celery_broker_url
+from portal.infra.rediskeys import cache_prefix, channel_prefix
+from portal.infra.redisurl import celery_broker_url
 from portal.settings.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -325,7 +326,7 @@ MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 # --- Redis and shared state -------------------------------------------------------------
 # REDIS_URL unset: every shared-state backend is in-process (fine for one process).
-# redis://, rediss:// (TLS) or unix:// (portal.redisurl); any other form stops start-up here
+# redis://, rediss:// (TLS) or unix:// (portal.infra.redisurl); any other form stops start-up here
 # rather than being read as plain TCP by one client and differently by another.
 REDIS_URL = env_str("REDIS_URL")
 # Per process: the size of the sync redis-py client's pool and of the Django cache's (callers
@@ -360,10 +361,10 @@ GATEWAY_REDIS_PREFIX = env_str("GATEWAY_REDIS_PREFIX", "gw:") or "gw:"
 if REDIS_URL:
     # The cache (allauth's rate limits, sessions' helpers) under Turnpike's prefix too, so
     # two installations (or test runs) on one Redis never share counters.
-    CACHES["default"]["KEY_PREFIX"] = GATEWAY_REDIS_PREFIX + "cache"
+    CACHES["default"]["KEY_PREFIX"] = cache_prefix(GATEWAY_REDIS_PREFIX)
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
                                   "CONFIG": {"hosts": [REDIS_URL],
-                                             "prefix": GATEWAY_REDIS_PREFIX + "chan"}}}
+                                             "prefix": channel_prefix(GATEWAY_REDIS_PREFIX)}}}
 # How long a process trusts its in-memory copy of a key/route snapshot before re-reading
 # the shared copy; an admin change is visible everywhere within this many seconds.
 GATEWAY_SNAPSHOT_TTL = env_float("GATEWAY_SNAPSHOT_TTL", 1.0)
@@ -432,7 +433,7 @@ CREDENTIAL_ENCRYPTION_KEYS = env_list("CREDENTIAL_ENCRYPTION_KEYS", [])
 
 # --- Celery --------------------------------------------------------------------------------
 # Default: REDIS_URL as kombu reads it (a unix socket as redis+socket://, rediss:// verifying
-# certificates unless its ssl_cert_reqs says otherwise; portal.redisurl.celery_broker_url).
+# certificates unless its ssl_cert_reqs says otherwise; portal.infra.redisurl.celery_broker_url).
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", _celery_broker_default)
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", None)
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", REDIS_URL is None)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 
+from portal.infra.rediskeys import cache_prefix, channel_prefix
 from portal.settings.base import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Each test run gets its own Redis key prefix so concurrent runs never see each other.
 GATEWAY_REDIS_PREFIX = f"gwtest{os.getpid()}:"
 if REDIS_URL:  # noqa: F405
-    CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = GATEWAY_REDIS_PREFIX + "chan"  # noqa: F405
-    CACHES["default"]["KEY_PREFIX"] = GATEWAY_REDIS_PREFIX + "cache"  # noqa: F405
+    CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = (  # noqa: F405
+        channel_prefix(GATEWAY_REDIS_PREFIX))
+    CACHES["default"]["KEY_PREFIX"] = cache_prefix(GATEWAY_REDIS_PREFIX)  # noqa: F405
 CELERY_TASK_ALWAYS_EAGER = True
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405

@@ -22,7 +22,7 @@ from billing.models import LedgerEntry, ModelPrice, UsageLog
 from billing.services import tenant_topup
 from billing.tokens import count_tokens
 from keys.models import Tenant
-from portal.redis import sync_redis
+from portal.infra.redis import sync_redis
 from tests.conftest import gateway_env, wait_for_usage
 from tests.servers import TcpProxy, database_url, start_gateway, stop, terminate_backends
 

@@ -36,11 +36,11 @@ from billing.redemption import (
     redeem_create,
 )
 from billing.services import ledger_mismatches
-from keys import limits
 from keys.models import Tenant
 from keys.secrets import hash_secret
 from keys.services import ApplicationError, tenant_get_or_create
-from portal.redis import sync_redis
+from portal.infra import rediskeys
+from portal.infra.redis import sync_redis
 
 CODE_RE = re.compile(r"tp-rc-(?:[%s]{4}-){5}[%s]{4}" % (ALPHABET, ALPHABET))  # noqa: UP031
 
@@ -165,7 +165,7 @@ def test_redeeming_moves_the_limiters_copy_of_the_balance_once_committed(
         tenant: Tenant, django_capture_on_commit_callbacks: Any) -> None:
     client = sync_redis()
     assert client is not None, "the tests run with REDIS_URL set"
-    account = limits.account_key("tenant", tenant.pk)
+    account = rediskeys.account("tenant", tenant.pk)
     client.hset(account, "avail", 1_000_000)  # the gateway has loaded 1.00
     code = make_code("2.5")
 

@@ -39,7 +39,8 @@ from billing.usage import UsageEvent, spool
 from keys.models import ApiKey, Tenant
 from keys.services import key_create, tenant_get_or_create
 from portal.celery import app
-from portal.redis import rkey, sync_redis
+from portal.infra import rediskeys
+from portal.infra.redis import sync_redis
 from tests.conftest import gateway_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -277,9 +278,10 @@ def test_the_reset_deletes_only_earlier_local_days_rpd_counters(
         redis_client: Any, settings: Any) -> None:
     settings.TIME_ZONE = "Asia/Tokyo"
     now = at("2025-06-01T16:00:00")  # 2025-06-02 01:00 in Tokyo
-    stale = [rkey("rpd", 1, "20250601"), rkey("rpd", 2, "20241231")]
-    fresh = [rkey("rpd", 1, "20250602"), rkey("rpd", 3, "20250603"), rkey("rpm", 1),
-             rkey("rpd", 4, "sometime"), rkey("rpdx", 1, "20200101")]
+    stale = [rediskeys.rpd(1, "20250601"), rediskeys.rpd(2, "20241231")]
+    fresh = [rediskeys.rpd(1, "20250602"), rediskeys.rpd(3, "20250603"), rediskeys.rpm(1),
+             rediskeys.rpd(4, "sometime"),
+             settings.GATEWAY_REDIS_PREFIX + "rpdx:1:20200101"]  # not an RPD counter
     foreign = f"other{os.getpid()}:rpd:1:20200101"  # another deployment's prefix
     for name in [*stale, *fresh, foreign]:
         redis_client.set(name, 5)
@@ -302,7 +304,7 @@ def test_a_prefix_with_glob_characters_matches_only_its_own_counters(
         redis_client: Any, settings: Any) -> None:
     base = settings.GATEWAY_REDIS_PREFIX  # the autouse fixture wipes everything under it
     settings.GATEWAY_REDIS_PREFIX = base + "a*["
-    mine = rkey("rpd", 1, "20200101")
+    mine = rediskeys.rpd(1, "20200101")
     neighbour = base + "ab[:rpd:1:20200101"  # what an unescaped "a*[" would match
     redis_client.set(mine, 1)
     redis_client.set(neighbour, 1)
@@ -501,14 +503,14 @@ def test_the_worker_resets_earlier_days_rpd_counters(worker: Worker, redis_clien
     settings.GATEWAY_REDIS_PREFIX = worker.prefix
     # 00:00:30 local time (the worker runs in this run's TIME_ZONE), as beat sends it.
     now = datetime(2025, 6, 2, 0, 0, 30, tzinfo=ZoneInfo(settings.TIME_ZONE)).isoformat()
-    for name in (rkey("rpd", 1, "20250601"), rkey("rpd", 2, "20250531"),
-                 rkey("rpd", 1, "20250602")):
+    for name in (rediskeys.rpd(1, "20250601"), rediskeys.rpd(2, "20250531"),
+                 rediskeys.rpd(1, "20250602")):
         redis_client.set(name, 3)
 
     assert worker.run(tasks.reset_daily_counters, now) == 2
-    assert _keys(redis_client, settings.GATEWAY_REDIS_PREFIX) == {rkey("rpd", 1, "20250602")}
+    assert _keys(redis_client, settings.GATEWAY_REDIS_PREFIX) == {rediskeys.rpd(1, "20250602")}
     assert worker.run(tasks.reset_daily_counters, now) == 0
-    assert _keys(redis_client, settings.GATEWAY_REDIS_PREFIX) == {rkey("rpd", 1, "20250602")}
+    assert _keys(redis_client, settings.GATEWAY_REDIS_PREFIX) == {rediskeys.rpd(1, "20250602")}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -533,7 +535,7 @@ def test_the_worker_drains_the_usage_spool(worker: Worker, world: World,
     assert [r.request_id for r in rows] == ["spooled-1", "spooled-2", "spooled-3"]
     assert [r.cost for r in rows] == [Decimal("0.1"), Decimal("0.2"), Decimal("0.3")]
     assert rows[0].attempts == [{"upstream": 1, "status": 200}]
-    assert redis_client.llen(rkey("usage", "spool")) == 0
+    assert redis_client.llen(rediskeys.journal()) == 0
     charged = LedgerEntry.objects.filter(tenant=w.acme, kind="charge")
     assert sum(e.amount for e in charged) == Decimal("-0.6")
     w.acme.refresh_from_db()

@@ -18,7 +18,8 @@ from billing.usage import drain_spool
 from gateway.services import upstream_create
 from keys.models import Tenant
 from keys.services import key_create, tenant_get_or_create
-from portal.redis import rkey, sync_redis
+from portal.infra import rediskeys
+from portal.infra.redis import sync_redis
 from tests.fast.test_usage_row import OLD_JOURNAL_ROWS
 
 pytestmark = [
@@ -56,7 +57,7 @@ def test_rows_journalled_by_the_previous_release_are_written_and_charged(own_pre
                       '"error_code"'.encode()))
     client = sync_redis()
     assert client is not None
-    client.rpush(rkey("usage", "spool"), first, OLD_JOURNAL_ROWS[1])
+    client.rpush(rediskeys.journal(), first, OLD_JOURNAL_ROWS[1])
 
     assert drain_spool() == 2
 
@@ -78,4 +79,4 @@ def test_rows_journalled_by_the_previous_release_are_written_and_charged(own_pre
     # Charged once, like any journalled row.
     assert Tenant.objects.get(pk=tenant.pk).balance == Decimal("0.999580")
     assert LedgerEntry.objects.filter(tenant=tenant, kind="charge").count() == 1
-    assert client.llen(rkey("usage", "spool")) == 0
+    assert client.llen(rediskeys.journal()) == 0

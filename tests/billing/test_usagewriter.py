@@ -17,7 +17,7 @@ from django.conf import settings
 from billing.models import ModelPrice, UsageLog
 from billing.services import tenant_topup
 from keys.models import Tenant
-from portal.redis import sync_redis
+from portal.infra.redis import sync_redis
 from tests.conftest import gateway_env
 from tests.servers import ROOT, start_gateway, stop
 

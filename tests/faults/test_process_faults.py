@@ -28,12 +28,12 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.test import override_settings
 
-import portal.redis
+import portal.infra.redis
 from billing.models import ModelPrice, UsageLog
 from billing.reconcile import account_drifts
 from billing.services import ledger_mismatches, tenant_topup
-from keys import limits
 from keys.models import Tenant
+from portal.infra import rediskeys
 from tests.conftest import UPSTREAM_SECRET, gateway_env
 from tests.servers import (
     Gateway,
@@ -113,16 +113,16 @@ def closed_loop(urls: list[str], secret: str, clients: int, seconds: float,
 def shared_state(redis_url: str, prefix: str) -> Iterator[None]:
     """Point this test process's Redis readers (billing check, the reconciler) at the
     gateways' Redis and prefix."""
-    saved = portal.redis._sync_client
-    portal.redis._sync_client = None
+    saved = portal.infra.redis._sync_client
+    portal.infra.redis._sync_client = None
     try:
         with override_settings(REDIS_URL=redis_url, GATEWAY_REDIS_PREFIX=prefix):
             yield
     finally:
-        client = portal.redis._sync_client
+        client = portal.infra.redis._sync_client
         if client is not None:
             client.close()
-        portal.redis._sync_client = saved
+        portal.infra.redis._sync_client = saved
 
 
 def wait_until(check, timeout: float = 20.0, what: object = "") -> None:
@@ -135,7 +135,7 @@ def wait_until(check, timeout: float = 20.0, what: object = "") -> None:
 
 def wait_written(gateways: list[Gateway], journal_prefix: str) -> None:
     """Every usage row out of the gateways and the Redis journal, into the database."""
-    from portal.redis import sync_redis
+    from portal.infra.redis import sync_redis
 
     def quiet() -> bool:
         for gw in gateways:
@@ -145,15 +145,15 @@ def wait_written(gateways: list[Gateway], journal_prefix: str) -> None:
             if state["in_flight"] or state["usage_pending"]:
                 return False
         client = sync_redis()
-        return not (client.llen(journal_prefix + "usage:spool")
-                    or client.zcard(journal_prefix + "usage:claims"))
+        return not (client.llen(rediskeys.journal(prefix=journal_prefix))
+                    or client.zcard(rediskeys.claims(prefix=journal_prefix)))
 
     def state() -> str:
         client = sync_redis()
         states = [httpx.get(gw.url + "/_gateway/status").json() for gw in gateways
                   if gw.proc.poll() is None]
-        return (f"{states} journal {client.llen(journal_prefix + 'usage:spool')} "
-                f"claims {client.zcard(journal_prefix + 'usage:claims')}")
+        return (f"{states} journal {client.llen(rediskeys.journal(prefix=journal_prefix))} "
+                f"claims {client.zcard(rediskeys.claims(prefix=journal_prefix))}")
 
     wait_until(quiet, 30, state)
 
@@ -214,8 +214,8 @@ def test_a_killed_gateway_strands_no_money_and_loses_no_served_row(priced, tmp_p
             assert httpx.post(survivor.base_url + "/chat/completions", json=HOLD, headers={
                 "Authorization": f"Bearer {priced.secret}"}).status_code == 200
             wait_written([survivor], prefix)
-            client = portal.redis.sync_redis()
-            assert client.zcard(limits.reservations_key(priced.key.tenant_id)) == 0
+            client = portal.infra.redis.sync_redis()
+            assert client.zcard(rediskeys.reservations(priced.key.tenant_id)) == 0
             assert account_drifts(0.2) == []
             call_command("billing", "check", stdout=StringIO())
         assert_money_exact(priced.key.tenant, Decimal("100"), answers)
@@ -333,7 +333,7 @@ def test_when_every_credential_cools_the_client_gets_429_with_the_shortest_wait(
 
 def test_billing_check_reports_a_drifting_account_and_reconcile_puts_it_back(
         gateway, upstream, make_key):
-    from portal.redis import sync_redis
+    from portal.infra.redis import sync_redis
 
     ModelPrice.objects.create(model="gpt-4o-mini", per_request=PRICE)
     made = make_key()
@@ -344,7 +344,7 @@ def test_billing_check_reports_a_drifting_account_and_reconcile_puts_it_back(
     wait_written([gateway], settings.GATEWAY_REDIS_PREFIX)
     call_command("billing", "check", stdout=StringIO())
     # What the negative max_tokens did: the account loses money nobody holds.
-    account = limits.account_key("tenant", made.key.tenant_id)
+    account = rediskeys.account("tenant", made.key.tenant_id)
     sync_redis().hincrby(account, "avail", -2_000_000_000)
     err = StringIO()
     with pytest.raises(CommandError, match="drifting"):

@@ -13,6 +13,7 @@ from django.test import override_settings
 
 from keys import limits
 from keys.limits import Admission, MemoryLimiter, RedisLimiter
+from portal.infra import rediskeys
 from tests.clock import FakeClock
 
 pytestmark = pytest.mark.fast
@@ -224,7 +225,7 @@ async def test_a_reservation_outliving_its_lease_is_given_back_and_a_late_settle
 @redis_only
 async def test_settling_twice_changes_nothing():
     """A process that lost the reply to its settle (Redis went away) sends it again."""
-    from portal.redis import sync_redis
+    from portal.infra.redis import sync_redis
 
     limiter = RedisLimiter()
     await funded(limiter, tenant_avail=1000)
@@ -233,7 +234,7 @@ async def test_settling_twice_changes_nothing():
     for _ in range(3):
         await limiter.settle(a, refund=100, tokens=0, row=b'{"request_id":"r2"}')
     assert await asyncio.to_thread(limiter.available, "tenant", 1) == 800
-    assert sync_redis().llen(limits.journal_key()) == 1
+    assert sync_redis().llen(rediskeys.journal()) == 1
 
 
 @redis_only
@@ -254,7 +255,7 @@ async def test_a_renewed_reservation_is_kept(clock):
 
 @redis_only
 async def test_settling_journals_the_usage_row_and_notes_its_cost_as_unposted():
-    from portal.redis import sync_redis
+    from portal.infra.redis import sync_redis
 
     limiter = RedisLimiter()
     await funded(limiter, tenant_avail=1000)
@@ -262,10 +263,10 @@ async def test_settling_journals_the_usage_row_and_notes_its_cost_as_unposted():
     assert (await limiter.admit(a)).code == limits.OK
     await limiter.settle(a, refund=100, tokens=0, row=b'{"request_id":"r1"}')
     client = sync_redis()
-    assert client.lrange(limits.journal_key(), 0, -1) == [b'{"request_id":"r1"}']
-    assert int(client.hget(limits.account_key("tenant", 1), "avail")) == 800
-    assert client.hgetall(limits.unposted_key("tenant", 1)) == {a.request_id.encode(): b"200"}
-    assert client.zcard(limits.reservations_key(1)) == 0
+    assert client.lrange(rediskeys.journal(), 0, -1) == [b'{"request_id":"r1"}']
+    assert int(client.hget(rediskeys.account("tenant", 1), "avail")) == 800
+    assert client.hgetall(rediskeys.unposted("tenant", 1)) == {a.request_id.encode(): b"200"}
+    assert client.zcard(rediskeys.reservations(1)) == 0
 
 
 @redis_only

@@ -1,5 +1,5 @@
 """The Redis clients against private redis-server processes (a password, ACL users, a
-database other than 0, a unix socket, TLS): the hot path's client (portal.fastredis) writes
+database other than 0, a unix socket, TLS): the hot path's client (portal.infra.fastredis) writes
 nothing before its AUTH and SELECT are answered, on the first connection and on every
 reconnection; every client (fast, sync, Django cache, Celery broker) reaches the same server
 and database for each accepted URL form; a URL that cannot be honoured is refused.
@@ -31,9 +31,9 @@ from django.test import override_settings
 from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from portal.fastredis import FastRedis
-from portal.redis import sync_client_for
-from portal.redisurl import celery_broker_url, parse_redis_url
+from portal.infra.fastredis import FastRedis
+from portal.infra.redis import sync_client_for
+from portal.infra.redisurl import celery_broker_url, parse_redis_url
 from tests.servers import ROOT, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
@@ -442,7 +442,7 @@ django.setup()
 from django.conf import settings
 from django.core.cache import cache
 from portal.celery import app
-from portal.redis import sync_redis
+from portal.infra.redis import sync_redis
 
 cache.set("cache-probe", "ok", 60)
 pool = cache._cache._get_connection_pool(True)

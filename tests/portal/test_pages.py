@@ -19,11 +19,11 @@ from billing import redemption
 from billing.models import LedgerEntry, ModelPrice, UsageLog
 from gateway.models import Credential, Upstream
 from gateway.services import upstream_create
-from keys.limits import account_key
 from keys.models import ApiKey, Group, Membership, Tenant
 from keys.services import key_create
 from portal import alerts
-from portal.redis import rkey, sync_redis
+from portal.infra import rediskeys
+from portal.infra.redis import sync_redis
 from portal.tasks import alert_keys, alert_low_balance
 
 pytestmark = pytest.mark.django_db
@@ -111,7 +111,8 @@ def test_the_nav_links_the_four_pages(acme):
 def test_balance_shows_the_balance_and_what_is_available(acme):
     client = client_for(user_in(acme, "m@acme.test"))
     assert "50" in main(client.get("/portal/balance/"))
-    sync_redis().hset(account_key("tenant", acme.pk), "avail", 42_500_000)  # 42.5 reserved-less
+    # 42.5 reserved-less
+    sync_redis().hset(rediskeys.account("tenant", acme.pk), "avail", 42_500_000)
     page = main(client.get("/portal/balance/"))
     assert re.search(r'data-testid="available">42\.50<', page), page[:800]
 
@@ -279,7 +280,7 @@ def test_the_low_balance_alert_uses_the_available_balance(acme):
     user_in(acme, "owner@acme.test", role="owner")
     Tenant.objects.filter(pk=acme.pk).update(low_balance_threshold=Decimal("10"))
     # The balance is 50, but requests in flight hold 45 of it.
-    sync_redis().hset(account_key("tenant", acme.pk), "avail", 5_000_000)
+    sync_redis().hset(rediskeys.account("tenant", acme.pk), "avail", 5_000_000)
     assert alert_low_balance() == 1
 
 
@@ -411,7 +412,8 @@ def test_the_admin_overview_is_for_staff_only(acme, routes):
                                 endpoint="chat", model="gpt-5", status_code=status,
                                 error_code=code, cost=Decimal(cost))
     credential = Credential.objects.filter(upstream__name="oa").first()
-    sync_redis().hset(rkey("cool"), str(credential.pk), int((now.timestamp() + 120) * 1000))
+    sync_redis().hset(rediskeys.cooldowns(), str(credential.pk),
+                      int((now.timestamp() + 120) * 1000))
     Upstream.objects.filter(name="claude").update(auto_disabled=True, health="down")
     page = client_for(staff).get("/admin/").content.decode()
     assert "Operations overview" in page

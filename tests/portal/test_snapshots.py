@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from portal.snapshots import LayeredCache
+from portal.infra.snapshots import LayeredCache
 
 pytestmark = pytest.mark.fast
 

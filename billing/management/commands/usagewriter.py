@@ -13,7 +13,8 @@ from django.core.management.base import CommandError
 
 from billing.usage import drain_spool
 from keys import cli
-from portal.redis import rkey, sync_redis
+from portal.infra import rediskeys
+from portal.infra.redis import sync_redis
 
 
 class Command(cli.OperatorCommand):
@@ -35,7 +36,7 @@ class Command(cli.OperatorCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        key = rkey("usage", "spool")
+        key = rediskeys.journal()
         if not (opts["once"] and self.json):  # --once --json: one document, the count
             self.emit({"state": "waiting"}, "usagewriter: waiting for usage batches")
         self.stdout.flush()

@@ -25,8 +25,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from portal.redis import fast_redis, rkey, sync_redis
-from portal.redishealth import redis_health
+from portal.infra import rediskeys
+from portal.infra.redis import fast_redis, sync_redis
+from portal.infra.redishealth import redis_health
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class LayeredCache(Generic[T]):
         self._pending: dict[str, asyncio.Future[T | None]] = {}
 
     def _redis_key(self, ident: str) -> str:
-        return rkey("snap", self.name, ident)
+        return rediskeys.snapshot(self.name, ident)
 
     async def get(self, ident: str) -> T | None:
         hit = self._local.get(ident)

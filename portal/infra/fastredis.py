@@ -12,7 +12,7 @@ Only what the gateway needs: ``execute(*args)`` and ``evalsha`` with script load
 Everything else (admin, tasks) keeps using redis-py.
 
 A connection is only handed to callers once it is ready: connected (TCP, TLS or a unix
-socket, as REDIS_URL says; portal.redisurl) and its AUTH and SELECT answered OK. Until then
+socket, as REDIS_URL says; portal.infra.redisurl) and its AUTH and SELECT answered OK. Until then
 ``_transport`` is None and every caller waits in ``_ensure``, so no command can be written
 ahead of SELECT's reply and land in database 0 (it did: 2 of 194 with a password and db 3),
 on the first connection or on any reconnection.
@@ -32,7 +32,7 @@ from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from portal.redisurl import parse_redis_url
+from portal.infra.redisurl import parse_redis_url
 
 REPLY_TIMEOUT = 10.0  # a reply later than this means the connection is broken
 CONNECT_TIMEOUT = 5.0  # TCP/unix connect plus TLS handshake (the sync client's too)

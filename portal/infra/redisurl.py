@@ -1,5 +1,5 @@
 """REDIS_URL, read one way by everything that connects to Redis: the hot path's client
-(portal.fastredis), the settings (a URL nobody can honour stops the process at start-up) and
+(portal.infra.fastredis), the settings (a URL nobody can honour stops the process at start-up) and
 the Celery broker URL derived from it.
 
 The forms are redis-py's (``redis.Redis.from_url``), so the sync client and the Django cache,

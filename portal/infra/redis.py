@@ -2,8 +2,8 @@
 (``fast_redis``) and one redis-py client per process for sync code (``sync_redis``).
 
 Returns None when REDIS_URL is unset (the embedded default); callers then use their
-in-process fallback. Every key Turnpike writes goes through ``rkey()`` so it carries
-settings.GATEWAY_REDIS_PREFIX. Both read REDIS_URL through portal.redisurl's rules
+in-process fallback. The names of the keys Turnpike writes are built by
+portal.infra.rediskeys. Both read REDIS_URL through portal.infra.redisurl's rules
 (redis://, rediss://, unix://; anything else refused), so they reach the same server and db.
 """
 
@@ -18,16 +18,12 @@ from django.conf import settings
 if TYPE_CHECKING:
     import redis
 
-    from portal.fastredis import FastRedis
+    from portal.infra.fastredis import FastRedis
 
 _sync_client: redis.Redis | None = None
 # Longest a sync caller waits for one of the pool's REDIS_MAX_CONNECTIONS connections to be
 # free (then redis.ConnectionError): as long as one command may take (socket_timeout).
 POOL_WAIT_SECONDS = 10.0
-
-
-def rkey(*parts: str | int) -> str:
-    return settings.GATEWAY_REDIS_PREFIX + ":".join(str(p) for p in parts)
 
 
 def sync_redis() -> redis.Redis | None:
@@ -50,7 +46,7 @@ def sync_client_for(url: str) -> redis.Redis:
     """
     import redis
 
-    from portal.redisurl import parse_redis_url
+    from portal.infra.redisurl import parse_redis_url
 
     parse_redis_url(url)
     pool = redis.BlockingConnectionPool.from_url(
@@ -65,14 +61,14 @@ _fast_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FastRedis] =
 
 
 def fast_redis() -> FastRedis | None:
-    """The hot path's pipelined client for the running loop (portal.fastredis)."""
+    """The hot path's pipelined client for the running loop (portal.infra.fastredis)."""
     url = settings.REDIS_URL
     if not url:
         return None
     loop = asyncio.get_running_loop()
     client = _fast_clients.get(loop)
     if client is None:
-        from portal.fastredis import FastRedis
+        from portal.infra.fastredis import FastRedis
 
         client = _fast_clients[loop] = FastRedis(url)
     return client
