@@ -62,6 +62,12 @@ KEEPALIVE = b'{"type":"keepalive"}'
 TERMINAL = {b"response.completed": "completed", b"response.incomplete": "incomplete",
             b"response.failed": "failed"}
 CHAINABLE = ("completed", "incomplete")
+# The events TurnSender looks into; every other one is passed on as it is.
+NOTED = frozenset((b"response.output_item.done", *TERMINAL, b"error"))
+# A server extension (portal.tuning gives daphne it): several text frames in one message,
+# ``{"type": TEXT_FRAMES, "frames": [utf-8 bytes, ...]}``. Without it, one websocket.send
+# each.
+TEXT_FRAMES = "turnpike.websocket.text_frames"
 
 _open = 0
 _turns = 0
@@ -146,6 +152,7 @@ class Connection:
         self.closed = False
         self.last: LastResponse | None = None
         self.deadline = time.monotonic() + settings.GATEWAY_WEBSOCKET_MAX_AGE
+        self.batches = TEXT_FRAMES in (scope.get("extensions") or {})
         # Each turn is a POST of the turn's body with the handshake's headers.
         self.turn_scope = {
             "type": "http", "method": "POST", "path": scope.get("path", ""),
@@ -201,11 +208,15 @@ class Connection:
         except Exception:  # already gone
             log.debug("closing a websocket that was gone", exc_info=True)
 
-    async def send_text(self, data: bytes) -> None:
-        """One text frame. A client that went away ends the turn as an HTTP disconnect
-        does."""
+    async def send_frames(self, frames: list[bytes]) -> None:
+        """Text frames, in order. A client that went away ends the turn as an HTTP
+        disconnect does."""
         try:
-            await self.send({"type": "websocket.send", "text": data.decode()})
+            if self.batches:
+                await self.send({"type": TEXT_FRAMES, "frames": frames})
+            else:
+                for data in frames:
+                    await self.send({"type": "websocket.send", "text": data.decode()})
         except Exception:
             self.closed = True
             raise pipeline.ClientGone from None
@@ -215,8 +226,8 @@ class Connection:
         error frame without one and waits out its idle timeout."""
         self.last = None  # like OpenAI: a failed turn evicts the connection's response
         try:
-            await self.send_text(error_frame(error.status, error.body()["error"],
-                                             error.headers()))
+            await self.send_frames([error_frame(error.status, error.body()["error"],
+                                                error.headers())])
         except pipeline.ClientGone:
             pass
 
@@ -459,30 +470,40 @@ class TurnSender:
         buf = self.buffer + chunk if self.buffer else chunk
         parts = buf.split(b"\n\n")
         self.buffer = parts.pop()
-        for event in parts:
-            if event:
-                await self.event(event)
+        frames = [data for event in parts if event and (data := self.frame(event)) is not None]
+        if frames:
+            await self.conn.send_frames(frames)
 
-    async def event(self, event: bytes) -> None:
+    def frame(self, event: bytes) -> bytes | None:
+        """An SSE event's frame (its data), noting what the chain needs; None: not sent.
+        The common shape, ``event: response.*`` then one data line, is read by its name
+        alone (the events Turnpike and OpenAI send are named by their type)."""
+        at = event.find(b"\ndata: ")
+        if at != -1 and event.startswith(b"event: response.") and event.find(b"\n", at + 1) == -1:
+            data = event[at + 7:]
+            name = event[7:at]
+            return data if name not in NOTED else self.note(name, data)
         data = frame_data(event)
         if data is None:
-            data = KEEPALIVE
-        elif data == DONE:
-            return
-        else:
-            kind = event_type(data)
-            if kind == b"response.output_item.done":
-                item = orjson.loads(data).get("item")
-                if item is not None:
-                    self.output.append(item)
-            elif kind in TERMINAL:
-                self.status = TERMINAL[kind]
-                self.response_id = response_id(data)
-            elif kind == b"error":
-                # An upstream's bare error event: the response.failed that ends the stream
-                # carries it. On a socket an "error" is the turn's end, so it is not relayed.
-                return
-        await self.conn.send_text(data)
+            return KEEPALIVE
+        if data == DONE:
+            return None
+        kind = event_type(data)
+        return data if kind not in NOTED else self.note(kind, data)
+
+    def note(self, kind: bytes, data: bytes) -> bytes | None:
+        if kind == b"response.output_item.done":
+            item = orjson.loads(data).get("item")
+            if item is not None:
+                self.output.append(item)
+        elif kind in TERMINAL:
+            self.status = TERMINAL[kind]
+            self.response_id = response_id(data)
+        else:  # b"error"
+            # An upstream's bare error event: the response.failed that ends the stream
+            # carries it. On a socket an "error" is the turn's end, so it is not relayed.
+            return None
+        return data
 
     async def json_answer(self, body: bytes) -> None:
         try:
@@ -491,8 +512,8 @@ class TurnSender:
             parsed = None
         if self.http_status == 200 and isinstance(parsed, dict) and \
                 parsed.get("object") == "response":
-            for data in response_events(parsed):
-                await self.event(b"data: " + data)
+            frames = [self.frame(b"data: " + data) for data in response_events(parsed)]
+            await self.conn.send_frames([f for f in frames if f is not None])
             return
         self.status = "failed"
         error = parsed.get("error") if isinstance(parsed, dict) else None
@@ -501,7 +522,7 @@ class TurnSender:
                      "message": body.decode("utf-8", "replace") or
                      HTTPStatus(self.http_status).phrase}
         retry = [(k, v) for k, v in self.headers if k.startswith(b"retry-after")]
-        await self.conn.send_text(error_frame(self.http_status or 500, error, retry))
+        await self.conn.send_frames([error_frame(self.http_status or 500, error, retry)])
 
 
 def response_events(response: dict[str, Any]) -> list[bytes]:

@@ -72,7 +72,9 @@ def let_daphne_refuse_websockets() -> None:
     turned off, on which the Codex CLI falls back to HTTP at once).
 
     Also caps a WebSocket message at GATEWAY_MAX_BODY_BYTES (autobahn's default is no
-    limit; a socket's message is a request body). Idempotent."""
+    limit; a socket's message is a request body), and writes text frames without
+    autobahn's per-frame overhead (``write_text_frames``), one at a time or, with the
+    "turnpike.websocket.text_frames" extension, several in one write. Idempotent."""
     from daphne import server, ws_protocol
 
     protocol = ws_protocol.WebSocketProtocol
@@ -91,9 +93,17 @@ def let_daphne_refuse_websockets() -> None:
 _base: dict[str, Any] = {}
 
 
+# ASGI extension (Turnpike's): ``{"type": TEXT_FRAMES, "frames": [bytes, ...]}`` sends each
+# item, UTF-8 already, as one text frame, in order, in one write. A Responses turn sends one
+# frame per event, and the events of one upstream read go out together.
+TEXT_FRAMES = "turnpike.websocket.text_frames"
+
+
 def _create_application(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
     if scope.get("type") == "websocket":
-        scope.setdefault("extensions", {})["websocket.http.response"] = {}
+        extensions = scope.setdefault("extensions", {})
+        extensions["websocket.http.response"] = {}
+        extensions[TEXT_FRAMES] = {}
     return _base["create_application"](self, protocol, scope)
 
 
@@ -107,6 +117,13 @@ def _ws_factory_init(self: Any, *args: Any, **kwargs: Any) -> None:
 
 def _ws_handle_reply(self: Any, message: dict[str, Any]) -> None:
     kind = message.get("type")
+    if kind == "websocket.send" and message.get("text") is not None and \
+            message.get("bytes") is None:
+        write_text_frames(self, [message["text"].encode()])
+        return
+    if kind == TEXT_FRAMES:
+        write_text_frames(self, message["frames"])
+        return
     if kind not in ("websocket.http.response.start", "websocket.http.response.body"):
         _base["handle_reply"](self, message)
         return
@@ -134,6 +151,34 @@ def _ws_handle_reply(self: Any, message: dict[str, Any]) -> None:
     self.server.log_action("websocket", "rejected", {
         "path": self.request.path,
         "client": ":".join(map(str, self.client_addr)) if self.client_addr else None})
+
+
+def write_text_frames(self: Any, frames: list[bytes]) -> None:
+    """Text frames straight to the transport: autobahn's sendMessage costs more than the
+    gateway's whole handling of an event (it formats debug log arguments for every write,
+    logged or not, and copies each payload into its frame). Frames from a server are not
+    masked, so a frame is its header and the payload. Anything but an open socket with
+    nothing queued and no compression goes through autobahn as before (which accepts an
+    implicit accept, refuses a closing socket)."""
+    if self.state != self.STATE_OPEN or self.send_queue or self._perMessageCompress is not None \
+            or self.send_state != self.SEND_STATE_GROUND:
+        for payload in frames:
+            self.serverSend(payload.decode(), False)
+        return
+    out = []
+    for payload in frames:
+        n = len(payload)
+        if n <= 125:
+            out.append(_TEXT_HEADERS[n])
+        elif n <= 0xFFFF:
+            out.append(b"\x81\x7e" + n.to_bytes(2, "big"))
+        else:
+            out.append(b"\x81\x7f" + n.to_bytes(8, "big"))
+        out.append(payload)
+    self.transport.write(b"".join(out))
+
+
+_TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]  # FIN + text, unmasked, length n
 
 
 def _ws_fail_handshake(self: Any, reason: str, code: int = 400,
