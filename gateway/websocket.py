@@ -140,7 +140,7 @@ class LastResponse:
     """The connection's most recent response: what a turn chaining from it continues."""
 
     id: str
-    input: list[Any]  # the whole input it was answered from (earlier turns included)
+    input: bytes  # the whole input it answered (earlier turns included), a JSON array
     output: list[Any]  # its output items, as the client got them
 
 
@@ -259,40 +259,51 @@ class Connection:
         generate = message.get("generate", True)
         body = {k: v for k, v in message.items() if k not in SOCKET_FIELDS}
         body["stream"] = True  # a socket always streams
-        error = self.expand(body)
-        if error is not None:
-            await self.send_error(error)
+        history = self.expand(body)
+        if isinstance(history, GatewayError):
+            await self.send_error(history)
         elif generate is False:
-            await self.warm_up(body)
+            await self.warm_up(body, history)
         else:
-            await self.turn(body)
+            await self.turn(body, history)
 
-    def expand(self, body: dict[str, Any]) -> GatewayError | None:
-        """previous_response_id naming this connection's last response: its input and
-        output, then the new input (``instructions`` are not carried over, as in OpenAI's
-        semantics). Any other id is left to the stored chain, or not found."""
+    def expand(self, body: dict[str, Any]) -> bytes | GatewayError | None:
+        """The turn's whole input, as JSON (what the next turn may chain from; None: not
+        known here). previous_response_id naming this connection's last response: its
+        input and output, then the new input (``instructions`` are not carried over, as in
+        OpenAI's semantics). Any other id is left to the stored chain, or not found.
+
+        The input goes into the body as JSON already made (``orjson.Fragment``): the
+        history is never parsed or encoded again, only joined, so a turn that sends a few
+        new items costs what they cost, not what the conversation does."""
+        new = input_items(body.get("input"))
         previous = body.get("previous_response_id")
         if previous is None:
-            return None
+            if new is None:  # the pipeline refuses it, as over HTTP
+                return None
+            history = orjson.dumps(new)
+            if isinstance(body.get("input"), list):
+                body["input"] = orjson.Fragment(history)
+            return history
         if not isinstance(previous, str) or not previous:
             return InvalidRequest("'previous_response_id' must be a response id.",
                                   param="previous_response_id")
         last = self.last
         if last is not None and previous == last.id:
-            new = input_items(body.get("input"))
             if new is None:
                 return InvalidRequest("'input' must be a string or an array of input items.",
                                       param="input")
+            history = join_arrays(last.input, orjson.dumps(last.output), orjson.dumps(new))
             del body["previous_response_id"]
-            body["input"] = [*last.input, *last.output, *new]
-            return None
+            body["input"] = orjson.Fragment(history)
+            return history
         if stored_chain_expands(previous):
             return None
         return InvalidRequest(f"Previous response with id '{previous}' not found.",
                               code="previous_response_not_found",
                               param="previous_response_id")
 
-    async def turn(self, body: dict[str, Any]) -> None:
+    async def turn(self, body: dict[str, Any], history: bytes | None) -> None:
         """One request through the HTTP path's pipeline."""
         global _turns
         _turns += 1
@@ -311,9 +322,9 @@ class Connection:
             await pipeline.handle(self.turn_scope, receive, sender)
         except pipeline.ClientGone:  # the error answer found the socket gone
             self.closed = True
-        self.remember(sender, body)
+        self.remember(sender, history)
 
-    async def warm_up(self, body: dict[str, Any]) -> None:
+    async def warm_up(self, body: dict[str, Any], history: bytes | None) -> None:
         """``generate: false``: a completed response with no output and no usage charged,
         whose id the next turn may chain from; no upstream is called."""
         global _warmups
@@ -332,12 +343,11 @@ class Connection:
             await sender({"type": "http.response.body", "body": encoder.close()})
         except pipeline.ClientGone:
             return
-        self.remember(sender, body)
+        self.remember(sender, history)
 
-    def remember(self, sender: TurnSender, body: dict[str, Any]) -> None:
-        if sender.status in CHAINABLE and sender.response_id:
-            self.last = LastResponse(sender.response_id, input_items(body.get("input")) or [],
-                                     sender.output)
+    def remember(self, sender: TurnSender, history: bytes | None) -> None:
+        if sender.status in CHAINABLE and sender.response_id and history is not None:
+            self.last = LastResponse(sender.response_id, history, sender.output)
         else:
             self.last = None
 
@@ -349,8 +359,9 @@ WARMUP_ECHO = ("instructions", "tools", "tool_choice", "parallel_tool_calls", "r
 def stored_chain_expands(previous_id: str) -> bool:
     """HOOK(store): whether the stored-response chain (gateway.stored.chain, branch
     ``store``) will expand ``previous_id`` when the turn goes through the pipeline, as it
-    does for HTTP. Until that is merged nothing is stored, so an id this connection does
-    not hold is not found."""
+    does for HTTP (the turn's own input is then not known here, so the socket keeps no
+    response to chain from: the next turn goes to the store too). Until that is merged
+    nothing is stored, so an id this connection does not hold is not found."""
     return False
 
 
@@ -363,6 +374,12 @@ def input_items(value: Any) -> list[Any] | None:
     if isinstance(value, list):
         return value
     return None
+
+
+def join_arrays(*arrays: bytes) -> bytes:
+    """JSON arrays (orjson's compact form) joined into one."""
+    items = [a[1:-1] for a in arrays if len(a) > 2]
+    return b"[" + b",".join(items) + b"]"
 
 
 def turn_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
