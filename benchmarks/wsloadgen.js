@@ -8,10 +8,16 @@
 // up to the terminal event, then the next, for `seconds`. Last it prints one JSON line, the
 // same fields as loadgen.js: requests (turns), errors, rps, latency p50/p90/p99 and ttfb
 // p50/p99 (ms, from sending the message), frames, bytes.
+// With "chain": {"turns": K, "input": [...]}, a socket follows each full turn with K turns
+// that send only `input` and the previous_response_id of the turn before (the way the
+// Codex CLI continues a conversation on its socket), then starts over with a full one.
 "use strict";
 
 const cfg = JSON.parse(process.argv[2]);
 const message = JSON.stringify({ type: "response.create", ...cfg.body });
+const chain = cfg.chain || null;
+const chained = (id) => JSON.stringify({ type: "response.create", ...cfg.body,
+  previous_response_id: id, input: chain.input });
 let deadline = 0;
 const maxRequests = cfg.requests || Infinity;
 const TERMINAL = new Set(["response.completed", "response.incomplete", "response.failed", "error"]);
@@ -38,6 +44,7 @@ async function connect() {
 async function worker(ws) {
   if (!ws) return;
   let turn = null; // { t0, first, resolve }
+  let lastId = null, inChain = 0;
   ws.onmessage = (ev) => {
     if (!turn) return;
     const now = process.hrtime.bigint();
@@ -48,6 +55,7 @@ async function worker(ws) {
     const type = ev.data.slice(9, ev.data.indexOf('"', 9));
     if (TERMINAL.has(type)) {
       statuses[type] = (statuses[type] || 0) + 1;
+      if (chain) lastId = type === "response.completed" ? JSON.parse(ev.data).response.id : null;
       if (type !== "response.completed") errors++;
       latencies.push(Number(now - turn.t0) / 1e6);
       ttfbs.push(Number(turn.first - turn.t0) / 1e6);
@@ -72,7 +80,13 @@ async function worker(ws) {
     started++;
     await new Promise((resolve) => {
       turn = { t0: process.hrtime.bigint(), first: null, resolve };
-      ws.send(message);
+      if (chain && lastId && inChain < chain.turns) {
+        inChain++;
+        ws.send(chained(lastId));
+      } else {
+        inChain = 0;
+        ws.send(message);
+      }
     });
   }
   ws.close();

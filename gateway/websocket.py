@@ -497,9 +497,8 @@ class TurnSender:
         alone (the events Turnpike and OpenAI send are named by their type)."""
         at = event.find(b"\ndata: ")
         if at != -1 and event.startswith(b"event: response.") and event.find(b"\n", at + 1) == -1:
-            data = event[at + 7:]
             name = event[7:at]
-            return data if name not in NOTED else self.note(name, data)
+            return event[at + 7:] if name not in NOTED else self.note(name, event[at + 7:])
         data = frame_data(event)
         if data is None:
             return KEEPALIVE
