@@ -22,6 +22,7 @@ import pytest
 
 from billing.models import UsageLog
 from gateway.services import upstream_create
+from keys.models import Status
 from tests.conftest import UPSTREAM_SECRET, gateway_env
 from tests.servers import ROOT, free_port, start_gateway, stop, wait_for_port
 
@@ -188,6 +189,26 @@ def test_bad_messages_get_an_error_frame_and_unknown_types_no_answer(gateway, up
     assert (bad["type"], bad["status"], bad["error"]["code"]) == ("error", 400, "invalid_json")
     assert (untyped["status"], untyped["error"]["param"]) == (400, "type")
     assert first["type"] == "response.created"
+
+
+def test_the_key_is_checked_at_every_turn_so_disabling_it_stops_an_open_socket(
+        gateway, upstream, make_key):
+    made = make_key()
+
+    def disable() -> None:
+        made.key.status = Status.DISABLED
+        made.key.save()  # the snapshot is dropped on commit (the gateway's TTL is 0 here)
+
+    async def scenario(sock: Socket) -> list[list[dict[str, Any]]]:
+        served = await sock.turn(model="gpt-5", input="hi", stream=False)  # always streamed
+        await asyncio.to_thread(disable)
+        return [served, await sock.turn(model="gpt-5", input="hi")]
+
+    served, refused = run_socket(ws_url(gateway.url), made.secret, scenario)
+    assert served[0]["type"] == "response.created" and served[-1]["type"] == "response.completed"
+    assert refused == [{"type": "error", "status": 403, "error": {
+        "message": "The API key is disabled.", "type": "permission_error", "param": None,
+        "code": "api_key_disabled"}}]
 
 
 def test_each_turn_is_a_request_for_the_rate_limit(gateway, upstream, make_key):
