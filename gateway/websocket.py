@@ -214,9 +214,9 @@ class Connection:
         try:
             if self.batches:
                 await self.send({"type": TEXT_FRAMES, "frames": frames})
-            else:
-                for data in frames:
-                    await self.send({"type": "websocket.send", "text": data.decode()})
+                return
+            for data in frames:
+                await self.send({"type": "websocket.send", "text": data.decode()})
         except Exception:
             self.closed = True
             raise pipeline.ClientGone from None
@@ -467,29 +467,37 @@ class TurnSender:
         self.output: list[Any] = []
 
     async def __call__(self, message: dict[str, Any]) -> None:
+        # The hot path, a stream's events, inline: it runs once per upstream read, and its
+        # loop once per event (most of them deltas, sent as they are).
+        if self.sse and message["type"] == "http.response.body":
+            chunk = message.get("body", b"")
+            if not chunk:
+                return
+            parts = (self.buffer + chunk if self.buffer else chunk).split(b"\n\n")
+            self.buffer = parts.pop()
+            frames = []
+            for event in parts:
+                at = event.find(b"\ndata: ")
+                if at > 0 and event.startswith(b".delta", at - 6) and \
+                        event.find(b"\n", at + 1) == -1 and event.find(b"\n") == at:
+                    frames.append(event[at + 7:])  # a delta: "<one field line>\ndata: …"
+                elif event:
+                    data = self.frame(event)
+                    if data is not None:
+                        frames.append(data)
+            if frames:
+                await self.conn.send_frames(frames)
+            return
         kind = message["type"]
         if kind == "http.response.body":
-            body = message.get("body", b"")
-            if self.sse:
-                if body:
-                    await self.events(body)
-            else:
-                self.body.append(body)
-                if not message.get("more_body"):
-                    await self.json_answer(b"".join(self.body))
+            self.body.append(message.get("body", b""))
+            if not message.get("more_body"):
+                await self.json_answer(b"".join(self.body))
         elif kind == "http.response.start":
             self.http_status = message["status"]
             self.headers = message.get("headers") or []
             ctype = next((v for k, v in self.headers if k == b"content-type"), b"")
             self.sse = ctype.startswith(b"text/event-stream")
-
-    async def events(self, chunk: bytes) -> None:
-        buf = self.buffer + chunk if self.buffer else chunk
-        parts = buf.split(b"\n\n")
-        self.buffer = parts.pop()
-        frames = [data for event in parts if event and (data := self.frame(event)) is not None]
-        if frames:
-            await self.conn.send_frames(frames)
 
     def frame(self, event: bytes) -> bytes | None:
         """An SSE event's frame (its data), noting what the chain needs; None: not sent.
