@@ -23,7 +23,7 @@ import pytest
 from billing.models import UsageLog
 from gateway.services import upstream_create
 from keys.models import Status
-from tests.conftest import UPSTREAM_SECRET, gateway_env
+from tests.conftest import TEST_BODY_LIMIT, UPSTREAM_SECRET, gateway_env
 from tests.servers import ROOT, free_port, start_gateway, stop, wait_for_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
@@ -189,6 +189,21 @@ def test_bad_messages_get_an_error_frame_and_unknown_types_no_answer(gateway, up
     assert (bad["type"], bad["status"], bad["error"]["code"]) == ("error", 400, "invalid_json")
     assert (untyped["status"], untyped["error"]["param"]) == (400, "type")
     assert first["type"] == "response.created"
+
+    async def too_big(sock: Socket) -> Any:
+        try:
+            await sock.create(model="gpt-5", input="x" * TEST_BODY_LIMIT)
+        except (ConnectionError, aiohttp.ClientError):
+            return "cut"  # the server closed while the frame was still being written
+        msg = await sock.ws.receive(timeout=15)
+        return "cut" if msg.type == aiohttp.WSMsgType.ERROR else (msg.type, msg.data)
+
+    # A message is a request body: over GATEWAY_MAX_BODY_BYTES the socket is closed (1009,
+    # message too big) as soon as the frame's header says its size, before it is read.
+    before = status(gateway.url)["websockets"]["turns"]
+    closed = run_socket(ws_url(gateway.url), api_key.secret, too_big)
+    assert closed in ("cut", (aiohttp.WSMsgType.CLOSE, 1009)), closed
+    assert status(gateway.url)["websockets"]["turns"] == before
 
 
 def test_the_key_is_checked_at_every_turn_so_disabling_it_stops_an_open_socket(
