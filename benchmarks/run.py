@@ -36,6 +36,29 @@ RESPONSES = {"model": "bench-model", "input": "Say hello."}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def codex_body(chunks: int) -> dict[str, Any]:
+    """A request the size and shape of the Codex CLI's (~40 KB: a long developer message
+    with some non-ASCII text, a dozen function tools, store:false, the include)."""
+    prose = ("You are a coding agent running in a terminal — read files, run commands, "
+             "edit code; keep the user informed. ") * 330
+    tools = [{"type": "function", "name": f"tool_{i}", "description": "Runs a thing. " * 20,
+              "strict": False, "parameters": {"type": "object", "properties": {
+                  f"arg_{j}": {"type": "string", "description": "an argument " * 5}
+                  for j in range(6)}, "required": ["arg_0"]}} for i in range(12)]
+    return {"model": "bench-model", "stream": True, "store": False,
+            "tool_choice": "auto", "parallel_tool_calls": True, "tools": tools,
+            "include": ["reasoning.encrypted_content"], "prompt_cache_key": "bench-session",
+            "input": [{"type": "message", "role": "developer",
+                       "content": [{"type": "input_text", "text": prose}]},
+                      {"type": "message", "role": "user", "content": [
+                          {"type": "input_text", "text": f"[[mock chunks={chunks}]]"}]}]}
+
+
+# What the Codex CLI adds to a request on its socket.
+CLIENT_METADATA = {"client_metadata": {"x-codex-installation-id": "bench",
+                                       "x-codex-window-id": "bench:0", "session_id": "bench"}}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -94,8 +117,36 @@ def loadgen(url: str, body: dict[str, Any], key: str, concurrency: int, seconds:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def ws_loadgen(url: str, body: dict[str, Any], key: str, concurrency: int, seconds: float,
+               pid: int | None, chain: dict[str, Any] | None = None
+               ) -> tuple[dict[str, Any], float | None, float | None]:
+    """Responses turns over WebSockets (wsloadgen.js: one socket per client, a turn at a
+    time; ``chain``: continued with previous_response_id, see there). Returns the load,
+    and the process's CPU seconds spent opening the sockets and from then on (the turns
+    alone)."""
+    cfg = {"url": url, "body": body, "headers": {"Authorization": f"Bearer {key}"},
+           "concurrency": concurrency, "seconds": seconds, "chain": chain}
+    start = proc_cpu_seconds(pid) if pid else None
+    proc = subprocess.Popen([NODE, "--experimental-websocket", str(BENCH / "wsloadgen.js"),
+                             json.dumps(cfg)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    json.loads(proc.stdout.readline())  # {"ready": N}: every socket is open
+    ready = proc_cpu_seconds(pid) if pid else None
+    out, _ = proc.communicate(timeout=seconds + 120)
+    if proc.returncode:
+        raise RuntimeError(f"wsloadgen.js exited with {proc.returncode}")
+    load = json.loads(out.strip().splitlines()[-1])
+    end = proc_cpu_seconds(pid) if pid else None
+    if start is None or ready is None or end is None:
+        return load, None, None
+    return load, ready - start, end - ready
+
+
 def measure(scenario: str, target: Target, path: str, body: dict[str, Any], concurrency: int,
-            seconds: float, stream: bool = False) -> Result:
+            seconds: float, stream: bool = False, websocket: bool = False,
+            chain: dict[str, Any] | None = None) -> Result:
+    if websocket:
+        return measure_websocket(scenario, target, path, body, concurrency, seconds, chain)
     before = proc_cpu_seconds(target.pid) if target.pid else None
     load = loadgen(target.base_url + path, body, target.key, concurrency, seconds, stream)
     result = Result(scenario, target.name, load)
@@ -103,6 +154,22 @@ def measure(scenario: str, target: Target, path: str, body: dict[str, Any], conc
         cpu = proc_cpu_seconds(target.pid) - before
         result.cpu_ms_per_request = round(cpu * 1000 / load["requests"], 3)
         result.rss_mib = round(proc_rss_mib(target.pid), 1)
+    return result
+
+
+def measure_websocket(scenario: str, target: Target, path: str, body: dict[str, Any],
+                      concurrency: int, seconds: float,
+                      chain: dict[str, Any] | None = None) -> Result:
+    """CPU per turn counts the turns alone; opening the sockets (once per client session)
+    is reported apart, as ``connect_cpu_ms`` per socket."""
+    url = "ws" + (target.base_url + path).removeprefix("http")
+    load, connect, turns = ws_loadgen(url, body, target.key, concurrency, seconds, target.pid,
+                                      chain)
+    result = Result(scenario, target.name, load)
+    if turns is not None and connect is not None and load["requests"] and target.pid:
+        result.cpu_ms_per_request = round(turns * 1000 / load["requests"], 3)
+        result.rss_mib = round(proc_rss_mib(target.pid), 1)
+        result.extra["connect_cpu_ms"] = round(connect * 1000 / concurrency, 3)
     return result
 
 
@@ -274,6 +341,26 @@ def scenarios(seconds: float, smoke: bool) -> dict[str, dict[str, Any]]:
         "stream_translated": dict(path="/responses", body={
             "model": "bench-chat-only", "stream": True, "input": f"[[mock chunks={chunks}]]"},
             concurrency=64, seconds=seconds, stream=True, turnpike_only=True),
+        # The same turns over Responses over WebSocket (one socket per client, a turn at a
+        # time): compare with stream_responses and stream_translated.
+        "ws_responses": dict(path="/responses", body={**RESPONSES, "stream": True,
+                             "input": f"[[mock chunks={chunks}]]"}, concurrency=64,
+                             seconds=seconds, websocket=True, turnpike_only=True),
+        "ws_translated": dict(path="/responses", body={
+            "model": "bench-chat-only", "stream": True, "input": f"[[mock chunks={chunks}]]"},
+            concurrency=64, seconds=seconds, websocket=True, turnpike_only=True),
+        # A Codex-sized request (~40 KB), 20 events back: over HTTP, the same request as a
+        # socket's turn, and on a socket continued the way Codex does (4 turns of one new
+        # item and previous_response_id after each full one).
+        "codex_http": dict(path="/responses", body=codex_body(20), concurrency=16,
+                           seconds=seconds, stream=True, turnpike_only=True),
+        "codex_ws": dict(path="/responses", body={**codex_body(20), **CLIENT_METADATA},
+                         concurrency=16, seconds=seconds, websocket=True, turnpike_only=True),
+        "codex_ws_chained": dict(path="/responses", body={**codex_body(20), **CLIENT_METADATA},
+                                 concurrency=16, seconds=seconds, websocket=True,
+                                 turnpike_only=True, chain={"turns": 4, "input": [
+                                     {"type": "function_call_output", "call_id": "call_1",
+                                      "output": "ok [[mock chunks=20]]"}]}),
         "latency_1_client": dict(path="/chat/completions", body=CHAT, concurrency=1,
                                  seconds=seconds),
         "ttfb_paced": dict(path="/chat/completions", body={**CHAT, "stream": True,
@@ -375,7 +462,9 @@ def _row(r: Result) -> str:
     return (f"{r.scenario:18} {r.target:16} rps {load['rps']:>8.1f}  p50 {load['p50_ms']!s:>7} "
             f"p99 {load['p99_ms']!s:>7}  ttfb50 {load['ttfb_p50_ms']!s:>7}  "
             f"frames/s {load['frames_per_s']:>9.0f}  cpu ms/req {cpu:>6}  rss MiB {rss:>5}  "
-            f"err {load['errors']}")
+            f"err {load['errors']}"
+            + (f"  connect cpu ms/socket {r.extra['connect_cpu_ms']}"
+               if "connect_cpu_ms" in r.extra else ""))
 
 
 def summary(results: list[Result]) -> str:

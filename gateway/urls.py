@@ -3,6 +3,8 @@
 Each endpoint is served at /v1/<endpoint>, at /<endpoint> (no /v1), and under every
 prefix in settings.GATEWAY_PATH_PREFIXES (/codex/v1/<endpoint>, /codex/<endpoint>).
 Anything else under /v1 reaches the gateway too, which answers 404 in the OpenAI shape.
+WebSockets (``gateway_websocket_patterns``): ``responses`` at the same paths, upgraded;
+any other /v1 path refuses the upgrade with that 404.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ from django.conf import settings
 from django.urls import URLPattern, re_path
 
 from gateway.app import gateway_app, status_app
+from gateway.websocket import refused_socket, responses_socket
 
 ENDPOINT = (r"(?P<endpoint>responses/compact|responses|chat/completions|models"
             r"|dashboard/billing/subscription|dashboard/billing/usage)")
 
 
-def gateway_patterns() -> list[URLPattern]:
+def _prefix() -> str:
     prefixes = [re.escape(p.strip("/")) for p in settings.GATEWAY_PATH_PREFIXES if p.strip("/")]
-    prefix = f"(?:(?:{'|'.join(prefixes)})/)?" if prefixes else ""
+    return f"(?:(?:{'|'.join(prefixes)})/)?" if prefixes else ""
+
+
+def gateway_patterns() -> list[URLPattern]:
+    prefix = _prefix()
     # channels' URLRouter routes ASGI apps with Django's re_path, whose stubs allow only
     # views: hence the ignores.
     return [
@@ -29,4 +36,15 @@ def gateway_patterns() -> list[URLPattern]:
         re_path(rf"^{prefix}(?:v1/)?(?P<endpoint>models)/(?P<model_id>.+)$",
                 gateway_app),  # type: ignore[arg-type]
         re_path(rf"^{prefix}v1(?:/.*)?$", gateway_app),  # type: ignore[arg-type]
+    ]
+
+
+def gateway_websocket_patterns() -> list[URLPattern]:
+    """The WebSocket paths the gateway answers: Responses over WebSocket where POST
+    /v1/responses is served; any other /v1 path is refused with a 404."""
+    prefix = _prefix()
+    return [
+        re_path(rf"^{prefix}(?:v1/)?(?P<endpoint>responses)/?$",
+                responses_socket),  # type: ignore[arg-type]
+        re_path(rf"^{prefix}v1(?:/.*)?$", refused_socket),  # type: ignore[arg-type]
     ]

@@ -3,7 +3,9 @@
 
 channels' ProtocolTypeRouter/URLRouter sends the /v1 API (and its un-prefixed and
 extra-prefixed forms) to the gateway's lean ASGI app and every other path to Django.
-WebSockets: ``/ws/portal/live/``, the portal's live usage events (portal.live), behind the
+WebSockets: the gateway's first (Responses over WebSocket at the /v1/responses paths,
+gateway.websocket: API clients send a key, no Origin and no cookie, so these get no browser
+guards), then ``/ws/portal/live/``, the portal's live usage events (portal.live), behind the
 session login (AuthMiddlewareStack) and the Origin check (AllowedHostsOriginValidator).
 Importing this module also applies the process tuning that needs no launcher
 (``portal.tuning``), so a plain daphne is only without uvloop.
@@ -24,15 +26,18 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
-from gateway.urls import gateway_patterns  # noqa: E402
+from gateway.urls import gateway_patterns, gateway_websocket_patterns  # noqa: E402
 from portal import tuning  # noqa: E402
 from portal.live import LiveConsumer  # noqa: E402
 
 application = ProtocolTypeRouter({
     "http": URLRouter([*gateway_patterns(), re_path(r"", django_asgi_app)]),
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([
-        path("ws/portal/live/", LiveConsumer.as_asgi()),
-    ]))),
+    "websocket": URLRouter([
+        *gateway_websocket_patterns(),
+        re_path(r"", AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([
+            path("ws/portal/live/", LiveConsumer.as_asgi()),
+        ])))),
+    ]),
 })
 
 tuning.apply()  # last: the heap it freezes is the loaded application

@@ -376,6 +376,11 @@ GATEWAY_READ_TIMEOUT = env_float("GATEWAY_READ_TIMEOUT", 600.0)
 # An upstream silent this long mid-stream gets a keep-alive event sent to the client (a
 # data-bearing one for Responses clients: the Codex CLI's idle timer ignores comments).
 GATEWAY_KEEPALIVE_SECONDS = env_float("GATEWAY_KEEPALIVE_SECONDS", 15.0)
+# Responses over WebSocket (GET /v1/responses upgraded; gateway.websocket). Off: the
+# upgrade is answered 426, which makes the Codex CLI fall back to HTTP POST at once.
+GATEWAY_WEBSOCKETS = env_bool("GATEWAY_WEBSOCKETS", True)
+# A socket older than this many seconds takes no new turn: OpenAI's 60 minutes.
+GATEWAY_WEBSOCKET_MAX_AGE = env_float("GATEWAY_WEBSOCKET_MAX_AGE", 3600.0)
 GATEWAY_POOL_SIZE = env_int("GATEWAY_POOL_SIZE", 0)  # 0: unbounded connections per process
 # A concurrency slot or a balance reservation held by a process that died is freed after
 # this many seconds (running requests renew theirs every third of it).

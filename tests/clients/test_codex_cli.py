@@ -1,5 +1,7 @@
 """The real Codex CLI (npm @openai/codex) as a client of Turnpike, run the way
-../shared/CLIENTS.md describes: `codex exec` with a custom model provider on loopback."""
+../shared/CLIENTS.md describes: `codex exec` with a custom model provider on loopback, and
+with its built-in provider pointed at Turnpike (`openai_base_url`), which speaks Responses
+over a WebSocket first and falls back to HTTP when Turnpike refuses it."""
 
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
 from billing.models import ModelPrice, UsageLog
 from billing.services import tenant_topup
 from gateway.services import upstream_create
-from tests.conftest import UPSTREAM_SECRET
+from tests.conftest import UPSTREAM_SECRET, gateway_env
+from tests.servers import start_gateway, stop
 
 CODEX = shutil.which("codex")
 
@@ -48,17 +52,38 @@ stream_max_retries = 0
 """
 
 
+# The built-in provider ("openai") with its base URL pointed at Turnpike: it opens a
+# WebSocket to <base>/responses first. `codex exec` takes its API key from CODEX_API_KEY
+# (OPENAI_API_KEY is not read for the built-in provider).
+BUILTIN_CONFIG = """
+model = "{model}"
+openai_base_url = "{base_url}"
+check_for_update_on_startup = false
+
+[analytics]
+enabled = false
+
+[features]
+plugins = false
+unbounded_connection_retries = false
+"""
+
+
 def run_codex(base_url: str, key: str, prompt: str, tmp: Path,
-              model: str = "gpt-5-codex") -> subprocess.CompletedProcess[str]:
+              model: str = "gpt-5-codex", builtin: bool = False
+              ) -> subprocess.CompletedProcess[str]:
     home = tmp / "codex-home"
     work = tmp / "work"
     home.mkdir()
     work.mkdir()
-    (home / "config.toml").write_text(CONFIG.format(base_url=base_url, model=model))
+    config = BUILTIN_CONFIG if builtin else CONFIG
+    (home / "config.toml").write_text(config.format(base_url=base_url, model=model))
     # The tool's output carries the token that ends tool calling at the fake upstream.
     (work / "hint.txt").write_text("[[fake tool=]] the hint says hello\n")
     env = {**os.environ, "CODEX_HOME": str(home), "TURNPIKE_KEY": key}
     env.pop("OPENAI_API_KEY", None)
+    if builtin:
+        env["CODEX_API_KEY"] = key
     return subprocess.run(
         [CODEX, "exec", "--skip-git-repo-check", prompt],
         cwd=work, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
@@ -126,3 +151,67 @@ def test_codex_cli_accepts_the_cost_in_response_completed(gateway, api_key, fake
     while not UsageLog.objects.filter(model="m-priced", cost__gt=0).exists():
         assert time.monotonic() < deadline, "no charged usage row"
         time.sleep(0.05)
+
+
+# --- the built-in provider: Responses over WebSocket ---------------------------------------
+
+def websocket_stats(url: str) -> dict[str, int]:
+    return httpx.get(url + "/_gateway/status", timeout=5).json()["websockets"]
+
+
+@pytest.mark.parametrize("kind", ["openai", "openai-chat", "openai-responses", "anthropic",
+                                  "ollama"])
+def test_codex_builtin_provider_completes_a_tool_task_over_the_websocket(
+        gateway, api_key, fake_upstream, tmp_path, kind):
+    """Codex warms the socket up (generate:false), then sends each request of the tool
+    round trip on it with previous_response_id and only the new items (store:false):
+    Turnpike expands them from the socket's memory, so every upstream kind gets the whole
+    history."""
+    base = fake_upstream.openai_url if kind.startswith("openai") else fake_upstream.url
+    upstream_create(name=f"ws-{kind}", kind=kind, base_url=base, models=[f"m-{kind}"],
+                    api_keys=[UPSTREAM_SECRET])
+    fake_upstream.clear()
+    before = websocket_stats(gateway.url)
+    result = run_codex(gateway.base_url, api_key.secret, TOOL_PROMPT, tmp_path,
+                       model=f"m-{kind}", builtin=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tok0 tok1 tok2" in result.stdout
+    assert "Falling back" not in result.stderr and "Reconnecting" not in result.stderr
+    after = websocket_stats(gateway.url)
+    assert after["turns"] - before["turns"] == 2  # the tool call, then the answer
+    assert after["warmups"] - before["warmups"] >= 1
+    bodies = [r["body"] for r in fake_upstream.requests() if r["body"]]
+    assert len(bodies) == 2
+    first, last = (orjson.dumps(b).decode() for b in bodies)
+    assert "the hint says hello" in last and "the hint says hello" not in first
+    assert "read the hint" in last  # the whole history, though Codex sent only new items
+    assert "previous_response_id" not in last
+    deadline = time.monotonic() + 10  # both turns metered like HTTP requests
+    while UsageLog.objects.filter(key_id=api_key.key.id, status_code=200).count() < 2:
+        assert time.monotonic() < deadline, "no usage rows for the socket's turns"
+        time.sleep(0.05)
+
+
+def test_codex_builtin_provider_falls_back_to_http_when_websockets_are_off(
+        api_key, fake_upstream, tmp_path):
+    """GATEWAY_WEBSOCKETS=false: the upgrade is answered 426 and Codex sends the same turn
+    over HTTP POST at once, with no retries."""
+    upstream_create(name="ws-off", kind="openai-chat", base_url=fake_upstream.openai_url,
+                    models=["m-off"], api_keys=[UPSTREAM_SECRET])
+    fake_upstream.clear()
+    off = start_gateway(gateway_env(GATEWAY_WEBSOCKETS="false", GATEWAY_SNAPSHOT_TTL="0"))
+    try:
+        result = run_codex(off.base_url, api_key.secret, TOOL_PROMPT, tmp_path, model="m-off",
+                           builtin=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "tok0 tok1 tok2" in result.stdout
+        assert "Reconnecting" not in result.stderr
+        assert websocket_stats(off.url) == {"open": 0, "turns": 0, "warmups": 0}
+        bodies = [r["body"] for r in fake_upstream.requests() if r["body"]]
+        assert len(bodies) == 2 and "the hint says hello" in orjson.dumps(bodies[-1]).decode()
+        deadline = time.monotonic() + 10
+        while UsageLog.objects.filter(key_id=api_key.key.id, status_code=200).count() < 2:
+            assert time.monotonic() < deadline, "no usage rows for the HTTP requests"
+            time.sleep(0.05)
+    finally:
+        stop(off.proc)
