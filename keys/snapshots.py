@@ -41,6 +41,9 @@ class KeySnapshot:
     price_multiplier: str  # Decimal as text: exact, and JSON-safe
     has_quota: bool
     dedicated_upstreams: bool = False  # the group uses only upstreams assigned to it
+    # Days its /v1/responses answers are stored (the tenant's retention); 0: storage off
+    # (zero data retention). The default is the model's, for snapshots cached before it.
+    store_days: int = 30
 
     @property
     def active(self) -> bool:
@@ -74,7 +77,7 @@ def _effective(key_value: int | None, group_value: int | None) -> int:
 
 def build_key_snapshot(secret_hash: str) -> dict[str, Any] | None:
     """Read one key from the database (sync). None when no key has this hash."""
-    from keys.models import ApiKey, Status
+    from keys.models import ApiKey, Status, store_days
 
     key = (
         ApiKey.objects.select_related("tenant", "group", "tenant__group")
@@ -103,6 +106,8 @@ def build_key_snapshot(secret_hash: str) -> dict[str, Any] | None:
         price_multiplier=str(group.price_multiplier if group else 1),
         has_quota=key.quota is not None,
         dedicated_upstreams=bool(group and group.dedicated_upstreams),
+        store_days=store_days(key.response_storage, key.tenant.response_storage,
+                              key.tenant.response_retention_days),
     )
     return snap.to_dict()
 
