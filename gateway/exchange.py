@@ -51,6 +51,7 @@ from gateway.providers.protocols import CLIENT_PROTOCOL, RESPONSES, WireProtocol
 from gateway.respond import Send, end_stream, send_chunk, send_json, start_stream
 from gateway.routing import Route
 from gateway.rules import aget_rules, apply_rules
+from gateway.stored import chain as stored
 from gateway.streaming import ChatTap, ResponsesTap, StreamTap, bad_response
 from gateway.translate import canonical as c
 from gateway.translate import chat, responses
@@ -392,6 +393,8 @@ async def _relay_json(ctx: RelayContext, out: Outcome, operation: str,
     out.usage = (usage_wire.from_chat if operation == "chat"
                  else usage_wire.from_responses)(data.get("usage"))
     out.served = True
+    if operation == "responses":
+        stored.capture(ctx, data, passthrough=True)  # the store's copy (gateway.stored)
     await send_json(ctx, send, 200, payload, settle=settle)
 
 
@@ -473,6 +476,8 @@ async def _relay_tapped(ctx: RelayContext, out: Outcome, upstream: Upstream,  # 
             await start_stream(ctx, send)
             tail = held + tail
     out.usage = tap.usage
+    if isinstance(tap, ResponsesTap):
+        stored.capture(ctx, tap.final, passthrough=True)  # the store's copy (gateway.stored)
     await end_stream(ctx, send, tail, settle)
 
 
@@ -497,6 +502,7 @@ def client_encoder(ctx: RelayContext, operation: str, req: c.CanonicalRequest,
                                         "previous_response_id", "reasoning", "store",
                                         "temperature", "top_p", "text", "metadata", "user")
             if payload.get(k) is not None}
+    echo.update(stored.echo(ctx))  # previous_response_id and store, as the store sees them
     return responses.ResponsesEncoder(ctx.model, echo, clean_xml_tools=clean_xml)
 
 
@@ -620,10 +626,15 @@ async def pump(ctx: RelayContext, out: Outcome, upstream: Upstream,  # noqa: C90
     else:
         out.served = True
     if not client_stream:
-        await send_json(ctx, send, 200, orjson.dumps(encoder.final()), settle=settle)
+        final = encoder.final()
+        if isinstance(encoder, responses.ResponsesEncoder):
+            stored.capture(ctx, final, passthrough=False)  # the store's copy (gateway.stored)
+        await send_json(ctx, send, 200, orjson.dumps(final), settle=settle)
         return
     await announce_cost(out, encoder, settle)
     tail = encoder.close()
+    if isinstance(encoder, responses.ResponsesEncoder):  # the store's copy (gateway.stored)
+        stored.capture(ctx, encoder.response(encoder.status()), passthrough=False)
     if held is not None:  # the whole answer came before any content (or had none)
         await start_stream(ctx, send)
         tail = held + tail
