@@ -83,6 +83,8 @@ class Turn:
     response: dict[str, Any] | None = None  # the final response object, once captured
     passthrough: bool = False  # captured on a passthrough path (the upstream's own id)
     route: Route | None = None  # where it was served
+    history: bytes | None = None  # the record's history_json(), once built
+    local: Mapping[str, StoredRecord] | None = None  # a transport's own responses (prepare)
     extra: dict[str, Any] = field(default_factory=dict)  # for transports built on top
 
     # --- the upstream body -------------------------------------------------------------
@@ -92,7 +94,13 @@ class Turn:
         if self.expanded is None:
             prev = self.previous
             assert prev is not None
-            history = [*await store.chain(prev), prev]
+            local = self.local
+            chain = [local.get(i) for i in [*prev.ancestors, prev.id]] if local else []
+            if chain and all(chain):  # a transport's own chain (a WebSocket's)
+                history = [item for record in chain if record is not None
+                           for item in record.history()]
+            else:
+                history = await store.history(prev)
             self.expanded = expanded_body(self.payload, history)
         return self.expanded
 
@@ -115,9 +123,11 @@ class Turn:
         if prev is not None and response.get("previous_response_id") is None:
             response = {**response, "previous_response_id": prev.id}
         route = self.route
+        # Kept for the retention from now (an upstream's clock says nothing about when it
+        # was stored).
         record = StoredRecord(
             id=rid, tenant_id=self.tenant_id, key_id=self.key_id, created_at=created_at,
-            expires_at=created_at + max(self.store_days, 1) * DAY,
+            expires_at=(now or time.time()) + max(self.store_days, 1) * DAY,
             status=str(response.get("status") or "completed"),
             model=str(response.get("model") or self.payload.get("model") or "")[:200],
             background=bool(self.payload.get("background")),
@@ -128,8 +138,9 @@ class Turn:
             else None,
             request={k: v for k, v in self.payload.items() if k != "input"},
             input_items=self.items, response=response)
+        self.history = record.history_json()
         record.context_bytes = (prev.context_bytes if prev is not None else 0) + \
-            record.turn_bytes()
+            len(self.history)
         return record
 
     def pin_for(self, record: StoredRecord) -> str | None:
@@ -152,37 +163,21 @@ class Turn:
             logging.getLogger(__name__).exception("could not build the stored response")
             return
         if record is not None:
-            await store.stage(record, self.pin_for(record))
+            await store.stage(record, self.pin_for(record), self.history)
 
 
 def expanded_body(payload: dict[str, Any],
-                  history: list[StoredRecord]) -> tuple[dict[str, Any], bytes]:
-    """``payload`` with ``history``'s items (oldest first) before its own input."""
-    items: list[Any] = []
-    for turn in history:
-        items.extend(history_item(i) for i in turn.input_items)
-        items.extend(history_item(i) for i in turn.response.get("output") or ()
-                     if isinstance(i, dict) and keep_output(i))
+                  history: list[dict[str, Any]]) -> tuple[dict[str, Any], bytes]:
+    """``payload`` with ``history`` (the earlier turns' items, oldest first) before its own
+    input, and without previous_response_id."""
     new = payload.get("input")
     if isinstance(new, str):
         new = [{"role": "user", "content": new}]
     elif not isinstance(new, list):
         new = []
     body = {k: v for k, v in payload.items() if k != "previous_response_id"}
-    body["input"] = [*items, *new]
+    body["input"] = [*history, *new]
     return body, orjson.dumps(body)
-
-
-def history_item(item: dict[str, Any]) -> dict[str, Any]:
-    """An earlier turn's item as it goes upstream again: without its id (an upstream that
-    does not keep responses would look for it and refuse: "Item with id … not found")."""
-    return {k: v for k, v in item.items() if k != "id"}
-
-
-def keep_output(item: dict[str, Any]) -> bool:
-    """Output items worth replaying: everything but a reasoning item without its
-    encrypted content (nothing an upstream can take back)."""
-    return item.get("type") != "reasoning" or bool(item.get("encrypted_content"))
 
 
 # --- the pipeline's step -------------------------------------------------------------------
@@ -203,6 +198,7 @@ async def prepare(ctx: RelayContext, key: KeySnapshot, payload: dict[str, Any], 
                 storing=storing, payload=payload, body=body,
                 items=input_items(payload.get("input")))
     ctx.turn = turn
+    turn.local = local
     if prev_id is None:
         return payload, body, len(body)
     assert isinstance(prev_id, str)  # gateway.validate checked the type
@@ -290,8 +286,8 @@ def echo(ctx: RelayContext) -> dict[str, Any]:
     """What a translated Response object says of the store: its previous_response_id (gone
     from the expanded body) and whether it is stored."""
     turn = ctx.turn
-    if turn is None:
-        return {}
+    if turn is None:  # nothing is stored (storage off for the key, or store: false)
+        return {"store": False}
     out: dict[str, Any] = {"store": turn.storing}
     if turn.previous is not None:
         out["previous_response_id"] = turn.previous.id

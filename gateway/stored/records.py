@@ -68,6 +68,22 @@ def input_items(value: Any) -> list[dict[str, Any]]:
     return items
 
 
+def history_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k != "id"}
+
+
+def keep_output(item: dict[str, Any]) -> bool:
+    """Output items worth replaying: everything but a reasoning item without its encrypted
+    content (nothing an upstream can take back)."""
+    return item.get("type") != "reasoning" or bool(item.get("encrypted_content"))
+
+
+def splice(arrays: list[bytes]) -> bytes:
+    """JSON arrays joined into one, without parsing them."""
+    inner = [a.strip()[1:-1].strip() for a in arrays]
+    return b"[" + b",".join(part for part in inner if part) + b"]"
+
+
 def epoch(when: datetime) -> float:
     return when.timestamp()
 
@@ -109,10 +125,18 @@ class StoredRecord:
     def decode(cls, raw: bytes | str) -> StoredRecord:
         return cls(**orjson.loads(raw))
 
-    def turn_bytes(self) -> int:
-        """The size of this turn's input and output items (what it adds to a context)."""
-        return len(orjson.dumps(self.input_items)) + len(orjson.dumps(
-            self.response.get("output") or []))
+    def history(self) -> list[dict[str, Any]]:
+        """This turn as a later turn sends it upstream again: its input items, then the
+        output items worth replaying, without ids (an upstream that does not keep responses
+        would look them up and refuse: "Item with id … not found")."""
+        output = self.response.get("output") or ()
+        return [*(history_item(i) for i in self.input_items),
+                *(history_item(i) for i in output if isinstance(i, dict) and keep_output(i))]
+
+    def history_json(self) -> bytes:
+        """``history()`` as a JSON array: what the staged ``resp:{id}:items`` holds, so a
+        conversation is expanded by splicing bytes, with one parse for the whole of it."""
+        return orjson.dumps(self.history())
 
     # --- the database row ------------------------------------------------------------
 

@@ -27,9 +27,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from django.conf import settings
 
-from gateway.stored.records import StoredRecord
+from gateway.stored.records import StoredRecord, splice
 from portal.journal import BatchWriter, PerLoop, RedisJournal
 from portal.redis import fast_redis, rkey
 
@@ -41,6 +42,10 @@ TOMBSTONE_SECONDS = 7 * 86400
 
 def doc_key(response_id: str) -> str:
     return rkey("resp", response_id)
+
+
+def items_key(response_id: str) -> str:
+    return rkey("resp", response_id, "items")
 
 
 def tombstone_key(response_id: str) -> str:
@@ -57,18 +62,20 @@ def journal_key() -> str:
 
 JOURNAL = RedisJournal("store", journal_key)
 
-# KEYS: 1 the document, 2 the journal, 3 the pin. ARGV: 1 the document, 2 its TTL,
-# 3 the pin ("" for none), 4 the pin's TTL.
+# KEYS: 1 the document, 2 the journal, 3 the pin, 4 the turn's history items. ARGV: 1 the
+# document, 2 its TTL, 3 the pin ("" for none), 4 the pin's TTL, 5 the history items.
 _STAGE_LUA = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4]) end
 return 1
 """
-# KEYS: 1 the tombstone, 2 the document, 3 the pin. ARGV: 1 the tombstone's TTL.
+# KEYS: 1 the tombstone, 2 the document, 3 the pin, 4 the history items. ARGV: 1 the
+# tombstone's TTL.
 _DELETE_LUA = """
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 return 1
 """
 
@@ -127,9 +134,11 @@ def _failed(exc: BaseException) -> None:
 
 # --- staging ------------------------------------------------------------------------------
 
-async def stage(record: StoredRecord, pin: str | None = None) -> None:
+async def stage(record: StoredRecord, pin: str | None = None,
+                history: bytes | None = None) -> None:
     """Keep ``record`` (readable by every process at once) and queue it for the database;
-    ``pin``: the route an upstream that stores responses itself served it on. Never raises."""
+    ``pin``: the route an upstream that stores responses itself served it on; ``history``:
+    ``record.history_json()`` if the caller has it already. Never raises."""
     now = time.time()
     ttl = max(1, int(record.expires_at - now))
     doc = record.encode()
@@ -137,9 +146,9 @@ async def stage(record: StoredRecord, pin: str | None = None) -> None:
     if client is not None:
         try:
             await client.evalsha(_STAGE_LUA, [doc_key(record.id), journal_key(),
-                                              pin_key(record.id)],
+                                              pin_key(record.id), items_key(record.id)],
                                  [doc, min(ttl, int(settings.GATEWAY_STORE_CACHE_SECONDS)),
-                                  pin or "", ttl])
+                                  pin or "", ttl, history or record.history_json()])
         except Exception as exc:
             _failed(exc)
         else:
@@ -230,6 +239,59 @@ async def chain(record: StoredRecord) -> list[StoredRecord]:
             and not found[i].expired(now)]
 
 
+async def history(record: StoredRecord) -> list[dict[str, Any]]:
+    """The conversation up to and including ``record`` as it goes upstream again (each
+    turn's ``StoredRecord.history()``), oldest first: the staged history items of every turn
+    in one MGET, spliced and parsed once; turns Redis no longer holds from the database
+    (one query). A turn deleted or expired on the way is left out."""
+    ids = [*record.ancestors, record.id]
+    parts: dict[str, bytes] = {}
+    client = _redis()
+    if client is not None:
+        try:
+            values = await client.execute("MGET", *(items_key(i) for i in ids))
+        except Exception as exc:
+            _failed(exc)
+        else:
+            parts = {i: v for i, v in zip(ids, values, strict=True) if v is not None}
+    now = time.time()
+    missing = []
+    for ident in ids:
+        if ident in parts or local.is_deleted(ident, now):
+            continue
+        staged = record if ident == record.id else local.pending.get(ident)
+        if staged is not None:
+            parts[ident] = staged.history_json()
+        else:
+            missing.append(ident)
+    if missing:
+        from asgiref.sync import sync_to_async
+
+        rows = await sync_to_async(load_history, thread_sensitive=False)(
+            missing, record.tenant_id, now)
+        parts.update(rows)
+    return list(orjson.loads(splice([parts[i] for i in ids if i in parts])))
+
+
+def load_history(ids: list[str], tenant_id: int, now: float) -> dict[str, bytes]:
+    """Each stored turn's ``history_json()`` from the database, for this tenant and not
+    expired (sync). Reads only the columns the history needs (not the request's tools)."""
+    from django.db import close_old_connections
+
+    from gateway.models import StoredResponse
+    from gateway.stored.records import from_epoch
+
+    close_old_connections()
+    rows = StoredResponse.objects.filter(pk__in=ids, tenant_id=tenant_id,
+                                         expires_at__gt=from_epoch(now))
+    out = {}
+    for rid, items, response in rows.values_list("id", "input_items", "response"):
+        turn = StoredRecord(id=rid, tenant_id=tenant_id, key_id=None, created_at=0,
+                            expires_at=0, status="", input_items=items, response=response)
+        out[rid] = turn.history_json()
+    return out
+
+
 async def _load(ids: list[str]) -> list[StoredRecord]:
     from asgiref.sync import sync_to_async
 
@@ -258,7 +320,8 @@ async def delete(record: StoredRecord) -> None:
     if client is not None:
         try:
             await client.evalsha(_DELETE_LUA, [tombstone_key(record.id), doc_key(record.id),
-                                               pin_key(record.id)], [TOMBSTONE_SECONDS])
+                                               pin_key(record.id), items_key(record.id)],
+                                 [TOMBSTONE_SECONDS])
             done = True
         except Exception as exc:
             _failed(exc)
@@ -412,8 +475,9 @@ def spool(records: list[StoredRecord]) -> bool:
 
 
 class StoreWriter(BatchWriter[StoredRecord]):
-    """Writes what was staged in this process without Redis, and (with Redis) the store
-    journal every GATEWAY_USAGE_FLUSH_INTERVAL, in batches of GATEWAY_USAGE_BATCH_SIZE."""
+    """Writes what was staged in this process without Redis, and (with Redis, unless
+    GATEWAY_USAGE_SINK=redis) the store journal every GATEWAY_USAGE_FLUSH_INTERVAL, in
+    batches of GATEWAY_USAGE_BATCH_SIZE."""
 
     name = "store"
 
@@ -430,7 +494,9 @@ class StoreWriter(BatchWriter[StoredRecord]):
         return spool(batch)
 
     def drains(self) -> bool:
-        return bool(settings.REDIS_URL)
+        # GATEWAY_USAGE_SINK=redis: no database work in serving processes; `manage.py
+        # usagewriter` writes this journal too.
+        return bool(settings.REDIS_URL) and settings.GATEWAY_USAGE_SINK != "redis"
 
     def drain(self) -> int:
         return drain_journal()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.test import override_settings
 
 from gateway.models import StoredResponse
@@ -26,8 +27,12 @@ from portal.redis import sync_redis
 pytestmark = pytest.mark.django_db(transaction=True)
 in_thread = partial(sync_to_async, thread_sensitive=False)  # the loop's worker threads
 
-# The writer's own tick never comes during a test: the test drains when it means to.
-QUIET = override_settings(GATEWAY_USAGE_FLUSH_INTERVAL=3600)
+# The writer's own tick never comes during a test: the test drains when it means to. And
+# its own Redis keys (under the run's prefix, so the cleanup still finds them): a gateway
+# process another test module started shares the run's prefix, and its writer would drain
+# this test's journal.
+ISOLATED = settings.GATEWAY_REDIS_PREFIX + "store-tests:"
+QUIET = override_settings(GATEWAY_USAGE_FLUSH_INTERVAL=3600, GATEWAY_REDIS_PREFIX=ISOLATED)
 
 
 def record(rid: str, tenant: Tenant, key: ApiKey | None = None, *,
@@ -151,7 +156,8 @@ async def test_links_to_rows_deleted_meanwhile(acme: Any) -> None:
     await store.close()
 
 
-@override_settings(REDIS_URL=None, GATEWAY_USAGE_FLUSH_INTERVAL=3600)
+@override_settings(REDIS_URL=None, GATEWAY_USAGE_FLUSH_INTERVAL=3600,
+                   GATEWAY_REDIS_PREFIX=ISOLATED)
 async def test_without_redis_the_process_keeps_what_it_staged(acme: Any) -> None:
     tenant, key = acme
     first = record("resp_x", tenant, key)
