@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from gateway.stored.records import StoredRecord, splice
+from gateway.stored.records import ROW_FIELDS, StoredRecord, splice
 from portal.journal import BatchWriter, PerLoop, RedisJournal
 from portal.redis import fast_redis, rkey
 
@@ -275,21 +275,30 @@ async def history(record: StoredRecord) -> list[dict[str, Any]]:
 
 def load_history(ids: list[str], tenant_id: int, now: float) -> dict[str, bytes]:
     """Each stored turn's ``history_json()`` from the database, for this tenant and not
-    expired (sync). Reads only the columns the history needs (not the request's tools)."""
-    from django.db import close_old_connections
+    expired (sync). Reads only the columns the history needs (not the request's tools), and
+    on PostgreSQL as text parsed by orjson (Django's JSON decoding took 3x as long)."""
+    from django.db import close_old_connections, connection
 
     from gateway.models import StoredResponse
     from gateway.stored.records import from_epoch
 
     close_old_connections()
-    rows = StoredResponse.objects.filter(pk__in=ids, tenant_id=tenant_id,
-                                         expires_at__gt=from_epoch(now))
-    out = {}
-    for rid, items, response in rows.values_list("id", "input_items", "response"):
-        turn = StoredRecord(id=rid, tenant_id=tenant_id, key_id=None, created_at=0,
-                            expires_at=0, status="", input_items=items, response=response)
-        out[rid] = turn.history_json()
-    return out
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT id, input_items::text, (response -> 'output')::text FROM "
+                f"{StoredResponse._meta.db_table} WHERE id = ANY(%s) AND tenant_id = %s "
+                "AND expires_at > %s", [list(ids), tenant_id, from_epoch(now)])
+            rows = [(rid, orjson.loads(items), {"output": orjson.loads(output or "[]")})
+                    for rid, items, output in cursor.fetchall()]
+    else:
+        rows = list(StoredResponse.objects.filter(
+            pk__in=ids, tenant_id=tenant_id, expires_at__gt=from_epoch(now))
+            .values_list("id", "input_items", "response"))
+    return {rid: StoredRecord(id=rid, tenant_id=tenant_id, key_id=None, created_at=0,
+                              expires_at=0, status="", input_items=items,
+                              response=response).history_json()
+            for rid, items, response in rows}
 
 
 async def _load(ids: list[str]) -> list[StoredRecord]:
@@ -299,13 +308,31 @@ async def _load(ids: list[str]) -> list[StoredRecord]:
 
 
 def load_rows(ids: Iterable[str]) -> list[StoredRecord]:
-    """Records from the database (sync)."""
-    from django.db import close_old_connections
+    """Records from the database (sync); on PostgreSQL the JSON columns come as text,
+    parsed by orjson."""
+    from django.db import close_old_connections, connection
 
     from gateway.models import StoredResponse
 
     close_old_connections()  # worker threads live outside Django's request cycle
-    return [StoredRecord.from_row(row) for row in StoredResponse.objects.filter(pk__in=ids)]
+    if connection.vendor != "postgresql":
+        return [StoredRecord.from_row(row) for row in StoredResponse.objects.filter(pk__in=ids)]
+    json_fields = ("ancestors", "request", "input_items", "response", "events")
+    # StoredRecord's fields are the table's columns (the foreign keys' included: tenant_id…).
+    columns = [f"{name}::text" if name in json_fields else name for name in ROW_FIELDS]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {', '.join(columns)} FROM {StoredResponse._meta.db_table} "
+                       "WHERE id = ANY(%s)", [list(ids)])
+        rows = cursor.fetchall()
+    out = []
+    for row in rows:
+        values = dict(zip(ROW_FIELDS, row, strict=True))
+        for name in json_fields:
+            values[name] = orjson.loads(values[name]) if values[name] is not None else None
+        values["created_at"] = values["created_at"].timestamp()
+        values["expires_at"] = values["expires_at"].timestamp()
+        out.append(StoredRecord(**values))
+    return out
 
 
 # --- deleting -------------------------------------------------------------------------------

@@ -104,10 +104,16 @@ async def test_staged_then_written_reads_the_same_and_chains(acme: Any) -> None:
     assert await store.chain(second) == [first]
     assert await in_thread(store.drain_journal)() == 2
     assert await in_thread(ids_in_db)() == {"resp_a", "resp_b"}
-    sync_redis().delete(store.doc_key("resp_a"), store.doc_key("resp_b"))  # type: ignore[union-attr]
+    history = await store.history(second)  # from the staged items
+    assert history == [*first.history(), *second.history()]
+    assert history[0] == {"type": "message", "role": "user", "status": "completed",
+                          "content": [{"type": "input_text", "text": "question resp_a"}]}
+    sync_redis().delete(*(key(i) for key in (store.doc_key, store.items_key)  # type: ignore[union-attr]
+                          for i in ("resp_a", "resp_b")))
     from_db, _ = await store.lookup("resp_a", tenant.pk)
     assert from_db == first  # the row reads back as the record it was
     assert await store.chain(second) == [first]
+    assert await store.history(second) == history  # from the database
     other = await in_thread(Tenant.objects.create)(name="globex")
     assert await store.lookup("resp_a", other.pk) == (None, None)
     await store.close()
