@@ -190,3 +190,16 @@ async def test_expired_is_gone_for_reads_before_the_task_runs(acme: Any) -> None
     await store.stage(old)
     assert await store.lookup("resp_old", tenant.pk) == (None, None)
     await store.close()
+
+
+@QUIET
+async def test_a_nul_character_does_not_lose_the_response(acme: Any) -> None:
+    """PostgreSQL's jsonb refuses NUL in a string: the row keeps U+FFFD in its place."""
+    tenant, key = acme
+    odd = record("resp_nul", tenant, key)
+    odd.response["output"][0]["content"][0]["text"] = "before\x00after"
+    await store.stage(odd)
+    assert await in_thread(store.drain_journal)() == 1
+    row = await in_thread(StoredResponse.objects.get)(pk="resp_nul")
+    assert row.response["output"][0]["content"][0]["text"] == "before\ufffdafter"
+    await store.close()
