@@ -49,8 +49,12 @@ function chatJson(model) {
     usage: usageChat });
 }
 
+// Response ids are unique, as a real upstream's are (Turnpike stores responses by id).
+let responses = 0;
+const responseId = () => `resp_mock_${process.pid}_${++responses}`;
+
 function respJson(model) {
-  return JSON.stringify({ id: "resp_mock", object: "response", created_at: 1700000000,
+  return JSON.stringify({ id: responseId(), object: "response", created_at: 1700000000,
     status: "completed", model, output: [{ id: "msg_mock", type: "message", status: "completed",
       role: "assistant", content: [{ type: "output_text", text: "Hello from the mock.",
         annotations: [], logprobs: [] }] }], usage: usageResp });
@@ -68,7 +72,7 @@ function* chatFrames(model, n) {
 function* responsesFrames(model, n) {
   let seq = 0;
   const ev = (type, body) => `event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: seq++, ...body })}\n\n`;
-  const base = { id: "resp_mock", object: "response", created_at: 1700000000, model, output: [] };
+  const base = { id: responseId(), object: "response", created_at: 1700000000, model, output: [] };
   yield ev("response.created", { response: { ...base, status: "in_progress" } });
   yield ev("response.in_progress", { response: { ...base, status: "in_progress" } });
   yield ev("response.output_item.added", { output_index: 0, item: { id: "msg_mock", type: "message", status: "in_progress", role: "assistant", content: [] } });

@@ -363,6 +363,13 @@ def scenarios(seconds: float, smoke: bool) -> dict[str, dict[str, Any]]:
                                       "output": "ok [[mock chunks=20]]"}]}),
         "latency_1_client": dict(path="/chat/completions", body=CHAT, concurrency=1,
                                  seconds=seconds),
+        # Responses as JSON, passed through and translated (these are stored: see
+        # benchmarks/stored.py for store on against off).
+        "nonstream_responses": dict(path="/responses", body=RESPONSES, concurrency=64,
+                                    seconds=seconds),
+        "nonstream_translated": dict(path="/responses", body={
+            "model": "bench-chat-only", "input": "Say hello."}, concurrency=64,
+            seconds=seconds, turnpike_only=True),
         "ttfb_paced": dict(path="/chat/completions", body={**CHAT, "stream": True,
                            "messages": [{"role": "user",
                                          "content": "[[mock chunks=5 delay=20]]"}]},

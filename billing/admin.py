@@ -170,7 +170,8 @@ admin.site.unregister(Tenant)
 @admin.register(Tenant)
 class TenantBillingAdmin(TenantAdmin):
     form = TenantBillingForm
-    fields = ("name", "status", "group", "balance", "top_up", "top_up_note")
+    fields = ("name", "status", "group", "balance", "top_up", "top_up_note",
+              "response_storage", "response_retention_days")
     inlines = (*TenantAdmin.inlines, LedgerInline)
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:

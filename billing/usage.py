@@ -12,20 +12,18 @@ reactor stopping) the queue is flushed before exit.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
-import weakref
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.dispatch import Signal
 
 from billing import usagerow
 from billing.usagerow import UsageEvent
 from portal.infra import rediskeys
+from portal.infra.journal import BatchWriter, PerLoop, RedisJournal
 
 log = logging.getLogger(__name__)
 
@@ -180,36 +178,14 @@ def _charge(events: list[UsageEvent]) -> None:
 # crash of the process that served it. Rows the database refused, and rows of requests that
 # never reached the limiter, are appended too. Each element is one row, as JSON.
 #
-# A writer claims a batch atomically (moved to a claim list named in a zset with the claim
-# time), writes it, then releases the claim and takes the rows' costs off the limiter's
-# "unposted" hashes, in one script. A writer that dies holding a claim leaves it to be put
-# back by the next writer after GATEWAY_USAGE_CLAIM_SECONDS; writing a batch twice is
-# harmless (the insert skips request ids already in the table, and removing an unposted
-# entry twice is a no-op).
-_CLAIM_LUA = """
-local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-if #items == 0 then return items end
-redis.call('LTRIM', KEYS[1], #items, -1)
-redis.call('RPUSH', KEYS[3], unpack(items))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return items
-"""
-_UNCLAIM_LUA = """
-local items = redis.call('LRANGE', KEYS[3], 0, -1)
-for i = #items, 1, -1 do redis.call('LPUSH', KEYS[1], items[i]) end
-redis.call('DEL', KEYS[3])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return #items
-"""
-# KEYS: 1 claims zset, 2 claim list, then pairs of (unposted hash) per row.
-# ARGV: 1 claim id, then the request id of each pair.
-_RELEASE_LUA = """
-redis.call('DEL', KEYS[2])
-redis.call('ZREM', KEYS[1], ARGV[1])
-for i = 3, #KEYS do redis.call('HDEL', KEYS[i], ARGV[i - 1]) end
-return 1
-"""
+# Claims are ``portal.infra.journal.RedisJournal``'s; releasing a batch also takes the rows'
+# costs off the limiter's "unposted" hashes, in the same script. A writer that dies holding
+# a claim leaves it to be put back by the next writer after GATEWAY_USAGE_CLAIM_SECONDS;
+# writing a batch twice is harmless (the insert skips request ids already in the table, and
+# removing an unposted entry twice is a no-op).
 
+
+JOURNAL = RedisJournal("usage", rediskeys.journal)
 
 encode_row = usagerow.encode  # a row as the journal holds it
 
@@ -227,37 +203,17 @@ def spool(events: list[UsageEvent]) -> bool:
     if client is None:
         return False
     try:
-        client.rpush(rediskeys.journal(), *_journal_entries(events))
+        JOURNAL.push(client, _journal_entries(events))
     except Exception:
         log.exception("could not spool %d usage rows to Redis either", len(events))
         return False
     return True
 
 
-def _recover_claims(client: Any) -> int:
-    """Put back the batches of writers that died holding them."""
-    import time
-
-    timeout_ms = int(settings.GATEWAY_USAGE_CLAIM_SECONDS * 1000)
-    stale = client.zrangebyscore(rediskeys.claims(), "-inf",
-                                 int(time.time() * 1000) - timeout_ms)
-    back = 0
-    for raw in stale:
-        claim_id = raw.decode() if isinstance(raw, bytes) else raw
-        back += int(client.eval(_UNCLAIM_LUA, 3, rediskeys.journal(), rediskeys.claims(),
-                                rediskeys.claim(claim_id), claim_id))
-    if back:
-        log.warning("usage journal: put back %d rows claimed by a writer that stopped", back)
-    return back
-
-
 def drain_spool(max_batches: int = 100) -> int:
     """Write journaled rows to the database (sync; from gateway processes, the usagewriter
     and a Celery task). A batch that cannot be written goes back to the front of the
     journal. Returns rows written."""
-    import time
-    import uuid
-
     from django.db import DatabaseError, InterfaceError, OperationalError
 
     from portal.infra.redis import sync_redis
@@ -266,13 +222,10 @@ def drain_spool(max_batches: int = 100) -> int:
     if client is None:
         return 0
     _retry_releases(client)
-    _recover_claims(client)
+    JOURNAL.recover(client, settings.GATEWAY_USAGE_CLAIM_SECONDS)
     written = 0
     for _ in range(max_batches):
-        claim_id = uuid.uuid4().hex
-        keys = (rediskeys.journal(), rediskeys.claims(), rediskeys.claim(claim_id))
-        items = client.eval(_CLAIM_LUA, 3, *keys, settings.GATEWAY_USAGE_BATCH_SIZE,
-                            int(time.time() * 1000), claim_id)
+        claim_id, items = JOURNAL.claim(client, settings.GATEWAY_USAGE_BATCH_SIZE)
         if not items:
             break
         events = [usagerow.decode(item) for item in items]
@@ -280,7 +233,7 @@ def drain_spool(max_batches: int = 100) -> int:
             fresh = write_events(events)
             posted = events
         except (OperationalError, InterfaceError):
-            client.eval(_UNCLAIM_LUA, 3, *keys, claim_id)
+            JOURNAL.unclaim(client, claim_id)
             log.warning("usage journal: database unavailable; %d rows wait", len(items))
             break
         except DatabaseError:
@@ -320,16 +273,13 @@ def _release(client: Any, claim_id: str, posted: list[UsageEvent]) -> None:
 
 
 def _release_now(client: Any, claim_id: str, posted: list[UsageEvent]) -> None:
-    keys = [rediskeys.claims(), rediskeys.claim(claim_id)]
-    args: list[Any] = [claim_id]
+    hdel: list[tuple[str, str]] = []
     for e in posted:
         if e.cost and e.tenant_id is not None:
-            keys.append(rediskeys.unposted("tenant", e.tenant_id))
-            args.append(e.request_id)
+            hdel.append((rediskeys.unposted("tenant", e.tenant_id), e.request_id))
         if e.cost and e.key_id is not None:
-            keys.append(rediskeys.unposted("key", e.key_id))
-            args.append(e.request_id)
-    client.eval(_RELEASE_LUA, len(keys), *keys, *args)
+            hdel.append((rediskeys.unposted("key", e.key_id), e.request_id))
+    JOURNAL.release(client, claim_id, hdel)
 
 
 def _write_one_by_one(client: Any, events: list[UsageEvent]
@@ -350,16 +300,6 @@ def _write_one_by_one(client: Any, events: list[UsageEvent]
     return fresh, posted
 
 
-# KEYS: 1 journal, 2 claims zset. ARGV: 1 the claim lists' name prefix.
-_PENDING_LUA = """
-local n = redis.call('LLEN', KEYS[1])
-for _, claim in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  n = n + redis.call('LLEN', ARGV[1] .. claim)
-end
-return n
-"""
-
-
 def journal_length() -> int:
     """Rows waiting in the journal or claimed by a writer (sync; for audits and tools)."""
     from portal.infra.redis import sync_redis
@@ -367,23 +307,13 @@ def journal_length() -> int:
     client = sync_redis()
     if client is None:
         return 0
-    return int(client.eval(_PENDING_LUA, 2, rediskeys.journal(), rediskeys.claims(),
-                           rediskeys.claim_prefix()))
+    return JOURNAL.length(client)
 
 
 async def journal_pending() -> int | None:
     """Rows waiting in the Redis journal or claimed by a writer, not yet in the database
     (None without Redis, or when it does not answer)."""
-    from portal.infra.redis import fast_redis
-
-    client = fast_redis()
-    if client is None:
-        return None
-    try:
-        return int(await client.execute("EVAL", _PENDING_LUA, 2, rediskeys.journal(),
-                                        rediskeys.claims(), rediskeys.claim_prefix()))
-    except Exception:
-        return None
+    return await JOURNAL.pending()
 
 
 async def _push(events: list[UsageEvent]) -> bool:
@@ -402,142 +332,57 @@ async def _push(events: list[UsageEvent]) -> bool:
     return True
 
 
-class UsageWriter:
-    """Per-event-loop queue plus the task that drains it. A batch the database refuses is
+class UsageWriter(BatchWriter[UsageEvent]):
+    """The usage queue (``portal.infra.journal.BatchWriter``). A batch the database refuses is
     spooled to the Redis journal (or, without Redis, kept in memory) and written when it is
     back. With Redis and the default sink the same task also writes the journal (rows of
-    settled requests, from this process and others)."""
+    settled requests, from this process and others); with GATEWAY_USAGE_SINK=redis batches
+    are handed to the journal for ``manage.py usagewriter`` instead."""
 
-    def __init__(self) -> None:
-        self._queue: list[UsageEvent] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._closed: asyncio.Future[None] | None = None
-        self._writing = 0
-        self._ticks = 0
+    name = "usage"
 
-    @property
-    def pending(self) -> int:
-        """Rows queued or being written right now."""
-        return len(self._queue) + self._writing
+    def batch_size(self) -> int:
+        return int(settings.GATEWAY_USAGE_BATCH_SIZE)
 
-    def add(self, event: UsageEvent) -> None:
-        self._queue.append(event)
-        self.start()
-        if len(self._queue) >= settings.GATEWAY_USAGE_BATCH_SIZE:
-            self._wake.set()
+    def interval(self) -> float:
+        return float(settings.GATEWAY_USAGE_FLUSH_INTERVAL)
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-            _flush_at_reactor_shutdown(self)
+    def write(self, batch: list[UsageEvent]) -> list[UsageEvent]:
+        return write_events(batch)
 
-    async def _run(self) -> None:
-        while not self._closing:
-            try:
-                await asyncio.wait_for(self._wake.wait(), settings.GATEWAY_USAGE_FLUSH_INTERVAL)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            await self.flush()
-            self._ticks += 1
-            if settings.REDIS_URL and settings.GATEWAY_USAGE_SINK != "redis":
-                try:
-                    await sync_to_async(drain_spool, thread_sensitive=False)()
-                except Exception as exc:
-                    from portal.infra.redishealth import is_outage
+    def spool(self, batch: list[UsageEvent]) -> bool:
+        return spool(batch)
 
-                    if not is_outage(exc):  # an outage is logged once, by redis_health
-                        log.exception("writing the usage journal failed")
+    async def hand_off(self, batch: list[UsageEvent]) -> bool:
+        return settings.GATEWAY_USAGE_SINK == "redis" and await _push(batch)
 
-    async def flush(self) -> None:
-        while self._queue:
-            batch = self._queue[: settings.GATEWAY_USAGE_BATCH_SIZE]
-            del self._queue[: len(batch)]
-            self._writing = len(batch)
-            if settings.GATEWAY_USAGE_SINK == "redis" and await _push(batch):
-                self._writing = 0
-                continue
-            try:
-                await sync_to_async(write_events, thread_sensitive=False)(batch)
-            except Exception:
-                log.exception("usage write failed for %d rows", len(batch))
-                if await sync_to_async(spool, thread_sensitive=False)(batch):
-                    continue
-                # No Redis: keep the rows and retry on the next tick (bounded).
-                self._queue[:0] = batch
-                if len(self._queue) > 100_000:
-                    dropped = len(self._queue) - 100_000
-                    del self._queue[:dropped]
-                    log.error("usage queue over 100000 rows: dropped the %d oldest", dropped)
-                return
-            finally:
-                self._writing = 0
+    def drains(self) -> bool:
+        return bool(settings.REDIS_URL) and settings.GATEWAY_USAGE_SINK != "redis"
 
-    async def close(self) -> None:
-        """Flush and stop. Every caller awaits the same flush: the reactor's shutdown
-        triggers run at once, and the upstream sessions are closed only after it."""
-        if self._closed is None:
-            self._closed = asyncio.ensure_future(self._close())
-        await asyncio.shield(self._closed)
-
-    async def _close(self) -> None:
-        self._closing = True
-        self._wake.set()
-        if self._task is not None and self._task is not asyncio.current_task():
-            # Let a write already under way (its worker thread may be writing the journal)
-            # finish: returning first would let the loop stop under that thread, which
-            # then waits for the loop forever (its live events are sent on the loop).
-            await asyncio.wait([self._task])  # _run logs its own failures
-        await self.flush()
-        if settings.REDIS_URL and settings.GATEWAY_USAGE_SINK != "redis":
-            # The journal's rows are safe in Redis (any writer takes them), but a process
-            # that writes it anyway leaves nothing waiting on its way out.
-            try:
-                await sync_to_async(drain_spool, thread_sensitive=False)()
-            except Exception:
-                log.warning("could not write the usage journal at shutdown; it waits in "
-                            "Redis for the next writer")
+    def drain(self) -> int:
+        return drain_spool()
 
 
-_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, UsageWriter] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _writer() -> UsageWriter:
-    loop = asyncio.get_running_loop()
-    writer = _writers.get(loop)
-    if writer is None:
-        writer = _writers[loop] = UsageWriter()
-    return writer
+_writers: PerLoop[UsageWriter] = PerLoop(UsageWriter)
 
 
 def record_usage(event: UsageEvent) -> None:
     """Queue one usage row; never blocks, never raises into the request."""
-    _writer().add(event)
+    _writers.get().add(event)
 
 
 def journal_started() -> None:
     """A row went to the Redis journal: make sure this process's writer is running (with the
     default sink it writes the journal)."""
-    _writer().start()
+    _writers.get().start()
 
 
 def pending_usage() -> int:
-    return _writer().pending
+    return _writers.get().pending
 
 
 async def close_usage() -> None:
     """Flush this event loop's usage queue and stop its writer, if it has one (shutdown)."""
-    writer = _writers.get(asyncio.get_running_loop())
+    writer = _writers.existing()
     if writer is not None:
         await writer.close()
-
-
-def _flush_at_reactor_shutdown(writer: UsageWriter) -> None:
-    """Under daphne (Twisted on asyncio) flush the queue before the reactor stops."""
-    from portal.infra.shutdown import before_reactor_shutdown
-
-    before_reactor_shutdown(writer.close)

@@ -13,6 +13,7 @@ before either (cancelled, say at shutdown) is settled in the background by ``lat
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from gateway.estimate import estimate_if_needed
 from gateway.outcome import Outcome
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from billing.usage import UsageEvent
 
@@ -31,16 +32,20 @@ class Settlement:
     (idempotent, so a stream can announce it in its last event and settling, just after,
     charges the same amount)."""
 
-    __slots__ = ("ticket", "outcome", "payload", "row", "cost", "done")
+    __slots__ = ("ticket", "outcome", "payload", "row", "cost", "done", "stage")
 
     def __init__(self, ticket: policy.Ticket, outcome: Outcome, payload: dict[str, Any],
-                 row: Callable[[], UsageEvent]) -> None:
+                 row: Callable[[], UsageEvent],
+                 stage: Callable[[], Awaitable[None]] | None = None) -> None:
         self.ticket = ticket
         self.outcome = outcome
         self.payload = payload
         self.row = row  # the request's usage row as it stands when settled
         self.cost = Decimal(0)
         self.done = False
+        # Run with the settle, concurrently (their Redis calls share one round trip): the
+        # stored response's staging (gateway.stored.chain.Turn.stage).
+        self.stage = stage
 
     async def price(self) -> Decimal:
         """What the request is charged: counted tokens when the upstream reported none
@@ -53,8 +58,12 @@ class Settlement:
         if not self.done:
             await self.price()
             self.done = True
-            await policy.settle(self.ticket, self.cost, self.outcome.usage,
-                                self.outcome.binding, self.row())
+            settling = policy.settle(self.ticket, self.cost, self.outcome.usage,
+                                     self.outcome.binding, self.row())
+            if self.stage is None:
+                await settling
+            else:
+                await asyncio.gather(settling, self.stage())
         return self.cost
 
     def later(self) -> None:

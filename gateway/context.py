@@ -22,6 +22,7 @@ from keys.snapshots import KeySnapshot
 
 if TYPE_CHECKING:
     from gateway.charging import Settlement
+    from gateway.stored.chain import Turn
 
 
 @dataclass(slots=True)
@@ -47,6 +48,7 @@ class RelayContext:
     outcome: Outcome = field(default_factory=Outcome)  # the upstream exchange's record
     stream_open: bool = False  # an SSE response has started and not yet ended
     events_sent: int = 0  # SSE events sent so far (the next Responses sequence_number)
+    turn: Turn | None = None  # a /v1/responses request the store follows (gateway.stored)
 
     @classmethod
     def start(cls, scope: dict[str, Any], endpoint: str) -> RelayContext:

@@ -175,3 +175,43 @@ class ModelRule(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_pattern} ({self.protocol})"
+
+
+class StoredResponse(models.Model):
+    """One stored /v1/responses answer (issue 14), a single document per response: what
+    ``GET /v1/responses/{id}``, ``/input_items`` and ``previous_response_id`` read. Written
+    off the response path by ``gateway.stored.store``; deleted after the tenant's retention
+    by ``gateway.tasks.expire_stored_responses``."""
+
+    id = models.CharField(primary_key=True, max_length=100)  # resp_…, as the client saw it
+    tenant = models.ForeignKey("keys.Tenant", on_delete=models.CASCADE,
+                               related_name="stored_responses")
+    key = models.ForeignKey("keys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL,
+                            related_name="+")
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    status = models.CharField(max_length=16)
+    model = models.CharField(max_length=200, blank=True)
+    background = models.BooleanField(default=False)
+    previous_response_id = models.CharField(max_length=100, null=True, blank=True)
+    # The chain before this response, oldest first, so expanding a conversation is one
+    # query (``id IN ancestors``).
+    ancestors = models.JSONField(default=list, blank=True)
+    # Size in bytes of the whole conversation up to and including this response (its
+    # chain's input and output items): the reservation estimate of a next turn whose
+    # history the upstream holds (a pinned route), without reading the chain.
+    context_bytes = models.PositiveBigIntegerField(default=0)
+    upstream = models.ForeignKey(Upstream, null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="+")
+    credential = models.ForeignKey(Credential, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    request = models.JSONField(default=dict, blank=True)  # the create parameters minus input
+    input_items = models.JSONField(default=list, blank=True)  # this turn's new input, with ids
+    response = models.JSONField(default=dict, blank=True)  # the final response object
+    events = models.JSONField(null=True, blank=True)  # background runs only
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "created_at"], name="storedresp_tenant_time")]
+
+    def __str__(self) -> str:
+        return self.id

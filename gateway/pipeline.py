@@ -5,9 +5,12 @@
                         checked by keys.authn
       list_models()     GET /v1/models[/{id}]
       dashboard.*       GET /v1/dashboard/billing/subscription|usage (balance for chat clients)
+      stored_api.serve  GET|DELETE /v1/responses/{id}, GET …/input_items, POST …/cancel
       relay()           POST /v1/responses, /v1/responses/compact, /v1/chat/completions
         read_body(), parse_request()   the checks every endpoint shares
         resolve_model() model permission, model -> upstreams
+        stored.prepare() /v1/responses: previous_response_id (pinned route, or the chain
+                        expanded from the store) and what the store keeps (gateway.stored)
         policy.admit()  quota, rate limits, concurrency, max_tokens (one limiter call)
         plan_routes()   the upstream + credential routes to try, in order (routing.plan)
         Settlement      charging: priced and settled by the sender just before the answer's
@@ -59,6 +62,8 @@ from gateway.respond import (
     send_json,
 )
 from gateway.routing import Route, UpstreamRef, aget_route_table
+from gateway.stored import api as stored_api
+from gateway.stored import chain as stored
 from gateway.translate import codex
 from keys import authn
 from keys.secrets import hash_secret
@@ -75,6 +80,8 @@ ENDPOINTS: dict[str, tuple[str, str]] = {
     "models": ("GET", "models"),
     "dashboard/billing/subscription": ("GET", "billing_subscription"),
     "dashboard/billing/usage": ("GET", "billing_usage"),
+    # /v1/responses/{id}[/input_items|/cancel]: methods checked by gateway.stored.api
+    "responses/stored": ("", "stored"),
 }
 
 
@@ -233,17 +240,24 @@ async def relay(ctx: RelayContext, operation: str, receive: Receive,
     body = await read_body(receive, ctx)
     payload = parse_request(ctx, body, operation)
     model, candidates = await resolve_model(ctx, key)
+    size = len(body)
+    if operation == "responses":  # the store: previous_response_id, what is kept
+        payload, body, size = await stored.prepare(ctx, key, payload, body, candidates)
     explicit, session = session_of(ctx, key, payload)
-    ticket = ctx.ticket = await policy.admit(key, ctx.request_id, model, payload, len(body),
+    ticket = ctx.ticket = await policy.admit(key, ctx.request_id, model, payload, size,
                                              session=explicit)
     ctx.extra_headers = ticket.headers
     routes = plan_routes(model, candidates, session, ticket)
     # Charging, by name: whatever ends the answer awaits ``settle`` right before its last
     # bytes (respond.send_json / end_stream / abort_stream), handle() settles a client that
-    # left, and record() anything cut off before either.
+    # left, and record() anything cut off before either. The store's
+    # staging goes with the settle.
     outcome = ctx.outcome
-    settle = ctx.settlement = Settlement(ticket, outcome, payload, ctx.usage_event)
-    return await watch_disconnect(ctx, receive, exchange.run(
+    turn = ctx.turn
+    settle = ctx.settlement = Settlement(ticket, outcome, payload, ctx.usage_event,
+                                         stage=turn.stage if turn is not None else None)
+    run = stored.run_pinned if turn is not None and turn.pin is not None else exchange.run
+    return await watch_disconnect(ctx, receive, run(
         ctx, operation, routes, payload, body, outcome, send, settle))
 
 
@@ -317,7 +331,7 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if spec is None:
             raise NotFound(f"Unknown API path {scope.get('path')!r}.", code="unknown_url")
         method, operation = spec
-        if scope["method"] != method:
+        if method and scope["method"] != method:
             raise MethodNotAllowed(f"Use {method} for this path, not {scope['method']}.")
         if operation == "models":
             await list_models(ctx, kwargs.get("model_id"), send)
@@ -325,6 +339,8 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
             await dashboard.subscription(ctx, await authenticate(ctx), send)
         elif operation == "billing_usage":
             await dashboard.usage(ctx, await authenticate(ctx), scope, send)
+        elif operation == "stored":
+            await stored_api.serve(ctx, await authenticate(ctx), scope, kwargs, receive, send)
         else:
             await relay(ctx, operation, receive, send)
     except ClientGone:

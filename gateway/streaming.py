@@ -236,6 +236,7 @@ class ResponsesTap(StreamTap):
         super().__init__(secret)
         self.response_id: str | None = None
         self.terminal: str | None = None
+        self.final: dict[str, Any] | None = None  # the terminal event's response object
 
     def is_opening(self, data: Any) -> bool:
         return isinstance(data, dict) and str(data.get("type", "")).startswith("response.")
@@ -255,6 +256,7 @@ class ResponsesTap(StreamTap):
                 self.ended_failed = self.terminal == "response.failed"
                 response = data.get("response")
                 if isinstance(response, dict):
+                    self.final = response
                     self.usage = usage_wire.from_responses(response.get("usage")) or self.usage
                     self.response_id = self.response_id or response.get("id")
                     if self.pricer is not None and self.usage is not None and \

@@ -1,4 +1,4 @@
-"""Celery tasks of the gateway app (thin: they call gateway.health)."""
+"""Celery tasks of the gateway app (thin: they call gateway.health and gateway.stored)."""
 
 from __future__ import annotations
 
@@ -10,3 +10,20 @@ from gateway import health
 @shared_task(name="gateway.probe_upstreams", ignore_result=True)
 def probe_upstreams() -> dict[str, bool]:
     return health.probe_all()
+
+
+@shared_task(name="gateway.tasks.expire_stored_responses", ignore_result=True)
+def expire_stored_responses() -> int:
+    """Delete the stored responses whose tenant's retention is over (beat: hourly)."""
+    from gateway.stored import store
+
+    return store.expire()
+
+
+@shared_task(name="gateway.drain_store_journal", ignore_result=True)
+def drain_store_journal() -> int:
+    """Write the stored responses staged in Redis (gateway processes do it every flush
+    interval; this is for when none runs)."""
+    from gateway.stored import store
+
+    return store.drain_journal()

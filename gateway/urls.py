@@ -35,6 +35,10 @@ def gateway_patterns() -> list[URLPattern]:
         re_path(rf"^{prefix}(?:v1/)?{ENDPOINT}/?$", gateway_app),  # type: ignore[arg-type]
         re_path(rf"^{prefix}(?:v1/)?(?P<endpoint>models)/(?P<model_id>.+)$",
                 gateway_app),  # type: ignore[arg-type]
+        # Stored responses (gateway.stored.api): /v1/responses/{id}[/input_items|/cancel].
+        re_path(rf"^{prefix}(?:v1/)?responses/(?P<response_id>[^/]+)"
+                r"(?:/(?P<sub>input_items|cancel))?/?$", gateway_app,  # type: ignore[arg-type]
+                {"endpoint": "responses/stored"}),
         re_path(rf"^{prefix}v1(?:/.*)?$", gateway_app),  # type: ignore[arg-type]
     ]
 

@@ -38,7 +38,8 @@ class MembershipInline(admin.TabularInline):
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     readonly_fields = ("balance",)
-    fields: ClassVar[tuple[str, ...]] = ("name", "status", "group", "balance")
+    fields: ClassVar[tuple[str, ...]] = ("name", "status", "group", "balance",
+                                         "response_storage", "response_retention_days")
     list_display = ("name", "status", "group", "balance", "key_count", "member_count",
                     "created_at")
     list_filter = ("status", "group")
@@ -97,6 +98,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         ("Models", {"fields": ("allowed_models", "denied_models")}),
         ("Limits", {"fields": ("rpm", "rpd", "tpm", "concurrency", "max_tokens",
                                "quota", "quota_used", "allowed_ips")}),
+        ("Stored responses", {"fields": ("response_storage",)}),
         ("Audit", {"fields": ("created_at",)}),
     )
 

@@ -25,7 +25,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from keys.models import Invitation, Membership, Tenant
+from keys.models import MAX_RETENTION_DAYS, Invitation, Membership, ResponseStorage, Tenant
 from keys.services import ApplicationError
 
 Role = Membership.Role
@@ -211,12 +211,31 @@ def pending(tenant: Tenant) -> Any:
 
 def tenant_settings_update(*, tenant: Tenant, members_can_create_keys: bool,
                            low_balance_threshold: Decimal | None,
-                           actor: Membership | None = None) -> Tenant:
+                           actor: Membership | None = None,
+                           response_storage: str | None = None,
+                           response_retention_days: int | None = None) -> Tenant:
+    """The settings an owner changes (portal, tenant API). The response storage ones are
+    kept when not given (None)."""
     if actor is not None and (actor.tenant_id != tenant.pk or actor.role != Role.OWNER):
         raise NotAllowed(_("Only owners change the tenant's settings."))
     if low_balance_threshold is not None and low_balance_threshold < 0:
         raise MembershipError(_("The low-balance threshold cannot be negative."))
+    if response_storage is not None and response_storage not in ResponseStorage.values:
+        raise MembershipError(_("Response storage is either on or off."))
+    if response_retention_days is not None and not \
+            1 <= response_retention_days <= MAX_RETENTION_DAYS:
+        raise MembershipError(_("Keep stored responses from 1 to %(days)s days.")
+                              % {"days": MAX_RETENTION_DAYS})
     tenant.members_can_create_keys = members_can_create_keys
     tenant.low_balance_threshold = low_balance_threshold
-    tenant.save(update_fields=["members_can_create_keys", "low_balance_threshold"])
+    fields = ["members_can_create_keys", "low_balance_threshold"]
+    if response_storage is not None:
+        tenant.response_storage = response_storage
+        fields.append("response_storage")
+    if response_retention_days is not None:
+        tenant.response_retention_days = response_retention_days
+        fields.append("response_retention_days")
+    # Through the model: the audit log records it and keys.signals evicts the snapshots of
+    # the tenant's keys (their store_days).
+    tenant.save(update_fields=fields)
     return tenant

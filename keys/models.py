@@ -12,7 +12,7 @@ from typing import TypedDict
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -34,6 +34,27 @@ MONEY: DecimalShape = {"max_digits": 18, "decimal_places": 6}
 class Status(models.TextChoices):
     ACTIVE = "active", _("Active")
     DISABLED = "disabled", _("Disabled")
+
+
+class ResponseStorage(models.TextChoices):
+    """A tenant's response storage (issue 14): ``on`` keeps /v1/responses answers for
+    ``previous_response_id`` and ``GET /v1/responses/{id}``; ``off`` is zero data
+    retention (nothing of a conversation is kept)."""
+
+    ON = "on", _("On")
+    OFF = "off", _("Off (zero data retention)")
+
+
+class KeyResponseStorage(models.TextChoices):
+    """A key's override of its tenant's response storage."""
+
+    INHERIT = "inherit", _("As the tenant")
+    ON = "on", _("On")
+    OFF = "off", _("Off (zero data retention)")
+
+
+# Longest retention a tenant may choose (ten years).
+MAX_RETENTION_DAYS = 3650
 
 
 class Group(models.Model):
@@ -94,6 +115,13 @@ class Tenant(models.Model):
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="tenants", blank=True
     )
+    response_storage = models.CharField(
+        max_length=8, choices=ResponseStorage.choices, default=ResponseStorage.ON,
+        help_text="Store /v1/responses answers (for previous_response_id and GET "
+        "/v1/responses/{id}); off: zero data retention, nothing of a conversation is kept.")
+    response_retention_days = models.PositiveIntegerField(
+        default=30, validators=[MinValueValidator(1), MaxValueValidator(MAX_RETENTION_DAYS)],
+        help_text="Days a stored response is kept before it is deleted.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -192,6 +220,10 @@ class ApiKey(models.Model):
     rotated_from = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="The key this one replaced (rotation).")
+    response_storage = models.CharField(
+        max_length=8, choices=KeyResponseStorage.choices, default=KeyResponseStorage.INHERIT,
+        help_text="Store this key's /v1/responses answers: as its tenant says, or on/off "
+        "for this key alone (the tenant's retention period applies).")
     expiry_notified = models.BooleanField(default=False, editable=False)
     quota_notified = models.BooleanField(default=False, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -226,6 +258,20 @@ class ApiKey(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def store_days(self) -> int:
+        """Days this key's stored responses are kept; 0: storage off (its own setting, else
+        its tenant's)."""
+        return store_days(self.response_storage, self.tenant.response_storage,
+                          self.tenant.response_retention_days)
+
+
+def store_days(key_setting: str, tenant_setting: str, retention_days: int) -> int:
+    """Response storage for a key: the tenant's retention in days, or 0 when storage is
+    off for the key (its own ``off``, or ``inherit`` from a tenant that is off)."""
+    setting = tenant_setting if key_setting == KeyResponseStorage.INHERIT else key_setting
+    return retention_days if setting == ResponseStorage.ON else 0
 
 
 class AccessToken(models.Model):

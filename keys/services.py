@@ -33,7 +33,8 @@ def tenant_get_or_create(*, name: str, group: Group | None = None) -> tuple[Tena
     return Tenant.objects.get_or_create(name=name, defaults={"group": group})
 
 
-def tenant_create(*, name: str, group: Group | None = None) -> Tenant:
+def tenant_create(*, name: str, group: Group | None = None, response_storage: str = "on",
+                  response_retention_days: int = 30) -> Tenant:
     """A new tenant; unlike ``tenant_get_or_create`` an existing name is an error (an
     operator who asked to create one must not silently get someone else's)."""
     name = name.strip()
@@ -41,10 +42,33 @@ def tenant_create(*, name: str, group: Group | None = None) -> Tenant:
         raise ApplicationError(_("A tenant needs a name."))
     if Tenant.objects.filter(name=name).exists():
         raise ApplicationError(f"A tenant named {name!r} already exists.")
-    tenant = Tenant(name=name, group=group)
+    tenant = Tenant(name=name, group=group, response_storage=response_storage,
+                    response_retention_days=response_retention_days)
     tenant.full_clean()
     tenant.save()
     return tenant
+
+
+# Fields of a tenant that ``tenant_update`` may change.
+TENANT_SETTINGS = ("response_storage", "response_retention_days")
+
+
+@transaction.atomic
+def tenant_update(*, tenant: Tenant, **changes: object) -> list[str]:
+    """Change a tenant's settings (names in ``TENANT_SETTINGS``); returns the fields that
+    changed. Saved through the model, so ``keys.signals`` evicts the snapshots of all its
+    keys on commit (their ``store_days``): the gateway applies it within
+    GATEWAY_SNAPSHOT_TTL. A new retention period applies to responses stored from then on."""
+    unknown = set(changes) - set(TENANT_SETTINGS)
+    if unknown:
+        raise ApplicationError(f"Not a tenant setting: {', '.join(sorted(unknown))}.")
+    changed = [name for name, value in changes.items() if getattr(tenant, name) != value]
+    for name in changed:
+        setattr(tenant, name, changes[name])
+    if changed:
+        tenant.full_clean()
+        tenant.save(update_fields=changed)
+    return changed
 
 
 def tenant_set_status(*, tenant: Tenant, active: bool) -> bool:
@@ -91,6 +115,7 @@ def key_create(
     expires_at: datetime | None = None,
     secret: str | None = None,
     rotated_from: ApiKey | None = None,
+    response_storage: str = "inherit",
 ) -> CreatedKey:
     """Create a key. ``secret`` is for imports and fixtures; normally one is generated.
     ``rotated_from``: the key this one replaces (see ``key_rotate``)."""
@@ -103,7 +128,7 @@ def key_create(
         allowed_models=split_items(models), denied_models=split_items(denied_models),
         allowed_ips=split_items(allowed_ips), rpm=rpm, rpd=rpd, tpm=tpm,
         concurrency=concurrency, max_tokens=max_tokens, quota=quota, expires_at=expires_at,
-        status=Status.ACTIVE, rotated_from=rotated_from,
+        status=Status.ACTIVE, rotated_from=rotated_from, response_storage=response_storage,
     )
     key_set_secret(key=key, secret=secret)
     if ApiKey.objects.filter(secret_hash=key.secret_hash).exists():
@@ -122,7 +147,8 @@ def key_set_status(*, key: ApiKey, active: bool) -> bool:
 
 # Fields of a key that ``key_update`` may change (the secret, tenant and counters never).
 KEY_SETTINGS = ("name", "group", "allowed_models", "denied_models", "allowed_ips", "rpm",
-                "rpd", "tpm", "concurrency", "max_tokens", "quota", "expires_at")
+                "rpd", "tpm", "concurrency", "max_tokens", "quota", "expires_at",
+                "response_storage")
 
 
 @transaction.atomic
@@ -168,7 +194,7 @@ the old key's, so a member who may change the old key may change the new one."""
         group=key.group, models=key.allowed_models, denied_models=key.denied_models,
         allowed_ips=key.allowed_ips, rpm=key.rpm, rpd=key.rpd, tpm=key.tpm,
         concurrency=key.concurrency, max_tokens=key.max_tokens, quota=key.quota,
-        expires_at=expires_at, rotated_from=key,
+        expires_at=expires_at, rotated_from=key, response_storage=key.response_storage,
     )
     if key.status != Status.ACTIVE:
         made.key.status = key.status

@@ -37,6 +37,9 @@ class KeySnapshot:
     price_multiplier: str  # Decimal as text: exact, and JSON-safe
     has_quota: bool
     dedicated_upstreams: bool = False  # the group uses only upstreams assigned to it
+    # Days its /v1/responses answers are stored (the tenant's retention); 0: storage off
+    # (zero data retention). The default is the model's, for snapshots cached before it.
+    store_days: int = 30
 
     @property
     def active(self) -> bool:
@@ -71,7 +74,7 @@ SNAPSHOT_RELATED = ("tenant", "group", "tenant__group")  # what snapshot_of() re
 def snapshot_of(key: ApiKey) -> KeySnapshot:
     """The snapshot of one ApiKey row (loaded with ``select_related(*SNAPSHOT_RELATED)``):
     what the cache holds, and what the Django-side key checks (``keys.authn``) decide from."""
-    from keys.models import Status
+    from keys.models import Status, store_days
 
     group = key.group or key.tenant.group
     return KeySnapshot(
@@ -93,6 +96,8 @@ def snapshot_of(key: ApiKey) -> KeySnapshot:
         price_multiplier=str(group.price_multiplier if group else 1),
         has_quota=key.quota is not None,
         dedicated_upstreams=bool(group and group.dedicated_upstreams),
+        store_days=store_days(key.response_storage, key.tenant.response_storage,
+                              key.tenant.response_retention_days),
     )
 
 

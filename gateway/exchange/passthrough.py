@@ -31,6 +31,7 @@ from gateway.providers.protocols import CLIENT_PROTOCOL
 from gateway.respond import Send, end_stream, send_chunk, send_json, start_stream
 from gateway.routing import Route
 from gateway.rules import aget_rules, apply_rules
+from gateway.stored import chain as stored
 from gateway.streaming import ChatTap, ResponsesTap, StreamTap, bad_response
 from gateway.wire import usage as usage_wire
 from gateway.wire.sse import encode
@@ -104,6 +105,8 @@ async def _relay_json(ctx: RelayContext, out: Outcome, operation: str,
     out.usage = (usage_wire.from_chat if operation == "chat"
                  else usage_wire.from_responses)(data.get("usage"))
     out.served = True
+    if operation == "responses":
+        stored.capture(ctx, data, passthrough=True)  # the store's copy (gateway.stored)
     await send_json(ctx, send, 200, payload, settle=settle)
 
 
@@ -185,4 +188,6 @@ async def _relay_tapped(ctx: RelayContext, out: Outcome, upstream: Upstream,  # 
             await start_stream(ctx, send)
             tail = held + tail
     out.usage = tap.usage
+    if isinstance(tap, ResponsesTap):
+        stored.capture(ctx, tap.final, passthrough=True)  # the store's copy (gateway.stored)
     await end_stream(ctx, send, tail, settle)

@@ -34,6 +34,7 @@ from gateway.providers.protocols import CLIENT_PROTOCOL, RESPONSES, WireProtocol
 from gateway.respond import Send, end_stream, send_chunk, send_json, start_stream
 from gateway.routing import Route
 from gateway.rules import aget_rules, apply_rules
+from gateway.stored import chain as stored
 from gateway.translate import canonical as c
 from gateway.translate import chat, responses
 
@@ -85,6 +86,7 @@ def client_encoder(ctx: RelayContext, operation: str, req: c.CanonicalRequest,
                                         "previous_response_id", "reasoning", "store",
                                         "temperature", "top_p", "text", "metadata", "user")
             if payload.get(k) is not None}
+    echo.update(stored.echo(ctx))  # previous_response_id and store, as the store sees them
     return responses.ResponsesEncoder(ctx.model, echo, clean_xml_tools=clean_xml)
 
 
@@ -192,10 +194,15 @@ async def pump(ctx: RelayContext, out: Outcome, upstream: Upstream,  # noqa: C90
     else:
         out.served = True
     if not client_stream:
-        await send_json(ctx, send, 200, orjson.dumps(encoder.final()), settle=settle)
+        final = encoder.final()
+        if isinstance(encoder, responses.ResponsesEncoder):
+            stored.capture(ctx, final, passthrough=False)  # the store's copy (gateway.stored)
+        await send_json(ctx, send, 200, orjson.dumps(final), settle=settle)
         return
     await announce_cost(out, encoder, settle)
     tail = encoder.close()
+    if isinstance(encoder, responses.ResponsesEncoder):  # the store's copy (gateway.stored)
+        stored.capture(ctx, encoder.response(encoder.status()), passthrough=False)
     if held is not None:  # the whole answer came before any content (or had none)
         await start_stream(ctx, send)
         tail = held + tail

@@ -13,6 +13,9 @@ A provider says, and nothing else in the gateway decides by kind:
                               own version, ``/v1/messages``) rather than ``…/v1``
     needs_secret              whether a credential must have a secret (Ollama: no)
     native_compaction         /responses/compact is its own (else Turnpike compacts)
+    stores_responses          it keeps the responses it serves (unless asked store: false),
+                              so a previous_response_id it made is passed through to it
+                              (``gateway.stored.chain``); else Turnpike expands the chain
     relays_untouched          when it speaks the client's protocol, the client's bytes go up
                               and its events come back byte for byte (passthrough); False for
                               backends whose requests need fixing (Codex-style)
@@ -58,6 +61,7 @@ class Provider:
     server_root: ClassVar[bool] = False
     needs_secret: ClassVar[bool] = True
     native_compaction: ClassVar[bool] = False
+    stores_responses: ClassVar[bool] = False
     relays_untouched: ClassVar[bool] = True
     always_streams: ClassVar[bool] = False
     clean_xml_tools: ClassVar[bool] = False  # clean <tool_use> text from its output

@@ -19,6 +19,10 @@ usage rows not yet written), so a name changed here strands its data under the o
     usage:claims                  zset  batches claimed by a writer, by claim time
     usage:claim:<id>              list  one claimed batch
     usage:dead                    list  rows the database refused, for an operator
+    resp:<id>[:items|:deleted]    str   a stored response staged for its writer (gateway.stored)
+    rpin:<id>                     str   the route of a response its upstream stores itself
+    store:journal, store:claims…  list  the stored responses' journal (portal.infra.journal)
+    store:deleted                 ...   deletions waiting for the store's writer
     snap:<cache>:<ident>          str   a LayeredCache snapshot (portal.infra.snapshots)
     cache…, chan…                       Django's cache and the channel layer (their prefixes)
 
@@ -109,20 +113,49 @@ def journal(*, prefix: str | None = None) -> str:
     return f"{_p(prefix)}usage:spool"
 
 
-def claims(*, prefix: str | None = None) -> str:
-    return f"{_p(prefix)}usage:claims"
+def claims(*, journal: str = "usage", prefix: str | None = None) -> str:
+    """``journal``: whose claims (``usage``, or ``store`` for stored responses)."""
+    return f"{_p(prefix)}{journal}:claims"
 
 
-def claim_prefix(*, prefix: str | None = None) -> str:
-    return f"{_p(prefix)}usage:claim:"
+def claim_prefix(*, journal: str = "usage", prefix: str | None = None) -> str:
+    return f"{_p(prefix)}{journal}:claim:"
 
 
-def claim(claim_id: str, *, prefix: str | None = None) -> str:
-    return f"{claim_prefix(prefix=prefix)}{claim_id}"
+def claim(claim_id: str, *, journal: str = "usage", prefix: str | None = None) -> str:
+    return f"{claim_prefix(journal=journal, prefix=prefix)}{claim_id}"
 
 
 def dead_rows(*, prefix: str | None = None) -> str:
     return f"{_p(prefix)}usage:dead"
+
+
+# --- stored responses (gateway/stored/) ------------------------------------------------------
+
+def stored_response(response_id: str, *, prefix: str | None = None) -> str:
+    """A staged response document, until the store's writer has put it in the database."""
+    return f"{_p(prefix)}resp:{response_id}"
+
+
+def stored_items(response_id: str, *, prefix: str | None = None) -> str:
+    return f"{_p(prefix)}resp:{response_id}:items"
+
+
+def stored_deleted(response_id: str, *, prefix: str | None = None) -> str:
+    return f"{_p(prefix)}resp:{response_id}:deleted"
+
+
+def response_pin(response_id: str, *, prefix: str | None = None) -> str:
+    """The route (upstream, credential) of a response an upstream stores itself."""
+    return f"{_p(prefix)}rpin:{response_id}"
+
+
+def store_journal(*, prefix: str | None = None) -> str:
+    return f"{_p(prefix)}store:journal"
+
+
+def store_deletions(*, prefix: str | None = None) -> str:
+    return f"{_p(prefix)}store:deleted"
 
 
 # --- snapshots, and the prefixes handed to Django's cache and the channel layer -------------

@@ -409,6 +409,11 @@ if GATEWAY_USAGE_SINK not in ("database", "redis"):
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured("GATEWAY_USAGE_SINK must be 'database' or 'redis'")
+# Stored responses (gateway.stored): how long the staged copy of a stored response stays in
+# Redis after it was made (reads find it there before the database; capped by the tenant's
+# retention). The journal is written by the same writers, batch sizes and claim timeout as
+# the usage journal (GATEWAY_USAGE_*).
+GATEWAY_STORE_CACHE_SECONDS = env_int("GATEWAY_STORE_CACHE_SECONDS", 3600)
 # What requests get while Redis is unreachable: "closed" (503 with Retry-After: no request
 # goes past limits nobody can count) or "open" (served with this process's own limiter; the
 # shared accounts are put right when Redis returns).
@@ -445,6 +450,11 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", REDIS_URL is Non
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE = {
     "probe-upstreams": {"task": "gateway.probe_upstreams", "schedule": GATEWAY_HEALTH_INTERVAL},
+    # Stored responses: delete those past their tenant's retention; write the store journal
+    # (responses staged in Redis) should no gateway process be running to write it.
+    "gateway-expire-stored-responses": {"task": "gateway.tasks.expire_stored_responses",
+                                        "schedule": 3600.0},
+    "gateway-drain-store-journal": {"task": "gateway.drain_store_journal", "schedule": 60.0},
     # Billing: daily rollups of today and yesterday, the usage spool (rows kept in Redis
     # while the database was down), raw-log expiry, and the RPD counters of the day that
     # just ended (sent at local midnight, run 30 s later).

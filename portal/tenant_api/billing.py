@@ -17,7 +17,7 @@ from ninja import Field, Query, Router, Schema
 from billing import redemption
 from billing.models import LedgerEntry
 from keys import membership as rules
-from keys.models import Tenant
+from keys.models import MAX_RETENTION_DAYS, Tenant
 from portal.selectors import balance as selectors
 from portal.tenant_api.auth import caller_of
 from portal.tenant_api.common import currency, money
@@ -26,6 +26,9 @@ from portal.tenant_api.errors import ERRORS, ERRORS_409, ApiError
 router = Router(tags=["billing"])
 
 MAX_PAGE = 500
+RESPONSE_STORAGE_HELP = ("on: /v1/responses answers are stored (previous_response_id, GET "
+                         "/v1/responses/{id}); off: zero data retention. A key may override "
+                         "it.")
 Kind = Literal["topup", "charge", "refund", "adjustment", "redemption"]
 assert set(Kind.__args__) == set(LedgerEntry.Kind.values)  # type: ignore[attr-defined]
 
@@ -79,12 +82,17 @@ class TenantOut(Schema):
     role: str | None
     members_can_create_keys: bool
     low_balance_threshold: str | None
+    response_storage: Literal["on", "off"] = Field(description=RESPONSE_STORAGE_HELP)
+    response_retention_days: int = Field(description="Days a stored response is kept.")
 
 
 class TenantPatch(Schema):
     members_can_create_keys: bool | None = None
     low_balance_threshold: Decimal | None = Field(None, ge=0, lt=10**12, max_digits=18,
                                                   decimal_places=6)
+    response_storage: Literal["on", "off"] | None = Field(None,
+                                                          description=RESPONSE_STORAGE_HELP)
+    response_retention_days: int | None = Field(None, ge=1, le=MAX_RETENTION_DAYS)
 
 
 def balance_out(tenant: Tenant) -> dict[str, Any]:
@@ -139,7 +147,9 @@ def tenant_out(caller: Any) -> dict[str, Any]:
     return {"id": tenant.pk, "name": tenant.name,
             "group": tenant.group.name if tenant.group_id else None, "role": caller.role,
             "members_can_create_keys": tenant.members_can_create_keys,
-            "low_balance_threshold": money(tenant.low_balance_threshold)}
+            "low_balance_threshold": money(tenant.low_balance_threshold),
+            "response_storage": tenant.response_storage,
+            "response_retention_days": tenant.response_retention_days}
 
 
 @router.get("/tenant", response={200: TenantOut, **ERRORS},
@@ -162,5 +172,7 @@ def tenant_update(request: HttpRequest, payload: TenantPatch) -> dict[str, Any]:
         tenant=tenant, actor=actor,
         members_can_create_keys=tenant.members_can_create_keys if flag is None else flag,
         low_balance_threshold=changes.get("low_balance_threshold",
-                                          tenant.low_balance_threshold))
+                                          tenant.low_balance_threshold),
+        response_storage=changes.get("response_storage"),
+        response_retention_days=changes.get("response_retention_days"))
     return tenant_out(caller)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema, Status
@@ -48,6 +48,9 @@ class KeyOut(Schema):
     quota_used: str
     quota_remaining: str | None
     expires_at: datetime | None
+    response_storage: Literal["inherit", "on", "off"] = Field(
+        description="Whether its /v1/responses answers are stored: as the tenant (inherit), "
+        "on or off.")
     created_at: datetime
     created_by: str | None = Field(description="Email of the user who created it.")
     rotated_from_id: int | None
@@ -85,6 +88,9 @@ class KeyLimits(Schema):
     max_tokens: int | None = Field(None, **LIMIT)
     quota: Decimal | None = Field(None, ge=0, max_digits=18, decimal_places=6)
     expires_at: datetime | None = Field(None, description="Null: never.")
+    response_storage: Literal["inherit", "on", "off"] | None = Field(
+        None, description="Store its /v1/responses answers: inherit (the tenant's setting; "
+        "the default), on or off.")
 
 
 class KeyIn(KeyLimits):
@@ -131,7 +137,8 @@ def key_out(row: selectors.KeyRow) -> dict[str, Any]:
         "rpm": key.rpm, "rpd": key.rpd, "tpm": key.tpm, "concurrency": key.concurrency,
         "max_tokens": key.max_tokens, "quota": money(key.quota),
         "quota_used": money(key.quota_used), "quota_remaining": money(remaining),
-        "expires_at": key.expires_at, "created_at": key.created_at,
+        "expires_at": key.expires_at, "response_storage": key.response_storage,
+        "created_at": key.created_at,
         "created_by": key.created_by.email if key.created_by_id and key.created_by else None,
         "rotated_from_id": key.rotated_from_id, "last_used_at": row.last_used,
         "requests_today": row.today.requests, "cost_today": money(row.today.cost),

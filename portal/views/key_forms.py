@@ -12,7 +12,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from keys.fields import split_items
-from keys.models import ApiKey, Group, Tenant
+from keys.models import ApiKey, Group, KeyResponseStorage, Tenant
 from portal.selectors import keys as selectors
 
 # Limits a group caps (0 on the group: no cap). TPM and quota exist only on keys.
@@ -72,6 +72,12 @@ class KeyForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
         help_text=gettext_lazy("IP addresses or CIDR ranges (203.0.113.0/24), one per line; "
                                "empty: any address."))
+    response_storage = forms.ChoiceField(
+        label=gettext_lazy("Response storage"), required=False,
+        choices=KeyResponseStorage.choices, initial=KeyResponseStorage.INHERIT,
+        help_text=gettext_lazy("Whether this key's /v1/responses answers are kept for "
+                               "previous_response_id: as the tenant's settings say, or on or "
+                               "off for this key alone."))
 
     def __init__(self, *args: Any, tenant: Tenant, instance: ApiKey | None = None,
                  **kwargs: Any) -> None:
@@ -193,6 +199,7 @@ class KeyForm(forms.Form):
             "denied_models": d["denied_models"], "allowed_ips": d["allowed_ips"],
             "rpm": d["rpm"], "rpd": d["rpd"], "tpm": d["tpm"], "concurrency": d["concurrency"],
             "max_tokens": d["max_tokens"], "quota": d["quota"], "expires_at": d["expires_at"],
+            "response_storage": d.get("response_storage") or KeyResponseStorage.INHERIT,
         }
 
 
@@ -205,6 +212,7 @@ def initial_for(key: ApiKey) -> dict[str, Any]:
         "expiry": KEEP if key.expires_at else "never",
         "expires_at": timezone.localtime(key.expires_at) if key.expires_at else None,
         "allowed_ips": "\n".join(key.allowed_ips or []),
+        "response_storage": key.response_storage,
     }
 
 

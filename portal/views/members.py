@@ -16,7 +16,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from keys import membership as rules
-from keys.models import Invitation, Membership
+from keys.models import MAX_RETENTION_DAYS, Invitation, Membership, ResponseStorage
 from portal import invitations
 from portal.tenancy import can, portal_view
 
@@ -46,6 +46,17 @@ class TenantSettingsForm(forms.Form):
         max_digits=18, decimal_places=6,
         help_text=gettext_lazy("Owners and admins get an email when the available balance "
                                "falls below this amount. Empty: no alert."))
+    response_storage = forms.ChoiceField(
+        label=gettext_lazy("Response storage"), choices=ResponseStorage.choices,
+        help_text=gettext_lazy("On: answers of /v1/responses are kept, so clients can "
+                               "continue a conversation with previous_response_id and read "
+                               "it back. Off: zero data retention, nothing of a "
+                               "conversation is kept. A key may override this."))
+    response_retention_days = forms.IntegerField(
+        label=gettext_lazy("Keep stored responses for (days)"), min_value=1,
+        max_value=MAX_RETENTION_DAYS,
+        help_text=gettext_lazy("Stored responses are deleted this many days after they "
+                               "were made."))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -216,12 +227,16 @@ def tenant_settings(request: HttpRequest) -> HttpResponse:
             rules.tenant_settings_update(
                 tenant=tenant, actor=request.membership,  # type: ignore[attr-defined]
                 members_can_create_keys=form.cleaned_data["members_can_create_keys"],
-                low_balance_threshold=form.cleaned_data["low_balance_threshold"])
+                low_balance_threshold=form.cleaned_data["low_balance_threshold"],
+                response_storage=form.cleaned_data["response_storage"],
+                response_retention_days=form.cleaned_data["response_retention_days"])
             messages.success(request, _("Settings saved."))
             return redirect("portal:settings")
     else:
         form = TenantSettingsForm(initial={
             "members_can_create_keys": tenant.members_can_create_keys,
             "low_balance_threshold": tenant.low_balance_threshold,
+            "response_storage": tenant.response_storage,
+            "response_retention_days": tenant.response_retention_days,
         })
     return render(request, "portal/settings.html", {"form": form})

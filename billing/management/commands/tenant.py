@@ -1,12 +1,12 @@
-"""``manage.py tenant create|list|show|topup|disable|enable``: tenants, their status and
-their money, from the database and the limiter. Money only ever moves through the ledger,
-so an opening balance given to ``create`` is a top-up entry like any other and ``billing
-check`` stays clean. ``disable`` saves through the model, as the admin's action does, so
-every gateway process refuses the tenant's keys within GATEWAY_SNAPSHOT_TTL."""
+"""``manage.py tenant create|list|show|update|topup|disable|enable``: tenants, their status,
+their settings and their money, from the database and the limiter. Money only ever moves
+through the ledger, so an opening balance given to ``create`` is a top-up entry like any other
+and ``billing check`` stays clean. ``disable`` and ``update`` save through the model, as the
+admin does, so every gateway process applies them within GATEWAY_SNAPSHOT_TTL."""
 
 from __future__ import annotations
 
-from argparse import ArgumentParser
+from argparse import ArgumentParser, ArgumentTypeError
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -17,9 +17,9 @@ from django.db.models import Count, Sum
 from billing.models import LedgerEntry
 from billing.services import tenant_topup
 from keys import cli, limits
-from keys.models import MONEY, Group, Status, Tenant
+from keys.models import MAX_RETENTION_DAYS, MONEY, Group, ResponseStorage, Status, Tenant
 from keys.money import from_micro
-from keys.services import tenant_create, tenant_set_status
+from keys.services import tenant_create, tenant_set_status, tenant_update
 
 NAME_HELP = "The tenant's name (or its start, if only one tenant's name starts so)."
 
@@ -41,8 +41,28 @@ def parse_amount(text: str, what: str) -> Decimal:
     return amount
 
 
+def retention_days(value: str) -> int:
+    """``--response-retention-days``: a whole number of days, 1 to MAX_RETENTION_DAYS."""
+    try:
+        days = int(value)
+    except ValueError:
+        raise ArgumentTypeError(f"{value!r} is not a whole number of days") from None
+    if not 1 <= days <= MAX_RETENTION_DAYS:
+        raise ArgumentTypeError(f"{days} is not between 1 and {MAX_RETENTION_DAYS} days")
+    return days
+
+
+def storage_options(parser: ArgumentParser) -> None:
+    parser.add_argument("--response-storage", choices=ResponseStorage.values,
+                        help="Store /v1/responses answers (previous_response_id, GET "
+                             "/v1/responses/{id}); off: zero data retention.")
+    parser.add_argument("--response-retention-days", type=retention_days, metavar="N",
+                        help=f"Days a stored response is kept (1 to {MAX_RETENTION_DAYS}; "
+                             "default 30).")
+
+
 class Command(cli.OperatorCommand):
-    help = "Create, list, show, disable and enable tenants; top up their balance."
+    help = "Create, list, show, change, disable and enable tenants; top up their balance."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
@@ -51,6 +71,7 @@ class Command(cli.OperatorCommand):
         create.add_argument("--name", required=True)
         create.add_argument("--balance", help="Opening balance (decimal, zero or more).")
         create.add_argument("--group", help="Name of an existing group (the keys' default).")
+        storage_options(create)
         lst = sub.add_parser("list", help="Tenants with status, group, balance, keys, members.")
         lst.add_argument("--status", choices=Status.values)
         lst.add_argument("--group", help="Only the tenants of this group.")
@@ -59,6 +80,10 @@ class Command(cli.OperatorCommand):
                 ("disable", "Refuse every key of the tenant on /v1 (403 tenant_disabled)."),
                 ("enable", "Accept the tenant's keys again.")):
             sub.add_parser(action, help=text).add_argument("name", help=NAME_HELP)
+        update = sub.add_parser("update", help="Change a tenant's settings (only the options "
+                                               "given).")
+        update.add_argument("name", help=NAME_HELP)
+        storage_options(update)
         topup = sub.add_parser("topup", help="Add AMOUNT to the balance (negative deducts).")
         topup.add_argument("name", help=NAME_HELP)
         topup.add_argument("amount")
@@ -72,8 +97,10 @@ class Command(cli.OperatorCommand):
                 raise CommandError(f"--balance {opts['balance']!r} is negative; a tenant "
                                    "starts at zero or more (use topup to deduct later).")
         group = find_group(opts["group"]) if opts["group"] else None
+        storage = {name: opts[name] for name in ("response_storage", "response_retention_days")
+                   if opts[name] is not None}
         with transaction.atomic():  # no tenant without its opening balance, or vice versa
-            tenant = tenant_create(name=opts["name"], group=group)
+            tenant = tenant_create(name=opts["name"], group=group, **storage)
             if balance:
                 tenant_topup(tenant=tenant, amount=balance, note="opening balance")
         tenant.refresh_from_db()  # the balance as stored (six places), not as typed
@@ -101,8 +128,21 @@ class Command(cli.OperatorCommand):
     def do_show(self, opts: dict[str, Any]) -> None:
         tenant = find_tenant(opts["name"])
         info = {"id": tenant.pk, **tenant_money(tenant),
-                "group": tenant.group.name if tenant.group else None}
+                "group": tenant.group.name if tenant.group else None,
+                "response_storage": tenant.response_storage,
+                "response_retention_days": tenant.response_retention_days}
         self.emit(info, cli.fields(info))
+
+    def do_update(self, opts: dict[str, Any]) -> None:
+        tenant = find_tenant(opts["name"])
+        changes = {name: opts[name] for name in ("response_storage", "response_retention_days")
+                   if opts[name] is not None}
+        if not changes:
+            raise CommandError("Nothing to change: give at least one option (see --help).")
+        changed = tenant_update(tenant=tenant, **changes)
+        what = ", ".join(changed) if changed else "nothing (the values were already so)"
+        self.emit({**as_dict(tenant), "changed": changed},
+                  f"Tenant {tenant.name}: changed {what}.")
 
     def do_topup(self, opts: dict[str, Any]) -> None:
         tenant = find_tenant(opts["name"])
@@ -145,7 +185,9 @@ def find_group(name: str) -> Group:
 def as_dict(tenant: Tenant) -> dict[str, Any]:
     return {"id": tenant.pk, "name": tenant.name, "status": tenant.status,
             "group": tenant.group.name if tenant.group else None,
-            "balance": str(tenant.balance), "created_at": tenant.created_at}
+            "balance": str(tenant.balance), "response_storage": tenant.response_storage,
+            "response_retention_days": tenant.response_retention_days,
+            "created_at": tenant.created_at}
 
 
 def tenant_money(tenant: Tenant) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from keys import cli
-from keys.models import ApiKey, Group, Status, Tenant
+from keys.models import ApiKey, Group, KeyResponseStorage, Status, Tenant
 from keys.secrets import DISPLAY_PREFIX_LENGTH, KEY_PREFIX
 from keys.services import (
     key_create,
@@ -63,6 +63,9 @@ def _settings(parser: ArgumentParser, *, update: bool) -> None:
                         ("; 'none' removes it." if update else "."))
     parser.add_argument("--expires", help="ISO date/datetime" +
                         ("; 'never' removes it." if update else "."))
+    parser.add_argument("--response-storage", choices=KeyResponseStorage.values,
+                        help="Store this key's /v1/responses answers: as its tenant "
+                             "(inherit, the default), on, or off (zero data retention).")
 
 
 _KEEP = object()  # an update's limit option left out (``--rpm none`` gives None)
@@ -124,6 +127,7 @@ class Command(cli.OperatorCommand):
                 rpm=opts["rpm"], rpd=opts["rpd"], tpm=opts["tpm"],
                 concurrency=opts["concurrency"], max_tokens=opts["max_tokens"], quota=quota,
                 expires_at=expires_at, secret=opts["secret"],
+                response_storage=opts["response_storage"] or KeyResponseStorage.INHERIT,
             )
         if created and not self.json:
             self.stdout.write(f"Created tenant {tenant.name}.")
@@ -187,6 +191,8 @@ class Command(cli.OperatorCommand):
         if opts["expires"] is not None:
             changes["expires_at"] = (None if opts["expires"].strip().lower() == "never"
                                      else cli.parse_when(opts["expires"]))
+        if opts["response_storage"] is not None:
+            changes["response_storage"] = opts["response_storage"]
         if not changes:
             raise CommandError("Nothing to change: give at least one option (see --help).")
         changed = key_update(key=key, **changes)
@@ -240,5 +246,6 @@ def as_dict(key: ApiKey) -> dict[str, Any]:
         "concurrency": key.concurrency, "max_tokens": key.max_tokens,
         "quota": str(key.quota) if key.quota is not None else None,
         "group": key.group.name if key.group else None,
-        "rotated_from": key.rotated_from_id, "created_at": key.created_at,
+        "rotated_from": key.rotated_from_id, "response_storage": key.response_storage,
+        "created_at": key.created_at,
     }

@@ -1,5 +1,6 @@
 """``manage.py usagewriter``: write the usage journal in Redis (the rows of settled requests,
-and every other row with GATEWAY_USAGE_SINK=redis) to the database as rows arrive. Run one
+and every other row with GATEWAY_USAGE_SINK=redis) to the database as rows arrive, and the
+stored-response journal with it (with that sink gateway processes write neither). Run one
 or more: each batch is claimed by one writer, and a dead writer's claim is put back."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from django.core.management.base import CommandError
 
 from billing.usage import drain_spool
+from gateway.stored.store import drain_journal
 from keys import cli
 from portal.infra import rediskeys
 from portal.infra.redis import sync_redis
@@ -42,10 +44,11 @@ class Command(cli.OperatorCommand):
         self.stdout.flush()
         while not stopping:
             written = drain_spool()
+            written_store = drain_journal()  # stored responses (gateway.stored)
             if opts["once"]:
                 self.emit({"written": written}, f"wrote {written} row(s)")
                 return
-            if written:
+            if written or written_store:
                 continue
             if client.llen(key):  # rows wait but could not be written: the database is away
                 time.sleep(1)

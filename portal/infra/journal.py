@@ -1,0 +1,302 @@
+"""Write-behind to the database through Redis: a journal that survives the process that
+filled it, and the per-event-loop writer that empties it in batches off the response path.
+
+Used by the usage rows (``billing.usage``) and the stored responses
+(``gateway.stored.store``).
+
+``RedisJournal`` is one Redis list of documents (each element one row, as JSON). A writer
+claims a batch atomically (moved to a claim list named in a zset with the claim time),
+writes it, then releases the claim (and whatever else the release must drop, in the same
+script). A writer that dies holding a claim leaves it to be put back by the next writer
+after a timeout; writing a batch twice must be harmless (writers skip rows already stored).
+
+``BatchWriter`` is a per-event-loop queue plus the task that drains it (and, with Redis,
+the journal) every flush interval, in worker threads, and flushes at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from asgiref.sync import sync_to_async
+
+from portal.infra import rediskeys
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_CLAIM_LUA = """
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #items == 0 then return items end
+redis.call('LTRIM', KEYS[1], #items, -1)
+redis.call('RPUSH', KEYS[3], unpack(items))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return items
+"""
+_UNCLAIM_LUA = """
+local items = redis.call('LRANGE', KEYS[3], 0, -1)
+for i = #items, 1, -1 do redis.call('LPUSH', KEYS[1], items[i]) end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return #items
+"""
+# KEYS: 1 claims zset, 2 claim list, then hashes to drop a field from (one per pair).
+# ARGV: 1 claim id, then the field of each hash.
+_RELEASE_LUA = """
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+for i = 3, #KEYS do redis.call('HDEL', KEYS[i], ARGV[i - 1]) end
+return 1
+"""
+_PENDING_LUA = """
+local n = redis.call('LLEN', KEYS[1])
+for _, claim in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  n = n + redis.call('LLEN', ARGV[1] .. claim)
+end
+return n
+"""
+
+
+class RedisJournal:
+    """A Redis list of rows waiting for the database, with crash-safe batch claims.
+
+    ``name`` prefixes the claim keys (``<name>:claims``, ``<name>:claim:<id>``); ``key``
+    gives the list's own key (for the usage journal, the one the settle script appends to).
+    """
+
+    def __init__(self, name: str, key: Callable[[], str]) -> None:
+        self.name = name
+        self.key = key
+
+    def claims_key(self) -> str:
+        return rediskeys.claims(journal=self.name)
+
+    def claim_list(self, claim_id: str) -> str:
+        return rediskeys.claim(claim_id, journal=self.name)
+
+    # --- sync (writer threads, tasks, tools) ------------------------------------------
+
+    def claim(self, client: Any, size: int) -> tuple[str, list[bytes]]:
+        """Take up to ``size`` rows from the front, atomically: (claim id, rows)."""
+        claim_id = uuid.uuid4().hex
+        items = client.eval(_CLAIM_LUA, 3, self.key(), self.claims_key(),
+                            self.claim_list(claim_id), size, int(time.time() * 1000), claim_id)
+        return claim_id, list(items or [])
+
+    def unclaim(self, client: Any, claim_id: str) -> int:
+        """Put a claimed batch back at the front (the database could not take it)."""
+        return int(client.eval(_UNCLAIM_LUA, 3, self.key(), self.claims_key(),
+                               self.claim_list(claim_id), claim_id))
+
+    def release(self, client: Any, claim_id: str,
+                hdel: Sequence[tuple[str, str]] = ()) -> None:
+        """The batch is written: drop the claim, and each (hash, field) in ``hdel``, in one
+        step."""
+        keys = [self.claims_key(), self.claim_list(claim_id), *(h for h, _ in hdel)]
+        client.eval(_RELEASE_LUA, len(keys), *keys, claim_id, *(f for _, f in hdel))
+
+    def recover(self, client: Any, timeout_seconds: float) -> int:
+        """Put back the batches of writers that stopped holding them."""
+        stale = client.zrangebyscore(self.claims_key(), "-inf",
+                                     int(time.time() * 1000) - int(timeout_seconds * 1000))
+        back = 0
+        for raw in stale:
+            back += self.unclaim(client, raw.decode() if isinstance(raw, bytes) else raw)
+        if back:
+            log.warning("%s journal: put back %d rows claimed by a writer that stopped",
+                        self.name, back)
+        return back
+
+    def push(self, client: Any, rows: Sequence[bytes]) -> None:
+        if rows:
+            client.rpush(self.key(), *rows)
+
+    def length(self, client: Any) -> int:
+        """Rows waiting or claimed by a writer."""
+        return int(client.eval(_PENDING_LUA, 2, self.key(), self.claims_key(),
+                               self.claim_list("")))
+
+    # --- async (the serving process) -------------------------------------------------
+
+    async def pending(self) -> int | None:
+        """Rows waiting or claimed, not yet in the database (None without Redis, or when
+        it does not answer)."""
+        from portal.infra.redis import fast_redis
+
+        client = fast_redis()
+        if client is None:
+            return None
+        try:
+            return int(await client.execute("EVAL", _PENDING_LUA, 2, self.key(),
+                                            self.claims_key(), self.claim_list("")))
+        except Exception:
+            return None
+
+
+class BatchWriter(Generic[T]):
+    """Per-event-loop queue plus the task that drains it in batches, in worker threads.
+
+    Subclasses say how a batch is written (``write``, sync), what happens to one the
+    database refused (``spool``: True when it is safe elsewhere, else it is kept and tried
+    again), whether another sink takes batches first (``hand_off``), and whether this
+    process also empties a Redis journal on each tick (``drain``)."""
+
+    name = "batch"
+    max_queue = 100_000
+
+    def __init__(self) -> None:
+        self._queue: list[T] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed: asyncio.Future[None] | None = None
+        self._writing = 0
+
+    # --- what a subclass says --------------------------------------------------------
+
+    def batch_size(self) -> int:
+        return 500
+
+    def interval(self) -> float:
+        return 1.0
+
+    def write(self, batch: list[T]) -> Any:
+        raise NotImplementedError
+
+    def spool(self, batch: list[T]) -> bool:
+        return False
+
+    async def hand_off(self, batch: list[T]) -> bool:
+        return False
+
+    def drains(self) -> bool:
+        """Whether each tick also writes the Redis journal."""
+        return False
+
+    def drain(self) -> int:
+        return 0
+
+    # --- the machinery ---------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Rows queued or being written right now."""
+        return len(self._queue) + self._writing
+
+    def add(self, item: T) -> None:
+        self._queue.append(item)
+        self.start()
+        if len(self._queue) >= self.batch_size():
+            self._wake.set()
+
+    def wake(self) -> None:
+        """Write soon (a journal row was added elsewhere)."""
+        self.start()
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+            _flush_at_reactor_shutdown(self)
+
+    async def _run(self) -> None:
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval())
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+            if self.drains():
+                try:
+                    await sync_to_async(self.drain, thread_sensitive=False)()
+                except Exception as exc:
+                    from portal.infra.redishealth import is_outage
+
+                    if not is_outage(exc):  # an outage is logged once, by redis_health
+                        log.exception("writing the %s journal failed", self.name)
+
+    async def flush(self) -> None:
+        while self._queue:
+            batch = self._queue[: self.batch_size()]
+            del self._queue[: len(batch)]
+            self._writing = len(batch)
+            try:
+                if await self.hand_off(batch):
+                    continue
+                try:
+                    await sync_to_async(self.write, thread_sensitive=False)(batch)
+                except Exception:
+                    log.exception("%s write failed for %d rows", self.name, len(batch))
+                    if await sync_to_async(self.spool, thread_sensitive=False)(batch):
+                        continue
+                    # Nowhere else to keep them: retry on the next tick (bounded).
+                    self._queue[:0] = batch
+                    if len(self._queue) > self.max_queue:
+                        dropped = len(self._queue) - self.max_queue
+                        del self._queue[:dropped]
+                        log.error("%s queue over %d rows: dropped the %d oldest", self.name,
+                                  self.max_queue, dropped)
+                    return
+            finally:
+                self._writing = 0
+
+    async def close(self) -> None:
+        """Flush and stop. Every caller awaits the same flush: the reactor's shutdown
+        triggers run at once, and the upstream sessions are closed only after it."""
+        if self._closed is None:
+            self._closed = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closed)
+
+    async def _close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None and self._task is not asyncio.current_task():
+            # Let a write already under way (its worker thread may be writing the journal)
+            # finish: returning first would let the loop stop under that thread, which
+            # then waits for the loop forever (its live events are sent on the loop).
+            await asyncio.wait([self._task])  # _run logs its own failures
+        await self.flush()
+        if self.drains():
+            # The journal's rows are safe in Redis (any writer takes them), but a process
+            # that writes it anyway leaves nothing waiting on its way out.
+            try:
+                await sync_to_async(self.drain, thread_sensitive=False)()
+            except Exception:
+                log.warning("could not write the %s journal at shutdown; it waits in "
+                            "Redis for the next writer", self.name)
+
+
+W = TypeVar("W", bound=BatchWriter[Any])
+
+
+class PerLoop(Generic[W]):
+    """One writer per event loop (gateway processes run one; tests may run several)."""
+
+    def __init__(self, factory: Callable[[], W]) -> None:
+        self._factory = factory
+        self._writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, W] = (
+            weakref.WeakKeyDictionary())
+
+    def get(self) -> W:
+        loop = asyncio.get_running_loop()
+        writer = self._writers.get(loop)
+        if writer is None:
+            writer = self._writers[loop] = self._factory()
+        return writer
+
+    def existing(self) -> W | None:
+        return self._writers.get(asyncio.get_running_loop())
+
+
+def _flush_at_reactor_shutdown(writer: BatchWriter[Any]) -> None:
+    """Under daphne (Twisted on asyncio) flush the queue before the reactor stops."""
+    from portal.infra.shutdown import before_reactor_shutdown
+
+    before_reactor_shutdown(writer.close)
