@@ -570,8 +570,8 @@ async def end(state: Any, final: StoredRecord, from_: tuple[str, ...],
 async def _all_events(state: Any, rid: str) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     while True:
-        batch = await state.read(rid, events[-1]["sequence_number"] if events else -1,
-                                 READ_BATCH)
+        _, batch = await state.read(rid, events[-1]["sequence_number"] if events else -1,
+                                    READ_BATCH)
         if not batch:
             return events
         events.extend(batch)
@@ -688,7 +688,7 @@ async def follow(ctx: RelayContext, record: StoredRecord, after: int, send: Send
     cursor = after
     last_sent = quiet_since = time.monotonic()
     while True:
-        events = await state.read(rid, cursor, READ_BATCH)
+        status, events = await state.read(rid, cursor, READ_BATCH)
         if events is None:  # no live log: the record's events (the database's copy)
             latest = await store.get(rid, record.tenant_id) or record
             await _send_events(ctx, send, [e for e in latest.events or ()
@@ -701,6 +701,8 @@ async def follow(ctx: RelayContext, record: StoredRecord, after: int, send: Send
             if events[-1].get("type") in TERMINAL_EVENTS:
                 break
             continue
+        if status in TERMINAL:  # ended, and the client has every event it asked for
+            break
         now = time.monotonic()
         if now - last_sent >= keepalive:
             await send_chunk(ctx, send, b": keepalive\n\n")
@@ -772,8 +774,9 @@ async def reap_one(rid: str) -> bool:
     state = runstate.runs()
     now = runstate.now_ms()
     record = await _current(rid)
-    if record is None:
-        return False
+    if record is None:  # deleted meanwhile: only its state is left to end
+        return await state.move(rid, ("queued", "in_progress"), "failed",
+                                stale_before=now) is not None
     status = await state.status(rid)
     if status not in ("queued", "in_progress"):
         return False

@@ -137,10 +137,12 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'in_progress' then redis.call('HSET', KEYS[1], 'cancel', '1') end
 return st or ''
 """
-# KEYS: 1 events. ARGV: 1 the first entry id, 2 the most entries. nil when there is no log.
+# KEYS: 1 state, 2 events. ARGV: 1 the first entry id, 2 the most entries.
+# {the status ('' for none), the entries (nil when there is no log)}.
 _READ_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+local status = redis.call('HGET', KEYS[1], 'status') or ''
+if redis.call('EXISTS', KEYS[2]) == 0 then return {status, false} end
+return {status, redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])}
 """
 
 
@@ -206,12 +208,15 @@ class RedisRuns:
     async def status(self, rid: str) -> str:
         return _text(await self._client().execute("HGET", state_key(rid), "status"))
 
-    async def read(self, rid: str, after: int, limit: int = 1000) -> list[dict[str, Any]] | None:
-        entries = await self._client().evalsha(_READ_LUA, [events_key(rid)],
-                                                [f"0-{after + 2}", limit])
+    async def read(self, rid: str, after: int,
+                   limit: int = 1000) -> tuple[str, list[dict[str, Any]] | None]:
+        """(the run's status, its events after sequence number ``after``: None when it has
+        no log here)."""
+        status, entries = await self._client().evalsha(
+            _READ_LUA, [state_key(rid), events_key(rid)], [f"0-{after + 2}", limit])
         if entries is None:
-            return None
-        return [orjson.loads(fields[1]) for _, fields in entries]
+            return _text(status), None
+        return _text(status), [orjson.loads(fields[1]) for _, fields in entries]
 
     async def stale(self, before_ms: int, limit: int = 100) -> list[str]:
         ids = await self._client().execute("ZRANGEBYSCORE", leases_key(), "-inf", before_ms,
@@ -288,11 +293,12 @@ class LocalRuns:
         run = self.runs.get(rid)
         return run.status if run is not None else ""
 
-    async def read(self, rid: str, after: int, limit: int = 1000) -> list[dict[str, Any]] | None:
+    async def read(self, rid: str, after: int,
+                   limit: int = 1000) -> tuple[str, list[dict[str, Any]] | None]:
         run = self.runs.get(rid)
         if run is None:
-            return None
-        return run.events[after + 1: after + 1 + limit]
+            return "", None
+        return run.status, run.events[after + 1: after + 1 + limit]
 
     async def stale(self, before_ms: int, limit: int = 100) -> list[str]:
         return [rid for rid, run in self.runs.items()
