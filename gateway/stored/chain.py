@@ -246,8 +246,10 @@ async def run_pinned(ctx: RelayContext, operation: str, routes: list[Route],
                      payload: dict[str, Any], body: bytes, out: Outcome, send: Send,
                      settle: Settlement) -> Outcome:
     """The exchange of a pinned request: its route first with the body as sent (the
-    upstream holds the conversation); should that route fail before the answer starts,
-    the other routes with the conversation expanded."""
+    upstream holds the conversation). Should that route fail before the answer starts, the
+    other routes get the conversation expanded; should the upstream no longer know the
+    response (``previous_response_not_found``: it expired or was deleted there), every
+    route does, that one included."""
     from gateway import exchange
     from gateway.errors import UpstreamUnavailable
     from gateway.providers.failures import UpstreamFailed
@@ -261,10 +263,15 @@ async def run_pinned(ctx: RelayContext, operation: str, routes: list[Route],
             return await exchange.run(ctx, operation, first, payload, body, out, send,
                                       settle)
         except (UpstreamFailed, UpstreamUnavailable) as exc:
-            retry = exc.failure.retry if isinstance(exc, UpstreamFailed) else "next"
-            if ctx.status or not rest or retry is None:
+            if ctx.status:
+                raise
+            if isinstance(exc, UpstreamFailed) and \
+                    exc.error.code == "previous_response_not_found":
+                rest = [*first, *rest]
+            elif not rest or (isinstance(exc, UpstreamFailed) and exc.failure.retry is None):
                 raise
     expanded, raw = await turn.expand()
+    turn.pin = None
     return await exchange.run(ctx, operation, rest, expanded, raw, out, send, settle)
 
 

@@ -177,6 +177,30 @@ def test_the_expanded_conversation_is_what_is_reserved_and_charged(
     assert len(sent[1].body["messages"]) == 3
 
 
+def test_a_pinned_route_that_fails_over_sends_the_expanded_conversation(
+        gateway: Any, fake_upstream: Any, api_key: Any) -> None:
+    """The route that made the response goes first; when it fails before the answer starts
+    the next route (here one that keeps nothing) gets the whole conversation."""
+    fake_upstream.clear()
+    upstream_create(name="pinned", kind="openai", models=["m-fo"], priority=1,
+                    base_url=fake_upstream.openai_url, api_keys=[UPSTREAM_SECRET])
+    upstream_create(name="backup", kind="openai-chat", models=["m-fo"],
+                    base_url=fake_upstream.openai_url, api_keys=[UPSTREAM_SECRET])
+    sdk = openai.OpenAI(base_url=gateway.base_url, api_key=api_key.secret, max_retries=0)
+    first = sdk.responses.create(model="m-fo", input="where am I")
+    fake_upstream.script_key(UPSTREAM_SECRET, status=503, count=1)
+    second = sdk.responses.create(model="m-fo", previous_response_id=first.id, input="and now")
+    assert second.output_text == DEFAULT_TEXT
+    sent = sent_requests(fake_upstream)
+    assert [s.protocol for s in sent] == ["responses", "responses", "chat"]
+    assert sent[1].body["previous_response_id"] == first.id  # the pinned try (the 503)
+    assert upstream_turns(sent[-1]) == [("user", "where am I"), ("assistant", DEFAULT_TEXT),
+                                        ("user", "and now")]
+    rows = wait_stored(first.id, second.id)
+    assert (rows[0].upstream.name, rows[1].upstream.name) == ("pinned", "backup")
+    assert rows[1].ancestors == [first.id]
+
+
 # --- reading, deleting, listing --------------------------------------------------------------
 
 def test_retrieve_delete_and_input_items(sdk: openai.OpenAI, gateway: Any,

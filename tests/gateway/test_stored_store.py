@@ -1,0 +1,180 @@
+"""``gateway.stored.store`` in process, against the real PostgreSQL and Redis: staging, reads
+(the staged copy first, then the database), deletes that race the writer, a writer that dies
+holding a batch, links to rows deleted meanwhile, and the embedded default without Redis
+(an in-process pending map and the writer's queue)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import override_settings
+
+from gateway.models import StoredResponse
+from gateway.stored import store
+from gateway.stored.records import StoredRecord, input_items
+from keys.models import ApiKey, Tenant
+from keys.services import key_create
+from portal.redis import sync_redis
+
+pytestmark = pytest.mark.django_db(transaction=True)
+in_thread = partial(sync_to_async, thread_sensitive=False)  # the loop's worker threads
+
+# The writer's own tick never comes during a test: the test drains when it means to.
+QUIET = override_settings(GATEWAY_USAGE_FLUSH_INTERVAL=3600)
+
+
+def record(rid: str, tenant: Tenant, key: ApiKey | None = None, *,
+           ancestors: list[str] | None = None, days: float = 30) -> StoredRecord:
+    now = float(int(time.time()))  # whole seconds, as response objects have them
+    return StoredRecord(
+        id=rid, tenant_id=tenant.pk, key_id=key.pk if key else None, created_at=now,
+        expires_at=now + days * 86400, status="completed", model="m",
+        previous_response_id=(ancestors or [None])[-1], ancestors=ancestors or [],
+        input_items=input_items(f"question {rid}"),
+        response={"id": rid, "object": "response", "status": "completed",
+                  "output": [{"id": f"msg_{rid}", "type": "message", "role": "assistant",
+                              "content": [{"type": "output_text", "text": f"answer {rid}"}]}]})
+
+
+@pytest.fixture
+def acme() -> tuple[Tenant, ApiKey]:
+    tenant = Tenant.objects.create(name="acme")
+    return tenant, key_create(tenant=tenant, name="k").key
+
+
+@pytest.fixture(autouse=True)
+async def _close_worker_connections() -> AsyncIterator[None]:
+    """The store reads and writes in the loop's worker threads, each with its own database
+    connection: close them all after the test (one job per thread, held at a barrier so
+    each thread takes exactly one), or the test database cannot be dropped at the end."""
+    yield
+    loop = asyncio.get_running_loop()
+    executor = getattr(loop, "_default_executor", None)
+    threads = len(getattr(executor, "_threads", ()))
+    if not threads:
+        return
+    barrier = threading.Barrier(threads)
+
+    def close() -> None:
+        from django.db import connections
+
+        connections.close_all()
+        barrier.wait(timeout=5)
+
+    await asyncio.gather(*(loop.run_in_executor(None, close) for _ in range(threads)))
+
+
+def ids_in_db() -> set[str]:
+    return set(StoredResponse.objects.values_list("id", flat=True))
+
+
+def test_input_items_get_types_ids_and_typed_content() -> None:
+    items = input_items([{"role": "user", "content": "hi"},
+                         {"type": "message", "role": "assistant", "content": "yo", "id": "m1"},
+                         {"type": "function_call_output", "call_id": "c", "output": "x"}])
+    assert items[0]["id"].startswith("msg_") and items[0]["type"] == "message"
+    assert items[0]["content"] == [{"type": "input_text", "text": "hi"}]
+    assert items[1]["id"] == "m1"
+    assert items[1]["content"] == [{"type": "output_text", "text": "yo", "annotations": []}]
+    assert items[2]["id"].startswith("fco_")
+    assert input_items("plain")[0]["role"] == "user"
+
+
+@QUIET
+async def test_staged_then_written_reads_the_same_and_chains(acme: Any) -> None:
+    tenant, key = acme
+    first, second = record("resp_a", tenant, key), record("resp_b", tenant, key,
+                                                          ancestors=["resp_a"])
+    await store.stage(first, pin=f"{tenant.pk}:7:9")
+    await store.stage(second)
+    found, pin = await store.lookup("resp_a", tenant.pk)
+    assert found == first and pin == f"{tenant.pk}:7:9"
+    assert await store.chain(second) == [first]
+    assert await in_thread(store.drain_journal)() == 2
+    assert await in_thread(ids_in_db)() == {"resp_a", "resp_b"}
+    sync_redis().delete(store.doc_key("resp_a"), store.doc_key("resp_b"))  # type: ignore[union-attr]
+    from_db, _ = await store.lookup("resp_a", tenant.pk)
+    assert from_db == first  # the row reads back as the record it was
+    assert await store.chain(second) == [first]
+    other = await in_thread(Tenant.objects.create)(name="globex")
+    assert await store.lookup("resp_a", other.pk) == (None, None)
+    await store.close()
+
+
+@QUIET
+async def test_a_delete_before_the_write_wins(acme: Any) -> None:
+    tenant, key = acme
+    staged = record("resp_gone", tenant, key)
+    await store.stage(staged)
+    await store.delete(staged)
+    assert await store.lookup("resp_gone", tenant.pk) == (None, None)
+    assert await in_thread(store.drain_journal)() == 1  # inserted, then deleted again
+    assert await in_thread(ids_in_db)() == set()
+    await store.close()
+
+
+@QUIET
+async def test_a_writer_that_died_holding_a_batch_loses_nothing(acme: Any) -> None:
+    tenant, key = acme
+    for n in range(3):
+        await store.stage(record(f"resp_{n}", tenant, key))
+    client = sync_redis()
+    _, claimed = store.JOURNAL.claim(client, 2)  # a writer takes two and dies
+    assert len(claimed) == 2
+    assert await in_thread(store.drain_journal)() == 1  # its claim is not over yet
+    with override_settings(GATEWAY_USAGE_CLAIM_SECONDS=0):
+        assert await in_thread(store.drain_journal)() == 2
+    assert await in_thread(ids_in_db)() == {"resp_0", "resp_1", "resp_2"}
+    assert store.JOURNAL.length(client) == 0
+    await store.close()
+
+
+@QUIET
+async def test_links_to_rows_deleted_meanwhile(acme: Any) -> None:
+    tenant, key = acme
+    doomed = await in_thread(Tenant.objects.create)(name="doomed")
+    await store.stage(record("resp_keyless", tenant, key))
+    await store.stage(record("resp_orphan", doomed))
+    await in_thread(key.delete)()
+    await in_thread(doomed.delete)()
+    assert await in_thread(store.drain_journal)() == 1
+    row = await in_thread(StoredResponse.objects.get)(pk="resp_keyless")
+    assert row.key_id is None and row.tenant_id == tenant.pk
+    assert await in_thread(ids_in_db)() == {"resp_keyless"}
+    await store.close()
+
+
+@override_settings(REDIS_URL=None, GATEWAY_USAGE_FLUSH_INTERVAL=3600)
+async def test_without_redis_the_process_keeps_what_it_staged(acme: Any) -> None:
+    tenant, key = acme
+    first = record("resp_x", tenant, key)
+    second = record("resp_y", tenant, key, ancestors=["resp_x"])
+    await store.stage(first, pin=f"{tenant.pk}:1:2")
+    await store.stage(second)
+    assert store.pending() == 2
+    assert await store.lookup("resp_x", tenant.pk) == (first, f"{tenant.pk}:1:2")
+    assert await store.chain(second) == [first]
+    await store.writer().flush()
+    assert store.pending() == 0 and not store.local.pending
+    assert await in_thread(ids_in_db)() == {"resp_x", "resp_y"}
+    assert (await store.lookup("resp_x", tenant.pk))[0] == first  # now from the database
+    await store.delete(first)
+    assert await store.lookup("resp_x", tenant.pk) == (None, None)
+    assert await in_thread(ids_in_db)() == {"resp_y"}
+    await store.close()
+
+
+@QUIET
+async def test_expired_is_gone_for_reads_before_the_task_runs(acme: Any) -> None:
+    tenant, key = acme
+    old = record("resp_old", tenant, key, days=-1)
+    await store.stage(old)
+    assert await store.lookup("resp_old", tenant.pk) == (None, None)
+    await store.close()
