@@ -26,8 +26,10 @@ from billing.models import ModelPrice, UsageLog
 from billing.services import tenant_topup
 from gateway.models import StoredResponse
 from gateway.services import upstream_create
+from gateway.stored import store
+from gateway.stored.records import StoredRecord
 from keys.services import key_create, tenant_get_or_create, tenant_update
-from portal.redis import sync_redis
+from portal.redis import rkey, sync_redis
 from tests.conftest import UPSTREAM_SECRET, gateway_env, wait_for_usage
 from tests.gateway.matrix_cases import model_for
 from tests.servers import CeleryWorker, start_celery_worker, start_gateway, stop
@@ -278,8 +280,38 @@ def test_another_tenants_id_is_404_on_cancel_and_stream(worker: CeleryWorker, ga
     with pytest.raises(openai.BadRequestError):
         list(sdk.responses.retrieve(plain.id, stream=True))
     assert wait_done(sdk, mine.id).status == "completed"
-    # The owner still cancels idempotently: an ended response comes back as it is.
+    # The owner still cancels idempotently: an ended response comes back as it is, under
+    # every path prefix.
     assert sdk.responses.cancel(mine.id).status == "completed"
+    for path in ("/codex/v1", "/codex", ""):
+        answer = httpx.post(f"{gateway.url}{path}/responses/{mine.id}/cancel",
+                            headers={"Authorization": f"Bearer {sdk.api_key}"})
+        assert answer.status_code == 200 and answer.json()["status"] == "completed"
+
+
+@needs_redis
+def test_deleting_a_running_background_response_cancels_it(
+        worker: CeleryWorker, gateway: Any, sdk: openai.OpenAI, fake_upstream: Any,
+        api_key: Any) -> None:
+    running = sdk.responses.create(model=MODEL, input=slow(200, 0.1), background=True)
+    until(lambda: sdk.responses.retrieve(running.id).status == "in_progress", 10,
+          "the run starting")
+    sdk.responses.delete(running.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(running.id)
+    until(lambda: fake_upstream.stats()["inflight"] == 0, 5, "the upstream request ending")
+    assert wait_row(key_id=api_key.key.pk, endpoint="responses").error_code == "cancelled"
+    client = sync_redis()
+    assert client is not None
+    until(lambda: client.hget(rkey("bg", running.id), "status") == b"cancelled", 5,
+          "the run ending")
+    # Its final record was staged (the staged copy has its events), and deleted again by
+    # the writer (the tombstone).
+    until(lambda: (lambda doc: doc is not None and StoredRecord.decode(doc).events)(
+        client.get(store.doc_key(running.id))), 5, "the final record being staged")
+    until(lambda: httpx.get(gateway.url + "/_gateway/status").json()["store_journal"] == 0,
+          10, "the store journal draining")
+    assert not StoredResponse.objects.filter(pk=running.id).exists()
 
 
 def test_background_needs_storage(gateway: Any, sdk: openai.OpenAI, api_key: Any,
