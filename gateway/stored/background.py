@@ -218,7 +218,7 @@ async def start(ctx: RelayContext, key: KeySnapshot, model: str, session: str,
               lifecycle("response.queued", 1, response)]
     queue_until = runstate.now_ms() + int(settings.GATEWAY_BACKGROUND_QUEUE_SECONDS * 1000)
     try:
-        await state.create(record, events, queue_until)
+        await state.create(record, events, queue_until, job.admission)
     except Exception:
         await settle()  # nothing was queued: the slot and the reservation go back now
         raise
@@ -801,14 +801,20 @@ async def reap_one(rid: str) -> bool:
 
 
 async def reap() -> int:
-    """Fail every run whose lease ran out (the beat task ``gateway.reap_background``)."""
+    """The beat task ``gateway.reap_background``: fail every run whose lease ran out, and
+    renew the concurrency slots and reservations of the runs still waiting for a worker
+    (nobody else does until one starts them; the beat runs well within their lease)."""
     state = runstate.runs()
+    now = runstate.now_ms()
     failed = 0
-    for rid in await state.stale(runstate.now_ms()):
+    for rid in await state.stale(now):
         try:
             failed += await reap_one(rid)
         except Exception:
             log.exception("could not reap background response %s", rid)
+    waiting = await state.queued(now)
+    if waiting:
+        await limits.limiter().renew([limits.Admission(**a) for a in waiting])
     return failed
 
 

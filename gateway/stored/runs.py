@@ -65,11 +65,11 @@ def doc_seconds(record: StoredRecord) -> int:
 
 
 # KEYS: 1 state, 2 events, 3 leases, 4 doc. ARGV: 1 id, 2 lease deadline (ms), 3 TTL,
-# 4 doc, 5 doc TTL, 6.. the first events (sequence numbers 0, 1, ...).
+# 4 doc, 5 doc TTL, 6 the admission (JSON), 7.. the first events (sequence numbers 0, 1, ...).
 _CREATE_LUA = """
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'status', 'queued', 'seq', #ARGV - 6)
-for i = 6, #ARGV do redis.call('XADD', KEYS[2], '0-' .. (i - 5), 'e', ARGV[i]) end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'seq', #ARGV - 7, 'admission', ARGV[6])
+for i = 7, #ARGV do redis.call('XADD', KEYS[2], '0-' .. (i - 6), 'e', ARGV[i]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
@@ -160,12 +160,15 @@ class RedisRuns:
         return client
 
     async def create(self, record: StoredRecord, events: list[dict[str, Any]],
-                     deadline_ms: int) -> None:
+                     deadline_ms: int, admission: dict[str, Any]) -> None:
+        """A queued run: its record, its first events, its lease until ``deadline_ms`` and
+        the admission whose slot and reservation it holds (renewed by ``queued``'s caller
+        until a worker starts it)."""
         rid = record.id
         await self._client().evalsha(
             _CREATE_LUA, [state_key(rid), events_key(rid), leases_key(), store.doc_key(rid)],
             [rid, deadline_ms, keep_seconds(), record.encode(), doc_seconds(record),
-             *(orjson.dumps(e) for e in events)])
+             orjson.dumps(admission), *(orjson.dumps(e) for e in events)])
 
     async def move(self, rid: str, from_: tuple[str, ...], to: str, *,
                    record: StoredRecord | None = None, deadline_ms: int | None = None,
@@ -223,6 +226,16 @@ class RedisRuns:
                                            "LIMIT", 0, limit)
         return [_text(i) for i in ids]
 
+    async def queued(self, after_ms: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """The admissions of the runs still waiting for a worker (their leases live)."""
+        client = self._client()
+        ids = await client.execute("ZRANGEBYSCORE", leases_key(), after_ms, "+inf",
+                                   "LIMIT", 0, limit)
+        states = await asyncio.gather(*(
+            client.execute("HMGET", state_key(_text(i)), "status", "admission") for i in ids))
+        return [orjson.loads(admission) for status, admission in states
+                if status == b"queued" and admission]
+
 
 @dataclass(slots=True)
 class LocalRun:
@@ -240,7 +253,7 @@ class LocalRuns:
         self.runs: dict[str, LocalRun] = {}
 
     async def create(self, record: StoredRecord, events: list[dict[str, Any]],
-                     deadline_ms: int) -> None:
+                     deadline_ms: int, admission: dict[str, Any]) -> None:
         self.runs[record.id] = LocalRun("queued", list(events), deadline_ms)
         store.local.pending[record.id] = record
 
@@ -303,6 +316,9 @@ class LocalRuns:
     async def stale(self, before_ms: int, limit: int = 100) -> list[str]:
         return [rid for rid, run in self.runs.items()
                 if run.status not in TERMINAL and run.deadline_ms < before_ms][:limit]
+
+    async def queued(self, after_ms: int, limit: int = 1000) -> list[dict[str, Any]]:
+        return []  # one process: the POST's own lease keeper holds them until they run
 
     def _forget_later(self, rid: str) -> None:
         """An ended run's events stay a while for streams still reading them; its record
