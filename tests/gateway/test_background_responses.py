@@ -329,6 +329,7 @@ def test_background_needs_storage(gateway: Any, sdk: openai.OpenAI, api_key: Any
 
 
 @needs_redis
+@pytest.mark.filterwarnings("ignore::celery.exceptions.AlwaysEagerIgnored")  # meant: a real task
 def test_a_run_whose_worker_died_is_failed_and_its_slot_freed(
         worker: CeleryWorker, gateway: Any, upstream: Any, make_key: Any,
         fake_upstream: Any) -> None:
