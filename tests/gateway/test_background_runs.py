@@ -131,3 +131,33 @@ async def test_the_reaper_fails_silent_runs_and_renews_waiting_slots() -> None:
     assert status == "failed" and events is not None
     assert events[-1]["response"]["error"]["code"] == "background_not_started"
     await store.close()
+
+
+@QUIET
+async def test_a_stream_replays_from_the_record_once_the_live_log_is_gone() -> None:
+    from gateway.context import RelayContext
+
+    state = runstate.RedisRuns()
+    record = queued("resp_old")
+    await state.create(record, first_events(record), runstate.now_ms() + 60_000, ADMISSION)
+    await state.move(record.id, ("queued",), "in_progress")
+    await state.append(record.id, 2, [delta(2, "tok0 "), delta(3, "tok1 ")])
+    final = dataclasses.replace(record, status="completed",
+                                response={**record.response, "status": "completed"})
+    assert await background.end(state, final, ("in_progress",))
+    client = sync_redis()
+    assert client is not None
+    client.delete(runstate.state_key(record.id), runstate.events_key(record.id))
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    ctx = RelayContext.start({"headers": [], "client": None}, "responses/retrieve")
+    await background.follow(ctx, record, 2, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    assert body.count(b"\n\n") == 2  # tok1's delta and the terminal event, nothing before
+    assert b'"sequence_number":3' in body and b"event: response.completed" in body
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    await store.close()
