@@ -41,7 +41,8 @@ def run_background(job: str) -> None:
 @shared_task(name="gateway.reap_background", ignore_result=True)
 def reap_background() -> int:
     """Fail the background responses whose worker stopped (or that no worker started in
-    time); their slots and reservations come back by the limiter's own leases."""
+    time; their slots and reservations come back by the limiter's own leases), and renew
+    the slots and reservations of those still waiting for a worker."""
     from gateway.stored import background
 
     return background.reap_now()

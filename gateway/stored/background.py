@@ -254,8 +254,8 @@ async def dispatch(job: Job) -> None:
 
     await sync_to_async(run_background.apply_async, thread_sensitive=False)(
         args=[job.encode()])
-    # The worker renews the slot and the reservation from now on (gateway.policy.leases);
-    # until it starts, their lease runs (GATEWAY_CONCURRENCY_LEASE_SECONDS).
+    # Until a worker starts it the beat task renews the slot and the reservation (reap);
+    # the worker does while it runs (gateway.policy.leases).
     policy.leases.release(limits.Admission(**job.admission))
 
 
