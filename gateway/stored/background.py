@@ -434,8 +434,9 @@ class Runner:
                 ctx.error_code = "cancelled" if self.cancelled else "background_stopped"
                 ctx.status = ctx.status or 499
                 await settle()
-            elif work.exception() is not None:
-                raise work.exception()  # type: ignore[misc]
+            elif work.exception() is not None:  # exchange() answers every error; still:
+                log.error("background response %s: the run broke", self.job.response_id,
+                          exc_info=work.exception())
         finally:
             heart.cancel()
             from gateway import pipeline
