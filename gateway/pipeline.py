@@ -12,6 +12,8 @@
         stored.prepare() /v1/responses: previous_response_id (pinned route, or the chain
                         expanded from the store) and what the store keeps (gateway.stored)
         policy.admit()  quota, rate limits, concurrency, max_tokens (one limiter call)
+        background.start()  ``background: true``: queued and answered at once; the run
+                        takes the steps below elsewhere (gateway.stored.background)
         plan_routes()   the upstream + credential routes to try, in order (routing.plan)
         Settlement      charging: priced and settled by the sender just before the answer's
                         last bytes (gateway.charging), by handle() when the client left,
@@ -63,6 +65,7 @@ from gateway.respond import (
 )
 from gateway.routing import Route, UpstreamRef, aget_route_table
 from gateway.stored import api as stored_api
+from gateway.stored import background
 from gateway.stored import chain as stored
 from gateway.translate import codex
 from keys import authn
@@ -241,12 +244,17 @@ async def relay(ctx: RelayContext, operation: str, receive: Receive,
     payload = parse_request(ctx, body, operation)
     model, candidates = await resolve_model(ctx, key)
     size = len(body)
+    queue = background.wants_background(operation, payload)
+    if queue:  # a background response must be stored (400 otherwise), like OpenAI's
+        background.check(key, payload)
     if operation == "responses":  # the store: previous_response_id, what is kept
         payload, body, size = await stored.prepare(ctx, key, payload, body, candidates)
     explicit, session = session_of(ctx, key, payload)
     ticket = ctx.ticket = await policy.admit(key, ctx.request_id, model, payload, size,
                                              session=explicit)
     ctx.extra_headers = ticket.headers
+    if queue:  # admitted: queued, answered at once, run elsewhere (gateway.stored.background)
+        return await background.start(ctx, key, model, session, payload, receive, send)
     routes = plan_routes(model, candidates, session, ticket)
     # Charging, by name: whatever ends the answer awaits ``settle`` right before its last
     # bytes (respond.send_json / end_stream / abort_stream), handle() settles a client that

@@ -27,3 +27,22 @@ def drain_store_journal() -> int:
     from gateway.stored import store
 
     return store.drain_journal()
+
+
+@shared_task(name="gateway.tasks.run_background", ignore_result=True)
+def run_background(job: str) -> None:
+    """Run one background response (``gateway.stored.background``) on this worker
+    process's event loop; the task ends when the response does."""
+    from gateway.stored import background
+
+    background.run_job(job)
+
+
+@shared_task(name="gateway.reap_background", ignore_result=True)
+def reap_background() -> int:
+    """Fail the background responses whose worker stopped (or that no worker started in
+    time; their slots and reservations come back by the limiter's own leases), and renew
+    the slots and reservations of those still waiting for a worker."""
+    from gateway.stored import background
+
+    return background.reap_now()

@@ -1,4 +1,5 @@
-"""Real processes for end-to-end tests: the fake upstream and the gateway under daphne."""
+"""Real processes for end-to-end tests: the fake upstream, the gateway under daphne and a
+Celery worker."""
 
 from __future__ import annotations
 
@@ -113,6 +114,51 @@ def start_gateway(env_overrides: dict[str, str], log: Path | None = None) -> Gat
     )
     wait_for_port(port, proc)
     return Gateway(proc=proc, url=f"http://127.0.0.1:{port}")
+
+
+@dataclass
+class CeleryWorker:
+    """A real ``celery -A portal worker`` process (thread pool), restartable."""
+
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[Any] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start it and wait until it says it is ready to take tasks."""
+        self.log.write_bytes(b"")
+        out = open(self.log, "ab")  # noqa: SIM115 (the process keeps it)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "portal", "worker", "-P", "threads",
+             "-c", "4", "-l", "INFO", "-n", f"turnpike-test-{free_port()}@%h",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings",
+                           **self.env},
+            stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while b" ready." not in self.log.read_bytes():
+            if self.proc.poll() is not None:
+                raise RuntimeError("the Celery worker exited: "
+                                   + self.log.read_text(errors="replace")[-2000:])
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Celery worker was not ready after {timeout}s")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: the worker dies mid-task, as a crashed machine's would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
+def start_celery_worker(env_overrides: dict[str, str], log: Path) -> CeleryWorker:
+    worker = CeleryWorker(env=env_overrides, log=log)
+    worker.start()
+    return worker
 
 
 class TcpProxy:

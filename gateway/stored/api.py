@@ -90,7 +90,7 @@ async def serve(ctx: Any, key: Any, scope: dict[str, Any], kwargs: dict[str, Any
     if sub is None:
         ctx.endpoint = "responses/retrieve" if method != "DELETE" else "responses/delete"
         if method == "GET":
-            await retrieve(ctx, key, response_id, query, send)
+            await retrieve(ctx, key, response_id, query, send, receive)
         elif method == "DELETE":
             await remove(ctx, key, response_id, send)
         else:
@@ -115,7 +115,7 @@ async def found(key: Any, response_id: str) -> StoredRecord:
 
 
 async def retrieve(ctx: Any, key: Any, response_id: str, query: list[tuple[str, str]],
-                   send: Send) -> None:
+                   send: Send, receive: Receive | None = None) -> None:
     include = include_of(query)
     record = await found(key, response_id)
     if (one(query, "stream") or "").lower() in TRUE:
@@ -123,9 +123,9 @@ async def retrieve(ctx: Any, key: Any, response_id: str, query: list[tuple[str, 
             raise InvalidRequest(
                 "Only a background response (created with background=true) can be "
                 "streamed again; read this one without stream=true.", param="stream")
-        from gateway.stored import background  # type: ignore[attr-defined]
+        from gateway.stored import background
 
-        await background.replay(ctx, key, record, query, send)
+        await background.replay(ctx, key, record, query, send, receive)
         return
     await send_json(ctx, send, 200, orjson.dumps(response_body(record, include)))
 
@@ -143,7 +143,7 @@ async def cancel(ctx: Any, key: Any, response_id: str, scope: dict[str, Any],
     if not record.background:
         raise InvalidRequest("Only responses created with background=true can be "
                              "cancelled.")
-    from gateway.stored import background  # type: ignore[attr-defined]
+    from gateway.stored import background
 
     await background.cancel(ctx, key, record, send)
 

@@ -23,6 +23,8 @@ usage rows not yet written), so a name changed here strands its data under the o
     rpin:<id>                     str   the route of a response its upstream stores itself
     store:journal, store:claims…  list  the stored responses' journal (portal.infra.journal)
     store:deleted                 ...   deletions waiting for the store's writer
+    bg:<id>, bg:<id>:events       hash, stream  a background response's run (gateway.stored.runs)
+    bg:leases                     zset  running background responses by lease end
     snap:<cache>:<ident>          str   a LayeredCache snapshot (portal.infra.snapshots)
     cache…, chan…                       Django's cache and the channel layer (their prefixes)
 
@@ -156,6 +158,23 @@ def store_journal(*, prefix: str | None = None) -> str:
 
 def store_deletions(*, prefix: str | None = None) -> str:
     return f"{_p(prefix)}store:deleted"
+
+
+# --- background responses (gateway/stored/runs.py) ----------------------------------------
+
+def background_run(response_id: str, *, prefix: str | None = None) -> str:
+    """hash: a background response's status, lease and cancel flag while it runs."""
+    return f"{_p(prefix)}bg:{response_id}"
+
+
+def background_events(response_id: str, *, prefix: str | None = None) -> str:
+    """stream: a background response's events, for polling and resumed streams."""
+    return f"{_p(prefix)}bg:{response_id}:events"
+
+
+def background_leases(*, prefix: str | None = None) -> str:
+    """zset: running background responses by when their lease ends (the reaper reads it)."""
+    return f"{_p(prefix)}bg:leases"
 
 
 # --- snapshots, and the prefixes handed to Django's cache and the channel layer -------------

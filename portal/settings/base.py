@@ -414,6 +414,10 @@ if GATEWAY_USAGE_SINK not in ("database", "redis"):
 # retention). The journal is written by the same writers, batch sizes and claim timeout as
 # the usage journal (GATEWAY_USAGE_*).
 GATEWAY_STORE_CACHE_SECONDS = env_int("GATEWAY_STORE_CACHE_SECONDS", 3600)
+# Background responses (gateway.stored.background): one no worker has started after this
+# many seconds is failed (the beat task gateway.reap_background; a running one is failed
+# when its heartbeat stops for GATEWAY_CONCURRENCY_LEASE_SECONDS).
+GATEWAY_BACKGROUND_QUEUE_SECONDS = env_float("GATEWAY_BACKGROUND_QUEUE_SECONDS", 600.0)
 # What requests get while Redis is unreachable: "closed" (503 with Retry-After: no request
 # goes past limits nobody can count) or "open" (served with this process's own limiter; the
 # shared accounts are put right when Redis returns).
@@ -455,6 +459,9 @@ CELERY_BEAT_SCHEDULE = {
     "gateway-expire-stored-responses": {"task": "gateway.tasks.expire_stored_responses",
                                         "schedule": 3600.0},
     "gateway-drain-store-journal": {"task": "gateway.drain_store_journal", "schedule": 60.0},
+    # Background responses whose worker stopped (heartbeat gone) or that none started.
+    "gateway-reap-background": {"task": "gateway.reap_background",
+                                "schedule": max(5.0, GATEWAY_CONCURRENCY_LEASE_SECONDS / 3)},
     # Billing: daily rollups of today and yesterday, the usage spool (rows kept in Redis
     # while the database was down), raw-log expiry, and the RPD counters of the day that
     # just ended (sent at local midnight, run 30 s later).
