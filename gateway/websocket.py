@@ -21,8 +21,10 @@
 
 Per connection, the last response (its full input and its output items, as sent) is kept
 in memory, so a turn that names it as ``previous_response_id`` and sends only the new
-input is expanded here, whatever ``store`` says: what the Codex CLI relies on. Any other
-previous_response_id is the stored chain's (``stored_chain_expands``).
+input is expanded here when nothing stores it (``store: false``, what the Codex CLI sends,
+or a key whose response storage is off) or it was a warm-up. Any other
+previous_response_id, and a turn the key stores (so its stored record keeps its chain), is
+the stored chain's (``gateway.stored.chain``), as over HTTP.
 """
 
 from __future__ import annotations
@@ -128,7 +130,9 @@ async def responses_socket(scope: dict[str, Any], receive: Receive, send: Send) 
     await send({"type": "websocket.accept"})
     _open += 1
     try:
-        await Connection(scope, receive, send).serve()
+        key = ctx.key
+        await Connection(scope, receive, send,
+                         stores=key is not None and key.store_days > 0).serve()
     finally:
         _open -= 1
 
@@ -142,11 +146,14 @@ class LastResponse:
     id: str
     input: bytes  # the whole input it answered (earlier turns included), a JSON array
     output: list[Any]  # its output items, as the client got them
+    warmup: bool = False  # a ``generate: false`` answer (never stored)
 
 
 class Connection:
-    def __init__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    def __init__(self, scope: dict[str, Any], receive: Receive, send: Send, *,
+                 stores: bool = False) -> None:
         self.receive = receive
+        self.stores = stores  # the key keeps responses (its store_days at the handshake)
         self.send = send
         self.pending: deque[dict[str, Any]] = deque()  # messages that came in mid-turn
         self.closed = False
@@ -289,7 +296,8 @@ class Connection:
             return InvalidRequest("'previous_response_id' must be a response id.",
                                   param="previous_response_id")
         last = self.last
-        if last is not None and previous == last.id:
+        if last is not None and previous == last.id and (
+                last.warmup or body.get("store") is False or not self.stores):
             if new is None:
                 return InvalidRequest("'input' must be a string or an array of input items.",
                                       param="input")
@@ -297,11 +305,12 @@ class Connection:
             del body["previous_response_id"]
             body["input"] = orjson.Fragment(history)
             return history
-        if stored_chain_expands(previous):
-            return None
-        return InvalidRequest(f"Previous response with id '{previous}' not found.",
-                              code="previous_response_not_found",
-                              param="previous_response_id")
+        # Anything else is the stored chain's, as over HTTP (gateway.stored.chain): a turn
+        # the key stores chains there (so the stored record keeps its chain), and an id
+        # neither this socket nor the store holds is previous_response_not_found. The
+        # turn's whole input is then not known here: the socket keeps nothing to chain
+        # from, and the next turn goes to the store too.
+        return None
 
     async def turn(self, body: dict[str, Any], history: bytes | None) -> None:
         """One request through the HTTP path's pipeline."""
@@ -343,26 +352,18 @@ class Connection:
             await sender({"type": "http.response.body", "body": encoder.close()})
         except pipeline.ClientGone:
             return
-        self.remember(sender, history)
+        self.remember(sender, history, warmup=True)
 
-    def remember(self, sender: TurnSender, history: bytes | None) -> None:
+    def remember(self, sender: TurnSender, history: bytes | None,
+                 warmup: bool = False) -> None:
         if sender.status in CHAINABLE and sender.response_id and history is not None:
-            self.last = LastResponse(sender.response_id, history, sender.output)
+            self.last = LastResponse(sender.response_id, history, sender.output, warmup)
         else:
             self.last = None
 
 
 WARMUP_ECHO = ("instructions", "tools", "tool_choice", "parallel_tool_calls", "reasoning",
                "store", "text", "metadata")
-
-
-def stored_chain_expands(previous_id: str) -> bool:
-    """HOOK(store): whether the stored-response chain (gateway.stored.chain, branch
-    ``store``) will expand ``previous_id`` when the turn goes through the pipeline, as it
-    does for HTTP (the turn's own input is then not known here, so the socket keeps no
-    response to chain from: the next turn goes to the store too). Until that is merged
-    nothing is stored, so an id this connection does not hold is not found."""
-    return False
 
 
 def input_items(value: Any) -> list[Any] | None:

@@ -327,7 +327,7 @@ def test_previous_response_id_on_the_socket_sends_the_whole_history_to_a_chat_up
     ]
     # instructions are not carried over (OpenAI's semantics): the first turn's alone had them
     assert sent[0]["messages"][0] == {"role": "system", "content": "be brief"}
-    assert stale == [{"type": "error", "status": 400, "error": {
+    assert stale == [{"type": "error", "status": 404, "error": {
         "message": f"Previous response with id '{first[-1]['response']['id']}' not found.",
         "type": "invalid_request_error", "param": "previous_response_id",
         "code": "previous_response_not_found"}}]
