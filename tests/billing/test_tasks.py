@@ -32,6 +32,7 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from kombu import pools as kombu_pools
 
 from billing import rollups, tasks
 from billing.models import LedgerEntry, RollupState, UsageLog, UsageRollup, UsageRollupTenant
@@ -429,9 +430,12 @@ def _reset_pools() -> None:
     """Drop the connection and producer pools the app built for another broker: a task
     called eagerly earlier in the run (an alert test) makes the producer pool on memory://,
     and the worker's pings and tasks would go there instead of to Redis."""
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    # app.pool is kombu's process-wide pool for the broker URL (kombu.pools.connections),
+    # and the producer pools are registered there too: closing only the app's copy leaves
+    # a closed pool registered for that URL, which the next user of the same broker (another
+    # module's worker fixture) would be handed ("Acquire on closed pool"). Reset them all.
+    kombu_pools.reset()
+    app._pool = None
     amqp = app.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None

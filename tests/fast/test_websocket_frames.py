@@ -121,14 +121,12 @@ def test_previous_response_id_of_the_last_response_expands_to_its_input_output_a
     assert orjson.loads(orjson.dumps(body)) == {"model": "m", "input": expected}
 
 
-def test_any_other_previous_response_id_is_not_found_and_a_turn_without_one_is_its_own():
+def test_any_other_previous_response_id_goes_to_the_stored_chain_and_a_turn_without_one_is_its_own():
     conn = connection()
     conn.last = LastResponse("resp_1", b"[]", [])
-    error = conn.expand({"previous_response_id": "resp_0", "input": []})
-    assert isinstance(error, GatewayError)
-    assert (error.status, error.code, error.param) == (400, "previous_response_not_found",
-                                                       "previous_response_id")
-    assert error.message == "Previous response with id 'resp_0' not found."
+    body = {"previous_response_id": "resp_0", "input": []}
+    assert conn.expand(body) is None  # the pipeline's stored chain expands it, or 404s
+    assert body == {"previous_response_id": "resp_0", "input": []}
     assert isinstance(conn.expand({"previous_response_id": 7}), GatewayError)
     assert isinstance(conn.expand({"previous_response_id": "resp_1", "input": 5}),
                       GatewayError)
@@ -198,3 +196,17 @@ def test_a_refusal_is_a_whole_http_answer_that_closes_the_connection():
     assert answer_bytes == (b"HTTP/1.1 426 Upgrade Required\r\ncontent-type: application/json"
                             b"\r\nContent-Length: 12\r\nConnection: close\r\n\r\n"
                             b'{"error":{}}')
+
+
+def test_a_key_that_stores_chains_through_the_store_unless_the_turn_is_not_stored():
+    conn = connection()
+    conn.stores = True
+    conn.last = LastResponse("resp_1", orjson.dumps([{"role": "user", "content": "a"}]), [ITEM])
+    stored = {"model": "m", "previous_response_id": "resp_1", "input": "b"}
+    assert conn.expand(stored) is None and stored["previous_response_id"] == "resp_1"
+    unstored = {"model": "m", "previous_response_id": "resp_1", "input": "b", "store": False}
+    assert isinstance(conn.expand(unstored), bytes)
+    assert "previous_response_id" not in unstored
+    conn.last = LastResponse("resp_2", b"[]", [], warmup=True)  # a warm-up is never stored
+    warm = {"model": "m", "previous_response_id": "resp_2", "input": "b"}
+    assert isinstance(conn.expand(warm), bytes) and "previous_response_id" not in warm
