@@ -202,7 +202,8 @@ def staging(args: argparse.Namespace) -> str:
                     print(_row(result), flush=True)
                     rows.setdefault((name, mode), []).append(result)
         stored = manage_shell(stack.env, "from gateway.models import StoredResponse\n"
-                                         "print(StoredResponse.objects.count())").strip()
+                                         "print(StoredResponse.objects.count())"
+                              ).strip().splitlines()[-1]
     finally:
         stack.close()
     lines = [f"stored responses in the database after the runs: {stored}", "",

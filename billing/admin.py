@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from billing.models import LedgerEntry, ModelPrice, UsageLog, UsageRollup
 from billing.services import tenant_topup
-from keys.admin import TenantAdmin
+from keys.admin import KeepStorageSettings, TenantAdmin
 from keys.models import Tenant
 
 
@@ -137,7 +137,7 @@ class UsageLogAdmin(admin.ModelAdmin):
 # --- tenants: balance, top-ups and the ledger ----------------------------------------------
 # The Tenant admin lives in keys; billing extends it here so keys never imports billing.
 
-class TenantBillingForm(forms.ModelForm):
+class TenantBillingForm(KeepStorageSettings):
     top_up = forms.DecimalField(
         required=False, max_digits=18, decimal_places=6,
         help_text="Add this amount to the balance (negative to deduct); recorded in the "

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
@@ -35,8 +36,30 @@ class MembershipInline(admin.TabularInline):
     autocomplete_fields = ("user",)
 
 
+class KeepStorageSettings(forms.ModelForm):
+    """The response storage settings keep their current value (the default, for a new row)
+    when a submitted form leaves them out: a form posted by a script written before they
+    existed must not fail, nor turn storage off."""
+
+    STORAGE_FIELDS = ("response_storage", "response_retention_days")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in self.STORAGE_FIELDS:
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        for name in self.STORAGE_FIELDS:
+            if name in self.fields and data.get(name) in (None, ""):
+                data[name] = getattr(self.instance, name)
+        return data
+
+
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
+    form = KeepStorageSettings
     readonly_fields = ("balance",)
     fields: ClassVar[tuple[str, ...]] = ("name", "status", "group", "balance",
                                          "response_storage", "response_retention_days")
@@ -84,6 +107,7 @@ class MembershipAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
+    form = KeepStorageSettings
     list_display = ("name", "masked_secret", "tenant", "status", "expires_at", "rpm", "rpd",
                     "concurrency", "max_tokens", "quota", "created_at")
     list_filter = ("status", "tenant", "group", "created_at")

@@ -480,9 +480,11 @@ def _insert(records: list[StoredRecord]) -> int:
     from gateway.models import StoredResponse
 
     if connection.vendor != "postgresql":
+        # Through orjson and back first: a captured response can hold orjson.Fragment
+        # values (a stream's exact usage.cost), which the ORM's json.dumps cannot write.
+        rows = [StoredResponse(**StoredRecord.decode(r.encode()).row_values()) for r in records]
         with transaction.atomic():
-            StoredResponse.objects.bulk_create(
-                [StoredResponse(**r.row_values()) for r in records], ignore_conflicts=True)
+            StoredResponse.objects.bulk_create(rows, ignore_conflicts=True)
         return len(records)
     table = StoredResponse._meta.db_table
     columns = ", ".join(ROW_FIELDS)

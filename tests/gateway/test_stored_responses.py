@@ -23,10 +23,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from django.conf import settings
 
 from gateway.models import StoredResponse
 from gateway.services import upstream_create
 from gateway.stored import store
+from gateway.tasks import expire_stored_responses
 from keys.models import Tenant
 from keys.services import key_create, tenant_update
 from tests.conftest import UPSTREAM_SECRET
@@ -358,7 +360,9 @@ def test_retention_deletes_what_is_due_and_nothing_else(sdk: openai.OpenAI,
     assert abs((rows[0].expires_at - rows[0].created_at).total_seconds() - 86400) < 5
     assert abs((rows[1].expires_at - rows[1].created_at).total_seconds() - 30 * 86400) < 5
     now = time.time()
-    assert store.expire(now=now) == 0
+    assert expire_stored_responses() == 0  # the beat task, now: nothing is due
     assert store.expire(now=now + 2 * 86400) == 1
     assert list(StoredResponse.objects.values_list("id", flat=True)) == [long.id]
     assert store.expire(now=now + 2 * 86400) == 0
+    schedule = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert {"gateway.tasks.expire_stored_responses", "gateway.drain_store_journal"} <= schedule

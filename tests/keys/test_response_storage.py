@@ -178,3 +178,36 @@ def test_portal_key_form_sets_the_key_override() -> None:
     assert key.response_storage == "off"
     detail = client.get(reverse("portal:key_detail", args=[key.pk]))
     assert "Off (zero data retention)" in detail.content.decode()
+
+
+def _tenant_form(admin_client: Client, tenant: Tenant, **fields: str) -> dict[str, Any]:
+    page = admin_client.get(reverse("admin:keys_tenant_change", args=[tenant.pk]))
+    assert b'name="response_storage"' in page.content
+    data: dict[str, Any] = {"name": tenant.name, "status": "active", "group": "",
+                            "top_up": "", "top_up_note": "", **fields}
+    for formset in page.context["inline_admin_formsets"]:
+        management = formset.formset.management_form
+        for name, field in management.fields.items():
+            data[f"{management.prefix}-{name}"] = management.initial.get(name, field.initial)
+    return data
+
+
+def test_admin_sets_the_tenant_storage_and_keeps_it_when_left_out(admin_client: Client) -> None:
+    tenant = Tenant.objects.create(name="acme")
+    url = reverse("admin:keys_tenant_change", args=[tenant.pk])
+    saved = admin_client.post(url, _tenant_form(admin_client, tenant, response_storage="off",
+                                                response_retention_days="9"))
+    assert saved.status_code == 302, saved.content.decode()[:2000]
+    tenant.refresh_from_db()
+    assert (tenant.response_storage, tenant.response_retention_days) == ("off", 9)
+    # A form without them (a script written before they existed) keeps them as they are.
+    kept = admin_client.post(url, _tenant_form(admin_client, tenant))
+    assert kept.status_code == 302
+    tenant.refresh_from_db()
+    assert (tenant.response_storage, tenant.response_retention_days) == ("off", 9)
+    bad = admin_client.post(url, _tenant_form(admin_client, tenant,
+                                              response_retention_days="0"))
+    assert bad.status_code == 200  # the form again, with the error
+    key = key_create(tenant=tenant, name="k").key
+    page = admin_client.get(reverse("admin:keys_apikey_change", args=[key.pk]))
+    assert b'name="response_storage"' in page.content
