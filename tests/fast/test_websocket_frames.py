@@ -121,7 +121,7 @@ def test_previous_response_id_of_the_last_response_expands_to_its_input_output_a
     assert orjson.loads(orjson.dumps(body)) == {"model": "m", "input": expected}
 
 
-def test_any_other_previous_response_id_goes_to_the_stored_chain_and_a_turn_without_one_is_its_own():
+def test_any_other_previous_response_id_goes_to_the_stored_chain_and_one_without_is_its_own():
     conn = connection()
     conn.last = LastResponse("resp_1", b"[]", [])
     body = {"previous_response_id": "resp_0", "input": []}
