@@ -46,15 +46,18 @@ class TenantSettingsForm(forms.Form):
         max_digits=18, decimal_places=6,
         help_text=gettext_lazy("Owners and admins get an email when the available balance "
                                "falls below this amount. Empty: no alert."))
+    # Not required: a form posted without them (a script written before they existed)
+    # keeps the tenant's values, as the admin does.
     response_storage = forms.ChoiceField(
         label=gettext_lazy("Response storage"), choices=ResponseStorage.choices,
+        required=False,
         help_text=gettext_lazy("On: answers of /v1/responses are kept, so clients can "
                                "continue a conversation with previous_response_id and read "
                                "it back. Off: zero data retention, nothing of a "
                                "conversation is kept. A key may override this."))
     response_retention_days = forms.IntegerField(
         label=gettext_lazy("Keep stored responses for (days)"), min_value=1,
-        max_value=MAX_RETENTION_DAYS,
+        max_value=MAX_RETENTION_DAYS, required=False,
         help_text=gettext_lazy("Stored responses are deleted this many days after they "
                                "were made."))
 
@@ -228,8 +231,10 @@ def tenant_settings(request: HttpRequest) -> HttpResponse:
                 tenant=tenant, actor=request.membership,  # type: ignore[attr-defined]
                 members_can_create_keys=form.cleaned_data["members_can_create_keys"],
                 low_balance_threshold=form.cleaned_data["low_balance_threshold"],
-                response_storage=form.cleaned_data["response_storage"],
-                response_retention_days=form.cleaned_data["response_retention_days"])
+                response_storage=(form.cleaned_data["response_storage"]
+                                  or tenant.response_storage),
+                response_retention_days=(form.cleaned_data["response_retention_days"]
+                                         or tenant.response_retention_days))
             messages.success(request, _("Settings saved."))
             return redirect("portal:settings")
     else:
