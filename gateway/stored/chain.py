@@ -25,8 +25,7 @@ stores responses or that names a previous response, and leaves a ``Turn`` on the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -84,8 +83,6 @@ class Turn:
     passthrough: bool = False  # captured on a passthrough path (the upstream's own id)
     route: Route | None = None  # where it was served
     history: bytes | None = None  # the record's history_json(), once built
-    local: Mapping[str, StoredRecord] | None = None  # a transport's own responses (prepare)
-    extra: dict[str, Any] = field(default_factory=dict)  # for transports built on top
 
     # --- the upstream body -------------------------------------------------------------
 
@@ -94,14 +91,7 @@ class Turn:
         if self.expanded is None:
             prev = self.previous
             assert prev is not None
-            local = self.local
-            chain = [local.get(i) for i in [*prev.ancestors, prev.id]] if local else []
-            if chain and all(chain):  # a transport's own chain (a WebSocket's)
-                history = [item for record in chain if record is not None
-                           for item in record.history()]
-            else:
-                history = await store.history(prev)
-            self.expanded = expanded_body(self.payload, history)
+            self.expanded = expanded_body(self.payload, await store.history(prev))
         return self.expanded
 
     # --- the record --------------------------------------------------------------------
@@ -183,31 +173,22 @@ def expanded_body(payload: dict[str, Any],
 # --- the pipeline's step -------------------------------------------------------------------
 
 async def prepare(ctx: RelayContext, key: KeySnapshot, payload: dict[str, Any], body: bytes,
-                  candidates: list[UpstreamRef],
-                  local: Mapping[str, StoredRecord] | None = None
-                  ) -> tuple[dict[str, Any], bytes, int]:
-    """(the body to route and admit, its bytes, its size for the reservation estimate).
-
-    ``local``: responses a transport keeps for itself (a WebSocket's connection-local
-    chain), looked up before the store."""
+                  candidates: list[UpstreamRef]) -> tuple[dict[str, Any], bytes, int]:
+    """(the body to route and admit, its bytes, its size for the reservation estimate)."""
     prev_id = payload.get("previous_response_id")
     storing = key.store_days > 0 and payload.get("store") is not False
-    if prev_id is None and not storing and local is None:
+    if prev_id is None and not storing:
         return payload, body, len(body)
     turn = Turn(tenant_id=key.tenant_id, key_id=key.key_id, store_days=key.store_days,
                 storing=storing, payload=payload, body=body,
                 items=input_items(payload.get("input")))
     ctx.turn = turn
-    turn.local = local
     if prev_id is None:
         return payload, body, len(body)
     assert isinstance(prev_id, str)  # gateway.validate checked the type
-    prev = local.get(prev_id) if local is not None else None
-    pin: str | None = None
-    if prev is None:
-        if key.store_days <= 0:
-            raise storage_off()
-        prev, pin = await store.lookup(prev_id, key.tenant_id)
+    if key.store_days <= 0:
+        raise storage_off()
+    prev, pin = await store.lookup(prev_id, key.tenant_id)
     if prev is None or prev.tenant_id != key.tenant_id:
         raise not_found(prev_id)
     turn.previous = prev
