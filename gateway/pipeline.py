@@ -53,6 +53,7 @@ from gateway.errors import (
     RateLimited,
     UnsupportedContentType,
 )
+from gateway.metrics import observe
 from gateway.outcome import Outcome
 from gateway.providers.failures import UpstreamFailed
 from gateway.providers.registry import FORWARDED_HEADERS
@@ -321,19 +322,23 @@ async def list_models(ctx: RelayContext, model_id: str | None, send: Send) -> No
 
 # --- entry ------------------------------------------------------------------------------
 
-_in_flight = 0
+_active: dict[str, RelayContext] = {}  # this process's requests being answered
 
 
 def in_flight() -> int:
-    return _in_flight
+    return len(_active)
+
+
+def open_streams() -> int:
+    """Requests whose streamed answer has started and not ended (read by the metrics)."""
+    return sum(1 for ctx in _active.values() if ctx.stream_open)
 
 
 async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
-    global _in_flight
     kwargs = scope.get("url_route", {}).get("kwargs", {})
     endpoint = kwargs.get("endpoint") or ""
     ctx = RelayContext.start(scope, endpoint or scope.get("path", ""))
-    _in_flight += 1
+    _active[ctx.request_id] = ctx
     try:
         spec = ENDPOINTS.get(endpoint)
         if spec is None:
@@ -368,8 +373,9 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
             f"Request id: {ctx.request_id}."))
         ctx.error_code = ctx.error_code or "internal_error"
     finally:
-        _in_flight -= 1
+        del _active[ctx.request_id]
         record(ctx)
+        observe(ctx)
 
 
 async def answer_error(ctx: RelayContext, send: Send, error: GatewayError) -> None:

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.urls import URLPattern, re_path
 
 from gateway.app import gateway_app, status_app
+from gateway.metrics import metrics_app
 from gateway.websocket import refused_socket, responses_socket
 
 ENDPOINT = (r"(?P<endpoint>responses/compact|responses|chat/completions|models"
@@ -32,6 +33,7 @@ def gateway_patterns() -> list[URLPattern]:
     # views: hence the ignores.
     return [
         re_path(r"^_gateway/status$", status_app),  # type: ignore[arg-type]
+        re_path(r"^metrics$", metrics_app),  # type: ignore[arg-type]
         re_path(rf"^{prefix}(?:v1/)?{ENDPOINT}/?$", gateway_app),  # type: ignore[arg-type]
         re_path(rf"^{prefix}(?:v1/)?(?P<endpoint>models)/(?P<model_id>.+)$",
                 gateway_app),  # type: ignore[arg-type]

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 from django.conf import settings
 
 from portal.infra import rediskeys
+from portal.infra.metrics import redis_roundtrip
 from portal.infra.redis import fast_redis, sync_redis
 
 # A limiter's clock: unix seconds, ``time.time`` unless a test passes its own. Every "now"
@@ -164,7 +165,9 @@ class RedisLimiter:
         args = [int(now * 1000), a.request_id, a.rpm, a.rpd, seconds_left, a.tpm,
                 a.concurrency, lease_ms(), a.reserve, int(a.key_quota), int(a.commit), k,
                 rediskeys.account_prefix("key")]
+        started = time.perf_counter()
         result = await self._client().evalsha(self._admit_src, keys, args)
+        redis_roundtrip("admit", started)
         code, x, y = result[:3]
         if code == OK:
             binding = result[3].decode() if a.session and result[3] else None
@@ -185,7 +188,9 @@ class RedisLimiter:
         args = [a.request_id, a.reserve, a.reserve - refund, int(a.key_quota),
                 tokens if a.tpm else 0, int(self._clock() * 1000),
                 binding if a.session and binding else "", sticky_ttl(), k, row]
+        started = time.perf_counter()
         await self._client().evalsha(self._settle_src, keys, args)
+        redis_roundtrip("settle", started)
 
     async def renew(self, leases: list[Admission]) -> None:
         """Extend the concurrency slots and reservations of requests still running."""

@@ -6,8 +6,13 @@ import os
 
 from celery import Celery
 
+from portal.infra import metrics
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 app = Celery("turnpike")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# Task outcomes and durations for /metrics (portal.infra.metrics; README, "Metrics").
+metrics.connect_celery()

@@ -30,6 +30,7 @@ from gateway.respond import Send
 from gateway.routing import Route
 from gateway.translate import canonical as c
 from gateway.translate import responses
+from portal.infra.metrics import credential_cooled
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ async def _after_failure(route: Route, failure: UpstreamFailure,
     cred = route.credential
     if cred is None:
         return
+    if failure.disable or failure.cool:
+        credential_cooled(route.upstream.name, failure.disable)
     if failure.disable:
         await limiter().cool(cred.id, 3600)  # every process skips it at once
         await sync_to_async(_disable_credential, thread_sensitive=False)(

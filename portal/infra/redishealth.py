@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 
 from django.conf import settings
 
+from portal.infra import metrics
+
 log = logging.getLogger("turnpike.redis")
 
 RETRY_SECONDS = 1.0
@@ -51,6 +53,7 @@ class RedisHealth:
         self._retry_at = now + RETRY_SECONDS
         if self.down_since is None:
             self.down_since = now
+            metrics.redis_lost()
             log.error("Redis is unreachable (%s: %s); GATEWAY_REDIS_FAILURE=%s: %s",
                       type(exc).__name__, exc, settings.GATEWAY_REDIS_FAILURE,
                       "refusing requests with 503 until it returns"
@@ -62,6 +65,7 @@ class RedisHealth:
             return
         outage = time.monotonic() - self.down_since
         self.down_since = None
+        metrics.redis_back()
         log.warning("Redis is reachable again after %.1f s", outage)
         for callback in self._recovery:
             task = asyncio.get_running_loop().create_task(callback())

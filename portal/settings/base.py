@@ -7,6 +7,7 @@ in-process cache/limits/channel layer, and Celery tasks run eagerly in-process.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import warnings
 from pathlib import Path
 
@@ -426,6 +427,27 @@ if GATEWAY_REDIS_FAILURE not in ("closed", "open"):
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured("GATEWAY_REDIS_FAILURE must be 'closed' or 'open'")
+
+# --- Metrics (Prometheus, README "Metrics") ------------------------------------------------
+# Off: requests record nothing (the hot path's kill switch) and /metrics answers 404.
+GATEWAY_METRICS = env_bool("GATEWAY_METRICS", True)
+# A scrape of /metrics must come from one of these addresses or networks, and, when
+# METRICS_TOKEN is set, send it as "Authorization: Bearer <token>".
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+METRICS_ALLOW = env_list("METRICS_ALLOW", ["127.0.0.1/32", "::1/128"])
+for _network in METRICS_ALLOW:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            f"METRICS_ALLOW: {_network!r} is not an IP address or network ({exc})") from exc
+# How often each process writes what its requests counted into the shared metric values
+# (requests add to plain counters in memory; a scrape sees them at most this late).
+METRICS_FLUSH_SECONDS = env_float("METRICS_FLUSH_SECONDS", 1.0)
+if not 0 < METRICS_FLUSH_SECONDS <= 60:
+    raise ImproperlyConfigured("METRICS_FLUSH_SECONDS must be more than 0 and at most 60")
+# The Celery queues whose length /metrics reports (read from the broker at scrape time).
+METRICS_CELERY_QUEUES = env_list("METRICS_CELERY_QUEUES", ["celery"])
 
 # --- Billing -------------------------------------------------------------------------------
 # Reservations estimate input tokens from the body size (tokenizing on the hot path costs
