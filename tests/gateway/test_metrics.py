@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -20,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from billing.models import ModelPrice
@@ -29,8 +27,8 @@ from gateway.models import Upstream
 from gateway.services import upstream_create
 from portal.infra.redis import sync_redis
 from tests.conftest import gateway_env
+from tests.fast.test_metrics import METRIC_NAME, dashboard_exprs, rule_exprs
 from tests.servers import (
-    ROOT,
     FakeUpstream,
     Gateway,
     start_celery_worker,
@@ -47,8 +45,6 @@ pytestmark = [
 
 TOKEN = "scrape-token-5d1f0c"
 QUEUE = f"turnpike-metrics-test-{os.getpid()}"
-DASHBOARD = ROOT / "deploy" / "grafana" / "turnpike-dashboard.json"
-RULES = ROOT / "deploy" / "prometheus" / "turnpike-alerts.yml"
 
 # The samples whose changes a request's expectations list in full.
 COUNTED = {
@@ -548,49 +544,6 @@ def test_queue_length_and_upstream_health_are_read_at_scrape_time(
 
 
 # --- the dashboard and the alert rules ------------------------------------------------------
-
-METRIC_NAME = re.compile(r"\bturnpike_[a-z0-9_]+\b")
-
-
-def dashboard_exprs() -> list[str]:
-    board = json.loads(DASHBOARD.read_text())
-    exprs = [target["expr"] for panel in board["panels"] for target in panel.get("targets", [])]
-    exprs += [str(v.get("query", "")) for v in board.get("templating", {}).get("list", [])]
-    return exprs
-
-
-def rule_exprs() -> list[str]:
-    return [rule["expr"] for group in yaml.safe_load(RULES.read_text())["groups"]
-            for rule in group["rules"]]
-
-
-@pytest.mark.fast
-def test_the_dashboard_and_the_alert_rules_are_well_formed() -> None:
-    board = json.loads(DASHBOARD.read_text())
-    assert board["title"] and board["uid"] and board["schemaVersion"] >= 36
-    ids = [panel["id"] for panel in board["panels"]]
-    assert len(ids) == len(set(ids))
-    for panel in board["panels"]:
-        assert panel["type"] in ("row", "timeseries", "stat", "gauge", "table", "bargauge")
-        assert set(panel["gridPos"]) == {"h", "w", "x", "y"}
-        if panel["type"] != "row":
-            assert panel["targets"], panel["title"]
-            for target in panel["targets"]:
-                assert target["refId"] and METRIC_NAME.search(target["expr"]), panel["title"]
-    alerts = {}
-    for group in yaml.safe_load(RULES.read_text())["groups"]:
-        assert group["name"] and group["rules"]
-        for rule in group["rules"]:
-            assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}
-            assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
-            assert rule["labels"]["severity"] in ("warning", "critical")
-            assert rule["annotations"]["summary"] and rule["annotations"]["description"]
-            assert METRIC_NAME.search(rule["expr"]), rule["alert"]
-            alerts[rule["alert"]] = rule
-    # The five the operators asked for.
-    assert {"TurnpikeHighErrorRate", "TurnpikeUpstreamDown", "TurnpikeRedisUnreachable",
-            "TurnpikeUsageSpoolGrowing", "TurnpikeHighLatencyP99"} <= set(alerts)
-
 
 def test_every_metric_the_dashboard_and_the_rules_use_is_exposed(
         scraper: Scraper, world: dict[str, Any], open_fake: FakeUpstream,
