@@ -4,6 +4,7 @@
     python -m benchmarks.run --smoke         # seconds: proves the suite runs and reports
     python -m benchmarks.run --only nonstream,stream --seconds 5
     python -m benchmarks.run --peer litellm=http://127.0.0.1:4000/v1 --peer-key sk-...
+    python -m benchmarks.run --observability --rounds 4 --seconds 8   # metrics on vs off
 
 It starts a fast mock upstream (Node, benchmarks/mock_upstream.js) and Turnpike (daphne +
 uvloop, PostgreSQL + Redis, full policy: key auth, every limit in Redis, usage metering),
@@ -462,6 +463,141 @@ def run_suite(args: argparse.Namespace) -> list[Result]:
     return results
 
 
+# --- what observability costs ---------------------------------------------------------------
+
+# The gateway variants compared by --observability: everything that observes requests off
+# (metrics, and the access log and tracing, whose settings other changes add: an unknown
+# variable is harmless), the defaults with one in-memory registry per process, and the
+# defaults with prometheus-client's multiprocess mode (memory-mapped value files).
+OBSERVABILITY_VARIANTS = {
+    "off": {"GATEWAY_METRICS": "false", "GATEWAY_ACCESS_LOG": "false"},
+    "on (in-memory)": {},
+    "on (multiprocess)": {"PROMETHEUS_MULTIPROC_DIR": ""},  # set per run
+}
+
+
+def observability(args: argparse.Namespace) -> list[Result]:
+    """The same non-stream load (64 clients) against one gateway process per variant,
+    taking turns for ``args.rounds`` rounds so the machine's drift hits every variant
+    alike; the gateway's CPU per request, and the in-process cost of one request's
+    ``observe`` (and of the writes its flush makes)."""
+    import tempfile
+
+    stack = Stack(args.database_url, args.redis_url, args.keys)
+    results: list[Result] = []
+    try:
+        multiproc = tempfile.mkdtemp(prefix="turnpike-prom-")
+        targets: dict[str, Target] = {}
+        for name, extra in OBSERVABILITY_VARIANTS.items():
+            env = {**stack.env, **extra}
+            if "PROMETHEUS_MULTIPROC_DIR" in extra:
+                env["PROMETHEUS_MULTIPROC_DIR"] = multiproc
+            proc, port = start_gateway(stack.procs, env)
+            wait_port(port)
+            targets[name] = Target(name, f"http://127.0.0.1:{port}/v1", stack.key, pid=proc.pid)
+            loadgen(targets[name].base_url + "/chat/completions", CHAT, stack.key, 4, 1)
+        for _ in range(args.rounds):
+            for target in targets.values():
+                results.append(measure("observability", target, "/chat/completions", CHAT,
+                                       64, args.seconds))
+                print(_row(results[-1]), flush=True)
+    finally:
+        stack.close()
+    micro = {name: observe_micro(mode) for name, mode in (("in-memory", False),
+                                                          ("multiprocess", True))}
+    print(observability_summary(results, micro))
+    return results
+
+
+def observability_summary(results: list[Result], micro: dict[str, dict[str, float]]) -> str:
+    import statistics
+
+    by: dict[str, list[float]] = {}
+    for r in results:
+        if r.cpu_ms_per_request is not None:
+            by.setdefault(r.target, []).append(r.cpu_ms_per_request)
+    off = statistics.median(by["off"]) if by.get("off") else None
+    lines = ["| gateway | CPU ms/request (each round) | median | vs off |", "|---|---|---|---|"]
+    for name, values in by.items():
+        median = statistics.median(values)
+        change = f"{(median - off) / off * 100:+.1f}%" if off else "-"
+        lines.append(f"| {name} | {' / '.join(f'{v:.3f}' for v in values)} | {median:.3f} | "
+                     f"{change} |")
+    lines += ["", "| values | observe() µs/request | + its flush, batched (µs/request) | "
+              "flushed after every request (µs) |", "|---|---|---|---|"]
+    for name, m in micro.items():
+        lines.append(f"| {name} | {m['observe_us']:.2f} | {m['batched_us']:.2f} | "
+                     f"{m['direct_us']:.2f} |")
+    return "\n".join(lines)
+
+
+def observe_micro(multiprocess: bool, n: int = 20000) -> dict[str, float]:
+    """``gateway.metrics.observe`` on a served chat request (tokens, cost, one attempt),
+    timed in a fresh process (CPU time, so other processes' load counts less): alone, with the flush every 1,000 requests (one second at
+    1,000 requests/s), and flushed after every request (what writing each metric directly
+    would cost)."""
+    import tempfile
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if multiprocess:
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="turnpike-prom-micro-")
+    out = subprocess.run([PY, "-c", f"from benchmarks.run import _observe_micro_child as f; "
+                                    f"f({n})"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _observe_micro_child(n: int) -> None:
+    import asyncio
+    from decimal import Decimal
+    from types import SimpleNamespace
+
+    import django
+
+    django.setup()
+    from gateway.context import RelayContext
+    from gateway.metrics import observe
+    from gateway.wire.usage import Usage
+    from portal.infra.metrics import tally
+
+    scope = {"headers": [(b"user-agent", b"bench")], "client": ("127.0.0.1", 1)}
+    ctx = RelayContext.start(scope, "chat/completions")
+    ctx.model, ctx.status, ctx.first_byte_at = "bench-model", 200, ctx.started + 0.002
+    ctx.ticket = SimpleNamespace(limiter=None)  # type: ignore[assignment]
+    ctx.settlement = SimpleNamespace(cost=Decimal("0.000123"))  # type: ignore[assignment]
+    ctx.outcome.route = SimpleNamespace(upstream=SimpleNamespace(name="mock"))  # type: ignore[assignment]
+    ctx.outcome.served = True
+    ctx.outcome.usage = Usage(input_tokens=12, cached_tokens=4, output_tokens=30,
+                              reasoning_tokens=8)
+    ctx.outcome.attempts = [{"upstream": "mock", "upstream_id": 1, "credential_id": 1,
+                             "status": 200, "error": "", "ms": 3}]
+
+    async def run() -> dict[str, float]:
+        observe(ctx)
+        tally.flush()
+        started = time.process_time()
+        for _ in range(n):
+            observe(ctx)
+        alone = time.process_time() - started
+        tally.flush()
+        started = time.process_time()
+        for i in range(n):
+            observe(ctx)
+            if i % 1000 == 999:
+                tally.flush()
+        batched = time.process_time() - started
+        started = time.process_time()
+        for _ in range(n // 10):
+            observe(ctx)
+            tally.flush(samples=False)
+        direct = time.process_time() - started
+        return {"observe_us": alone / n * 1e6, "batched_us": batched / n * 1e6,
+                "direct_us": direct / (n // 10) * 1e6}
+
+    print(json.dumps(asyncio.run(run())))
+
+
 def _row(r: Result) -> str:
     load = r.load
     cpu = f"{r.cpu_ms_per_request:.3f}" if r.cpu_ms_per_request is not None else "-"
@@ -528,10 +664,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=os.environ.get(
         "BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"))
     parser.add_argument("--json", help="write the results to this file too")
+    parser.add_argument("--observability", action="store_true",
+                        help="only compare the gateway's CPU per request with metrics (and "
+                             "the access log) off and on, in turns")
+    parser.add_argument("--rounds", type=int, default=3, help="turns for --observability")
     args = parser.parse_args(argv)
     if args.seconds is None:
         args.seconds = 1.0 if args.smoke else 10.0
     ensure_database(args.database_url)
+    if args.observability:
+        results = observability(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=1))
+        return 0 if results and all(r.load["requests"] > 0 for r in results) else 1
     results = run_suite(args)
     print()
     print(summary(results))

@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from gateway.context import RelayContext
 from gateway.respond import Receive, Send
+from keys.limits import fallback_limiter
 from portal.infra import metrics as m
 from portal.infra.metrics import tally
 
@@ -70,6 +71,7 @@ class Bounded:
         return label
 
 
+LOCAL_LIMITER = fallback_limiter()  # admits while Redis is away (GATEWAY_REDIS_FAILURE=open)
 models = Bounded(500)
 error_codes = Bounded(200)
 
@@ -127,11 +129,14 @@ def _observe(ctx: RelayContext) -> None:  # noqa: C901 (one flat pass over the r
         tally.observe(m.FIRST_BYTE_SECONDS, timing, ctx.first_byte_at - ctx.started)
     usage = out.usage
     if usage is not None:
-        for kind, tokens in (("input", usage.input_tokens), ("cached", usage.cached_tokens),
-                             ("output", usage.output_tokens),
-                             ("reasoning", usage.reasoning_tokens)):
-            if tokens:
-                count(m.TOKENS, (model, upstream, kind), tokens)
+        if usage.input_tokens:
+            count(m.TOKENS, (model, upstream, "input"), usage.input_tokens)
+        if usage.cached_tokens:
+            count(m.TOKENS, (model, upstream, "cached"), usage.cached_tokens)
+        if usage.output_tokens:
+            count(m.TOKENS, (model, upstream, "output"), usage.output_tokens)
+        if usage.reasoning_tokens:
+            count(m.TOKENS, (model, upstream, "reasoning"), usage.reasoning_tokens)
     settlement = ctx.settlement
     if settlement is not None and settlement.cost:
         count(m.COST, (model, upstream), float(settlement.cost))
@@ -147,14 +152,8 @@ def _observe(ctx: RelayContext) -> None:  # noqa: C901 (one flat pass over the r
                 count(m.FAILOVERS, (name,))
     if code in LIMITER_CODES:
         count(m.LIMITER_REFUSALS, (code,))
-    if ticket is not None and ticket.limiter is _fallback_limiter():
+    if ticket is not None and ticket.limiter is LOCAL_LIMITER:
         count(m.LOCAL_ADMISSIONS, ())
-
-
-def _fallback_limiter() -> object:
-    from keys.limits import fallback_limiter
-
-    return fallback_limiter()
 
 
 # This process's own gauges, read at every flush (gateway.pipeline imports this module, so
