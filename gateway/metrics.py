@@ -39,10 +39,13 @@ from portal.infra.metrics import tally
 
 log = logging.getLogger(__name__)
 
-# The router's endpoint names (gateway.pipeline.ENDPOINTS); any other path is "other".
+# The router's endpoint names (gateway.pipeline.ENDPOINTS), and the run of a background
+# response (gateway.stored.background: its POST is counted as "responses" when it is
+# queued, its run, wherever it runs, as this); any other path is "other".
+BACKGROUND = "responses/background"
 ENDPOINTS = frozenset({"responses", "responses/compact", "chat/completions", "models",
                        "dashboard/billing/subscription", "dashboard/billing/usage",
-                       "responses/stored"})
+                       "responses/stored", BACKGROUND})
 # Refusals by the key policy's limits (gateway.policy, checks 5-9), by Redis being away
 # (GATEWAY_REDIS_FAILURE=closed), and because every credential was cooling down.
 LIMITER_CODES = frozenset({"quota_exceeded", "rate_limit_rpm", "rate_limit_rpd",
@@ -96,16 +99,16 @@ def attempt_outcome(entry: dict[str, Any]) -> str:
     return "client_error" if status < 500 else "server_error"
 
 
-def observe(ctx: RelayContext) -> None:
-    """Count one finished request (after ``pipeline.record``: its cost is settled). Never
-    raises: a metrics bug must not reach the request."""
+def observe(ctx: RelayContext, endpoint: str | None = None) -> None:
+    """Count one finished request (after ``pipeline.record``: its cost is settled), as
+    ``endpoint`` if given. Never raises: a metrics bug must not reach the request."""
     try:
-        _observe(ctx)
+        _observe(ctx, endpoint or ctx.endpoint)
     except Exception:
         log.exception("metrics: counting request %s failed", ctx.request_id)
 
 
-def _observe(ctx: RelayContext) -> None:  # noqa: C901 (one flat pass over the request's figures)
+def _observe(ctx: RelayContext, endpoint: str) -> None:  # noqa: C901 (one flat pass)
     on = tally.enabled
     if not on and (on is False or not m.configure()):
         return
@@ -115,7 +118,8 @@ def _observe(ctx: RelayContext) -> None:  # noqa: C901 (one flat pass over the r
     upstream = route.upstream.name if route is not None else ""
     ticket = ctx.ticket
     model = models(ctx.model) if ticket is not None else ""
-    endpoint = ctx.endpoint if ctx.endpoint in ENDPOINTS else OTHER
+    if endpoint not in ENDPOINTS:
+        endpoint = OTHER
     stream = "true" if ctx.stream else "false"
     status = ctx.status or 500
     code = out.error_code or ctx.error_code
@@ -201,9 +205,23 @@ def allowed_networks() -> list[Any]:
     return _networks[1]
 
 
+# Headers a proxy puts the client's address in; daphne --proxy-headers (the Dockerfile's
+# command) takes the address from X-Forwarded-For whoever sent it.
+PROXY_HEADERS = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
+
+
 def refusal(scope: dict[str, Any]) -> tuple[int, str] | None:
     """(status, message) when this scrape may not read the metrics: 403 for an address
-    outside METRICS_ALLOW, 401 without the METRICS_TOKEN bearer token when one is set."""
+    outside METRICS_ALLOW, or for a scrape that came through a proxy (its address may be
+    whatever the client claimed) while no METRICS_TOKEN is set; 401 without the
+    METRICS_TOKEN bearer token when one is set."""
+    headers = dict(scope.get("headers") or [])
+    token = settings.METRICS_TOKEN
+    if not token and any(name in headers for name in PROXY_HEADERS):
+        return 403, ("Forbidden: this scrape came through a proxy (it carries "
+                     "X-Forwarded-For or Forwarded), so its address cannot be trusted; set "
+                     "METRICS_TOKEN to scrape through a proxy, or scrape the gateway "
+                     "directly.\n")
     client = scope.get("client")
     try:
         address: Any = ipaddress.ip_address(client[0]) if client else None
@@ -216,10 +234,8 @@ def refusal(scope: dict[str, Any]) -> tuple[int, str] | None:
         shown = client[0] if client else "an unknown address"
         return 403, (f"Forbidden: /metrics is not served to {shown}; add its address or "
                      "network to METRICS_ALLOW.\n")
-    token = settings.METRICS_TOKEN
     if token:
-        given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, value = given.decode("latin-1").partition(" ")
+        scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
                                                                  token.encode()):
             return 401, ("Unauthorized: /metrics needs the header "

@@ -55,6 +55,7 @@ from gateway import policy
 from gateway.charging import Settlement
 from gateway.context import RelayContext
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
+from gateway.metrics import BACKGROUND, observe
 from gateway.outcome import Outcome
 from gateway.respond import Receive, Send, send_chunk, send_json, start_stream
 from gateway.stored import runs as runstate
@@ -599,11 +600,15 @@ async def execute(job: Job) -> None:
         ctx.error_code = "cancelled" if await _status(state, record.id) == "cancelled" \
             else "background_not_started"
         await settle()
+        observe(ctx, BACKGROUND)
         return
     a = ticket.admission
     if a.concurrency or a.reserve:
         policy.leases.hold(a)  # renewed while it runs, on whichever process runs it
-    await Runner(job, state, seq, ctx, running_record).run()
+    try:
+        await Runner(job, state, seq, ctx, running_record).run()
+    finally:
+        observe(ctx, BACKGROUND)  # its attempts, tokens and cost (README, "Metrics")
 
 
 async def _status(state: Any, rid: str) -> str:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,7 @@ def test_an_attempts_outcome_is_one_of_a_few_words(status: int, error: str,
 
 
 def test_the_endpoint_label_knows_every_routed_endpoint() -> None:
-    assert frozenset(ENDPOINTS) == gm.ENDPOINTS
+    assert frozenset(ENDPOINTS) | {gm.BACKGROUND} == gm.ENDPOINTS
 
 
 def test_a_bounded_label_keeps_the_first_values_and_calls_the_rest_other() -> None:
@@ -147,6 +148,21 @@ def test_with_metrics_token_a_scrape_must_bear_it(settings: Any, header: str | N
         assert refused is not None and refused[0] == 401 and "METRICS_TOKEN" in refused[1]
     # The address is checked first: a token does not open the allow-list.
     assert gm.refusal(scope("10.0.0.1", "Bearer secret-1"))[0] == 403  # type: ignore[index]
+
+
+def test_a_scrape_through_a_proxy_needs_the_token(settings: Any) -> None:
+    """daphne --proxy-headers takes the address from X-Forwarded-For, which any client can
+    send: without a token such a scrape is refused whatever address it claims."""
+    settings.METRICS_ALLOW = ["127.0.0.1/32"]
+    settings.METRICS_TOKEN = None
+    for header in (b"x-forwarded-for", b"forwarded", b"x-real-ip"):
+        proxied = {**scope("127.0.0.1"), "headers": [(header, b"127.0.0.1")]}
+        refused = gm.refusal(proxied)
+        assert refused is not None and refused[0] == 403 and "proxy" in refused[1]
+    settings.METRICS_TOKEN = "secret-2"
+    proxied = {**scope("127.0.0.1"), "headers": [(b"x-forwarded-for", b"127.0.0.1"),
+                                                 (b"authorization", b"Bearer secret-2")]}
+    assert gm.refusal(proxied) is None
 
 
 def test_with_metrics_off_requests_count_nothing_and_metrics_answers_404() -> None:
@@ -267,3 +283,24 @@ def test_every_name_the_dashboard_and_the_rules_use_is_defined() -> None:
                 m.USAGE_SPOOLED, m.STORE_SPOOLED, m.CELERY_QUEUE}
     used = {n for expr in dashboard_exprs() + rule_exprs() for n in METRIC_NAME.findall(expr)}
     assert used - defined == set()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool (Debian's prometheus package) is not installed")
+def test_promtool_parses_the_rules_and_every_dashboard_query(tmp_path: Path) -> None:
+    """The rules as Prometheus loads them, and each dashboard query (Grafana's variables
+    given values) as the expression of a recording rule, so PromQL's own parser checks it."""
+    check = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    queries = [expr.replace("$__rate_interval", "5m").replace("$model", ".*")
+               for expr in dashboard_exprs() if METRIC_NAME.search(expr)
+               and not expr.startswith("label_values(")]
+    recorded = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"turnpike:dashboard_query_{i}", "expr": q} for i, q in enumerate(queries)]}]}
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump(recorded))
+    check = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in check.stdout

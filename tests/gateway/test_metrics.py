@@ -449,6 +449,10 @@ def test_metrics_are_served_only_to_allowed_addresses_and_with_the_token(
     assert allowed.status_code == 200
     assert allowed.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "# TYPE turnpike_in_flight_requests gauge" in allowed.text
+    # An address a proxy header claims is not trusted without a token.
+    claimed = scraper.from_2.get(scraper.allow.url + "/metrics",
+                                 headers={"X-Forwarded-For": "127.0.0.2"})
+    assert claimed.status_code == 403 and "METRICS_TOKEN" in claimed.text
 
     url = scraper.token.url + "/metrics"
     missing = httpx.get(url)
@@ -472,42 +476,51 @@ CELERY_TASK = "billing.drain_usage_spool"
 
 @pytest.fixture(scope="module")
 def celery_counted(django_db_setup: Any, django_db_blocker: Any, metrics_dir: Path,
-                   gateway_allow: Gateway, gateway_token: Gateway,
+                   gateway_allow: Gateway, gateway_token: Gateway, open_fake: FakeUpstream,
                    tmp_path_factory: pytest.TempPathFactory) -> dict[Key, float]:
     """A Celery worker (its own process, the same metrics directory) runs one task that
-    succeeds and one that fails; returns what they moved, as a gateway's scrape shows it
-    once the worker has stopped."""
+    succeeds, one that fails and a background response; returns what they moved, as a
+    gateway's scrape shows it once the worker has stopped."""
+    from keys.services import key_create, tenant_get_or_create
     from portal.celery import app
 
     scraper = Scraper(gateway_allow, gateway_token)
     before = scraper.read()
     done = sample("turnpike_celery_tasks_total", task=CELERY_TASK, outcome="success")
     failed = sample("turnpike_celery_tasks_total", task=CELERY_TASK, outcome="failure")
+    ran = requests_sample("responses/background", "bg-model", "bg", "2xx", "", "true")
 
-    def outcomes() -> tuple[float, float]:
+    def outcomes() -> tuple[float, float, float]:
         now = scraper.read()
-        return now.get(done, 0) - before.get(done, 0), now.get(failed, 0) - before.get(failed, 0)
+        return tuple(now.get(k, 0) - before.get(k, 0) for k in (done, failed, ran))
 
     with django_db_blocker.unblock():
+        upstream_create(name="bg", kind="openai", base_url=open_fake.openai_url,
+                        models=["bg-model"], api_keys=["sk-bg"])
+        secret = key_create(tenant=tenant_get_or_create(name="bg")[0], name="bg").secret
         worker = start_celery_worker(gateway_env(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)),
                                      tmp_path_factory.mktemp("celery") / "worker.log")
     try:
+        queued = post(gateway_token, secret, "/responses",
+                      {"model": "bg-model", "input": "hi", "background": True})
+        assert queued.status_code == 200 and queued.json()["status"] == "queued", queued.text
         app.send_task(CELERY_TASK)
         app.send_task(CELERY_TASK, args=["unexpected", "arguments"])  # a TypeError
-        wait_until(outcomes, (1.0, 1.0), timeout=30)
+        wait_until(outcomes, (1.0, 1.0, 1.0), timeout=30)
     finally:
         worker.stop()
     after = scraper.read()
     scraper.from_2.close()
     return {k: round(v - before.get(k, 0), 9) for k, v in after.items()
-            if k[0].startswith("turnpike_celery_task") and v != before.get(k, 0)}
+            if v != before.get(k, 0)}
 
 
 def test_celery_task_outcomes_from_a_worker_process_show_on_the_gateway(
         celery_counted: dict[Key, float]) -> None:
     counts = {k: v for k, v in celery_counted.items()
               if k[0] in ("turnpike_celery_tasks_total",
-                          "turnpike_celery_task_duration_seconds_count")}
+                          "turnpike_celery_task_duration_seconds_count")
+              and dict(k[1])["task"] == CELERY_TASK}
     assert counts == {
         sample("turnpike_celery_tasks_total", task=CELERY_TASK, outcome="success"): 1,
         sample("turnpike_celery_tasks_total", task=CELERY_TASK, outcome="failure"): 1,
@@ -515,6 +528,22 @@ def test_celery_task_outcomes_from_a_worker_process_show_on_the_gateway(
     }
     assert celery_counted[sample("turnpike_celery_task_duration_seconds_bucket",
                                  task=CELERY_TASK, le="+Inf")] == 2
+    assert celery_counted[sample("turnpike_celery_tasks_total",
+                                 task="gateway.tasks.run_background", outcome="success")] == 1
+
+
+def test_a_background_responses_run_in_a_worker_counts_as_its_own_endpoint(
+        celery_counted: dict[Key, float]) -> None:
+    """Its POST was answered "queued" by the gateway; its run, in the worker, is counted
+    with its attempt and tokens."""
+    counted = {k: v for k, v in celery_counted.items() if k[0] in COUNTED}
+    run = ("responses/background", "bg-model", "bg", "true")
+    assert counted[requests_sample(*run[:3], "2xx", "", "true")] == 1
+    assert counted[requests_sample("responses", "bg-model", "", "2xx", "", "false")] == 1
+    assert counted[timing("turnpike_request_duration_seconds_count", *run)] == 1
+    assert counted[sample("turnpike_upstream_attempts_total", upstream="bg", outcome="ok")] == 1
+    assert counted[sample("turnpike_tokens_total", model="bg-model", upstream="bg",
+                          kind="output")] > 0
 
 
 def test_queue_length_and_upstream_health_are_read_at_scrape_time(
