@@ -102,6 +102,9 @@ def attempt_outcome(entry: dict[str, Any]) -> str:
 def observe(ctx: RelayContext, endpoint: str | None = None) -> None:
     """Count one finished request (after ``pipeline.record``: its cost is settled), as
     ``endpoint`` if given. Never raises: a metrics bug must not reach the request."""
+    on = tally.enabled
+    if not on and (on is False or not m.configure()):
+        return
     try:
         _observe(ctx, endpoint or ctx.endpoint)
     except Exception:
@@ -109,9 +112,6 @@ def observe(ctx: RelayContext, endpoint: str | None = None) -> None:
 
 
 def _observe(ctx: RelayContext, endpoint: str) -> None:  # noqa: C901 (one flat pass)
-    on = tally.enabled
-    if not on and (on is False or not m.configure()):
-        return
     tally.keep_flushing()
     out = ctx.outcome
     route = out.route
