@@ -533,9 +533,9 @@ def observability_summary(results: list[Result], micro: dict[str, dict[str, floa
 
 def observe_micro(multiprocess: bool, n: int = 20000) -> dict[str, float]:
     """``gateway.metrics.observe`` on a served chat request (tokens, cost, one attempt),
-    timed in a fresh process (CPU time, so other processes' load counts less): alone, with the flush every 1,000 requests (one second at
-    1,000 requests/s), and flushed after every request (what writing each metric directly
-    would cost)."""
+    timed in a fresh process (CPU time, so other processes' load counts less): alone, with
+    the flush every 1,000 requests (one second at 1,000 requests/s), and flushed after every
+    request (what writing each metric directly would cost)."""
     import tempfile
 
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings"}
