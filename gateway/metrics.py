@@ -339,10 +339,11 @@ def render(accept: str, values: dict[str, Any]) -> tuple[bytes, str]:
     if values["redis_up"] is not None:
         families.append(_gauge(m.REDIS_UP, "1 when Redis answered this scrape's PING.",
                                1.0 if values["redis_up"] else 0.0))
-    families.append(_gauge(m.REDIS_FAILURE_MODE, "What requests get while Redis is "
-                           "unreachable (GATEWAY_REDIS_FAILURE): closed refuses, open serves "
-                           "with per-process limits.", labels=["mode"],
-                           rows=[([settings.GATEWAY_REDIS_FAILURE], 1.0)]))
+    if settings.REDIS_URL:
+        families.append(_gauge(m.REDIS_FAILURE_MODE, "What requests get while Redis is "
+                               "unreachable (GATEWAY_REDIS_FAILURE): closed refuses, open "
+                               "serves with per-process limits.", labels=["mode"],
+                               rows=[([settings.GATEWAY_REDIS_FAILURE], 1.0)]))
     families.extend(_upstream_families())
     queues = _queue_lengths()
     if queues is not None:
