@@ -197,7 +197,7 @@ def send_email(alert: dict[str, str]) -> None:
     subject = " ".join(f"{settings.ACCOUNT_EMAIL_SUBJECT_PREFIX}{state}: {alert['summary']}"
                        .split())[:200]
     body = (f"{alert['summary']}\n\nState: {alert['state']}\nKind: {alert['kind']}\n"
-            + (f"Subject: {alert['subject']}\n" if alert["subject"] else "")
+            + (f"Id: {alert['subject']}\n" if alert["subject"] else "")
             + f"At: {alert['at']}\nAdmin: {alert['admin_url']}\n")
     EmailMessage(subject=subject, body=body, to=list(settings.OPERATOR_ALERT_EMAILS)).send()
 
