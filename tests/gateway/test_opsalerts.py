@@ -311,8 +311,11 @@ def test_redis_unreachable_alerts_once_and_again_after_it_came_back(receiver, tm
 @override_settings(OPERATOR_ALERT_SPOOL_SECONDS=60, OPERATOR_ALERT_ERROR_RATE=0)
 def test_a_usage_spool_that_does_not_move_alerts(receiver, api_key, upstream):
     """GATEWAY_USAGE_SINK=redis and no usagewriter: the rows stay in the journal. The
-    check's clock is passed in (``now``), so a minute passes without waiting for it."""
-    gw = start_gateway(gateway_env(GATEWAY_USAGE_SINK="redis", GATEWAY_SNAPSHOT_TTL="0"))
+    check's clock is passed in (``now``), so a minute passes without waiting for it. Its
+    own key prefix: every other gateway process of the run drains the journal it shares."""
+    prefix = settings.GATEWAY_REDIS_PREFIX + "spool:"
+    gw = start_gateway(gateway_env(GATEWAY_USAGE_SINK="redis", GATEWAY_SNAPSHOT_TTL="0",
+                                   GATEWAY_REDIS_PREFIX=prefix))
 
     def request() -> None:
         resp = httpx.post(gw.base_url + "/chat/completions", timeout=30,
@@ -322,7 +325,8 @@ def test_a_usage_spool_that_does_not_move_alerts(receiver, api_key, upstream):
         assert resp.status_code == 200
 
     try:
-        with alerts_to(receiver, receiver.url("/hook")):
+        with alerts_to(receiver, receiver.url("/hook")), \
+                override_settings(GATEWAY_REDIS_PREFIX=prefix):
             request()
             wait_for(lambda: journal_length() >= 1, 10, "the row in the journal")
             now = time.time()
@@ -348,7 +352,8 @@ def test_a_usage_spool_that_does_not_move_alerts(receiver, api_key, upstream):
             wait_emails(3)
     finally:
         stop(gw.proc)
-        drain_spool()
+        with override_settings(GATEWAY_REDIS_PREFIX=prefix):
+            drain_spool()
 
 
 # --- the error rate -----------------------------------------------------------------------------
