@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from gateway.models import Credential, ModelRule, Upstream
+from gateway.models import Credential, ModelRule, OperatorAlert, Upstream
 
 
 class CredentialForm(forms.ModelForm):
@@ -137,3 +137,26 @@ class ModelRuleAdmin(admin.ModelAdmin):
     list_display = ("model_pattern", "protocol", "force", "defaults", "drop", "enabled", "note")
     list_filter = ("protocol", "enabled")
     search_fields = ("model_pattern", "note")
+
+
+@admin.register(OperatorAlert)
+class OperatorAlertAdmin(admin.ModelAdmin):
+    """Read-only: each operator alert's state, written by ``gateway.opsalerts``."""
+
+    list_display = ("kind", "subject", "firing", "summary", "changed_at", "last_sent_at",
+                    "last_error", "admin_link")
+    list_filter = ("kind", "firing")
+    search_fields = ("subject", "summary")
+
+    @admin.display(description="admin page")
+    def admin_link(self, obj: OperatorAlert) -> str:
+        from django.utils.html import format_html
+
+        return format_html('<a href="{}">{}</a>', obj.admin_path, "open") \
+            if obj.admin_path else "-"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

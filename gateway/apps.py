@@ -8,4 +8,6 @@ class GatewayConfig(AppConfig):
     verbose_name = "Upstreams"
 
     def ready(self) -> None:
-        from gateway import signals  # noqa: F401
+        from gateway import opsalerts, signals  # noqa: F401
+
+        opsalerts.watch_redis()

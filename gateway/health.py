@@ -11,6 +11,7 @@ import httpx
 from django.conf import settings
 from django.utils import timezone
 
+from gateway import opsalerts
 from gateway.models import Upstream, upstream_base_url
 from gateway.providers.registry import PROVIDERS
 from gateway.routing import route_tables
@@ -74,6 +75,8 @@ def record(upstream: Upstream, result: ProbeResult) -> None:
         log.warning("upstream %s %s by the health probe (%s)", upstream.name,
                     "disabled" if auto_disabled else "re-enabled", result.error or "ok")
         route_tables.invalidate(["all"])
+        opsalerts.upstream_changed(upstream.pk, upstream.name, auto_disabled,
+                                   f"{failures} failures in a row, the last: {result.error}")
 
 
 def probe_all() -> dict[str, bool]:

@@ -215,3 +215,35 @@ class StoredResponse(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+class AlertKind(models.TextChoices):
+    UPSTREAM_DOWN = "upstream_down", "Upstream auto-disabled"
+    CREDENTIAL_DISABLED = "credential_disabled", "Credential disabled by the upstream"
+    REDIS_FAILURE = "redis_failure", "Redis failure mode engaged"
+    USAGE_SPOOL = "usage_spool", "Usage spool not drained"
+    ERROR_RATE = "error_rate", "Error rate over the threshold"
+
+
+class OperatorAlert(models.Model):
+    """The state of one operator alert (``gateway.opsalerts``): one row per kind and
+    subject (an upstream's or a credential's id; empty for the process-wide kinds). Its
+    ``firing`` flag flips by a conditional UPDATE, so each state change is delivered once
+    whichever process saw it first."""
+
+    kind = models.CharField(max_length=32, choices=AlertKind.choices)
+    subject = models.CharField(max_length=100, blank=True)
+    firing = models.BooleanField(default=False)
+    summary = models.CharField(max_length=500, blank=True)
+    admin_path = models.CharField(max_length=300, blank=True)
+    changed_at = models.DateTimeField()
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "subject"],
+                                               name="operator_alert_kind_subject")]
+        ordering = ["-changed_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.subject}".strip()

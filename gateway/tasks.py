@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 
 from gateway import health
@@ -46,3 +48,29 @@ def reap_background() -> int:
     from gateway.stored import background
 
     return background.reap_now()
+
+
+@shared_task(name="gateway.check_operator_alerts", ignore_result=True)
+def check_operator_alerts() -> dict[str, bool | None]:
+    """The usage spool and the error rate (``gateway.opsalerts.check``; beat: every
+    OPERATOR_ALERT_CHECK_INTERVAL seconds)."""
+    from gateway import opsalerts
+
+    return opsalerts.check()
+
+
+@shared_task(name="gateway.send_operator_alert", bind=True, ignore_result=True,
+             max_retries=6)
+def send_operator_alert(self: Any, target: str, alert: dict[str, str]) -> None:
+    """Deliver one operator alert to one target (the email list or one webhook); retried
+    with back-off (10 s, 20 s, 40 s … up to 5 min) while the target does not take it."""
+    from gateway import opsalerts
+
+    try:
+        opsalerts.send(target, alert)
+    except opsalerts.DeliveryError as exc:
+        if self.request.retries >= self.max_retries:
+            opsalerts.log.error("operator alert %s to %s not delivered: %s", alert["kind"],
+                                opsalerts.describe(target), exc)
+            return
+        raise self.retry(exc=exc, countdown=min(300, 10 * 2 ** self.request.retries)) from exc

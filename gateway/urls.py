@@ -4,7 +4,8 @@ Each endpoint is served at /v1/<endpoint>, at /<endpoint> (no /v1), and under ev
 prefix in settings.GATEWAY_PATH_PREFIXES (/codex/v1/<endpoint>, /codex/<endpoint>).
 Anything else under /v1 reaches the gateway too, which answers 404 in the OpenAI shape.
 WebSockets (``gateway_websocket_patterns``): ``responses`` at the same paths, upgraded;
-any other /v1 path refuses the upgrade with that 404.
+any other /v1 path refuses the upgrade with that 404. ``/healthz`` and ``/readyz``
+(``gateway.readiness``) and ``/_gateway/status`` are served here too, without Django.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from django.urls import URLPattern, re_path
 
 from gateway.app import gateway_app, status_app
 from gateway.metrics import metrics_app
+from gateway.readiness import healthz_app, readyz_app
 from gateway.websocket import refused_socket, responses_socket
 
 ENDPOINT = (r"(?P<endpoint>responses/compact|responses|chat/completions|models"
@@ -33,6 +35,8 @@ def gateway_patterns() -> list[URLPattern]:
     # views: hence the ignores.
     return [
         re_path(r"^_gateway/status$", status_app),  # type: ignore[arg-type]
+        re_path(r"^healthz$", healthz_app),  # type: ignore[arg-type]
+        re_path(r"^readyz$", readyz_app),  # type: ignore[arg-type]
         re_path(r"^metrics$", metrics_app),  # type: ignore[arg-type]
         re_path(rf"^{prefix}(?:v1/)?{ENDPOINT}/?$", gateway_app),  # type: ignore[arg-type]
         re_path(rf"^{prefix}(?:v1/)?(?P<endpoint>models)/(?P<model_id>.+)$",

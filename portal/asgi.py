@@ -28,6 +28,7 @@ from django.urls import path, re_path  # noqa: E402
 
 from gateway.urls import gateway_patterns, gateway_websocket_patterns  # noqa: E402
 from portal import tuning  # noqa: E402
+from portal.infra.shutdown import drain_on_shutdown  # noqa: E402
 from portal.live import LiveConsumer  # noqa: E402
 
 application = ProtocolTypeRouter({
@@ -40,4 +41,5 @@ application = ProtocolTypeRouter({
     ]),
 })
 
+drain_on_shutdown()  # under daphne: /readyz turns 503 as soon as shutdown begins
 tuning.apply()  # last: the heap it freezes is the loaded application

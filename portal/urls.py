@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest
 from django.shortcuts import redirect
 from django.urls import include, path, re_path
 from django.utils.translation import gettext_lazy
@@ -9,11 +9,6 @@ from django.utils.translation import gettext_lazy
 from portal.api import api
 from portal.tenant_api import api as tenant_api
 from portal.tenant_api import unknown_url
-
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"ok": True})
-
 
 admin.site.site_header = gettext_lazy("Turnpike administration")
 admin.site.site_title = "Turnpike"
@@ -25,7 +20,6 @@ def home(request: HttpRequest) -> object:
 
 urlpatterns = [
     path("", home, name="home"),
-    path("healthz", healthz, name="healthz"),
     path("accounts/", include("allauth.urls")),
     path("i18n/", include("django.conf.urls.i18n")),
     path("portal/", include("portal.portal_urls")),

@@ -21,7 +21,7 @@ from django.utils import timezone
 from billing.models import LedgerEntry, ModelPrice, RedemptionCode, UsageLog, UsageRollup
 from billing.redemption import redeem_create
 from billing.services import tenant_topup
-from gateway.models import Credential, ModelRule, Upstream
+from gateway.models import Credential, ModelRule, OperatorAlert, Upstream
 from gateway.services import credential_add, upstream_create
 from keys.models import AccessToken, ApiKey, Group, Membership, Status, Tenant
 from keys.secrets import KEY_PREFIX, hash_secret
@@ -35,7 +35,7 @@ REGISTERED = sorted(
     key=lambda m: m._meta.label,
 )
 # No add page: read-only, or (tokens) made only where the secret can be shown once.
-READ_ONLY = {UsageLog, LedgerEntry, UsageRollup, AuditEntry, AccessToken}
+READ_ONLY = {UsageLog, LedgerEntry, UsageRollup, AuditEntry, AccessToken, OperatorAlert}
 SECRET_RE = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9]{43}")
 
 UPSTREAM_PLAINTEXT = "sk-live-upstream-plaintext-9f3Q"
@@ -93,6 +93,10 @@ def rows(admin_user: Any) -> dict[type, Any]:
         status_code=429, error_code="rate_limited",
     )
     token = token_create(user=member, name="script", tenant=tenant).token
+    alert = OperatorAlert.objects.create(
+        kind="upstream_down", subject=str(upstream.pk), firing=True, changed_at=timezone.now(),
+        summary="Upstream openai-main auto-disabled by the health probe",
+        admin_path=f"/admin/gateway/upstream/{upstream.pk}/change/")
     return {
         AccessToken: token, AuditEntry: AuditEntry.objects.filter(object_pk=str(made.key.pk),
                                                                   content_type__model="apikey")
@@ -100,7 +104,7 @@ def rows(admin_user: Any) -> dict[type, Any]:
         Group: group, Tenant: tenant, Membership: membership, ApiKey: made.key,
         Upstream: upstream, Credential: credential, ModelPrice: price, UsageLog: usage,
         ModelRule: rule, LedgerEntry: ledger, UsageRollup: rollup, RedemptionCode: code,
-        "secret": made.secret,
+        OperatorAlert: alert, "secret": made.secret,
     }
 
 

@@ -109,6 +109,9 @@ def _disable_credential(credential_id: int, reason: str) -> None:
         credential.save(update_fields=["status", "disabled_reason"])  # drops the route table
         log.warning("disabled credential %s of %s: %s", credential_id,
                     credential.upstream_id, reason)
+        from gateway import opsalerts
+
+        opsalerts.credential_changed(credential_id, str(credential), True, reason)
 
 
 async def run_route(ctx: RelayContext, out: Outcome, operation: str, route: Route,

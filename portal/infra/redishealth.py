@@ -10,6 +10,9 @@ What the gateway does meanwhile is ``GATEWAY_REDIS_FAILURE``: ``closed`` (the de
 refuses requests that need the shared limits with a 503 and Retry-After; ``open`` serves
 them with this process's own limiter and puts the shared accounts right when Redis returns
 (the ``on_recovery`` callbacks).
+
+``on_change`` listeners (the operator alerts) hear of each outage's start and end, once
+each, synchronously: they must return at once (hand any work to a thread).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class RedisHealth:
         self.down_since: float | None = None
         self._retry_at = 0.0
         self._recovery: list[Callable[[], Awaitable[None]]] = []
+        self._listeners: list[Callable[[bool, str], None]] = []
 
     @property
     def down(self) -> bool:
@@ -59,6 +63,7 @@ class RedisHealth:
                       "refusing requests with 503 until it returns"
                       if settings.GATEWAY_REDIS_FAILURE == "closed"
                       else "serving with this process's own limits until it returns")
+            self._tell(True, f"{type(exc).__name__}: {exc}")
 
     def succeeded(self) -> None:
         if self.down_since is None:
@@ -67,6 +72,7 @@ class RedisHealth:
         self.down_since = None
         metrics.redis_back()
         log.warning("Redis is reachable again after %.1f s", outage)
+        self._tell(False, f"after {outage:.1f} s")
         for callback in self._recovery:
             task = asyncio.get_running_loop().create_task(callback())
             _background.add(task)
@@ -74,6 +80,18 @@ class RedisHealth:
 
     def on_recovery(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._recovery.append(callback)
+
+    def on_change(self, listener: Callable[[bool, str], None]) -> None:
+        """``listener(down, detail)`` at the start (down) and the end of each outage."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def _tell(self, down: bool, detail: str) -> None:
+        for listener in self._listeners:
+            try:
+                listener(down, detail)
+            except Exception:
+                log.exception("a Redis health listener failed")
 
 
 # Replies Redis gives while it cannot serve yet (starting, failing over): an outage too.

@@ -19,6 +19,7 @@ usage rows not yet written), so a name changed here strands its data under the o
     usage:claims                  zset  batches claimed by a writer, by claim time
     usage:claim:<id>              list  one claimed batch
     usage:dead                    list  rows the database refused, for an operator
+    opsalert:spool                hash  the usage journal's oldest row and since when (alerts)
     resp:<id>[:items|:deleted]    str   a stored response staged for its writer (gateway.stored)
     rpin:<id>                     str   the route of a response its upstream stores itself
     store:journal, store:claims…  list  the stored responses' journal (portal.infra.journal)
@@ -130,6 +131,11 @@ def claim(claim_id: str, *, journal: str = "usage", prefix: str | None = None) -
 
 def dead_rows(*, prefix: str | None = None) -> str:
     return f"{_p(prefix)}usage:dead"
+
+
+def opsalert_spool(*, prefix: str | None = None) -> str:
+    """The usage journal's oldest row when first seen there (gateway.opsalerts)."""
+    return f"{_p(prefix)}opsalert:spool"
 
 
 # --- stored responses (gateway/stored/) ------------------------------------------------------

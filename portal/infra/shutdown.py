@@ -1,9 +1,50 @@
-"""Work to finish before a daphne process stops (Twisted's reactor on asyncio)."""
+"""Work to finish before a daphne process stops (Twisted's reactor on asyncio), and the
+process-wide "draining" flag: set as the process starts shutting down (SIGTERM, SIGINT),
+so /readyz answers 503 from then on and load balancers stop sending it requests."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("turnpike.shutdown")
+
+_draining = False
+_watching = False
+
+
+def draining() -> bool:
+    """Has this process begun shutting down?"""
+    return _draining
+
+
+def start_draining() -> None:
+    global _draining
+    if not _draining:
+        _draining = True
+        log.warning("shutting down: draining, /readyz answers 503 from now on")
+
+
+def stop_draining() -> None:
+    """Back to serving (tests)."""
+    global _draining
+    _draining = False
+
+
+def drain_on_shutdown() -> None:
+    """Set the draining flag first thing when daphne's reactor starts shutting down (a
+    "before shutdown" trigger registered ahead of daphne's own, which cancels the requests
+    in flight). Only where Twisted's reactor is already installed (daphne imported it):
+    importing it here would install the default reactor in its place. Once per process."""
+    global _watching
+    if _watching or "twisted.internet.reactor" not in sys.modules:
+        return
+    from twisted.internet import reactor
+
+    reactor.addSystemEventTrigger("before", "shutdown", start_draining)
+    _watching = True
 
 
 def before_reactor_shutdown(work: Callable[[], Awaitable[None]]) -> None:

@@ -449,6 +449,37 @@ if not 0 < METRICS_FLUSH_SECONDS <= 60:
 # The Celery queues whose length /metrics reports (read from the broker at scrape time).
 METRICS_CELERY_QUEUES = env_list("METRICS_CELERY_QUEUES", ["celery"])
 
+# --- Operator alerts (gateway.opsalerts; README "Operator alerts") ------------------------
+# Where alerts go: email addresses, and webhook URLs each optionally prefixed with its payload
+# style: slack+https://…, feishu+https://…, dingtalk+https://…, or plain https://… for the
+# generic JSON payload. With neither set, no alert is recorded or sent.
+OPERATOR_ALERT_EMAILS = env_list("OPERATOR_ALERT_EMAILS", [])
+OPERATOR_ALERT_WEBHOOKS = env_list("OPERATOR_ALERT_WEBHOOKS", [])
+for _hook in OPERATOR_ALERT_WEBHOOKS:
+    _style, _, _rest = _hook.partition("+")
+    if not (_hook.startswith(("http://", "https://")) or (
+            _style in ("slack", "feishu", "dingtalk", "json")
+            and _rest.startswith(("http://", "https://")))):
+        raise ImproperlyConfigured(
+            f"OPERATOR_ALERT_WEBHOOKS: {_hook!r} is not an http(s) URL, optionally prefixed "
+            "with slack+, feishu+, dingtalk+ or json+")
+# The error-rate alert: fires when at least this share (0.2 = 20%) of the requests of the
+# last OPERATOR_ALERT_ERROR_WINDOW seconds failed (5xx, or an upstream failure), counted
+# only when there were at least OPERATOR_ALERT_ERROR_MIN_REQUESTS of them. 0: off.
+OPERATOR_ALERT_ERROR_RATE = env_float("OPERATOR_ALERT_ERROR_RATE", 0.2)
+OPERATOR_ALERT_ERROR_WINDOW = env_float("OPERATOR_ALERT_ERROR_WINDOW", 300.0)
+OPERATOR_ALERT_ERROR_MIN_REQUESTS = env_int("OPERATOR_ALERT_ERROR_MIN_REQUESTS", 20)
+# The usage-spool alert: fires when the oldest row of the usage journal has waited this
+# many seconds without any writer moving it.
+OPERATOR_ALERT_SPOOL_SECONDS = env_float("OPERATOR_ALERT_SPOOL_SECONDS", 60.0)
+# How often the beat task checks the spool and the error rate.
+OPERATOR_ALERT_CHECK_INTERVAL = env_float("OPERATOR_ALERT_CHECK_INTERVAL", 15.0)
+if not 0 <= OPERATOR_ALERT_ERROR_RATE <= 1:
+    raise ImproperlyConfigured("OPERATOR_ALERT_ERROR_RATE must be between 0 and 1")
+if OPERATOR_ALERT_ERROR_WINDOW <= 0 or OPERATOR_ALERT_CHECK_INTERVAL <= 0:
+    raise ImproperlyConfigured(
+        "OPERATOR_ALERT_ERROR_WINDOW and OPERATOR_ALERT_CHECK_INTERVAL must be positive")
+
 # --- Billing -------------------------------------------------------------------------------
 # Reservations estimate input tokens from the body size (tokenizing on the hot path costs
 # more than the whole request): bytes per token, calibrated on JSON chat/Responses bodies.
@@ -498,6 +529,9 @@ CELERY_BEAT_SCHEDULE = {
     "billing-reset-daily-counters": {"task": "billing.reset_daily_counters",
                                      "schedule": crontab(hour=0, minute=0),
                                      "options": {"countdown": 30}},
+    # Operator alerts: the usage spool not moving, and the error rate (gateway.opsalerts).
+    "gateway-check-operator-alerts": {"task": "gateway.check_operator_alerts",
+                                      "schedule": OPERATOR_ALERT_CHECK_INTERVAL},
     # Portal alerts: low balance (once per crossing), keys expiring soon or near quota.
     "portal-alert-low-balance": {"task": "portal.alert_low_balance", "schedule": 300.0},
     "portal-alert-keys": {"task": "portal.alert_keys", "schedule": 3600.0},
