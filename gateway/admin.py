@@ -7,7 +7,11 @@ from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from gateway.models import Credential, ModelRule, Upstream
+import billing.admin  # noqa: F401  (registers UsageLog first, so it can be re-registered)
+from billing.admin import UsageLogAdmin
+from billing.models import UsageLog
+from gateway.capture import display
+from gateway.models import CapturedExchange, Credential, ModelRule, Upstream
 
 
 class CredentialForm(forms.ModelForm):
@@ -137,3 +141,29 @@ class ModelRuleAdmin(admin.ModelAdmin):
     list_display = ("model_pattern", "protocol", "force", "defaults", "drop", "enabled", "note")
     list_filter = ("protocol", "enabled")
     search_fields = ("model_pattern", "note")
+
+
+# --- body capture on the usage row's page ---------------------------------------------------
+# The UsageLog admin lives in billing; the gateway extends it here so billing never imports
+# the gateway (as billing extends the keys' Tenant admin).
+
+admin.site.unregister(UsageLog)
+
+
+@admin.register(UsageLog)
+class UsageLogCaptureAdmin(UsageLogAdmin):
+    """The usage row's page shows the request's captured bodies, when body capture was on
+    for its key (issue 15) and its retention has not ended."""
+
+    readonly_fields = ("captured_bodies",)
+
+    class Media:
+        css = {"all": ("portal/capture.css",)}
+
+    @admin.display(description="captured bodies")
+    def captured_bodies(self, obj: UsageLog) -> str:
+        exchange = CapturedExchange.objects.filter(request_id=obj.request_id).first()
+        if exchange is None:
+            return ("None: body capture was off for this request's key, or the capture "
+                    "is past GATEWAY_CAPTURE_RETENTION_HOURS.")
+        return display.render(exchange)
