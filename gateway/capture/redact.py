@@ -145,11 +145,12 @@ def safe_headers(headers: Iterable[tuple[str, str]],
                  secrets: Iterable[str] = ()) -> dict[str, str]:
     """The headers worth keeping for debugging: those that carry credentials dropped, the
     others' values redacted. Names in lower case."""
-    secrets = tuple(secrets)
-    kept: dict[str, str] = {}
-    for name, value in headers:
-        name = name.lower()
-        if name in DROPPED_HEADERS or _SECRET_HEADER.search(name):
-            continue
-        kept[name] = redact_text(value, secrets)
-    return kept
+    kept = {name.lower(): value for name, value in headers}
+    kept = {name: value for name, value in kept.items()
+            if name not in DROPPED_HEADERS and not _SECRET_HEADER.search(name)}
+    # Redacted in one pass, one value a line: a header value holds no line break (HTTP
+    # forbids it; the server would have refused the request).
+    values = redact_text("\n".join(kept.values()), secrets).split("\n")
+    if len(values) != len(kept):  # a line break after all: one by one
+        values = [redact_text(value, secrets) for value in kept.values()]
+    return dict(zip(kept, values, strict=True))

@@ -20,6 +20,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
@@ -71,15 +72,38 @@ def write_rows(rows: list[dict[str, Any]]) -> int:
         return written
 
 
+# The table's columns, in the order a sealed row is copied into it.
+COLUMNS = ("request_id", "tenant_id", "key_id", "created_at", "method", "path", "status",
+           "stream", "request_headers", "request_body", "request_bytes", "request_truncated",
+           "response_body", "response_bytes", "response_truncated")
+
+
 def _insert(rows: list[dict[str, Any]]) -> int:
-    from django.db import transaction
+    """One batch in one transaction. On PostgreSQL: COPY into a temporary table, then one
+    INSERT … ON CONFLICT DO NOTHING, as the usage rows are written (the ORM's bulk_create
+    took seven times the CPU per row, in a thread that shares the serving process's GIL)."""
+    from django.db import connection, transaction
 
     from gateway.models import CapturedExchange
 
-    with transaction.atomic():
-        CapturedExchange.objects.bulk_create(
-            [CapturedExchange(**records.model_values(row)) for row in rows],
-            ignore_conflicts=True)
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            CapturedExchange.objects.bulk_create(
+                [CapturedExchange(**records.model_values(row)) for row in rows],
+                ignore_conflicts=True)
+        return len(rows)
+    table = CapturedExchange._meta.db_table
+    columns = ", ".join(COLUMNS)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS capture_incoming ON COMMIT DELETE "
+                       f"ROWS AS SELECT {columns} FROM {table} WITH NO DATA")
+        with cursor.cursor.copy(f"COPY capture_incoming ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                values = records.model_values(row)
+                values["request_headers"] = orjson.dumps(row["request_headers"]).decode()
+                copy.write_row([values[name] for name in COLUMNS])
+        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM "
+                       "capture_incoming ON CONFLICT (request_id) DO NOTHING")
     return len(rows)
 
 
