@@ -4,6 +4,9 @@ for storage."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import orjson
 import pytest
 
@@ -134,3 +137,30 @@ def test_seal_redacts_the_presented_key_cuts_and_marks_truncation() -> None:
     assert row["request_truncated"] is False
     # Cut in the middle of a UTF-8 character: a replacement character, marked truncated.
     assert row["response_body"].endswith("caf\ufffd") and row["response_truncated"] is True
+
+
+def test_capture_begins_only_in_an_open_window_and_when_the_deployment_allows(
+        settings: Any) -> None:
+    from gateway.capture.recorder import begin
+    from gateway.context import RelayContext
+    from keys.snapshots import KeySnapshot
+
+    ctx = RelayContext.start({"type": "http", "path": "/codex/v1/responses", "headers": [],
+                              "client": ("127.0.0.1", 1)}, "responses")
+
+    def key(until: float) -> KeySnapshot:
+        return KeySnapshot(key_id=1, tenant_id=1, prefix="sk-tp-ab12", key_active=True,
+                           tenant_active=True, expires_at=None, allowed_models=(),
+                           denied_models=(), allowed_ips=(), rpm=0, rpd=0, tpm=0,
+                           concurrency=0, max_tokens=0, group_id=None, price_multiplier="1",
+                           has_quota=False, capture_until=until)
+
+    settings.GATEWAY_CAPTURE_MAX_BYTES = 4
+    capture = begin(ctx, key(time.time() + 60), b"abcdefgh")
+    assert capture is not None
+    assert (capture.path, capture.request, capture.request_bytes) == (
+        "/codex/v1/responses", b"abcd", 8)
+    assert begin(ctx, key(time.time() - 1), b"x") is None  # the window has ended
+    assert begin(ctx, key(0), b"x") is None  # off
+    settings.GATEWAY_CAPTURE_BODIES = False  # the deployment's switch wins
+    assert begin(ctx, key(time.time() + 60), b"x") is None

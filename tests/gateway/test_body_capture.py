@@ -1,10 +1,11 @@
 """Body capture end to end (issue 15): HTTP clients -> Turnpike (daphne, PostgreSQL, Redis)
--> the fake upstream, over loopback. With capture on for a key, a JSON and a streamed
-request each leave one ``CapturedExchange``: the request body as the client sent it, the
-answer as the client got it, both with every credential redacted (the key's own secret, an
-upstream key, a password field), cut at GATEWAY_CAPTURE_MAX_BYTES. With it off (the
-default, a key's ``off`` against its tenant's window, a window that has ended) nothing is
-kept. Retention deletes what is due and nothing else.
+-> the fake upstream, over loopback. With capture on for a key, a JSON request, a streamed
+one and a Responses WebSocket turn each leave one ``CapturedExchange``: the request body as
+the client sent it, the answer as the client got it, both with every credential redacted
+(the key's own secret, an upstream key, a password field), cut at
+GATEWAY_CAPTURE_MAX_BYTES. With it off (the default, a key's ``off`` against its tenant's
+window, a window that has ended) nothing is kept. Retention deletes what is due and nothing
+else.
 
 Captures are written off the response path: a test waits for a row with a deadline
 (``wait_capture``); one that checks a capture was *not* written waits instead for a later
@@ -13,8 +14,13 @@ request's capture (``sentinel``), which the same writer writes no earlier.
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import subprocess
+import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,12 +28,16 @@ import orjson
 import pytest
 from django.utils import timezone
 
+from billing.models import UsageLog
 from gateway.models import CapturedExchange
 from gateway.tasks import expire_captures
 from keys.models import ApiKey, Tenant
 from keys.services import CreatedKey, key_create, key_update, tenant_update
 from keys.snapshots import KeySnapshot, build_key_snapshot
 from tests.conftest import UPSTREAM_SECRET, wait_for_usage
+from tests.gateway.test_embedded_default import embedded_env, until
+from tests.gateway.test_websocket import Socket, run_socket, ws_url
+from tests.servers import ROOT, start_fake_upstream, start_gateway, stop
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
@@ -165,6 +175,38 @@ def test_an_error_answer_is_captured_too(gateway: Any, upstream: Any, make_key: 
     assert row.response_body == answer.text and "invalid_json" in row.response_body
 
 
+def test_a_websocket_turn_is_captured_as_its_request_and_its_events(
+        gateway: Any, upstream: Any, make_key: Any) -> None:
+    key = make_key(capture_bodies="on",
+                   capture_bodies_until=timezone.now() + timedelta(hours=1))
+
+    async def scenario(sock: Socket) -> list[dict[str, Any]]:
+        return await sock.turn(model="gpt-5", input=f"[[fake chunks=2]] key {key.secret}",
+                               store=False)
+
+    frames = run_socket(ws_url(gateway.url), key.secret, scenario)
+    assert frames[-1]["type"] == "response.completed"
+    row = wait_capture(request_id_of(key))
+    assert (row.path, row.stream, row.status) == ("/v1/responses", True, 200)
+    assert key.secret not in row.request_body
+    assert orjson.loads(row.request_body)["input"] == "[[fake chunks=2]] key [redacted]"
+    assert "event: response.completed" in row.response_body
+    assert "tok0 " in row.response_body and "tok1 " in row.response_body
+
+
+def request_id_of(key: CreatedKey) -> str:
+    """The request id of the key's one request, once its usage row is written."""
+    deadline = time.monotonic() + 10
+    while True:
+        ids = list(UsageLog.objects.filter(key_id=key.key.pk).values_list("request_id",
+                                                                          flat=True))
+        if ids:
+            assert len(ids) == 1, ids
+            return ids[0]
+        assert time.monotonic() < deadline, "no usage row"
+        time.sleep(0.02)
+
+
 # --- who is captured ----------------------------------------------------------------------
 
 def snapshot(key: ApiKey) -> KeySnapshot:
@@ -231,6 +273,45 @@ def test_switching_a_key_off_stops_capture(gateway: Any, upstream: Any, make_key
     sentinel(gateway, tenant)
     assert not CapturedExchange.objects.filter(
         request_id=second.headers["x-request-id"]).exists()
+
+
+def test_the_embedded_default_captures_with_the_in_process_writer(tmp_path: Path) -> None:
+    """SQLite and no Redis (``make run``): switched on by the CLI, written by the
+    in-process writer through the ORM."""
+    sqlite = tmp_path / "turnpike.sqlite3"
+    env = embedded_env(sqlite)
+    fake = start_fake_upstream()
+    gateway = None
+    try:
+        manage = [sys.executable, "manage.py"]
+        subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=ROOT, env=env,
+                       check=True)
+        seeded = subprocess.run(
+            [*manage, "demo", "--json", "--upstream-url", fake.url + "/v1"],
+            cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+        secret = json.loads(seeded.stdout)["secret"]
+        subprocess.run([*manage, "key", "update", secret[:10], "--capture-bodies", "1h"],
+                       cwd=ROOT, env=env, check=True, capture_output=True)
+        gateway = start_gateway(env)
+        answer = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
+                            headers={"Authorization": f"Bearer {secret}"},
+                            json=chat(f"[[fake echo=1 chunks=1]] is {secret} right?"))
+        assert answer.status_code == 200 and secret in answer.text
+
+        def captured() -> Any:
+            with sqlite3.connect(sqlite) as db:
+                return db.execute("SELECT request_body, response_body, status FROM "
+                                  "gateway_capturedexchange WHERE request_id = ?",
+                                  (answer.headers["x-request-id"],)).fetchone()
+
+        request_body, response_body, status = until(captured, 10, "the capture")
+        assert status == 200
+        assert secret not in request_body and "is [redacted] right?" in request_body
+        assert secret not in response_body and "is [redacted] right?" in response_body
+    finally:
+        if gateway is not None:
+            stop(gateway.proc)
+        stop(fake.proc)
 
 
 # --- retention ----------------------------------------------------------------------------
