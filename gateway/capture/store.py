@@ -193,7 +193,7 @@ class CaptureWriter(BatchWriter[RawCapture]):
     name = "capture"
     # Each capture holds up to twice GATEWAY_CAPTURE_MAX_BYTES: while the database and
     # Redis are both away, the oldest are dropped past this many (debugging data only).
-    max_queue = 2000
+    max_queue = 500
 
     def batch_size(self) -> int:
         return BATCH
