@@ -253,13 +253,14 @@ class Stack:
     """The mock upstream and one Turnpike process against PostgreSQL and Redis."""
 
     def __init__(self, database_url: str, redis_url: str, keys: int,
-                 usage_rows: int = 0) -> None:
+                 usage_rows: int = 0, capture: bool = False) -> None:
         self.procs: list[subprocess.Popen[Any]] = []
         self.env = service_env(database_url, redis_url, "bench:")
         self.mock_port = start_mock(self.procs, self.env)
         self.mock = self.procs[-1]
         self.keys = keys
         self.usage_rows = usage_rows
+        self.capture = capture
         self.key = self._seed()
         self.gateway, self.port = start_gateway(self.procs, self.env)
         if self.env.get("GATEWAY_USAGE_SINK") == "redis":  # usage written by its own process
@@ -270,6 +271,8 @@ class Stack:
         migrate(self.env)
         script = f"""
 import sys
+from datetime import timedelta
+from django.utils import timezone
 from gateway.models import Upstream
 from gateway.services import upstream_create
 from keys.models import ApiKey, Tenant
@@ -283,7 +286,9 @@ upstream_create(name="mock-chat", kind="openai-chat", base_url=mock,
                 models=["bench-chat-only"], api_keys=["sk-mock"])
 tenant, _ = tenant_get_or_create(name="bench")
 ApiKey.objects.filter(tenant=tenant).delete()
-made = key_create(tenant=tenant, name="bench", rpm=10**9, rpd=10**9, concurrency=10**6)
+capture = {{"capture_bodies": "on", "capture_bodies_until": timezone.now() + timedelta(days=1)}}
+made = key_create(tenant=tenant, name="bench", rpm=10**9, rpd=10**9, concurrency=10**6,
+                  **(capture if {self.capture} else {{}}))
 extra = {self.keys} - 1
 if extra > 0:
     rows = []
@@ -433,7 +438,8 @@ def start_litellm(mock_port: int, venv: Path) -> tuple[subprocess.Popen[Any], Ta
 
 def run_suite(args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
-    stack = Stack(args.database_url, args.redis_url, args.keys, args.usage_rows)
+    stack = Stack(args.database_url, args.redis_url, args.keys, args.usage_rows,
+                  capture=args.capture_bodies)
     try:
         direct, turnpike = stack.targets()
         peers = [Target(name, url, args.peer_key) for name, url in
@@ -652,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=1000, help="idle streams to hold")
     parser.add_argument("--usage-rows", type=int, default=0,
                         help="fill the usage log to this many rows first (e.g. 10000000)")
+    parser.add_argument("--capture-bodies", action="store_true",
+                        help="switch body capture on for the benchmark key (its cost)")
     parser.add_argument("--peer", action="append", default=[],
                         help="NAME=BASE_URL of another gateway to run side by side")
     parser.add_argument("--peer-key", default="sk-bench")

@@ -171,7 +171,7 @@ admin.site.unregister(Tenant)
 class TenantBillingAdmin(TenantAdmin):
     form = TenantBillingForm
     fields = ("name", "status", "group", "balance", "top_up", "top_up_note",
-              "response_storage", "response_retention_days")
+              "response_storage", "response_retention_days", "capture_bodies_until")
     inlines = (*TenantAdmin.inlines, LedgerInline)
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:

@@ -7,7 +7,11 @@ from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from gateway.models import Credential, ModelRule, OperatorAlert, Upstream
+import billing.admin  # noqa: F401  (registers UsageLog first, so it can be re-registered)
+from billing.admin import UsageLogAdmin
+from billing.models import UsageLog
+from gateway.capture import display
+from gateway.models import CapturedExchange, Credential, ModelRule, OperatorAlert, Upstream
 
 
 class CredentialForm(forms.ModelForm):
@@ -160,3 +164,28 @@ class OperatorAlertAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+# --- body capture on the usage row's page ---------------------------------------------------
+# The UsageLog admin lives in billing; the gateway extends it here so billing never imports
+# the gateway (as billing extends the keys' Tenant admin).
+
+admin.site.unregister(UsageLog)
+
+
+@admin.register(UsageLog)
+class UsageLogCaptureAdmin(UsageLogAdmin):
+    """The usage row's page shows the request's captured bodies, when body capture was on
+    for its key (issue 15) and its retention has not ended."""
+
+    readonly_fields = ("captured_bodies",)
+
+    class Media:
+        css = {"all": ("portal/capture.css",)}
+
+    @admin.display(description="captured bodies")
+    def captured_bodies(self, obj: UsageLog) -> str:
+        exchange = CapturedExchange.objects.filter(request_id=obj.request_id).first()
+        if exchange is None:
+            return ("None: body capture was off for this request's key, or the capture "
+                    "is past GATEWAY_CAPTURE_RETENTION_HOURS.")
+        return display.render(exchange)

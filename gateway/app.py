@@ -13,6 +13,7 @@ import orjson
 
 from billing.usage import journal_pending, pending_usage
 from gateway import websocket
+from gateway.capture import store as capture_store
 from gateway.pipeline import handle, in_flight
 from gateway.respond import Receive, Send
 from gateway.stored import background, store
@@ -27,15 +28,18 @@ async def status_app(scope: dict[str, Any], receive: Receive, send: Send) -> Non
     """GET /_gateway/status: this process's requests in flight and usage rows held in its
     memory (``usage_pending``: lost if it died now), and the rows every process journaled
     in Redis that no writer has put in the database yet (``usage_journal``; null without
-    Redis); the same for stored responses (``store_pending``, ``store_journal``), and the
-    background responses running on this process's loop (``background_runs``: embedded
-    mode; with a Celery broker they run in workers). A readiness probe for load balancers,
+    Redis); the same for stored responses (``store_pending``, ``store_journal``) and body
+    captures (``capture_pending``, ``capture_journal``), and the background responses
+    running on this process's loop (``background_runs``: embedded mode; with a Celery
+    broker they run in workers). A readiness probe for load balancers,
     and a drain check before a restart. ``websockets``: Responses sockets open now, the
     turns and warm-ups they carried."""
     body = orjson.dumps({"ok": True, "in_flight": in_flight(), "usage_pending": pending_usage(),
                          "usage_journal": await journal_pending(),
                          "store_pending": store.pending(),
                          "store_journal": await store.journal_pending(),
+                         "capture_pending": capture_store.pending(),
+                         "capture_journal": await capture_store.journal_pending(),
                          "background_runs": background.running(),
                          "websockets": websocket.stats()})
     await send({"type": "http.response.start", "status": 200, "headers": [

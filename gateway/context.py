@@ -21,6 +21,7 @@ from gateway.validate import printable
 from keys.snapshots import KeySnapshot
 
 if TYPE_CHECKING:
+    from gateway.capture.recorder import Capture
     from gateway.charging import Settlement
     from gateway.stored.chain import Turn
 
@@ -34,6 +35,7 @@ class RelayContext:
     client_ip: str | None
     user_agent: str
     headers: dict[bytes, bytes]
+    path: str = ""  # as requested (/v1/chat/completions, /codex/v1/responses …)
     key: KeySnapshot | None = None
     model: str = ""
     effort: str | None = None  # from a model-name suffix (gpt-5-high)
@@ -49,6 +51,7 @@ class RelayContext:
     stream_open: bool = False  # an SSE response has started and not yet ended
     events_sent: int = 0  # SSE events sent so far (the next Responses sequence_number)
     turn: Turn | None = None  # a /v1/responses request the store follows (gateway.stored)
+    capture: Capture | None = None  # set while body capture is on for the key (gateway.capture)
 
     @classmethod
     def start(cls, scope: dict[str, Any], endpoint: str) -> RelayContext:
@@ -57,6 +60,7 @@ class RelayContext:
         return cls(
             request_id="req_" + uuid.uuid4().hex,
             endpoint=endpoint,
+            path=scope.get("path", ""),
             started=time.perf_counter(),
             started_at=datetime.now(UTC),
             client_ip=client[0] if client else None,

@@ -247,3 +247,35 @@ class OperatorAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.subject}".strip()
+
+class CapturedExchange(models.Model):
+    """One request's bodies, captured for debugging (issue 15) while body capture is on for
+    its key (``KeySnapshot.capture_until``): the request as received, before Turnpike
+    rewrote it, and the response as sent to the client (a JSON body, or a stream's bytes as
+    relayed), each cut at GATEWAY_CAPTURE_MAX_BYTES, with credentials redacted. Written off
+    the response path by ``gateway.capture.store``; deleted after
+    GATEWAY_CAPTURE_RETENTION_HOURS by ``gateway.tasks.expire_captures``. Staff see it on
+    the usage row's admin page, the tenant's owners on the portal's request page."""
+
+    request_id = models.CharField(max_length=64, unique=True)  # = UsageLog.request_id
+    tenant = models.ForeignKey("keys.Tenant", on_delete=models.CASCADE, related_name="+")
+    key = models.ForeignKey("keys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL,
+                            related_name="+")
+    created_at = models.DateTimeField(db_index=True)
+    method = models.CharField(max_length=16)
+    path = models.CharField(max_length=500)
+    status = models.PositiveSmallIntegerField(default=0)
+    stream = models.BooleanField(default=False)
+    request_headers = models.JSONField(default=dict, blank=True)  # a safe subset, redacted
+    request_body = models.TextField(blank=True)
+    request_bytes = models.PositiveIntegerField(default=0)  # the whole body's size
+    request_truncated = models.BooleanField(default=False)
+    response_body = models.TextField(blank=True)
+    response_bytes = models.PositiveBigIntegerField(default=0)  # everything sent
+    response_truncated = models.BooleanField(default=False)
+
+    class Meta:
+        verbose_name = "captured exchange"
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.method} {self.path}"

@@ -8,6 +8,8 @@
       stored_api.serve  GET|DELETE /v1/responses/{id}, GET …/input_items, POST …/cancel
       relay()           POST /v1/responses, /v1/responses/compact, /v1/chat/completions
         read_body(), parse_request()   the checks every endpoint shares
+        capture.begin() the body as received, when body capture is on for the key
+                        (gateway.capture; the answer is captured as it is sent)
         resolve_model() model permission, model -> upstreams
         stored.prepare() /v1/responses: previous_response_id (pinned route, or the chain
                         expanded from the store) and what the store keeps (gateway.stored)
@@ -20,7 +22,8 @@
                         or in the background by record()
         exchange.run()  send upstream; relay or translate the answer as it arrives; its
                         Outcome (route, attempts, usage, served) is what is charged
-      record()          the usage row (settled with it when admitted)
+      record()          the usage row (settled with it when admitted); the body capture,
+                        if any, queued for its writer
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from django.conf import settings
 
 from billing.usage import record_usage
 from gateway import dashboard, exchange, policy, routing, validate
+from gateway.capture import recorder as capture
 from gateway.charging import Settlement
 from gateway.context import RelayContext
 from gateway.errors import (
@@ -242,6 +246,8 @@ async def relay(ctx: RelayContext, operation: str, receive: Receive,
     key = await authenticate(ctx)
     validate.check_headers(ctx.headers, FORWARDED_HEADERS)
     body = await read_body(receive, ctx)
+    if key.capture_until:  # body capture (issue 15): 0 when off, one attribute check
+        ctx.capture = capture.begin(ctx, key, body)
     payload = parse_request(ctx, body, operation)
     model, candidates = await resolve_model(ctx, key)
     size = len(body)
@@ -376,6 +382,8 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         del _active[ctx.request_id]
         record(ctx)
         observe(ctx)
+        if ctx.capture is not None:
+            capture.finish(ctx)
 
 
 async def answer_error(ctx: RelayContext, send: Send, error: GatewayError) -> None:

@@ -48,6 +48,8 @@ async def send_json(ctx: RelayContext, send: Send, status: int, body: bytes,
     headers.append((COST_HEADER, cost_text(cost)))
     if extra:
         headers.extend(extra)
+    if ctx.capture is not None:
+        ctx.capture.response(body)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -70,12 +72,16 @@ async def send_chunk(ctx: RelayContext, send: Send, data: bytes) -> None:
         # Events end with a blank line: counting them (C speed) is what lets a stream that
         # breaks later end with a correctly numbered Responses error event.
         ctx.events_sent += data.count(b"\n\n")
+        if ctx.capture is not None:
+            ctx.capture.response(data)
         await send({"type": "http.response.body", "body": data, "more_body": True})
         ctx.mark_first_byte()
 
 
 async def end_stream(ctx: RelayContext, send: Send, tail: bytes, settle: Settle) -> None:
     await settle()
+    if ctx.capture is not None:
+        ctx.capture.response(tail)
     await send({"type": "http.response.body", "body": tail, "more_body": False})
     ctx.stream_open = False
     ctx.mark_first_byte()
@@ -115,8 +121,10 @@ async def abort_stream(ctx: RelayContext, send: Send, error: GatewayError,
             await settle()  # charged for what was relayed, like any ended stream
     except Exception as exc:  # often the very failure being reported: no second traceback
         log.warning("settling the broken stream of %s failed too: %r", ctx.request_id, exc)
+    event = stream_error_event(ctx, error)
+    if ctx.capture is not None:
+        ctx.capture.response(event)
     try:
-        await send({"type": "http.response.body", "body": stream_error_event(ctx, error),
-                    "more_body": False})
+        await send({"type": "http.response.body", "body": event, "more_body": False})
     except Exception:  # the client is gone; there is nobody left to tell
         log.debug("could not end the broken stream of %s", ctx.request_id, exc_info=True)

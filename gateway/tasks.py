@@ -1,4 +1,5 @@
-"""Celery tasks of the gateway app (thin: they call gateway.health and gateway.stored)."""
+"""Celery tasks of the gateway app (thin: they call gateway.health, gateway.stored and
+gateway.capture)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,15 @@ def probe_upstreams() -> dict[str, bool]:
 def expire_stored_responses() -> int:
     """Delete the stored responses whose tenant's retention is over (beat: hourly)."""
     from gateway.stored import store
+
+    return store.expire()
+
+
+@shared_task(name="gateway.tasks.expire_captures", ignore_result=True)
+def expire_captures() -> int:
+    """Delete the captured bodies older than GATEWAY_CAPTURE_RETENTION_HOURS (beat: every
+    ten minutes)."""
+    from gateway.capture import store
 
     return store.expire()
 

@@ -41,7 +41,9 @@ class KeepStorageSettings(forms.ModelForm):
     when a submitted form leaves them out: a form posted by a script written before they
     existed must not fail, nor turn storage off."""
 
-    STORAGE_FIELDS = ("response_storage", "response_retention_days")
+    STORAGE_FIELDS = ("response_storage", "response_retention_days", "capture_bodies")
+    # Kept only when absent from the post: posted empty, a capture window is switched off.
+    KEPT_WHEN_ABSENT = ("capture_bodies_until",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -54,6 +56,11 @@ class KeepStorageSettings(forms.ModelForm):
         for name in self.STORAGE_FIELDS:
             if name in self.fields and data.get(name) in (None, ""):
                 data[name] = getattr(self.instance, name)
+        for name in self.KEPT_WHEN_ABSENT:
+            field = self.fields.get(name)
+            if field is not None and field.widget.value_omitted_from_data(
+                    self.data, self.files, self.add_prefix(name)):
+                data[name] = getattr(self.instance, name)
         return data
 
 
@@ -62,7 +69,8 @@ class TenantAdmin(admin.ModelAdmin):
     form = KeepStorageSettings
     readonly_fields = ("balance",)
     fields: ClassVar[tuple[str, ...]] = ("name", "status", "group", "balance",
-                                         "response_storage", "response_retention_days")
+                                         "response_storage", "response_retention_days",
+                                         "capture_bodies_until")
     list_display = ("name", "status", "group", "balance", "key_count", "member_count",
                     "created_at")
     list_filter = ("status", "group")
@@ -123,6 +131,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         ("Limits", {"fields": ("rpm", "rpd", "tpm", "concurrency", "max_tokens",
                                "quota", "quota_used", "allowed_ips")}),
         ("Stored responses", {"fields": ("response_storage",)}),
+        ("Body capture", {"fields": ("capture_bodies", "capture_bodies_until")}),
         ("Audit", {"fields": ("created_at",)}),
     )
 

@@ -127,6 +127,29 @@ def parse_duration(value: str, option: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def parse_capture(value: str, option: str = "--capture-bodies", *,
+                  inherit: bool = False) -> tuple[str, datetime | None]:
+    """A body capture setting (issue 15) as (mode, until): ``off``; ``inherit`` (a key's:
+    as its tenant, when ``inherit``); or on for a duration (``30m``, ``24h``, ``3d``) or
+    until an ISO datetime, which must be in the future."""
+    text = value.strip().lower()
+    if text == "off" or (inherit and text == "inherit"):
+        return text, None
+    if _DURATION.match(text):
+        until = timezone.now() + parse_duration(text, option)
+    else:
+        try:
+            until = parse_when(value, option)
+        except CommandError:
+            words = "inherit, off" if inherit else "off"
+            raise CommandError(f"{option} {value!r} is not {words}, a duration (30m, 24h, "
+                               "3d) or an ISO datetime to capture until.") from None
+    if until <= timezone.now():
+        raise CommandError(f"{option} {value!r} ends in the past: give a later time, or "
+                           "'off'.")
+    return "on", until
+
+
 def parse_decimal(value: str | None, option: str) -> Decimal | None:
     if value is None:
         return None

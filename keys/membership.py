@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -25,7 +26,14 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from keys.models import MAX_RETENTION_DAYS, Invitation, Membership, ResponseStorage, Tenant
+from keys.models import (
+    MAX_RETENTION_DAYS,
+    Invitation,
+    Membership,
+    ResponseStorage,
+    Tenant,
+    capture_window_error,
+)
 from keys.services import ApplicationError
 
 Role = Membership.Role
@@ -209,13 +217,23 @@ def pending(tenant: Tenant) -> Any:
                                      revoked_at__isnull=True)
 
 
+class Unchanged:
+    """A setting whose None means something (body capture: off) left as it is."""
+
+
+UNCHANGED = Unchanged()
+
+
 def tenant_settings_update(*, tenant: Tenant, members_can_create_keys: bool,
                            low_balance_threshold: Decimal | None,
                            actor: Membership | None = None,
                            response_storage: str | None = None,
-                           response_retention_days: int | None = None) -> Tenant:
+                           response_retention_days: int | None = None,
+                           capture_bodies_until: datetime | None | Unchanged = UNCHANGED
+                           ) -> Tenant:
     """The settings an owner changes (portal, tenant API). The response storage ones are
-    kept when not given (None)."""
+    kept when not given (None); body capture when not given (UNCHANGED), a new window that
+    ends in the past is refused (None switches capture off)."""
     if actor is not None and (actor.tenant_id != tenant.pk or actor.role != Role.OWNER):
         raise NotAllowed(_("Only owners change the tenant's settings."))
     if low_balance_threshold is not None and low_balance_threshold < 0:
@@ -226,6 +244,14 @@ def tenant_settings_update(*, tenant: Tenant, members_can_create_keys: bool,
             1 <= response_retention_days <= MAX_RETENTION_DAYS:
         raise MembershipError(_("Keep stored responses from 1 to %(days)s days.")
                               % {"days": MAX_RETENTION_DAYS})
+    if isinstance(capture_bodies_until, datetime) and \
+            capture_bodies_until != tenant.capture_bodies_until:
+        if capture_bodies_until <= timezone.now():
+            raise MembershipError(_("A body capture window must end in the future (empty: "
+                                    "capture off)."))
+        error = capture_window_error(capture_bodies_until)
+        if error:
+            raise MembershipError(error)
     tenant.members_can_create_keys = members_can_create_keys
     tenant.low_balance_threshold = low_balance_threshold
     fields = ["members_can_create_keys", "low_balance_threshold"]
@@ -235,6 +261,9 @@ def tenant_settings_update(*, tenant: Tenant, members_can_create_keys: bool,
     if response_retention_days is not None:
         tenant.response_retention_days = response_retention_days
         fields.append("response_retention_days")
+    if not isinstance(capture_bodies_until, Unchanged):
+        tenant.capture_bodies_until = capture_bodies_until
+        fields.append("capture_bodies_until")
     # Through the model: the audit log records it and keys.signals evicts the snapshots of
     # the tenant's keys (their store_days).
     tenant.save(update_fields=fields)

@@ -7,6 +7,7 @@ The gateway never reads these models on the hot path: it reads ``KeySnapshot`` (
 from __future__ import annotations
 
 import ipaddress
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TypedDict
 
@@ -55,6 +56,38 @@ class KeyResponseStorage(models.TextChoices):
 
 # Longest retention a tenant may choose (ten years).
 MAX_RETENTION_DAYS = 3650
+
+
+class KeyCapture(models.TextChoices):
+    """A key's body capture (issue 15): as its tenant's window says, on until its own
+    ``capture_bodies_until``, or never."""
+
+    INHERIT = "inherit", _("As the tenant")
+    ON = "on", _("On until a time")
+    OFF = "off", _("Off")
+
+
+# Body capture is a debugging tool that ends by itself: a window ends at most this far ahead.
+MAX_CAPTURE_DAYS = 30
+
+
+def capture_window_error(until: datetime | None, now: datetime | None = None) -> str | None:
+    """Why ``until`` cannot end a body-capture window (None: it can). A time in the past is
+    accepted (capture is simply off); one more than MAX_CAPTURE_DAYS ahead is not."""
+    if until is not None and until > (now or timezone.now()) + timedelta(days=MAX_CAPTURE_DAYS):
+        return str(_("A body capture window ends at most %(days)s days from now.")
+                   % {"days": MAX_CAPTURE_DAYS})
+    return None
+
+
+def capture_until(key_setting: str, key_until: datetime | None,
+                  tenant_until: datetime | None) -> float:
+    """Unix seconds until which a key's request and response bodies are captured; 0: off
+    (the key's ``off``, or no window)."""
+    if key_setting == KeyCapture.OFF:
+        return 0.0
+    until = key_until if key_setting == KeyCapture.ON else tenant_until
+    return until.timestamp() if until is not None else 0.0
 
 
 class Group(models.Model):
@@ -122,6 +155,11 @@ class Tenant(models.Model):
     response_retention_days = models.PositiveIntegerField(
         default=30, validators=[MinValueValidator(1), MaxValueValidator(MAX_RETENTION_DAYS)],
         help_text="Days a stored response is kept before it is deleted.")
+    capture_bodies_until = models.DateTimeField(
+        null=True, blank=True,
+        help_text="Capture the request and response bodies of the tenant's keys (those that "
+        "inherit) until this time, for debugging; empty or past: off. At most "
+        f"{MAX_CAPTURE_DAYS} days ahead.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -129,6 +167,11 @@ class Tenant(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        error = capture_window_error(self.capture_bodies_until)
+        if error:
+            raise ValidationError({"capture_bodies_until": error})
 
 
 class Membership(models.Model):
@@ -224,6 +267,12 @@ class ApiKey(models.Model):
         max_length=8, choices=KeyResponseStorage.choices, default=KeyResponseStorage.INHERIT,
         help_text="Store this key's /v1/responses answers: as its tenant says, or on/off "
         "for this key alone (the tenant's retention period applies).")
+    capture_bodies = models.CharField(
+        max_length=8, choices=KeyCapture.choices, default=KeyCapture.INHERIT,
+        help_text="Capture this key's request and response bodies: as its tenant says, on "
+        "until the time below, or off.")
+    capture_bodies_until = models.DateTimeField(
+        null=True, blank=True, help_text="When capture is on for this key: the time it stops.")
     expiry_notified = models.BooleanField(default=False, editable=False)
     quota_notified = models.BooleanField(default=False, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -250,6 +299,14 @@ class ApiKey(models.Model):
         if bad:
             raise ValidationError({"allowed_ips": f"Not an IP address or CIDR: "
                                                   f"{', '.join(bad)}."})
+        if self.capture_bodies != KeyCapture.ON:
+            self.capture_bodies_until = None  # only "on" has a window of its own
+        elif self.capture_bodies_until is None:
+            raise ValidationError({"capture_bodies_until": _(
+                "Give the time capture stops: it is a debugging tool that ends by itself.")})
+        error = capture_window_error(self.capture_bodies_until)
+        if error:
+            raise ValidationError({"capture_bodies_until": error})
 
     @property
     def masked(self) -> str:
@@ -265,6 +322,12 @@ class ApiKey(models.Model):
         its tenant's)."""
         return store_days(self.response_storage, self.tenant.response_storage,
                           self.tenant.response_retention_days)
+
+    @property
+    def capture_until(self) -> float:
+        """Unix seconds until which this key's bodies are captured; 0: off."""
+        return capture_until(self.capture_bodies, self.capture_bodies_until,
+                             self.tenant.capture_bodies_until)
 
 
 def store_days(key_setting: str, tenant_setting: str, retention_days: int) -> int:

@@ -34,7 +34,8 @@ def tenant_get_or_create(*, name: str, group: Group | None = None) -> tuple[Tena
 
 
 def tenant_create(*, name: str, group: Group | None = None, response_storage: str = "on",
-                  response_retention_days: int = 30) -> Tenant:
+                  response_retention_days: int = 30,
+                  capture_bodies_until: datetime | None = None) -> Tenant:
     """A new tenant; unlike ``tenant_get_or_create`` an existing name is an error (an
     operator who asked to create one must not silently get someone else's)."""
     name = name.strip()
@@ -43,14 +44,15 @@ def tenant_create(*, name: str, group: Group | None = None, response_storage: st
     if Tenant.objects.filter(name=name).exists():
         raise ApplicationError(f"A tenant named {name!r} already exists.")
     tenant = Tenant(name=name, group=group, response_storage=response_storage,
-                    response_retention_days=response_retention_days)
+                    response_retention_days=response_retention_days,
+                    capture_bodies_until=capture_bodies_until)
     tenant.full_clean()
     tenant.save()
     return tenant
 
 
 # Fields of a tenant that ``tenant_update`` may change.
-TENANT_SETTINGS = ("response_storage", "response_retention_days")
+TENANT_SETTINGS = ("response_storage", "response_retention_days", "capture_bodies_until")
 
 
 @transaction.atomic
@@ -58,7 +60,8 @@ def tenant_update(*, tenant: Tenant, **changes: object) -> list[str]:
     """Change a tenant's settings (names in ``TENANT_SETTINGS``); returns the fields that
     changed. Saved through the model, so ``keys.signals`` evicts the snapshots of all its
     keys on commit (their ``store_days``): the gateway applies it within
-    GATEWAY_SNAPSHOT_TTL. A new retention period applies to responses stored from then on."""
+    GATEWAY_SNAPSHOT_TTL. A new retention period applies to responses stored from then on;
+    a new ``capture_bodies_until`` (None: off) to requests from then on."""
     unknown = set(changes) - set(TENANT_SETTINGS)
     if unknown:
         raise ApplicationError(f"Not a tenant setting: {', '.join(sorted(unknown))}.")
@@ -116,6 +119,8 @@ def key_create(
     secret: str | None = None,
     rotated_from: ApiKey | None = None,
     response_storage: str = "inherit",
+    capture_bodies: str = "inherit",
+    capture_bodies_until: datetime | None = None,
 ) -> CreatedKey:
     """Create a key. ``secret`` is for imports and fixtures; normally one is generated.
     ``rotated_from``: the key this one replaces (see ``key_rotate``)."""
@@ -129,6 +134,7 @@ def key_create(
         allowed_ips=split_items(allowed_ips), rpm=rpm, rpd=rpd, tpm=tpm,
         concurrency=concurrency, max_tokens=max_tokens, quota=quota, expires_at=expires_at,
         status=Status.ACTIVE, rotated_from=rotated_from, response_storage=response_storage,
+        capture_bodies=capture_bodies, capture_bodies_until=capture_bodies_until,
     )
     key_set_secret(key=key, secret=secret)
     if ApiKey.objects.filter(secret_hash=key.secret_hash).exists():
@@ -148,7 +154,7 @@ def key_set_status(*, key: ApiKey, active: bool) -> bool:
 # Fields of a key that ``key_update`` may change (the secret, tenant and counters never).
 KEY_SETTINGS = ("name", "group", "allowed_models", "denied_models", "allowed_ips", "rpm",
                 "rpd", "tpm", "concurrency", "max_tokens", "quota", "expires_at",
-                "response_storage")
+                "response_storage", "capture_bodies", "capture_bodies_until")
 
 
 @transaction.atomic
@@ -160,6 +166,8 @@ def key_update(*, key: ApiKey, **changes: object) -> list[str]:
     unknown = set(changes) - set(KEY_SETTINGS)
     if unknown:
         raise ApplicationError(f"Not a key setting: {', '.join(sorted(unknown))}.")
+    if changes.get("capture_bodies", "on") != "on":
+        changes.setdefault("capture_bodies_until", None)  # only "on" keeps a window
     changed = []
     for name, value in changes.items():
         if name in ("allowed_models", "denied_models", "allowed_ips"):
@@ -195,6 +203,7 @@ the old key's, so a member who may change the old key may change the new one."""
         allowed_ips=key.allowed_ips, rpm=key.rpm, rpd=key.rpd, tpm=key.tpm,
         concurrency=key.concurrency, max_tokens=key.max_tokens, quota=key.quota,
         expires_at=expires_at, rotated_from=key, response_storage=key.response_storage,
+        capture_bodies=key.capture_bodies, capture_bodies_until=key.capture_bodies_until,
     )
     if key.status != Status.ACTIVE:
         made.key.status = key.status

@@ -40,6 +40,10 @@ class KeySnapshot:
     # Days its /v1/responses answers are stored (the tenant's retention); 0: storage off
     # (zero data retention). The default is the model's, for snapshots cached before it.
     store_days: int = 30
+    # Unix seconds until which its request and response bodies are captured (issue 15,
+    # ``gateway.capture``); 0: off. The gateway compares it with the clock, so a window
+    # ends on time without a snapshot rebuild.
+    capture_until: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -47,6 +51,10 @@ class KeySnapshot:
 
     def is_expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or time.time())
+
+    def captures_bodies(self, now: float | None = None) -> bool:
+        """Body capture is on for this key right now."""
+        return self.capture_until > (now or time.time())
 
     def allows(self, model: str) -> bool:
         """The model passes the key's deny-list and allow-list (``keys.patterns``)."""
@@ -74,7 +82,7 @@ SNAPSHOT_RELATED = ("tenant", "group", "tenant__group")  # what snapshot_of() re
 def snapshot_of(key: ApiKey) -> KeySnapshot:
     """The snapshot of one ApiKey row (loaded with ``select_related(*SNAPSHOT_RELATED)``):
     what the cache holds, and what the Django-side key checks (``keys.authn``) decide from."""
-    from keys.models import Status, store_days
+    from keys.models import Status, capture_until, store_days
 
     group = key.group or key.tenant.group
     return KeySnapshot(
@@ -98,6 +106,8 @@ def snapshot_of(key: ApiKey) -> KeySnapshot:
         dedicated_upstreams=bool(group and group.dedicated_upstreams),
         store_days=store_days(key.response_storage, key.tenant.response_storage,
                               key.tenant.response_retention_days),
+        capture_until=capture_until(key.capture_bodies, key.capture_bodies_until,
+                                    key.tenant.capture_bodies_until),
     )
 
 

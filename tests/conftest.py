@@ -163,7 +163,8 @@ def _gateway_quiet(request: pytest.FixtureRequest) -> Iterator[None]:
             state = httpx.get(server.url + "/_gateway/status").json()
             if state["in_flight"] == 0 and state["usage_pending"] == 0 and \
                     not state.get("usage_journal") and not state.get("store_pending") and \
-                    not state.get("store_journal") and not state.get("background_runs"):
+                    not state.get("store_journal") and not state.get("background_runs") and \
+                    not state.get("capture_pending") and not state.get("capture_journal"):
                 break
             if time.monotonic() > deadline:
                 raise AssertionError(f"{name} still busy after the test: {state}")

@@ -24,6 +24,8 @@ usage rows not yet written), so a name changed here strands its data under the o
     rpin:<id>                     str   the route of a response its upstream stores itself
     store:journal, store:claims…  list  the stored responses' journal (portal.infra.journal)
     store:deleted                 ...   deletions waiting for the store's writer
+    capture:journal, capture:claims…  list  captured bodies waiting for their writer
+                                        (gateway.capture.store)
     bg:<id>, bg:<id>:events       hash, stream  a background response's run (gateway.stored.runs)
     bg:leases                     zset  running background responses by lease end
     snap:<cache>:<ident>          str   a LayeredCache snapshot (portal.infra.snapshots)
@@ -164,6 +166,13 @@ def store_journal(*, prefix: str | None = None) -> str:
 
 def store_deletions(*, prefix: str | None = None) -> str:
     return f"{_p(prefix)}store:deleted"
+
+
+# --- body capture (gateway/capture/) ----------------------------------------------------------
+
+def capture_journal(*, prefix: str | None = None) -> str:
+    """list: captured request and response bodies (redacted) waiting for their writer."""
+    return f"{_p(prefix)}capture:journal"
 
 
 # --- background responses (gateway/stored/runs.py) ----------------------------------------

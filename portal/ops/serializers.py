@@ -89,7 +89,7 @@ class TenantSerializer(serializers.ModelSerializer):
         model = Tenant
         fields = ("id", "name", "status", "group", "balance", "members_can_create_keys",
                   "low_balance_threshold", "response_storage", "response_retention_days",
-                  "created_at", "opening_balance")
+                  "capture_bodies_until", "created_at", "opening_balance")
         read_only_fields = ("balance", "created_at")
         extra_kwargs = {"low_balance_threshold": {"min_value": Decimal(0)}}
 
@@ -136,7 +136,8 @@ class MembershipRoleSerializer(serializers.Serializer):
 KEY_FIELDS = ("id", "tenant", "name", "prefix", "masked", "status", "group", "expires_at",
               "allowed_models", "denied_models", "allowed_ips", "rpm", "rpd", "tpm",
               "concurrency", "max_tokens", "quota", "quota_used", "response_storage",
-              "created_by", "rotated_from", "created_at")
+              "capture_bodies", "capture_bodies_until", "created_by", "rotated_from",
+              "created_at")
 
 
 class ApiKeySerializer(serializers.ModelSerializer):

@@ -33,6 +33,7 @@ from django.utils.translation import gettext_lazy as _
 from billing.models import UsageLog
 from billing.pricing import FREE, Price, cost
 from billing.usagerow import MEMBER_FIELDS, TOKEN_FIELDS
+from gateway.models import CapturedExchange
 from keys.models import ApiKey, Tenant
 from portal.selectors.filters import LogFilterForm
 
@@ -369,6 +370,12 @@ def oldest(tenant: Tenant) -> dt.datetime | None:
 def request_detail(tenant: Tenant, request_id: str) -> UsageLog | None:
     return tenant_rows(tenant).select_related("key", "key__group", "tenant__group") \
         .filter(request_id=request_id).first()
+
+
+def capture_of(tenant: Tenant, request_id: str) -> CapturedExchange | None:
+    """The request's captured bodies (issue 15), if body capture was on for it and they are
+    not past their retention: only the tenant's own."""
+    return CapturedExchange.objects.filter(tenant=tenant, request_id=request_id).first()
 
 
 def price_for(model: str) -> Price:

@@ -415,6 +415,14 @@ if GATEWAY_USAGE_SINK not in ("database", "redis"):
 # retention). The journal is written by the same writers, batch sizes and claim timeout as
 # the usage journal (GATEWAY_USAGE_*).
 GATEWAY_STORE_CACHE_SECONDS = env_int("GATEWAY_STORE_CACHE_SECONDS", 3600)
+# Body capture (issue 15, gateway.capture), for keys whose tenant or own setting switches it
+# on: the request and the response body are each kept up to this many bytes (the rest cut
+# and marked truncated), credentials redacted, and deleted after this many hours (the beat
+# task gateway.tasks.expire_captures). GATEWAY_CAPTURE_BODIES=false: nothing is captured,
+# whatever tenants and keys say.
+GATEWAY_CAPTURE_MAX_BYTES = env_int("GATEWAY_CAPTURE_MAX_BYTES", 64 * 1024)
+GATEWAY_CAPTURE_RETENTION_HOURS = env_int("GATEWAY_CAPTURE_RETENTION_HOURS", 72)
+GATEWAY_CAPTURE_BODIES = env_bool("GATEWAY_CAPTURE_BODIES", True)
 # Background responses (gateway.stored.background): one no worker has started after this
 # many seconds is failed (the beat task gateway.reap_background; a running one is failed
 # when its heartbeat stops for GATEWAY_CONCURRENCY_LEASE_SECONDS).
@@ -512,6 +520,8 @@ CELERY_BEAT_SCHEDULE = {
     "gateway-expire-stored-responses": {"task": "gateway.tasks.expire_stored_responses",
                                         "schedule": 3600.0},
     "gateway-drain-store-journal": {"task": "gateway.drain_store_journal", "schedule": 60.0},
+    # Captured bodies past GATEWAY_CAPTURE_RETENTION_HOURS.
+    "gateway-expire-captures": {"task": "gateway.tasks.expire_captures", "schedule": 600.0},
     # Background responses whose worker stopped (heartbeat gone) or that none started.
     "gateway-reap-background": {"task": "gateway.reap_background",
                                 "schedule": max(5.0, GATEWAY_CONCURRENCY_LEASE_SECONDS / 3)},

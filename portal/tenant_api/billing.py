@@ -12,12 +12,13 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from django.http import HttpRequest
+from django.utils import timezone
 from ninja import Field, Query, Router, Schema
 
 from billing import redemption
 from billing.models import LedgerEntry
 from keys import membership as rules
-from keys.models import MAX_RETENTION_DAYS, Tenant
+from keys.models import MAX_CAPTURE_DAYS, MAX_RETENTION_DAYS, Tenant, capture_window_error
 from portal.selectors import balance as selectors
 from portal.tenant_api.auth import caller_of
 from portal.tenant_api.common import currency, money
@@ -29,6 +30,10 @@ MAX_PAGE = 500
 RESPONSE_STORAGE_HELP = ("on: /v1/responses answers are stored (previous_response_id, GET "
                          "/v1/responses/{id}); off: zero data retention. A key may override "
                          "it.")
+CAPTURE_HELP = ("Body capture for debugging: until this time the request and response "
+                "bodies of the tenant's keys (those that inherit) are kept, credentials "
+                "redacted, and shown to owners on each request's page; null: off. At most "
+                f"{MAX_CAPTURE_DAYS} days ahead.")
 Kind = Literal["topup", "charge", "refund", "adjustment", "redemption"]
 assert set(Kind.__args__) == set(LedgerEntry.Kind.values)  # type: ignore[attr-defined]
 
@@ -84,6 +89,7 @@ class TenantOut(Schema):
     low_balance_threshold: str | None
     response_storage: Literal["on", "off"] = Field(description=RESPONSE_STORAGE_HELP)
     response_retention_days: int = Field(description="Days a stored response is kept.")
+    capture_bodies_until: datetime | None = Field(description=CAPTURE_HELP)
 
 
 class TenantPatch(Schema):
@@ -93,6 +99,9 @@ class TenantPatch(Schema):
     response_storage: Literal["on", "off"] | None = Field(None,
                                                           description=RESPONSE_STORAGE_HELP)
     response_retention_days: int | None = Field(None, ge=1, le=MAX_RETENTION_DAYS)
+    capture_bodies_until: datetime | None = Field(
+        None, description=CAPTURE_HELP + " Owners only; null switches capture off; left out: "
+        "unchanged.")
 
 
 def balance_out(tenant: Tenant) -> dict[str, Any]:
@@ -149,7 +158,8 @@ def tenant_out(caller: Any) -> dict[str, Any]:
             "members_can_create_keys": tenant.members_can_create_keys,
             "low_balance_threshold": money(tenant.low_balance_threshold),
             "response_storage": tenant.response_storage,
-            "response_retention_days": tenant.response_retention_days}
+            "response_retention_days": tenant.response_retention_days,
+            "capture_bodies_until": tenant.capture_bodies_until}
 
 
 @router.get("/tenant", response={200: TenantOut, **ERRORS},
@@ -167,6 +177,16 @@ def tenant_update(request: HttpRequest, payload: TenantPatch) -> dict[str, Any]:
     actor = caller.require("manage_tenant")
     tenant = caller.tenant
     changes = payload.model_dump(exclude_unset=True)
+    until = changes.get("capture_bodies_until")
+    if until is not None:
+        if timezone.is_naive(until):  # no offset given: the server's time zone, as forms do
+            until = changes["capture_bodies_until"] = timezone.make_aware(until)
+        error = capture_window_error(until) or (
+            "A body capture window must end in the future (null: capture off)."
+            if until <= timezone.now() else None)
+        if error:
+            raise ApiError(422, "validation_error", error,
+                           {"capture_bodies_until": [error]})
     flag = changes.get("members_can_create_keys")
     rules.tenant_settings_update(
         tenant=tenant, actor=actor,
@@ -174,5 +194,6 @@ def tenant_update(request: HttpRequest, payload: TenantPatch) -> dict[str, Any]:
         low_balance_threshold=changes.get("low_balance_threshold",
                                           tenant.low_balance_threshold),
         response_storage=changes.get("response_storage"),
-        response_retention_days=changes.get("response_retention_days"))
+        response_retention_days=changes.get("response_retention_days"),
+        capture_bodies_until=changes.get("capture_bodies_until", rules.UNCHANGED))
     return tenant_out(caller)

@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema, Status
 
 from keys import services
-from keys.models import ApiKey
+from keys.models import MAX_CAPTURE_DAYS, ApiKey
 from portal.selectors import keys as selectors
 from portal.tenancy import can_change_key
 from portal.tenant_api.auth import Caller, caller_of
@@ -51,6 +51,11 @@ class KeyOut(Schema):
     response_storage: Literal["inherit", "on", "off"] = Field(
         description="Whether its /v1/responses answers are stored: as the tenant (inherit), "
         "on or off.")
+    capture_bodies: Literal["inherit", "on", "off"] = Field(
+        description="Body capture for debugging: as the tenant's window (inherit), on until "
+        "capture_bodies_until, or off.")
+    capture_bodies_until: datetime | None = Field(
+        description="When capture_bodies is on: the time capture stops.")
     created_at: datetime
     created_by: str | None = Field(description="Email of the user who created it.")
     rotated_from_id: int | None
@@ -91,6 +96,13 @@ class KeyLimits(Schema):
     response_storage: Literal["inherit", "on", "off"] | None = Field(
         None, description="Store its /v1/responses answers: inherit (the tenant's setting; "
         "the default), on or off.")
+    capture_bodies: Literal["inherit", "on", "off"] | None = Field(
+        None, description="Capture its request and response bodies for debugging (shown to "
+        "the tenant's owners): inherit (the tenant's window; the default), on until "
+        "capture_bodies_until, or off.")
+    capture_bodies_until: datetime | None = Field(
+        None, description="With capture_bodies on: when capture stops (in the future, at "
+        f"most {MAX_CAPTURE_DAYS} days ahead).")
 
 
 class KeyIn(KeyLimits):
@@ -138,6 +150,7 @@ def key_out(row: selectors.KeyRow) -> dict[str, Any]:
         "max_tokens": key.max_tokens, "quota": money(key.quota),
         "quota_used": money(key.quota_used), "quota_remaining": money(remaining),
         "expires_at": key.expires_at, "response_storage": key.response_storage,
+        "capture_bodies": key.capture_bodies, "capture_bodies_until": key.capture_bodies_until,
         "created_at": key.created_at,
         "created_by": key.created_by.email if key.created_by_id and key.created_by else None,
         "rotated_from_id": key.rotated_from_id, "last_used_at": row.last_used,

@@ -8,11 +8,20 @@ from typing import Any
 
 from django import forms
 from django.utils import timezone
+from django.utils.text import format_lazy
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from keys.fields import split_items
-from keys.models import ApiKey, Group, KeyResponseStorage, Tenant
+from keys.models import (
+    MAX_CAPTURE_DAYS,
+    ApiKey,
+    Group,
+    KeyCapture,
+    KeyResponseStorage,
+    Tenant,
+    capture_window_error,
+)
 from portal.selectors import keys as selectors
 
 # Limits a group caps (0 on the group: no cap). TPM and quota exist only on keys.
@@ -78,6 +87,19 @@ class KeyForm(forms.Form):
         help_text=gettext_lazy("Whether this key's /v1/responses answers are kept for "
                                "previous_response_id: as the tenant's settings say, or on or "
                                "off for this key alone."))
+    capture_bodies = forms.ChoiceField(
+        label=gettext_lazy("Body capture"), required=False, choices=KeyCapture.choices,
+        initial=KeyCapture.INHERIT,
+        help_text=gettext_lazy("For debugging: keep the bodies of this key's requests and "
+                               "answers (credentials redacted, deleted after a few days), "
+                               "shown to the tenant's owners on each request's page. As the "
+                               "tenant's settings say, on until the time below, or off."))
+    capture_bodies_until = forms.DateTimeField(
+        label=gettext_lazy("Capture until"), required=False,
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text=format_lazy(gettext_lazy("When capture is on: the time it stops, at most "
+                                           "{days} days ahead."), days=MAX_CAPTURE_DAYS))
 
     def __init__(self, *args: Any, tenant: Tenant, instance: ApiKey | None = None,
                  **kwargs: Any) -> None:
@@ -173,7 +195,31 @@ class KeyForm(forms.Form):
             self.add_error("denied_models", _("A model cannot be both allowed and denied: "
                                               "%(models)s.") % {"models": ", ".join(sorted(both))})
         data["expires_at"] = self._expiry(data)
+        data["capture_bodies_until"] = self._capture_until(data)
         return data
+
+    def _capture_until(self, data: dict[str, Any]) -> Any:
+        """The end of the key's own capture window: only when capture is "on", then
+        required, in the future, at most MAX_CAPTURE_DAYS ahead. The key's current window
+        posted back (to the minute: the field has no seconds) is kept as it is, even once
+        it has ended."""
+        if data.get("capture_bodies") != KeyCapture.ON:
+            return None
+        until = data.get("capture_bodies_until")
+        current = self.instance.capture_bodies_until if self.instance is not None else None
+        if until is None:
+            self.add_error("capture_bodies_until", _("Pick the time capture stops: it is a "
+                                                     "debugging tool that ends by itself."))
+            return None
+        if current is not None and abs((until - current).total_seconds()) < 60:
+            return current
+        if until <= timezone.now():
+            self.add_error("capture_bodies_until", _("The capture must stop in the future."))
+            return None
+        error = capture_window_error(until)
+        if error:
+            self.add_error("capture_bodies_until", error)
+        return until
 
     def _expiry(self, data: dict[str, Any]) -> Any:
         preset = data.get("expiry")
@@ -200,6 +246,8 @@ class KeyForm(forms.Form):
             "rpm": d["rpm"], "rpd": d["rpd"], "tpm": d["tpm"], "concurrency": d["concurrency"],
             "max_tokens": d["max_tokens"], "quota": d["quota"], "expires_at": d["expires_at"],
             "response_storage": d.get("response_storage") or KeyResponseStorage.INHERIT,
+            "capture_bodies": d.get("capture_bodies") or KeyCapture.INHERIT,
+            "capture_bodies_until": d.get("capture_bodies_until"),
         }
 
 
@@ -213,6 +261,9 @@ def initial_for(key: ApiKey) -> dict[str, Any]:
         "expires_at": timezone.localtime(key.expires_at) if key.expires_at else None,
         "allowed_ips": "\n".join(key.allowed_ips or []),
         "response_storage": key.response_storage,
+        "capture_bodies": key.capture_bodies,
+        "capture_bodies_until": (timezone.localtime(key.capture_bodies_until)
+                                 if key.capture_bodies_until else None),
     }
 
 

@@ -11,12 +11,20 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.text import format_lazy
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from keys import membership as rules
-from keys.models import MAX_RETENTION_DAYS, Invitation, Membership, ResponseStorage
+from keys.models import (
+    MAX_CAPTURE_DAYS,
+    MAX_RETENTION_DAYS,
+    Invitation,
+    Membership,
+    ResponseStorage,
+    capture_window_error,
+)
 from portal import invitations
 from portal.tenancy import can, portal_view
 
@@ -60,11 +68,39 @@ class TenantSettingsForm(forms.Form):
         max_value=MAX_RETENTION_DAYS, required=False,
         help_text=gettext_lazy("Stored responses are deleted this many days after they "
                                "were made."))
+    # Posted empty: capture off; left out of the post altogether: unchanged.
+    capture_bodies_until = forms.DateTimeField(
+        label=gettext_lazy("Capture request and response bodies until"), required=False,
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text=format_lazy(gettext_lazy(
+            "For debugging: until this time the bodies of the requests made with the "
+            "tenant's keys, and of their answers, are kept (credentials redacted, deleted "
+            "after a few days) and shown to owners on each request's page. Empty: off. At "
+            "most {days} days ahead; a key may override it."), days=MAX_CAPTURE_DAYS))
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, capture_until: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.capture_until = capture_until  # the tenant's window now
         for name, field in self.fields.items():
             field.widget.attrs["aria-describedby"] = f"id_{name}_help"
+
+    def clean_capture_bodies_until(self) -> Any:
+        """In the future and at most MAX_CAPTURE_DAYS ahead; the current window posted back
+        (to the minute: the field has no seconds) is kept as it is."""
+        until = self.cleaned_data.get("capture_bodies_until")
+        current = self.capture_until
+        if until is not None and current is not None and \
+                abs((until - current).total_seconds()) < 60:
+            return current
+        if until is not None:
+            if until <= timezone.now():
+                raise forms.ValidationError(_("Pick a time in the future, or leave it empty "
+                                              "to switch capture off."))
+            error = capture_window_error(until)
+            if error:
+                raise forms.ValidationError(error)
+        return until
 
 
 def _members(request: HttpRequest) -> list[Membership]:
@@ -225,7 +261,7 @@ def welcome(request: HttpRequest) -> HttpResponse:
 def tenant_settings(request: HttpRequest) -> HttpResponse:
     tenant = request.tenant  # type: ignore[attr-defined]
     if request.method == "POST":
-        form = TenantSettingsForm(request.POST)
+        form = TenantSettingsForm(request.POST, capture_until=tenant.capture_bodies_until)
         if form.is_valid():
             rules.tenant_settings_update(
                 tenant=tenant, actor=request.membership,  # type: ignore[attr-defined]
@@ -234,7 +270,10 @@ def tenant_settings(request: HttpRequest) -> HttpResponse:
                 response_storage=(form.cleaned_data["response_storage"]
                                   or tenant.response_storage),
                 response_retention_days=(form.cleaned_data["response_retention_days"]
-                                         or tenant.response_retention_days))
+                                         or tenant.response_retention_days),
+                capture_bodies_until=(form.cleaned_data["capture_bodies_until"]
+                                      if "capture_bodies_until" in request.POST
+                                      else rules.UNCHANGED))
             messages.success(request, _("Settings saved."))
             return redirect("portal:settings")
     else:
@@ -243,5 +282,9 @@ def tenant_settings(request: HttpRequest) -> HttpResponse:
             "low_balance_threshold": tenant.low_balance_threshold,
             "response_storage": tenant.response_storage,
             "response_retention_days": tenant.response_retention_days,
+            "capture_bodies_until": (timezone.localtime(tenant.capture_bodies_until)
+                                     if tenant.capture_bodies_until
+                                     and tenant.capture_bodies_until > timezone.now()
+                                     else None),
         })
     return render(request, "portal/settings.html", {"form": form})

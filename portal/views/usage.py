@@ -17,8 +17,9 @@ from django.utils.cache import patch_vary_headers
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 
+from gateway.capture import display as capture_display
 from portal.selectors import usage as sel
-from portal.tenancy import portal_view, tenant_of
+from portal.tenancy import can, portal_view, tenant_of
 
 
 class Echo:
@@ -130,11 +131,18 @@ def usage_detail(request: HttpRequest, request_id: str) -> HttpResponse:
     if log is None:
         raise Http404(_("No such request in this tenant."))
     staff = bool(request.user.is_staff)
-    return render(request, "portal/usage/detail.html", {
+    # Captured bodies (issue 15): the tenant's owners and staff, never other members.
+    sees_bodies = staff or can(request.membership, "manage_tenant")  # type: ignore[attr-defined]
+    exchange = sel.capture_of(tenant_of(request), request_id) if sees_bodies else None
+    context: dict[str, Any] = {
         "log": log, "key_masked": log.key.masked if log.key else (
             f"{log.key_prefix}…" if log.key_prefix else ""),
         "status_class": sel.status_class(log.status_code),
         "breakdown": sel.cost_breakdown(log),
         "staff": staff,
         "attempts": sel.attempts_for(log, staff=staff),
-    })
+        "sees_bodies": sees_bodies, "capture": None,
+    }
+    if exchange is not None:  # the partial's context: the exchange as "capture", its bodies
+        context.update(capture_display.context(exchange))
+    return render(request, "portal/usage/detail.html", context)

@@ -17,7 +17,15 @@ from django.db.models import Count, Sum
 from billing.models import LedgerEntry
 from billing.services import tenant_topup
 from keys import cli, limits
-from keys.models import MAX_RETENTION_DAYS, MONEY, Group, ResponseStorage, Status, Tenant
+from keys.models import (
+    MAX_CAPTURE_DAYS,
+    MAX_RETENTION_DAYS,
+    MONEY,
+    Group,
+    ResponseStorage,
+    Status,
+    Tenant,
+)
 from keys.money import from_micro
 from keys.services import tenant_create, tenant_set_status, tenant_update
 
@@ -59,6 +67,20 @@ def storage_options(parser: ArgumentParser) -> None:
     parser.add_argument("--response-retention-days", type=retention_days, metavar="N",
                         help=f"Days a stored response is kept (1 to {MAX_RETENTION_DAYS}; "
                              "default 30).")
+    parser.add_argument("--capture-bodies", metavar="WHEN",
+                        help="Capture the request and response bodies of the tenant's keys "
+                             "(those that inherit) for debugging: for a duration (30m, 24h, "
+                             f"3d; at most {MAX_CAPTURE_DAYS} days), until an ISO datetime, "
+                             "or 'off'.")
+
+
+def settings_given(opts: dict[str, Any]) -> dict[str, Any]:
+    """The tenant settings among the options (those given)."""
+    changes = {name: opts[name] for name in ("response_storage", "response_retention_days")
+               if opts[name] is not None}
+    if opts["capture_bodies"] is not None:
+        changes["capture_bodies_until"] = cli.parse_capture(opts["capture_bodies"])[1]
+    return changes
 
 
 class Command(cli.OperatorCommand):
@@ -97,8 +119,7 @@ class Command(cli.OperatorCommand):
                 raise CommandError(f"--balance {opts['balance']!r} is negative; a tenant "
                                    "starts at zero or more (use topup to deduct later).")
         group = find_group(opts["group"]) if opts["group"] else None
-        storage = {name: opts[name] for name in ("response_storage", "response_retention_days")
-                   if opts[name] is not None}
+        storage = settings_given(opts)
         with transaction.atomic():  # no tenant without its opening balance, or vice versa
             tenant = tenant_create(name=opts["name"], group=group, **storage)
             if balance:
@@ -130,13 +151,13 @@ class Command(cli.OperatorCommand):
         info = {"id": tenant.pk, **tenant_money(tenant),
                 "group": tenant.group.name if tenant.group else None,
                 "response_storage": tenant.response_storage,
-                "response_retention_days": tenant.response_retention_days}
+                "response_retention_days": tenant.response_retention_days,
+                "capture_bodies_until": tenant.capture_bodies_until}
         self.emit(info, cli.fields(info))
 
     def do_update(self, opts: dict[str, Any]) -> None:
         tenant = find_tenant(opts["name"])
-        changes = {name: opts[name] for name in ("response_storage", "response_retention_days")
-                   if opts[name] is not None}
+        changes = settings_given(opts)
         if not changes:
             raise CommandError("Nothing to change: give at least one option (see --help).")
         changed = tenant_update(tenant=tenant, **changes)
@@ -187,6 +208,7 @@ def as_dict(tenant: Tenant) -> dict[str, Any]:
             "group": tenant.group.name if tenant.group else None,
             "balance": str(tenant.balance), "response_storage": tenant.response_storage,
             "response_retention_days": tenant.response_retention_days,
+            "capture_bodies_until": tenant.capture_bodies_until,
             "created_at": tenant.created_at}
 
 

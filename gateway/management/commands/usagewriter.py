@@ -1,7 +1,8 @@
 """``manage.py usagewriter``: write the usage journal in Redis (the rows of settled requests,
 and every other row with GATEWAY_USAGE_SINK=redis) to the database as rows arrive, and the
-stored-response journal with it (with that sink gateway processes write neither). Run one
-or more: each batch is claimed by one writer, and a dead writer's claim is put back."""
+stored-response and body-capture journals with it (with that sink gateway processes write
+none of them). Run one or more: each batch is claimed by one writer, and a dead writer's
+claim is put back."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from django.core.management.base import CommandError
 
 from billing.usage import drain_spool
+from gateway.capture import store as capture_store
 from gateway.stored.store import drain_journal
 from keys import cli
 from portal.infra import rediskeys
@@ -45,6 +47,7 @@ class Command(cli.OperatorCommand):
         while not stopping:
             written = drain_spool()
             written_store = drain_journal()  # stored responses (gateway.stored)
+            written_store += capture_store.drain_journal()  # body captures (gateway.capture)
             if opts["once"]:
                 self.emit({"written": written}, f"wrote {written} row(s)")
                 return

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from keys import cli
-from keys.models import ApiKey, Group, KeyResponseStorage, Status, Tenant
+from keys.models import MAX_CAPTURE_DAYS, ApiKey, Group, KeyResponseStorage, Status, Tenant
 from keys.secrets import DISPLAY_PREFIX_LENGTH, KEY_PREFIX
 from keys.services import (
     key_create,
@@ -66,6 +66,19 @@ def _settings(parser: ArgumentParser, *, update: bool) -> None:
     parser.add_argument("--response-storage", choices=KeyResponseStorage.values,
                         help="Store this key's /v1/responses answers: as its tenant "
                              "(inherit, the default), on, or off (zero data retention).")
+    parser.add_argument("--capture-bodies", metavar="WHEN",
+                        help="Capture this key's request and response bodies for debugging: "
+                             "as its tenant (inherit, the default), 'off', or on for a "
+                             f"duration (30m, 24h, 3d; at most {MAX_CAPTURE_DAYS} days) or "
+                             "until an ISO datetime.")
+
+
+def _capture(opts: dict[str, Any]) -> dict[str, Any]:
+    """--capture-bodies as key settings (none when left out)."""
+    if opts["capture_bodies"] is None:
+        return {}
+    mode, until = cli.parse_capture(opts["capture_bodies"], inherit=True)
+    return {"capture_bodies": mode, "capture_bodies_until": until}
 
 
 _KEEP = object()  # an update's limit option left out (``--rpm none`` gives None)
@@ -128,6 +141,7 @@ class Command(cli.OperatorCommand):
                 concurrency=opts["concurrency"], max_tokens=opts["max_tokens"], quota=quota,
                 expires_at=expires_at, secret=opts["secret"],
                 response_storage=opts["response_storage"] or KeyResponseStorage.INHERIT,
+                **_capture(opts),
             )
         if created and not self.json:
             self.stdout.write(f"Created tenant {tenant.name}.")
@@ -193,6 +207,7 @@ class Command(cli.OperatorCommand):
                                      else cli.parse_when(opts["expires"]))
         if opts["response_storage"] is not None:
             changes["response_storage"] = opts["response_storage"]
+        changes.update(_capture(opts))
         if not changes:
             raise CommandError("Nothing to change: give at least one option (see --help).")
         changed = key_update(key=key, **changes)
@@ -247,5 +262,6 @@ def as_dict(key: ApiKey) -> dict[str, Any]:
         "quota": str(key.quota) if key.quota is not None else None,
         "group": key.group.name if key.group else None,
         "rotated_from": key.rotated_from_id, "response_storage": key.response_storage,
+        "capture_bodies": key.capture_bodies, "capture_bodies_until": key.capture_bodies_until,
         "created_at": key.created_at,
     }
