@@ -6,8 +6,11 @@ import os
 
 from celery import Celery
 
+from portal.infra.logconfig import configure_celery
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 app = Celery("turnpike")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+configure_celery()  # LOG_FORMAT=json: Celery logs through Django's LOGGING
