@@ -80,8 +80,10 @@ class UsageLog(models.Model):
         default=False, help_text="The upstream reported no usage (stream cut, client gone): "
         "tokens were counted by Turnpike from what it relayed.")
     user_agent = models.CharField(max_length=300, blank=True)
+    # A default in the database too: rows inserted without the column (a process of the
+    # previous release during a rolling upgrade, SQL seeding) get "" rather than an error.
     client_request_id = models.CharField(
-        max_length=64, blank=True,
+        max_length=64, blank=True, default="", db_default="",
         help_text="The client's own x-request-id, when it sent a valid one (not unique).")
 
     class Meta:

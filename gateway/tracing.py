@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 ENABLED: bool = bool(getattr(settings, "TRACING_ENABLED", False))
 
-if ENABLED:
-    from gateway import otel
-
 
 @dataclass(slots=True)
 class Trace:
@@ -102,3 +99,7 @@ def end_request(ctx: RelayContext) -> None:
     """The request is over: its stream span (if it streamed) and its own span end."""
     if ENABLED and ctx.trace is not None and ctx.trace.root is not None:
         otel.end_request(ctx)
+
+
+if ENABLED:  # last: gateway.otel imports Trace from here
+    from gateway import otel
