@@ -14,21 +14,23 @@ Its fields, in this order (``access_fields``):
     stream, input_tokens, cached_tokens, output_tokens, reasoning_tokens, cost
     latency_ms, ttfb_ms, attempts (upstream attempts made), client_ip
 
-With ``LOG_FORMAT=json`` the fields are keys of the line's JSON object (``extra``); with
-text, the message is ``request_id method path status`` and ``key=value`` for the rest that
-are set. Nothing is built when the logger is off (``GATEWAY_ACCESS_LOG=false``).
+With ``LOG_FORMAT=json`` the fields are keys of the line's JSON object, its message
+``method path status``; with text, the message is ``request_id method path status`` and
+``key=value`` pairs (``tokens=input/cached/output/reasoning``). The fields are the record's
+extra attributes either way, for any other handler. Nothing is built when the logger is
+off (``GATEWAY_ACCESS_LOG=false``); the record is made by ``logconfig.fast_record``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from django.conf import settings
 
-from gateway.validate import printable
-from portal.infra.logconfig import ACCESS_LOGGER
+from portal.infra.logconfig import ACCESS_LOGGER, fast_record
 
 if TYPE_CHECKING:
     from gateway.context import RelayContext
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(ACCESS_LOGGER)
 _INFO = logging.INFO
 JSON = settings.LOG_FORMAT == "json"
-_HEAD = ("request_id", "method", "path", "status")
 
 
 def emit(ctx: RelayContext) -> None:
@@ -45,39 +46,36 @@ def emit(ctx: RelayContext) -> None:
         return
     try:
         fields = access_fields(ctx)
-        if JSON:
-            log.info("%s %s %s", fields["method"], fields["path"], fields["status"],
-                     extra=fields)
-        else:
-            log.info(text_line(fields))
+        message = (f"{fields['method']} {fields['path']} {fields['status']}" if JSON
+                   else text_line(fields))
+        log.handle(fast_record(log.name, _INFO, message, fields))
     except Exception:  # a bug here must not cost the request its usage row or answer
         logging.getLogger(__name__).exception("could not log the access line of %s",
                                               ctx.request_id)
 
 
+_NO_IDS: dict[str, str] = {}
+
+
 def access_fields(ctx: RelayContext) -> dict[str, Any]:
+    """The line's fields. Client-chosen text is left as it came: the JSON encoder escapes
+    it, and the text form quotes anything that is not plain."""
     key, out = ctx.key, ctx.outcome
-    usage, route = out.usage, out.route
-    settlement = ctx.settlement
-    fields: dict[str, Any] = {"request_id": ctx.request_id}
-    if ctx.client_request_id:
-        fields["client_request_id"] = ctx.client_request_id
-    trace = ctx.trace
-    if trace is not None:
-        fields["trace_id"] = trace.trace_id
-        if trace.span_id:
-            fields["span_id"] = trace.span_id
-        elif trace.parent_span_id:
-            fields["parent_span_id"] = trace.parent_span_id
-    fields.update({
+    usage, route, settlement = out.usage, out.route, ctx.settlement
+    ids = _NO_IDS
+    if ctx.client_request_id or ctx.trace is not None:
+        ids = ids_of(ctx)
+    return {
+        "request_id": ctx.request_id,
+        **ids,
         "method": ctx.method,
-        "path": printable(ctx.path),
+        "path": ctx.path,
         "endpoint": ctx.endpoint,
         "status": ctx.status or 500,
-        "error_code": printable(out.error_code or ctx.error_code),
+        "error_code": out.error_code or ctx.error_code,
         "tenant": key.tenant_id if key is not None else None,
         "key_prefix": key.prefix if key is not None else "",
-        "model": printable(ctx.model),
+        "model": ctx.model,
         "upstream": route.upstream.name if route is not None else None,
         "stream": ctx.stream,
         "input_tokens": usage.input_tokens if usage else 0,
@@ -89,24 +87,48 @@ def access_fields(ctx: RelayContext) -> dict[str, Any]:
         "ttfb_ms": ctx.elapsed_ms(ctx.first_byte_at) if ctx.first_byte_at else None,
         "attempts": len(out.attempts),
         "client_ip": ctx.client_ip,
-    })
-    return fields
+    }
 
 
-def text_line(fields: dict[str, Any]) -> str:
-    """``req_… POST /v1/responses 200 key=value …``: the values that are set; text with a
-    space, a quote or an equals sign in it is written as a JSON string."""
-    head = " ".join(_text(fields[name]) for name in _HEAD)
-    rest = " ".join(f"{name}={_text(value)}" for name, value in fields.items()
-                    if name not in _HEAD and value is not None and value != "")
-    return f"{head} {rest}"
+def ids_of(ctx: RelayContext) -> dict[str, str]:
+    """The client's request id and the trace's ids, those there are."""
+    ids = {}
+    if ctx.client_request_id:
+        ids["client_request_id"] = ctx.client_request_id
+    trace = ctx.trace
+    if trace is not None:
+        ids["trace_id"] = trace.trace_id
+        if trace.span_id:
+            ids["span_id"] = trace.span_id
+        elif trace.parent_span_id:
+            ids["parent_span_id"] = trace.parent_span_id
+    return ids
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        if value and value.isprintable() and not any(c in value for c in ' "='):
-            return value
-        return orjson.dumps(value).decode()
-    return str(value)
+# Text written as it is in the text form: printable ASCII without space, '"' or '='.
+_PLAIN = re.compile(r'[!#-<>-~]+')
+_TEXT_IDS = ("client_request_id", "trace_id", "span_id", "parent_span_id")
+_TEXT_NAMES = ("tenant", "key_prefix", "model", "upstream", "error_code")
+
+
+def _text(value: str) -> str:
+    return value if _PLAIN.fullmatch(value) else orjson.dumps(value).decode()
+
+
+def text_line(f: dict[str, Any]) -> str:
+    """``req_… POST /v1/responses 200 key=value …``: the ids and names that are set, then
+    the figures; text that is not plain is written as a JSON string."""
+    parts = [f["request_id"], f["method"], _text(f["path"]), str(f["status"])]
+    for name in _TEXT_IDS:
+        if name in f:
+            parts.append(f"{name}={f[name]}")
+    for name in _TEXT_NAMES:
+        value = f[name]
+        if value is not None and value != "":
+            parts.append(f"{name}={_text(value) if isinstance(value, str) else value}")
+    parts.append(
+        f"stream={'true' if f['stream'] else 'false'} tokens={f['input_tokens']}/"
+        f"{f['cached_tokens']}/{f['output_tokens']}/{f['reasoning_tokens']} "
+        f"cost={f['cost']} latency_ms={f['latency_ms']} ttfb_ms={f['ttfb_ms']} "
+        f"attempts={f['attempts']} client_ip={f['client_ip']}")
+    return " ".join(parts)

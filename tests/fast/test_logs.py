@@ -131,7 +131,7 @@ def context(**headers: str) -> RelayContext:
 def test_the_fields_of_a_refused_request():
     ctx = context(x_request_id="mine-1", traceparent=f"00-{TRACE}-{SPAN}-01")
     ctx.trace = tracing.start_request(ctx)  # tracing is off here: the incoming ids only
-    ctx.status, ctx.error_code, ctx.model = 401, "invalid_api_key", "gpt-5\n"
+    ctx.status, ctx.error_code, ctx.model = 401, "invalid_api_key", "gpt-5"
     fields = accesslog.access_fields(ctx)
     assert list(fields)[:4] == ["request_id", "client_request_id", "trace_id",
                                 "parent_span_id"]
@@ -139,19 +139,42 @@ def test_the_fields_of_a_refused_request():
     assert (fields["trace_id"], fields["parent_span_id"]) == (TRACE, SPAN)
     assert {"method": "POST", "path": "/v1/responses", "endpoint": "responses", "status": 401,
             "error_code": "invalid_api_key", "tenant": None, "key_prefix": "",
-            "upstream": None, "stream": False, "input_tokens": 0, "cost": 0.0,
-            "attempts": 0, "client_ip": "203.0.113.9"}.items() <= fields.items()
-    assert fields["model"] == "gpt-5\N{REPLACEMENT CHARACTER}"  # no control characters
+            "model": "gpt-5", "upstream": None, "stream": False, "input_tokens": 0,
+            "cost": 0.0, "attempts": 0, "client_ip": "203.0.113.9"}.items() <= fields.items()
+    bare = accesslog.access_fields(context())
+    assert not {"client_request_id", "trace_id", "span_id", "parent_span_id"} & set(bare)
 
 
 def test_the_text_form():
-    fields = {"request_id": "req_1", "method": "POST", "path": "/v1/chat/completions",
-              "status": 200, "client_request_id": "c-1", "error_code": "", "tenant": None,
-              "model": "my model", "stream": True, "cost": float(Decimal("0.00042")),
-              "ttfb_ms": None, "key_prefix": "sk-tp-ab12", "upstream": 'a"b'}
+    fields = accesslog.access_fields(context(x_request_id="c-1"))
+    fields.update(status=200, model="my model\n", stream=True, cost=0.00042, tenant=7,
+                  key_prefix="sk-tp-ab12", upstream='a"b', input_tokens=12, output_tokens=3,
+                  latency_ms=40, ttfb_ms=None)
     assert accesslog.text_line(fields) == (
-        'req_1 POST /v1/chat/completions 200 client_request_id=c-1 model="my model" '
-        'stream=true cost=0.00042 key_prefix=sk-tp-ab12 upstream="a\\"b"')
+        f'{fields["request_id"]} POST /v1/responses 200 client_request_id=c-1 tenant=7 '
+        'key_prefix=sk-tp-ab12 model="my model\\n" upstream="a\\"b" stream=true '
+        'tokens=12/0/3/0 cost=0.00042 latency_ms=40 ttfb_ms=None attempts=0 '
+        'client_ip=203.0.113.9')
+
+
+def test_the_json_shortcut_writes_what_the_library_writes(restore_logging):
+    """An access line's record (logconfig.fast_record) is written by JsonFormatter's shortcut;
+    python-json-logger's own path gives the same object, keys in the same order."""
+    from portal.infra.logconfig import FIELDS, JsonFormatter, fast_record
+
+    formatter = JsonFormatter("%(levelname)s %(name)s %(message)s",
+                              rename_fields={"levelname": "level", "name": "logger"},
+                              timestamp="time")
+    fields = accesslog.access_fields(context(x_request_id="c-1"))
+    record = fast_record(ACCESS_LOGGER, logging.INFO, "POST /v1/responses 500", fields)
+    fast = formatter.format(record)
+    del record.__dict__[FIELDS]
+    slow = formatter.format(record)  # the library's path: the fields as extra attributes
+    assert fast == slow
+    assert list(orjson.loads(fast))[:4] == ["level", "logger", "message", "request_id"]
+    # Any other formatter takes the record too.
+    text = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s").format(record)
+    assert text.endswith(" INFO turnpike.access POST /v1/responses 500")
 
 
 def test_nothing_is_built_when_the_access_logger_is_off(monkeypatch, restore_logging):
