@@ -12,9 +12,9 @@ micro  In process: ``gateway.accesslog.emit`` for a served request (every field 
        traceparent check, ``end_request``). CPU microseconds per request, best of 5 runs.
 e2e    End to end (``benchmarks/run.py``'s stack: the Node mock, one Turnpike process, the
        Node load generator): non-stream chat requests at 64 concurrent, with
-       GATEWAY_ACCESS_LOG=false, then the access line in text, then in JSON (the process
-       restarted for each, its output to /dev/null as in run.py), alternating for
-       ``--rounds``; the gateway's CPU per request.
+       GATEWAY_ACCESS_LOG=false, with the access line in text and in JSON (the process
+       restarted for each, its output to /dev/null as in run.py), each round starting with
+       the next of the three, for ``--rounds``; the gateway's CPU per request.
 """
 
 from __future__ import annotations
@@ -122,8 +122,15 @@ def micro(n: int) -> str:
 
 
 def e2e(args: argparse.Namespace) -> str:
-    from benchmarks.run import CHAT, Stack, _row, ensure_database, measure, start_gateway, \
-        wait_port
+    from benchmarks.run import (
+        CHAT,
+        Stack,
+        _row,
+        ensure_database,
+        measure,
+        start_gateway,
+        wait_port,
+    )
 
     ensure_database(args.database_url)
     stack = Stack(args.database_url, args.redis_url, keys=1)
@@ -133,8 +140,10 @@ def e2e(args: argparse.Namespace) -> str:
     cpu: dict[str, list[float]] = {mode: [] for mode in modes}
     rps: dict[str, list[float]] = {mode: [] for mode in modes}
     try:
-        for _ in range(args.rounds):
-            for mode, env in modes.items():
+        names = list(modes)
+        for round_ in range(args.rounds):  # each round starts with the next mode: no drift
+            for mode in names[round_ % 3:] + names[:round_ % 3]:
+                env = modes[mode]
                 stack.gateway.terminate()
                 stack.gateway.wait(timeout=20)
                 stack.gateway, stack.port = start_gateway(stack.procs, {**stack.env, **env})

@@ -19,6 +19,7 @@ tracing off, the trace id of a valid incoming ``traceparent`` is.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +99,11 @@ def upstream_traceparent(ctx: RelayContext) -> str | None:
 def end_request(ctx: RelayContext) -> None:
     """The request is over: its stream span (if it streamed) and its own span end."""
     if ENABLED and ctx.trace is not None and ctx.trace.root is not None:
-        otel.end_request(ctx)
+        try:
+            otel.end_request(ctx)
+        except Exception:  # it runs in the request's finally: never a reason to fail there
+            logging.getLogger(__name__).exception("could not end the trace of %s",
+                                                  ctx.request_id)
 
 
 if ENABLED:  # last: gateway.otel imports Trace from here

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import logging
 import logging.config
-from decimal import Decimal
 from typing import Any
 
 import orjson
