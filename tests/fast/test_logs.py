@@ -194,3 +194,16 @@ def test_tracing_off_costs_a_check_and_gives_no_spans():
     assert tracing.span(ctx, "authenticate") is tracing.NO_SPAN
     assert tracing.upstream_traceparent(ctx) is None
     tracing.end_request(ctx)  # nothing to end
+
+
+def test_the_text_formatter_writes_what_the_stdlib_writes():
+    """TextFormatter makes the time's text once a second: the same text all the same."""
+    from portal.infra.logconfig import TextFormatter
+
+    fmt = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    ours, stdlib = TextFormatter(fmt), logging.Formatter(fmt)
+    record = logging.LogRecord("x", logging.INFO, "", 0, "hello", (), None)
+    for created in (1764526452.259, 1764526452.999, 1764526453.0, 1764526453.5,
+                    1764526452.001):
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        assert ours.format(record) == stdlib.format(record)
