@@ -103,7 +103,7 @@ class UsageLogAdmin(admin.ModelAdmin):
                     "ttfb_ms", "client_ip")
     list_filter = ("status_code", "endpoint", "stream", "error_code", "upstream", "tenant",
                    "key", UsageModelFilter, "created_at")
-    search_fields = ("request_id", "key_prefix", "model", "tenant__name")
+    search_fields = ("request_id", "client_request_id", "key_prefix", "model", "tenant__name")
     date_hierarchy = "created_at"
     list_select_related = ("tenant", "upstream")
     show_full_result_count = False  # COUNT(*) over millions of rows on every page view

@@ -80,12 +80,20 @@ class UsageLog(models.Model):
         default=False, help_text="The upstream reported no usage (stream cut, client gone): "
         "tokens were counted by Turnpike from what it relayed.")
     user_agent = models.CharField(max_length=300, blank=True)
+    # A default in the database too: rows inserted without the column (a process of the
+    # previous release during a rolling upgrade, SQL seeding) get "" rather than an error.
+    client_request_id = models.CharField(
+        max_length=64, blank=True, default="", db_default="",
+        help_text="The client's own x-request-id, when it sent a valid one (not unique).")
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["tenant", "created_at"]),
             models.Index(fields=["key", "created_at"]),
+            # Only rows that have one: most clients send none, so the index stays small.
+            models.Index(fields=["client_request_id"], name="usagelog_client_request_id",
+                         condition=~models.Q(client_request_id="")),
         ]
 
     def __str__(self) -> str:

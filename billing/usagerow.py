@@ -60,13 +60,16 @@ class UsageEvent:
     user_agent: str = ""
     attempts: list[dict[str, object]] = field(default_factory=list)
     estimated: bool = False
+    # The client's own x-request-id, when it sent a valid one (never unique: clients reuse).
+    client_request_id: str = ""
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(UsageEvent))
 LINKS: dict[str, str] = {"key_id": "keys.ApiKey", "tenant_id": "keys.Tenant",
                          "upstream_id": "gateway.Upstream",
                          "credential_id": "gateway.Credential"}
-TEXT_LIMITS: dict[str, int] = {"model": 200, "error_code": 64, "user_agent": 300}
+TEXT_LIMITS: dict[str, int] = {"model": 200, "error_code": 64, "user_agent": 300,
+                                "client_request_id": 64}
 TOKEN_FIELDS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
 MEMBER_FIELDS = ("request_id", "created_at", "model", "endpoint", "status_code",
                  "error_code", "stream", *TOKEN_FIELDS, "cost", "latency_ms", "ttfb_ms",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from billing.usage import UsageEvent
 from gateway.outcome import Outcome
 from gateway.policy import Ticket
+from gateway.requestids import client_request_id
 from gateway.validate import printable
 from keys.snapshots import KeySnapshot
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.capture.recorder import Capture
     from gateway.charging import Settlement
     from gateway.stored.chain import Turn
+    from gateway.tracing import Trace
 
 
 @dataclass(slots=True)
@@ -52,11 +54,15 @@ class RelayContext:
     events_sent: int = 0  # SSE events sent so far (the next Responses sequence_number)
     turn: Turn | None = None  # a /v1/responses request the store follows (gateway.stored)
     capture: Capture | None = None  # set while body capture is on for the key (gateway.capture)
+    method: str = ""
+    client_request_id: str = ""  # the client's valid x-request-id (gateway.requestids)
+    trace: Trace | None = None  # its trace (gateway.tracing), when traced or traceparent sent
 
     @classmethod
     def start(cls, scope: dict[str, Any], endpoint: str) -> RelayContext:
         headers = dict(scope["headers"])
         client = scope.get("client")
+        client_id = headers.get(b"x-request-id")
         return cls(
             request_id="req_" + uuid.uuid4().hex,
             endpoint=endpoint,
@@ -66,6 +72,8 @@ class RelayContext:
             client_ip=client[0] if client else None,
             user_agent=headers.get(b"user-agent", b"").decode("latin-1"),
             headers=headers,
+            method=scope.get("method", "GET"),  # a WebSocket scope has none: its upgrade is a GET
+            client_request_id=client_request_id(client_id) if client_id else "",
         )
 
     def mark_first_byte(self) -> None:
@@ -106,4 +114,5 @@ class RelayContext:
             user_agent=printable(self.user_agent),
             attempts=out.attempts,
             estimated=out.estimated,
+            client_request_id=self.client_request_id,
         )

@@ -38,7 +38,7 @@ import orjson
 from django.conf import settings
 
 from billing.usage import record_usage
-from gateway import dashboard, exchange, policy, routing, validate
+from gateway import accesslog, dashboard, exchange, policy, routing, tracing, validate
 from gateway.capture import recorder as capture
 from gateway.charging import Settlement
 from gateway.context import RelayContext
@@ -109,17 +109,18 @@ def refused(why: authn.Refusal) -> GatewayError:
 
 async def authenticate(ctx: RelayContext) -> KeySnapshot:
     """Checks 1-3 (``keys.authn``): the presented key, from the snapshot cache."""
-    secret = authn.secret_from_asgi(ctx.headers)
-    if secret is None:
-        raise refused(authn.MISSING)
-    key = await aget_key_snapshot(hash_secret(secret))
-    if key is not None:
-        ctx.key = key
-    why = authn.refusal(key, ctx.client_ip)
-    if why is not None:
-        raise refused(why)
-    assert key is not None
-    return key
+    with tracing.span(ctx, "authenticate"):
+        secret = authn.secret_from_asgi(ctx.headers)
+        if secret is None:
+            raise refused(authn.MISSING)
+        key = await aget_key_snapshot(hash_secret(secret))
+        if key is not None:
+            ctx.key = key
+        why = authn.refusal(key, ctx.client_ip)
+        if why is not None:
+            raise refused(why)
+        assert key is not None
+        return key
 
 
 async def read_body(receive: Receive, ctx: RelayContext) -> bytes:
@@ -257,8 +258,9 @@ async def relay(ctx: RelayContext, operation: str, receive: Receive,
     if operation == "responses":  # the store: previous_response_id, what is kept
         payload, body, size = await stored.prepare(ctx, key, payload, body, candidates)
     explicit, session = session_of(ctx, key, payload)
-    ticket = ctx.ticket = await policy.admit(key, ctx.request_id, model, payload, size,
-                                             session=explicit)
+    with tracing.span(ctx, "admit"):
+        ticket = ctx.ticket = await policy.admit(key, ctx.request_id, model, payload, size,
+                                                 session=explicit)
     ctx.extra_headers = ticket.headers
     if queue:  # admitted: queued, answered at once, run elsewhere (gateway.stored.background)
         return await background.start(ctx, key, model, session, payload, receive, send)
@@ -344,6 +346,7 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     kwargs = scope.get("url_route", {}).get("kwargs", {})
     endpoint = kwargs.get("endpoint") or ""
     ctx = RelayContext.start(scope, endpoint or scope.get("path", ""))
+    ctx.trace = tracing.start_request(ctx)
     _active[ctx.request_id] = ctx
     try:
         spec = ENDPOINTS.get(endpoint)
@@ -401,8 +404,11 @@ def record(ctx: RelayContext) -> None:
     """The request's usage row. An admitted request's row goes with its settlement (see
     gateway.charging); one that nothing settled (cancelled before its answer's last send)
     is settled here, in the background, where a cancelled request cannot interrupt it.
-    Anything refused before the limiter is queued for the writer."""
+    Anything refused before the limiter is queued for the writer. Then the request's
+    access line (``gateway.accesslog``) and the end of its trace (``gateway.tracing``)."""
     if ctx.settlement is None:
         record_usage(ctx.usage_event())
-        return
-    ctx.settlement.later()
+    else:
+        ctx.settlement.later()
+    accesslog.emit(ctx)
+    tracing.end_request(ctx)

@@ -30,6 +30,12 @@ COST_HEADER = b"x-turnpike-cost"
 
 
 def base_headers(ctx: RelayContext, content_type: bytes) -> list[tuple[bytes, bytes]]:
+    """``x-request-id`` is the client's own id when it sent a valid one (Turnpike's is then
+    in ``x-turnpike-request-id``), else Turnpike's (``gateway.requestids``)."""
+    if ctx.client_request_id:
+        return [(b"content-type", content_type),
+                (b"x-request-id", ctx.client_request_id.encode()),
+                (b"x-turnpike-request-id", ctx.request_id.encode()), *ctx.extra_headers]
     return [(b"content-type", content_type), (b"x-request-id", ctx.request_id.encode()),
             *ctx.extra_headers]
 

@@ -41,7 +41,7 @@ import orjson
 from django.conf import settings
 
 from billing.usage import record_usage
-from gateway import pipeline
+from gateway import accesslog, pipeline
 from gateway.context import RelayContext
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest, MissingModel, NotFound
 from gateway.respond import Receive, Send
@@ -125,6 +125,7 @@ async def responses_socket(scope: dict[str, Any], receive: Receive, send: Send) 
     except GatewayError as error:  # the same row as a refused HTTP request
         ctx.status, ctx.error_code = error.status, error.code
         record_usage(ctx.usage_event())
+        accesslog.emit(ctx)
         await refuse(scope, send, error)
         return
     await send({"type": "websocket.accept"})

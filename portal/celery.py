@@ -7,6 +7,7 @@ import os
 from celery import Celery
 
 from portal.infra import metrics
+from portal.infra.logconfig import configure_celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
@@ -16,3 +17,4 @@ app.autodiscover_tasks()
 
 # Task outcomes and durations for /metrics (portal.infra.metrics; README, "Metrics").
 metrics.connect_celery()
+configure_celery()  # LOG_FORMAT=json: Celery logs through Django's LOGGING

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     _load_the_application()
+    _log_access_through_logging()
     from daphne.cli import CommandLineInterface
 
     if not args or not re.fullmatch(r"[\w.]+:\w+", args[-1]):
@@ -42,6 +43,34 @@ def _load_the_application() -> None:
 
     django.setup()
     import portal.asgi  # noqa: F401  (daphne imports it again, from the module cache)
+
+
+def _log_access_through_logging() -> None:
+    """With LOG_FORMAT=json, daphne's own access log (every HTTP request and WebSocket
+    event, written as NCSA text to stdout by default) goes through logging instead, as
+    ``daphne.access`` lines, so that every line the process writes is JSON. /v1 requests
+    also have Turnpike's own access line (``turnpike.access``, gateway.accesslog)."""
+    from django.conf import settings
+
+    if settings.LOG_FORMAT != "json":
+        return
+    import logging
+
+    import daphne.cli
+    from daphne.access import AccessLogGenerator
+
+    log = logging.getLogger("daphne.access")
+
+    class LoggedAccess(AccessLogGenerator):
+        def write_entry(self, host: object, date: object, request: str, status: object = None,
+                        length: object = None, ident: object = None,
+                        user: object = None) -> None:
+            if log.isEnabledFor(logging.INFO):
+                log.info("%s %s", request, status or "-",
+                         extra={"client": host, "request": request, "status": status,
+                                "size": length})
+
+    daphne.cli.AccessLogGenerator = LoggedAccess
 
 
 if __name__ == "__main__":

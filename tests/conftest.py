@@ -3,6 +3,8 @@ upstream process and a real gateway process (daphne) on loopback."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,10 +22,13 @@ from gateway.services import upstream_create
 from keys.models import Tenant
 from keys.services import CreatedKey, key_create, tenant_get_or_create
 from portal.infra.redis import sync_redis
+from tests import secretscan
 from tests.servers import (
+    LOG_FILES,
     FakeUpstream,
     Gateway,
     database_url,
+    log_dir,
     start_fake_upstream,
     start_gateway,
     stop,
@@ -72,6 +77,49 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+# --- the secret scan (tests.secretscan): no secret the run used is in any log it wrote ---------
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_SCAN_HANDLER] = secretscan.install(log_dir() / "pytest.log")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Gateways and workers have stopped (session fixtures end before this): read every log
+    of the run once. Any secret found fails the run."""
+    handler = session.config.stash.get(_SCAN_HANDLER, None)
+    if handler is None:
+        return
+    logging.getLogger().removeHandler(handler)
+    handler.close()
+    files = {*log_dir().glob("*.log"), *LOG_FILES}
+    found = secretscan.scan(sorted(files), secretscan.SECRETS)
+    session.config.stash[_SCAN_RESULT] = (len(files), len(secretscan.SECRETS), found)
+    if found:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    else:
+        shutil.rmtree(log_dir(), ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
+                            config: pytest.Config) -> None:
+    result = config.stash.get(_SCAN_RESULT, None)
+    if result is None:
+        return
+    files, secrets, found = result
+    if not found:
+        terminalreporter.write_line(
+            f"secret scan: {secrets} secrets, none in the {files} log files of this run")
+        return
+    terminalreporter.section("secret scan: secrets in the logs", red=True)
+    for hit in found[:50]:
+        terminalreporter.write_line(str(hit))
+    terminalreporter.write_line(f"{len(found)} found; the logs are kept in {log_dir()}")
+
+
+_SCAN_HANDLER = pytest.StashKey[logging.Handler]()
+_SCAN_RESULT = pytest.StashKey[tuple[int, int, list[secretscan.Found]]]()
+
+
 @pytest.fixture(autouse=True)
 def _clean_redis() -> Iterator[None]:
     """Each test starts with no Turnpike state in Redis (cached snapshots included)."""
@@ -103,7 +151,7 @@ def gateway_env(**overrides: str) -> dict[str, str]:
         "GATEWAY_REDIS_PREFIX": settings.GATEWAY_REDIS_PREFIX,
         "GATEWAY_USAGE_FLUSH_INTERVAL": "0.05",
         "GATEWAY_MAX_BODY_BYTES": str(TEST_BODY_LIMIT),
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO",
     }
     if settings.REDIS_URL:
         env["REDIS_URL"] = settings.REDIS_URL

@@ -3,10 +3,12 @@ Celery worker."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,32 @@ from urllib.parse import quote
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Every log file a process of this test run writes: the secret scan (tests.secretscan) reads
+# them all at the end of the session. Subprocesses started here write into log_dir(); a log
+# a test chose the path of is added to LOG_FILES.
+LOG_FILES: list[Path] = []
+_log_dir: Path | None = None
+_serial = itertools.count(1)
+
+
+def log_dir() -> Path:
+    """This test run's log folder (made on first use)."""
+    global _log_dir
+    if _log_dir is None:
+        _log_dir = Path(tempfile.mkdtemp(prefix="turnpike-test-logs-"))
+    return _log_dir
+
+
+def new_log(name: str) -> Path:
+    """A fresh file in the run's log folder for one process's output."""
+    return keep_log(log_dir() / f"{name}-{next(_serial)}.log")
+
+
+def keep_log(path: Path) -> Path:
+    """Have the secret scan read ``path`` too."""
+    LOG_FILES.append(path)
+    return path
 
 
 def free_port() -> int:
@@ -97,23 +125,32 @@ def database_url(settings_dict: dict[str, Any]) -> str:
 class Gateway:
     proc: subprocess.Popen[Any]
     url: str  # http://127.0.0.1:PORT
+    log: Path  # its stdout and stderr
 
     @property
     def base_url(self) -> str:
         return self.url + "/v1"
 
+    def log_lines(self) -> list[str]:
+        return self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+
 
 def start_gateway(env_overrides: dict[str, str], log: Path | None = None) -> Gateway:
-    """A daphne process on a free port; ``log``: a file for its stdout and stderr."""
+    """A daphne process on a free port, its stdout and stderr going to ``log`` (default: a
+    new file in the run's log folder)."""
     port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings", **env_overrides}
-    out = open(log, "ab") if log is not None else None  # noqa: SIM115 (the process keeps it)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-    )
-    wait_for_port(port, proc)
-    return Gateway(proc=proc, url=f"http://127.0.0.1:{port}")
+    log = keep_log(log) if log is not None else new_log("gateway")
+    with open(log, "ab") as out:  # the process has its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}; its output: {log.read_text(errors='replace')[-3000:]}") \
+            from None
+    return Gateway(proc=proc, url=f"http://127.0.0.1:{port}", log=log)
 
 
 @dataclass
@@ -127,6 +164,7 @@ class CeleryWorker:
     def start(self, timeout: float = 60.0) -> None:
         """Start it and wait until it says it is ready to take tasks."""
         self.log.write_bytes(b"")
+        keep_log(self.log)
         out = open(self.log, "ab")  # noqa: SIM115 (the process keeps it)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "portal", "worker", "-P", "threads",

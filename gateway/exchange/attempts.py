@@ -16,6 +16,7 @@ import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from gateway import tracing
 from gateway.charging import Settlement
 from gateway.context import RelayContext
 from gateway.errors import GatewayError, UpstreamUnavailable
@@ -65,7 +66,8 @@ async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: d
         attempts += 1
         out.route = route
         try:
-            await run_route(ctx, out, operation, route, payload, body, send, settle)
+            with tracing.attempt(ctx, out, route):
+                await run_route(ctx, out, operation, route, payload, body, send, settle)
             return out
         except UpstreamFailed as exc:
             if exc.failure.retry is None or ctx.status:

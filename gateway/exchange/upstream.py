@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 from django.conf import settings
 
+from gateway import tracing
 from gateway.context import RelayContext
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.outcome import Outcome
@@ -50,6 +51,8 @@ async def call_upstream(ctx: RelayContext, out: Outcome, route: Route, protocol:
     secret = route.credential.secret if route.credential else None
     url = up.provider.url(up.base_url, protocol)
     headers = up.provider.headers(secret, stream, ctx.headers)
+    if tracing.ENABLED and (parent := tracing.upstream_traceparent(ctx)) is not None:
+        headers["traceparent"] = parent
     started = time.perf_counter()
     timeout = aiohttp.ClientTimeout(
         total=None, connect=up.timeout_connect or settings.GATEWAY_CONNECT_TIMEOUT,

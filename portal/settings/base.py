@@ -15,6 +15,7 @@ import dj_database_url
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
+from portal.infra.logconfig import logging_config
 from portal.infra.rediskeys import cache_prefix, channel_prefix
 from portal.infra.redisurl import celery_broker_url
 from portal.settings.env import env_bool, env_float, env_int, env_list, env_str
@@ -547,11 +548,18 @@ CELERY_BEAT_SCHEDULE = {
     "portal-alert-keys": {"task": "portal.alert_keys", "schedule": 3600.0},
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.server": {"level": "WARNING"}},
-}
+# --- Logs and traces (README "Logs", "Traces"; portal.infra.logconfig, gateway.accesslog) ----
+# "text" (human-readable, the default) or "json" (one JSON object a line, every logger's).
+LOG_FORMAT = (env_str("LOG_FORMAT", "text") or "text").strip().lower()
+LOG_LEVEL = (env_str("LOG_LEVEL", "INFO") or "INFO").strip().upper()
+# One line per /v1 request on the logger turnpike.access, at INFO whatever LOG_LEVEL is.
+GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
+# OpenTelemetry traces (gateway.tracing): on only when an OTLP endpoint is set. The SDK reads
+# the standard OTEL_* variables itself (headers, timeout, sampler, resource attributes).
+TRACING_ENABLED = bool(
+    env_str("OTEL_EXPORTER_OTLP_ENDPOINT") or env_str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+) and not env_bool("OTEL_SDK_DISABLED", False)
+try:
+    LOGGING = logging_config(LOG_FORMAT, LOG_LEVEL, GATEWAY_ACCESS_LOG)
+except ValueError as _exc:
+    raise ImproperlyConfigured(str(_exc)) from _exc

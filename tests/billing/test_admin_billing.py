@@ -95,6 +95,7 @@ def test_the_csv_export_has_a_row_per_selected_log_with_every_column(
         "model", "upstream_id", "credential_id", "status_code", "error_code", "stream",
         "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "cost",
         "latency_ms", "ttfb_ms", "client_ip", "attempts", "estimated", "user_agent",
+        "client_request_id",
     ]
     rows = parse(body)
     assert [r["request_id"] for r in rows] == ["req-failed", "req-ok"]  # newest first
@@ -212,6 +213,16 @@ def test_each_usage_log_filter_narrows_the_list(query: str, expected: set[str],
     response = admin_client.get(CHANGELIST, params)
     assert response.status_code == 200
     assert {r.request_id for r in response.context["cl"].result_list} == expected
+
+
+@pytest.mark.django_db
+def test_the_usage_log_is_searched_by_the_clients_request_id_too(
+        logs: dict[str, Any], admin_client: Client) -> None:
+    UsageLog.objects.filter(pk=logs["failed"].pk).update(client_request_id="their-id-7")
+    response = admin_client.get(CHANGELIST, {"q": "their-id-7"})
+    assert [r.request_id for r in response.context["cl"].result_list] == ["req-failed"]
+    response = admin_client.get(CHANGELIST, {"q": "req-ok"})
+    assert [r.request_id for r in response.context["cl"].result_list] == ["req-ok"]
 
 
 @pytest.mark.django_db

@@ -43,6 +43,7 @@ from portal.celery import app
 from portal.infra import rediskeys
 from portal.infra.redis import sync_redis
 from tests.conftest import gateway_env
+from tests.servers import keep_log
 
 ROOT = Path(__file__).resolve().parents[2]
 _ids = itertools.count(1)
@@ -392,7 +393,7 @@ def worker(django_db_setup: Any, django_db_blocker: Any,
                **gateway_env(CELERY_BROKER_URL=broker, CELERY_RESULT_BACKEND=broker,
                              CELERY_TASK_ALWAYS_EAGER="false", TIME_ZONE=settings.TIME_ZONE,
                              GATEWAY_REDIS_PREFIX=prefix, LOG_LEVEL="INFO")}
-    log_path = tmp_path_factory.mktemp("celery") / "worker.log"
+    log_path = keep_log(tmp_path_factory.mktemp("celery") / "worker.log")
     conf = app.conf
     saved = {name: conf[name] for name in ("broker_url", "result_backend",
                                            "task_always_eager")}

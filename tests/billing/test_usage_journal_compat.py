@@ -73,6 +73,7 @@ def test_rows_journalled_by_the_previous_release_are_written_and_charged(own_pre
     assert row.attempts == [{"upstream_id": 3, "credential_id": 4, "status": 200,
                              "error": "", "ms": 800}]
     assert row.created_at.isoformat() == "2025-06-02T10:00:00.123456+00:00"
+    assert row.client_request_id == ""  # added since: the old row's default
     refused = UsageLog.objects.get(request_id="req_old_journal_2")
     assert (refused.status_code, refused.key_id, refused.ttfb_ms, refused.cost) == (
         401, None, None, Decimal(0))

@@ -19,7 +19,7 @@ from billing.services import tenant_topup
 from keys.models import Tenant
 from portal.infra.redis import sync_redis
 from tests.conftest import gateway_env
-from tests.servers import ROOT, start_gateway, stop
+from tests.servers import ROOT, new_log, start_gateway, stop
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -48,9 +48,11 @@ def test_usage_pushed_to_redis_is_written_and_charged_by_the_usagewriter(upstrea
             time.sleep(0.05)
         time.sleep(0.5)
         assert not UsageLog.objects.filter(request_id__in=ids).exists()  # nobody wrote them
-        writer = subprocess.Popen([sys.executable, "manage.py", "usagewriter"], cwd=ROOT,
-                                  env={**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings",
-                                       **env})
+        with new_log("usagewriter").open("ab") as out:
+            writer = subprocess.Popen(
+                [sys.executable, "manage.py", "usagewriter"], cwd=ROOT,
+                env={**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings", **env},
+                stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while UsageLog.objects.filter(request_id__in=ids).count() < 3:
             assert time.monotonic() < deadline, "the usagewriter wrote nothing"

@@ -94,23 +94,45 @@ def test_db_values_follow_the_fields_and_cut_client_text():
 
 # --- the journal's wire format ----------------------------------------------------------------
 
+# Fields added to the row since OLD_JOURNAL_ROWS were captured, with their defaults, as encode
+# appends them (after every older field). The previous release's decode ignores them.
+ADDED_SINCE = b',"client_request_id":""'
+
+
+def with_added_fields(old: bytes) -> bytes:
+    assert old.endswith(b"}")
+    return old[:-1] + ADDED_SINCE + b"}"
+
+
 def test_encode_writes_the_format_the_previous_release_wrote():
     old_first, old_second = OLD_JOURNAL_ROWS
-    assert usagerow.encode(full_row()) == old_first
+    assert usagerow.encode(full_row()) == with_added_fields(old_first)
     minimal = UsageEvent(created_at=datetime(2025, 6, 2, 10, 0, 1, tzinfo=UTC),
                          request_id="req_old_journal_2", endpoint="responses", status_code=401)
-    assert usagerow.encode(minimal) == old_second
+    assert usagerow.encode(minimal) == with_added_fields(old_second)
     assert usage.encode_row is usagerow.encode
+
+
+def test_the_previous_release_reads_what_this_one_writes():
+    """A rolling upgrade runs both at once: the older reader keeps only the fields it knows
+    (the module's contract), so the row it gets is the one it wrote itself."""
+    older_fields = set(orjson.loads(OLD_JOURNAL_ROWS[0]))
+    written = orjson.loads(usagerow.encode(full_row(client_request_id="client-7")))
+    assert {k: v for k, v in written.items() if k in older_fields} == orjson.loads(
+        OLD_JOURNAL_ROWS[0])
 
 
 @pytest.mark.parametrize("raw", OLD_JOURNAL_ROWS)
 def test_rows_journalled_by_the_previous_release_decode(raw):
     event = usagerow.decode(raw)
-    assert usagerow.encode(event) == raw  # nothing lost or changed on the way through
+    assert event.client_request_id == ""  # a field the old row lacks takes its default
+    # nothing lost or changed on the way through
+    assert usagerow.encode(event) == with_added_fields(raw)
 
 
 def test_decode_round_trips_every_field():
-    row = full_row(cost=Decimal("12.345678"), ttfb_ms=None, client_ip=None, estimated=True)
+    row = full_row(cost=Decimal("12.345678"), ttfb_ms=None, client_ip=None, estimated=True,
+                   client_request_id="7f0c1e2a-client")
     assert usagerow.decode(usagerow.encode(row)) == row
     assert usagerow.decode(usagerow.encode(row).decode()) == row  # str works too
 

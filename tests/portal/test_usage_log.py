@@ -509,6 +509,15 @@ def test_the_detail_page_shows_tokens_timings_and_the_cost_breakdown(acme):
         "1.5")
 
 
+def test_the_detail_page_shows_the_clients_own_request_id_when_it_sent_one(acme):
+    client = member("a@example.com", acme)
+    sent = log(acme, client_request_id="my-trace-42")
+    html = client.get(f"/portal/usage/{sent.request_id}/").content.decode()
+    assert 'id="client-request-id">my-trace-42<' in html and "Client's request id" in html
+    html = client.get(f"/portal/usage/{log(acme).request_id}/").content.decode()
+    assert "client-request-id" not in html
+
+
 def test_the_detail_page_of_an_unknown_request_is_404(acme):
     assert member("a@example.com", acme).get("/portal/usage/req_nope/").status_code == 404
 
