@@ -472,13 +472,15 @@ def run_suite(args: argparse.Namespace) -> list[Result]:
 # --- what observability costs ---------------------------------------------------------------
 
 # The gateway variants compared by --observability: everything that observes requests off
-# (metrics, and the access log and tracing, whose settings other changes add: an unknown
-# variable is harmless), the defaults with one in-memory registry per process, and the
-# defaults with prometheus-client's multiprocess mode (memory-mapped value files).
+# (metrics and the access line; tracing is off in every variant, no OTLP endpoint), the
+# defaults (metrics in one in-memory registry per process, the access line in text), the
+# defaults with prometheus-client's multiprocess mode (memory-mapped value files), and the
+# production set-up: multiprocess metrics and JSON logs.
 OBSERVABILITY_VARIANTS = {
     "off": {"GATEWAY_METRICS": "false", "GATEWAY_ACCESS_LOG": "false"},
     "on (in-memory)": {},
     "on (multiprocess)": {"PROMETHEUS_MULTIPROC_DIR": ""},  # set per run
+    "on (multiprocess, JSON logs)": {"PROMETHEUS_MULTIPROC_DIR": "", "LOG_FORMAT": "json"},
 }
 
 
