@@ -23,7 +23,7 @@ from django.dispatch import Signal
 from billing import usagerow
 from billing.usagerow import UsageEvent
 from portal.infra import rediskeys
-from portal.infra.journal import BatchWriter, PerLoop, RedisJournal
+from portal.infra.journal import PerLoop, RedisJournal, SinkWriter
 
 log = logging.getLogger(__name__)
 
@@ -197,17 +197,7 @@ def _journal_entries(events: list[UsageEvent]) -> list[bytes]:
 def spool(events: list[UsageEvent]) -> bool:
     """Keep rows the database refused in the Redis journal until they can be written
     (sync). False when there is no Redis or it failed too."""
-    from portal.infra.redis import sync_redis
-
-    client = sync_redis()
-    if client is None:
-        return False
-    try:
-        JOURNAL.push(client, _journal_entries(events))
-    except Exception:
-        log.exception("could not spool %d usage rows to Redis either", len(events))
-        return False
-    return True
+    return JOURNAL.spool(lambda: _journal_entries(events), len(events), "usage rows", log)
 
 
 def drain_spool(max_batches: int = 100) -> int:
@@ -332,7 +322,7 @@ async def _push(events: list[UsageEvent]) -> bool:
     return True
 
 
-class UsageWriter(BatchWriter[UsageEvent]):
+class UsageWriter(SinkWriter[UsageEvent]):
     """The usage queue (``portal.infra.journal.BatchWriter``). A batch the database refuses is
     spooled to the Redis journal (or, without Redis, kept in memory) and written when it is
     back. With Redis and the default sink the same task also writes the journal (rows of
@@ -344,9 +334,6 @@ class UsageWriter(BatchWriter[UsageEvent]):
     def batch_size(self) -> int:
         return int(settings.GATEWAY_USAGE_BATCH_SIZE)
 
-    def interval(self) -> float:
-        return float(settings.GATEWAY_USAGE_FLUSH_INTERVAL)
-
     def write(self, batch: list[UsageEvent]) -> list[UsageEvent]:
         return write_events(batch)
 
@@ -355,9 +342,6 @@ class UsageWriter(BatchWriter[UsageEvent]):
 
     async def hand_off(self, batch: list[UsageEvent]) -> bool:
         return settings.GATEWAY_USAGE_SINK == "redis" and await _push(batch)
-
-    def drains(self) -> bool:
-        return bool(settings.REDIS_URL) and settings.GATEWAY_USAGE_SINK != "redis"
 
     def drain(self) -> int:
         return drain_spool()
@@ -378,11 +362,9 @@ def journal_started() -> None:
 
 
 def pending_usage() -> int:
-    return _writers.get().pending
+    return _writers.pending()
 
 
 async def close_usage() -> None:
     """Flush this event loop's usage queue and stop its writer, if it has one (shutdown)."""
-    writer = _writers.existing()
-    if writer is not None:
-        await writer.close()
+    await _writers.close()

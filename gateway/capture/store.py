@@ -27,7 +27,7 @@ from django.conf import settings
 from gateway.capture import records
 from gateway.capture.records import RawCapture
 from portal.infra import rediskeys
-from portal.infra.journal import BatchWriter, PerLoop, RedisJournal
+from portal.infra.journal import PerLoop, RedisJournal, SinkWriter
 
 log = logging.getLogger(__name__)
 
@@ -125,44 +125,15 @@ def write_raw(batch: list[RawCapture]) -> int:
 def spool(batch: list[RawCapture]) -> bool:
     """Keep captures the database could not take in the Redis journal (sync). False
     without Redis, or when it fails too."""
-    from portal.infra.redis import sync_redis
-
-    client = sync_redis()
-    if client is None:
-        return False
-    try:
-        JOURNAL.push(client, _sealed_documents(batch))
-    except Exception:
-        log.exception("could not spool %d body captures to Redis either", len(batch))
-        return False
-    return True
+    return JOURNAL.spool(lambda: _sealed_documents(batch), len(batch), "body captures", log)
 
 
 def drain_journal(max_batches: int = 100) -> int:
     """Write journaled captures to the database (sync: gateway processes, the
     usagewriter). A batch the database cannot take now goes back to the front. Returns
     rows written."""
-    from django.db import InterfaceError, OperationalError
-
-    from portal.infra.redis import sync_redis
-
-    client = sync_redis()
-    if client is None:
-        return 0
-    JOURNAL.recover(client, settings.GATEWAY_USAGE_CLAIM_SECONDS)
-    written = 0
-    for _ in range(max_batches):
-        claim_id, items = JOURNAL.claim(client, BATCH)
-        if not items:
-            break
-        try:
-            written += write_rows([records.decode(item) for item in items])
-        except (OperationalError, InterfaceError):
-            JOURNAL.unclaim(client, claim_id)
-            log.warning("capture journal: database unavailable; %d captures wait", len(items))
-            break
-        JOURNAL.release(client, claim_id)
-    return written
+    return JOURNAL.drain(lambda items: write_rows([records.decode(i) for i in items]), BATCH,
+                         "captures", log, max_batches)
 
 
 def _sealed_documents(batch: list[RawCapture]) -> list[bytes]:
@@ -187,7 +158,7 @@ async def _push(batch: list[RawCapture]) -> bool:
     return True
 
 
-class CaptureWriter(BatchWriter[RawCapture]):
+class CaptureWriter(SinkWriter[RawCapture]):
     """This event loop's capture queue and the task that writes it."""
 
     name = "capture"
@@ -198,9 +169,6 @@ class CaptureWriter(BatchWriter[RawCapture]):
     def batch_size(self) -> int:
         return BATCH
 
-    def interval(self) -> float:
-        return float(settings.GATEWAY_USAGE_FLUSH_INTERVAL)
-
     def write(self, batch: list[RawCapture]) -> int:
         return write_raw(batch)
 
@@ -209,9 +177,6 @@ class CaptureWriter(BatchWriter[RawCapture]):
 
     async def hand_off(self, batch: list[RawCapture]) -> bool:
         return settings.GATEWAY_USAGE_SINK == "redis" and await _push(batch)
-
-    def drains(self) -> bool:
-        return bool(settings.REDIS_URL) and settings.GATEWAY_USAGE_SINK != "redis"
 
     def drain(self) -> int:
         return drain_journal()
@@ -227,8 +192,7 @@ def queue(raw: RawCapture) -> None:
 
 def pending() -> int:
     """Captures queued in this process's memory, or being written now."""
-    existing = _writers.existing()
-    return existing.pending if existing is not None else 0
+    return _writers.pending()
 
 
 async def journal_pending() -> int | None:
@@ -237,9 +201,7 @@ async def journal_pending() -> int | None:
 
 
 async def close() -> None:
-    existing = _writers.existing()
-    if existing is not None:
-        await existing.close()
+    await _writers.close()
 
 
 # --- retention -------------------------------------------------------------------------------

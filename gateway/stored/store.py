@@ -32,7 +32,7 @@ from django.conf import settings
 
 from gateway.stored.records import ROW_FIELDS, StoredRecord, splice
 from portal.infra import rediskeys
-from portal.infra.journal import BatchWriter, PerLoop, RedisJournal
+from portal.infra.journal import PerLoop, RedisJournal, SinkWriter
 from portal.infra.redis import fast_redis
 
 log = logging.getLogger(__name__)
@@ -552,45 +552,17 @@ def drain_journal(max_batches: int = 100) -> int:
     """Write journaled records to the database (sync; gateway processes and a Celery
     task). A batch the database cannot take now goes back to the front. Returns rows
     written."""
-    from django.db import InterfaceError, OperationalError
-
-    from portal.infra.redis import sync_redis
-
-    client = sync_redis()
-    if client is None:
-        return 0
-    JOURNAL.recover(client, settings.GATEWAY_USAGE_CLAIM_SECONDS)
-    written = 0
-    for _ in range(max_batches):
-        claim_id, items = JOURNAL.claim(client, settings.GATEWAY_USAGE_BATCH_SIZE)
-        if not items:
-            break
-        try:
-            written += write_journaled(items)
-        except (OperationalError, InterfaceError):
-            JOURNAL.unclaim(client, claim_id)
-            log.warning("store journal: database unavailable; %d responses wait", len(items))
-            break
-        JOURNAL.release(client, claim_id)
-    return written
+    return JOURNAL.drain(write_journaled, settings.GATEWAY_USAGE_BATCH_SIZE, "responses", log,
+                         max_batches)
 
 
 def spool(records: list[StoredRecord]) -> bool:
     """Keep records the database could not take in the Redis journal (sync)."""
-    from portal.infra.redis import sync_redis
-
-    client = sync_redis()
-    if client is None:
-        return False
-    try:
-        JOURNAL.push(client, [r.encode() for r in records])
-    except Exception:
-        log.exception("could not spool %d stored responses to Redis either", len(records))
-        return False
-    return True
+    return JOURNAL.spool(lambda: [r.encode() for r in records], len(records),
+                         "stored responses", log)
 
 
-class StoreWriter(BatchWriter[StoredRecord]):
+class StoreWriter(SinkWriter[StoredRecord]):
     """Writes what was staged in this process without Redis, and (with Redis, unless
     GATEWAY_USAGE_SINK=redis) the store journal every GATEWAY_USAGE_FLUSH_INTERVAL, in
     batches of GATEWAY_USAGE_BATCH_SIZE."""
@@ -600,19 +572,11 @@ class StoreWriter(BatchWriter[StoredRecord]):
     def batch_size(self) -> int:
         return int(settings.GATEWAY_USAGE_BATCH_SIZE)
 
-    def interval(self) -> float:
-        return float(settings.GATEWAY_USAGE_FLUSH_INTERVAL)
-
     def write(self, batch: list[StoredRecord]) -> int:
         return write_records(batch)
 
     def spool(self, batch: list[StoredRecord]) -> bool:
         return spool(batch)
-
-    def drains(self) -> bool:
-        # GATEWAY_USAGE_SINK=redis: no database work in serving processes; `manage.py
-        # usagewriter` writes this journal too.
-        return bool(settings.REDIS_URL) and settings.GATEWAY_USAGE_SINK != "redis"
 
     def drain(self) -> int:
         return drain_journal()
@@ -627,8 +591,7 @@ def writer() -> StoreWriter:
 
 def pending() -> int:
     """Records staged in this process's memory and not yet written (lost if it died now)."""
-    existing = _writers.existing()
-    return existing.pending if existing is not None else 0
+    return _writers.pending()
 
 
 async def journal_pending() -> int | None:
@@ -636,9 +599,7 @@ async def journal_pending() -> int | None:
 
 
 async def close() -> None:
-    existing = _writers.existing()
-    if existing is not None:
-        await existing.close()
+    await _writers.close()
 
 
 # --- retention ----------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Write-behind to the database through Redis: a journal that survives the process that
 filled it, and the per-event-loop writer that empties it in batches off the response path.
 
-Used by the usage rows (``billing.usage``) and the stored responses
-(``gateway.stored.store``).
+Used by the usage rows (``billing.usage``), the stored responses
+(``gateway.stored.store``) and the captured bodies (``gateway.capture.store``).
 
 ``RedisJournal`` is one Redis list of documents (each element one row, as JSON). A writer
 claims a batch atomically (moved to a claim list named in a zset with the claim time),
@@ -11,7 +11,9 @@ script). A writer that dies holding a claim leaves it to be put back by the next
 after a timeout; writing a batch twice must be harmless (writers skip rows already stored).
 
 ``BatchWriter`` is a per-event-loop queue plus the task that drains it (and, with Redis,
-the journal) every flush interval, in worker threads, and flushes at shutdown.
+the journal) every flush interval, in worker threads, and flushes at shutdown;
+``SinkWriter`` is one that follows the GATEWAY_USAGE_* settings, and ``PerLoop`` keeps one
+writer per event loop.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 
 from portal.infra import rediskeys
 
@@ -121,6 +124,58 @@ class RedisJournal:
         """Rows waiting or claimed by a writer."""
         return int(client.eval(_PENDING_LUA, 2, self.key(), self.claims_key(),
                                self.claim_list("")))
+
+    def spool(self, documents: Callable[[], Sequence[bytes]], count: int, what: str,
+              logger: logging.Logger) -> bool:
+        """Keep rows the database could not take: push ``documents()`` (made here, so a
+        failure to make them counts as a failure to spool). False without Redis, or when it
+        fails too (logged on ``logger`` as "could not spool <count> <what> to Redis
+        either")."""
+        from portal.infra.redis import sync_redis
+
+        client = sync_redis()
+        if client is None:
+            return False
+        try:
+            self.push(client, documents())
+        except Exception:
+            logger.exception("could not spool %d %s to Redis either", count, what)
+            return False
+        return True
+
+    def drain(self, write: Callable[[list[bytes]], int], batch_size: int, what: str,
+              logger: logging.Logger, max_batches: int = 100) -> int:
+        """Write journaled rows with ``write`` (sync; returns rows written), a claimed batch
+        at a time, after putting back the claims of writers that stopped. A batch the
+        database cannot take now (OperationalError, InterfaceError) goes back to the front
+        and ends the drain; any other failure of ``write`` propagates with the batch still
+        claimed (put back after GATEWAY_USAGE_CLAIM_SECONDS). Returns rows written.
+
+        The usage journal does not use this: its release also drops the rows' unposted
+        entries, and it sets aside rows the database refuses (``billing.usage.drain_spool``).
+        """
+        from django.db import InterfaceError, OperationalError
+
+        from portal.infra.redis import sync_redis
+
+        client = sync_redis()
+        if client is None:
+            return 0
+        self.recover(client, settings.GATEWAY_USAGE_CLAIM_SECONDS)
+        written = 0
+        for _ in range(max_batches):
+            claim_id, items = self.claim(client, batch_size)
+            if not items:
+                break
+            try:
+                written += write(items)
+            except (OperationalError, InterfaceError):
+                self.unclaim(client, claim_id)
+                logger.warning("%s journal: database unavailable; %d %s wait", self.name,
+                               len(items), what)
+                break
+            self.release(client, claim_id)
+        return written
 
     # --- async (the serving process) -------------------------------------------------
 
@@ -273,6 +328,19 @@ class BatchWriter(Generic[T]):
                             "Redis for the next writer", self.name)
 
 
+class SinkWriter(BatchWriter[T]):
+    """A writer on the GATEWAY_USAGE_* settings: it writes every
+    GATEWAY_USAGE_FLUSH_INTERVAL, and with Redis, unless GATEWAY_USAGE_SINK=redis (no
+    database work in serving processes: ``manage.py usagewriter`` writes the journals), its
+    task also writes its Redis journal (``drain``)."""
+
+    def interval(self) -> float:
+        return float(settings.GATEWAY_USAGE_FLUSH_INTERVAL)
+
+    def drains(self) -> bool:
+        return bool(settings.REDIS_URL) and settings.GATEWAY_USAGE_SINK != "redis"
+
+
 W = TypeVar("W", bound=BatchWriter[Any])
 
 
@@ -293,6 +361,17 @@ class PerLoop(Generic[W]):
 
     def existing(self) -> W | None:
         return self._writers.get(asyncio.get_running_loop())
+
+    def pending(self) -> int:
+        """Rows this event loop's writer holds in memory or is writing now (0 without one)."""
+        existing = self.existing()
+        return existing.pending if existing is not None else 0
+
+    async def close(self) -> None:
+        """Flush this event loop's writer and stop it, if it has one (shutdown)."""
+        existing = self.existing()
+        if existing is not None:
+            await existing.close()
 
 
 def _flush_at_reactor_shutdown(writer: BatchWriter[Any]) -> None:
