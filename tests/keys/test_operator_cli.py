@@ -28,7 +28,7 @@ from tests.keys.test_cli import CHAT, answer_within, lines, manage, run, secret_
 
 # Every command of Turnpike's own apps; each action of each must take --json.
 TURNPIKE_COMMANDS = ["key", "tenant", "group", "member", "token", "user", "demo", "price",
-                     "redeem", "billing", "usagewriter", "upstream", "fakeupstream"]
+                     "redeem", "billing", "usagewriter", "upstream", "fakeupstream", "opsalert"]
 
 
 def run_json(*args: str) -> Any:
