@@ -8,6 +8,9 @@ chart is installed against a small loopback stand-in for the API server that ans
 discovery, says every resource is absent, keeps the release Secret Helm creates and refuses
 everything else: the install then stops at its first hook, and the manifests Helm rendered
 are read back from the release it stored. Nothing here renders a template but Helm.
+
+Helm's Go runtime is loaded in a child process (`python -m tests.deploy.helmrender`), never in
+the test run's own: `render` and `lint` start one per call.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import asyncio
 import base64
 import gzip
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -196,9 +201,37 @@ def _decode_release(stored: bytes) -> dict[str, Any]:
     return json.loads(gzip.decompress(base64.b64decode(stored)))
 
 
-def render(chart: Path, values: dict[str, Any] | None = None, release: str = "turnpike",
-           namespace: str = "turnpike") -> list[dict[str, Any]]:
-    """The chart's manifests, hooks included, as Helm renders them for an install."""
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _child(*args: str) -> Any:
+    done = subprocess.run([sys.executable, "-m", "tests.deploy.helmrender", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"helm {args[0]} failed ({done.returncode}): {done.stderr}")
+    return json.loads(done.stdout)
+
+
+def render(chart: Path, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The chart's manifests, hooks included, as Helm renders them for an install (with the
+    chart's values.yaml overridden by `values`)."""
+    return _child("render", str(chart), json.dumps(values or {}))
+
+
+def lint(chart: Path) -> dict[str, Any]:
+    """`helm lint` of the chart: {"Messages": [{"Severity", "Path", ...}], "Errors": ...}."""
+    return _child("lint", str(chart))
+
+
+def _lint_here(chart: str) -> dict[str, Any]:
+    import helm_sdkpy
+
+    config = helm_sdkpy.Configuration(namespace="turnpike")
+    return asyncio.run(helm_sdkpy.Lint(config).run(chart))
+
+
+def _render_here(chart: str, values: dict[str, Any], release: str = "turnpike",
+                 namespace: str = "turnpike") -> list[dict[str, Any]]:
     import helm_sdkpy
 
     with _stand_in_api() as server:
@@ -206,7 +239,7 @@ def render(chart: Path, values: dict[str, Any] | None = None, release: str = "tu
                                           kubeconfig=_kubeconfig(server.server_address[1]))
         try:
             asyncio.run(helm_sdkpy.Install(config).run(
-                release, str(chart), values=values, wait=False, timeout=30))
+                release, chart, values=values or None, wait=False, timeout=30))
         except helm_sdkpy.HelmError as exc:
             error: Exception | None = exc
         else:
@@ -216,3 +249,12 @@ def render(chart: Path, values: dict[str, Any] | None = None, release: str = "tu
         rel = _decode_release(server.releases[0])
     texts = [rel.get("manifest", "")] + [hook["manifest"] for hook in rel.get("hooks") or []]
     return [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "render":
+        print(json.dumps(_render_here(sys.argv[2], json.loads(sys.argv[3]))))
+    elif sys.argv[1] == "lint":
+        print(json.dumps(_lint_here(sys.argv[2])))
+    else:
+        raise SystemExit(f"usage: python -m tests.deploy.helmrender render|lint CHART [VALUES]")
