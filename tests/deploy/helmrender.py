@@ -75,7 +75,7 @@ def _status(code: int, reason: str) -> dict[str, Any]:
 class _StandIn(BaseHTTPRequestHandler):
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _send(self, code: int, body: dict[str, Any]) -> None:
@@ -257,4 +257,4 @@ if __name__ == "__main__":
     elif sys.argv[1] == "lint":
         print(json.dumps(_lint_here(sys.argv[2])))
     else:
-        raise SystemExit(f"usage: python -m tests.deploy.helmrender render|lint CHART [VALUES]")
+        raise SystemExit("usage: python -m tests.deploy.helmrender render|lint CHART [VALUES]")

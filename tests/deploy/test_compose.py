@@ -14,10 +14,16 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import (
-    COMPOSE, ENV_EXAMPLE, NOT_TURNPIKE_SETTINGS, compose_schema, is_read_by_settings,
-    read_env_file, seconds, settings_read_by_turnpike)
-from tests.deploy.topology import (
-    COMMANDS, ONE_OFF, READINESS_PATH, SERVICES, SINGLETONS, WEB_PORT)
+    COMPOSE,
+    ENV_EXAMPLE,
+    NOT_TURNPIKE_SETTINGS,
+    compose_schema,
+    is_read_by_settings,
+    read_env_file,
+    seconds,
+    settings_read_by_turnpike,
+)
+from tests.deploy.topology import COMMANDS, ONE_OFF, READINESS_PATH, SERVICES, SINGLETONS, WEB_PORT
 
 pytestmark = pytest.mark.fast
 

@@ -14,10 +14,21 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import (
-    CHART, NOT_TURNPIKE_SETTINGS, is_read_by_settings, settings_read_by_turnpike)
+    CHART,
+    NOT_TURNPIKE_SETTINGS,
+    is_read_by_settings,
+    settings_read_by_turnpike,
+)
 from tests.deploy.helmrender import lint, render
 from tests.deploy.topology import (
-    COMMANDS, LIVENESS_PATH, ONE_OFF, READINESS_PATH, REPO, SERVICES, WEB_PORT)
+    COMMANDS,
+    LIVENESS_PATH,
+    ONE_OFF,
+    READINESS_PATH,
+    REPO,
+    SERVICES,
+    WEB_PORT,
+)
 
 # The oldest and the newest Kubernetes minor versions checked (kubernetes-validate bundles
 # the schemas of each).
@@ -211,3 +222,15 @@ def test_without_the_usage_writer_and_the_autoscaler() -> None:
     assert annotations["prometheus.io/port"] == str(WEB_PORT)
     for doc in docs:
         kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize("values", [
+    {"config": {"SECRET_KEY": "not-here"}},  # secrets belong in the existing Secret
+    {"config": {"DATABASE_URL": "postgres://turnpike:pw@db/turnpike"}},
+    {"web": {"replica": 3}},  # a misspelt key
+    {"web": {"autoscaling": {"minReplicas": "two"}}},
+    {"existingSecret": ""},
+])
+def test_the_values_schema_refuses_bad_values(values: dict[str, Any]) -> None:
+    with pytest.raises(AssertionError, match="values don't meet the specifications"):
+        render(CHART, values=values)
