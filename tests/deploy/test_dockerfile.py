@@ -102,4 +102,4 @@ def test_exposes_the_port_and_runs_the_gateway(stages: list[list[dict[str, Any]]
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
     patterns = {line.strip() for line in DOCKERIGNORE.read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
-    assert {".git", ".venv", "tests", "staticfiles", "deploy", "*.env"} <= patterns
+    assert {".git", ".venv", "tests", "staticfiles", "deploy", "**/*.env"} <= patterns
