@@ -5,16 +5,20 @@ FAKE_PORT ?= 8900
 # The tests need PostgreSQL and Redis; these are the defaults on a development machine.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/turnpike
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
+HELM_SDKPY ?= 0.1.32
 
 .PHONY: help venv run migrate demo fake serve test test-fast typecheck lint worker beat usagewriter bench soak messages
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
+# helm-sdkpy: the real Helm (v4, as a Go library) for tests/deploy/test_helm.py. Its wheel says
+# Python >= 3.12 but is pure Python over cffi and runs on 3.11 (tested), hence not in the extras.
 .venv/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --ignore-requires-python 'helm-sdkpy==$(HELM_SDKPY)'
 	touch $@
 
 venv: .venv/.installed ## Create .venv and install Turnpike with its test dependencies
