@@ -15,6 +15,8 @@ import gc
 from http import HTTPStatus
 from typing import Any
 
+from portal import drain
+
 # Young-generation threshold once the heap is frozen (CPython's default is 700).
 GC_THRESHOLD = (50_000, 20, 100)
 
@@ -24,6 +26,7 @@ _heap_settled = False
 def apply() -> None:
     speed_up_twisted_content_type()
     let_daphne_refuse_websockets()
+    drain.install()  # SIGTERM/SIGINT: finish what is in flight first (portal.drain)
     settle_the_heap()
 
 
