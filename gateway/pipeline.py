@@ -366,6 +366,7 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     ctx.trace = tracing.start_request(ctx)
     _active[ctx.request_id] = ctx
     task = _tasks[ctx.request_id] = asyncio.current_task()  # type: ignore[assignment]
+    assert task is not None
     try:
         spec = ENDPOINTS.get(endpoint)
         if spec is None:

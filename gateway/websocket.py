@@ -216,7 +216,8 @@ class Connection:
         if self.pending:
             return self.pending.popleft()
         left = self.deadline - time.monotonic()
-        self.waiting = asyncio.current_task()
+        self.waiting = task = asyncio.current_task()
+        assert task is not None
         try:
             async with asyncio.timeout(max(left, 0.0)):
                 message = await self.receive()
@@ -226,7 +227,7 @@ class Connection:
         except asyncio.CancelledError:
             if not self.draining:
                 raise
-            self.waiting.uncancel()
+            task.uncancel()
             await self.close(GOING_AWAY)
             return None
         finally:

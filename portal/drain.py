@@ -40,6 +40,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -72,7 +73,7 @@ def install() -> None:
     server.Server.kill_all_applications = _kill_all_applications
     server.Server.listen_success = _listen_success
     http_protocol.HTTPFactory.buildProtocol = _build_protocol
-    http.HTTPChannel.checkPersistence = _check_persistence
+    http.HTTPChannel.checkPersistence = _check_persistence  # type: ignore[method-assign]
 
 
 def _listen_success(self: Any, port: Any) -> None:
@@ -105,7 +106,8 @@ def _kill_all_applications(self: Any) -> Any:
         _drain = asyncio.ensure_future(drain(self))
 
     async def then_kill() -> None:
-        await asyncio.shield(_drain)  # type: ignore[arg-type]
+        assert _drain is not None
+        await asyncio.shield(_drain)
         await _base["kill"](self).asFuture(asyncio.get_running_loop())
 
     return Deferred.fromFuture(asyncio.ensure_future(then_kill()))
@@ -134,25 +136,29 @@ async def drain(server: Any) -> None:
         for port in _ports:
             port.stopListening()
         _close_idle_connections()
-        while _busy(server) and time.monotonic() < deadline:
-            await asyncio.sleep(POLL)
+        await _until(lambda: not _busy(server), deadline)
         left = _busy(server)
         if left:
             cut = pipeline.cut_all()
             log.warning("drain time (%gs) is up: %d requests still in flight, %d of them "
                         "cut short", seconds, left, cut)
-            cut_deadline = time.monotonic() + CUT_WAIT
-            while pipeline.in_flight() and time.monotonic() < cut_deadline:
-                await asyncio.sleep(POLL)
+            await _until(lambda: not pipeline.in_flight(), time.monotonic() + CUT_WAIT)
         if policy._settling:  # slots released, balances settled, rows journaled
             await asyncio.wait(set(policy._settling), timeout=SETTLE_WAIT)
         _close_sockets(server)
-        await _close_connections(CLOSE_WAIT)
+        await _close_connections(time.monotonic() + CLOSE_WAIT)
         log.warning("drained in %.1fs", time.monotonic() - started)
     except Exception:
         log.exception("the drain failed; shutting down anyway")
     finally:
         finished()
+
+
+async def _until(done: Callable[[], bool], deadline: float) -> None:
+    """Look every POLL seconds until ``done()`` or the deadline: what is watched (daphne's
+    connections, the requests in flight, Twisted's transports) signals no event."""
+    while not done() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(POLL)
 
 
 def _busy(server: Any) -> int:
@@ -204,15 +210,13 @@ def _http_transports() -> list[Any]:
     return found
 
 
-async def _close_connections(timeout: float) -> None:
+async def _close_connections(deadline: float) -> None:
     """Close every HTTP connection and wait until each has written what it holds: the
     reactor's own shutdown drops connections without writing their buffers, which could
     cut the last bytes of an answer that just ended."""
     for transport in _http_transports():
         transport.loseConnection()
-    deadline = time.monotonic() + timeout
-    while _http_transports() and time.monotonic() < deadline:
-        await asyncio.sleep(POLL / 5)
+    await _until(lambda: not _http_transports(), deadline)
 
 
 def _close_sockets(server: Any) -> None:
@@ -222,7 +226,7 @@ def _close_sockets(server: Any) -> None:
 
     for protocol in list(server.connections):
         if isinstance(protocol, WebSocketProtocol) and protocol.state == protocol.STATE_OPEN:
-            try:
-                protocol.serverClose(code=1001)
+            try:  # not serverClose: autobahn's sendClose refuses 1001 (see portal.tuning)
+                protocol.sendCloseFrame(code=1001, isReply=False)
             except Exception:
                 log.debug("closing a websocket at shutdown failed", exc_info=True)

@@ -14,8 +14,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
@@ -33,7 +33,15 @@ from billing.reconcile import account_drifts
 from billing.services import ledger_mismatches, tenant_topup
 from tests.conftest import gateway_env
 from tests.faults.test_process_faults import shared_state, wait_until, wait_written
-from tests.servers import Gateway, free_port, new_log, start_gateway, stop, wait_for_port
+from tests.servers import (
+    ROOT,
+    Gateway,
+    free_port,
+    new_log,
+    start_gateway,
+    stop,
+    wait_for_port,
+)
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -176,6 +184,49 @@ def test_a_stream_longer_than_the_drain_is_ended_with_its_error_event(priced):
         stop(gw.proc)
 
 
+def test_a_websocket_finishes_its_turn_then_closes_going_away(priced):
+    import aiohttp
+
+    gw = start_gateway(gateway_env(GATEWAY_DRAIN_SECONDS="30", GATEWAY_DRAIN_GRACE_SECONDS="0.5"))
+    url = "ws" + gw.url.removeprefix("http") + "/v1/responses"
+    headers = {"Authorization": f"Bearer {priced.secret}",
+               "OpenAI-Beta": "responses_websockets=2026-02-06"}
+
+    async def scenario() -> tuple[list[dict], tuple, tuple]:
+        async with aiohttp.ClientSession() as session, \
+                session.ws_connect(url, headers=headers) as busy, \
+                session.ws_connect(url, headers=headers) as idle:
+            await busy.send_str(orjson.dumps({
+                "type": "response.create", "model": "gpt-4o-mini", "store": False,
+                "input": "[[fake chunks=10 delay=0.2]] hi"}).decode())
+            frames = [orjson.loads((await busy.receive(timeout=15)).data)]
+            gw.proc.send_signal(signal.SIGTERM)
+            # The idle socket closes at once, with 1001; the busy one finishes its turn.
+            idle_end = await idle.receive(timeout=15)
+            while frames[-1]["type"] not in ("response.completed", "response.failed", "error"):
+                msg = await busy.receive(timeout=15)
+                assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data)
+                frames.append(orjson.loads(msg.data))
+            busy_end = await busy.receive(timeout=15)
+            return frames, (idle_end.type, idle.close_code), (busy_end.type, busy.close_code)
+
+    try:
+        frames, idle_end, busy_end = asyncio.run(scenario())
+        assert idle_end == (aiohttp.WSMsgType.CLOSE, 1001)
+        assert frames[-1]["type"] == "response.completed"
+        text = "".join(f.get("delta", "") for f in frames
+                       if f["type"] == "response.output_text.delta")
+        assert text == "".join(f"tok{i} " for i in range(10))
+        assert busy_end == (aiohttp.WSMsgType.CLOSE, 1001)
+        assert gw.proc.wait(60) == 0
+        wait_until(lambda: UsageLog.objects.filter(key=priced.key).exists(), 20,
+                   "the turn's usage row")
+        row = UsageLog.objects.get(key=priced.key)
+        assert (row.status_code, row.error_code, row.output_tokens) == (200, "", 10)
+    finally:
+        stop(gw.proc)
+
+
 # --- a rolling restart behind HAProxy ------------------------------------------------------
 
 HAPROXY_CONFIG = """\
@@ -245,9 +296,6 @@ def start_gateway_on(port: int, env: dict[str, str]) -> Gateway:
     """A gateway on a given port (a restarted one takes its predecessor's)."""
     log = new_log("gateway")
     full = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings", **env}
-    from tests.servers import ROOT
-    import sys
-
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p", str(port)],
@@ -331,10 +379,12 @@ def test_a_rolling_restart_behind_haproxy_loses_nothing(priced, tmp_path):
             assert old.proc.wait(60) == 0, old.log.read_text()[-3000:]
             retired.append(old)
             gateways[i] = start_gateway_on(port, env)
-            wait_until(lambda: proxy.states().get(f"g{i}") == "UP", 30,
-                       lambda: f"HAProxy to see the new g{i} up: {proxy.states()}")
+            name = f"g{i}"
+            wait_until(lambda name=name: proxy.states().get(name) == "UP", 30,
+                       lambda name=name: f"HAProxy to see the new {name} up: {proxy.states()}")
             # Requests went on being answered through the restart.
-            wait_until(lambda: len(results) >= before + 20, 60, "answers after the restart")
+            wait_until(lambda before=before: len(results) >= before + 20, 60,
+                       "answers after the restart")
         stop_load.set()
         loader.join(120)
         assert not loader.is_alive()
