@@ -151,7 +151,10 @@ async def drain(server: Any) -> None:
     except Exception:
         log.exception("the drain failed; shutting down anyway")
     finally:
-        finished()
+        try:
+            await shutdown.run_late_work()  # e.g. a writer first used during the drain
+        finally:
+            finished()
 
 
 async def _until(done: Callable[[], bool], deadline: float) -> None:

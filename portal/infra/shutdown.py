@@ -19,6 +19,9 @@ log = logging.getLogger("turnpike.shutdown")
 _draining = False
 _watching = False
 _drained: asyncio.Future[None] | None = None  # while a drain runs: done when it is over
+# Shutdown work registered once the "before shutdown" phase had begun (a writer first used
+# during the drain): Twisted no longer calls triggers added then, so the drain runs these.
+_late: list[Callable[[], Awaitable[None]]] = []
 
 
 def draining() -> bool:
@@ -67,6 +70,16 @@ def drain_started() -> Callable[[], None]:
     return finished
 
 
+async def run_late_work() -> None:
+    """Run the shutdown work registered since the drain began (the drain calls this last)."""
+    while _late:
+        work = _late.pop(0)
+        try:
+            await work()
+        except Exception:
+            log.exception("shutdown work %r failed", work)
+
+
 async def drained() -> None:
     """Return once the drain under way, if any, is over."""
     if _drained is not None:
@@ -88,6 +101,9 @@ def before_reactor_shutdown(work: Callable[[], Awaitable[None]]) -> None:
     except ImportError:
         return
     if not getattr(reactor, "running", False):
+        return
+    if _drained is not None:  # the shutdown's "before" triggers have been called already
+        _late.append(work)
         return
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: Deferred.fromFuture(asyncio.ensure_future(after_drain(work))))

@@ -184,6 +184,27 @@ def test_a_stream_longer_than_the_drain_is_ended_with_its_error_event(priced):
         stop(gw.proc)
 
 
+def test_a_request_served_during_the_grace_has_its_row_written_before_exit(priced):
+    """A process's first request arrives while it drains: the writer it starts (after the
+    shutdown's triggers were called) is flushed before the process exits."""
+    # The writer waits 60 s between writes: only its flush at shutdown writes the row.
+    gw = start_gateway(gateway_env(GATEWAY_DRAIN_SECONDS="30", GATEWAY_DRAIN_GRACE_SECONDS="2",
+                                   GATEWAY_USAGE_FLUSH_INTERVAL="60"))
+    try:
+        gw.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: httpx.get(gw.url + "/readyz", timeout=5).status_code == 503, 5,
+                   "readiness to say draining")
+        resp = httpx.post(gw.base_url + "/chat/completions", timeout=10, json={
+            "model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {priced.secret}"})
+        assert resp.status_code == 404 and resp.headers["connection"] == "close"
+        assert gw.proc.wait(60) == 0
+        row = row_of(resp.headers["x-request-id"])
+        assert (row.status_code, row.error_code) == (404, "model_not_found")
+    finally:
+        stop(gw.proc)
+
+
 def test_a_websocket_finishes_its_turn_then_closes_going_away(priced):
     import aiohttp
 
