@@ -143,8 +143,9 @@ async def drain(server: Any) -> None:
             log.warning("drain time (%gs) is up: %d requests still in flight, %d of them "
                         "cut short", seconds, left, cut)
             await _until(lambda: not pipeline.in_flight(), time.monotonic() + CUT_WAIT)
-        if policy._settling:  # slots released, balances settled, rows journaled
-            await asyncio.wait(set(policy._settling), timeout=SETTLE_WAIT)
+        running = policy.settling()
+        if running:  # slots released, balances settled, rows journaled
+            await asyncio.wait(running, timeout=SETTLE_WAIT)
         _close_sockets(server)
         await _close_connections(time.monotonic() + CLOSE_WAIT)
         log.warning("drained in %.1fs", time.monotonic() - started)
