@@ -109,10 +109,17 @@ def row_of(request_id: str) -> UsageLog:
     return UsageLog.objects.get(request_id=request_id)
 
 
-def test_a_stream_in_flight_at_sigterm_finishes_and_is_charged(priced):
+DAPHNE = str(Path(sys.executable).with_name("daphne"))
+LAUNCHERS = {"portal.server": [sys.executable, "-m", "portal.server"],
+             "plain-daphne": [DAPHNE if os.path.exists(DAPHNE) else "daphne"]}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_a_stream_in_flight_at_sigterm_finishes_and_is_charged(priced, launcher):
     prefix = settings.GATEWAY_REDIS_PREFIX + "drain1:"
-    gw = start_gateway(gateway_env(GATEWAY_REDIS_PREFIX=prefix, GATEWAY_DRAIN_SECONDS="30",
-                                   GATEWAY_DRAIN_GRACE_SECONDS="1.5"))
+    gw = start_gateway_on(free_port(), gateway_env(
+        GATEWAY_REDIS_PREFIX=prefix, GATEWAY_DRAIN_SECONDS="30",
+        GATEWAY_DRAIN_GRACE_SECONDS="1.5"), LAUNCHERS[launcher])
     try:
         reader = StreamReader(gw.base_url, priced.secret,
                               stream_body("[[fake chunks=12 delay=0.25]] hi"))
@@ -313,13 +320,16 @@ def start_haproxy(ports: list[int], workdir: Path) -> HAProxy:
     return HAProxy(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{stats_port}")
 
 
-def start_gateway_on(port: int, env: dict[str, str]) -> Gateway:
-    """A gateway on a given port (a restarted one takes its predecessor's)."""
+def start_gateway_on(port: int, env: dict[str, str],
+                     command: list[str] | None = None) -> Gateway:
+    """A gateway on a given port (a restarted one takes its predecessor's); ``command``:
+    how it is launched (default ``python -m portal.server``)."""
     log = new_log("gateway")
     full = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings", **env}
+    command = command or [sys.executable, "-m", "portal.server"]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p", str(port)],
+            [*command, "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
             cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT)
     wait_for_port(port, proc, timeout=60)
     return Gateway(proc=proc, url=f"http://127.0.0.1:{port}", log=log)
