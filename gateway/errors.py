@@ -148,6 +148,12 @@ class ServiceUnavailable(GatewayError):
     code = "service_unavailable"
 
 
+class ShuttingDown(ServiceUnavailable):
+    """The process is shutting down and its drain time ran out (``portal.drain``)."""
+
+    code = "server_shutting_down"
+
+
 class UpstreamError(GatewayError):
     status = 502
     type = "upstream_error"

@@ -55,6 +55,7 @@ from gateway.errors import (
     NotFound,
     PermissionDenied,
     RateLimited,
+    ShuttingDown,
     UnsupportedContentType,
 )
 from gateway.metrics import observe
@@ -331,6 +332,8 @@ async def list_models(ctx: RelayContext, model_id: str | None, send: Send) -> No
 # --- entry ------------------------------------------------------------------------------
 
 _active: dict[str, RelayContext] = {}  # this process's requests being answered
+_tasks: dict[str, asyncio.Task[Any]] = {}  # the task answering each of them
+_cut: set[str] = set()  # requests being cut short by the end of a drain (cut_all)
 
 
 def in_flight() -> int:
@@ -342,12 +345,28 @@ def open_streams() -> int:
     return sum(1 for ctx in _active.values() if ctx.stream_open)
 
 
+def cut_all() -> int:
+    """End every request still being answered (the drain's time is up, ``portal.drain``):
+    each is cancelled where it waits and answers ShuttingDown: an open stream ends with
+    its protocol's error event, charged for what was relayed; an answer not yet started is
+    a 503. Returns how many were cut."""
+    cut = 0
+    for request_id, task in list(_tasks.items()):
+        if request_id not in _cut and not task.done():
+            _cut.add(request_id)
+            task.cancel()
+            cut += 1
+    return cut
+
+
 async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     kwargs = scope.get("url_route", {}).get("kwargs", {})
     endpoint = kwargs.get("endpoint") or ""
     ctx = RelayContext.start(scope, endpoint or scope.get("path", ""))
     ctx.trace = tracing.start_request(ctx)
     _active[ctx.request_id] = ctx
+    task = _tasks[ctx.request_id] = asyncio.current_task()  # type: ignore[assignment]
+    assert task is not None
     try:
         spec = ENDPOINTS.get(endpoint)
         if spec is None:
@@ -365,6 +384,13 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
             await stored_api.serve(ctx, await authenticate(ctx), scope, kwargs, receive, send)
         else:
             await relay(ctx, operation, receive, send)
+    except asyncio.CancelledError:
+        if ctx.request_id not in _cut:
+            raise
+        task.uncancel()  # cut by the drain (cut_all): the client gets a proper end
+        await answer_error(ctx, send, ShuttingDown(
+            "This Turnpike process is shutting down and the request did not finish within "
+            f"its drain time ({settings.GATEWAY_DRAIN_SECONDS:g} s); retry it."))
     except ClientGone:
         ctx.status = ctx.status or 499
         ctx.error_code = ctx.error_code or "client_disconnected"
@@ -383,6 +409,8 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         ctx.error_code = ctx.error_code or "internal_error"
     finally:
         del _active[ctx.request_id]
+        del _tasks[ctx.request_id]
+        _cut.discard(ctx.request_id)
         record(ctx)
         observe(ctx)
         if ctx.capture is not None:

@@ -223,6 +223,11 @@ def charge(ticket: Ticket, usage: Usage | None, served: bool) -> Decimal:
 _settling: set[asyncio.Task[None]] = set()
 
 
+def settling() -> set[asyncio.Task[None]]:
+    """The settlements running now (a draining process waits for them: portal.drain)."""
+    return set(_settling)
+
+
 def _settle_task(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: str | None,
                  event: UsageEvent) -> asyncio.Task[None]:
     task = asyncio.get_running_loop().create_task(

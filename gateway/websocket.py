@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -74,6 +75,20 @@ TEXT_FRAMES = "turnpike.websocket.text_frames"
 _open = 0
 _turns = 0
 _warmups = 0
+_connections: weakref.WeakSet[Connection] = weakref.WeakSet()  # this process's open sockets
+_draining = False
+# The close code a draining process ends its sockets with: 1001 "going away" (RFC 6455: a
+# server going down); the client opens a new socket, on another process, for its next turn.
+GOING_AWAY = 1001
+
+
+def drain() -> None:
+    """The process is shutting down (``portal.drain``): every socket finishes the turn it is
+    in, if any, then closes with 1001; a socket waiting for its next turn closes now."""
+    global _draining
+    _draining = True
+    for conn in list(_connections):
+        conn.drain()
 
 
 def stats() -> dict[str, int]:
@@ -128,12 +143,16 @@ async def responses_socket(scope: dict[str, Any], receive: Receive, send: Send) 
         accesslog.emit(ctx)
         await refuse(scope, send, error)
         return
+    if _draining:  # shutting down: no new socket (the client retries on another process)
+        await send({"type": "websocket.close", "code": GOING_AWAY})
+        return
     await send({"type": "websocket.accept"})
     _open += 1
     try:
         key = ctx.key
-        await Connection(scope, receive, send,
-                         stores=key is not None and key.store_days > 0).serve()
+        conn = Connection(scope, receive, send, stores=key is not None and key.store_days > 0)
+        _connections.add(conn)
+        await conn.serve()
     finally:
         _open -= 1
 
@@ -158,6 +177,8 @@ class Connection:
         self.send = send
         self.pending: deque[dict[str, Any]] = deque()  # messages that came in mid-turn
         self.closed = False
+        self.draining = False  # close once the turn under way is over (drain())
+        self.waiting: asyncio.Task[Any] | None = None  # set while waiting for a message
         self.last: LastResponse | None = None
         self.deadline = time.monotonic() + settings.GATEWAY_WEBSOCKET_MAX_AGE
         self.batches = TEXT_FRAMES in (scope.get("extensions") or {})
@@ -169,8 +190,16 @@ class Connection:
             "url_route": {"args": (), "kwargs": {"endpoint": "responses"}},
         }
 
+    def drain(self) -> None:
+        self.draining = True
+        if self.waiting is not None:  # between turns: stop waiting, close now
+            self.waiting.cancel()
+
     async def serve(self) -> None:
         while not self.closed:
+            if self.draining:
+                await self.close(GOING_AWAY)
+                return
             message = await self.next_message()
             if message is None:
                 return
@@ -187,12 +216,22 @@ class Connection:
         if self.pending:
             return self.pending.popleft()
         left = self.deadline - time.monotonic()
+        self.waiting = task = asyncio.current_task()
+        assert task is not None
         try:
             async with asyncio.timeout(max(left, 0.0)):
                 message = await self.receive()
         except TimeoutError:
             await self.close()
             return None
+        except asyncio.CancelledError:
+            if not self.draining:
+                raise
+            task.uncancel()
+            await self.close(GOING_AWAY)
+            return None
+        finally:
+            self.waiting = None
         if message["type"] == "websocket.disconnect":
             self.closed = True
             return None
@@ -209,10 +248,10 @@ class Connection:
             self.pending.append(message)
         return {"type": "http.disconnect"}
 
-    async def close(self) -> None:
+    async def close(self, code: int = 1000) -> None:
         self.closed = True
         try:
-            await self.send({"type": "websocket.close", "code": 1000})
+            await self.send({"type": "websocket.close", "code": code})
         except Exception:  # already gone
             log.debug("closing a websocket that was gone", exc_info=True)
 

@@ -15,6 +15,8 @@ import gc
 from http import HTTPStatus
 from typing import Any
 
+from portal import drain
+
 # Young-generation threshold once the heap is frozen (CPython's default is 700).
 GC_THRESHOLD = (50_000, 20, 100)
 
@@ -24,6 +26,7 @@ _heap_settled = False
 def apply() -> None:
     speed_up_twisted_content_type()
     let_daphne_refuse_websockets()
+    drain.install()  # SIGTERM/SIGINT: finish what is in flight first (portal.drain)
     settle_the_heap()
 
 
@@ -71,7 +74,9 @@ def let_daphne_refuse_websockets() -> None:
     the gateway refuses with OpenAI's error bodies (401 for a bad key; 426 with WebSockets
     turned off, on which the Codex CLI falls back to HTTP at once).
 
-    Also caps a WebSocket message at GATEWAY_MAX_BODY_BYTES (autobahn's default is no
+    Also lets the application close a socket with the codes a server sends
+    (``SERVER_CLOSE_CODES``: 1001 when a process drains), which autobahn's API refuses;
+    caps a WebSocket message at GATEWAY_MAX_BODY_BYTES (autobahn's default is no
     limit; a socket's message is a request body), and writes text frames without
     autobahn's per-frame overhead (``write_text_frames``), one at a time or, with the
     "turnpike.websocket.text_frames" extension, several in one write. Idempotent."""
@@ -115,8 +120,18 @@ def _ws_factory_init(self: Any, *args: Any, **kwargs: Any) -> None:
     self.setProtocolOptions(maxMessagePayloadSize=limit, maxFramePayloadSize=limit)
 
 
+# Close codes a server sends (RFC 6455 7.4.1) that autobahn's sendClose refuses (it allows
+# only 1000 and 3000-4999): 1001 "going away" (a draining process, portal.drain), 1011
+# internal error, 1012 service restart, 1013 try again later.
+SERVER_CLOSE_CODES = frozenset((1001, 1011, 1012, 1013))
+
+
 def _ws_handle_reply(self: Any, message: dict[str, Any]) -> None:
     kind = message.get("type")
+    if kind == "websocket.close" and message.get("code") in SERVER_CLOSE_CODES and \
+            self.state == self.STATE_OPEN:
+        self.sendCloseFrame(code=message["code"], isReply=False)
+        return
     if kind == "websocket.send" and message.get("text") is not None and \
             message.get("bytes") is None:
         write_text_frames(self, [message["text"].encode()])

@@ -150,6 +150,9 @@ def gateway_env(**overrides: str) -> dict[str, str]:
         "SECRET_KEY": settings.SECRET_KEY,
         "GATEWAY_REDIS_PREFIX": settings.GATEWAY_REDIS_PREFIX,
         "GATEWAY_USAGE_FLUSH_INTERVAL": "0.05",
+        # No load balancer to wait for: a stopped test gateway drains what is in flight
+        # and exits at once (tests/faults/test_drain.py sets its own grace).
+        "GATEWAY_DRAIN_GRACE_SECONDS": "0",
         "GATEWAY_MAX_BODY_BYTES": str(TEST_BODY_LIMIT),
         "LOG_LEVEL": "INFO",
     }

@@ -383,6 +383,13 @@ GATEWAY_KEEPALIVE_SECONDS = env_float("GATEWAY_KEEPALIVE_SECONDS", 15.0)
 GATEWAY_WEBSOCKETS = env_bool("GATEWAY_WEBSOCKETS", True)
 # A socket older than this many seconds takes no new turn: OpenAI's 60 minutes.
 GATEWAY_WEBSOCKET_MAX_AGE = env_float("GATEWAY_WEBSOCKET_MAX_AGE", 3600.0)
+# Graceful drain on SIGTERM/SIGINT (portal.drain): readiness goes 503 at once; for
+# GATEWAY_DRAIN_GRACE_SECONDS the process still serves whatever arrives (answered with
+# "Connection: close") while load balancers notice, then stops listening; the requests in
+# flight get until GATEWAY_DRAIN_SECONDS after the signal, then the rest are cut (a stream
+# ends with its error event). 0: no drain, daphne cancels what is in flight at once.
+GATEWAY_DRAIN_SECONDS = env_float("GATEWAY_DRAIN_SECONDS", 30.0)
+GATEWAY_DRAIN_GRACE_SECONDS = env_float("GATEWAY_DRAIN_GRACE_SECONDS", 3.0)
 GATEWAY_POOL_SIZE = env_int("GATEWAY_POOL_SIZE", 0)  # 0: unbounded connections per process
 # A concurrency slot or a balance reservation held by a process that died is freed after
 # this many seconds (running requests renew theirs every third of it).

@@ -113,11 +113,12 @@ def test_a_draining_process_is_alive_but_not_ready():
 @pytest.mark.e2e
 def test_sigterm_marks_the_process_draining_before_daphne_cancels_its_requests(
         upstream, api_key, tmp_path):
-    """A real daphne with a slow stream open: on SIGTERM the draining flag (what /readyz
-    reads) is set first, then daphne cancels the request. The flag itself is read by the
-    test above; between the two steps the process may be gone too soon to probe."""
+    """A real daphne with a slow stream open and the drain off (GATEWAY_DRAIN_SECONDS=0,
+    the graceful drain is tests/faults/test_drain.py's): on SIGTERM the draining flag (what
+    /readyz reads) is set first, then daphne cancels the request. The flag itself is read
+    by the test above; between the two steps the process may be gone too soon to probe."""
     log = tmp_path / "gateway.log"
-    gw = start_gateway(gateway_env(LOG_LEVEL="INFO"), log=log)
+    gw = start_gateway(gateway_env(LOG_LEVEL="INFO", GATEWAY_DRAIN_SECONDS="0"), log=log)
     started = threading.Event()
 
     def stream() -> None:
