@@ -20,7 +20,7 @@ CHART = DEPLOY / "helm" / "turnpike"
 # GATEWAY_DRAIN_SECONDS: the graceful drain on SIGTERM (issue 16), read by the server once that
 # work lands; drop it from here then, so the check covers it too.
 NOT_TURNPIKE_SETTINGS = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB",
-                         "PROMETHEUS_MULTIPROC_DIR", "GATEWAY_DRAIN_SECONDS"}
+                         "PROMETHEUS_MULTIPROC_DIR"}
 
 
 def compose_schema() -> dict[str, Any]:

@@ -31,7 +31,8 @@ def embedded_env(sqlite: Path) -> dict[str, str]:
     # The SQLite file goes in a temporary directory rather than next to manage.py; a
     # DATABASE_URL naming a file needs a SECRET_KEY, as the settings say.
     env.update(DJANGO_SETTINGS_MODULE="portal.settings", DATABASE_URL=f"sqlite:///{sqlite}",
-               SECRET_KEY="embedded-test-secret", REDIS_URL="", LOG_LEVEL="WARNING")
+               SECRET_KEY="embedded-test-secret", REDIS_URL="", LOG_LEVEL="WARNING",
+               GATEWAY_DRAIN_GRACE_SECONDS="0")  # stopping it needs no load balancer's grace
     return env
 
 
