@@ -580,8 +580,7 @@ def check_page(driver: Any, name: str, *, widths: tuple[str, ...] = tuple(WIDTHS
         assert got is None or got < 400, f"{url} answered {got}"
     before = getattr(driver, "turnpike_width", "desktop")
     # One resize per width (each waits for the page to take the new size): its screenshot,
-    # then its checks.
-    # Every width's screenshot is saved before a failure is reported.
+    # then its checks. Every width's screenshot is saved before a failure is reported.
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^\w.-]+", "_", name).strip("_")
     problems = []
