@@ -4,11 +4,12 @@ application.
 
 The database between transactional tests
 ----------------------------------------
-A transactional test (``django_db(transaction=True)``: every end-to-end test, since the
-gateway, another process, must see committed rows) ends with Django's flush: a TRUNCATE of
-all ~40 tables, then the ``post_migrate`` signal, which re-creates every content type and
-permission (~115 queries). On this database that was 0.5-1.5 s per test, and there are
-~1,300 such tests: several minutes of every run, most of the matrix's time.
+A transactional test (``django_db(transaction=True)``, ``live_server``: every end-to-end
+test, since the gateway, another process, must see committed rows) ends with Django's flush:
+a TRUNCATE of all ~40 tables (0.4-1 s here: it replaces every table's files), then the
+``post_migrate`` signal, which re-creates every content type and permission (~115 queries,
+0.25-0.5 s). About 900 tests do this: it was most of the suite's time, and most of the
+translation matrix's.
 
 Here the same end state is reached with a ``DELETE FROM`` of every table but the two that
 ``post_migrate`` fills (``django_content_type``, ``auth_permission``), in one transaction
