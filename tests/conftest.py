@@ -38,6 +38,9 @@ UPSTREAM_SECRET = "sk-upstream-test-credential-0001"
 DEMO_MODELS = ["gpt-4o-mini", "gpt-5", "gpt-5-codex", "o3"]
 TEST_BODY_LIMIT = 4 * 1024 * 1024
 
+# Test-run plumbing that only makes the suite faster (see tests/speedups.py).
+pytest_plugins = ["tests.speedups"]
+
 
 FAST_DIR = Path(__file__).with_name("fast")
 

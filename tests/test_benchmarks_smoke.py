@@ -19,9 +19,11 @@ pytestmark = pytest.mark.skipif(shutil.which("node") is None or not os.environ.g
 
 def test_the_benchmark_suite_runs_and_reports():
     base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
+    # A database of its own per checkout (TEST_DATABASE_NAME), so parallel runs never meet.
+    name = os.environ.get("TEST_DATABASE_NAME", "turnpike") + "_bench_smoke"
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--smoke",
-         "--database-url", f"{base}/turnpike_bench_smoke",
+         "--database-url", f"{base}/{name}",
          "--redis-url", os.environ["REDIS_URL"]],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )

@@ -354,7 +354,9 @@ def export_chunks(rows: QuerySet[UsageLog], chunk: int | None = None, *,
             continue  # more in this slice (or, unsliced, perhaps more at all)
         if lower is None or floor is None or lower <= floor:
             return  # every row at or after the last lower bound has been written
-        if len(got) < chunk // 4:
+        # Sparse: under a quarter of a chunk (for a chunk under 4 rows, an empty slice;
+        # else a span that never widened would walk the history an hour per query).
+        if len(got) < max(chunk // 4, 1):
             span = min(span * 2, dt.timedelta(days=30))
         lower -= span  # rows older than the cursor and newer than ``lower`` come next
 

@@ -579,15 +579,23 @@ def check_page(driver: Any, name: str, *, widths: tuple[str, ...] = tuple(WIDTHS
     else:
         assert got is None or got < 400, f"{url} answered {got}"
     before = getattr(driver, "turnpike_width", "desktop")
-    screenshot(driver, name, widths)
+    # One resize per width (each waits for the page to take the new size): its screenshot,
+    # then its checks. Every width's screenshot is saved before a failure is reported.
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^\w.-]+", "_", name).strip("_")
+    problems = []
     for width in widths:
         at_width(driver, width)
+        (SCREENSHOTS / f"{safe}-{width}.png").write_bytes(_full_page_png(driver))
         wide = settled_overflow(driver)
-        assert not wide, f"{url} is wider than the window at {width} width: {wide}"
+        if wide:
+            problems.append(f"{url} is wider than the window at {width} width: {wide}")
         if axe:
             bad = accessibility(driver)
-            assert not bad, f"axe on {url} at {width} width:\n{describe_violations(bad)}"
+            if bad:
+                problems.append(f"axe on {url} at {width} width:\n{describe_violations(bad)}")
     at_width(driver, before)
+    assert not problems, "\n".join(problems)
     errors = js_errors(driver)
     if status is not None and status >= 400:  # the page's own, expected, error status
         errors = [e for e in errors if not e.startswith(f"network: {url} - ")]

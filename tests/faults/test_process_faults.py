@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -184,7 +185,8 @@ def test_a_killed_gateway_strands_no_money_and_loses_no_served_row(priced, tmp_p
     # Short leases and claim timeout: what the victim held comes back within seconds.
     env = gateway_env(GATEWAY_REDIS_PREFIX=prefix, GATEWAY_CONCURRENCY_LEASE_SECONDS="2",
                       GATEWAY_USAGE_CLAIM_SECONDS="2")
-    survivor, victim = start_gateway(env), start_gateway(env)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two start-ups at once, not one by one
+        survivor, victim = pool.map(lambda _: start_gateway(env), range(2))
     try:
         # Kill the victim once it has answered some requests, with others in flight on it
         # (however slow the machine: the kill follows what happened, not a clock).

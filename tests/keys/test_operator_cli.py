@@ -24,7 +24,15 @@ from keys.models import AccessToken, ApiKey, Group, Membership, Status, Tenant
 from keys.secrets import KEY_PREFIX, hash_secret
 from keys.services import CreatedKey, key_create, tenant_get_or_create
 from keys.tokens import TOKEN_PREFIX, authenticate
-from tests.keys.test_cli import CHAT, answer_within, lines, manage, run, secret_starting
+from tests.keys.test_cli import (
+    CHAT,
+    answer_within,
+    lines,
+    manage,
+    manage_all,
+    run,
+    secret_starting,
+)
 
 # Every command of Turnpike's own apps; each action of each must take --json.
 TURNPIKE_COMMANDS = ["key", "tenant", "group", "member", "token", "user", "demo", "price",
@@ -664,7 +672,7 @@ def test_bad_input_from_the_shell_exits_non_zero_with_a_message_and_no_traceback
     make_key(name="one", secret=secret_starting("gh78"))
     make_key(name="two", secret=secret_starting("gh79"))
     tenant_get_or_create(name="acorn")
-    for args, message in [
+    refused = [
         (("key", "rotate", "sk-tp-gh7"), "'sk-tp-gh7' matches 2 keys"),
         (("key", "delete", "sk-tp-gh78"), "run again with --yes"),
         (("key", "update", "sk-tp-gh78", "--rpm", "x"), "'x' is not a whole number"),
@@ -678,8 +686,9 @@ def test_bad_input_from_the_shell_exits_non_zero_with_a_message_and_no_traceback
         (("member", "role", "--tenant", "acme", "--email", "x@example.com", "--role",
           "owner"), "No user with the email"),
         (("upstream", "test", "nothing"), "No upstream named 'nothing'."),
-    ]:
-        done = manage(*args, "--json")
+    ]
+    results = manage_all(*((*args, "--json") for args, _ in refused))
+    for (args, message), done in zip(refused, results, strict=True):
         assert done.returncode != 0, args
         assert message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr, done.stderr
