@@ -17,6 +17,7 @@ from ninja import Field, Query, Router, Schema
 
 from portal.selectors import audit as sel
 from portal.tenant_api.auth import caller_of
+from portal.tenant_api.common import NO_NUL
 from portal.tenant_api.errors import ERRORS, ApiError
 
 router = Router(tags=["audit"])
@@ -30,12 +31,13 @@ SurfaceName = Literal["portal", "tenant-api", "ops-api", "admin", "cli", "system
 class AuditFilters(Schema):
     object_type: ObjectType | None = Field(None, description="What the change was about.")
     action: Action | None = None
-    actor: str | None = Field(None, max_length=200,
+    actor: str | None = Field(None, max_length=200, pattern=NO_NUL,
                               description="The actor's email, or part of who did it.")
     surface: SurfaceName | None = Field(None, description="Where the change came from.")
     date_from: date | None = Field(None, description="First day (server time zone).")
     date_to: date | None = Field(None, description="Last day, included.")
-    cursor: str | None = Field(None, description="next_cursor or prev_cursor of a page.")
+    cursor: str | None = Field(None, pattern=NO_NUL,
+                               description="next_cursor or prev_cursor of a page.")
     limit: int = Field(sel.PAGE_SIZE, ge=1, le=sel.MAX_PAGE_SIZE)
 
 

@@ -21,7 +21,7 @@ from keys import membership as rules
 from keys.models import MAX_CAPTURE_DAYS, MAX_RETENTION_DAYS, Tenant, capture_window_error
 from portal.selectors import balance as selectors
 from portal.tenant_api.auth import caller_of
-from portal.tenant_api.common import currency, money
+from portal.tenant_api.common import NO_NUL, currency, money
 from portal.tenant_api.errors import ERRORS, ERRORS_409, ApiError
 
 router = Router(tags=["billing"])
@@ -67,7 +67,7 @@ class LedgerFilter(Schema):
     kind: Kind | None = None
     date_from: date | None = Field(None, description="First local day (TIME_ZONE).")
     date_to: date | None = Field(None, description="Last local day, included.")
-    cursor: str | None = Field(None, max_length=200)
+    cursor: str | None = Field(None, max_length=200, pattern=NO_NUL)
     limit: int = Field(selectors.PAGE_SIZE, ge=1, le=MAX_PAGE)
 
 

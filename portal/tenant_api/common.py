@@ -10,6 +10,10 @@ from ninja import Schema
 
 from portal.selectors.dashboard import Totals
 
+# For free-text filters: PostgreSQL refuses a NUL in any text it is given, so a query
+# string with one is a 422 here rather than a database error.
+NO_NUL = r"^[^\x00]*$"
+
 
 def money(value: Decimal | None) -> str | None:
     """Exact decimal text (6 places as stored), never a float."""

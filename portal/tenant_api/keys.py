@@ -20,7 +20,7 @@ from keys.models import MAX_CAPTURE_DAYS, ApiKey
 from portal.selectors import keys as selectors
 from portal.tenancy import can_change_key
 from portal.tenant_api.auth import Caller, caller_of
-from portal.tenant_api.common import money
+from portal.tenant_api.common import NO_NUL, money
 from portal.tenant_api.errors import ERRORS, ApiError
 from portal.views.key_forms import KEEP, KeyForm, initial_for
 
@@ -131,7 +131,7 @@ class RotateIn(Schema):
 
 
 class KeyFilter(Schema):
-    q: str = Field("", max_length=200, description="Name, or the start of the key.")
+    q: str = Field("", max_length=200, pattern=NO_NUL, description="Name, or the start of the key.")
     status: str = Field("", pattern="^(|active|disabled)$")
     page: int = Field(1, ge=1, le=10**6)
 

@@ -22,7 +22,7 @@ from portal.selectors import keys as key_selectors
 from portal.selectors import usage as sel
 from portal.selectors.dashboard import Overview, overview
 from portal.tenant_api.auth import Caller, caller_of
-from portal.tenant_api.common import CountsOut, TotalsOut, money, totals_out
+from portal.tenant_api.common import NO_NUL, CountsOut, TotalsOut, money, totals_out
 from portal.tenant_api.errors import ERRORS, ApiError, not_found
 
 router = Router(tags=["usage"])
@@ -134,12 +134,13 @@ def usage_keys(request: HttpRequest,
 # --- the request log ----------------------------------------------------------------------
 
 class LogFilter(Schema):
-    key: str | None = Field(None, max_length=64, description="A key's id or display prefix.")
-    model: str | None = Field(None, max_length=200)
+    key: str | None = Field(None, max_length=64, pattern=NO_NUL,
+                            description="A key's id or display prefix.")
+    model: str | None = Field(None, max_length=200, pattern=NO_NUL)
     endpoint: Literal[sel.ENDPOINTS] | None = None  # type: ignore[valid-type]
     status: Literal["success", "client_error", "upstream_error"] | None = Field(
         None, description="success: below 400; client_error: 4xx; upstream_error: 5xx.")
-    error_code: str | None = Field(None, max_length=64)
+    error_code: str | None = Field(None, max_length=64, pattern=NO_NUL)
     stream: bool | None = None
     date_from: dt.date | None = Field(None, description="First local day (TIME_ZONE).")
     date_to: dt.date | None = Field(None, description="Last local day, included.")
