@@ -232,6 +232,13 @@ class TcpProxy:
             listener, self._listener = self._listener, None
             conns, self._conns = self._conns, []
         if listener is not None:
+            # Shut down before closing: a close alone leaves the socket listening while the
+            # accept thread is blocked in accept() on it (the call holds it open), so resume()
+            # could not bind the port again until some client happened to connect.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
         for conn in conns:
             try:
