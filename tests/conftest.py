@@ -86,6 +86,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_SCAN_HANDLER] = secretscan.install(log_dir() / "pytest.log")
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Keep this process's log in the scan: a test that reconfigures logging (dictConfig:
+    the logging tests, a Celery app set up in process) drops the root's handlers."""
+    handler = item.config.stash.get(_SCAN_HANDLER, None)
+    root = logging.getLogger()
+    if handler is not None and handler not in root.handlers:
+        root.addHandler(handler)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Gateways and workers have stopped (session fixtures end before this): read every log
     of the run once. Any secret found fails the run."""

@@ -327,3 +327,17 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+
+def fresh_database(database_url: str, name: str) -> str:
+    """A new, empty PostgreSQL database ``name`` on the server of ``database_url`` (any
+    database of that name is dropped first, with its connections): the benchmark smoke runs
+    migrate it from nothing, so a schema a previous run or another branch left cannot break
+    them. Returns its URL."""
+    import psycopg
+
+    base = database_url.rsplit("/", 1)[0]
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{base}/{name}"

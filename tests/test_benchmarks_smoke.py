@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import fresh_database
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None or not os.environ.get("REDIS_URL")
@@ -18,12 +20,13 @@ pytestmark = pytest.mark.skipif(shutil.which("node") is None or not os.environ.g
 
 
 def test_the_benchmark_suite_runs_and_reports():
-    base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
-    # A database of its own per checkout (TEST_DATABASE_NAME), so parallel runs never meet.
-    name = os.environ.get("TEST_DATABASE_NAME", "turnpike") + "_bench_smoke"
+    # A database of its own per checkout (TEST_DATABASE_NAME), so parallel runs never meet;
+    # new each run, so no schema left by an earlier run or branch can break it.
+    url = fresh_database(os.environ["DATABASE_URL"],
+                         os.environ.get("TEST_DATABASE_NAME", "turnpike") + "_bench_smoke")
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--smoke",
-         "--database-url", f"{base}/{name}",
+         "--database-url", url,
          "--redis-url", os.environ["REDIS_URL"]],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )

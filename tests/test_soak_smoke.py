@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import fresh_database
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None or not os.environ.get("REDIS_URL")
@@ -27,12 +29,13 @@ def _figure(stdout: str, measure: str) -> str:
 
 
 def test_the_soak_smoke_run_loses_nothing_and_fails_nothing_unexpectedly():
-    base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
-    # A database of its own per checkout (TEST_DATABASE_NAME), so parallel runs never meet.
-    name = os.environ.get("TEST_DATABASE_NAME", "turnpike") + "_soak_smoke"
+    # A database of its own per checkout (TEST_DATABASE_NAME), so parallel runs never meet;
+    # new each run, so no schema left by an earlier run or branch can break it.
+    url = fresh_database(os.environ["DATABASE_URL"],
+                         os.environ.get("TEST_DATABASE_NAME", "turnpike") + "_soak_smoke")
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.soak", "--smoke",
-         "--database-url", f"{base}/{name}", "--redis-url", os.environ["REDIS_URL"]],
+         "--database-url", url, "--redis-url", os.environ["REDIS_URL"]],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     out = result.stdout

@@ -548,17 +548,16 @@ def test_the_export_benchmark_runs_and_reports():
     import sys
     from pathlib import Path
 
-    import psycopg
+    from tests.servers import fresh_database
 
-    base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = "
-                            "'turnpike_bench_usage_smoke'").fetchone():
-            conn.execute("CREATE DATABASE turnpike_bench_usage_smoke")
+    # Its own database per checkout, new each run (a schema left by an earlier run or
+    # another branch cannot break it).
+    url = fresh_database(os.environ["DATABASE_URL"],
+                         os.environ.get("TEST_DATABASE_NAME", "turnpike") + "_bench_usage_smoke")
     result = subprocess.run(
         [sys.executable, "benchmarks/portal_export.py", "--rows", "3000"],
         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300,
-        env={**os.environ, "DATABASE_URL": f"{base}/turnpike_bench_usage_smoke"})
+        env={**os.environ, "DATABASE_URL": url})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     figures = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
     assert int(figures["csv_rows"]) == int(figures["tenant_rows"]) >= 3000
