@@ -55,6 +55,7 @@ from billing.rollups import (
 )
 from billing.usagerow import TOKEN_FIELDS
 from keys.models import ApiKey, Tenant
+from portal.infra.dbrouter import analytics
 
 DAYS = DASHBOARD_DAYS
 TOP_KEYS = 10
@@ -318,6 +319,7 @@ def _window_parts(tenant: Tenant, first: date, end: date) -> list[KeyPart]:
 
 # Over the complexity limit (C901) on purpose: data sources stitched by time range (daily,
 # hourly rollups, raw rows; per tenant or per key); each step is commented.
+@analytics()
 def overview(tenant: Tenant, key: ApiKey | None = None,  # noqa: C901
              now: datetime | None = None) -> Overview:
     """The dashboard's figures for ``tenant`` (and only ``key`` of it, when given: its

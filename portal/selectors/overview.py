@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from billing.models import UsageLog, UsageRollupTenant
 from billing.rollups import local_today
+from portal.infra.dbrouter import analytics
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Window:
         return 100.0 * self.errors / self.requests if self.requests else 0.0
 
 
+@analytics()
 def last_hour(now: datetime | None = None) -> Window:
     since = (now or timezone.now()) - timedelta(hours=1)
     rows = UsageLog.objects.filter(created_at__gte=since)
@@ -65,6 +67,7 @@ def last_hour(now: datetime | None = None) -> Window:
                   spend=totals["spend"] or Decimal(0), top_tenants=top)
 
 
+@analytics()
 def today() -> Window:
     rows = UsageRollupTenant.objects.filter(date=local_today())
     totals = rows.aggregate(requests=Sum("requests"), errors=Sum("errors"), spend=Sum("cost"))

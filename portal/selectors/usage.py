@@ -35,6 +35,7 @@ from billing.pricing import FREE, Price, cost
 from billing.usagerow import MEMBER_FIELDS, TOKEN_FIELDS
 from gateway.models import CapturedExchange
 from keys.models import ApiKey, Tenant
+from portal.infra.dbrouter import analytics, analytics_alias
 from portal.selectors.filters import LogFilterForm
 
 PAGE_SIZE = 50
@@ -228,6 +229,7 @@ def _fetch(base: QuerySet[UsageLog], order: tuple[str, str], limit: int,
     return []  # not reached: the last window is unbounded
 
 
+@analytics()
 def page(rows: QuerySet[UsageLog], cursor: Cursor | None, size: int = PAGE_SIZE,
          windowed: bool = False) -> Page:
     """One keyset page, newest first. Reads ``size + 1`` rows to know whether more follow;
@@ -275,6 +277,7 @@ def _masked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # --- totals ---------------------------------------------------------------------------------
 
+@analytics()
 def totals(rows: QuerySet[UsageLog], cap: int = TOTALS_CAP) -> dict[str, Any]:
     """Requests, tokens and cost of the filtered range, reading at most ``cap`` (the newest)
     matching rows: ``capped`` says the figures are those of the newest ``cap`` rows."""
@@ -338,6 +341,7 @@ def export_chunks(rows: QuerySet[UsageLog], chunk: int | None = None, *,
     (the oldest row that can match), so the whole export is one pass over the tenant's
     (tenant, created_at) range however rare the matches, never a tenant scan per chunk."""
     chunk = chunk or EXPORT_CHUNK
+    rows = rows.using(analytics_alias())  # a generator: a context set here would leak
     yield [EXPORT_HEADER]
     cursor: tuple[dt.datetime, int] | None = None
     span = dt.timedelta(hours=1)

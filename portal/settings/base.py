@@ -136,6 +136,23 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 
+# An optional streaming replica of the primary for analytic reads (README, "Read replica"):
+# only code inside portal.infra.dbrouter.analytics() reads from it.
+_replica_url = env_str("DATABASE_REPLICA_URL")
+if _replica_url:
+    _replica = dj_database_url.parse(
+        _replica_url, conn_max_age=DATABASES["default"]["CONN_MAX_AGE"], conn_health_checks=True)
+    if _replica["ENGINE"] != "django.db.backends.postgresql" or \
+            DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        raise ImproperlyConfigured(
+            "DATABASE_REPLICA_URL must be a postgres:// URL, with DATABASE_URL a PostgreSQL "
+            f"primary too (got {_replica['ENGINE'] or 'an unknown engine'})")
+    _replica["OPTIONS"] = {**DATABASES["default"].get("OPTIONS", {}),  # timeouts, keepalives
+                           **_replica.get("OPTIONS", {})}
+    _replica["TEST"] = {"MIRROR": "default"}
+    DATABASES["replica"] = _replica
+    DATABASE_ROUTERS = ["portal.infra.dbrouter.ReplicaRouter"]
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
