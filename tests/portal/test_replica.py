@@ -30,6 +30,7 @@ from portal.selectors import usage as sel
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ROUTERS = ["portal.infra.dbrouter.ReplicaRouter"]
+DATABASES = ["default", "replica"]  # the replica is a TEST MIRROR: never flushed
 
 
 def as_postgres(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -149,7 +150,7 @@ def touched(captured: CaptureQueriesContext, table: str) -> bool:
     return any(table in q["sql"] for q in captured.captured_queries)
 
 
-@pytest.mark.django_db(transaction=True, databases=["default", "replica"])  # a mirror: never flushed
+@pytest.mark.django_db(transaction=True, databases=DATABASES)
 @override_settings(DATABASE_ROUTERS=ROUTERS)
 def test_analytic_reads_go_to_the_replica_and_writes_to_the_primary(replica):
     tenant = Tenant.objects.create(name="replicated")
@@ -183,7 +184,7 @@ def test_analytic_reads_go_to_the_replica_and_writes_to_the_primary(replica):
     assert sel.totals(sel.tenant_rows(tenant))["requests"] == 4
 
 
-@pytest.mark.django_db(transaction=True, databases=["default", "replica"])  # a mirror: never flushed
+@pytest.mark.django_db(transaction=True, databases=DATABASES)
 @override_settings(DATABASE_ROUTERS=ROUTERS)
 def test_writes_and_reads_in_a_transaction_stay_on_the_primary(replica):
     tenant = Tenant.objects.create(name="writer")
