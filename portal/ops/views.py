@@ -40,6 +40,7 @@ from keys.services import (
     tenant_create,
 )
 from keys.tokens import token_revoke
+from portal.infra.dbrouter import analytics
 from portal.ops import filters as f
 from portal.ops import serializers as s
 from portal.ops.pagination import UsageCursorPagination
@@ -439,7 +440,21 @@ class RedemptionBatchViewSet(OpsMixin, mixins.ListModelMixin, viewsets.GenericVi
 
 # --- usage and the ledger -----------------------------------------------------------------
 
-class UsageLogViewSet(OpsMixin, viewsets.ReadOnlyModelViewSet):
+class AnalyticReads:
+    """Listing and reading go to the read replica when one is configured
+    (``portal.infra.dbrouter``): usage rows are written by the gateway alone, so no caller
+    of this API reads its own write here, and a replica a moment behind is fine."""
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        with analytics():
+            return super().list(request, *args, **kwargs)  # type: ignore[misc]
+
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        with analytics():
+            return super().retrieve(request, *args, **kwargs)  # type: ignore[misc]
+
+
+class UsageLogViewSet(AnalyticReads, OpsMixin, viewsets.ReadOnlyModelViewSet):
     """One row per /v1 request (written by the gateway alone). Cursor-paginated."""
 
     queryset = UsageLog.objects.order_by("-created_at")
@@ -450,7 +465,7 @@ class UsageLogViewSet(OpsMixin, viewsets.ReadOnlyModelViewSet):
     ordering_fields = ("created_at", "cost", "latency_ms", "input_tokens", "output_tokens")
 
 
-class UsageRollupViewSet(OpsMixin, viewsets.ReadOnlyModelViewSet):
+class UsageRollupViewSet(AnalyticReads, OpsMixin, viewsets.ReadOnlyModelViewSet):
     """Usage per local day, tenant, key and model (rebuilt by the rollup task)."""
 
     queryset = UsageRollup.objects.order_by("-date", "tenant", "model", "id")

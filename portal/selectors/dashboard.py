@@ -26,7 +26,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connections, transaction
 from django.db.models import Exists, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
@@ -55,7 +55,7 @@ from billing.rollups import (
 )
 from billing.usagerow import TOKEN_FIELDS
 from keys.models import ApiKey, Tenant
-from portal.infra.dbrouter import analytics
+from portal.infra.dbrouter import analytics, analytics_alias
 
 DAYS = DASHBOARD_DAYS
 TOP_KEYS = 10
@@ -249,9 +249,13 @@ def _ranking(parts: list[KeyPart]) -> Callable[[int | None], KeyRanking]:
     def rank(limit: int | None) -> KeyRanking:
         if not parts:
             return []
-        fresh = not connection.in_atomic_block
-        with transaction.atomic(), connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
+        # An analytic read (called by the view after overview() returned, so it picks its
+        # database itself): the replica when one is configured.
+        alias = analytics_alias()
+        conn = connections[alias]
+        fresh = not conn.in_atomic_block
+        with transaction.atomic(using=alias), conn.cursor() as cursor:
+            if conn.vendor == "postgresql":
                 if fresh:
                     cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 # The planner costs the fallback part (per-key daily rollups, skipped by

@@ -296,6 +296,7 @@ def totals(rows: QuerySet[UsageLog], cap: int = TOTALS_CAP) -> dict[str, Any]:
     return agg
 
 
+@analytics()
 def models_seen(tenant: Tenant, limit: int = 200) -> list[str]:
     """Model names for the filter's suggestions, from the per-tenant daily rollups (a row
     per day and model: the per-key ones have a row per key too, ~800k for a tenant with

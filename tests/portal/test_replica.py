@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.db import connections, transaction
-from django.test import override_settings
+from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -26,7 +26,9 @@ from billing.models import UsageLog
 from keys.models import Tenant
 from keys.services import key_create
 from portal.selectors import dashboard
+from portal.selectors import keys as key_sel
 from portal.selectors import usage as sel
+from tests.portal.ops_helpers import make_callers
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ROUTERS = ["portal.infra.dbrouter.ReplicaRouter"]
@@ -139,10 +141,10 @@ def wait_on_replica(request_id: str, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def log(tenant: Tenant, request_id: str) -> UsageLog:
+def log(tenant: Tenant, request_id: str, key: Any = None) -> UsageLog:
     return UsageLog.objects.create(
         created_at=timezone.now(), request_id=request_id,
-        tenant=tenant, model="gpt-5", endpoint="/v1/chat/completions", status_code=200,
+        tenant=tenant, key=key, model="gpt-5", endpoint="/v1/chat/completions", status_code=200,
         input_tokens=10, output_tokens=5, cost=Decimal("0.01"), latency_ms=100)
 
 
@@ -199,3 +201,40 @@ def test_writes_and_reads_in_a_transaction_stay_on_the_primary(replica):
     assert created.key.pk
     assert on_replica.captured_queries == []
     assert touched(on_primary, "keys_apikey") and touched(on_primary, "billing_usagelog")
+
+
+@pytest.mark.django_db(transaction=True, databases=DATABASES)
+@override_settings(DATABASE_ROUTERS=ROUTERS)
+def test_key_ranking_key_figures_and_the_ops_usage_listing_read_the_replica(replica):
+    """The analytic reads a view makes after the selectors return (the dashboard's key
+    ranking), the keys page's figures, the model suggestions and the operations API's
+    usage listings: all on the replica; authenticating the API caller stays on the
+    primary."""
+    callers = make_callers()
+    tenant = Tenant.objects.create(name="ranked")
+    key = key_create(tenant=tenant, name="busy").key
+    for n in range(3):
+        log(tenant, f"req_rank_{n}", key=key)
+    wait_on_replica("req_rank_2")
+    client = Client()
+
+    with CaptureQueriesContext(connections["replica"]) as on_replica, \
+            CaptureQueriesContext(connections["default"]) as on_primary:
+        ranked = dashboard.overview(tenant).top_keys()
+        row = key_sel.KeyRow(key)
+        key_sel.fill_figures([row])
+        models = sel.models_seen(tenant)
+        listed = client.get(f"/api/ops/usage/?tenant={tenant.pk}", headers=callers.staff_write)
+        rollups = client.get("/api/ops/usage-rollups/", headers=callers.staff_write)
+    assert [k["totals"].requests for k in ranked] == [3]
+    assert row.today.requests == 3 and row.last_used is not None
+    assert models == []  # no rollup yet: the suggestions come from the rollups
+    assert listed.status_code == 200, listed.content
+    assert sorted(r["request_id"] for r in listed.json()["results"]) == [
+        "req_rank_0", "req_rank_1", "req_rank_2"]
+    assert rollups.status_code == 200
+    assert touched(on_replica, "billing_usagelog")
+    assert touched(on_replica, "billing_usagerollup")
+    assert not touched(on_primary, "billing_usagelog")
+    assert not touched(on_primary, "billing_usagerollup")
+    assert touched(on_primary, "keys_accesstoken") or touched(on_primary, "authtoken")
