@@ -235,9 +235,11 @@ class Capacity:
         self.redis = RedisServer(redis_port)
         self.pg = Postgres(database_url)
         self.procs: list[subprocess.Popen[Any]] = []
-        # No load balancer to notice the drain: a stopping gateway need not wait for one.
+        # No load balancer to notice the drain: a stopping gateway need not wait for one,
+        # nor for streams its clients have left.
         self.env = service_env(database_url, self.redis.url, "bench:",
-                               GATEWAY_USAGE_SINK="redis", GATEWAY_DRAIN_GRACE_SECONDS="0")
+                               GATEWAY_USAGE_SINK="redis", GATEWAY_DRAIN_GRACE_SECONDS="0",
+                               GATEWAY_DRAIN_SECONDS="10")
         self.mock_port = start_mock(self.procs, self.env)
         self.key = seed(self.env, self.mock_port)
 
@@ -436,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seconds = args.seconds or (1.0 if args.smoke else 10.0)
     levels = [int(x) for x in args.streams.split(",")] if args.streams else None
+    if levels is not None and (levels != sorted(set(levels)) or levels[0] <= 0):
+        parser.error("--streams: increasing positive numbers, e.g. 1000,2000")
     rows, memory = run(args.database_url, seconds, args.smoke, args.redis_port, levels,
                        set(args.only.split(",")) if args.only else None, args.json)
     return 0 if rows and all(r.errors == 0 for r in rows) and len(memory) > 1 else 1
