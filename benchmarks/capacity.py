@@ -250,9 +250,19 @@ class Capacity:
     @contextmanager
     def gateway(self) -> Iterator[tuple[subprocess.Popen[Any], Target, int]]:
         procs: list[subprocess.Popen[Any]] = []
-        proc, port = start_gateway(procs, self.env)
+        log = Path(self.redis.dir) / "gateway.log"  # the last gateway's output
+        log.unlink(missing_ok=True)
+        proc, port = start_gateway(procs, self.env, log)
         try:
-            wait_port(port)
+            deadline = time.monotonic() + 180  # a loaded machine starts Django slowly
+            while True:
+                try:
+                    wait_port(port, timeout=1)
+                    break
+                except RuntimeError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"the gateway did not start (exit status "
+                                           f"{proc.poll()}):\n{log.read_text()[-3000:]}") from None
             yield proc, Target("turnpike", f"http://127.0.0.1:{port}/v1", self.key,
                                pid=proc.pid), port
         finally:
