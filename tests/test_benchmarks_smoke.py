@@ -47,7 +47,7 @@ def test_the_capacity_benchmark_measures_what_it_reports(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.capacity", "--smoke", "--only", "chat",
          "--streams", "100,200", "--database-url", url, "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
