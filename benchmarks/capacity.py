@@ -149,6 +149,7 @@ class Postgres:
     the readings' own transactions are not counted)."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         self.name = url.rsplit("/", 1)[1]
         self.admin = url.rsplit("/", 1)[0] + "/postgres"
 
@@ -172,9 +173,26 @@ class Postgres:
             row = conn.execute(
                 "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted "
                 "FROM pg_stat_database WHERE datname = %s", (self.name,)).fetchone()
-        assert row is not None
-        return dict(zip(("commits", "rollbacks", "inserted", "updated", "deleted"),
-                        map(int, row), strict=True))
+            assert row is not None
+            counts = dict(zip(("commits", "rollbacks", "inserted", "updated", "deleted"),
+                              map(int, row), strict=True))
+        # Rows written by table (user tables only: no catalogs, no temporary tables). This
+        # reading is a connection to the database itself: its one transaction shows in the
+        # next reading's commits (``delta`` takes it off), and the next reading waits for
+        # its backend to end like any other.
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            for name, written in conn.execute(
+                    "SELECT relname, n_tup_ins + n_tup_upd + n_tup_del FROM "
+                    "pg_stat_user_tables WHERE n_tup_ins + n_tup_upd + n_tup_del > 0"):
+                counts[f"table:{name}"] = int(written)
+        return counts
+
+    @staticmethod
+    def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+        """What happened between two readings, less the first reading's own commit."""
+        out = delta(after, before)
+        out["commits"] = out.get("commits", 0) - 1
+        return out
 
 
 def pss_mib(pid: int) -> float:
@@ -214,7 +232,9 @@ class Row:
     pg_gateway_tuples: float
     pg_writer_commits: float  # per row written
     pg_writer_tuples: float
-    pg_writer: dict[str, float]  # per row written: commits, rows inserted/updated/deleted
+    # per row written: commits, rows inserted/updated/deleted (the whole database, system
+    # catalogs included), and "table:NAME": rows written to each user table
+    pg_writer: dict[str, float]
     writer_cpu_ms: float  # usage writer CPU per row (its start-up cost taken off)
     redis_commands: dict[str, float] = field(default_factory=dict)
 
@@ -297,10 +317,10 @@ class Capacity:
         n = result.load["requests"]
         if not n or not rows or result.cpu_ms_per_request is None:
             raise RuntimeError(f"{name}: nothing measured ({result.load}, {rows} rows)")
-        gateway_pg, writer_pg = delta(pg1, pg0), delta(pg2, pg1)
+        gateway_pg, writer_pg = self.pg.delta(pg1, pg0), self.pg.delta(pg2, pg1)
 
         def tuples(d: dict[str, int]) -> int:
-            return d.get("inserted", 0) + d.get("updated", 0) + d.get("deleted", 0)
+            return sum(v for k, v in d.items() if k.startswith("table:"))
 
         return Row(
             scenario=name, requests=n, rps=result.load["rps"], errors=result.load["errors"],
@@ -380,7 +400,7 @@ def table(rows: list[Row], memory: list[Memory]) -> str:
     lines = [
         "| scenario | requests | req/s measured | gateway CPU ms/req | req/s per core | "
         "Redis cmds/req on path (script calls) | Redis cmds/row writer | Redis CPU µs/req | "
-        "PG commits/req gateway | PG commits/row writer | PG rows ins/upd/del per row writer | "
+        "PG commits/req gateway | PG commits/row writer | PG table rows written/row writer | "
         "writer CPU ms/row | errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -388,8 +408,7 @@ def table(rows: list[Row], memory: list[Memory]) -> str:
             f"| {r.scenario} | {r.requests} | {r.rps:.0f} | {r.cpu_ms_per_request:.3f} | "
             f"{r.requests_per_core} | {r.redis_on_path:.2f} ({r.redis_scripts:.2f}) | "
             f"{r.redis_writer:.3f} | {r.redis_cpu_us:.1f} | {r.pg_gateway_commits:.4f} | "
-            f"{r.pg_writer_commits:.4f} | {r.pg_writer.get('inserted', 0):.2f} / "
-            f"{r.pg_writer.get('updated', 0):.2f} / {r.pg_writer.get('deleted', 0):.2f} | "
+            f"{r.pg_writer_commits:.4f} | {r.pg_writer_tuples:.3f} | "
             f"{r.writer_cpu_ms:.3f} | {r.errors} |")
     lines += ["", "| open idle streams | gateway RSS MiB | PSS MiB | RSS per 1,000 streams MiB |",
               "|---|---|---|---|"]
@@ -397,6 +416,11 @@ def table(rows: list[Row], memory: list[Memory]) -> str:
     for m, step in zip(memory, steps, strict=True):
         lines.append(f"| {m.streams} | {m.rss_mib} | {m.pss_mib} | "
                      f"{step if step is not None else '-'} |")
+    lines += ["", "PostgreSQL rows written per usage row, by table (writer):"]
+    for r in rows:
+        lines.append(f"- {r.scenario}: " + ", ".join(
+            f"{k.removeprefix('table:')} {v}" for k, v in r.pg_writer.items()
+            if k.startswith("table:")))
     lines += ["", "On-path Redis commands per request, by command:"]
     for r in rows:
         lines.append(f"- {r.scenario}: " + ", ".join(f"{k} {v}" for k, v in

@@ -63,6 +63,7 @@ def test_the_capacity_benchmark_measures_what_it_reports(tmp_path):
     assert row["redis_writer"] > 0
     assert row["rows_written"] >= row["requests"]  # the load's rows and the warm-up's
     assert row["pg_writer_commits"] > 0 and row["pg_writer"]["inserted"] >= 1
+    assert row["pg_writer"]["table:billing_usagelog"] == 1  # one usage row per row written
     assert row["pg_gateway_tuples"] == 0  # with the redis sink the gateway writes no rows
     memory = report["memory"]
     assert [m["streams"] for m in memory] == [0, 100, 200]
