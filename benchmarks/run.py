@@ -5,6 +5,7 @@
     python -m benchmarks.run --only nonstream,stream --seconds 5
     python -m benchmarks.run --peer litellm=http://127.0.0.1:4000/v1 --peer-key sk-...
     python -m benchmarks.run --observability --rounds 4 --seconds 8   # metrics on vs off
+    python -m benchmarks.run --only capacity   # sizing figures (benchmarks/capacity.py)
 
 It starts a fast mock upstream (Node, benchmarks/mock_upstream.js) and Turnpike (daphne +
 uvloop, PostgreSQL + Redis, full policy: key auth, every limit in Redis, usage metering),
@@ -249,6 +250,63 @@ def stop(procs: list[subprocess.Popen[Any]]) -> None:
             proc.wait()
 
 
+def seed(env: dict[str, str], mock_port: int, keys: int = 1, usage_rows: int = 0,
+         capture: bool = False) -> str:
+    """Migrate, point the upstreams at the mock, make the benchmark key (every limit far
+    above the load) and ``keys - 1`` filler keys, fill the usage log to ``usage_rows``, and
+    empty the run's Redis namespace; returns the key's secret."""
+    migrate(env)
+    script = f"""
+import sys
+from datetime import timedelta
+from django.utils import timezone
+from gateway.models import Upstream
+from gateway.services import upstream_create
+from keys.models import ApiKey, Tenant
+from keys.services import key_create, tenant_get_or_create
+from keys.secrets import generate_secret, hash_secret, display_prefix
+Upstream.objects.all().delete()
+mock = "http://127.0.0.1:{mock_port}/v1"
+upstream_create(name="mock", kind="openai", base_url=mock, models=["bench-model"],
+                api_keys=["sk-mock"])
+upstream_create(name="mock-chat", kind="openai-chat", base_url=mock,
+                models=["bench-chat-only"], api_keys=["sk-mock"])
+tenant, _ = tenant_get_or_create(name="bench")
+ApiKey.objects.filter(tenant=tenant).delete()
+capture = {{"capture_bodies": "on", "capture_bodies_until": timezone.now() + timedelta(days=1)}}
+made = key_create(tenant=tenant, name="bench", rpm=10**9, rpd=10**9, concurrency=10**6,
+                  **(capture if {capture} else {{}}))
+extra = {keys} - 1
+if extra > 0:
+    rows = []
+    for i in range(extra):
+        s = generate_secret()
+        rows.append(ApiKey(tenant=tenant, name=f"filler {{i}}", prefix=display_prefix(s),
+                           last4=s[-4:], secret_hash=hash_secret(s)))
+    ApiKey.objects.bulk_create(rows, batch_size=5000)
+usage_rows = {usage_rows}
+if usage_rows:
+    from django.db import connection
+    from billing.models import UsageLog
+    have = UsageLog.objects.count()
+    if have < usage_rows:  # a big table, made once: INSERT ... SELECT in the database
+        with connection.cursor() as cur:
+            cur.execute(
+                "INSERT INTO billing_usagelog (created_at, request_id, key_prefix, endpoint, "
+                "model, status_code, error_code, stream, input_tokens, cached_tokens, "
+                "output_tokens, reasoning_tokens, cost, latency_ms, user_agent, attempts, "
+                "estimated) "
+                "SELECT now() - (g %% 86400) * interval '1 second', 'bench_' || g, 'sk-tp-x', "
+                "'chat/completions', 'bench-model', 200, '', false, 10, 0, 100, 0, 0, 1, "
+                "'bench', '[]', false FROM generate_series(%s, %s) g",
+                [have + 1, usage_rows])
+sys.stdout.write(made.secret)
+"""
+    out = manage_shell(env, script)
+    flush_redis_prefix(env["REDIS_URL"], env["GATEWAY_REDIS_PREFIX"])
+    return out.strip().splitlines()[-1]
+
+
 class Stack:
     """The mock upstream and one Turnpike process against PostgreSQL and Redis."""
 
@@ -268,56 +326,7 @@ class Stack:
         wait_port(self.port)
 
     def _seed(self) -> str:
-        migrate(self.env)
-        script = f"""
-import sys
-from datetime import timedelta
-from django.utils import timezone
-from gateway.models import Upstream
-from gateway.services import upstream_create
-from keys.models import ApiKey, Tenant
-from keys.services import key_create, tenant_get_or_create
-from keys.secrets import generate_secret, hash_secret, display_prefix
-Upstream.objects.all().delete()
-mock = "http://127.0.0.1:{self.mock_port}/v1"
-upstream_create(name="mock", kind="openai", base_url=mock, models=["bench-model"],
-                api_keys=["sk-mock"])
-upstream_create(name="mock-chat", kind="openai-chat", base_url=mock,
-                models=["bench-chat-only"], api_keys=["sk-mock"])
-tenant, _ = tenant_get_or_create(name="bench")
-ApiKey.objects.filter(tenant=tenant).delete()
-capture = {{"capture_bodies": "on", "capture_bodies_until": timezone.now() + timedelta(days=1)}}
-made = key_create(tenant=tenant, name="bench", rpm=10**9, rpd=10**9, concurrency=10**6,
-                  **(capture if {self.capture} else {{}}))
-extra = {self.keys} - 1
-if extra > 0:
-    rows = []
-    for i in range(extra):
-        s = generate_secret()
-        rows.append(ApiKey(tenant=tenant, name=f"filler {{i}}", prefix=display_prefix(s),
-                           last4=s[-4:], secret_hash=hash_secret(s)))
-    ApiKey.objects.bulk_create(rows, batch_size=5000)
-usage_rows = {self.usage_rows}
-if usage_rows:
-    from django.db import connection
-    from billing.models import UsageLog
-    have = UsageLog.objects.count()
-    if have < usage_rows:  # a big table, made once: INSERT ... SELECT in the database
-        with connection.cursor() as cur:
-            cur.execute(
-                "INSERT INTO billing_usagelog (created_at, request_id, key_prefix, endpoint, "
-                "model, status_code, error_code, stream, input_tokens, cached_tokens, "
-                "output_tokens, reasoning_tokens, cost, latency_ms, user_agent, attempts, "
-                "estimated) "
-                "SELECT now() - (g %% 86400) * interval '1 second', 'bench_' || g, 'sk-tp-x', "
-                "'chat/completions', 'bench-model', 200, '', false, 10, 0, 100, 0, 0, 1, "
-                "'bench', '[]', false FROM generate_series(%s, %s) g",
-                [have + 1, usage_rows])
-sys.stdout.write(made.secret)
-"""
-        out = manage_shell(self.env, script)
-        flush_redis_prefix(self.env["REDIS_URL"], self.env["GATEWAY_REDIS_PREFIX"])
-        return out.strip().splitlines()[-1]
+        return seed(self.env, self.mock_port, self.keys, self.usage_rows, self.capture)
 
     def targets(self) -> tuple[Target, Target]:
         direct = Target("direct (mock)", f"http://127.0.0.1:{self.mock_port}/v1",
@@ -655,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="seconds, for CI")
     parser.add_argument("--seconds", type=float, default=None)
-    parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument("--only", help="comma-separated scenario names; 'capacity': the "
+                        "sizing figures of benchmarks/capacity.py")
     parser.add_argument("--keys", type=int, default=10, help="keys in the database")
     parser.add_argument("--idle", type=int, default=1000, help="idle streams to hold")
     parser.add_argument("--usage-rows", type=int, default=0,
@@ -687,6 +697,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=1))
         return 0 if results and all(r.load["requests"] > 0 for r in results) else 1
+    wanted = set(args.only.split(",")) if args.only else set()
+    if "capacity" in wanted:  # benchmarks/capacity.py: its own Redis server and readings
+        from benchmarks import capacity
+
+        rows, memory = capacity.run(args.database_url, args.seconds, args.smoke,
+                                    json_path=args.json)
+        if not rows or any(r.errors for r in rows) or len(memory) < 2:
+            return 1
+        args.only = ",".join(sorted(wanted - {"capacity"}))
+        if not args.only:
+            return 0
     results = run_suite(args)
     print()
     print(summary(results))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -35,3 +36,37 @@ def test_the_benchmark_suite_runs_and_reports():
     rows = [line for line in table if "| turnpike |" in line]
     assert {r.split("|")[1].strip() for r in rows} == {"nonstream", "stream"}
     assert all(" | 0 |" in r for r in rows)  # no errors
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None,
+                    reason="the capacity run starts a Redis server of its own")
+def test_the_capacity_benchmark_measures_what_it_reports(tmp_path):
+    url = fresh_database(os.environ["DATABASE_URL"],
+                         os.environ.get("TEST_DATABASE_NAME", "turnpike") + "_capacity_smoke")
+    out = tmp_path / "capacity.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.capacity", "--smoke", "--only", "chat",
+         "--streams", "100,200", "--database-url", url, "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert row["scenario"] == "chat" and row["requests"] > 0 and row["errors"] == 0
+    # Every figure comes from a reading: CPU from /proc, Redis from its commandstats (the
+    # limiter's script, the settle and the journal push at least), PostgreSQL from
+    # pg_stat_database (the usage rows the writer inserted).
+    assert row["cpu_ms_per_request"] > 0
+    assert row["requests_per_core"] == round(1000 / row["cpu_ms_per_request"])
+    assert row["redis_on_path"] >= 1 and row["redis_scripts"] >= 1
+    assert row["redis_commands"].get("evalsha", 0) >= 1
+    assert row["redis_writer"] > 0
+    assert row["rows_written"] >= row["requests"]  # the load's rows and the warm-up's
+    assert row["pg_writer_commits"] > 0 and row["pg_writer"]["inserted"] >= 1
+    assert row["pg_writer"]["table:billing_usagelog"] == 1  # one usage row per row written
+    assert row["pg_gateway_tuples"] == 0  # with the redis sink the gateway writes no rows
+    memory = report["memory"]
+    assert [m["streams"] for m in memory] == [0, 100, 200]
+    assert all(m["rss_mib"] > 0 and m["pss_mib"] > 0 for m in memory)
+    assert memory[-1]["rss_mib"] > memory[0]["rss_mib"]  # 200 open streams take memory
+    assert "| chat |" in result.stdout and "RSS per 1,000 streams" in result.stdout
