@@ -85,6 +85,8 @@ def tear_down() -> None:
         sh("ip", "netns", "del", name, check=False)
     if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
         sh("ip", "link", "del", BRIDGE)
+    for stale in glob.glob(os.path.join(tempfile.gettempdir(), "tpn-pg-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # an aborted run's database cluster
 
 
 def build() -> bool:

@@ -267,10 +267,15 @@ def test_a_balance_for_20_requests_is_spent_exactly_never_overdrawn(quiet):
 def test_concurrency_3_never_has_more_than_3_in_flight_across_six_processes(quiet):
     made = new_key(concurrency=3)
     quiet.upstream.clear()
-    body = {**CHAT, "messages": [{"role": "user", "content": "[[fake hold=1.5]]"}]}
-    result = outcome(burst([quiet.lb], made.secret, 30, body))
+    # Slow streams (4 s): the three admitted hold their slots while the rest arrive.
+    body = {**CHAT, "stream": True,
+            "messages": [{"role": "user", "content": "[[fake chunks=10 delay=0.4]]"}]}
+    responses = burst([quiet.lb], made.secret, 30, body)
+    result = outcome(responses)
     assert result == Counter({"ok": 3, "concurrent_limit": 27})
     assert quiet.upstream.stats()["max_inflight"] == 3
+    assert all(r.text.rstrip().endswith("data: [DONE]") for r in responses
+               if r.status_code == 200)
     # Every slot came back: three more, one on each of three hosts, all pass.
     assert outcome(burst(quiet.urls[::2], made.secret, 3)) == Counter({"ok": 3})
 
@@ -355,7 +360,7 @@ def test_a_rolling_restart_of_every_process_behind_haproxy_loses_nothing(quiet):
     made = new_key(concurrency=64)
     results: list[Result] = []
     stop_load = threading.Event()
-    loader = threading.Thread(target=load, args=(quiet.lb, made.secret, 12, stop_load,
+    loader = threading.Thread(target=load, args=(quiet.lb, made.secret, 8, stop_load,
                                                  results))
     proxy = quiet.proxy
     try:
