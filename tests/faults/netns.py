@@ -146,7 +146,7 @@ def launch_web(host: str, port: int, env: dict[str, str]) -> Gateway:
 def wait_listening(gateway: Gateway) -> Gateway:
     host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
     try:
-        wait_for_port(int(port), gateway.proc, timeout=120, host=host)
+        wait_for_port(int(port), gateway.proc, timeout=240, host=host)
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}; its output: {gateway.log.read_text(errors='replace')[-3000:]}"
                            ) from None

@@ -162,7 +162,7 @@ def topology(django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
             topo.gateways += [netns.launch_web(host, port, env) for host, port in places]
             for gw in topo.gateways:  # started together, they take their time together
                 netns.wait_listening(gw)
-            wait_until(lambda: set(proxy.states().values()) == {"UP"}, 60,
+            wait_until(lambda: set(proxy.states().values()) == {"UP"}, 120,
                        lambda: f"HAProxy to see every gateway up: {proxy.states()}; "
                        f"{topo.gateways[0].log.read_text(errors='replace')[-2000:]}")
             with shared_state(redis_url, settings.GATEWAY_REDIS_PREFIX):
@@ -370,7 +370,7 @@ def test_a_rolling_restart_of_every_process_behind_haproxy_loses_nothing(quiet):
             before = len(results)
             quiet.restart(i)
             name = f"g{i}"
-            wait_until(lambda name=name: proxy.states().get(name) == "UP", 60,
+            wait_until(lambda name=name: proxy.states().get(name) == "UP", 120,
                        lambda name=name: f"HAProxy to see the new {name} up: {proxy.states()}")
             wait_until(lambda before=before: len(results) >= before + 10, 60,
                        "answers after the restart")
