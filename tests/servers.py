@@ -52,17 +52,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 20.0,
+                  host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+    raise RuntimeError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:

@@ -1,6 +1,8 @@
 """Turnpike's process topology in production, in one place: the deployment files
 (deploy/compose.yaml, the Helm chart under deploy/helm/turnpike) are checked against it, and a
-test that starts the whole set of processes should start these same commands.
+test that starts the whole set of processes should start these same commands: the
+network-namespace test (tests/faults/test_netns_topology.py, via tests/faults/netns.py) runs
+``migrate``, six ``web`` and a ``usagewriter`` from here.
 
 Each entry is the command a process runs from the image (WORKDIR /app, the virtualenv first
 on PATH). ``migrate`` runs once per release, before the rest; ``beat`` runs exactly once.

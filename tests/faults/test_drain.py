@@ -8,8 +8,6 @@ usage row.
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import os
 import shutil
 import signal
@@ -17,7 +15,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from dataclasses import dataclass
 from decimal import Decimal
 from io import StringIO
 from pathlib import Path
@@ -32,6 +29,7 @@ from billing.models import ModelPrice, UsageLog
 from billing.reconcile import account_drifts
 from billing.services import ledger_mismatches, tenant_topup
 from tests.conftest import gateway_env
+from tests.faults.loadbalancer import HAPROXY, Result, events, load, start_haproxy, stream_body
 from tests.faults.test_process_faults import shared_state, wait_until, wait_written
 from tests.servers import (
     ROOT,
@@ -51,7 +49,6 @@ pytestmark = [
 
 PRICE = Decimal("0.01")  # per request
 OUTPUT_PRICE = Decimal("1000")  # per million output tokens: 0.001 a token
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
 @pytest.fixture
@@ -61,17 +58,6 @@ def priced(upstream, make_key):
     made = make_key(concurrency=64)
     tenant_topup(tenant=made.key.tenant, amount=Decimal("100"))
     return made
-
-
-def stream_body(text: str) -> dict:
-    return {"model": "gpt-4o-mini", "stream": True,
-            "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": text}]}
-
-
-def events(raw: bytes) -> list[bytes]:
-    """The data of each SSE event."""
-    return [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: ")]
 
 
 class StreamReader(threading.Thread):
@@ -257,69 +243,6 @@ def test_a_websocket_finishes_its_turn_then_closes_going_away(priced):
 
 # --- a rolling restart behind HAProxy ------------------------------------------------------
 
-HAPROXY_CONFIG = """\
-global
-    maxconn 2000
-    stats socket {socket} level admin
-    log stdout format raw local0 info
-
-defaults
-    mode http
-    log global
-    option httplog
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-    # A connection refused (a process between its grace and its exit, or not started yet)
-    # is tried again on another server; so is a response that never started.
-    retries 3
-    option redispatch 1
-    retry-on conn-failure empty-response
-
-frontend api
-    bind 127.0.0.1:{port}
-    default_backend gateways
-
-backend gateways
-    balance roundrobin
-    option httpchk GET /readyz
-    http-check expect status 200
-    default-server inter 200ms fastinter 200ms downinter 200ms fall 2 rise 2
-{servers}
-listen stats
-    bind 127.0.0.1:{stats_port}
-    stats enable
-    stats uri /stats
-"""
-
-
-@dataclass
-class HAProxy:
-    proc: subprocess.Popen
-    url: str
-    stats_url: str
-
-    def states(self) -> dict[str, str]:
-        text = httpx.get(self.stats_url + "/stats;csv", timeout=5).text.lstrip("# ")
-        return {row["svname"]: row["status"] for row in csv.DictReader(io.StringIO(text))
-                if row["pxname"] == "gateways" and row["svname"] not in ("BACKEND",)}
-
-
-def start_haproxy(ports: list[int], workdir: Path) -> HAProxy:
-    port, stats_port = free_port(), free_port()
-    servers = "".join(f"    server g{i} 127.0.0.1:{p} check\n" for i, p in enumerate(ports))
-    config = workdir / "haproxy.cfg"
-    config.write_text(HAPROXY_CONFIG.format(socket=workdir / "haproxy.sock", port=port,
-                                            stats_port=stats_port, servers=servers))
-    log = new_log("haproxy")
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=out,
-                                stderr=subprocess.STDOUT)
-    wait_for_port(port, proc)
-    wait_for_port(stats_port, proc)
-    return HAProxy(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{stats_port}")
-
-
 def start_gateway_on(port: int, env: dict[str, str],
                      command: list[str] | None = None) -> Gateway:
     """A gateway on a given port (a restarted one takes its predecessor's); ``command``:
@@ -335,55 +258,6 @@ def start_gateway_on(port: int, env: dict[str, str],
     return Gateway(proc=proc, url=f"http://127.0.0.1:{port}", log=log)
 
 
-@dataclass
-class Result:
-    stream: bool
-    status: int  # 0: the transport broke
-    request_id: str
-    complete: bool  # the whole answer (a stream: its chunks, usage and [DONE])
-    detail: str = ""
-
-
-async def one_request(client: httpx.AsyncClient, url: str, secret: str, n: int) -> Result:
-    headers = {"Authorization": f"Bearer {secret}"}
-    stream = n % 2 == 0
-    try:
-        if not stream:
-            resp = await client.post(url + "/chat/completions", headers=headers, json={
-                "model": "gpt-4o-mini",
-                "messages": [{"role": "user", "content": "[[fake hold=0.1 chunks=3]] hi"}]})
-            ok = resp.status_code == 200 and \
-                resp.json()["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
-            return Result(False, resp.status_code, resp.headers.get("x-request-id", ""), ok,
-                          "" if ok else resp.text[:300])
-        async with client.stream("POST", url + "/chat/completions", headers=headers,
-                                 json=stream_body("[[fake chunks=6 delay=0.1]] hi")) as resp:
-            raw = b"".join([chunk async for chunk in resp.aiter_raw()])
-            data = events(raw)
-            ok = resp.status_code == 200 and bool(data) and data[-1] == b"[DONE]" and \
-                b'"completion_tokens":6' in raw and b"tok5 " in raw
-            return Result(True, resp.status_code, resp.headers.get("x-request-id", ""), ok,
-                          "" if ok else raw[-300:].decode("utf-8", "replace"))
-    except httpx.TransportError as exc:
-        return Result(stream, 0, "", False, repr(exc))
-
-
-def load(url: str, secret: str, clients: int, stop_event: threading.Event,
-         results: list[Result]) -> None:
-    async def client_loop(client: httpx.AsyncClient, i: int) -> None:
-        n = i
-        while not stop_event.is_set():
-            results.append(await one_request(client, url, secret, n))
-            n += 1
-
-    async def run() -> None:
-        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(
-                max_connections=clients * 2, max_keepalive_connections=clients)) as client:
-            await asyncio.gather(*(client_loop(client, i) for i in range(clients)))
-
-    asyncio.run(run())
-
-
 @pytest.mark.skipif(not (shutil.which("haproxy") or Path(HAPROXY).exists()),
                     reason="HAProxy is not installed (apt-get install haproxy)")
 def test_a_rolling_restart_behind_haproxy_loses_nothing(priced, tmp_path):
@@ -393,7 +267,7 @@ def test_a_rolling_restart_behind_haproxy_loses_nothing(priced, tmp_path):
     ports = [free_port() for _ in range(3)]
     gateways = [start_gateway_on(p, env) for p in ports]
     retired: list[Gateway] = []
-    proxy = start_haproxy(ports, tmp_path)
+    proxy = start_haproxy([("127.0.0.1", p) for p in ports], tmp_path)
     results: list[Result] = []
     stop_load = threading.Event()
     loader = threading.Thread(target=load, args=(proxy.url + "/v1", priced.secret, 12,
