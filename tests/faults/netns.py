@@ -2,7 +2,10 @@
 each host is a namespace ``tpn-<name>`` with one interface (eth0, 10.77.0.x/24) on a bridge
 in the root namespace, which holds 10.77.0.1 so the test process reaches every host. Where
 the kernel has netem, every host's eth0 delays what it sends by ``DELAY`` (so a round trip
-between two hosts takes twice that).
+between two hosts takes twice that). On a kernel without netem (this project's CI machines
+are such: ``tc`` answers "Specified qdisc kind is unknown"), the shared-state hosts (Redis
+and PostgreSQL) listen on their own loopback behind ``tests/faults/delayrelay.py``, which
+adds the same delay in each direction of every connection another host makes to them.
 
 Only names ``tpn-*`` and addresses in 10.77.0.0/24 are used; what a previous, aborted run
 left behind (namespaces, their processes, the bridge) is removed before building, and one
@@ -115,6 +118,23 @@ def build() -> bool:
     return delayed
 
 
+def service_bind(host: str, delayed: bool) -> str:
+    """Where a service on ``host`` listens: its bridge address when netem delays the links,
+    else its namespace's loopback, behind ``relay()``."""
+    return address(host) if delayed else "127.0.0.1"
+
+
+def relay(host: str, port: int) -> subprocess.Popen[Any]:
+    """The delaying relay on ``host``: its bridge address and ``port`` to the service on the
+    namespace's loopback, ``DELAY`` each way (see delayrelay.py)."""
+    delay_ms = DELAY.removesuffix("ms")
+    return subprocess.Popen(
+        [*inside(host), sys.executable, "-m", "tests.faults.delayrelay",
+         "--listen", f"{address(host)}:{port}", "--target", f"127.0.0.1:{port}",
+         "--delay-ms", delay_ms], cwd=ROOT, stdout=new_log(f"relay-{host}").open("ab"),
+        stderr=subprocess.STDOUT)
+
+
 def command(name: str) -> list[str]:
     """A process's command from the deployment topology (tests/deploy/topology.py), with
     this virtualenv's interpreter for the image's ``python`` (and its ``celery``)."""
@@ -191,11 +211,12 @@ class Postgres:
     def as_postgres(self, *args: str, host: str | None = None) -> None:
         sh(*(inside(host) if host else []), "runuser", "-u", "postgres", "--", *args)
 
-    def start(self) -> None:
+    def start(self, bind: str) -> None:
+        """``bind``: the listen address (``service_bind``)."""
         self.as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust",
                          "-U", "postgres", "-E", "UTF8", "--no-sync")
         with open(self.data / "postgresql.conf", "a") as conf:
-            conf.write(f"listen_addresses = '{address('pg')}'\nport = {self.PORT}\n"
+            conf.write(f"listen_addresses = '{bind}'\nport = {self.PORT}\n"
                        f"unix_socket_directories = '{self.home}'\nmax_connections = 300\n"
                        "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
         with open(self.data / "pg_hba.conf", "a") as hba:

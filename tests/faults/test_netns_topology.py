@@ -104,6 +104,15 @@ def _point_orm_at(url_parts: dict[str, str]) -> dict[str, Any]:
     return saved
 
 
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def topology(django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[Topology]:
@@ -118,19 +127,27 @@ def topology(django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
         saved: dict[str, Any] | None = None
         topo: Topology | None = None
         try:
-            netns.build()
+            delayed = netns.build()
             postgres = netns.Postgres()
-            postgres.start()
+            postgres.start(netns.service_bind("pg", delayed))
+            if not delayed:  # no netem here: the relays add the hosts' latency
+                started.append(netns.relay("pg", netns.Postgres.PORT))
+                wait_for_port(netns.Postgres.PORT, started[-1], host=netns.address("pg"))
             with psycopg.connect(postgres.url("postgres"), autocommit=True) as conn:
                 conn.execute(f'CREATE DATABASE "{DATABASE}"')
             redis_log = open(new_log("redis-netns"), "ab")  # noqa: SIM115
             redis = subprocess.Popen(
-                [*netns.inside("redis"), "redis-server", "--bind", netns.address("redis"),
+                [*netns.inside("redis"), "redis-server", "--bind",
+                 netns.service_bind("redis", delayed),
                  "--port", str(REDIS_PORT), "--protected-mode", "no", "--save", "",
                  "--appendonly", "no"],
                 stdout=redis_log, stderr=subprocess.STDOUT)
             started.append(redis)
-            wait_for_port(REDIS_PORT, redis, host=netns.address("redis"))
+            if not delayed:
+                started.append(netns.relay("redis", REDIS_PORT))
+            wait_for_port(REDIS_PORT, started[-1], host=netns.address("redis"))
+            wait_until(lambda: _redis_answers(f"redis://{netns.address('redis')}:{REDIS_PORT}"),
+                       30, lambda: "Redis on the redis host to answer")
             up = subprocess.Popen(
                 [*netns.inside("up"), sys.executable, "-m",
                  "tests.fakeupstream", "--host", netns.address("up"), "--port",
