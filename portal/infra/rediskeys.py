@@ -43,7 +43,6 @@ process's settings (the soak's driver); everything else uses the settings' prefi
 from __future__ import annotations
 
 import re
-
 from typing import Any
 
 from django.conf import settings
