@@ -1,13 +1,15 @@
 // Load generator for the benchmarks (Node's http, keep-alive, no dependencies).
 // node loadgen.js '{"url":..., "body":{...}, "headers":{...}, "concurrency":64,
 //                   "seconds":10, "requests":0, "stream":false}'
+// "urls": [...] instead of "url" spreads the clients over several servers (client i on
+// urls[i % n]), e.g. several gateway processes.
 // Prints one JSON line: requests, errors, rps, latency p50/p90/p99 (ms), ttfb p50/p99 (ms),
 // frames and frames/s (SSE events received), bytes.
 "use strict";
 const http = require("http");
 
 const cfg = JSON.parse(process.argv[2]);
-const url = new URL(cfg.url);
+const urls = (cfg.urls || [cfg.url]).map((u) => new URL(u));
 const body = Buffer.from(JSON.stringify(cfg.body));
 const agent = new http.Agent({ keepAlive: true, maxSockets: cfg.concurrency });
 const headers = { "content-type": "application/json", "content-length": body.length, ...(cfg.headers || {}) };
@@ -16,7 +18,7 @@ const maxRequests = cfg.requests || Infinity;
 let started = 0, done = 0, errors = 0, frames = 0, bytes = 0;
 const latencies = [], ttfbs = [], statuses = {};
 
-function one() {
+function one(url) {
   return new Promise((resolve) => {
     const t0 = process.hrtime.bigint();
     let first = null;
@@ -44,10 +46,11 @@ function one() {
   });
 }
 
-async function worker() {
+async function worker(_, i) {
+  const url = urls[i % urls.length];
   while (Date.now() < deadline && started < maxRequests) {
     started++;
-    await one();
+    await one(url);
   }
 }
 

@@ -6,6 +6,8 @@
     python -m benchmarks.run --peer litellm=http://127.0.0.1:4000/v1 --peer-key sk-...
     python -m benchmarks.run --observability --rounds 4 --seconds 8   # metrics on vs off
     python -m benchmarks.run --only capacity   # sizing figures (benchmarks/capacity.py)
+    python -m benchmarks.run --bare --only nonstream,stream   # + the bare daphne/aiohttp proxy
+    python -m benchmarks.run --scaling --rounds 3 --seconds 8  # 1 gateway process against 2
 
 It starts a fast mock upstream (Node, benchmarks/mock_upstream.js) and Turnpike (daphne +
 uvloop, PostgreSQL + Redis, full policy: key auth, every limit in Redis, usage metering),
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -97,6 +100,7 @@ class Target:
     base_url: str  # .../v1
     key: str = "unused"
     pid: int | None = None  # the process whose CPU/RSS is measured
+    more: list[tuple[str, int]] = field(default_factory=list)  # other processes: (url, pid)
 
 
 @dataclass
@@ -109,14 +113,24 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def loadgen(url: str, body: dict[str, Any], key: str, concurrency: int, seconds: float,
-            stream: bool = False, requests: int = 0) -> dict[str, Any]:
-    cfg = {"url": url, "body": body, "headers": {"Authorization": f"Bearer {key}"},
-           "concurrency": concurrency, "seconds": seconds, "stream": stream,
-           "requests": requests}
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def loadgen(url: str | list[str], body: dict[str, Any], key: str, concurrency: int,
+            seconds: float, stream: bool = False, requests: int = 0) -> dict[str, Any]:
+    """Run loadgen.js (``url``: one, or a list to spread the clients over); its own CPU
+    seconds are added to the result as ``loadgen_cpu_s``."""
+    cfg = {"urls" if isinstance(url, list) else "url": url, "body": body,
+           "headers": {"Authorization": f"Bearer {key}"}, "concurrency": concurrency,
+           "seconds": seconds, "stream": stream, "requests": requests}
+    before = children_cpu_seconds()
     out = subprocess.run([NODE, str(BENCH / "loadgen.js"), json.dumps(cfg)], capture_output=True,
                          text=True, timeout=seconds + 120, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    load: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    load["loadgen_cpu_s"] = round(children_cpu_seconds() - before, 3)
+    return load
 
 
 def ws_loadgen(url: str, body: dict[str, Any], key: str, concurrency: int, seconds: float,
@@ -149,13 +163,18 @@ def measure(scenario: str, target: Target, path: str, body: dict[str, Any], conc
             chain: dict[str, Any] | None = None) -> Result:
     if websocket:
         return measure_websocket(scenario, target, path, body, concurrency, seconds, chain)
-    before = proc_cpu_seconds(target.pid) if target.pid else None
-    load = loadgen(target.base_url + path, body, target.key, concurrency, seconds, stream)
+    pids = ([target.pid] if target.pid else []) + [pid for _, pid in target.more]
+    before = sum(proc_cpu_seconds(pid) for pid in pids)
+    urls = [target.base_url + path] + [url + path for url, _ in target.more]
+    load = loadgen(urls if target.more else urls[0], body, target.key, concurrency, seconds,
+                   stream)
     result = Result(scenario, target.name, load)
-    if target.pid and before is not None and load["requests"]:
-        cpu = proc_cpu_seconds(target.pid) - before
+    if pids and load["requests"]:
+        cpu = sum(proc_cpu_seconds(pid) for pid in pids) - before
         result.cpu_ms_per_request = round(cpu * 1000 / load["requests"], 3)
-        result.rss_mib = round(proc_rss_mib(target.pid), 1)
+        result.rss_mib = round(proc_rss_mib(pids[0]), 1)
+        result.extra["loadgen_cpu_ms_per_request"] = round(
+            load["loadgen_cpu_s"] * 1000 / load["requests"], 3)
     return result
 
 
@@ -445,6 +464,17 @@ def start_litellm(mock_port: int, venv: Path) -> tuple[subprocess.Popen[Any], Ta
     return proc, Target("litellm", f"http://127.0.0.1:{port}/v1", LITELLM_KEY, pid=proc.pid)
 
 
+def start_bare(stack: Stack) -> Target:
+    """The bare daphne + aiohttp proxy (benchmarks/bare_proxy.py) in front of the stack's
+    mock: the same server and upstream client as Turnpike, no policy."""
+    env = {**stack.env, "BARE_PROXY_UPSTREAM": f"http://127.0.0.1:{stack.mock_port}/v1"}
+    port = free_port()
+    proc = spawn(stack.procs, [PY, "-m", "portal.server", "-b", "127.0.0.1", "-p", str(port),
+                               "-v", "0", "benchmarks.bare_proxy:application"], env)
+    wait_port(port)
+    return Target("bare proxy", f"http://127.0.0.1:{port}/v1", pid=proc.pid)
+
+
 def run_suite(args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
     stack = Stack(args.database_url, args.redis_url, args.keys, args.usage_rows,
@@ -453,6 +483,9 @@ def run_suite(args: argparse.Namespace) -> list[Result]:
         direct, turnpike = stack.targets()
         peers = [Target(name, url, args.peer_key) for name, url in
                  (p.split("=", 1) for p in args.peer)]
+        if args.bare:
+            peers.append(start_bare(stack))
+            loadgen(peers[-1].base_url + "/chat/completions", CHAT, "unused", 4, 1)
         if args.litellm:
             proc, litellm = start_litellm(stack.mock_port, Path(args.litellm_venv))
             stack.procs.append(proc)
@@ -476,6 +509,83 @@ def run_suite(args: argparse.Namespace) -> list[Result]:
     finally:
         stack.close()
     return results
+
+
+# --- one gateway process against two ------------------------------------------------------
+
+def scaling(args: argparse.Namespace) -> list[Result]:
+    """The same load (64 clients; non-stream, then 100-event streams) against one Turnpike
+    process, then spread over two (client i on process i % 2), in turns for ``args.rounds``
+    rounds. Reports requests/s, the gateways' CPU per request (both processes summed), the
+    cores they used, and the load generator's and the mock's CPU per request: on a 2-core
+    machine that also runs the load generator, the mock, Redis and PostgreSQL, what is left
+    for the second process is what bounds the scaling, and these say how much that was."""
+    stack = Stack(args.database_url, args.redis_url, args.keys)
+    results: list[Result] = []
+    try:
+        proc, port = start_gateway(stack.procs, stack.env)
+        wait_port(port)
+        a = f"http://127.0.0.1:{stack.port}/v1"
+        b = f"http://127.0.0.1:{port}/v1"
+        for url in (a, b):
+            loadgen(url + "/chat/completions", CHAT, stack.key, 4, 1)
+        one = Target("1 process", a, stack.key, pid=stack.gateway.pid)
+        two = Target("2 processes", a, stack.key, pid=stack.gateway.pid, more=[(b, proc.pid)])
+        specs = scenarios(args.seconds, False)
+        wanted = args.only.split(",") if args.only else ["nonstream", "stream"]
+        for _ in range(args.rounds):
+            for name in wanted:
+                for target in (one, two):
+                    mock_before = proc_cpu_seconds(stack.mock.pid)
+                    spec = {k: v for k, v in specs[name].items() if k != "turnpike_only"}
+                    results.append(measure(name, target, **spec))
+                    r = results[-1]
+                    if r.load["requests"] and r.cpu_ms_per_request is not None:
+                        r.extra["mock_cpu_ms_per_request"] = round(
+                            (proc_cpu_seconds(stack.mock.pid) - mock_before) * 1000
+                            / r.load["requests"], 3)
+                        r.extra["gateway_cores"] = round(
+                            r.cpu_ms_per_request * r.load["requests"] / 1000
+                            / r.load["seconds"], 2)
+                    print(_row(r), flush=True)
+    finally:
+        stack.close()
+    print(scaling_summary(results))
+    return results
+
+
+def scaling_summary(results: list[Result]) -> str:
+    import statistics
+
+    lines = ["| scenario | processes | RPS (each round) | median RPS | gateway CPU ms/req | "
+             "gateway cores used | loadgen CPU ms/req | mock CPU ms/req |",
+             "|---|---|---|---|---|---|---|---|"]
+    medians: dict[tuple[str, str], float] = {}
+    for scenario in dict.fromkeys(r.scenario for r in results):
+        for target in ("1 process", "2 processes"):
+            rs = [r for r in results if r.scenario == scenario and r.target == target]
+            if not rs:
+                continue
+            rps = [r.load["rps"] for r in rs]
+            medians[scenario, target] = statistics.median(rps)
+
+            def med(key: str, rs: list[Result] = rs) -> str:
+                values = [r.extra[key] for r in rs if key in r.extra]
+                return f"{statistics.median(values):.3f}" if values else "-"
+
+            cpu = [r.cpu_ms_per_request for r in rs if r.cpu_ms_per_request is not None]
+            lines.append(
+                f"| {scenario} | {target} | {' / '.join(f'{v:.0f}' for v in rps)} | "
+                f"{medians[scenario, target]:.0f} | "
+                f"{statistics.median(cpu) if cpu else '-'} | {med('gateway_cores')} | "
+                f"{med('loadgen_cpu_ms_per_request')} | {med('mock_cpu_ms_per_request')} |")
+    lines.append("")
+    for (scenario, target), median in medians.items():
+        single = medians.get((scenario, "1 process"))
+        if target == "2 processes" and single:
+            lines.append(f"- {scenario}: 2 processes / 1 process = {median / single:.2f}x "
+                         "requests/s")
+    return "\n".join(lines)
 
 
 # --- what observability costs ---------------------------------------------------------------
@@ -645,6 +755,13 @@ def summary(results: list[Result]) -> str:
         if target == "turnpike" and base and scenario.startswith("latency"):
             notes.append(f"- {scenario}: Turnpike adds {r.load['p50_ms'] - base.load['p50_ms']:.2f}"
                          f" ms at p50, {r.load['p99_ms'] - base.load['p99_ms']:.2f} ms at p99")
+        bare = by.get((scenario, "bare proxy"))
+        if target == "turnpike" and bare and bare.load["rps"]:
+            notes.append(f"- {scenario}: Turnpike/bare proxy = "
+                         f"{r.load['rps'] / bare.load['rps']:.2f}x the throughput"
+                         + (f", {r.cpu_ms_per_request / bare.cpu_ms_per_request:.2f}x the CPU "
+                            "per request" if r.cpu_ms_per_request and bare.cpu_ms_per_request
+                            else ""))
         peer = by.get((scenario, "litellm"))
         if target == "turnpike" and peer and peer.load["rps"]:
             notes.append(f"- {scenario}: Turnpike/LiteLLM = "
@@ -687,13 +804,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--observability", action="store_true",
                         help="only compare the gateway's CPU per request with metrics (and "
                              "the access log) off and on, in turns")
-    parser.add_argument("--rounds", type=int, default=3, help="turns for --observability")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="turns for --observability and --scaling")
+    parser.add_argument("--bare", action="store_true",
+                        help="also run the bare daphne + aiohttp proxy (benchmarks/bare_proxy.py)"
+                             " side by side")
+    parser.add_argument("--scaling", action="store_true",
+                        help="only compare one gateway process with two, in turns")
     args = parser.parse_args(argv)
     if args.seconds is None:
         args.seconds = 1.0 if args.smoke else 10.0
     ensure_database(args.database_url)
-    if args.observability:
-        results = observability(args)
+    if args.observability or args.scaling:
+        results = observability(args) if args.observability else scaling(args)
         if args.json:
             Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=1))
         return 0 if results and all(r.load["requests"] > 0 for r in results) else 1

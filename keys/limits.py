@@ -109,15 +109,15 @@ def local_day_and_seconds_left(now: float | None = None) -> tuple[str, int]:
     """The local calendar day (settings.TIME_ZONE) and whole seconds until it ends.
     Cached per second: time-zone arithmetic is a visible cost at thousands of requests/s."""
     global _day_cache
+    moment = now if now is not None else time.time()
+    second = int(moment)
+    cached_second, zone, day, left = _day_cache
+    if cached_second == second and zone == (settings.TIME_ZONE or "UTC"):
+        return day, left
     from datetime import datetime, timedelta
     from zoneinfo import ZoneInfo
 
-    moment = now if now is not None else time.time()
-    second = int(moment)
     zone_name = settings.TIME_ZONE or "UTC"  # the settings' own default
-    cached_second, zone, day, left = _day_cache
-    if cached_second == second and zone == zone_name:
-        return day, left
     tz = ZoneInfo(zone_name)
     current = datetime.fromtimestamp(moment, tz)
     midnight = (current + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -26,7 +26,7 @@ def test_the_benchmark_suite_runs_and_reports():
     url = fresh_database(os.environ["DATABASE_URL"],
                          os.environ.get("TEST_DATABASE_NAME", "turnpike") + "_bench_smoke")
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--smoke",
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--bare",
          "--database-url", url,
          "--redis-url", os.environ["REDIS_URL"]],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -36,6 +36,12 @@ def test_the_benchmark_suite_runs_and_reports():
     rows = [line for line in table if "| turnpike |" in line]
     assert {r.split("|")[1].strip() for r in rows} == {"nonstream", "stream"}
     assert all(" | 0 |" in r for r in rows)  # no errors
+    # The bare daphne + aiohttp proxy ran beside it, relayed every request, and the
+    # summary compares the two.
+    bare = [line for line in table if "| bare proxy |" in line]
+    assert {r.split("|")[1].strip() for r in bare} == {"nonstream", "stream"}
+    assert all(" | 0 |" in r for r in bare)
+    assert "nonstream: Turnpike/bare proxy = " in result.stdout
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None,

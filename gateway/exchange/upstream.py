@@ -118,16 +118,23 @@ class Upstream:
         content = self.resp.content
         wait = settings.GATEWAY_KEEPALIVE_SECONDS
         while True:
-            try:
-                async with asyncio.timeout(wait) as timer:
-                    chunk = await content.readany()
-            except TimeoutError:
-                if timer.expired():
-                    yield None
-                    continue
-                raise
+            # What has arrived already is taken without arming the keep-alive timer (a
+            # timer per chunk was a visible share of a busy stream's relay); the timer
+            # covers only the waits. read_nowait raises the stream's error as readany does.
+            chunk = content.read_nowait()
             if not chunk:
-                return
+                if content.at_eof():
+                    return
+                try:
+                    async with asyncio.timeout(wait) as timer:
+                        chunk = await content.readany()
+                except TimeoutError:
+                    if timer.expired():
+                        yield None
+                        continue
+                    raise
+                if not chunk:
+                    return
             yield chunk
 
 

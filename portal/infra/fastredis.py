@@ -34,11 +34,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from portal.infra.redisurl import parse_redis_url
 
+_pack = hiredis.pack_command
 REPLY_TIMEOUT = 10.0  # a reply later than this means the connection is broken
 CONNECT_TIMEOUT = 5.0  # TCP/unix connect plus TLS handshake (the sync client's too)
 
 
 def _encode(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP: hiredis packs it in C (str, bytes, int and float arguments, the
+    same bytes as below, a third of the time for a limiter script's ~25 arguments);
+    anything else (a bool, say) is written as its ``str()``."""
+    try:
+        return _pack(args)
+    except TypeError:
+        return _encode_any(args)
+
+
+def _encode_any(args: tuple[Any, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         if isinstance(arg, bytes):
@@ -111,6 +122,7 @@ class FastRedis:
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._scripts: dict[str, str] = {}  # sha -> source
+        self._shas: dict[str, str] = {}  # source -> sha (a 6 KB script's SHA1 is ~5 µs)
 
     async def _connect(self) -> None:
         """Open a connection and run its handshake; only then publish it as ``_transport``.
@@ -254,7 +266,9 @@ class FastRedis:
 
     async def evalsha(self, script: str, keys: list[Any], args: list[Any]) -> Any:
         """Run a Lua script by its SHA1, loading it on the first NOSCRIPT."""
-        sha = hashlib.sha1(script.encode()).hexdigest()
+        sha = self._shas.get(script)
+        if sha is None:
+            sha = self._shas[script] = hashlib.sha1(script.encode()).hexdigest()
         try:
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
         except NoScriptError:

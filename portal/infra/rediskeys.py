@@ -43,14 +43,35 @@ process's settings (the soak's driver); everything else uses the settings' prefi
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 Ident = int | str
 
+# The settings' prefix, read once: a request builds ~20 names, and each settings lookup
+# goes through Django's lazy settings object. A changed setting (override_settings in
+# tests) clears it.
+_prefix: str | None = None
+
 
 def _p(prefix: str | None) -> str:
-    return settings.GATEWAY_REDIS_PREFIX if prefix is None else prefix
+    global _prefix
+    if prefix is not None:
+        return prefix
+    if _prefix is None:
+        _prefix = settings.GATEWAY_REDIS_PREFIX
+    return _prefix
+
+
+def _forget_prefix(*, setting: str, **kwargs: Any) -> None:
+    global _prefix
+    if setting == "GATEWAY_REDIS_PREFIX":
+        _prefix = None
+
+
+setting_changed.connect(_forget_prefix, dispatch_uid="portal.infra.rediskeys.prefix")
 
 
 # --- the limiter (keys/limits.py, keys/lua/) -------------------------------------------------
