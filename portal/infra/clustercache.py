@@ -10,6 +10,7 @@ and MSET across slots are refused by a cluster. ``clear`` empties every master
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
@@ -19,6 +20,7 @@ class RedisClusterCacheClient(RedisCacheClient):
     def __init__(self, servers: list[str], serializer: Any = None, pool_class: Any = None,
                  parser_class: Any = None, max_connections: int = 64, **options: Any) -> None:
         super().__init__(servers, serializer=serializer, **options)
+        self._url = servers[0]
         self._cluster: Any = None
         self._max_connections = max_connections
 
@@ -27,20 +29,22 @@ class RedisClusterCacheClient(RedisCacheClient):
             import redis
 
             self._cluster = redis.RedisCluster.from_url(
-                self._servers[0], max_connections=self._max_connections,
+                self._url, max_connections=self._max_connections,
                 socket_connect_timeout=5, socket_timeout=10)
         return self._cluster
 
     def get_many(self, keys: Any) -> dict[Any, Any]:
         keys = list(keys)
         values = self.get_client(None).mget_nonatomic(keys)
-        return {k: self._serializer.loads(v) for k, v in zip(keys, values, strict=True)
+        serializer: Any = getattr(self, "_serializer")  # noqa: B009 (set by Django's __init__)
+        return {k: serializer.loads(v) for k, v in zip(keys, values, strict=True)
                 if v is not None}
 
-    def set_many(self, data: dict[Any, Any], timeout: int | None) -> None:
+    def set_many(self, data: Mapping[Any, Any], timeout: Any) -> None:
         pipeline = self.get_client(None, write=True).pipeline()
+        serializer: Any = getattr(self, "_serializer")  # noqa: B009 (set by Django's __init__)
         for key, value in data.items():
-            pipeline.set(key, self._serializer.dumps(value), ex=timeout)
+            pipeline.set(key, serializer.dumps(value), ex=timeout)
         pipeline.execute()
 
     def delete_many(self, keys: Any) -> None:

@@ -338,8 +338,7 @@ class ClusterFastRedis:
             try:
                 reply = await asyncio.wait_for(self._node(where).execute("CLUSTER", "SLOTS"),
                                                CONNECT_TIMEOUT)
-            except (OSError, asyncio.TimeoutError, RedisConnectionError, RedisTimeoutError,
-                    ResponseError) as exc:
+            except (OSError, RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
                 error = exc
                 continue
             slots: list[tuple[str, int] | None] = [None] * SLOTS
@@ -361,12 +360,11 @@ class ClusterFastRedis:
         if self._stale:
             await self._refresh()
         if key is None:
-            where = next((w for w in self._slots if w is not None), self._seeds[0])
-        else:
-            where = self._slots[slot_of(key)]
-            if where is None:
-                raise ResponseError(f"CLUSTERDOWN Hash slot {slot_of(key)} not served")
-        return self._node(where)
+            return self._node(next((w for w in self._slots if w is not None), self._seeds[0]))
+        owner = self._slots[slot_of(key)]
+        if owner is None:
+            raise ResponseError(f"CLUSTERDOWN Hash slot {slot_of(key)} not served")
+        return self._node(owner)
 
     async def execute(self, *args: Any) -> Any:
         return await self._routed(_key_of(args), args)

@@ -15,7 +15,8 @@ every group, so each admit reads the cool-downs in its own slot and stays one ro
 The tags are chosen so the GROUPS slots are spread evenly over the slot range (a cluster's
 masters own contiguous ranges). The stored responses and background runs share one fixed
 tag (their scripts touch a response's keys and the store's journal, leases and deletions
-together), and the captured bodies' journal another: each lives in one slot. Without a cluster the same names are used.
+together), and the captured bodies' journal another: each lives in one slot. Without a
+cluster the same names are used.
 
     {G}rpm:<key>                  zset  the key's requests of the last 60 s (the limiter)
     {G}rpd:<key>:<YYYYMMDD>       str   the key's requests that local day
@@ -224,6 +225,16 @@ def claim_prefix(*, journal: str = "usage", group: int | None = None,
 def claim(claim_id: str, *, journal: str = "usage", group: int | None = None,
           prefix: str | None = None) -> str:
     return f"{claim_prefix(journal=journal, group=group, prefix=prefix)}{claim_id}"
+
+
+def usage_journals(*, prefix: str | None = None) -> list[tuple[str, str, str]]:
+    """(journal, claims zset, claim prefix) of every usage journal: each group's, then the
+    one of the names before the tags (tools that count what waits)."""
+    out = [(journal(g, prefix=prefix), claims(group=g, prefix=prefix),
+            claim_prefix(group=g, prefix=prefix)) for g in range(GROUPS)]
+    out.append((legacy_journal(prefix=prefix), legacy_claims(prefix=prefix),
+                legacy_claim_prefix(prefix=prefix)))
+    return out
 
 
 # Names before the hash tags: a deployment upgrading holds its journal of unwritten rows

@@ -57,7 +57,8 @@ def test_rows_journalled_by_the_previous_release_are_written_and_charged(own_pre
                       '"error_code"'.encode()))
     client = sync_redis()
     assert client is not None
-    client.rpush(rediskeys.journal(), first, OLD_JOURNAL_ROWS[1])
+    # Where the release before the hash tags kept its journal.
+    client.rpush(rediskeys.legacy_journal(), first, OLD_JOURNAL_ROWS[1])
 
     assert drain_spool() == 2
 
@@ -80,4 +81,4 @@ def test_rows_journalled_by_the_previous_release_are_written_and_charged(own_pre
     # Charged once, like any journalled row.
     assert Tenant.objects.get(pk=tenant.pk).balance == Decimal("0.999580")
     assert LedgerEntry.objects.filter(tenant=tenant, kind="charge").count() == 1
-    assert client.llen(rediskeys.journal()) == 0
+    assert client.llen(rediskeys.legacy_journal()) == 0
