@@ -85,6 +85,24 @@ class RedisJournal:
         self._claims = claims
         self._claim_prefix = claim_prefix
 
+    @classmethod
+    def legacy(cls, name: str) -> RedisJournal:
+        """The ``name`` journal (``store``, ``capture``) under the names before the hash
+        tags: writers drain what an upgraded deployment left there (not on a cluster)."""
+        return cls(name, lambda: rediskeys.legacy_store_journal(name)[0],
+                   claims=lambda: rediskeys.legacy_store_journal(name)[1],
+                   claim_prefix=lambda: rediskeys.legacy_store_journal(name)[2])
+
+    def drain_with_legacy(self, write: Callable[[list[bytes]], int], batch_size: int,
+                          what: str, logger: logging.Logger, max_batches: int = 100) -> int:
+        """``drain``, then the same journal under its names before the hash tags (without
+        a cluster: a cluster starts with the tagged names)."""
+        written = self.drain(write, batch_size, what, logger, max_batches)
+        if not settings.REDIS_CLUSTER:
+            written += RedisJournal.legacy(self.name).drain(write, batch_size, what, logger,
+                                                            max_batches)
+        return written
+
     def claims_key(self) -> str:
         if self._claims is not None:
             return self._claims()

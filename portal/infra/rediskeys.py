@@ -257,6 +257,13 @@ def legacy_unposted(kind: str, ident: Ident, *, prefix: str | None = None) -> st
     return f"{_p(prefix)}unposted:{kind}:{ident}"
 
 
+def legacy_store_journal(journal: str, *, prefix: str | None = None) -> tuple[str, str, str]:
+    """(list, claims zset, claim prefix) of the stored responses' (``store``) or captured
+    bodies' (``capture``) journal under the names before the hash tags."""
+    head = f"{_p(prefix)}{journal}"
+    return f"{head}:journal", f"{head}:claims", f"{head}:claim:"
+
+
 def dead_rows(*, prefix: str | None = None) -> str:
     return f"{_p(prefix)}usage:dead"
 

@@ -82,3 +82,44 @@ def test_rows_journalled_by_the_previous_release_are_written_and_charged(own_pre
     assert Tenant.objects.get(pk=tenant.pk).balance == Decimal("0.999580")
     assert LedgerEntry.objects.filter(tenant=tenant, kind="charge").count() == 1
     assert client.llen(rediskeys.legacy_journal()) == 0
+
+
+def test_the_journal_kept_under_the_names_before_the_hash_tags_is_drained(own_prefix):
+    """An upgrade to the tagged names (Redis Cluster) strands nothing: rows waiting in
+    ``usage:spool`` and in a batch a writer of the old release claimed (``usage:claims``)
+    are written, charged once, and their unposted costs under the old names dropped."""
+    from django.utils import timezone
+
+    from billing.usage import encode_row
+    from billing.usagerow import UsageEvent
+
+    tenant = tenant_get_or_create(name="upgrading")[0]
+    tenant_topup(tenant=tenant, amount=Decimal("10"))
+    key = key_create(tenant=tenant, name="k").key
+
+    def row(n: int) -> bytes:
+        return encode_row(UsageEvent(
+            created_at=timezone.now(), request_id=f"req-upgrade-{n}", endpoint="chat",
+            status_code=200, key_id=key.pk, key_prefix=key.prefix, tenant_id=tenant.pk,
+            model="gpt-5", cost=Decimal("1")))
+
+    client = sync_redis()
+    assert client is not None
+    client.rpush(rediskeys.legacy_journal(), row(1), row(2))
+    # A batch an old writer claimed and never released (it stopped), long ago.
+    client.rpush(rediskeys.legacy_claim_prefix() + "old-claim", row(3))
+    client.zadd(rediskeys.legacy_claims(), {"old-claim": 1})
+    for n in (1, 2, 3):
+        client.hset(rediskeys.legacy_unposted("tenant", tenant.pk), f"req-upgrade-{n}", 10**6)
+        client.hset(rediskeys.legacy_unposted("key", key.pk), f"req-upgrade-{n}", 10**6)
+
+    assert drain_spool() == 3
+
+    assert set(UsageLog.objects.values_list("request_id", flat=True)) == {
+        "req-upgrade-1", "req-upgrade-2", "req-upgrade-3"}
+    assert Tenant.objects.get(pk=tenant.pk).balance == Decimal("7")
+    assert client.llen(rediskeys.legacy_journal()) == 0
+    assert client.zcard(rediskeys.legacy_claims()) == 0
+    assert not client.exists(rediskeys.legacy_unposted("tenant", tenant.pk))
+    assert not client.exists(rediskeys.legacy_unposted("key", key.pk))
+    assert drain_spool() == 0

@@ -27,8 +27,14 @@ from keys.models import Tenant
 from keys.services import key_create, tenant_get_or_create
 from portal.infra import rediskeys
 from tests.conftest import gateway_env
-from tests.servers import (FakeUpstream, Gateway, RedisClusterServers, start_fake_upstream,
-                           start_gateway, stop)
+from tests.servers import (
+    FakeUpstream,
+    Gateway,
+    RedisClusterServers,
+    start_fake_upstream,
+    start_gateway,
+    stop,
+)
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

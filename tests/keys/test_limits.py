@@ -263,7 +263,8 @@ async def test_settling_journals_the_usage_row_and_notes_its_cost_as_unposted():
     assert (await limiter.admit(a)).code == limits.OK
     await limiter.settle(a, refund=100, tokens=0, row=b'{"request_id":"r1"}')
     client = sync_redis()
-    assert client.lrange(rediskeys.journal(rediskeys.group_of(1)), 0, -1) == [b'{"request_id":"r1"}']
+    journal = rediskeys.journal(rediskeys.group_of(1))
+    assert client.lrange(journal, 0, -1) == [b'{"request_id":"r1"}']
     assert int(client.hget(rediskeys.account("tenant", 1), "avail")) == 800
     assert client.hgetall(rediskeys.unposted("tenant", 1)) == {a.request_id.encode(): b"200"}
     assert client.zcard(rediskeys.reservations(1)) == 0
