@@ -235,11 +235,12 @@ class RedisLimiter:
         owner = ident if kind == "tenant" else tenant_id
         if owner is None:
             raise ValueError("a key account is loaded with its tenant")
-        await self._client().evalsha(
-            self._init_src,
-            [rediskeys.account(kind, ident, tenant=owner),
-             rediskeys.unposted(kind, ident, tenant=owner), rediskeys.reservations(owner)],
-            [avail, "" if kind == "tenant" else ident])
+        keys = [rediskeys.account(kind, ident, tenant=owner),
+                rediskeys.unposted(kind, ident, tenant=owner), rediskeys.reservations(owner)]
+        if not settings.REDIS_CLUSTER:  # costs of rows journalled under the old names too
+            keys.append(rediskeys.legacy_unposted(kind, ident))
+        await self._client().evalsha(self._init_src, keys,
+                                     [avail, "" if kind == "tenant" else ident])
 
     def adjust_account(self, kind: str, ident: int, delta: int,
                        tenant_id: int | None = None) -> None:

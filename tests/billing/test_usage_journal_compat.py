@@ -123,3 +123,19 @@ def test_the_journal_kept_under_the_names_before_the_hash_tags_is_drained(own_pr
     assert not client.exists(rediskeys.legacy_unposted("tenant", tenant.pk))
     assert not client.exists(rediskeys.legacy_unposted("key", key.pk))
     assert drain_spool() == 0
+
+
+async def test_an_account_reloading_after_the_upgrade_subtracts_the_old_unposted_costs(
+        own_prefix):
+    """A settled request whose row waits under the old names: the database does not know
+    its cost yet, so the reloaded account must not offer that money again."""
+    from asgiref.sync import sync_to_async
+
+    from keys.limits import RedisLimiter
+
+    client = sync_redis()
+    assert client is not None
+    await sync_to_async(client.hset)(rediskeys.legacy_unposted("tenant", 7), "req-old", 300)
+    limiter = RedisLimiter()
+    await limiter.init_account("tenant", 7, 1000)
+    assert await sync_to_async(limiter.available)("tenant", 7) == 700
