@@ -136,9 +136,12 @@ def journal_waiting(redis_url: str, prefix: str) -> int:
 
     client = redis.Redis.from_url(redis_url)
     try:
-        claimed = sum(client.llen(rediskeys.claim(c.decode(), prefix=prefix))
-                      for c in client.zrange(rediskeys.claims(prefix=prefix), 0, -1))
-        return int(client.llen(rediskeys.journal(prefix=prefix))) + claimed
+        waiting = 0
+        for journal, claims, claim_prefix in rediskeys.usage_journals(prefix=prefix):
+            waiting += int(client.llen(journal))
+            waiting += sum(client.llen(claim_prefix + c.decode())
+                           for c in client.zrange(claims, 0, -1))
+        return waiting
     finally:
         client.close()
 
@@ -282,7 +285,8 @@ def audit(record_files: list[str]) -> None:
     result["accounts_checked"] = len(now)
     client = sync_redis()
     assert client is not None
-    result["slots_left"] = sum(int(client.zcard(rediskeys.concurrency(k.pk))) for k in keys)
+    result["slots_left"] = sum(int(client.zcard(rediskeys.concurrency(k.pk, tenant=k.tenant_id)))
+                               for k in keys)
     result["journal_left"] = journal_length()
     result["dead_rows"] = int(client.llen(rediskeys.dead_rows()))
     print("SOAK_AUDIT " + json.dumps(result, default=str))

@@ -62,6 +62,7 @@ _ADJUST_LUA = ("if redis.call('EXISTS', KEYS[1]) == 1 then "
 class Drift:
     kind: str  # "tenant" or "key"
     ident: int
+    tenant_id: int
     name: str
     database: Decimal  # the balance, or the key's quota left
     available: Decimal  # the limiter's avail
@@ -104,13 +105,14 @@ def _read_drifts() -> dict[tuple[str, int], Drift]:
               str(k.pk), k.tenant_id) for k in keys.values()]
     for kind, ident, name, database, key_arg, tenant_id in rows:
         avail, unposted, live, stale = client.eval(
-            _READ_LUA, 3, rediskeys.account(kind, ident), rediskeys.reservations(tenant_id),
-            rediskeys.unposted(kind, ident), now, key_arg)
+            _READ_LUA, 3, rediskeys.account(kind, ident, tenant=tenant_id),
+            rediskeys.reservations(tenant_id), rediskeys.unposted(kind, ident, tenant=tenant_id),
+            now, key_arg)
         if avail is None:
             continue
         expected = to_micro(database) - int(live) - int(unposted)
         out[(kind, ident)] = Drift(
-            kind=kind, ident=ident, name=name, database=database,
+            kind=kind, ident=ident, tenant_id=tenant_id, name=name, database=database,
             available=from_micro(int(avail)), reserved=from_micro(int(live)),
             unposted=from_micro(int(unposted)), stranded=from_micro(int(stale)),
             drift=from_micro(int(avail) - expected))
@@ -141,7 +143,7 @@ def reclaim_expired(now: float | None = None) -> int:
         if tenant_id is not None:
             total += int(client.eval(_RECLAIM_LUA, 3, raw, rediskeys.account("tenant", tenant_id),
                                      rediskeys.reclaimed(tenant_id), now_ms,
-                                     rediskeys.account_prefix("key")))
+                                     rediskeys.account_prefix("key", tenant=tenant_id)))
     if total:
         log.warning("gave back %d reservations of requests whose process stopped", total)
     return total
@@ -155,6 +157,7 @@ def reconcile(settle_seconds: float = 0.5) -> list[Drift]:
     client = sync_redis()
     for d in drifts:
         assert client is not None
-        client.eval(_ADJUST_LUA, 1, rediskeys.account(d.kind, d.ident), -to_micro(d.drift))
+        client.eval(_ADJUST_LUA, 1, rediskeys.account(d.kind, d.ident, tenant=d.tenant_id),
+                    -to_micro(d.drift))
         log.warning("reconciled %s", d.describe())
     return drifts

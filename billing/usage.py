@@ -12,6 +12,8 @@ reactor stopping) the queue is flushed before exit.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import threading
 from decimal import Decimal
@@ -172,7 +174,7 @@ def _charge(events: list[UsageEvent]) -> None:
 
 # --- the journal ---------------------------------------------------------------------------
 #
-# With Redis, usage rows wait in one Redis list, the journal (``usage:spool``), until a
+# With Redis, usage rows wait in Redis lists, the journal (``{G}usage:spool``), until a
 # writer puts them in the database: the settle script appends an admitted request's row in
 # the same step that moves its money, before the answer's last bytes, so a row survives the
 # crash of the process that served it. Rows the database refused, and rows of requests that
@@ -185,7 +187,35 @@ def _charge(events: list[UsageEvent]) -> None:
 # removing an unposted entry twice is a no-op).
 
 
-JOURNAL = RedisJournal("usage", rediskeys.journal)
+# The journal is one list per tenant group (``rediskeys.journal(group)``): a settle script
+# appends to its tenant's group's list, in the tenant's hash slot (Redis Cluster). Writers
+# drain every group, and the journal a release before the groups left (``usage:spool``,
+# LEGACY), without a cluster.
+
+
+def _group_journal(group: int) -> RedisJournal:
+    return RedisJournal("usage", lambda: rediskeys.journal(group), group=group)
+
+
+GROUP_JOURNALS = [_group_journal(group) for group in range(rediskeys.GROUPS)]
+# Rows an earlier release left under the names before the hash tags; their unposted costs
+# are under the old names too.
+LEGACY = RedisJournal("usage", rediskeys.legacy_journal, claims=rediskeys.legacy_claims,
+                      claim_prefix=rediskeys.legacy_claim_prefix)
+
+
+def journals() -> list[RedisJournal]:
+    """Every usage journal a writer drains: the groups', and the legacy one (not on a
+    cluster: a cluster holds only tagged names, and the legacy keys' slots differ)."""
+    if settings.REDIS_CLUSTER:
+        return list(GROUP_JOURNALS)
+    return [*GROUP_JOURNALS, LEGACY]
+
+
+def journal_for(tenant_id: int | None) -> RedisJournal:
+    """The journal of a row's tenant's group (rows without a tenant: group 0's)."""
+    return GROUP_JOURNALS[rediskeys.group_of(tenant_id or 0)]
+
 
 encode_row = usagerow.encode  # a row as the journal holds it
 
@@ -194,28 +224,52 @@ def _journal_entries(events: list[UsageEvent]) -> list[bytes]:
     return [encode_row(e) for e in events]
 
 
+def _by_group(events: list[UsageEvent]) -> dict[int, list[UsageEvent]]:
+    groups: dict[int, list[UsageEvent]] = {}
+    for event in events:
+        groups.setdefault(rediskeys.group_of(event.tenant_id or 0), []).append(event)
+    return groups
+
+
 def spool(events: list[UsageEvent]) -> bool:
     """Keep rows the database refused in the Redis journal until they can be written
     (sync). False when there is no Redis or it failed too."""
-    return JOURNAL.spool(lambda: _journal_entries(events), len(events), "usage rows", log)
+    ok = True
+    for group, rows in _by_group(events).items():
+        ok = GROUP_JOURNALS[group].spool(functools.partial(_journal_entries, rows),
+                                         len(rows), "usage rows", log) and ok
+    return ok
 
 
 def drain_spool(max_batches: int = 100) -> int:
     """Write journaled rows to the database (sync; from gateway processes, the usagewriter
-    and a Celery task). A batch that cannot be written goes back to the front of the
-    journal. Returns rows written."""
-    from django.db import DatabaseError, InterfaceError, OperationalError
-
+    and a Celery task), every group's journal in turn. A batch that cannot be written goes
+    back to the front of its journal. Returns rows written."""
     from portal.infra.redis import sync_redis
 
     client = sync_redis()
     if client is None:
         return 0
     _retry_releases(client)
-    JOURNAL.recover(client, settings.GATEWAY_USAGE_CLAIM_SECONDS)
+    written = 0
+    for journal in journals():
+        done, stop = _drain_one(client, journal, max_batches)
+        written += done
+        if stop:
+            break
+    if written:
+        log.debug("usage journal: wrote %d rows", written)
+    return written
+
+
+def _drain_one(client: Any, journal: RedisJournal, max_batches: int) -> tuple[int, bool]:
+    """(rows written, the database is unavailable)."""
+    from django.db import DatabaseError, InterfaceError, OperationalError
+
+    journal.recover(client, settings.GATEWAY_USAGE_CLAIM_SECONDS)
     written = 0
     for _ in range(max_batches):
-        claim_id, items = JOURNAL.claim(client, settings.GATEWAY_USAGE_BATCH_SIZE)
+        claim_id, items = journal.claim(client, settings.GATEWAY_USAGE_BATCH_SIZE)
         if not items:
             break
         events = [usagerow.decode(item) for item in items]
@@ -223,21 +277,19 @@ def drain_spool(max_batches: int = 100) -> int:
             fresh = write_events(events)
             posted = events
         except (OperationalError, InterfaceError):
-            JOURNAL.unclaim(client, claim_id)
+            journal.unclaim(client, claim_id)
             log.warning("usage journal: database unavailable; %d rows wait", len(items))
-            break
+            return written, True
         except DatabaseError:
             # Something in the batch itself is refused: write row by row, set aside what
             # still fails (never block the journal behind one bad row).
             fresh, posted = _write_one_by_one(client, events)
-        _release(client, claim_id, posted)
+        _release(client, journal, claim_id, posted)
         written += len(fresh)
-    if written:
-        log.debug("usage journal: wrote %d rows", written)
-    return written
+    return written, False
 
 
-_unreleased: list[tuple[str, list[UsageEvent]]] = []
+_unreleased: list[tuple[RedisJournal, str, list[UsageEvent]]] = []
 _unreleased_lock = threading.Lock()
 
 
@@ -245,31 +297,40 @@ def _retry_releases(client: Any) -> None:
     with _unreleased_lock:
         waiting = list(_unreleased)
         _unreleased.clear()
-    for claim_id, posted in waiting:
-        _release(client, claim_id, posted)
+    for journal, claim_id, posted in waiting:
+        _release(client, journal, claim_id, posted)
 
 
-def _release(client: Any, claim_id: str, posted: list[UsageEvent]) -> None:
+def _release(client: Any, journal: RedisJournal, claim_id: str,
+             posted: list[UsageEvent]) -> None:
     """Drop the claim and the posted rows' unposted entries, in one step. If Redis fails
     now, the release is retried by this process's next drain (and should the process die
     first, the claim is put back after GATEWAY_USAGE_CLAIM_SECONDS and the rows written
     again: a no-op that releases them)."""
     try:
-        _release_now(client, claim_id, posted)
+        _release_now(client, journal, claim_id, posted)
     except Exception:
         with _unreleased_lock:
-            _unreleased.append((claim_id, posted))
+            _unreleased.append((journal, claim_id, posted))
         raise
 
 
-def _release_now(client: Any, claim_id: str, posted: list[UsageEvent]) -> None:
+def _release_now(client: Any, journal: RedisJournal, claim_id: str,
+                 posted: list[UsageEvent]) -> None:
     hdel: list[tuple[str, str]] = []
     for e in posted:
-        if e.cost and e.tenant_id is not None:
+        if not e.cost or e.tenant_id is None:
+            continue  # unposted costs exist only for a tenant's rows (the settle script's)
+        if journal is LEGACY:
+            hdel.append((rediskeys.legacy_unposted("tenant", e.tenant_id), e.request_id))
+            if e.key_id is not None:
+                hdel.append((rediskeys.legacy_unposted("key", e.key_id), e.request_id))
+        elif rediskeys.group_of(e.tenant_id) == journal.group:  # one slot: the group's
             hdel.append((rediskeys.unposted("tenant", e.tenant_id), e.request_id))
-        if e.cost and e.key_id is not None:
-            hdel.append((rediskeys.unposted("key", e.key_id), e.request_id))
-    JOURNAL.release(client, claim_id, hdel)
+            if e.key_id is not None:
+                hdel.append((rediskeys.unposted("key", e.key_id, tenant=e.tenant_id),
+                             e.request_id))
+    journal.release(client, claim_id, hdel)
 
 
 def _write_one_by_one(client: Any, events: list[UsageEvent]
@@ -291,19 +352,22 @@ def _write_one_by_one(client: Any, events: list[UsageEvent]
 
 
 def journal_length() -> int:
-    """Rows waiting in the journal or claimed by a writer (sync; for audits and tools)."""
+    """Rows waiting in the journals or claimed by a writer (sync; for audits and tools)."""
     from portal.infra.redis import sync_redis
 
     client = sync_redis()
     if client is None:
         return 0
-    return JOURNAL.length(client)
+    return sum(journal.length(client) for journal in journals())
 
 
 async def journal_pending() -> int | None:
-    """Rows waiting in the Redis journal or claimed by a writer, not yet in the database
+    """Rows waiting in the Redis journals or claimed by a writer, not yet in the database
     (None without Redis, or when it does not answer)."""
-    return await JOURNAL.pending()
+    counts = await asyncio.gather(*(journal.pending() for journal in journals()))
+    if any(count is None for count in counts):
+        return None
+    return sum(count or 0 for count in counts)
 
 
 async def _push(events: list[UsageEvent]) -> bool:
@@ -315,7 +379,9 @@ async def _push(events: list[UsageEvent]) -> bool:
     if client is None:
         return False
     try:
-        await client.execute("RPUSH", rediskeys.journal(), *_journal_entries(events))
+        await asyncio.gather(*(client.execute("RPUSH", rediskeys.journal(group),
+                                              *_journal_entries(rows))
+                               for group, rows in _by_group(events).items()))
     except Exception:
         log.exception("could not hand %d usage rows to Redis; writing them here", len(events))
         return False

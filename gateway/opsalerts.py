@@ -367,17 +367,20 @@ def _text(value: bytes | str) -> str:
 
 
 def _journal_front(client: Any) -> bytes | None:
-    """The oldest row not yet written: the first of the oldest claimed batch (a writer
-    holds it, or held it and stopped), else the head of the journal."""
-    from billing.usage import JOURNAL
+    """The oldest rows not yet written, one per usage journal (tenant group) that holds any:
+    the first of its oldest claimed batch (a writer holds it, or held it and stopped), else
+    its head. None when every journal is empty; the marker moves when any journal moved."""
+    from billing.usage import journals
 
-    oldest = client.zrange(JOURNAL.claims_key(), 0, 0)
-    if oldest:
-        first = client.lindex(JOURNAL.claim_list(_text(oldest[0])), 0)
+    fronts = []
+    for journal in journals():
+        oldest = client.zrange(journal.claims_key(), 0, 0)
+        first = client.lindex(journal.claim_list(_text(oldest[0])), 0) if oldest else None
+        if first is None:
+            first = client.lindex(journal.key(), 0)
         if first is not None:
-            return bytes(first)
-    head = client.lindex(JOURNAL.key(), 0)
-    return None if head is None else bytes(head)
+            fronts.append(bytes(first))
+    return b"\n".join(fronts) if fronts else None
 
 
 def check_spool(now: float) -> bool | None:
@@ -386,7 +389,7 @@ def check_spool(now: float) -> bool | None:
     or GATEWAY_USAGE_SINK=redis and no ``usagewriter`` runs); resolved when it moved or
     the journal is empty. A journal that is never empty under load but keeps moving is
     healthy. None without Redis."""
-    from billing.usage import JOURNAL
+    from billing.usage import journal_length
     from portal.infra import rediskeys
     from portal.infra.redis import sync_redis
 
@@ -406,7 +409,7 @@ def check_spool(now: float) -> bool | None:
         client.hset(state_key, mapping={"front": marker, "since": repr(now)})
         client.expire(state_key, 86400)
         transition(AlertKind.USAGE_SPOOL, "", False,
-                   f"The usage spool is moving again ({JOURNAL.length(client)} rows wait)",
+                   f"The usage spool is moving again ({journal_length()} rows wait)",
                    ALERTS_ADMIN)
         return False
     waited = now - float(seen.get("since", now))
@@ -414,7 +417,7 @@ def check_spool(now: float) -> bool | None:
         return False
     transition(AlertKind.USAGE_SPOOL, "", True,
                f"The usage spool has not moved for {int(waited)} s: "
-               f"{JOURNAL.length(client)} usage rows wait for the database (is it "
+               f"{journal_length()} usage rows wait for the database (is it "
                "reachable? with GATEWAY_USAGE_SINK=redis, is manage.py usagewriter running?)",
                ALERTS_ADMIN)
     return True

@@ -296,13 +296,17 @@ class OutageCharges:
     database."""
 
     def __init__(self) -> None:
-        self._due: dict[tuple[str, int], int] = {}
+        # (kind, id, tenant id) -> micro-units
+        self._due: dict[tuple[str, int, int], int] = {}
         self._settles: list[tuple[Limiter, Admission, int, int, str | None, bytes]] = []
 
     def add(self, a: Admission, micro: int) -> None:
         if not micro:
             return
-        for account in [("tenant", a.tenant_id)] + ([("key", a.key_id)] if a.key_quota else []):
+        accounts = [("tenant", a.tenant_id, a.tenant_id)]
+        if a.key_quota:
+            accounts.append(("key", a.key_id, a.tenant_id))
+        for account in accounts:
             self._due[account] = self._due.get(account, 0) + micro
         self._soon()
 
@@ -333,9 +337,9 @@ class OutageCharges:
         journal_started()
         due, self._due = self._due, {}
         try:
-            for (kind, ident), micro in due.items():
-                await client.execute("EVAL", _ADJUST_LUA, 1, rediskeys.account(kind, ident),
-                                     -micro)
+            for (kind, ident, tenant_id), micro in due.items():
+                await client.execute("EVAL", _ADJUST_LUA, 1,
+                                     rediskeys.account(kind, ident, tenant=tenant_id), -micro)
         except Exception:
             for account, micro in due.items():  # try again on the next recovery
                 self._due[account] = self._due.get(account, 0) + micro

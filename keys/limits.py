@@ -47,7 +47,7 @@ def lease_ms() -> int:
     return int(settings.GATEWAY_CONCURRENCY_LEASE_SECONDS * 1000)
 
 if TYPE_CHECKING:
-    from portal.infra.fastredis import FastRedis
+    from portal.infra.fastredis import ClusterFastRedis, FastRedis
 
 LUA_DIR = Path(__file__).with_name("lua")
 
@@ -95,11 +95,13 @@ class Limiter(Protocol):
     async def init_account(self, kind: str, ident: int, avail: int,
                            tenant_id: int | None = None) -> None: ...
     async def renew(self, leases: list[Admission]) -> None: ...
-    def adjust_account(self, kind: str, ident: int, delta: int) -> None: ...
-    def drop_account(self, kind: str, ident: int) -> None: ...
+    # ``tenant_id``: a key account's tenant (its Redis name carries the tenant's hash tag).
+    def adjust_account(self, kind: str, ident: int, delta: int,
+                       tenant_id: int | None = None) -> None: ...
+    def drop_account(self, kind: str, ident: int, tenant_id: int | None = None) -> None: ...
     def cooldowns(self) -> dict[int, float]: ...
     def uncool(self, ident: int) -> None: ...
-    def available(self, kind: str, ident: int) -> int | None: ...
+    def available(self, kind: str, ident: int, tenant_id: int | None = None) -> int | None: ...
 
 
 _day_cache: tuple[int, str, str, int] = (-1, "", "", 0)
@@ -148,7 +150,7 @@ class RedisLimiter:
         self._init_src = (LUA_DIR / "init_account.lua").read_text()
 
     @staticmethod
-    def _client() -> FastRedis:
+    def _client() -> FastRedis | ClusterFastRedis:
         client = fast_redis()
         assert client is not None
         return client
@@ -156,15 +158,20 @@ class RedisLimiter:
     async def admit(self, a: Admission) -> Decision:
         now = self._clock()
         day, seconds_left = local_day_and_seconds_left(now)
-        k = a.key_id
-        keys = [rediskeys.rpm(k), rediskeys.rpd(k, day), rediskeys.tpm(k),
-                rediskeys.concurrency(k), rediskeys.account("tenant", a.tenant_id),
-                rediskeys.account("key", k), rediskeys.sticky(k, a.session),
-                rediskeys.cooldowns(), rediskeys.reservations(a.tenant_id),
-                rediskeys.reclaimed(a.tenant_id)]
+        k, t = a.key_id, a.tenant_id
+        p = settings.GATEWAY_REDIS_PREFIX  # read once: each settings read costs a lookup
+        keys = [rediskeys.rpm(k, tenant=t, prefix=p),
+                rediskeys.rpd(k, day, tenant=t, prefix=p),
+                rediskeys.tpm(k, tenant=t, prefix=p),
+                rediskeys.concurrency(k, tenant=t, prefix=p),
+                rediskeys.account("tenant", t, prefix=p),
+                rediskeys.account("key", k, tenant=t, prefix=p),
+                rediskeys.sticky(k, a.session, tenant=t, prefix=p),
+                rediskeys.cooldowns(rediskeys.group_of(t), prefix=p),
+                rediskeys.reservations(t, prefix=p), rediskeys.reclaimed(t, prefix=p)]
         args = [int(now * 1000), a.request_id, a.rpm, a.rpd, seconds_left, a.tpm,
                 a.concurrency, lease_ms(), a.reserve, int(a.key_quota), int(a.commit), k,
-                rediskeys.account_prefix("key")]
+                rediskeys.account_prefix("key", tenant=t, prefix=p)]
         started = time.perf_counter()
         result = await self._client().evalsha(self._admit_src, keys, args)
         redis_roundtrip("admit", started)
@@ -179,12 +186,18 @@ class RedisLimiter:
 
     async def settle(self, a: Admission, refund: int, tokens: int,
                      binding: str | None = None, row: bytes = b"") -> None:
-        k = a.key_id
-        keys = [rediskeys.concurrency(k), rediskeys.account("tenant", a.tenant_id),
-                rediskeys.account("key", k), rediskeys.tpm(k), rediskeys.sticky(k, a.session),
-                rediskeys.reservations(a.tenant_id), rediskeys.journal(),
-                rediskeys.unposted("tenant", a.tenant_id), rediskeys.unposted("key", k),
-                rediskeys.reclaimed(a.tenant_id)]
+        k, t = a.key_id, a.tenant_id
+        p = settings.GATEWAY_REDIS_PREFIX
+        keys = [rediskeys.concurrency(k, tenant=t, prefix=p),
+                rediskeys.account("tenant", t, prefix=p),
+                rediskeys.account("key", k, tenant=t, prefix=p),
+                rediskeys.tpm(k, tenant=t, prefix=p),
+                rediskeys.sticky(k, a.session, tenant=t, prefix=p),
+                rediskeys.reservations(t, prefix=p),
+                rediskeys.journal(rediskeys.group_of(t), prefix=p),
+                rediskeys.unposted("tenant", t, prefix=p),
+                rediskeys.unposted("key", k, tenant=t, prefix=p),
+                rediskeys.reclaimed(t, prefix=p)]
         args = [a.request_id, a.reserve, a.reserve - refund, int(a.key_quota),
                 tokens if a.tpm else 0, int(self._clock() * 1000),
                 binding if a.session and binding else "", sticky_ttl(), k, row]
@@ -200,18 +213,20 @@ class RedisLimiter:
         calls = []
         for a in leases:
             if a.concurrency:
-                calls += [client.execute("ZADD", rediskeys.concurrency(a.key_id), "XX",
-                                         expiry, a.request_id),
-                          client.execute("PEXPIRE", rediskeys.concurrency(a.key_id),
-                                         lease * 2)]
+                name = rediskeys.concurrency(a.key_id, tenant=a.tenant_id)
+                calls += [client.execute("ZADD", name, "XX", expiry, a.request_id),
+                          client.execute("PEXPIRE", name, lease * 2)]
             if a.reserve:
                 calls.append(client.execute("ZADD", rediskeys.reservations(a.tenant_id), "XX", "CH",
                                             expiry, reservation_member(a)))
         await asyncio.gather(*calls)
 
     async def cool(self, ident: int, seconds: float) -> None:
-        await self._client().execute("HSET", rediskeys.cooldowns(), str(ident),
-                                     int((self._clock() + seconds) * 1000))
+        """Every group holds the cool-down (each admit reads its own group's copy)."""
+        until = int((self._clock() + seconds) * 1000)
+        client = self._client()
+        await asyncio.gather(*(client.execute("HSET", name, str(ident), until)
+                               for name in rediskeys.all_cooldowns()))
 
     async def hit_credential(self, ident: int, rpm: int) -> bool:
         """Count a request on a credential with a known upstream RPM; False once this minute
@@ -228,13 +243,17 @@ class RedisLimiter:
         and what settled requests cost before their rows were written: an account dropped
         (or lost) while requests ran comes back exact. ``tenant_id``: a key's tenant."""
         owner = ident if kind == "tenant" else tenant_id
-        await self._client().evalsha(
-            self._init_src,
-            [rediskeys.account(kind, ident), rediskeys.unposted(kind, ident),
-             rediskeys.reservations(owner if owner is not None else 0)],
-            [avail, "" if kind == "tenant" else ident])
+        if owner is None:
+            raise ValueError("a key account is loaded with its tenant")
+        keys = [rediskeys.account(kind, ident, tenant=owner),
+                rediskeys.unposted(kind, ident, tenant=owner), rediskeys.reservations(owner)]
+        if not settings.REDIS_CLUSTER:  # costs of rows journalled under the old names too
+            keys.append(rediskeys.legacy_unposted(kind, ident))
+        await self._client().evalsha(self._init_src, keys,
+                                     [avail, "" if kind == "tenant" else ident])
 
-    def adjust_account(self, kind: str, ident: int, delta: int) -> None:
+    def adjust_account(self, kind: str, ident: int, delta: int,
+                       tenant_id: int | None = None) -> None:
         client = sync_redis()
         assert client is not None
         # Only an account already loaded is adjusted; a missing one loads the new value
@@ -242,33 +261,40 @@ class RedisLimiter:
         client.eval(
             "if redis.call('EXISTS', KEYS[1]) == 1 then "
             "return redis.call('HINCRBY', KEYS[1], 'avail', ARGV[1]) end return nil",
-            1, rediskeys.account(kind, ident), delta,
+            1, rediskeys.account(kind, ident, tenant=tenant_id), delta,
         )
 
-    def drop_account(self, kind: str, ident: int) -> None:
+    def drop_account(self, kind: str, ident: int, tenant_id: int | None = None) -> None:
         client = sync_redis()
         assert client is not None
-        client.delete(rediskeys.account(kind, ident))
+        client.delete(rediskeys.account(kind, ident, tenant=tenant_id))
 
-    def available(self, kind: str, ident: int) -> int | None:
-        """The account's available micro-units, None if not loaded (sync; for the CLI)."""
+    def available(self, kind: str, ident: int, tenant_id: int | None = None) -> int | None:
+        """The account's available micro-units, None if not loaded (sync; for the CLI).
+        ``tenant_id``: a key account's tenant."""
         client = sync_redis()
         assert client is not None
-        value = client.hget(rediskeys.account(kind, ident), "avail")
+        value = client.hget(rediskeys.account(kind, ident, tenant=tenant_id), "avail")
         return None if value is None else int(value)
 
     def uncool(self, ident: int) -> None:
         """End a cool-down now (sync; an operator re-enabled the credential)."""
         client = sync_redis()
         assert client is not None
-        client.hdel(rediskeys.cooldowns(), str(ident))
+        pipe = client.pipeline(transaction=False)
+        for name in rediskeys.all_cooldowns():
+            pipe.hdel(name, str(ident))
+        pipe.execute()
 
     def cooldowns(self) -> dict[int, float]:
         """Credential id -> unix time its cool-down ends (sync; for the admin)."""
         client = sync_redis()
         assert client is not None
         now = self._clock()
-        return {int(k): int(v) / 1000 for k, v in client.hgetall(rediskeys.cooldowns()).items()
+        # Every group holds every cool-down; a group's admits drop the ended ones from its
+        # copy, so group 0's is as current as any.
+        return {int(k): int(v) / 1000
+                for k, v in client.hgetall(rediskeys.cooldowns(0)).items()
                 if int(v) / 1000 > now}
 
 
@@ -396,16 +422,17 @@ class MemoryLimiter:
                 if a.request_id in self._conc.get(a.key_id, {}):
                     self._conc[a.key_id][a.request_id] = expiry
 
-    def adjust_account(self, kind: str, ident: int, delta: int) -> None:
+    def adjust_account(self, kind: str, ident: int, delta: int,
+                       tenant_id: int | None = None) -> None:
         with self._lock:
             if (kind, ident) in self._accounts:
                 self._accounts[(kind, ident)] += delta
 
-    def drop_account(self, kind: str, ident: int) -> None:
+    def drop_account(self, kind: str, ident: int, tenant_id: int | None = None) -> None:
         with self._lock:
             self._accounts.pop((kind, ident), None)
 
-    def available(self, kind: str, ident: int) -> int | None:
+    def available(self, kind: str, ident: int, tenant_id: int | None = None) -> int | None:
         with self._lock:
             return self._accounts.get((kind, ident))
 

@@ -39,13 +39,15 @@ def _key_changed(sender: type, instance: ApiKey, **kwargs: Any) -> None:
     after = None if kwargs.get("signal") is post_delete else instance.quota
     if before == after:
         return
-    key_id = instance.pk
+    key_id, tenant_id = instance.pk, instance.tenant_id
     if before is None or after is None:
         # The key's account starts (or stops) existing: load it afresh when next needed.
-        transaction.on_commit(lambda: limits.limiter().drop_account("key", key_id))
+        transaction.on_commit(lambda: limits.limiter().drop_account("key", key_id,
+                                                                          tenant_id))
     else:
         delta = to_micro(after - before)
-        transaction.on_commit(lambda: limits.limiter().adjust_account("key", key_id, delta))
+        transaction.on_commit(lambda: limits.limiter().adjust_account("key", key_id, delta,
+                                                                            tenant_id))
 
 
 @receiver([post_save, post_delete], sender=Tenant)

@@ -342,3 +342,136 @@ def fresh_database(database_url: str, name: str) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"{base}/{name}"
+
+
+def _port_pair_free(port: int) -> bool:
+    """``port`` and its cluster bus port (+10000) both free on loopback."""
+    for candidate in (port, port + 10000):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                return False
+    return True
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """TEST_REDIS_CLUSTER_PORT_BASE: consecutive ports from there; else free ones."""
+    base = os.environ.get("TEST_REDIS_CLUSTER_PORT_BASE")
+    if base:
+        return [int(base) + i for i in range(count)]
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port < 55000 and port not in ports and _port_pair_free(port):
+            ports.append(port)
+    return ports
+
+
+class RedisClusterServers:
+    """A local Redis Cluster: ``masters`` masters and as many replicas (one each, when
+    ``replicas``), created with ``redis-cli --cluster create``, data under a temporary
+    directory. ``node_timeout_ms`` is how long a master may be silent before its replica
+    takes over."""
+
+    def __init__(self, masters: int = 3, replicas: bool = True,
+                 node_timeout_ms: int = 2000) -> None:
+        self.count = masters * (2 if replicas else 1)
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = _cluster_ports(self.count)
+        self.dir = Path(tempfile.mkdtemp(prefix="cluster-", dir="/tmp"))
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """REDIS_URL for the cluster: its first node (the rest are discovered)."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start_node(self, port: int) -> None:
+        node_dir = self.dir / str(port)
+        node_dir.mkdir(exist_ok=True)
+        log = new_log(f"redis-cluster-{port}")
+        with open(log, "ab") as out:
+            self.procs[port] = subprocess.Popen(
+                ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                 "--appendonly", "no", "--cluster-enabled", "yes",
+                 "--cluster-config-file", str(node_dir / "nodes.conf"),
+                 "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(node_dir)],
+                stdout=out, stderr=subprocess.STDOUT)
+        wait_for_port(port, self.procs[port])
+
+    def start(self) -> None:
+        for port in self.ports:
+            self.start_node(port)
+        args = ["redis-cli", "--cluster", "create",
+                *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-yes"]
+        if self.replicas:
+            args += ["--cluster-replicas", "1"]
+        subprocess.run(args, check=True, capture_output=True, timeout=60)
+        self.wait_healthy()
+
+    def cli(self, port: int, *args: str, timeout: float = 10) -> str:
+        return subprocess.run(["redis-cli", "-p", str(port), *args], check=True,
+                              capture_output=True, text=True, timeout=timeout).stdout
+
+    def alive(self) -> list[int]:
+        return [p for p, proc in self.procs.items() if proc.poll() is None]
+
+    def wait_healthy(self, timeout: float = 60.0, skip: tuple[int, ...] = ()) -> None:
+        """Until every running node (but ``skip``) says cluster_state:ok and sees every
+        slot served."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = {}
+            for port in self.alive():
+                if port in skip:
+                    continue
+                try:
+                    states[port] = self.cli(port, "cluster", "info", timeout=2)
+                except (subprocess.SubprocessError, OSError):
+                    states[port] = "unreachable"
+            if all("cluster_state:ok" in s and "cluster_slots_ok:16384" in s
+                   for s in states.values()):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Redis Cluster not healthy after {timeout}s: {states}")
+            time.sleep(0.2)
+
+    def nodes(self, port: int | None = None) -> list[dict[str, Any]]:
+        """CLUSTER NODES as seen by ``port`` (default: the first live node)."""
+        text = self.cli(port or self.alive()[0], "cluster", "nodes")
+        out = []
+        for line in text.splitlines():
+            parts = line.split()
+            out.append({"id": parts[0], "port": int(parts[1].split("@")[0].rsplit(":", 1)[1]),
+                        "flags": parts[2].split(","), "master": parts[3],
+                        "slots": parts[8:]})
+        return out
+
+    def master_of(self, slot: int, port: int | None = None) -> int:
+        for node in self.nodes(port):
+            if "master" not in node["flags"] or "fail" in node["flags"]:
+                continue
+            for span in node["slots"]:
+                if span.startswith("["):
+                    continue
+                low, _, high = span.partition("-")
+                if int(low) <= slot <= int(high or low):
+                    return int(node["port"])
+        raise RuntimeError(f"no master serves slot {slot}")
+
+    def replica_of(self, master_port: int) -> int:
+        nodes = self.nodes()
+        master_id = next(n["id"] for n in nodes if n["port"] == master_port)
+        return next(n["port"] for n in nodes if n["master"] == master_id
+                    and "fail" not in n["flags"])
+
+    def stop(self) -> None:
+        import shutil
+
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

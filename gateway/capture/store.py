@@ -132,8 +132,9 @@ def drain_journal(max_batches: int = 100) -> int:
     """Write journaled captures to the database (sync: gateway processes, the
     usagewriter). A batch the database cannot take now goes back to the front. Returns
     rows written."""
-    return JOURNAL.drain(lambda items: write_rows([records.decode(i) for i in items]), BATCH,
-                         "captures", log, max_batches)
+    return JOURNAL.drain_with_legacy(
+        lambda items: write_rows([records.decode(i) for i in items]), BATCH, "captures", log,
+        max_batches)
 
 
 def _sealed_documents(batch: list[RawCapture]) -> list[bytes]:

@@ -552,8 +552,8 @@ def drain_journal(max_batches: int = 100) -> int:
     """Write journaled records to the database (sync; gateway processes and a Celery
     task). A batch the database cannot take now goes back to the front. Returns rows
     written."""
-    return JOURNAL.drain(write_journaled, settings.GATEWAY_USAGE_BATCH_SIZE, "responses", log,
-                         max_batches)
+    return JOURNAL.drain_with_legacy(write_journaled, settings.GATEWAY_USAGE_BATCH_SIZE,
+                                     "responses", log, max_batches)
 
 
 def spool(records: list[StoredRecord]) -> bool:

@@ -32,7 +32,7 @@ from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from portal.infra.redisurl import parse_redis_url
+from portal.infra.redisurl import RedisTarget, parse_redis_url
 
 _pack = hiredis.pack_command
 REPLY_TIMEOUT = 10.0  # a reply later than this means the connection is broken
@@ -100,10 +100,11 @@ class _Protocol(asyncio.Protocol):
 
 
 class FastRedis:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, target: RedisTarget | None = None) -> None:
         """Parse and check ``url`` now (ValueError: a scheme or parameter it cannot honour),
-        so a bad REDIS_URL fails the first request loudly instead of connecting elsewhere."""
-        target = parse_redis_url(url)
+        so a bad REDIS_URL fails the first request loudly instead of connecting elsewhere.
+        ``target``: connect there instead (a cluster node, with the URL's credentials)."""
+        target = target or parse_redis_url(url)
         self.target = target
         self._ssl = target.ssl_context()
         self._handshake: list[tuple[Any, ...]] = []
@@ -277,3 +278,158 @@ class FastRedis:
 
     def close(self) -> None:
         self._fail(RedisConnectionError("Redis client closed"))
+
+
+# --- Redis Cluster (REDIS_CLUSTER) ------------------------------------------------------
+
+SLOTS = 16384
+_KEYLESS = {b"PING", b"SCRIPT", b"INFO", b"CLUSTER", b"TIME"}
+
+
+def _key_of(args: tuple[Any, ...]) -> Any | None:
+    """The key a command is routed by: its first key (EVAL/EVALSHA: after numkeys); None
+    for a command without one. Every command and script the gateway sends keeps its keys
+    in one hash slot (portal.infra.rediskeys), so the first key names the slot."""
+    name = args[0].encode().upper() if isinstance(args[0], str) else bytes(args[0]).upper()
+    if name in (b"EVAL", b"EVALSHA"):
+        return args[3] if int(args[2]) > 0 else None
+    if name in _KEYLESS or len(args) < 2:
+        return None
+    return args[1]
+
+
+class ClusterFastRedis:
+    """The hot path's client on a Redis Cluster: one ``FastRedis`` (pipelined connection) per
+    master, the slot map read with CLUSTER SLOTS from any node it knows (REDIS_URL's first),
+    each command sent to its key's slot's master. ``MOVED`` updates the map (and re-reads
+    it) and sends the command where it belongs; ``ASK`` sends it once to the importing node
+    after ASKING. A lost connection or a ``CLUSTERDOWN`` fails the call (the caller's
+    outage handling, GATEWAY_REDIS_FAILURE, decides) and re-reads the map on the next call,
+    so a failover is followed without restarting."""
+
+    MAX_REDIRECTS = 5
+
+    def __init__(self, url: str) -> None:
+        target = parse_redis_url(url)
+        if target.path is not None:
+            raise ValueError("REDIS_CLUSTER needs a redis:// or rediss:// URL (not a socket)")
+        if target.db:
+            raise ValueError("REDIS_CLUSTER: a cluster has only database 0")
+        self.url = url
+        self.target = target
+        self._seeds: list[tuple[str, int]] = [(target.host, target.port)]
+        self._nodes: dict[tuple[str, int], FastRedis] = {}
+        self._slots: list[tuple[str, int] | None] = [None] * SLOTS
+        self._stale = True
+        self._refreshing: asyncio.Future[None] | None = None
+
+    def _node(self, where: tuple[str, int]) -> FastRedis:
+        client = self._nodes.get(where)
+        if client is None:
+            node = RedisTarget(scheme=self.target.scheme, host=where[0], port=where[1],
+                               path=None, db=0, username=self.target.username,
+                               password=self.target.password, tls=self.target.tls)
+            client = self._nodes[where] = FastRedis(self.url, target=node)
+        return client
+
+    async def _refresh(self) -> None:
+        """Read the slot map (one refresh shared by every caller waiting for it)."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._read_map())
+            self._refreshing.add_done_callback(self._refreshed)
+        await asyncio.shield(self._refreshing)
+
+    def _refreshed(self, future: asyncio.Future[None]) -> None:
+        self._refreshing = None
+        if not future.cancelled():
+            future.exception()
+
+    async def _read_map(self) -> None:
+        known = list(dict.fromkeys([*self._seeds, *self._nodes,
+                                    *(w for w in self._slots if w is not None)]))
+        error: Exception | None = None
+        for where in known:
+            try:
+                reply = await asyncio.wait_for(self._node(where).execute("CLUSTER", "SLOTS"),
+                                               CONNECT_TIMEOUT)
+            except (OSError, RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
+                error = exc
+                continue
+            slots: list[tuple[str, int] | None] = [None] * SLOTS
+            for entry in reply:
+                start, end, master = int(entry[0]), int(entry[1]), entry[2]
+                host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+                owner = (host or where[0], int(master[1]))
+                for slot in range(start, end + 1):
+                    slots[slot] = owner
+            self._slots = slots
+            self._stale = False
+            owners = set(slots)
+            for gone in [w for w in self._nodes if w not in owners and w not in self._seeds]:
+                self._nodes.pop(gone).close()
+            return
+        raise RedisConnectionError(f"no Redis Cluster node answered CLUSTER SLOTS: {error}")
+
+    async def _owner(self, key: Any) -> FastRedis:
+        if self._stale:
+            await self._refresh()
+        if key is None:
+            return self._node(next((w for w in self._slots if w is not None), self._seeds[0]))
+        owner = self._slots[slot_of(key)]
+        if owner is None:
+            raise ResponseError(f"CLUSTERDOWN Hash slot {slot_of(key)} not served")
+        return self._node(owner)
+
+    async def execute(self, *args: Any) -> Any:
+        return await self._routed(_key_of(args), args)
+
+    async def _routed(self, key: Any, args: tuple[Any, ...]) -> Any:
+        client = await self._owner(key)
+        asking = False
+        for _ in range(self.MAX_REDIRECTS):
+            try:
+                if asking:
+                    _, reply = await asyncio.gather(client.execute("ASKING"),
+                                                    client.execute(*args))
+                    return reply
+                return await client.execute(*args)
+            except ResponseError as exc:
+                message = str(exc)
+                kind, _, rest = message.partition(" ")
+                if kind not in ("MOVED", "ASK"):
+                    if kind in ("CLUSTERDOWN", "TRYAGAIN"):
+                        self._stale = True
+                    raise
+                slot_text, _, address = rest.partition(" ")
+                host, _, port = address.rpartition(":")
+                where = (host or self.target.host, int(port))
+                if kind == "MOVED":
+                    self._slots[int(slot_text)] = where
+                    self._stale = True  # a failover or resharding: read the whole map again
+                client, asking = self._node(where), kind == "ASK"
+            except (RedisConnectionError, RedisTimeoutError):
+                self._stale = True  # the master may have failed over: re-read the map
+                raise
+        raise RedisConnectionError("Redis Cluster redirected a command too many times")
+
+    async def evalsha(self, script: str, keys: list[Any], args: list[Any]) -> Any:
+        """Run a Lua script by its SHA1 on its keys' master, loading it there on NOSCRIPT."""
+        sha = hashlib.sha1(script.encode()).hexdigest()
+        key = keys[0] if keys else None
+        try:
+            return await self._routed(key, ("EVALSHA", sha, len(keys), *keys, *args))
+        except NoScriptError:
+            return await self._routed(key, ("EVAL", script, len(keys), *keys, *args))
+
+    def close(self) -> None:
+        for client in self._nodes.values():
+            client.close()
+        self._nodes.clear()
+
+
+def slot_of(key: Any) -> int:
+    """The hash slot of a key (CRC16 of its hash tag), as the cluster computes it."""
+    from redis.crc import key_slot
+
+    data = key if isinstance(key, bytes) else str(key).encode()
+    return int(key_slot(data))

@@ -71,17 +71,47 @@ class RedisJournal:
 
     ``name`` prefixes the claim keys (``<name>:claims``, ``<name>:claim:<id>``); ``key``
     gives the list's own key (for the usage journal, the one the settle script appends to).
+    ``group``: which of the usage journal's groups (``rediskeys.journal``); ``claims`` and
+    ``claim_prefix`` name the claim keys otherwise than ``rediskeys`` does (the usage
+    journal's names before the hash tags). Every key a journal touches shares one hash slot.
     """
 
-    def __init__(self, name: str, key: Callable[[], str]) -> None:
+    def __init__(self, name: str, key: Callable[[], str], group: int | None = None,
+                 claims: Callable[[], str] | None = None,
+                 claim_prefix: Callable[[], str] | None = None) -> None:
         self.name = name
         self.key = key
+        self.group = group
+        self._claims = claims
+        self._claim_prefix = claim_prefix
+
+    @classmethod
+    def legacy(cls, name: str) -> RedisJournal:
+        """The ``name`` journal (``store``, ``capture``) under the names before the hash
+        tags: writers drain what an upgraded deployment left there (not on a cluster)."""
+        return cls(name, lambda: rediskeys.legacy_store_journal(name)[0],
+                   claims=lambda: rediskeys.legacy_store_journal(name)[1],
+                   claim_prefix=lambda: rediskeys.legacy_store_journal(name)[2])
+
+    def drain_with_legacy(self, write: Callable[[list[bytes]], int], batch_size: int,
+                          what: str, logger: logging.Logger, max_batches: int = 100) -> int:
+        """``drain``, then the same journal under its names before the hash tags (without
+        a cluster: a cluster starts with the tagged names)."""
+        written = self.drain(write, batch_size, what, logger, max_batches)
+        if not settings.REDIS_CLUSTER:
+            written += RedisJournal.legacy(self.name).drain(write, batch_size, what, logger,
+                                                            max_batches)
+        return written
 
     def claims_key(self) -> str:
-        return rediskeys.claims(journal=self.name)
+        if self._claims is not None:
+            return self._claims()
+        return rediskeys.claims(journal=self.name, group=self.group)
 
     def claim_list(self, claim_id: str) -> str:
-        return rediskeys.claim(claim_id, journal=self.name)
+        if self._claim_prefix is not None:
+            return self._claim_prefix() + claim_id
+        return rediskeys.claim(claim_id, journal=self.name, group=self.group)
 
     # --- sync (writer threads, tasks, tools) ------------------------------------------
 

@@ -18,7 +18,7 @@ from django.conf import settings
 if TYPE_CHECKING:
     import redis
 
-    from portal.infra.fastredis import FastRedis
+    from portal.infra.fastredis import ClusterFastRedis, FastRedis
 
 _sync_client: redis.Redis | None = None
 # Longest a sync caller waits for one of the pool's REDIS_MAX_CONNECTIONS connections to be
@@ -49,26 +49,42 @@ def sync_client_for(url: str) -> redis.Redis:
     from portal.infra.redisurl import parse_redis_url
 
     parse_redis_url(url)
+    if settings.REDIS_CLUSTER:
+        return cluster_client_for(url)  # type: ignore[return-value]
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=settings.REDIS_MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS,
         socket_connect_timeout=5, socket_timeout=10)
     return redis.Redis(connection_pool=pool)
 
 
-_fast_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FastRedis] = (
-    weakref.WeakKeyDictionary()
-)
+def cluster_client_for(url: str) -> redis.RedisCluster:
+    """REDIS_CLUSTER: redis-py's cluster client (``url`` names any node; the others are
+    discovered), at most REDIS_MAX_CONNECTIONS connections per node. It has the same
+    commands as ``redis.Redis`` for what Turnpike sends: scripts and MULTI stay in one hash
+    slot (portal.infra.rediskeys), non-transactional pipelines are split by node, SCAN and
+    multi-key DEL go to every master."""
+    import redis
+
+    return redis.RedisCluster.from_url(
+        url, max_connections=settings.REDIS_MAX_CONNECTIONS, socket_connect_timeout=5,
+        socket_timeout=10)
 
 
-def fast_redis() -> FastRedis | None:
-    """The hot path's pipelined client for the running loop (portal.infra.fastredis)."""
+_fast_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, FastRedis | ClusterFastRedis] = weakref.WeakKeyDictionary()
+
+
+def fast_redis() -> FastRedis | ClusterFastRedis | None:
+    """The hot path's pipelined client for the running loop (portal.infra.fastredis); with
+    REDIS_CLUSTER, the one that routes each command to its slot's master."""
     url = settings.REDIS_URL
     if not url:
         return None
     loop = asyncio.get_running_loop()
     client = _fast_clients.get(loop)
     if client is None:
-        from portal.infra.fastredis import FastRedis
+        from portal.infra.fastredis import ClusterFastRedis, FastRedis
 
-        client = _fast_clients[loop] = FastRedis(url)
+        client = _fast_clients[loop] = (ClusterFastRedis(url) if settings.REDIS_CLUSTER
+                                        else FastRedis(url))
     return client

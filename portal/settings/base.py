@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from portal.infra.logconfig import logging_config
 from portal.infra.rediskeys import cache_prefix, channel_prefix
-from portal.infra.redisurl import celery_broker_url
+from portal.infra.redisurl import celery_broker_url, parse_redis_url
 from portal.settings.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -348,6 +348,12 @@ MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 # redis://, rediss:// (TLS) or unix:// (portal.infra.redisurl); any other form stops start-up here
 # rather than being read as plain TCP by one client and differently by another.
 REDIS_URL = env_str("REDIS_URL")
+# REDIS_URL names one node of a Redis Cluster (the others are discovered): every client
+# routes by hash slot (Turnpike's keys carry hash tags: portal.infra.rediskeys). Celery's
+# broker cannot be a cluster: CELERY_BROKER_URL must then name a plain Redis.
+REDIS_CLUSTER = env_bool("REDIS_CLUSTER", False)
+if REDIS_CLUSTER and not REDIS_URL:
+    raise ImproperlyConfigured("REDIS_CLUSTER=true needs REDIS_URL (any node of the cluster)")
 # Per process: the size of the sync redis-py client's pool and of the Django cache's (callers
 # wait for a free connection). The /v1 hot path uses one pipelined connection per event loop.
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 64)
@@ -365,6 +371,18 @@ if REDIS_URL:
                           "OPTIONS": {"pool_class": "redis.BlockingConnectionPool",
                                       "max_connections": REDIS_MAX_CONNECTIONS,
                                       "timeout": 10}}}
+    if REDIS_CLUSTER:
+        _cluster_node = parse_redis_url(REDIS_URL)
+        if _cluster_node.scheme not in ("redis", "rediss") or _cluster_node.db:
+            raise ImproperlyConfigured("REDIS_CLUSTER=true needs a redis:// or rediss:// "
+                                       "REDIS_URL naming database 0 (a cluster has no other)")
+        if not env_str("CELERY_BROKER_URL"):
+            raise ImproperlyConfigured(
+                "REDIS_CLUSTER=true: Celery's broker (kombu) cannot use a Redis Cluster; set "
+                "CELERY_BROKER_URL to a plain Redis (or another broker)")
+        CACHES = {"default": {"BACKEND": "portal.infra.clustercache.RedisClusterCache",
+                              "LOCATION": REDIS_URL,
+                              "OPTIONS": {"max_connections": REDIS_MAX_CONNECTIONS}}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

@@ -22,6 +22,7 @@ from billing.models import LedgerEntry, ModelPrice, UsageLog
 from billing.services import tenant_topup
 from billing.tokens import count_tokens
 from keys.models import Tenant
+from portal.infra import rediskeys
 from portal.infra.redis import sync_redis
 from tests.conftest import gateway_env, wait_for_usage
 from tests.servers import TcpProxy, database_url, start_gateway, stop, terminate_backends
@@ -185,7 +186,7 @@ def test_usage_is_kept_in_redis_while_the_database_is_unreachable(upstream, make
         proxy.pause()  # the database is gone; the key is cached, so requests still work
         ids = [httpx.post(url, json=CHAT, headers=headers).headers["x-request-id"]
                for _ in range(4)]
-        spool = prefix + "usage:spool"
+        spool = rediskeys.journal(rediskeys.group_of(made.key.tenant_id), prefix=prefix)
         wait_until(lambda: sync_redis().llen(spool) > 0)
         assert not UsageLog.objects.filter(request_id__in=ids).exists()
         proxy.resume()

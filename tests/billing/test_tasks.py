@@ -280,9 +280,9 @@ def test_the_reset_deletes_only_earlier_local_days_rpd_counters(
         redis_client: Any, settings: Any) -> None:
     settings.TIME_ZONE = "Asia/Tokyo"
     now = at("2025-06-01T16:00:00")  # 2025-06-02 01:00 in Tokyo
-    stale = [rediskeys.rpd(1, "20250601"), rediskeys.rpd(2, "20241231")]
-    fresh = [rediskeys.rpd(1, "20250602"), rediskeys.rpd(3, "20250603"), rediskeys.rpm(1),
-             rediskeys.rpd(4, "sometime"),
+    stale = [rediskeys.rpd(1, "20250601", tenant=1), rediskeys.rpd(2, "20241231", tenant=2)]
+    fresh = [rediskeys.rpd(1, "20250602", tenant=1), rediskeys.rpd(3, "20250603", tenant=3),
+             rediskeys.rpm(1, tenant=1), rediskeys.rpd(4, "sometime", tenant=4),
              settings.GATEWAY_REDIS_PREFIX + "rpdx:1:20200101"]  # not an RPD counter
     foreign = f"other{os.getpid()}:rpd:1:20200101"  # another deployment's prefix
     for name in [*stale, *fresh, foreign]:
@@ -306,8 +306,9 @@ def test_a_prefix_with_glob_characters_matches_only_its_own_counters(
         redis_client: Any, settings: Any) -> None:
     base = settings.GATEWAY_REDIS_PREFIX  # the autouse fixture wipes everything under it
     settings.GATEWAY_REDIS_PREFIX = base + "a*["
-    mine = rediskeys.rpd(1, "20200101")
-    neighbour = base + "ab[:rpd:1:20200101"  # what an unescaped "a*[" would match
+    mine = rediskeys.rpd(1, "20200101", tenant=1)
+    # What an unescaped "a*[" would match.
+    neighbour = base + "ab[" + rediskeys.group_tag(1) + "rpd:1:20200101"
     redis_client.set(mine, 1)
     redis_client.set(neighbour, 1)
     assert rollups.reset_daily_counters(at(NOW)) == 1
@@ -508,14 +509,16 @@ def test_the_worker_resets_earlier_days_rpd_counters(worker: Worker, redis_clien
     settings.GATEWAY_REDIS_PREFIX = worker.prefix
     # 00:00:30 local time (the worker runs in this run's TIME_ZONE), as beat sends it.
     now = datetime(2025, 6, 2, 0, 0, 30, tzinfo=ZoneInfo(settings.TIME_ZONE)).isoformat()
-    for name in (rediskeys.rpd(1, "20250601"), rediskeys.rpd(2, "20250531"),
-                 rediskeys.rpd(1, "20250602")):
+    for name in (rediskeys.rpd(1, "20250601", tenant=1),
+                 rediskeys.rpd(2, "20250531", tenant=2), rediskeys.rpd(1, "20250602", tenant=1)):
         redis_client.set(name, 3)
 
     assert worker.run(tasks.reset_daily_counters, now) == 2
-    assert _keys(redis_client, settings.GATEWAY_REDIS_PREFIX) == {rediskeys.rpd(1, "20250602")}
+    assert _keys(redis_client, settings.GATEWAY_REDIS_PREFIX) == {
+        rediskeys.rpd(1, "20250602", tenant=1)}
     assert worker.run(tasks.reset_daily_counters, now) == 0
-    assert _keys(redis_client, settings.GATEWAY_REDIS_PREFIX) == {rediskeys.rpd(1, "20250602")}
+    assert _keys(redis_client, settings.GATEWAY_REDIS_PREFIX) == {
+        rediskeys.rpd(1, "20250602", tenant=1)}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -540,7 +543,7 @@ def test_the_worker_drains_the_usage_spool(worker: Worker, world: World,
     assert [r.request_id for r in rows] == ["spooled-1", "spooled-2", "spooled-3"]
     assert [r.cost for r in rows] == [Decimal("0.1"), Decimal("0.2"), Decimal("0.3")]
     assert rows[0].attempts == [{"upstream": 1, "status": 200}]
-    assert redis_client.llen(rediskeys.journal()) == 0
+    assert redis_client.llen(rediskeys.journal(rediskeys.group_of(w.acme.pk))) == 0
     charged = LedgerEntry.objects.filter(tenant=w.acme, kind="charge")
     assert sum(e.amount for e in charged) == Decimal("-0.6")
     w.acme.refresh_from_db()

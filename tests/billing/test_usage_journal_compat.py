@@ -57,7 +57,8 @@ def test_rows_journalled_by_the_previous_release_are_written_and_charged(own_pre
                       '"error_code"'.encode()))
     client = sync_redis()
     assert client is not None
-    client.rpush(rediskeys.journal(), first, OLD_JOURNAL_ROWS[1])
+    # Where the release before the hash tags kept its journal.
+    client.rpush(rediskeys.legacy_journal(), first, OLD_JOURNAL_ROWS[1])
 
     assert drain_spool() == 2
 
@@ -80,4 +81,61 @@ def test_rows_journalled_by_the_previous_release_are_written_and_charged(own_pre
     # Charged once, like any journalled row.
     assert Tenant.objects.get(pk=tenant.pk).balance == Decimal("0.999580")
     assert LedgerEntry.objects.filter(tenant=tenant, kind="charge").count() == 1
-    assert client.llen(rediskeys.journal()) == 0
+    assert client.llen(rediskeys.legacy_journal()) == 0
+
+
+def test_the_journal_kept_under_the_names_before_the_hash_tags_is_drained(own_prefix):
+    """An upgrade to the tagged names (Redis Cluster) strands nothing: rows waiting in
+    ``usage:spool`` and in a batch a writer of the old release claimed (``usage:claims``)
+    are written, charged once, and their unposted costs under the old names dropped."""
+    from django.utils import timezone
+
+    from billing.usage import encode_row
+    from billing.usagerow import UsageEvent
+
+    tenant = tenant_get_or_create(name="upgrading")[0]
+    tenant_topup(tenant=tenant, amount=Decimal("10"))
+    key = key_create(tenant=tenant, name="k").key
+
+    def row(n: int) -> bytes:
+        return encode_row(UsageEvent(
+            created_at=timezone.now(), request_id=f"req-upgrade-{n}", endpoint="chat",
+            status_code=200, key_id=key.pk, key_prefix=key.prefix, tenant_id=tenant.pk,
+            model="gpt-5", cost=Decimal("1")))
+
+    client = sync_redis()
+    assert client is not None
+    client.rpush(rediskeys.legacy_journal(), row(1), row(2))
+    # A batch an old writer claimed and never released (it stopped), long ago.
+    client.rpush(rediskeys.legacy_claim_prefix() + "old-claim", row(3))
+    client.zadd(rediskeys.legacy_claims(), {"old-claim": 1})
+    for n in (1, 2, 3):
+        client.hset(rediskeys.legacy_unposted("tenant", tenant.pk), f"req-upgrade-{n}", 10**6)
+        client.hset(rediskeys.legacy_unposted("key", key.pk), f"req-upgrade-{n}", 10**6)
+
+    assert drain_spool() == 3
+
+    assert set(UsageLog.objects.values_list("request_id", flat=True)) == {
+        "req-upgrade-1", "req-upgrade-2", "req-upgrade-3"}
+    assert Tenant.objects.get(pk=tenant.pk).balance == Decimal("7")
+    assert client.llen(rediskeys.legacy_journal()) == 0
+    assert client.zcard(rediskeys.legacy_claims()) == 0
+    assert not client.exists(rediskeys.legacy_unposted("tenant", tenant.pk))
+    assert not client.exists(rediskeys.legacy_unposted("key", key.pk))
+    assert drain_spool() == 0
+
+
+async def test_an_account_reloading_after_the_upgrade_subtracts_the_old_unposted_costs(
+        own_prefix):
+    """A settled request whose row waits under the old names: the database does not know
+    its cost yet, so the reloaded account must not offer that money again."""
+    from asgiref.sync import sync_to_async
+
+    from keys.limits import RedisLimiter
+
+    client = sync_redis()
+    assert client is not None
+    await sync_to_async(client.hset)(rediskeys.legacy_unposted("tenant", 7), "req-old", 300)
+    limiter = RedisLimiter()
+    await limiter.init_account("tenant", 7, 1000)
+    assert await sync_to_async(limiter.available)("tenant", 7) == 700

@@ -17,6 +17,7 @@ from django.conf import settings
 from billing.models import ModelPrice, UsageLog
 from billing.services import tenant_topup
 from keys.models import Tenant
+from portal.infra import rediskeys
 from portal.infra.redis import sync_redis
 from tests.conftest import gateway_env
 from tests.servers import ROOT, new_log, start_gateway, stop
@@ -41,7 +42,7 @@ def test_usage_pushed_to_redis_is_written_and_charged_by_the_usagewriter(upstrea
     try:
         ids = [httpx.post(gw.base_url + "/chat/completions", json=CHAT, headers={
             "Authorization": f"Bearer {made.secret}"}).headers["x-request-id"] for _ in range(3)]
-        spool = prefix + "usage:spool"
+        spool = rediskeys.journal(rediskeys.group_of(made.key.tenant_id), prefix=prefix)
         deadline = time.monotonic() + 10
         while sync_redis().llen(spool) == 0:
             assert time.monotonic() < deadline, "nothing was pushed to Redis"

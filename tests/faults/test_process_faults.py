@@ -146,15 +146,16 @@ def wait_written(gateways: list[Gateway], journal_prefix: str) -> None:
             if state["in_flight"] or state["usage_pending"]:
                 return False
         client = sync_redis()
-        return not (client.llen(rediskeys.journal(prefix=journal_prefix))
-                    or client.zcard(rediskeys.claims(prefix=journal_prefix)))
+        return not any(client.llen(j) or client.zcard(c)
+                       for j, c, _ in rediskeys.usage_journals(prefix=journal_prefix))
 
     def state() -> str:
         client = sync_redis()
         states = [httpx.get(gw.url + "/_gateway/status").json() for gw in gateways
                   if gw.proc.poll() is None]
-        return (f"{states} journal {client.llen(rediskeys.journal(prefix=journal_prefix))} "
-                f"claims {client.zcard(rediskeys.claims(prefix=journal_prefix))}")
+        journals = rediskeys.usage_journals(prefix=journal_prefix)
+        return (f"{states} journal {sum(client.llen(j) for j, _, _ in journals)} "
+                f"claims {sum(client.zcard(c) for _, c, _ in journals)}")
 
     wait_until(quiet, 30, state)
 

@@ -107,7 +107,7 @@ async def test_the_reaper_fails_silent_runs_and_renews_waiting_slots() -> None:
     # The dead run's worker stopped renewing its lease a while ago.
     client.zadd(runstate.leases_key(), {dead.id: runstate.now_ms() - 1000})
     # The waiting run holds a concurrency slot whose lease is about to run out.
-    conc = rediskeys.concurrency(ADMISSION["key_id"])
+    conc = rediskeys.concurrency(ADMISSION["key_id"], tenant=ADMISSION["tenant_id"])
     client.zadd(conc, {waiting.id: runstate.now_ms() + 500})
 
     assert await background.reap() == 1

@@ -203,3 +203,20 @@ async def test_a_nul_character_does_not_lose_the_response(acme: Any) -> None:
     row = await in_thread(StoredResponse.objects.get)(pk="resp_nul")
     assert row.response["output"][0]["content"][0]["text"] == "before\ufffdafter"
     await store.close()
+
+
+@QUIET
+async def test_the_journal_under_the_names_before_the_hash_tags_is_drained(acme: Any) -> None:
+    """Responses an earlier release journalled (``store:journal``, before the hash tags
+    Redis Cluster needs) are written by this one: an upgrade strands none."""
+    from portal.infra import rediskeys
+
+    tenant, key = acme
+    journal, _claims, _claim = rediskeys.legacy_store_journal("store")
+    client = sync_redis()
+    assert client is not None
+    client.rpush(journal, record("resp_old_1", tenant, key).encode(),
+                 record("resp_old_2", tenant, key).encode())
+    assert await in_thread(store.drain_journal)() == 2
+    assert await in_thread(ids_in_db)() == {"resp_old_1", "resp_old_2"}
+    assert client.llen(journal) == 0

@@ -53,7 +53,7 @@ def admission(**kw) -> Admission:
 async def funded(limiter, tenant_avail: int = 10**12, key_avail: int | None = None) -> None:
     await limiter.init_account("tenant", 1, tenant_avail)
     if key_avail is not None:
-        await limiter.init_account("key", 1, key_avail)
+        await limiter.init_account("key", 1, key_avail, tenant_id=1)
 
 
 async def test_an_unloaded_account_is_reported_before_anything_is_counted(limiter):
@@ -213,11 +213,11 @@ async def test_a_reservation_outliving_its_lease_is_given_back_and_a_late_settle
     # The next admission for the tenant gives the expired reservation back first.
     assert (await limiter.admit(admission())).code == limits.OK
     assert await asyncio.to_thread(limiter.available, "tenant", 1) == 1000
-    assert await asyncio.to_thread(limiter.available, "key", 1) == 1000
+    assert await asyncio.to_thread(limiter.available, "key", 1, 1) == 1000
     # A settle arriving after all (a slow process, not a dead one) charges exactly its cost.
     await limiter.settle(dead, refund=300, tokens=0)  # it cost 100
     assert await asyncio.to_thread(limiter.available, "tenant", 1) == 900
-    assert await asyncio.to_thread(limiter.available, "key", 1) == 900
+    assert await asyncio.to_thread(limiter.available, "key", 1, 1) == 900
     await limiter.settle(dead, refund=300, tokens=0)  # sent again: nothing changes
     assert await asyncio.to_thread(limiter.available, "tenant", 1) == 900
 
@@ -234,7 +234,7 @@ async def test_settling_twice_changes_nothing():
     for _ in range(3):
         await limiter.settle(a, refund=100, tokens=0, row=b'{"request_id":"r2"}')
     assert await asyncio.to_thread(limiter.available, "tenant", 1) == 800
-    assert sync_redis().llen(rediskeys.journal()) == 1
+    assert sync_redis().llen(rediskeys.journal(rediskeys.group_of(1))) == 1
 
 
 @redis_only
@@ -263,7 +263,8 @@ async def test_settling_journals_the_usage_row_and_notes_its_cost_as_unposted():
     assert (await limiter.admit(a)).code == limits.OK
     await limiter.settle(a, refund=100, tokens=0, row=b'{"request_id":"r1"}')
     client = sync_redis()
-    assert client.lrange(rediskeys.journal(), 0, -1) == [b'{"request_id":"r1"}']
+    journal = rediskeys.journal(rediskeys.group_of(1))
+    assert client.lrange(journal, 0, -1) == [b'{"request_id":"r1"}']
     assert int(client.hget(rediskeys.account("tenant", 1), "avail")) == 800
     assert client.hgetall(rediskeys.unposted("tenant", 1)) == {a.request_id.encode(): b"200"}
     assert client.zcard(rediskeys.reservations(1)) == 0

@@ -412,8 +412,8 @@ def test_the_admin_overview_is_for_staff_only(acme, routes):
                                 endpoint="chat", model="gpt-5", status_code=status,
                                 error_code=code, cost=Decimal(cost))
     credential = Credential.objects.filter(upstream__name="oa").first()
-    sync_redis().hset(rediskeys.cooldowns(), str(credential.pk),
-                      int((now.timestamp() + 120) * 1000))
+    for name in rediskeys.all_cooldowns():
+        sync_redis().hset(name, str(credential.pk), int((now.timestamp() + 120) * 1000))
     Upstream.objects.filter(name="claude").update(auto_disabled=True, health="down")
     page = client_for(staff).get("/admin/").content.decode()
     assert "Operations overview" in page
