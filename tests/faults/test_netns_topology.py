@@ -95,12 +95,17 @@ class Topology:
 
 def _point_orm_at(url_parts: dict[str, str]) -> dict[str, Any]:
     """Point the default database alias at another server (in place: the connection keeps
-    a reference to this dict); returns what it was."""
+    a reference to this dict); returns what it was. The content types cached from the
+    other database go too: their ids differ between the two (an audit entry written with
+    a cached id broke its foreign key)."""
+    from django.contrib.contenttypes.models import ContentType
+
     for conn in connections.all():
         conn.close()
     db = connections.databases["default"]
     saved = dict(db)
     db.update(url_parts)
+    ContentType.objects.clear_cache()
     return saved
 
 
