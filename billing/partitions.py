@@ -164,17 +164,21 @@ def _split(month: date) -> int:
     return moved
 
 
-def ensure_partitions(now: datetime | None = None, ahead: int | None = None) -> list[str]:
+def ensure_partitions(now: datetime | None = None, ahead: int | None = None,
+                      since: date | None = None) -> list[str]:
     """Create the partitions of the current UTC month and of ``ahead`` months after it
-    (default BILLING_USAGE_PARTITION_MONTHS_AHEAD) that do not exist yet, and split the
-    default partition: every month it holds rows of gets a partition of its own, with those
-    rows. Idempotent; one transaction under an advisory lock (two runs never race).
+    (default BILLING_USAGE_PARTITION_MONTHS_AHEAD), and of every month from ``since`` (a
+    month's first day; for loads of older rows) if given, that do not exist yet; and split
+    the default partition: every month it holds rows of gets a partition of its own, with
+    those rows. Idempotent; one transaction under an advisory lock (two runs never race).
     Returns the partitions created."""
     if not is_partitioned():
         return []
     months_ahead = int(settings.BILLING_USAGE_PARTITION_MONTHS_AHEAD if ahead is None
                        else ahead)
-    first = month_start(now or timezone.now())
+    current = month_start(now or timezone.now())
+    first = min(current, month_start(since)) if since is not None else current
+    last = add_months(current, max(0, months_ahead))
     created: list[str] = []
     with transaction.atomic():
         _lock()
@@ -184,14 +188,15 @@ def ensure_partitions(now: datetime | None = None, ahead: int | None = None) -> 
                 _split(month)
                 existing.add(month)
                 created.append(name_of(month))
-        for n in range(max(0, months_ahead) + 1):
-            month = add_months(first, n)
+        month = first
+        while month <= last:
             if month not in existing:
                 with connection.cursor() as cursor:
                     cursor.execute(_create_sql(month))
                 existing.add(month)
                 created.append(name_of(month))
                 log.info("usage partition %s created", name_of(month))
+            month = add_months(month, 1)
     return sorted(created)
 
 
