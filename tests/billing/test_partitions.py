@@ -274,3 +274,26 @@ def test_the_migration_moves_existing_rows_and_back() -> None:
         base = url.rsplit("/", 1)[0]
         with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+@pytest.mark.django_db
+def test_the_command_lists_and_creates_partitions(settings: Any) -> None:
+    import json
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("usagepartitions", "--create", "--ahead", "15", "--json", stdout=out)
+    report = json.loads(out.getvalue())
+    assert report["partitioned"] is True
+    current = partitions.month_start(datetime.now(UTC))
+    far = partitions.name_of(partitions.add_months(current, 15))
+    assert far in report["created"]
+    listed = [p["name"] for p in report["partitions"]]
+    assert far in listed and listed[-1] == partitions.DEFAULT
+    assert report["partitions"][-1]["default"] is True
+
+    text = StringIO()
+    call_command("usagepartitions", stdout=text)
+    assert f"{far}: " in text.getvalue() and "default" in text.getvalue()
