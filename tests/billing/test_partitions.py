@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
