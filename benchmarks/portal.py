@@ -268,8 +268,8 @@ def _restore_indexes() -> None:
             if kind == "constraint":
                 cur.execute(f'ALTER TABLE billing_usagelog ADD CONSTRAINT "{name}" '
                             f"{definition}")
-            else:
-                cur.execute(definition)
+            else:  # a partitioned table's index reads "ON ONLY": build the partitions' too
+                cur.execute(definition.replace(" ON ONLY ", " ON ", 1))
             cur.execute("DELETE FROM portal_bench_dropped WHERE name = %s", [name])
             say(f"{kind} {name} in {time.monotonic() - t:.0f} s")
         cur.execute("DROP TABLE portal_bench_dropped")

@@ -72,8 +72,8 @@ def _rebuild(cursor, partitioned):
             definition = ("PRIMARY KEY (id, created_at)" if partitioned
                           else "PRIMARY KEY (id)")
         cursor.execute(f'ALTER TABLE {TABLE} ADD CONSTRAINT "{name}" {definition}')
-    for _name, definition in indexes:
-        cursor.execute(definition)
+    for _name, definition in indexes:  # a partitioned table's read "ON ONLY": recurse
+        cursor.execute(definition.replace(" ON ONLY ", " ON ", 1))
     # The new identity column has a sequence of its own: the old one's name, next value
     # after the highest id.
     cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [TABLE])
