@@ -208,11 +208,20 @@ def droppable(before: datetime) -> list[Partition]:
 
 def drop_partition(partition: Partition) -> None:
     """Drop one monthly partition and its rows, at once (retention; the caller has rolled
-    its days up). The default partition is never dropped."""
+    its days up). The default partition is never dropped.
+
+    Two steps: detach it (a catalogue change: the usage log is locked for milliseconds),
+    then drop the detached table, whose files the file system frees after the commit
+    (about a second per GB here) while the usage log is no longer locked."""
     if partition.is_default:
         raise ValueError("the default partition is never dropped")
     with transaction.atomic():
         _lock()
         with connection.cursor() as cursor:
-            cursor.execute(f'DROP TABLE IF EXISTS "{partition.name}"')
+            cursor.execute("SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(%s) AND "
+                           "inhparent = to_regclass(%s)", [f'"{partition.name}"', TABLE])
+            if cursor.fetchone() is not None:
+                cursor.execute(f'ALTER TABLE {TABLE} DETACH PARTITION "{partition.name}"')
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f'DROP TABLE IF EXISTS "{partition.name}"')
     log.info("usage partition %s dropped", partition.name)
