@@ -201,9 +201,24 @@ def ensure_partitions(now: datetime | None = None, ahead: int | None = None,
 
 
 def droppable(before: datetime) -> list[Partition]:
-    """The monthly partitions whose whole range ends at or before ``before``."""
-    return [p for p in partitions()
-            if p.start is not None and p.end is not None and p.end <= before]
+    """The monthly partitions whose whole range ends at or before ``before``, oldest first,
+    and any such month's table left detached by a retention run that stopped between its
+    detach and its drop (``drop_partition``)."""
+    found = {p.name: p for p in partitions()
+             if p.start is not None and p.end is not None and p.end <= before}
+    if is_partitioned():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND "
+                           "c.relnamespace = current_schema()::regnamespace AND "
+                           "c.relname LIKE %s AND NOT EXISTS (SELECT 1 FROM pg_inherits i "
+                           "WHERE i.inhrelid = c.oid)", [f"{TABLE}\\_p%"])
+            for (name,) in cursor.fetchall():
+                match = _NAME.match(name)
+                if match and name not in found:
+                    start, end = bounds(date(int(match[1]), int(match[2]), 1))
+                    if end <= before:
+                        found[name] = Partition(name, start, end, 0)
+    return sorted(found.values(), key=lambda p: p.start or datetime.min.replace(tzinfo=UTC))
 
 
 def drop_partition(partition: Partition) -> None:

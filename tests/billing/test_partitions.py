@@ -297,3 +297,22 @@ def test_the_command_lists_and_creates_partitions(settings: Any) -> None:
     text = StringIO()
     call_command("usagepartitions", stdout=text)
     assert f"{far}: " in text.getvalue() and "default" in text.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("own_partitions")
+def test_a_month_left_detached_by_an_interrupted_retention_is_dropped_next_time(
+        settings: Any) -> None:
+    settings.TIME_ZONE = "UTC"
+    settings.BILLING_USAGE_RETENTION_DAYS = 30
+    partitions.ensure_partitions(ahead=0, since=date(2018, 1, 1))
+    write_events([event(at("2018-01-05T00:00:00"), "detached-1")])
+    with connection.cursor() as cursor:  # a run that died between its detach and its drop
+        cursor.execute("ALTER TABLE billing_usagelog DETACH PARTITION billing_usagelog_p2018_01")
+    assert "billing_usagelog_p2018_01" not in names()
+    now = at("2018-03-15T00:00:00")
+    assert "billing_usagelog_p2018_01" in [p.name for p in partitions.droppable(now)]
+    rollups.expire_usage(now)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('billing_usagelog_p2018_01')")
+        assert cursor.fetchone()[0] is None
