@@ -56,15 +56,16 @@ def _ensure_database(url: str) -> None:
     import psycopg
 
     parts = urlsplit(url)
+    name = parts.path.lstrip("/")
     admin = urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))
     with psycopg.connect(admin, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                            [DB_NAME]).fetchone():
-            conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+                            [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def setup_django() -> None:
-    url = _database_url()
+def setup_django(url: str | None = None) -> None:
+    url = url or _database_url()
     _ensure_database(url)
     os.environ["DATABASE_URL"] = url
     os.environ.pop("REDIS_URL", None)
@@ -86,7 +87,19 @@ def say(msg: str) -> None:
 
 # --- data ------------------------------------------------------------------------------------
 
-def generate(keys: int, rows: int, regenerate: bool) -> None:
+@dataclass
+class Band:
+    """Usage rows ``prefix`` || 1..rows, spread over the ``span`` seconds before ``end``
+    (None: the current time)."""
+    prefix: str
+    rows: int
+    span: int = 2_592_000  # 30 days
+    end: Any = None
+
+
+def generate(keys: int, rows: int, regenerate: bool, more: list[Band] | None = None) -> None:
+    """Tenants, keys and ``rows`` usage rows over the last 30 days (prefix ``pb_``), plus
+    the rows of ``more`` bands (other prefixes, other periods), loaded together."""
     from django.contrib.auth import get_user_model
     from django.db import connection
 
@@ -132,9 +145,17 @@ def generate(keys: int, rows: int, regenerate: bool) -> None:
                                          defaults={"role": "owner"})
 
     _restore_indexes()
-    have = UsageLog.objects.filter(request_id__startswith="pb_").count()
-    if have >= rows:
-        say(f"{have} usage rows already there")
+    from django.utils import timezone
+
+    bands = [Band("pb_", rows), *(more or [])]
+    todo = []
+    for band in bands:
+        have = UsageLog.objects.filter(request_id__startswith=band.prefix).count()
+        if have >= band.rows:
+            say(f"{have} usage rows {band.prefix}* already there")
+        else:
+            todo.append((band, have))
+    if not todo:
         return
     big = list(ApiKey.objects.filter(tenant__name="bench-big").order_by("pk")
                .values_list("pk", flat=True))
@@ -152,7 +173,6 @@ def generate(keys: int, rows: int, regenerate: bool) -> None:
     first_other_tenant = min(t for _, t in rest)
     spread = TENANTS - 2
     chunk = 1_000_000
-    start = have + 1
     # g -> h: a cheap deterministic hash; u in [0, 1). Tenant by g % 10: 0 big (its keys
     # skewed: u^2), 1 wide (uniform over its 10k keys: every key busy, the worst case for
     # the rollups), else one of the others (key index ko skewed like real traffic, u^4: the
@@ -162,8 +182,8 @@ def generate(keys: int, rows: int, regenerate: bool) -> None:
             endpoint, model, status_code, error_code, stream, input_tokens, cached_tokens,
             output_tokens, reasoning_tokens, cost, latency_ms, ttfb_ms, user_agent, attempts,
             estimated)
-        SELECT now() - (((g * 7919) % 2592000) * interval '1 second'),
-               'pb_' || g,
+        SELECT TIMESTAMPTZ 'END_AT' - (((g * 7919) % SPAN) * interval '1 second'),
+               'PREFIX' || g,
                CASE WHEN g % 10 = 0 THEN {big[0]} + floor({len(big)} * u * u)::int
                     WHEN g % 10 = 1 THEN {wide[0]} + (h % {len(wide)})
                     ELSE {rest[0][0]} + ko END,
@@ -215,13 +235,18 @@ def generate(keys: int, rows: int, regenerate: bool) -> None:
         for name, _ in indexes:
             if name not in constraint_indexes:
                 cur.execute(f'DROP INDEX IF EXISTS "{name}"')
-    while start <= rows:
-        end = min(rows, start + chunk - 1)
-        t = time.monotonic()
-        with connection.cursor() as cur:  # no parameters: "%" is the modulo operator here
-            cur.execute(sql.replace("FIRST_G", str(start)).replace("LAST_G", str(end)))
-        say(f"usage rows {start}..{end} in {time.monotonic() - t:.0f} s")
-        start = end + 1
+    for band, have in todo:
+        start = have + 1
+        band_sql = (sql.replace("END_AT", (band.end or timezone.now()).isoformat())
+                    .replace("SPAN", str(band.span)).replace("PREFIX", band.prefix))
+        while start <= band.rows:
+            end = min(band.rows, start + chunk - 1)
+            t = time.monotonic()
+            with connection.cursor() as cur:  # no parameters: "%" is the modulo operator
+                cur.execute(band_sql.replace("FIRST_G", str(start))
+                            .replace("LAST_G", str(end)))
+            say(f"usage rows {band.prefix}{start}..{end} in {time.monotonic() - t:.0f} s")
+            start = end + 1
     _restore_indexes()
 
 
@@ -243,8 +268,8 @@ def _restore_indexes() -> None:
             if kind == "constraint":
                 cur.execute(f'ALTER TABLE billing_usagelog ADD CONSTRAINT "{name}" '
                             f"{definition}")
-            else:
-                cur.execute(definition)
+            else:  # a partitioned table's index reads "ON ONLY": build the partitions' too
+                cur.execute(definition.replace(" ON ONLY ", " ON ", 1))
             cur.execute("DELETE FROM portal_bench_dropped WHERE name = %s", [name])
             say(f"{kind} {name} in {time.monotonic() - t:.0f} s")
         cur.execute("DROP TABLE portal_bench_dropped")

@@ -41,11 +41,18 @@ class ModelPrice(models.Model):
 
 
 class UsageLog(models.Model):
-    """One row per /v1 request, success or failure. Written only by billing/usage.py."""
+    """One row per /v1 request, success or failure. Written only by billing/usage.py.
+
+    On PostgreSQL the table is partitioned by UTC month of ``created_at`` (migration 0009,
+    ``billing.partitions``); its primary key there is (id, created_at), while Django keeps
+    ``id`` as the model's pk (ids stay unique: one identity sequence feeds every partition).
+    Nothing has a foreign key to this table."""
 
     created_at = models.DateTimeField(db_index=True)
-    # Unique: a batch written twice (a writer that died after committing it) adds nothing.
-    request_id = models.CharField(max_length=64, unique=True)
+    # Unique with created_at (a partitioned table's unique index must hold its partition
+    # key; a row keeps its created_at through the journal and every retry): a batch written
+    # twice (a writer that died after committing it) adds nothing.
+    request_id = models.CharField(max_length=64)
     key = models.ForeignKey(
         "keys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage"
     )
@@ -88,6 +95,10 @@ class UsageLog(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["request_id", "created_at"],
+                                    name="usagelog_request_id_created_at"),
+        ]
         indexes = [
             models.Index(fields=["tenant", "created_at"]),
             models.Index(fields=["key", "created_at"]),

@@ -467,16 +467,24 @@ def rebuild_key_totals(now: datetime | None = None) -> int | None:
 
 def expire_usage(now: datetime | None = None) -> int:
     """Delete the UsageLog rows of local days older than BILLING_USAGE_RETENTION_DAYS,
-    oldest day first, each day rolled up just before its rows go (rollups are kept for
-    good). Deletes in batches of BILLING_USAGE_EXPIRE_BATCH rows, one short transaction
-    each, so a huge table is never locked for long. Returns the rows deleted."""
+    each day rolled up before its rows go (rollups are kept for good).
+
+    On PostgreSQL (a partitioned usage log, ``billing.partitions``) every monthly partition
+    that ends at or before the first kept day is dropped whole, oldest first, after the days
+    and hours it holds are rolled up (those the scheduled rollups have not already rolled
+    after they ended: ``RollupState`` 'daily' and 'hourly'). What is left before that day
+    (the older days of the boundary month, rows in the default partition, and everything
+    on SQLite) is deleted day by day, oldest first, each day rolled up just before, in
+    batches of BILLING_USAGE_EXPIRE_BATCH rows, one short transaction each, so a huge table
+    is never locked for long. Returns the rows deleted (for a dropped partition, the
+    planner's count of its rows: ``pg_class.reltuples``, exact after ANALYZE)."""
     kept_from = retention_start(now)
     if kept_from is None:
         return 0
     cutoff = day_bounds(kept_from)[0]
+    deleted = _drop_expired_partitions(cutoff, now)
     batch = max(1, int(settings.BILLING_USAGE_EXPIRE_BATCH))
     old = UsageLog.objects.filter(created_at__lt=cutoff).order_by("created_at")
-    deleted = 0
     oldest = old.values_list("created_at", flat=True).first()
     while oldest is not None:
         day = local_date(oldest)
@@ -492,6 +500,40 @@ def expire_usage(now: datetime | None = None) -> int:
         log.info("usage rows of %s expired (rollups kept)", day)
         oldest = old.filter(created_at__gte=end).values_list("created_at", flat=True).first()
     return deleted
+
+
+def _covered(state: RollupState | None, start: datetime, end: datetime) -> bool:
+    """True when the scheduled rollups (``state``) rolled [start, end) up after it ended."""
+    return state is not None and state.since <= start and end <= state.through
+
+
+def _drop_expired_partitions(cutoff: datetime, now: datetime | None) -> int:
+    """Drop the monthly usage partitions that end at or before ``cutoff`` (a local day's
+    start), each after its days and hours are rolled up. Returns their rows (estimated)."""
+    from billing import partitions
+
+    dropped = 0
+    for partition in partitions.droppable(cutoff):
+        daily, hourly = _state("daily"), _state("hourly")
+        assert partition.start is not None and partition.end is not None
+        # Every local day with rows in the partition ends at or before the cutoff. A day
+        # that straddles the partition's start may have lost its earlier part with the
+        # previous partition: rollup_day never makes an expired day smaller.
+        day, last = local_date(partition.start), local_date(partition.end - timedelta(
+            microseconds=1))
+        while day <= last:
+            if not _covered(daily, *day_bounds(day)):
+                rollup_day(day, now=now)
+            day += timedelta(days=1)
+        hour = partition.start
+        while hour < partition.end:
+            if not _covered(hourly, hour, hour + timedelta(hours=1)):
+                rollup_hour(hour, now=now)
+            hour += timedelta(hours=1)
+        partitions.drop_partition(partition)
+        dropped += max(0, partition.rows)
+        log.info("usage partition %s expired (rollups kept)", partition.name)
+    return dropped
 
 
 # --- daily counters -------------------------------------------------------------------------

@@ -54,6 +54,16 @@ def expire_usage(now: str | None = None) -> int:
     return rollups.expire_usage(_moment(now))
 
 
+@shared_task(name="billing.create_usage_partitions")
+def create_usage_partitions(now: str | None = None) -> list[str]:
+    """PostgreSQL: create the usage log's partitions of the current UTC month and the
+    BILLING_USAGE_PARTITION_MONTHS_AHEAD after it, and split the default partition
+    (``billing.partitions.ensure_partitions``). Returns the partitions created."""
+    from billing import partitions
+
+    return partitions.ensure_partitions(_moment(now))
+
+
 @shared_task(name="billing.reset_daily_counters")
 def reset_daily_counters(now: str | None = None) -> int:
     """Delete the RPD counters of earlier local days. Returns the keys deleted."""

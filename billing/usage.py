@@ -106,7 +106,9 @@ def _insert(events: list[UsageEvent]) -> list[UsageEvent]:
         # COPY into a temporary table, then one INSERT ... ON CONFLICT DO NOTHING: the rows
         # reach PostgreSQL with almost no Python per row (the ORM's bulk_create held the GIL
         # for milliseconds per batch, which a gateway process shows as tail latency), and a
-        # row written before is skipped by its unique request id.
+        # row written before is skipped by its unique (request id, created_at): a row keeps
+        # its created_at through the journal and every retry. (The partitioned table's
+        # default partition takes rows of a month without a partition: never refused.)
         columns = ", ".join(COPY_COLUMNS)
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
@@ -117,7 +119,8 @@ def _insert(events: list[UsageEvent]) -> list[UsageEvent]:
                     copy.write_row(usagerow.db_values(e))
             cursor.execute(
                 f"INSERT INTO billing_usagelog ({columns}) SELECT {columns} FROM "
-                "usage_incoming ON CONFLICT (request_id) DO NOTHING RETURNING request_id")
+                "usage_incoming ON CONFLICT (request_id, created_at) DO NOTHING "
+                "RETURNING request_id")
             inserted = {row[0] for row in cursor.fetchall()}
             fresh = [e for e in events if e.request_id in inserted]
             _charge(fresh)

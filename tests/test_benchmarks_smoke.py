@@ -76,3 +76,26 @@ def test_the_capacity_benchmark_measures_what_it_reports(tmp_path):
     assert all(m["rss_mib"] > 0 and m["pss_mib"] > 0 for m in memory)
     assert memory[-1]["rss_mib"] > memory[0]["rss_mib"]  # 200 open streams take memory
     assert "| chat |" in result.stdout and "RSS per 1,000 streams" in result.stdout
+
+
+@pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+                    reason="the partitions benchmark needs PostgreSQL")
+def test_the_partitions_benchmark_runs_and_reports():
+    url = fresh_database(os.environ["DATABASE_URL"],
+                         os.environ.get("TEST_DATABASE_NAME", "turnpike") + "_bench_partition")
+    env = {**os.environ}
+    env.pop("REDIS_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.partitions", "--smoke", "--rows", "6000",
+         "--window-rows", "3000", "--keys", "2000", "--writes", "600", "--export-rows", "500",
+         "--database-url", url],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = dict(line.strip("| ").split(" | ", 1) for line in result.stdout.splitlines()
+                 if line.startswith("| ") and not line.startswith("| measure"))
+    rates = [name for name in table if name.startswith("usage writer")]
+    assert len(rates) == 2
+    retention = [name for name in table if name.startswith("retention of billing_usagelog_p")]
+    assert retention and "dashboard totals unchanged" in retention[0]
+    assert any(name.startswith("CSV export") for name in table)

@@ -542,6 +542,10 @@ BILLING_DEFAULT_MAX_OUTPUT_TOKENS = env_int("BILLING_DEFAULT_MAX_OUTPUT_TOKENS",
 # 0: keep them forever. Deleted in batches of BILLING_USAGE_EXPIRE_BATCH rows.
 BILLING_USAGE_RETENTION_DAYS = env_int("BILLING_USAGE_RETENTION_DAYS", 90)
 BILLING_USAGE_EXPIRE_BATCH = env_int("BILLING_USAGE_EXPIRE_BATCH", 10_000)
+# PostgreSQL: the usage log is partitioned by UTC month (billing.partitions); the daily
+# billing.create_usage_partitions task keeps partitions for the current month and this
+# many months after it (rows of a month without one wait in the default partition).
+BILLING_USAGE_PARTITION_MONTHS_AHEAD = env_int("BILLING_USAGE_PARTITION_MONTHS_AHEAD", 3)
 # The currency balances and prices are in (shown by the tenant API; no conversion).
 BILLING_CURRENCY = env_str("BILLING_CURRENCY", "USD") or "USD"
 
@@ -579,6 +583,9 @@ CELERY_BEAT_SCHEDULE = {
     "billing-reconcile-accounts": {"task": "billing.reconcile_accounts", "schedule": 60.0},
     "billing-expire-usage": {"task": "billing.expire_usage",
                              "schedule": crontab(hour=3, minute=30)},
+    # PostgreSQL: usage-log partitions for the months ahead (billing.partitions).
+    "billing-create-usage-partitions": {"task": "billing.create_usage_partitions",
+                                        "schedule": crontab(hour=3, minute=0)},
     "billing-reset-daily-counters": {"task": "billing.reset_daily_counters",
                                      "schedule": crontab(hour=0, minute=0),
                                      "options": {"countdown": 30}},

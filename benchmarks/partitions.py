@@ -1,0 +1,208 @@
+"""Usage-log partitions benchmark: the portal, retention and the usage writer at scale.
+
+    python -m benchmarks.partitions --rows 50000000 \\
+        --database-url postgres://postgres@127.0.0.1:5432/turnpike_bench_partition
+    python -m benchmarks.partitions --rows 20000 --window-rows 10000 --keys 2000 --smoke
+
+Builds on ``benchmarks.portal`` (its tenants, keys, row generator and page measurements)
+in a database of its own (migrated here, so ``billing_usagelog`` is partitioned by month):
+
+1. the usage writer's insert rate (``billing.usage.write_events``, batches of
+   GATEWAY_USAGE_BATCH_SIZE) into the table as it is before the load;
+2. the load: ``--window-rows`` rows over the last 30 days (the dashboard's window, as in
+   ``benchmarks.portal``) and the rest of ``--rows`` spread evenly over the two full UTC
+   months before that window's month (``INSERT ... SELECT generate_series``, secondary
+   indexes dropped for the load and rebuilt);
+3. rollups of the dashboard's window as the Celery tasks leave them; the watermarks
+   (``RollupState`` 'daily' and 'hourly') are set from the oldest loaded month on, as a
+   beat that has been running since then leaves them (the older days are not rolled up
+   here: that takes about a minute per million rows on this box, and retention would
+   skip them all the same);
+4. the portal's pages (``benchmarks.portal.PAGES``: dashboards and usage log), the log
+   page at depth and the CSV export (``benchmarks.portal_export``) on the full table;
+5. the usage writer's insert rate again, at the full table;
+6. retention of one month: ``billing.rollups.expire_usage`` with the retention set so the
+   oldest month is the only thing expired (its partition is dropped), timed, and the
+   dashboard's totals (rollups) compared before and after.
+
+Prints one Markdown table of the figures (for BENCHMARKS.md, "Usage log partitions").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from benchmarks import portal
+from benchmarks.portal import Band, say
+
+
+def insert_rate(rows: int, tag: str) -> tuple[float, int]:
+    """Rows per second of the usage writer (``write_events``, its real batches and
+    charges) writing ``rows`` new rows of the busiest bench tenant's keys; and the
+    table's rows at the time (the planner's estimate)."""
+    from django.conf import settings
+    from django.db import connection
+    from django.utils import timezone
+
+    from billing.usage import write_events
+    from billing.usagerow import UsageEvent
+    from keys.models import ApiKey
+
+    keys = list(ApiKey.objects.filter(tenant__name="bench-big").values_list("pk", "tenant_id"))
+    batch = int(settings.GATEWAY_USAGE_BATCH_SIZE)
+    now = timezone.now()
+    events = [UsageEvent(created_at=now - timedelta(microseconds=i), request_id=f"{tag}{i}",
+                         endpoint="responses", status_code=200, key_id=keys[i % len(keys)][0],
+                         tenant_id=keys[i % len(keys)][1], model="gpt-5-mini",
+                         input_tokens=120, output_tokens=80, cost=Decimal("0.000125"),
+                         latency_ms=300, ttfb_ms=90, user_agent="bench")
+              for i in range(rows)]
+    started = time.perf_counter()
+    written = 0
+    for i in range(0, rows, batch):
+        written += len(write_events(events[i:i + batch]))
+    seconds = time.perf_counter() - started
+    assert written == rows, (written, rows)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT sum(greatest(c.reltuples, 0))::bigint FROM pg_inherits i "
+                       "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = "
+                       "'billing_usagelog'::regclass")
+        table_rows = int(cursor.fetchone()[0] or 0)
+    return rows / seconds, table_rows
+
+
+def rollups(oldest: datetime) -> None:
+    """The dashboard window's daily rollups, hourly ones of the last two days, per-key
+    totals; watermarks from ``oldest`` on (see the module docstring, step 3)."""
+    from billing import rollups as r
+    from billing.models import RollupState
+
+    now = datetime.now(UTC)
+    today = r.local_date(now)
+    if not RollupState.objects.filter(name="daily").exists():
+        for back in range(31, 0, -1):
+            t = time.monotonic()
+            day = today - timedelta(days=back)
+            n = r.rollup_day(day, now=now)
+            say(f"daily rollup {day}: {n} rows in {time.monotonic() - t:.1f} s")
+        RollupState.objects.create(name="daily", since=oldest,
+                                   through=r.day_bounds(today)[0])
+    r.rollup_recent_days(now)
+    r.rollup_recent_hours(now)
+    RollupState.objects.filter(name="hourly").update(since=oldest)
+    say("rollups up to date")
+
+
+def dashboard_totals() -> dict[str, Any]:
+    """What the dashboards sum: the per-tenant daily rollups, all of them."""
+    from django.db.models import Sum
+
+    from billing.models import UsageRollupTenant
+
+    return UsageRollupTenant.objects.aggregate(requests=Sum("requests"), cost=Sum("cost"),
+                                               input=Sum("input_tokens"))
+
+
+def retention_of_oldest_month() -> dict[str, Any]:
+    """Expire exactly the oldest monthly partition (retention set to end there); returns
+    the figures."""
+    from django.conf import settings
+
+    from billing import partitions
+    from billing import rollups as r
+
+    months = [p for p in partitions.partitions() if not p.is_default]
+    oldest = months[0]
+    assert oldest.end is not None
+    now = datetime.now(UTC)
+    settings.BILLING_USAGE_RETENTION_DAYS = (r.local_today(now) - r.local_date(oldest.end)).days
+    kept_from = r.retention_start(now)
+    assert kept_from is not None and r.day_bounds(kept_from)[0] == oldest.end, "TIME_ZONE: UTC"
+    before = dashboard_totals()
+    started = time.perf_counter()
+    expired = r.expire_usage(now)
+    seconds = time.perf_counter() - started
+    after = dashboard_totals()
+    assert before == after, (before, after)
+    left = [p.name for p in partitions.partitions()]
+    assert oldest.name not in left
+    return {"partition": oldest.name, "rows": expired, "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--database-url", default=os.environ.get(
+        "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/turnpike_bench_partition"))
+    parser.add_argument("--rows", type=int, default=50_000_000)
+    parser.add_argument("--window-rows", type=int, default=10_000_000,
+                        help="rows in the dashboard's 30-day window (part of --rows)")
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=30, help="timed requests a page")
+    parser.add_argument("--writes", type=int, default=20_000,
+                        help="rows the usage writer inserts for each insert-rate figure")
+    parser.add_argument("--export-rows", type=int, default=200_000)
+    parser.add_argument("--generate-only", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="few requests, small export")
+    args = parser.parse_args()
+    os.environ["TIME_ZONE"] = "UTC"  # local days = UTC days: a month's end is a day's start
+    portal.setup_django(args.database_url)
+    from django.contrib.auth import get_user_model
+
+    from benchmarks import portal_export
+    from billing import partitions
+
+    figures: list[tuple[str, str]] = []
+    portal.generate(args.keys, 0, False)  # tenants and keys only
+    rate, size = insert_rate(args.writes, f"pw_start_{time.time_ns()}_")
+    figures.append((f"usage writer, table at ~{size:,} rows", f"{rate:,.0f} rows/s"))
+    now = datetime.now(UTC)
+    window_month = partitions.month_start(now - timedelta(days=30))
+    oldest_month = partitions.add_months(window_month, -2)
+    old_start, old_end = (partitions.bounds(oldest_month)[0],
+                          partitions.bounds(window_month)[0])
+    older = max(0, args.rows - args.window_rows)
+    span = int((old_end - old_start).total_seconds())
+    partitions.ensure_partitions(since=oldest_month)  # the load never meets the default
+    portal.generate(args.keys, args.window_rows, False,
+                    [Band("po_", older, span=span, end=old_end - timedelta(seconds=1))])
+    rollups(old_start)
+    if args.generate_only:
+        print(f"| {figures[0][0]} | {figures[0][1]} |")
+        return
+    ctx: dict[str, Any] = {"user": get_user_model().objects.get(username=portal.USER),
+                           "requests": args.requests}
+    pages = [portal.measure(page, ctx, 3 if args.smoke else args.requests)
+             for page in portal.PAGES
+             if isinstance(page.path, str) and page.path in ("/portal/", "/portal/usage/")]
+    export = portal_export.export_benchmark(args.database_url, args.export_rows)
+    depth = portal_export.explain_and_time(3 if args.smoke else 20)
+    rate, size = insert_rate(args.writes, f"pw_end_{time.time_ns()}_")
+    figures.append((f"usage writer, table at ~{size:,} rows", f"{rate:,.0f} rows/s"))
+    retention = retention_of_oldest_month()
+    figures.append((f"retention of {retention['partition']} (~{retention['rows']:,} rows; "
+                    "dashboard totals unchanged)", f"{retention['seconds'] * 1000:.0f} ms"))
+    for r in pages:
+        figures.append((f"{r.label} p50 / p95", r.row().split("|")[2].strip() + " / "
+                        + r.row().split("|")[3].strip() + " ms"))
+    for name, timing in depth["timings"].items():
+        figures.append((f"usage log {name} p50 / p95",
+                        f"{timing['p50_ms']} / {timing['p95_ms']} ms"))
+    figures.append((f"CSV export, {export['csv_rows']:,} rows",
+                    f"{export['seconds']} s, {export['rows_per_second']:,} rows/s, peak RSS "
+                    f"growth {export['peak_rss_growth_mib']} MiB"))
+    print()
+    print(f"partitions: {', '.join(p.name for p in partitions.partitions())}")
+    print()
+    print("| measure | figure |")
+    print("|---|---|")
+    for name, value in figures:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
