@@ -17,7 +17,6 @@ the PostgreSQL host's database and its Redis readers at the Redis host for this 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -49,6 +48,7 @@ from tests.conftest import DEMO_MODELS, gateway_env
 from tests.faults import netns
 from tests.faults.loadbalancer import HAProxy, Result, load, start_haproxy
 from tests.faults.test_process_faults import shared_state, wait_until, wait_written
+from tests.gateway.test_policy_processes import burst as policy_burst
 from tests.servers import FakeUpstream, Gateway, new_log, stop, wait_for_port
 
 pytestmark = [pytest.mark.e2e]
@@ -225,18 +225,8 @@ def new_key(**limits: Any) -> CreatedKey:
 
 def burst(urls: list[str], secret: str, count: int,
           body: dict | None = None) -> list[httpx.Response]:
-    """``count`` requests at once, request i to urls[i % len(urls)], each on its own
-    connection."""
-
-    async def run() -> list[httpx.Response]:
-        limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=0)
-        async with httpx.AsyncClient(limits=limits, timeout=90) as client:
-            return await asyncio.gather(*(
-                client.post(urls[i % len(urls)] + "/chat/completions", json=body or CHAT,
-                            headers={"Authorization": f"Bearer {secret}"})
-                for i in range(count)))
-
-    return asyncio.run(run())
+    """As the two-process tests' burst, with room for six processes on a loaded machine."""
+    return policy_burst(urls, secret, count, body, timeout=90)
 
 
 def outcome(responses: list[httpx.Response]) -> Counter[str]:

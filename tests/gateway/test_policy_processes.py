@@ -30,12 +30,13 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def burst(urls: list[str], secret: str, count: int,
-          body: dict | None = None) -> list[httpx.Response]:
-    """``count`` requests at once, alternating between the gateways."""
+          body: dict | None = None, timeout: float = 60) -> list[httpx.Response]:
+    """``count`` requests at once, request i to urls[i % len(urls)] (alternating between
+    the gateways), each on its own connection."""
 
     async def run() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=0)
-        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
             return await asyncio.gather(*(
                 client.post(urls[i % len(urls)] + "/chat/completions", json=body or CHAT,
                             headers={"Authorization": f"Bearer {secret}"})
