@@ -180,10 +180,12 @@ class Postgres:
         # reading is a connection to the database itself: its one transaction shows in the
         # next reading's commits (``delta`` takes it off), and the next reading waits for
         # its backend to end like any other.
+        # A partition's rows count under its partitioned table (the usage log's months).
         with psycopg.connect(self.url, autocommit=True) as conn:
             for name, written in conn.execute(
-                    "SELECT relname, n_tup_ins + n_tup_upd + n_tup_del FROM "
-                    "pg_stat_user_tables WHERE n_tup_ins + n_tup_upd + n_tup_del > 0"):
+                    "SELECT coalesce(pg_partition_root(relid)::regclass::text, relname), "
+                    "sum(n_tup_ins + n_tup_upd + n_tup_del) FROM pg_stat_user_tables "
+                    "WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 GROUP BY 1"):
                 counts[f"table:{name}"] = int(written)
         return counts
 

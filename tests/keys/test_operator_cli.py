@@ -36,7 +36,8 @@ from tests.keys.test_cli import (
 
 # Every command of Turnpike's own apps; each action of each must take --json.
 TURNPIKE_COMMANDS = ["key", "tenant", "group", "member", "token", "user", "demo", "price",
-                     "redeem", "billing", "usagewriter", "upstream", "fakeupstream", "opsalert"]
+                     "redeem", "billing", "usagewriter", "upstream", "fakeupstream", "opsalert",
+                     "usagepartitions"]
 
 
 def run_json(*args: str) -> Any:
