@@ -159,19 +159,18 @@ class RedisLimiter:
         now = self._clock()
         day, seconds_left = local_day_and_seconds_left(now)
         k, t = a.key_id, a.tenant_id
-        p = settings.GATEWAY_REDIS_PREFIX  # read once: each settings read costs a lookup
-        keys = [rediskeys.rpm(k, tenant=t, prefix=p),
-                rediskeys.rpd(k, day, tenant=t, prefix=p),
-                rediskeys.tpm(k, tenant=t, prefix=p),
-                rediskeys.concurrency(k, tenant=t, prefix=p),
-                rediskeys.account("tenant", t, prefix=p),
-                rediskeys.account("key", k, tenant=t, prefix=p),
-                rediskeys.sticky(k, a.session, tenant=t, prefix=p),
-                rediskeys.cooldowns(rediskeys.group_of(t), prefix=p),
-                rediskeys.reservations(t, prefix=p), rediskeys.reclaimed(t, prefix=p)]
+        keys = [rediskeys.rpm(k, tenant=t),
+                rediskeys.rpd(k, day, tenant=t),
+                rediskeys.tpm(k, tenant=t),
+                rediskeys.concurrency(k, tenant=t),
+                rediskeys.account("tenant", t),
+                rediskeys.account("key", k, tenant=t),
+                rediskeys.sticky(k, a.session, tenant=t),
+                rediskeys.cooldowns(rediskeys.group_of(t)),
+                rediskeys.reservations(t), rediskeys.reclaimed(t)]
         args = [int(now * 1000), a.request_id, a.rpm, a.rpd, seconds_left, a.tpm,
                 a.concurrency, lease_ms(), a.reserve, int(a.key_quota), int(a.commit), k,
-                rediskeys.account_prefix("key", tenant=t, prefix=p)]
+                rediskeys.account_prefix("key", tenant=t)]
         started = time.perf_counter()
         result = await self._client().evalsha(self._admit_src, keys, args)
         redis_roundtrip("admit", started)
@@ -187,17 +186,16 @@ class RedisLimiter:
     async def settle(self, a: Admission, refund: int, tokens: int,
                      binding: str | None = None, row: bytes = b"") -> None:
         k, t = a.key_id, a.tenant_id
-        p = settings.GATEWAY_REDIS_PREFIX
-        keys = [rediskeys.concurrency(k, tenant=t, prefix=p),
-                rediskeys.account("tenant", t, prefix=p),
-                rediskeys.account("key", k, tenant=t, prefix=p),
-                rediskeys.tpm(k, tenant=t, prefix=p),
-                rediskeys.sticky(k, a.session, tenant=t, prefix=p),
-                rediskeys.reservations(t, prefix=p),
-                rediskeys.journal(rediskeys.group_of(t), prefix=p),
-                rediskeys.unposted("tenant", t, prefix=p),
-                rediskeys.unposted("key", k, tenant=t, prefix=p),
-                rediskeys.reclaimed(t, prefix=p)]
+        keys = [rediskeys.concurrency(k, tenant=t),
+                rediskeys.account("tenant", t),
+                rediskeys.account("key", k, tenant=t),
+                rediskeys.tpm(k, tenant=t),
+                rediskeys.sticky(k, a.session, tenant=t),
+                rediskeys.reservations(t),
+                rediskeys.journal(rediskeys.group_of(t)),
+                rediskeys.unposted("tenant", t),
+                rediskeys.unposted("key", k, tenant=t),
+                rediskeys.reclaimed(t)]
         args = [a.request_id, a.reserve, a.reserve - refund, int(a.key_quota),
                 tokens if a.tpm else 0, int(self._clock() * 1000),
                 binding if a.session and binding else "", sticky_ttl(), k, row]
