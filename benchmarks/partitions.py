@@ -108,10 +108,53 @@ def dashboard_totals() -> dict[str, Any]:
                                                input=Sum("input_tokens"))
 
 
-def retention_of_oldest_month() -> dict[str, Any]:
+def move_to_tablespace(name: str, tablespace: str) -> float:
+    """Move one partition, its indexes with it, to ``tablespace`` (seconds taken)."""
+    from django.db import connection
+
+    started = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute(f'ALTER TABLE "{name}" SET TABLESPACE "{tablespace}"')
+        cursor.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = "
+                       "to_regclass(%s)", [f'"{name}"'])
+        for (index,) in cursor.fetchall():
+            cursor.execute(f"ALTER INDEX {index} SET TABLESPACE \"{tablespace}\"")
+    return time.perf_counter() - started
+
+
+class StatementTimes:
+    """Wall time of the retention's DETACH and DROP statements and of the commits after
+    them (``connection.execute_wrapper``), so the figure says what locked the usage log and
+    what only freed files."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        kind = ("DETACH" if "DETACH PARTITION" in sql else
+                "DROP" if sql.startswith("DROP TABLE") else None)
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            if kind:
+                self.ms[kind] = self.ms.get(kind, 0.0) + (time.perf_counter() - started) * 1000
+
+
+def partition_bytes(name: str) -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_total_relation_size(to_regclass(%s))", [f'"{name}"'])
+        return int(cursor.fetchone()[0] or 0)
+
+
+def retention_of_oldest_month(tablespace: str | None = None) -> dict[str, Any]:
     """Expire exactly the oldest monthly partition (retention set to end there); returns
-    the figures."""
+    the figures. With ``tablespace`` the partition is first moved there (e.g. a file
+    system mounted without online discard, to tell the database's work from the disk's)."""
     from django.conf import settings
+    from django.db import connection
 
     from billing import partitions
     from billing import rollups as r
@@ -119,19 +162,33 @@ def retention_of_oldest_month() -> dict[str, Any]:
     months = [p for p in partitions.partitions() if not p.is_default]
     oldest = months[0]
     assert oldest.end is not None
+    moved = move_to_tablespace(oldest.name, tablespace) if tablespace else None
+    size = partition_bytes(oldest.name)
     now = datetime.now(UTC)
     settings.BILLING_USAGE_RETENTION_DAYS = (r.local_today(now) - r.local_date(oldest.end)).days
     kept_from = r.retention_start(now)
     assert kept_from is not None and r.day_bounds(kept_from)[0] == oldest.end, "TIME_ZONE: UTC"
     before = dashboard_totals()
+    times = StatementTimes()
     started = time.perf_counter()
-    expired = r.expire_usage(now)
+    with connection.execute_wrapper(times):
+        expired = r.expire_usage(now)
     seconds = time.perf_counter() - started
     after = dashboard_totals()
     assert before == after, (before, after)
     left = [p.name for p in partitions.partitions()]
     assert oldest.name not in left
-    return {"partition": oldest.name, "rows": expired, "seconds": seconds}
+    return {"partition": oldest.name, "rows": expired, "seconds": seconds, "bytes": size,
+            "statements_ms": times.ms, "tablespace": tablespace, "move_seconds": moved}
+
+
+def retention_figure(retention: dict[str, Any]) -> tuple[str, str]:
+    statements = ", ".join(f"{k} {v:.0f} ms" for k, v in retention["statements_ms"].items())
+    where = (f", moved to tablespace {retention['tablespace']} first "
+             f"({retention['move_seconds']:.0f} s)" if retention["tablespace"] else "")
+    return (f"retention of {retention['partition']} (~{retention['rows']:,} rows, "
+            f"{retention['bytes'] / 2**30:.1f} GiB{where}; dashboard totals unchanged)",
+            f"{retention['seconds'] * 1000:.0f} ms ({statements})")
 
 
 def main() -> None:
@@ -148,6 +205,10 @@ def main() -> None:
     parser.add_argument("--export-rows", type=int, default=200_000)
     parser.add_argument("--generate-only", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="few requests, small export")
+    parser.add_argument("--retention-only", action="store_true",
+                        help="only expire the oldest month of an already loaded database")
+    parser.add_argument("--retention-tablespace",
+                        help="move the month retention drops to this tablespace first")
     args = parser.parse_args()
     os.environ["TIME_ZONE"] = "UTC"  # local days = UTC days: a month's end is a day's start
     portal.setup_django(args.database_url)
@@ -157,6 +218,10 @@ def main() -> None:
     from billing import partitions
 
     figures: list[tuple[str, str]] = []
+    if args.retention_only:
+        name, value = retention_figure(retention_of_oldest_month(args.retention_tablespace))
+        print(f"| {name} | {value} |")
+        return
     portal.generate(args.keys, 0, False)  # tenants and keys only
     rate, size = insert_rate(args.writes, f"pw_start_{time.time_ns()}_")
     figures.append((f"usage writer, table at ~{size:,} rows", f"{rate:,.0f} rows/s"))
@@ -183,9 +248,7 @@ def main() -> None:
     depth = portal_export.explain_and_time(3 if args.smoke else 20)
     rate, size = insert_rate(args.writes, f"pw_end_{time.time_ns()}_")
     figures.append((f"usage writer, table at ~{size:,} rows", f"{rate:,.0f} rows/s"))
-    retention = retention_of_oldest_month()
-    figures.append((f"retention of {retention['partition']} (~{retention['rows']:,} rows; "
-                    "dashboard totals unchanged)", f"{retention['seconds'] * 1000:.0f} ms"))
+    figures.append(retention_figure(retention_of_oldest_month(args.retention_tablespace)))
     for r in pages:
         figures.append((f"{r.label} p50 / p95", r.row().split("|")[2].strip() + " / "
                         + r.row().split("|")[3].strip() + " ms"))
