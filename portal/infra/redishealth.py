@@ -11,6 +11,11 @@ refuses requests that need the shared limits with a 503 and Retry-After; ``open`
 them with this process's own limiter and puts the shared accounts right when Redis returns
 (the ``on_recovery`` callbacks).
 
+While an outage lasts, a probe on the event loop that saw it begin pings Redis once per
+RETRY_SECONDS, so the end of the outage (and with it the recovery callbacks, the metric and
+the operator alert) does not wait for the next request: an idle fail-open process pays
+what it owes the shared accounts within about a second of Redis coming back.
+
 ``on_change`` listeners (the operator alerts) hear of each outage's start and end, once
 each, synchronously: they must return at once (hand any work to a thread).
 """
@@ -29,6 +34,7 @@ from portal.infra import metrics
 log = logging.getLogger("turnpike.redis")
 
 RETRY_SECONDS = 1.0
+PROBE_TIMEOUT = 2.0
 
 
 class RedisHealth:
@@ -37,6 +43,7 @@ class RedisHealth:
         self._retry_at = 0.0
         self._recovery: list[Callable[[], Awaitable[None]]] = []
         self._listeners: list[Callable[[bool, str], None]] = []
+        self._probe: asyncio.Task[None] | None = None
 
     @property
     def down(self) -> bool:
@@ -64,6 +71,38 @@ class RedisHealth:
                       if settings.GATEWAY_REDIS_FAILURE == "closed"
                       else "serving with this process's own limits until it returns")
             self._tell(True, f"{type(exc).__name__}: {exc}")
+        self._start_probe()
+
+    def _start_probe(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a sync caller (a worker thread): the loop's own users will notice
+        probe = self._probe
+        if probe is not None and not probe.done() and probe.get_loop() is loop:
+            return
+        self._probe = loop.create_task(self._probing(), name="redis-health-probe")
+
+    async def _probing(self) -> None:
+        """Ping Redis once per RETRY_SECONDS until it answers (or the outage is over)."""
+        from portal.infra.redis import fast_redis
+
+        while self.down_since is not None:
+            await asyncio.sleep(RETRY_SECONDS)
+            if self.down_since is None:
+                return
+            client = fast_redis()
+            if client is None:
+                return
+            try:
+                await asyncio.wait_for(client.execute("PING"), PROBE_TIMEOUT)
+            except Exception as exc:
+                if isinstance(exc, TimeoutError) or is_outage(exc):
+                    self._retry_at = time.monotonic() + RETRY_SECONDS
+                    continue
+                log.warning("Redis health probe: %s: %s", type(exc).__name__, exc)
+                continue
+            self.succeeded()
 
     def succeeded(self) -> None:
         if self.down_since is None:

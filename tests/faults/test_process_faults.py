@@ -271,6 +271,45 @@ def test_redis_stopped_and_started_under_load(priced, mode, tmp_path):
         server.stop()
 
 
+def test_an_idle_fail_open_gateway_pays_its_outage_debts_when_redis_returns(priced, tmp_path):
+    """Requests served on this process's own limits during an outage are charged to the
+    shared accounts as soon as Redis is back, with no further request to notice it: the
+    health probe pings Redis once a second while it is away."""
+    redis_dir = Path(tempfile.mkdtemp(prefix="tp-redis-"))
+    server = RedisServer(redis_dir)
+    server.start()
+    prefix = "gwidle:"
+    log = tmp_path / "gateway.log"
+    env = gateway_env(REDIS_URL=server.url, GATEWAY_REDIS_PREFIX=prefix,
+                      GATEWAY_REDIS_FAILURE="open", GATEWAY_CONCURRENCY_LEASE_SECONDS="2",
+                      LOG_LEVEL="INFO")
+    gw = start_gateway(env, log=log)
+    headers = {"Authorization": f"Bearer {priced.secret}"}
+    try:
+        answers = closed_loop([gw.base_url], priced.secret, 1, 0.5)  # the accounts exist
+        server.stop()
+        answers += closed_loop([gw.base_url], priced.secret, 2, 1.0)
+        assert {a.status for a in answers} == {200}
+        text = log.read_text()
+        assert "Redis is unreachable" in text, text[-3000:]
+        server.start()
+        # No request from here on: only the probe can find Redis again.
+        wait_until(lambda: "shared accounts charged for requests served meanwhile"
+                   in log.read_text(), 15, lambda: log.read_text()[-2000:])
+        assert "Redis is reachable again" in log.read_text()
+        with shared_state(server.url, prefix):
+            wait_written([gw], prefix)
+            assert account_drifts(0.3) == []
+            call_command("billing", "check", stdout=StringIO())
+        assert_money_exact(priced.key.tenant, Decimal("100"), answers)
+        status = httpx.post(gw.base_url + "/chat/completions", json=HOLD, headers=headers)
+        assert status.status_code == 200
+        assert "Traceback" not in log.read_text()
+    finally:
+        stop(gw.proc)
+        server.stop()
+
+
 def test_postgresql_cut_off_under_load_loses_no_row(priced):
     settings_dict = dict(connection.settings_dict)
     proxy = TcpProxy(int(settings_dict.get("PORT") or 5432))
