@@ -32,6 +32,7 @@ from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from portal.infra import metrics
 from portal.infra.redisurl import RedisTarget, parse_redis_url
 
 _pack = hiredis.pack_command
@@ -265,6 +266,17 @@ class FastRedis:
             await self._ensure()
         return await self._send(args)
 
+    async def execute_asking(self, *args: Any) -> Any:
+        """``args`` preceded by ASKING (a Redis Cluster ASK redirection): both written in
+        one go, with nothing between them on the connection (ASKING holds for the next
+        command only, so another caller's command must not slip in between)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            await self._ensure()
+        asking = self._send(("ASKING",))
+        asking.add_done_callback(_retrieve)  # its error, if any, is the command's too
+        return await self._send(args)
+
     async def evalsha(self, script: str, keys: list[Any], args: list[Any]) -> Any:
         """Run a Lua script by its SHA1, loading it on the first NOSCRIPT."""
         sha = self._shas.get(script)
@@ -278,6 +290,11 @@ class FastRedis:
 
     def close(self) -> None:
         self._fail(RedisConnectionError("Redis client closed"))
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 # --- Redis Cluster (REDIS_CLUSTER) ------------------------------------------------------
@@ -305,9 +322,20 @@ class ClusterFastRedis:
     it) and sends the command where it belongs; ``ASK`` sends it once to the importing node
     after ASKING. A lost connection or a ``CLUSTERDOWN`` fails the call (the caller's
     outage handling, GATEWAY_REDIS_FAILURE, decides) and re-reads the map on the next call,
-    so a failover is followed without restarting."""
+    so a failover is followed without restarting.
+
+    Resharding (a slot moving between masters while the gateways run): a command for a key
+    already moved gets ``ASK`` (followed as above); a script whose keys are split between
+    the two masters, or one the importing master lacks some keys of, gets ``TRYAGAIN`` until
+    the move ends. A command refused with TRYAGAIN did not run, so it is sent again (from
+    the slot's owner, after TRYAGAIN_FIRST_WAIT, doubling up to TRYAGAIN_MAX_WAIT) for up to
+    TRYAGAIN_BUDGET seconds before the TRYAGAIN is raised (an outage to the caller).
+    Each MOVED, ASK and TRYAGAIN is counted (``turnpike_redis_redirects_total{kind}``)."""
 
     MAX_REDIRECTS = 5
+    TRYAGAIN_FIRST_WAIT = 0.025
+    TRYAGAIN_MAX_WAIT = 0.2
+    TRYAGAIN_BUDGET = 2.0
 
     def __init__(self, url: str) -> None:
         target = parse_redis_url(url)
@@ -384,22 +412,42 @@ class ClusterFastRedis:
         return await self._routed(_key_of(args), args)
 
     async def _routed(self, key: Any, args: tuple[Any, ...]) -> Any:
+        """``args`` on its key's master, following redirections; TRYAGAIN (a slot moving
+        with this command's keys split) waited out for up to TRYAGAIN_BUDGET."""
+        wait = self.TRYAGAIN_FIRST_WAIT
+        deadline: float | None = None
+        while True:
+            try:
+                return await self._redirected(key, args)
+            except ResponseError as exc:
+                if not str(exc).startswith("TRYAGAIN"):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.TRYAGAIN_BUDGET
+                if now + wait > deadline:
+                    raise
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, self.TRYAGAIN_MAX_WAIT)
+
+    async def _redirected(self, key: Any, args: tuple[Any, ...]) -> Any:
         client = await self._owner(key)
         asking = False
         for _ in range(self.MAX_REDIRECTS):
             try:
                 if asking:
-                    _, reply = await asyncio.gather(client.execute("ASKING"),
-                                                    client.execute(*args))
-                    return reply
+                    return await client.execute_asking(*args)
                 return await client.execute(*args)
             except ResponseError as exc:
                 message = str(exc)
                 kind, _, rest = message.partition(" ")
                 if kind not in ("MOVED", "ASK"):
-                    if kind in ("CLUSTERDOWN", "TRYAGAIN"):
+                    if kind == "TRYAGAIN":
+                        metrics.redis_redirected("tryagain")
+                    elif kind == "CLUSTERDOWN":
                         self._stale = True
                     raise
+                metrics.redis_redirected("ask" if kind == "ASK" else "moved")
                 slot_text, _, address = rest.partition(" ")
                 host, _, port = address.rpartition(":")
                 where = (host or self.target.host, int(port))

@@ -174,6 +174,13 @@ REDIS_SECONDS = Timing("turnpike_redis_roundtrip_seconds",
                        ("op",), REDIS_BUCKETS)
 REDIS_OUTAGES = _counter("turnpike_redis_outages_total",
                          "Times a process found Redis unreachable after it had answered.")
+REDIS_REDIRECTS = _counter("turnpike_redis_redirects_total",
+                          "Redis Cluster replies the hot path's client followed: MOVED (a "
+                          "slot's master changed), ASK (a key of a slot being moved is on "
+                          "the importing master) and TRYAGAIN (a script's keys split "
+                          "between the two: sent again after a pause).", ("kind",))
+for _kind in ("moved", "ask", "tryagain"):  # every series shown from the start, at 0
+    REDIS_REDIRECTS.labels(_kind)
 REDIS_UNREACHABLE = _gauge("turnpike_redis_unreachable_processes",
                            "Processes that cannot reach Redis now.")
 REDIS_UP = "turnpike_redis_up"  # scrape time
@@ -308,6 +315,11 @@ def redis_lost() -> None:
 
 def redis_back() -> None:
     REDIS_UNREACHABLE.set(0)
+
+
+def redis_redirected(kind: str) -> None:
+    """The cluster client followed a ``kind`` reply: "moved", "ask" or "tryagain"."""
+    REDIS_REDIRECTS.labels(kind).inc()
 
 
 def redis_roundtrip(op: str, started: float) -> None:

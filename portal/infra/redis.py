@@ -10,8 +10,10 @@ portal.infra.rediskeys. Both read REDIS_URL through portal.infra.redisurl's rule
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
@@ -63,11 +65,45 @@ def cluster_client_for(url: str) -> redis.RedisCluster:
     commands as ``redis.Redis`` for what Turnpike sends: scripts and MULTI stay in one hash
     slot (portal.infra.rediskeys), non-transactional pipelines are split by node, SCAN and
     multi-key DEL go to every master."""
-    import redis
-
-    return redis.RedisCluster.from_url(
+    return _resharding_cluster().from_url(
         url, max_connections=settings.REDIS_MAX_CONNECTIONS, socket_connect_timeout=5,
         socket_timeout=10)
+
+
+@functools.cache
+def _resharding_cluster() -> type[redis.RedisCluster]:
+    """redis-py's cluster client, waiting out a slot being moved (resharding) as the hot
+    path's does (portal.infra.fastredis.ClusterFastRedis).
+
+    redis-py follows ASK, and sends a command refused with TRYAGAIN (a script whose keys a
+    moving slot has split between two masters) again, but at most 16 times in a few tenths
+    of a second, bounced between the two masters (ASK, TRYAGAIN, MOVED back), and then
+    raises ``ClusterError("TTL exhausted.")``: a usage journal writer's claim or release
+    failed so, mid-move. That error means no attempt ran (every one was redirected or
+    refused), so the command is sent again after a pause, doubling, for up to
+    TRYAGAIN_BUDGET seconds."""
+    import redis
+    from redis.exceptions import ClusterError
+
+    from portal.infra.fastredis import ClusterFastRedis as Fast
+
+    class ReshardingCluster(redis.RedisCluster):
+        def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            wait, deadline = Fast.TRYAGAIN_FIRST_WAIT, 0.0
+            while True:
+                try:
+                    return super().execute_command(*args, **kwargs)
+                except ClusterError as exc:
+                    if "TTL exhausted" not in str(exc):
+                        raise
+                    now = time.monotonic()
+                    deadline = deadline or now + Fast.TRYAGAIN_BUDGET
+                    if now + wait > deadline:
+                        raise
+                time.sleep(wait)
+                wait = min(wait * 2, Fast.TRYAGAIN_MAX_WAIT)
+
+    return ReshardingCluster
 
 
 _fast_clients: weakref.WeakKeyDictionary[

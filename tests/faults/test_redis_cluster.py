@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from billing.models import ModelPrice, UsageLog
-from billing.services import tenant_topup
+from billing.services import ledger_mismatches, tenant_topup
 from gateway.services import upstream_create
 from keys.models import Tenant
 from keys.services import key_create, tenant_get_or_create
@@ -270,6 +270,7 @@ class Load:
     def __init__(self, urls: list[str], secret: str, loops: int = 4) -> None:
         self.urls, self.secret, self.loops = urls, secret, loops
         self.answers: list[tuple[float, str]] = []  # (when, code)
+        self.served: list[str] = []  # the request ids of the 200s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -282,6 +283,8 @@ class Load:
                                           json=CHAT,
                                           headers={"Authorization": f"Bearer {self.secret}"})
                     self.answers.append((time.monotonic(), code(r)))
+                    if r.status_code == 200:
+                        self.served.append(r.headers["x-request-id"])
                     n += 1
 
             await asyncio.gather(*(loop(i) for i in range(self.loops)))
@@ -296,6 +299,215 @@ class Load:
 
     def count_after(self, moment: float, wanted: str = "ok") -> int:
         return sum(1 for when, c in list(self.answers) if when > moment and c == wanted)
+
+    def codes(self) -> Counter[str]:
+        return Counter(c for _, c in list(self.answers))
+
+
+def redirects(gateways: tuple[Gateway, ...]) -> Counter[str]:
+    """turnpike_redis_redirects_total by kind, summed over the gateways' /metrics."""
+    total: Counter[str] = Counter()
+    for gateway in gateways:
+        text = httpx.get(gateway.url + "/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith("turnpike_redis_redirects_total{"):
+                labels, _, value = line.rpartition(" ")
+                kind = labels.split('kind="', 1)[1].split('"', 1)[0]
+                total[kind] += int(float(value))
+    return total
+
+
+def move_slot(cluster: RedisClusterServers, slot: int, source: int, target: int,
+              batch: int = 10, pause: float = 0.03) -> int:
+    """Move ``slot`` from master ``source`` to master ``target`` by the cluster protocol,
+    as ``redis-cli --cluster reshard`` does it, a few keys at a time with a pause between
+    batches (so requests meet the slot half moved). Returns the batches migrated."""
+    import redis
+
+    ids = {n["port"]: n["id"] for n in cluster.nodes()}
+    masters = [n["port"] for n in cluster.nodes()
+               if "master" in n["flags"] and "fail" not in n["flags"]]
+    src, dst = redis.Redis(port=source), redis.Redis(port=target)
+    try:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+        batches = 0
+        while True:  # until the source has none left (requests may add keys meanwhile)
+            keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+            if not keys:
+                break
+            src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+            batches += 1
+            time.sleep(pause)
+        # The new owner first, then the old one (which then answers MOVED), then the rest.
+        for port in [target, source, *(p for p in masters if p not in (source, target))]:
+            node = redis.Redis(port=port)
+            try:
+                node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+            finally:
+                node.close()
+    finally:
+        src.close()
+        dst.close()
+    return batches
+
+
+def test_a_slot_moved_to_another_master_under_load_loses_nothing_and_refuses_nothing(
+        cluster, cluster_gateways, on_cluster, fake):
+    """Resharding with the gateways running: while a tenant's group slot moves from one
+    master to another, key by key (ASK for what has moved, TRYAGAIN for a script whose keys
+    are split between the two), neither gateway answers 503 (the fail-closed one included),
+    the balance is spent exactly, and every served request has its usage row."""
+    import redis
+
+    from keys import limits
+
+    upstream_create(name="c-reshard", kind="openai", base_url=fake.openai_url,
+                    models=["gpt-4o-mini"], api_keys=["sk-c-reshard"])
+    ModelPrice.objects.create(model="gpt-4o-mini", per_request=Decimal("1"))
+    tenant = tenants_on_two_masters(cluster)[0]
+    balance = 120
+    tenant_topup(tenant=tenant, amount=Decimal(balance))
+    made = key_create(tenant=tenant, name="reshard")
+    slot = rediskeys.slot(rediskeys.group_tag(tenant.pk))
+    source = cluster.master_of(slot)
+    target = next(n["port"] for n in cluster.nodes()
+                  if "master" in n["flags"] and "fail" not in n["flags"]
+                  and n["port"] != source)
+    # Other Turnpike keys of the group's slot (other tenants' session bindings), so the
+    # slot moves in many batches; and no script cached on the target: the first EVALSHA
+    # sent there after ASK meets NOSCRIPT.
+    fillers = redis.Redis(port=source)
+    for n in range(100):
+        fillers.set(rediskeys.sticky(10_000 + n, f"s{n}", tenant=tenant.pk), "1:1", ex=600)
+    fillers.close()
+    cluster.cli(target, "script", "flush")
+    before = redirects(cluster_gateways)
+    logged = [len(g.log_lines()) for g in cluster_gateways]
+    urls = [g.base_url for g in cluster_gateways]
+
+    started = time.monotonic()
+    with Load(urls, made.secret, loops=8) as load:
+        wait_for(lambda: load.count_after(0) >= 20, 60, "no load before the move")
+        moving = time.monotonic()
+        batches = move_slot(cluster, slot, source, target)
+        moved = time.monotonic()
+        wait_for(lambda: cluster.master_of(slot) == target, 30, "the slot did not move")
+        # On until the balance is spent and refusals follow.
+        wait_for(lambda: load.count_after(moved, "quota_exceeded") >= 20, 60,
+                 f"the balance was not spent: {load.codes()}")
+    took = time.monotonic() - started
+    during = Counter(c for when, c in list(load.answers) if moving < when <= moved)
+    codes = load.codes()
+    after = redirects(cluster_gateways)
+    counted = {kind: after[kind] - before[kind] for kind in ("ask", "moved", "tryagain")}
+    print(f"reshard: {batches} batches in {moved - moving:.2f} s, answered meanwhile "
+          f"{dict(during)}; in all {dict(codes)}; redirects {counted}; {took:.1f} s of load")
+
+    new_lines = [line for g, n in zip(cluster_gateways, logged, strict=True)
+                 for line in g.log_lines()[n:]]
+    assert batches >= 8
+    # Neither gateway took the move for an outage (the fail-open one would have served
+    # with its own limiter meanwhile), and no usage journal writer failed (redis-py gives
+    # up on TRYAGAIN after a few tenths of a second: portal.infra.redis waits longer).
+    assert not [line for line in new_lines
+                if "Redis is unreachable" in line or " ERROR " in line], new_lines
+    assert during.total() > 0, "no request met the slot half moved"
+    assert counted["ask"] > 0, counted  # the gateways followed ASK to the importing master
+    # Nothing refused for the move: exactly the balance served, the rest refused for it.
+    assert codes == Counter({"ok": balance, "quota_exceeded": sum(codes.values()) - balance})
+    assert len(set(load.served)) == balance
+    wait_for(lambda: UsageLog.objects.filter(tenant=tenant, cost__gt=0).count() == balance,
+             30, "usage rows not written")
+    rows = UsageLog.objects.filter(request_id__in=load.served, cost__gt=0)
+    assert rows.count() == balance  # one row per served request, none twice
+    assert all(r.cost == Decimal("1") for r in rows)
+    tenant.refresh_from_db()
+    assert tenant.balance == Decimal("0")  # never overdrawn, nothing left unspent
+    assert ledger_mismatches() == []
+    assert limits.limiter().available("tenant", tenant.pk) == 0
+
+    # On its new master the slot serves as before, through both gateways.
+    tenant_topup(tenant=tenant, amount=Decimal("4"))
+    again = burst(urls, [(made.secret, CHAT)] * 6)
+    assert Counter(code(r) for r in again) == Counter({"ok": 4, "quota_exceeded": 2})
+    wait_quiet(cluster_gateways)
+    wait_for(lambda: UsageLog.objects.filter(tenant=tenant, cost__gt=0).count() == balance + 4,
+             30, "usage rows not written after the move")
+    tenant.refresh_from_db()
+    assert tenant.balance == Decimal("0")
+    assert ledger_mismatches() == []
+    assert cluster.master_of(slot) == target
+
+
+def test_the_cluster_client_waits_out_a_split_slot_and_loads_a_script_after_ask(
+        cluster, on_cluster):
+    """ClusterFastRedis on a slot being moved, step by step: a script whose keys are split
+    between the two masters gets TRYAGAIN until the rest follows; with every key moved, ASK
+    takes it to the importing master (ASKING first on the same connection), which lacks the
+    script (NOSCRIPT: sent again as EVAL); many commands redirected at once each get their
+    ASKING; once the slot is the new master's, MOVED."""
+    import redis
+    from django.conf import settings
+
+    from portal.infra import metrics
+    from portal.infra.fastredis import ClusterFastRedis
+
+    names = [f"{settings.GATEWAY_REDIS_PREFIX}{{reshard-unit}}k{i}" for i in range(3)]
+    slot = rediskeys.slot(names[0])
+    source = cluster.master_of(slot)
+    target = next(n["port"] for n in cluster.nodes()
+                  if "master" in n["flags"] and "fail" not in n["flags"]
+                  and n["port"] != source)
+    ids = {n["port"]: n["id"] for n in cluster.nodes()}
+    src = redis.Redis(port=source)
+    src.mset({name: f"v{i}" for i, name in enumerate(names)})
+    cluster.cli(target, "cluster", "setslot", str(slot), "importing", ids[source])
+    cluster.cli(source, "cluster", "setslot", str(slot), "migrating", ids[target])
+    src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", names[0])
+    cluster.cli(target, "script", "flush")
+    script = f"return redis.call('MGET', KEYS[1], KEYS[2], KEYS[3]) -- {time.time_ns()}"
+
+    def rest() -> None:
+        time.sleep(0.3)
+        src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *names[1:])
+
+    def counted() -> dict[str, float]:
+        return {kind: metrics.REDIS_REDIRECTS.labels(kind)._value.get()
+                for kind in ("ask", "moved", "tryagain")}
+
+    async def run() -> tuple[Any, list[Any], dict[str, float], Any]:
+        client = ClusterFastRedis(cluster.url)
+        try:
+            split = await asyncio.gather(client.evalsha(script, names, []),
+                                         asyncio.to_thread(rest))
+            halfway = counted()
+            many = await asyncio.gather(*(client.execute("GET", names[i % 3])
+                                          for i in range(60)))
+            for port in (target, source):
+                await asyncio.to_thread(cluster.cli, port, "cluster", "setslot", str(slot),
+                                        "node", ids[target])
+            return split[0], many, halfway, await client.execute("GET", names[0])
+        finally:
+            client.close()
+
+    before = counted()
+    try:
+        result, many, halfway, moved = asyncio.run(run())
+    finally:
+        for node in cluster.nodes():
+            if "master" in node["flags"] and "fail" not in node["flags"]:
+                cluster.cli(node["port"], "cluster", "setslot", str(slot), "node", ids[target])
+        src.close()
+    after = counted()
+    assert result == [b"v0", b"v1", b"v2"]
+    assert many == [f"v{i % 3}".encode() for i in range(60)]
+    assert moved == b"v0"
+    assert halfway["tryagain"] > before["tryagain"]  # waited while the keys were split
+    assert halfway["ask"] > before["ask"]  # then ASK: EVALSHA, NOSCRIPT, EVAL
+    assert after["ask"] >= halfway["ask"] + 60
+    assert after["moved"] > halfway["moved"]
+    wait_for(lambda: cluster.master_of(slot) == target, 30, "the slot did not move")
 
 
 def test_a_failover_under_load_and_a_lost_master_lose_no_usage_and_no_money(
