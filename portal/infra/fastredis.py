@@ -329,15 +329,15 @@ class ClusterFastRedis:
     the two masters, or one the importing master lacks some keys of, gets ``TRYAGAIN`` until
     the move ends. A command refused with TRYAGAIN did not run, so it is sent again (from
     the slot's owner, after TRYAGAIN_FIRST_WAIT, doubling up to TRYAGAIN_MAX_WAIT) for up to
-    TRYAGAIN_BUDGET seconds before the TRYAGAIN is raised (an outage to the caller).
+    ``tryagain_seconds`` (REDIS_CLUSTER_TRYAGAIN_SECONDS) before the TRYAGAIN is raised (an
+    outage to the caller).
     Each MOVED, ASK and TRYAGAIN is counted (``turnpike_redis_redirects_total{kind}``)."""
 
     MAX_REDIRECTS = 5
     TRYAGAIN_FIRST_WAIT = 0.025
     TRYAGAIN_MAX_WAIT = 0.2
-    TRYAGAIN_BUDGET = 2.0
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tryagain_seconds: float = 2.0) -> None:
         target = parse_redis_url(url)
         if target.path is not None:
             raise ValueError("REDIS_CLUSTER needs a redis:// or rediss:// URL (not a socket)")
@@ -345,6 +345,7 @@ class ClusterFastRedis:
             raise ValueError("REDIS_CLUSTER: a cluster has only database 0")
         self.url = url
         self.target = target
+        self.tryagain_seconds = tryagain_seconds
         self._seeds: list[tuple[str, int]] = [(target.host, target.port)]
         self._nodes: dict[tuple[str, int], FastRedis] = {}
         self._slots: list[tuple[str, int] | None] = [None] * SLOTS
@@ -413,7 +414,7 @@ class ClusterFastRedis:
 
     async def _routed(self, key: Any, args: tuple[Any, ...]) -> Any:
         """``args`` on its key's master, following redirections; TRYAGAIN (a slot moving
-        with this command's keys split) waited out for up to TRYAGAIN_BUDGET."""
+        with this command's keys split) waited out for up to ``tryagain_seconds``."""
         wait = self.TRYAGAIN_FIRST_WAIT
         deadline: float | None = None
         while True:
@@ -424,7 +425,7 @@ class ClusterFastRedis:
                     raise
                 now = time.monotonic()
                 if deadline is None:
-                    deadline = now + self.TRYAGAIN_BUDGET
+                    deadline = now + self.tryagain_seconds
                 if now + wait > deadline:
                     raise
             await asyncio.sleep(wait)

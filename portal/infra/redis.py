@@ -81,7 +81,7 @@ def _resharding_cluster() -> type[redis.RedisCluster]:
     raises ``ClusterError("TTL exhausted.")``: a usage journal writer's claim or release
     failed so, mid-move. That error means no attempt ran (every one was redirected or
     refused), so the command is sent again after a pause, doubling, for up to
-    TRYAGAIN_BUDGET seconds."""
+    REDIS_CLUSTER_TRYAGAIN_SECONDS."""
     import redis
     from redis.exceptions import ClusterError
 
@@ -90,6 +90,7 @@ def _resharding_cluster() -> type[redis.RedisCluster]:
     class ReshardingCluster(redis.RedisCluster):
         def execute_command(self, *args: Any, **kwargs: Any) -> Any:
             wait, deadline = Fast.TRYAGAIN_FIRST_WAIT, 0.0
+            budget = float(settings.REDIS_CLUSTER_TRYAGAIN_SECONDS)
             while True:
                 try:
                     return super().execute_command(*args, **kwargs)
@@ -97,7 +98,7 @@ def _resharding_cluster() -> type[redis.RedisCluster]:
                     if "TTL exhausted" not in str(exc):
                         raise
                     now = time.monotonic()
-                    deadline = deadline or now + Fast.TRYAGAIN_BUDGET
+                    deadline = deadline or now + budget
                     if now + wait > deadline:
                         raise
                 time.sleep(wait)
@@ -121,6 +122,7 @@ def fast_redis() -> FastRedis | ClusterFastRedis | None:
     if client is None:
         from portal.infra.fastredis import ClusterFastRedis, FastRedis
 
-        client = _fast_clients[loop] = (ClusterFastRedis(url) if settings.REDIS_CLUSTER
-                                        else FastRedis(url))
+        client = _fast_clients[loop] = (
+            ClusterFastRedis(url, tryagain_seconds=settings.REDIS_CLUSTER_TRYAGAIN_SECONDS)
+            if settings.REDIS_CLUSTER else FastRedis(url))
     return client

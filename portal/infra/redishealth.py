@@ -134,6 +134,8 @@ class RedisHealth:
 
 
 # Replies Redis gives while it cannot serve yet (starting, failing over): an outage too.
+# TRYAGAIN (a Redis Cluster slot being moved) reaches here only once the cluster client has
+# sent the command again for REDIS_CLUSTER_TRYAGAIN_SECONDS (portal.infra.fastredis).
 _OUTAGE_REPLIES = ("LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
 
 

@@ -354,6 +354,11 @@ REDIS_URL = env_str("REDIS_URL")
 REDIS_CLUSTER = env_bool("REDIS_CLUSTER", False)
 if REDIS_CLUSTER and not REDIS_URL:
     raise ImproperlyConfigured("REDIS_CLUSTER=true needs REDIS_URL (any node of the cluster)")
+# Resharding: how long a command refused with TRYAGAIN (its slot is moving, its keys split
+# between two masters) is sent again before it counts as an outage (portal.infra.fastredis).
+REDIS_CLUSTER_TRYAGAIN_SECONDS = env_float("REDIS_CLUSTER_TRYAGAIN_SECONDS", 2.0)
+if REDIS_CLUSTER_TRYAGAIN_SECONDS < 0:
+    raise ImproperlyConfigured("REDIS_CLUSTER_TRYAGAIN_SECONDS must be 0 or more")
 # Per process: the size of the sync redis-py client's pool and of the Django cache's (callers
 # wait for a free connection). The /v1 hot path uses one pipelined connection per event loop.
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 64)
