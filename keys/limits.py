@@ -139,6 +139,45 @@ def sticky_ttl() -> int:
     return int(settings.GATEWAY_STICKY_SECONDS)
 
 
+class KeyNames:
+    """The Redis names the admit and settle scripts take for one API key (rediskeys'
+    names, built once per key rather than ~20 times a request). The day's RPD counter and
+    a session's binding are named per request."""
+
+    __slots__ = ("rpm", "tpm", "concurrency", "tenant_account", "key_account", "no_sticky",
+                 "cooldowns", "reservations", "reclaimed", "key_account_prefix", "journal",
+                 "tenant_unposted", "key_unposted")
+
+    def __init__(self, k: int, t: int) -> None:
+        self.rpm = rediskeys.rpm(k, tenant=t)
+        self.tpm = rediskeys.tpm(k, tenant=t)
+        self.concurrency = rediskeys.concurrency(k, tenant=t)
+        self.tenant_account = rediskeys.account("tenant", t)
+        self.key_account = rediskeys.account("key", k, tenant=t)
+        self.no_sticky = rediskeys.sticky(k, None, tenant=t)
+        self.cooldowns = rediskeys.cooldowns(rediskeys.group_of(t))
+        self.reservations = rediskeys.reservations(t)
+        self.reclaimed = rediskeys.reclaimed(t)
+        self.key_account_prefix = rediskeys.account_prefix("key", tenant=t)
+        self.journal = rediskeys.journal(rediskeys.group_of(t))
+        self.tenant_unposted = rediskeys.unposted("tenant", t)
+        self.key_unposted = rediskeys.unposted("key", k, tenant=t)
+
+
+_key_names: dict[tuple[int, int, str], KeyNames] = {}
+MAX_KEY_NAMES = 50_000  # keys' names held; all forgotten at once beyond that
+
+
+def key_names(k: int, t: int) -> KeyNames:
+    prefix = rediskeys.prefix()
+    names = _key_names.get((k, t, prefix))
+    if names is None:
+        if len(_key_names) >= MAX_KEY_NAMES:
+            _key_names.clear()
+        names = _key_names[(k, t, prefix)] = KeyNames(k, t)
+    return names
+
+
 class RedisLimiter:
     """The shared backend: the Lua scripts run through the hot path's pipelined client
     (portal.infra.fastredis), so concurrent requests' calls share round trips."""
@@ -159,18 +198,14 @@ class RedisLimiter:
         now = self._clock()
         day, seconds_left = local_day_and_seconds_left(now)
         k, t = a.key_id, a.tenant_id
-        keys = [rediskeys.rpm(k, tenant=t),
-                rediskeys.rpd(k, day, tenant=t),
-                rediskeys.tpm(k, tenant=t),
-                rediskeys.concurrency(k, tenant=t),
-                rediskeys.account("tenant", t),
-                rediskeys.account("key", k, tenant=t),
-                rediskeys.sticky(k, a.session, tenant=t),
-                rediskeys.cooldowns(rediskeys.group_of(t)),
-                rediskeys.reservations(t), rediskeys.reclaimed(t)]
+        n = key_names(k, t)
+        keys = [n.rpm, rediskeys.rpd(k, day, tenant=t), n.tpm, n.concurrency, n.tenant_account,
+                n.key_account,
+                rediskeys.sticky(k, a.session, tenant=t) if a.session else n.no_sticky,
+                n.cooldowns, n.reservations, n.reclaimed]
         args = [int(now * 1000), a.request_id, a.rpm, a.rpd, seconds_left, a.tpm,
                 a.concurrency, lease_ms(), a.reserve, int(a.key_quota), int(a.commit), k,
-                rediskeys.account_prefix("key", tenant=t)]
+                n.key_account_prefix]
         started = time.perf_counter()
         result = await self._client().evalsha(self._admit_src, keys, args)
         redis_roundtrip("admit", started)
@@ -186,16 +221,10 @@ class RedisLimiter:
     async def settle(self, a: Admission, refund: int, tokens: int,
                      binding: str | None = None, row: bytes = b"") -> None:
         k, t = a.key_id, a.tenant_id
-        keys = [rediskeys.concurrency(k, tenant=t),
-                rediskeys.account("tenant", t),
-                rediskeys.account("key", k, tenant=t),
-                rediskeys.tpm(k, tenant=t),
-                rediskeys.sticky(k, a.session, tenant=t),
-                rediskeys.reservations(t),
-                rediskeys.journal(rediskeys.group_of(t)),
-                rediskeys.unposted("tenant", t),
-                rediskeys.unposted("key", k, tenant=t),
-                rediskeys.reclaimed(t)]
+        n = key_names(k, t)
+        keys = [n.concurrency, n.tenant_account, n.key_account, n.tpm,
+                rediskeys.sticky(k, a.session, tenant=t) if a.session else n.no_sticky,
+                n.reservations, n.journal, n.tenant_unposted, n.key_unposted, n.reclaimed]
         args = [a.request_id, a.reserve, a.reserve - refund, int(a.key_quota),
                 tokens if a.tpm else 0, int(self._clock() * 1000),
                 binding if a.session and binding else "", sticky_ttl(), k, row]

@@ -54,9 +54,8 @@ async def call_upstream(ctx: RelayContext, out: Outcome, route: Route, protocol:
     if tracing.ENABLED and (parent := tracing.upstream_traceparent(ctx)) is not None:
         headers["traceparent"] = parent
     started = time.perf_counter()
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=up.timeout_connect or settings.GATEWAY_CONNECT_TIMEOUT,
-        sock_read=up.timeout_idle or settings.GATEWAY_READ_TIMEOUT)
+    timeout = client_timeout(up.timeout_connect or settings.GATEWAY_CONNECT_TIMEOUT,
+                             up.timeout_idle or settings.GATEWAY_READ_TIMEOUT)
     error: GatewayError
     try:
         async with asyncio.timeout(up.timeout_first_byte):
@@ -90,6 +89,20 @@ async def call_upstream(ctx: RelayContext, out: Outcome, route: Route, protocol:
         raise UpstreamFailed(classify(resp.status, retry_after_seconds(resp.headers)), error)
     out.attempts.append(attempt_entry(route, resp.status, "", started))
     return resp
+
+
+_timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+
+
+def client_timeout(connect: float, sock_read: float) -> aiohttp.ClientTimeout:
+    """aiohttp's (immutable) timeout object for these figures, made once, not per call."""
+    timeout = _timeouts.get((connect, sock_read))
+    if timeout is None:
+        if len(_timeouts) > 64:  # upstreams' timeouts edited many times: start afresh
+            _timeouts.clear()
+        timeout = _timeouts[(connect, sock_read)] = aiohttp.ClientTimeout(
+            total=None, connect=connect, sock_read=sock_read)
+    return timeout
 
 
 def attempt_entry(route: Route, status: int, error: str, started: float) -> dict[str, Any]:
