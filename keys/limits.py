@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
 
@@ -220,6 +220,13 @@ class RedisLimiter:
 
     async def settle(self, a: Admission, refund: int, tokens: int,
                      binding: str | None = None, row: bytes = b"") -> None:
+        keys, args = self._settle_call(a, refund, tokens, binding, row)
+        started = time.perf_counter()
+        await self._client().evalsha(self._settle_src, keys, args)
+        redis_roundtrip("settle", started)
+
+    def _settle_call(self, a: Admission, refund: int, tokens: int, binding: str | None,
+                     row: bytes) -> tuple[list[Any], list[Any]]:
         k, t = a.key_id, a.tenant_id
         n = key_names(k, t)
         keys = [n.concurrency, n.tenant_account, n.key_account, n.tpm,
@@ -228,9 +235,20 @@ class RedisLimiter:
         args = [a.request_id, a.reserve, a.reserve - refund, int(a.key_quota),
                 tokens if a.tpm else 0, int(self._clock() * 1000),
                 binding if a.session and binding else "", sticky_ttl(), k, row]
-        started = time.perf_counter()
-        await self._client().evalsha(self._settle_src, keys, args)
-        redis_roundtrip("settle", started)
+        return keys, args
+
+    def send_settle(self, a: Admission, refund: int, tokens: int, binding: str | None,
+                    row: bytes) -> asyncio.Future[Any] | None:
+        """``settle`` without a coroutine: the script queued now on a ready connection and
+        its reply's future returned (a NoScriptError in it: not loaded, send it with
+        ``settle``). None, with nothing sent, when the client cannot send at once."""
+        client = self._client()
+        send = getattr(client, "send_evalsha", None)
+        if send is None:
+            return None
+        keys, args = self._settle_call(a, refund, tokens, binding, row)
+        reply: asyncio.Future[Any] | None = send(self._settle_src, keys, args)
+        return reply
 
     async def renew(self, leases: list[Admission]) -> None:
         """Extend the concurrency slots and reservations of requests still running."""
