@@ -78,6 +78,7 @@ from gateway.translate import codex
 from keys import authn
 from keys.secrets import hash_secret
 from keys.snapshots import KeySnapshot, aget_key_snapshot
+from portal.infra.hotsettings import hot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,7 +127,7 @@ async def authenticate(ctx: RelayContext) -> KeySnapshot:
 
 
 async def read_body(receive: Receive, ctx: RelayContext) -> bytes:
-    limit = settings.GATEWAY_MAX_BODY_BYTES
+    limit = hot.GATEWAY_MAX_BODY_BYTES
     declared = ctx.headers.get(b"content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"The request body is over the {limit}-byte limit.")

@@ -43,6 +43,7 @@ from keys import limits
 from keys.limits import Admission, Decision, Limiter
 from keys.snapshots import KeySnapshot
 from portal.infra import rediskeys
+from portal.infra.hotsettings import hot
 from portal.infra.metrics import redis_roundtrip
 from portal.infra.redishealth import is_outage, redis_health
 
@@ -111,8 +112,8 @@ async def admit(key: KeySnapshot, request_id: str, model: str, payload: dict[str
     if not price.is_free:
         estimate = pricing.estimate(
             price,
-            input_tokens=math.ceil(body_size / settings.BILLING_BYTES_PER_TOKEN),
-            max_output_tokens=asked or settings.BILLING_DEFAULT_MAX_OUTPUT_TOKENS,
+            input_tokens=math.ceil(body_size / hot.BILLING_BYTES_PER_TOKEN),
+            max_output_tokens=asked or hot.BILLING_DEFAULT_MAX_OUTPUT_TOKENS,
             multiplier=multiplier,
         )
         reserve = pricing.to_micro(estimate, round_up=True)
@@ -150,7 +151,7 @@ async def _decide(admission: Admission) -> tuple[Decision, Limiter]:
     """Admit on the shared limiter; while Redis is unreachable, follow
     GATEWAY_REDIS_FAILURE (503, or this process's own limiter)."""
     lim = limits.limiter()
-    if not settings.REDIS_URL:
+    if not hot.REDIS_URL:
         return await _admit_with_accounts(lim, admission), lim
     if redis_health.usable():
         try:
@@ -284,7 +285,7 @@ def _send_settle(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: st
     ``_sent`` does what follows its reply. None (nothing done) when the limiter is not the
     shared one or cannot send at once (no ready connection, a cluster client)."""
     lim = ticket.limiter
-    if type(lim) is not limits.RedisLimiter or not settings.REDIS_URL:
+    if type(lim) is not limits.RedisLimiter or not hot.REDIS_URL:
         return None
     a = ticket.admission
     try:
@@ -334,7 +335,7 @@ async def _settle(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: s
     leases.release(a)
     micro, refund, tokens, binding = _figures(ticket, cost, usage, binding)
     lim = ticket.limiter
-    if settings.REDIS_URL and lim is not limits.fallback_limiter():
+    if hot.REDIS_URL and lim is not limits.fallback_limiter():
         await _settle_shared(lim, a, refund, tokens, binding, encode_row(event), event)
         return
     try:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from django.conf import settings
 
 from portal.infra import rediskeys
+from portal.infra.hotsettings import hot
 from portal.infra.metrics import redis_roundtrip
 from portal.infra.redis import fast_redis, sync_redis
 
@@ -44,7 +45,7 @@ Clock = Callable[[], float]
 
 def lease_ms() -> int:
     """How long a concurrency slot outlives a silent process (running requests renew it)."""
-    return int(settings.GATEWAY_CONCURRENCY_LEASE_SECONDS * 1000)
+    return int(hot.GATEWAY_CONCURRENCY_LEASE_SECONDS * 1000)
 
 if TYPE_CHECKING:
     from portal.infra.fastredis import ClusterFastRedis, FastRedis
@@ -114,7 +115,7 @@ def local_day_and_seconds_left(now: float | None = None) -> tuple[str, int]:
     moment = now if now is not None else time.time()
     second = int(moment)
     cached_second, zone, day, left = _day_cache
-    if cached_second == second and zone == (settings.TIME_ZONE or "UTC"):
+    if cached_second == second and zone == (hot.TIME_ZONE or "UTC"):
         return day, left
     from datetime import datetime, timedelta
     from zoneinfo import ZoneInfo
@@ -136,7 +137,7 @@ def reservation_member(a: Admission) -> str:
 
 
 def sticky_ttl() -> int:
-    return int(settings.GATEWAY_STICKY_SECONDS)
+    return int(hot.GATEWAY_STICKY_SECONDS)
 
 
 class KeyNames:

@@ -32,6 +32,7 @@ from gateway.routing import Route
 from gateway.translate import canonical as c
 from gateway.translate import responses
 from keys import limits
+from portal.infra.hotsettings import hot
 from portal.infra.metrics import credential_cooled
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: d
     skip_upstreams: set[int] = set()
     attempts = 0
     for route in routes:
-        if attempts >= settings.GATEWAY_MAX_ATTEMPTS:
+        if attempts >= hot.GATEWAY_MAX_ATTEMPTS:
             break
         if route.upstream.id in skip_upstreams:
             continue
