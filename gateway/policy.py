@@ -291,10 +291,10 @@ def _send_settle(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: st
     try:
         _, refund, tokens, binding = _figures(ticket, cost, usage, binding)
         row = encode_row(event)
-    except Exception:  # the task's path raises it where it always did
-        return None
-    started = time.perf_counter()
-    reply = lim.send_settle(a, refund, tokens, binding, row)
+        started = time.perf_counter()
+        reply = lim.send_settle(a, refund, tokens, binding, row)
+    except Exception:  # the task's path raises it where it always did (settle_later runs
+        return None    # in the request's finally: nothing may escape from here)
     if reply is None:
         return None
     leases.release(a)
