@@ -255,8 +255,8 @@ def drain_spool(max_batches: int = 100) -> int:
         return 0
     _retry_releases(client)
     written = 0
-    for journal in journals():
-        done, stop = _drain_one(client, journal, max_batches)
+    for journal, stale in _with_work(client, journals()):
+        done, stop = _drain_one(client, journal, max_batches, stale)
         written += done
         if stop:
             break
@@ -265,14 +265,36 @@ def drain_spool(max_batches: int = 100) -> int:
     return written
 
 
-def _drain_one(client: Any, journal: RedisJournal, max_batches: int) -> tuple[int, bool]:
-    """(rows written, the database is unavailable)."""
+def _with_work(client: Any,
+               candidates: list[RedisJournal]) -> list[tuple[RedisJournal, list[Any]]]:
+    """The journals with rows waiting or claims gone stale (and those claims), found with
+    one pipelined round trip for all of them: most ticks most groups' journals are empty,
+    and asking each one in turn (its stale claims, then a claim) was two round trips per
+    journal, 34 every tick."""
+    timeout = settings.GATEWAY_USAGE_CLAIM_SECONDS
+    pipe = client.pipeline(transaction=False)
+    for journal in candidates:
+        pipe.llen(journal.key())
+        pipe.zrangebyscore(*journal.stale_query(timeout))
+    replies = pipe.execute()
+    return [(journal, list(stale)) for journal, waiting, stale
+            in zip(candidates, replies[0::2], replies[1::2], strict=True) if waiting or stale]
+
+
+def _drain_one(client: Any, journal: RedisJournal, max_batches: int,
+               stale: list[Any] | None = None) -> tuple[int, bool]:
+    """(rows written, the database is unavailable). ``stale``: its stale claims, when
+    already read (else read here)."""
     from django.db import DatabaseError, InterfaceError, OperationalError
 
-    journal.recover(client, settings.GATEWAY_USAGE_CLAIM_SECONDS)
+    if stale is None:
+        journal.recover(client, settings.GATEWAY_USAGE_CLAIM_SECONDS)
+    elif stale:
+        journal.put_back(client, stale)
     written = 0
+    size = int(settings.GATEWAY_USAGE_BATCH_SIZE)
     for _ in range(max_batches):
-        claim_id, items = journal.claim(client, settings.GATEWAY_USAGE_BATCH_SIZE)
+        claim_id, items = journal.claim(client, size)
         if not items:
             break
         events = [usagerow.decode(item) for item in items]
@@ -289,6 +311,8 @@ def _drain_one(client: Any, journal: RedisJournal, max_batches: int) -> tuple[in
             fresh, posted = _write_one_by_one(client, events)
         _release(client, journal, claim_id, posted)
         written += len(fresh)
+        if len(items) < size:  # the journal held less than a batch: the next tick's
+            break              # (asking again now would mostly find it empty)
     return written, False
 
 

@@ -56,7 +56,11 @@ class Settlement:
 
     async def __call__(self) -> Decimal:
         if not self.done:
-            await self.price()
+            out = self.outcome
+            if out.usage is None and out.served:  # price(), without a coroutine when no
+                await self.price()                # estimate is needed (the usual case)
+            else:
+                self.cost = policy.charge(self.ticket, out.usage, out.served)
             self.done = True
             settling = policy.settle(self.ticket, self.cost, self.outcome.usage,
                                      self.outcome.binding, self.row())

@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Awaitable
@@ -77,6 +78,7 @@ from gateway.translate import codex
 from keys import authn
 from keys.secrets import hash_secret
 from keys.snapshots import KeySnapshot, aget_key_snapshot
+from portal.infra.hotsettings import hot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -125,7 +127,7 @@ async def authenticate(ctx: RelayContext) -> KeySnapshot:
 
 
 async def read_body(receive: Receive, ctx: RelayContext) -> bytes:
-    limit = settings.GATEWAY_MAX_BODY_BYTES
+    limit = hot.GATEWAY_MAX_BODY_BYTES
     declared = ctx.headers.get(b"content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"The request body is over the {limit}-byte limit.")
@@ -281,19 +283,20 @@ async def relay(ctx: RelayContext, operation: str, receive: Receive,
 
 async def watch_disconnect(ctx: RelayContext, receive: Receive, work: Awaitable[T]) -> T:
     """Run ``work``; if the client disconnects first, cancel it (which closes the upstream
-    request too) and raise ClientGone."""
+    request too) and raise ClientGone.
+
+    Under daphne ``receive`` is the ``get`` of the request's asyncio.Queue: the queue is
+    then watched by a callback (``_QueueWatch``), not by a task of its own per request;
+    any other ``receive`` is watched by a task that awaits it."""
     task = asyncio.current_task()
     assert task is not None
-
-    async def watch() -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                ctx.client_gone = True
-                task.cancel()
-                return
-
-    watcher = asyncio.get_running_loop().create_task(watch())
+    queue = getattr(receive, "__self__", None)
+    watch: _QueueWatch | asyncio.Task[None]
+    if type(queue) is asyncio.Queue and isinstance(getattr(queue, "_getters", None),
+                                                   collections.deque):
+        watch = _QueueWatch(ctx, queue, task)
+    else:
+        watch = asyncio.get_running_loop().create_task(_watch(ctx, receive, task))
     try:
         return await work
     except asyncio.CancelledError:
@@ -302,7 +305,62 @@ async def watch_disconnect(ctx: RelayContext, receive: Receive, work: Awaitable[
         task.uncancel()
         raise ClientGone from None
     finally:
-        watcher.cancel()
+        watch.cancel()
+
+
+async def _watch(ctx: RelayContext, receive: Receive, task: asyncio.Task[Any]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            ctx.client_gone = True
+            task.cancel()
+            return
+
+
+class _QueueWatch:
+    """What ``_watch`` does, as a waiter on the queue itself: a future in the queue's
+    waiting getters (where ``Queue.get`` puts its own), woken by the next message put in.
+    Each message is taken as ``receive()`` would have taken it; a disconnect cancels the
+    task. ``cancel()`` takes the waiter out again (as a cancelled ``get`` does) and leaves
+    any message not yet taken in the queue."""
+
+    __slots__ = ("ctx", "queue", "task", "waiter")
+
+    def __init__(self, ctx: RelayContext, queue: asyncio.Queue[dict[str, Any]],
+                 task: asyncio.Task[Any]) -> None:
+        self.ctx = ctx
+        self.queue = queue
+        self.task = task
+        self.waiter: asyncio.Future[None] | None = None
+        self._take()
+
+    def _take(self) -> None:
+        queue = self.queue
+        while not queue.empty():
+            if queue.get_nowait()["type"] == "http.disconnect":
+                self.ctx.client_gone = True
+                self.task.cancel()
+                return
+        waiter = self.waiter = self.task.get_loop().create_future()
+        queue._getters.append(waiter)  # type: ignore[attr-defined]
+        waiter.add_done_callback(self._woken)
+
+    def _woken(self, waiter: asyncio.Future[None]) -> None:
+        if waiter is self.waiter and not waiter.cancelled():
+            self._take()
+
+    def cancel(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is None:
+            return
+        if not waiter.done():  # never woken: out of the getters, and forgotten
+            try:
+                self.queue._getters.remove(waiter)  # type: ignore[attr-defined]
+            except ValueError:
+                pass
+        elif not self.queue.empty():  # woken, not yet run: wake the next getter instead,
+            self.queue._wakeup_next(self.queue._getters)  # type: ignore[attr-defined]
+        #                                                   as a cancelled get does
 
 
 # --- models -----------------------------------------------------------------------------

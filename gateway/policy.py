@@ -20,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from redis.exceptions import NoScriptError
 
 from billing import pricing
 from billing.usage import UsageEvent, encode_row, journal_started, record_usage
@@ -41,6 +43,8 @@ from keys import limits
 from keys.limits import Admission, Decision, Limiter
 from keys.snapshots import KeySnapshot
 from portal.infra import rediskeys
+from portal.infra.hotsettings import hot
+from portal.infra.metrics import redis_roundtrip
 from portal.infra.redishealth import is_outage, redis_health
 
 log = logging.getLogger(__name__)
@@ -108,8 +112,8 @@ async def admit(key: KeySnapshot, request_id: str, model: str, payload: dict[str
     if not price.is_free:
         estimate = pricing.estimate(
             price,
-            input_tokens=math.ceil(body_size / settings.BILLING_BYTES_PER_TOKEN),
-            max_output_tokens=asked or settings.BILLING_DEFAULT_MAX_OUTPUT_TOKENS,
+            input_tokens=math.ceil(body_size / hot.BILLING_BYTES_PER_TOKEN),
+            max_output_tokens=asked or hot.BILLING_DEFAULT_MAX_OUTPUT_TOKENS,
             multiplier=multiplier,
         )
         reserve = pricing.to_micro(estimate, round_up=True)
@@ -147,11 +151,13 @@ async def _decide(admission: Admission) -> tuple[Decision, Limiter]:
     """Admit on the shared limiter; while Redis is unreachable, follow
     GATEWAY_REDIS_FAILURE (503, or this process's own limiter)."""
     lim = limits.limiter()
-    if not settings.REDIS_URL:
+    if not hot.REDIS_URL:
         return await _admit_with_accounts(lim, admission), lim
     if redis_health.usable():
         try:
-            decision = await _admit_with_accounts(lim, admission)
+            decision = await lim.admit(admission)
+            if decision.code in _NO_ACCOUNT:
+                decision = await _admit_with_accounts(lim, admission, decision)
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -167,9 +173,15 @@ async def _decide(admission: Admission) -> tuple[Decision, Limiter]:
     return await _admit_with_accounts(local, admission), local
 
 
-async def _admit_with_accounts(lim: Limiter, admission: Admission) -> Decision:
-    for _ in range(3):
-        decision = await lim.admit(admission)
+_NO_ACCOUNT = (limits.NO_TENANT_ACCOUNT, limits.NO_KEY_ACCOUNT)
+
+
+async def _admit_with_accounts(lim: Limiter, admission: Admission,
+                               first: Decision | None = None) -> Decision:
+    """Admit, loading the tenant's balance or the key's quota into the limiter when it
+    has none yet (``first``: the first admit's decision, when already made)."""
+    for attempt in range(3):
+        decision = first if attempt == 0 and first is not None else await lim.admit(admission)
         if decision.code == limits.NO_TENANT_ACCOUNT:
             avail = await sync_to_async(_tenant_available, thread_sensitive=False)(
                 admission.tenant_id)
@@ -220,30 +232,36 @@ def charge(ticket: Ticket, usage: Usage | None, served: bool) -> Decimal:
     )
 
 
-_settling: set[asyncio.Task[None]] = set()
+_settling: set[asyncio.Future[None]] = set()
 
 
-def settling() -> set[asyncio.Task[None]]:
+def settling() -> set[asyncio.Future[None]]:
     """The settlements running now (a draining process waits for them: portal.drain)."""
     return set(_settling)
 
 
 def _settle_task(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: str | None,
-                 event: UsageEvent) -> asyncio.Task[None]:
-    task = asyncio.get_running_loop().create_task(
-        _settle(ticket, cost, usage, binding, event))
-    _settling.add(task)
-    task.add_done_callback(_settling.discard)
-    return task
+                 event: UsageEvent) -> asyncio.Future[None]:
+    """The settlement under way, as a future done once it is over. On the shared limiter
+    with its connection up (the usual case) the script is written at once and its reply
+    finishes the work in a callback (``_sent``); otherwise the work runs as a task."""
+    done = _send_settle(ticket, cost, usage, binding, event)
+    if done is None:
+        done = asyncio.get_running_loop().create_task(
+            _settle(ticket, cost, usage, binding, event))
+    _settling.add(done)
+    done.add_done_callback(_settling.discard)
+    return done
 
 
-async def settle(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: str | None,
-                 event: UsageEvent) -> None:
+def settle(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: str | None,
+           event: UsageEvent) -> Awaitable[None]:
     """Free the slot, close the reservation (refund or charge), count TPM tokens, bind the
-    session to the route that served it and journal the usage row, and wait for it: a
-    client that has its whole answer finds its slot free on any process. The work runs as
-    its own task (shielded), so cancelling the request cannot cut it short."""
-    await asyncio.shield(_settle_task(ticket, cost, usage, binding, event))
+    session to the route that served it and journal the usage row; await the result to
+    wait for it: a client that has its whole answer finds its slot free on any process.
+    The work is under way when this returns, and shielded: cancelling the request cannot
+    cut it short."""
+    return asyncio.shield(_settle_task(ticket, cost, usage, binding, event))
 
 
 def settle_later(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: str | None,
@@ -252,32 +270,73 @@ def settle_later(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: st
     _settle_task(ticket, cost, usage, binding, event)
 
 
+def _figures(ticket: Ticket, cost: Decimal, usage: Usage | None,
+             binding: str | None) -> tuple[int, int, int, str | None]:
+    """(micro-units charged, refund, TPM tokens, binding to keep) of a settlement."""
+    a = ticket.admission
+    micro = pricing.to_micro(cost)
+    tokens = (usage.input_tokens + usage.output_tokens) if usage else 0
+    return micro, a.reserve - micro, tokens, binding if a.session else None
+
+
+def _send_settle(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: str | None,
+                 event: UsageEvent) -> asyncio.Future[None] | None:
+    """``_settle`` on the shared limiter without a task: the script is queued now and
+    ``_sent`` does what follows its reply. None (nothing done) when the limiter is not the
+    shared one or cannot send at once (no ready connection, a cluster client)."""
+    lim = ticket.limiter
+    if type(lim) is not limits.RedisLimiter or not hot.REDIS_URL:
+        return None
+    a = ticket.admission
+    try:
+        _, refund, tokens, binding = _figures(ticket, cost, usage, binding)
+        row = encode_row(event)
+        started = time.perf_counter()
+        reply = lim.send_settle(a, refund, tokens, binding, row)
+    except Exception:  # the task's path raises it where it always did (settle_later runs
+        return None    # in the request's finally: nothing may escape from here)
+    if reply is None:
+        return None
+    leases.release(a)
+    done: asyncio.Future[None] = reply.get_loop().create_future()
+    reply.add_done_callback(lambda reply: _sent(reply, done, started, lim, a, refund, tokens,
+                                                binding, row, event))
+    return done
+
+
+def _sent(reply: asyncio.Future[Any], done: asyncio.Future[None], started: float,
+          lim: Limiter, a: Admission, refund: int, tokens: int, binding: str | None,
+          row: bytes, event: UsageEvent) -> None:
+    if reply.cancelled():  # as the task would have been
+        done.cancel()
+        return
+    exc = reply.exception()
+    if isinstance(exc, NoScriptError):  # the script is not loaded yet: the usual path does
+        task = asyncio.get_running_loop().create_task(
+            _settle_shared(lim, a, refund, tokens, binding, row, event))
+        task.add_done_callback(lambda _: _finish(done))
+        return
+    try:
+        if exc is None:
+            redis_roundtrip("settle", started)
+        _settled(exc, lim, a, refund, tokens, binding, row, event)
+    finally:
+        done.set_result(None)
+
+
+def _finish(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
 async def _settle(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: str | None,
                   event: UsageEvent) -> None:
     a = ticket.admission
     leases.release(a)
-    micro = pricing.to_micro(cost)
-    refund = a.reserve - micro
-    tokens = (usage.input_tokens + usage.output_tokens) if usage else 0
-    binding = binding if a.session else None
+    micro, refund, tokens, binding = _figures(ticket, cost, usage, binding)
     lim = ticket.limiter
-    if settings.REDIS_URL and lim is not limits.fallback_limiter():
-        row = encode_row(event)
-        try:
-            await lim.settle(a, refund, tokens, binding, row)
-        except Exception as exc:
-            if not is_outage(exc):
-                log.exception("settling %s failed", a.request_id)
-                return
-            redis_health.failed(exc)
-            # Whether Redis ran the script before the connection broke is unknown: send it
-            # again when Redis answers (settling twice changes nothing), and write the row
-            # from here meanwhile (a row written twice is stored once).
-            outage_charges.resettle(lim, a, refund, tokens, binding, row)
-            record_usage(event)
-        else:
-            redis_health.succeeded()
-            journal_started()
+    if hot.REDIS_URL and lim is not limits.fallback_limiter():
+        await _settle_shared(lim, a, refund, tokens, binding, encode_row(event), event)
         return
     try:
         await lim.settle(a, refund, tokens, binding)
@@ -285,6 +344,35 @@ async def _settle(ticket: Ticket, cost: Decimal, usage: Usage | None, binding: s
         log.exception("settling %s failed", a.request_id)
     if lim is limits.fallback_limiter():
         outage_charges.add(a, micro)
+    record_usage(event)
+
+
+async def _settle_shared(lim: Limiter, a: Admission, refund: int, tokens: int,
+                         binding: str | None, row: bytes, event: UsageEvent) -> None:
+    try:
+        await lim.settle(a, refund, tokens, binding, row)
+    except Exception as exc:
+        _settled(exc, lim, a, refund, tokens, binding, row, event)
+    else:
+        _settled(None, lim, a, refund, tokens, binding, row, event)
+
+
+def _settled(exc: BaseException | None, lim: Limiter, a: Admission, refund: int, tokens: int,
+             binding: str | None, row: bytes, event: UsageEvent) -> None:
+    """After the shared limiter's settle: its health, and on an outage the charge kept
+    for later and the row written from here."""
+    if exc is None:
+        redis_health.succeeded()
+        journal_started()
+        return
+    if not is_outage(exc):
+        log.error("settling %s failed", a.request_id, exc_info=exc)
+        return
+    redis_health.failed(exc)
+    # Whether Redis ran the script before the connection broke is unknown: send it
+    # again when Redis answers (settling twice changes nothing), and write the row
+    # from here meanwhile (a row written twice is stored once).
+    outage_charges.resettle(lim, a, refund, tokens, binding, row)
     record_usage(event)
 
 

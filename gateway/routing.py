@@ -215,6 +215,8 @@ def _unit(session: str, node: str) -> float:
 def rendezvous(session: str, nodes: list[Any], key: Any, weight: Any) -> list[Any]:
     """Weighted rendezvous (highest random weight) order: node n wins with probability
     weight(n) / sum(weights) over sessions, and a session's order is stable."""
+    if len(nodes) < 2:  # one node (the usual tier): nothing to hash
+        return list(nodes)
     return sorted(nodes, key=lambda n: weight(n) / -math.log(_unit(session, key(n))),
                   reverse=True)
 
@@ -223,8 +225,11 @@ def plan(candidates: list[UpstreamRef], model: str, session: str,
          sticky: str | None = None, cooled: Collection[int] = frozenset()) -> list[Route]:
     """Every route this request may try, best first (see the module docstring)."""
     routes: list[Route] = []
-    for priority in sorted({u.priority for u in candidates}, reverse=True):
-        tier = [u for u in candidates if u.priority == priority]
+    priorities = [candidates[0].priority] if len(candidates) == 1 else sorted(
+        {u.priority for u in candidates}, reverse=True)
+    for priority in priorities:
+        tier = candidates if len(priorities) == 1 else [
+            u for u in candidates if u.priority == priority]
         for upstream in rendezvous(session, tier, lambda u: f"u{u.id}", lambda u: u.weight):
             name = upstream.upstream_model(model)
             if not upstream.credentials:

@@ -28,11 +28,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
 
 from portal.infra import rediskeys
+from portal.infra.hotsettings import hot
 from portal.infra.metrics import redis_roundtrip
 from portal.infra.redis import fast_redis, sync_redis
 
@@ -44,7 +45,7 @@ Clock = Callable[[], float]
 
 def lease_ms() -> int:
     """How long a concurrency slot outlives a silent process (running requests renew it)."""
-    return int(settings.GATEWAY_CONCURRENCY_LEASE_SECONDS * 1000)
+    return int(hot.GATEWAY_CONCURRENCY_LEASE_SECONDS * 1000)
 
 if TYPE_CHECKING:
     from portal.infra.fastredis import ClusterFastRedis, FastRedis
@@ -114,7 +115,7 @@ def local_day_and_seconds_left(now: float | None = None) -> tuple[str, int]:
     moment = now if now is not None else time.time()
     second = int(moment)
     cached_second, zone, day, left = _day_cache
-    if cached_second == second and zone == (settings.TIME_ZONE or "UTC"):
+    if cached_second == second and zone == (hot.TIME_ZONE or "UTC"):
         return day, left
     from datetime import datetime, timedelta
     from zoneinfo import ZoneInfo
@@ -136,7 +137,46 @@ def reservation_member(a: Admission) -> str:
 
 
 def sticky_ttl() -> int:
-    return int(settings.GATEWAY_STICKY_SECONDS)
+    return int(hot.GATEWAY_STICKY_SECONDS)
+
+
+class KeyNames:
+    """The Redis names the admit and settle scripts take for one API key (rediskeys'
+    names, built once per key rather than ~20 times a request). The day's RPD counter and
+    a session's binding are named per request."""
+
+    __slots__ = ("rpm", "tpm", "concurrency", "tenant_account", "key_account", "no_sticky",
+                 "cooldowns", "reservations", "reclaimed", "key_account_prefix", "journal",
+                 "tenant_unposted", "key_unposted")
+
+    def __init__(self, k: int, t: int) -> None:
+        self.rpm = rediskeys.rpm(k, tenant=t)
+        self.tpm = rediskeys.tpm(k, tenant=t)
+        self.concurrency = rediskeys.concurrency(k, tenant=t)
+        self.tenant_account = rediskeys.account("tenant", t)
+        self.key_account = rediskeys.account("key", k, tenant=t)
+        self.no_sticky = rediskeys.sticky(k, None, tenant=t)
+        self.cooldowns = rediskeys.cooldowns(rediskeys.group_of(t))
+        self.reservations = rediskeys.reservations(t)
+        self.reclaimed = rediskeys.reclaimed(t)
+        self.key_account_prefix = rediskeys.account_prefix("key", tenant=t)
+        self.journal = rediskeys.journal(rediskeys.group_of(t))
+        self.tenant_unposted = rediskeys.unposted("tenant", t)
+        self.key_unposted = rediskeys.unposted("key", k, tenant=t)
+
+
+_key_names: dict[tuple[int, int, str], KeyNames] = {}
+MAX_KEY_NAMES = 50_000  # keys' names held; all forgotten at once beyond that
+
+
+def key_names(k: int, t: int) -> KeyNames:
+    prefix = rediskeys.prefix()
+    names = _key_names.get((k, t, prefix))
+    if names is None:
+        if len(_key_names) >= MAX_KEY_NAMES:
+            _key_names.clear()
+        names = _key_names[(k, t, prefix)] = KeyNames(k, t)
+    return names
 
 
 class RedisLimiter:
@@ -159,18 +199,14 @@ class RedisLimiter:
         now = self._clock()
         day, seconds_left = local_day_and_seconds_left(now)
         k, t = a.key_id, a.tenant_id
-        keys = [rediskeys.rpm(k, tenant=t),
-                rediskeys.rpd(k, day, tenant=t),
-                rediskeys.tpm(k, tenant=t),
-                rediskeys.concurrency(k, tenant=t),
-                rediskeys.account("tenant", t),
-                rediskeys.account("key", k, tenant=t),
-                rediskeys.sticky(k, a.session, tenant=t),
-                rediskeys.cooldowns(rediskeys.group_of(t)),
-                rediskeys.reservations(t), rediskeys.reclaimed(t)]
+        n = key_names(k, t)
+        keys = [n.rpm, rediskeys.rpd(k, day, tenant=t), n.tpm, n.concurrency, n.tenant_account,
+                n.key_account,
+                rediskeys.sticky(k, a.session, tenant=t) if a.session else n.no_sticky,
+                n.cooldowns, n.reservations, n.reclaimed]
         args = [int(now * 1000), a.request_id, a.rpm, a.rpd, seconds_left, a.tpm,
                 a.concurrency, lease_ms(), a.reserve, int(a.key_quota), int(a.commit), k,
-                rediskeys.account_prefix("key", tenant=t)]
+                n.key_account_prefix]
         started = time.perf_counter()
         result = await self._client().evalsha(self._admit_src, keys, args)
         redis_roundtrip("admit", started)
@@ -185,23 +221,35 @@ class RedisLimiter:
 
     async def settle(self, a: Admission, refund: int, tokens: int,
                      binding: str | None = None, row: bytes = b"") -> None:
-        k, t = a.key_id, a.tenant_id
-        keys = [rediskeys.concurrency(k, tenant=t),
-                rediskeys.account("tenant", t),
-                rediskeys.account("key", k, tenant=t),
-                rediskeys.tpm(k, tenant=t),
-                rediskeys.sticky(k, a.session, tenant=t),
-                rediskeys.reservations(t),
-                rediskeys.journal(rediskeys.group_of(t)),
-                rediskeys.unposted("tenant", t),
-                rediskeys.unposted("key", k, tenant=t),
-                rediskeys.reclaimed(t)]
-        args = [a.request_id, a.reserve, a.reserve - refund, int(a.key_quota),
-                tokens if a.tpm else 0, int(self._clock() * 1000),
-                binding if a.session and binding else "", sticky_ttl(), k, row]
+        keys, args = self._settle_call(a, refund, tokens, binding, row)
         started = time.perf_counter()
         await self._client().evalsha(self._settle_src, keys, args)
         redis_roundtrip("settle", started)
+
+    def _settle_call(self, a: Admission, refund: int, tokens: int, binding: str | None,
+                     row: bytes) -> tuple[list[Any], list[Any]]:
+        k, t = a.key_id, a.tenant_id
+        n = key_names(k, t)
+        keys = [n.concurrency, n.tenant_account, n.key_account, n.tpm,
+                rediskeys.sticky(k, a.session, tenant=t) if a.session else n.no_sticky,
+                n.reservations, n.journal, n.tenant_unposted, n.key_unposted, n.reclaimed]
+        args = [a.request_id, a.reserve, a.reserve - refund, int(a.key_quota),
+                tokens if a.tpm else 0, int(self._clock() * 1000),
+                binding if a.session and binding else "", sticky_ttl(), k, row]
+        return keys, args
+
+    def send_settle(self, a: Admission, refund: int, tokens: int, binding: str | None,
+                    row: bytes) -> asyncio.Future[Any] | None:
+        """``settle`` without a coroutine: the script queued now on a ready connection and
+        its reply's future returned (a NoScriptError in it: not loaded, send it with
+        ``settle``). None, with nothing sent, when the client cannot send at once."""
+        client = self._client()
+        send = getattr(client, "send_evalsha", None)
+        if send is None:
+            return None
+        keys, args = self._settle_call(a, refund, tokens, binding, row)
+        reply: asyncio.Future[Any] | None = send(self._settle_src, keys, args)
+        return reply
 
     async def renew(self, leases: list[Admission]) -> None:
         """Extend the concurrency slots and reservations of requests still running."""

@@ -26,13 +26,20 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
-from gateway.urls import gateway_patterns, gateway_websocket_patterns  # noqa: E402
+from gateway.urls import (  # noqa: E402
+    ExactPathRouter,
+    gateway_paths,
+    gateway_patterns,
+    gateway_websocket_patterns,
+)
 from portal import tuning  # noqa: E402
 from portal.infra.shutdown import drain_on_shutdown  # noqa: E402
 from portal.live import LiveConsumer  # noqa: E402
 
 application = ProtocolTypeRouter({
-    "http": URLRouter([*gateway_patterns(), re_path(r"", django_asgi_app)]),
+    # The API's endpoint paths skip the pattern list (same routes: gateway.urls)
+    "http": ExactPathRouter([*gateway_patterns(), re_path(r"", django_asgi_app)],
+                            exact=gateway_paths()),
     "websocket": URLRouter([
         *gateway_websocket_patterns(),
         re_path(r"", AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([

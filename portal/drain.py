@@ -45,6 +45,8 @@ from typing import Any
 
 from django.conf import settings
 
+from portal.infra import shutdown
+
 log = logging.getLogger("turnpike.shutdown")
 
 POLL = 0.05  # seconds between two looks at what is still in flight
@@ -89,9 +91,7 @@ def _build_protocol(self: Any, addr: Any) -> Any:
 
 def _check_persistence(self: Any, request: Any, version: bytes) -> bool:
     """Draining: every request is the last on its connection (``Connection: close``)."""
-    from portal.infra.shutdown import draining
-
-    if draining():
+    if shutdown.draining():
         request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         return False
     result: bool = _base["persistence"](self, request, version)
@@ -116,8 +116,6 @@ def _kill_all_applications(self: Any) -> Any:
 async def drain(server: Any) -> None:
     """The drain, step by step (see the module's docstring)."""
     from gateway import pipeline, policy, websocket
-    from portal.infra import shutdown
-
     finished = shutdown.drain_started()
     try:
         shutdown.start_draining()

@@ -31,6 +31,8 @@ from gateway.respond import Send
 from gateway.routing import Route
 from gateway.translate import canonical as c
 from gateway.translate import responses
+from keys import limits
+from portal.infra.hotsettings import hot
 from portal.infra.metrics import credential_cooled
 
 log = logging.getLogger(__name__)
@@ -46,19 +48,17 @@ async def run(ctx: RelayContext, operation: str, routes: list[Route], payload: d
     Everything the exchange comes to is written to ``out`` (and nowhere else): the routes
     tried, the usage, whether the upstream served the request; ``settle`` is called just
     before the answer's last bytes are sent."""
-    from keys.limits import limiter
-
     last: UpstreamFailed | None = None
     skip_upstreams: set[int] = set()
     attempts = 0
     for route in routes:
-        if attempts >= settings.GATEWAY_MAX_ATTEMPTS:
+        if attempts >= hot.GATEWAY_MAX_ATTEMPTS:
             break
         if route.upstream.id in skip_upstreams:
             continue
         cred = route.credential
-        if cred is not None and cred.rpm and not await limiter().hit_credential(cred.id,
-                                                                                cred.rpm):
+        if cred is not None and cred.rpm and not await limits.limiter().hit_credential(
+                cred.id, cred.rpm):
             out.attempts.append(attempt_entry(route, 0, "credential_rpm_full", 0.0))
             continue
         if attempts:

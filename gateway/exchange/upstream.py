@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from django.conf import settings
 
 from gateway import tracing
 from gateway.context import RelayContext
@@ -32,6 +31,7 @@ from gateway.providers.http import upstream_session
 from gateway.providers.protocols import WireProtocol
 from gateway.routing import Route
 from gateway.streaming import bad_response
+from portal.infra.hotsettings import hot
 
 
 async def call_upstream(ctx: RelayContext, out: Outcome, route: Route, protocol: WireProtocol,
@@ -54,9 +54,8 @@ async def call_upstream(ctx: RelayContext, out: Outcome, route: Route, protocol:
     if tracing.ENABLED and (parent := tracing.upstream_traceparent(ctx)) is not None:
         headers["traceparent"] = parent
     started = time.perf_counter()
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=up.timeout_connect or settings.GATEWAY_CONNECT_TIMEOUT,
-        sock_read=up.timeout_idle or settings.GATEWAY_READ_TIMEOUT)
+    timeout = client_timeout(up.timeout_connect or hot.GATEWAY_CONNECT_TIMEOUT,
+                             up.timeout_idle or hot.GATEWAY_READ_TIMEOUT)
     error: GatewayError
     try:
         async with asyncio.timeout(up.timeout_first_byte):
@@ -92,6 +91,20 @@ async def call_upstream(ctx: RelayContext, out: Outcome, route: Route, protocol:
     return resp
 
 
+_timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+
+
+def client_timeout(connect: float, sock_read: float) -> aiohttp.ClientTimeout:
+    """aiohttp's (immutable) timeout object for these figures, made once, not per call."""
+    timeout = _timeouts.get((connect, sock_read))
+    if timeout is None:
+        if len(_timeouts) > 64:  # upstreams' timeouts edited many times: start afresh
+            _timeouts.clear()
+        timeout = _timeouts[(connect, sock_read)] = aiohttp.ClientTimeout(
+            total=None, connect=connect, sock_read=sock_read)
+    return timeout
+
+
 def attempt_entry(route: Route, status: int, error: str, started: float) -> dict[str, Any]:
     """One entry of ``Outcome.attempts``: the route, the status it answered (0: none), the
     error code ("" while a 2xx answer holds) and the milliseconds since ``started`` (0 when
@@ -116,7 +129,7 @@ class Upstream:
     async def chunks(self) -> AsyncIterator[bytes | None]:
         """Body chunks as they arrive; None after GATEWAY_KEEPALIVE_SECONDS of silence."""
         content = self.resp.content
-        wait = settings.GATEWAY_KEEPALIVE_SECONDS
+        wait = hot.GATEWAY_KEEPALIVE_SECONDS
         while True:
             # What has arrived already is taken without arming the keep-alive timer (a
             # timer per chunk was a visible share of a busy stream's relay); the timer

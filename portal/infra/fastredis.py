@@ -283,10 +283,27 @@ class FastRedis:
         if sha is None:
             sha = self._shas[script] = hashlib.sha1(script.encode()).hexdigest()
         try:
+            transport = self._transport
+            if transport is not None and not transport.is_closing():  # execute(), inlined
+                return await self._send(("EVALSHA", sha, len(keys), *keys, *args))
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
         except NoScriptError:
             await self.execute("SCRIPT", "LOAD", script)
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+
+    def send_evalsha(self, script: str, keys: list[Any],
+                     args: list[Any]) -> asyncio.Future[Any] | None:
+        """``evalsha`` without a coroutine, for a caller that handles the reply in a
+        callback: the command queued now and its reply's future returned (NoScriptError
+        in it when the script is not loaded: ``evalsha`` loads it). None, with nothing
+        sent, when no connection is ready."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return None
+        sha = self._shas.get(script)
+        if sha is None:
+            sha = self._shas[script] = hashlib.sha1(script.encode()).hexdigest()
+        return self._send(("EVALSHA", sha, len(keys), *keys, *args))
 
     def close(self) -> None:
         self._fail(RedisConnectionError("Redis client closed"))

@@ -136,8 +136,15 @@ class RedisJournal:
 
     def recover(self, client: Any, timeout_seconds: float) -> int:
         """Put back the batches of writers that stopped holding them."""
-        stale = client.zrangebyscore(self.claims_key(), "-inf",
-                                     int(time.time() * 1000) - int(timeout_seconds * 1000))
+        return self.put_back(client, client.zrangebyscore(*self.stale_query(timeout_seconds)))
+
+    def stale_query(self, timeout_seconds: float) -> tuple[str, str, int]:
+        """ZRANGEBYSCORE's arguments for the claims older than ``timeout_seconds``."""
+        return (self.claims_key(), "-inf",
+                int(time.time() * 1000) - int(timeout_seconds * 1000))
+
+    def put_back(self, client: Any, stale: Sequence[bytes | str]) -> int:
+        """Put back the claims ``stale`` names (``recover``, once they are known)."""
         back = 0
         for raw in stale:
             back += self.unclaim(client, raw.decode() if isinstance(raw, bytes) else raw)

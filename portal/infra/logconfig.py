@@ -25,6 +25,7 @@ import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 ACCESS_LOGGER = "turnpike.access"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 LOG_FORMATS = ("text", "json")
 # The record attribute holding the fields of a line made by ``fast_record`` (a leading
 # underscore: python-json-logger leaves such attributes out of its output).
@@ -40,8 +41,7 @@ def logging_config(fmt: str, level: str, access_log: bool) -> dict[str, Any]:
         raise ValueError(f"LOG_LEVEL must be a level name (DEBUG, INFO, WARNING ...), "
                          f"not {level!r}")
     formatters: dict[str, Any] = {
-        "text": {"()": "portal.infra.logconfig.TextFormatter",
-                 "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "text": {"()": "portal.infra.logconfig.TextFormatter", "fmt": TEXT_FORMAT},
         "json": {
             "()": "portal.infra.logconfig.JsonFormatter",
             "fmt": "%(levelname)s %(name)s %(message)s",
@@ -116,6 +116,16 @@ class TextFormatter(logging.Formatter):
     second rather than once a line (``time.strftime`` was a tenth of an access line)."""
 
     _second: tuple[int, str] = (-1, "")
+
+    def format(self, record: logging.LogRecord) -> str:
+        """A record made by ``fast_record`` (no arguments, exception or stack) in the usual
+        format is written without the generic steps, as the stdlib writes it (the same
+        ``message`` and ``asctime`` attributes set on the record too)."""
+        if FIELDS not in record.__dict__ or self._fmt != TEXT_FORMAT or self.datefmt:
+            return super().format(record)
+        record.message = message = record.msg
+        record.asctime = asctime = self.formatTime(record)
+        return f"{asctime} {record.levelname} {record.name} {message}"
 
     def formatTime(self, record: logging.LogRecord,
                    datefmt: str | None = None) -> str:

@@ -16,6 +16,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 if TYPE_CHECKING:
     import redis
@@ -111,13 +112,38 @@ _fast_clients: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, FastRedis | ClusterFastRedis] = weakref.WeakKeyDictionary()
 
 
+# The last loop asked about and its client (None: no REDIS_URL): two calls a request find
+# it here, without reading the settings or the weak dictionary. Forgotten when a setting
+# changes (tests).
+_last: tuple[asyncio.AbstractEventLoop | None, FastRedis | ClusterFastRedis | None] = (
+    None, None)
+
+
+def _forget_last(**_: object) -> None:
+    global _last
+    _last = (None, None)
+
+
+setting_changed.connect(_forget_last, dispatch_uid="portal.infra.redis.fast_redis")
+
+
 def fast_redis() -> FastRedis | ClusterFastRedis | None:
     """The hot path's pipelined client for the running loop (portal.infra.fastredis); with
     REDIS_CLUSTER, the one that routes each command to its slot's master."""
+    global _last
+    loop = asyncio.get_running_loop()
+    last_loop, client = _last
+    if last_loop is loop:
+        return client
+    client = _fast_redis(loop)
+    _last = (loop, client)
+    return client
+
+
+def _fast_redis(loop: asyncio.AbstractEventLoop) -> FastRedis | ClusterFastRedis | None:
     url = settings.REDIS_URL
     if not url:
         return None
-    loop = asyncio.get_running_loop()
     client = _fast_clients.get(loop)
     if client is None:
         from portal.infra.fastredis import ClusterFastRedis, FastRedis

@@ -126,6 +126,11 @@ def _p(prefix: str | None) -> str:
     return _prefix
 
 
+def prefix() -> str:
+    """The prefix every name starts with (settings.GATEWAY_REDIS_PREFIX, read once)."""
+    return _prefix if _prefix is not None else _p(None)
+
+
 def _forget_prefix(*, setting: str, **kwargs: Any) -> None:
     global _prefix
     if setting == "GATEWAY_REDIS_PREFIX":
