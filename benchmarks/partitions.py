@@ -40,7 +40,6 @@ from typing import Any
 from benchmarks import portal
 from benchmarks.portal import Band, say
 
-
 WRITER_TENANT = "bench-t0000"
 
 
