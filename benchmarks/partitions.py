@@ -33,6 +33,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -129,22 +131,50 @@ def move_to_tablespace(name: str, tablespace: str) -> float:
 
 
 class StatementTimes:
-    """Wall time of the retention's DETACH and DROP statements and of the commits after
-    them (``connection.execute_wrapper``), so the figure says what locked the usage log and
-    what only freed files."""
+    """Wall time of the retention's DETACH and DROP statements (``connection.execute_wrapper``)
+    and of the commit after each (the connection's ``_commit``, timed while ``timing()``
+    lasts), so the figure says what locked the usage log and what only freed files: a
+    dropped table's files are unlinked at its commit."""
 
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
+        self._last: str | None = None
+
+    def _add(self, kind: str, started: float) -> None:
+        self.ms[kind] = self.ms.get(kind, 0.0) + (time.perf_counter() - started) * 1000
 
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         kind = ("DETACH" if "DETACH PARTITION" in sql else
                 "DROP" if sql.startswith("DROP TABLE") else None)
+        self._last = kind
         started = time.perf_counter()
         try:
             return execute(sql, params, many, context)
         finally:
             if kind:
-                self.ms[kind] = self.ms.get(kind, 0.0) + (time.perf_counter() - started) * 1000
+                self._add(kind, started)
+
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        from django.db import connection
+
+        commit = connection._commit
+
+        def timed_commit() -> None:
+            kind, self._last = self._last, None
+            started = time.perf_counter()
+            try:
+                commit()
+            finally:
+                if kind:
+                    self._add(f"{kind} commit", started)
+
+        connection._commit = timed_commit  # type: ignore[method-assign]
+        try:
+            with connection.execute_wrapper(self):
+                yield
+        finally:
+            del connection._commit
 
 
 def partition_bytes(name: str) -> int:
@@ -160,7 +190,6 @@ def retention_of_oldest_month(tablespace: str | None = None) -> dict[str, Any]:
     the figures. With ``tablespace`` the partition is first moved there (e.g. a file
     system mounted without online discard, to tell the database's work from the disk's)."""
     from django.conf import settings
-    from django.db import connection
 
     from billing import partitions
     from billing import rollups as r
@@ -177,7 +206,7 @@ def retention_of_oldest_month(tablespace: str | None = None) -> dict[str, Any]:
     before = dashboard_totals()
     times = StatementTimes()
     started = time.perf_counter()
-    with connection.execute_wrapper(times):
+    with times.timing():
         expired = r.expire_usage(now)
     seconds = time.perf_counter() - started
     after = dashboard_totals()
