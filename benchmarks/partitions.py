@@ -185,7 +185,26 @@ def partition_bytes(name: str) -> int:
         return int(cursor.fetchone()[0] or 0)
 
 
-def retention_of_oldest_month(tablespace: str | None = None) -> dict[str, Any]:
+def drop_caches() -> bool:
+    """Checkpoint, then have the kernel drop its page cache (needs root), so the month
+    retention drops is cold, as an old month is in production: a dropped file's pages still
+    cached are freed one by one at its unlink, which a just-loaded month would pay and an
+    old one does not. False when this process may not."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("CHECKPOINT")
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def retention_of_oldest_month(tablespace: str | None = None,
+                              cold: bool = False) -> dict[str, Any]:
     """Expire exactly the oldest monthly partition (retention set to end there); returns
     the figures. With ``tablespace`` the partition is first moved there (e.g. a file
     system mounted without online discard, to tell the database's work from the disk's)."""
@@ -204,6 +223,7 @@ def retention_of_oldest_month(tablespace: str | None = None) -> dict[str, Any]:
     kept_from = r.retention_start(now)
     assert kept_from is not None and r.day_bounds(kept_from)[0] == oldest.end, "TIME_ZONE: UTC"
     before = dashboard_totals()
+    cooled = drop_caches() if cold else False
     times = StatementTimes()
     started = time.perf_counter()
     with times.timing():
@@ -214,15 +234,17 @@ def retention_of_oldest_month(tablespace: str | None = None) -> dict[str, Any]:
     left = [p.name for p in partitions.partitions()]
     assert oldest.name not in left
     return {"partition": oldest.name, "rows": expired, "seconds": seconds, "bytes": size,
-            "statements_ms": times.ms, "tablespace": tablespace, "move_seconds": moved}
+            "statements_ms": times.ms, "tablespace": tablespace, "move_seconds": moved,
+            "cold": cooled}
 
 
 def retention_figure(retention: dict[str, Any]) -> tuple[str, str]:
     statements = ", ".join(f"{k} {v:.0f} ms" for k, v in retention["statements_ms"].items())
     where = (f", moved to tablespace {retention['tablespace']} first "
              f"({retention['move_seconds']:.0f} s)" if retention["tablespace"] else "")
+    cold = ", page cache dropped first" if retention["cold"] else ""
     return (f"retention of {retention['partition']} (~{retention['rows']:,} rows, "
-            f"{retention['bytes'] / 2**30:.1f} GiB{where}; dashboard totals unchanged)",
+            f"{retention['bytes'] / 2**30:.1f} GiB{where}{cold}; dashboard totals unchanged)",
             f"{retention['seconds'] * 1000:.0f} ms ({statements})")
 
 
@@ -244,6 +266,8 @@ def main() -> None:
                         help="only expire the oldest month of an already loaded database")
     parser.add_argument("--retention-tablespace",
                         help="move the month retention drops to this tablespace first")
+    parser.add_argument("--cold", action="store_true",
+                        help="drop the kernel's page cache before timing retention (root)")
     args = parser.parse_args()
     os.environ["TIME_ZONE"] = "UTC"  # local days = UTC days: a month's end is a day's start
     portal.setup_django(args.database_url)
@@ -254,7 +278,8 @@ def main() -> None:
 
     figures: list[tuple[str, str]] = []
     if args.retention_only:
-        name, value = retention_figure(retention_of_oldest_month(args.retention_tablespace))
+        name, value = retention_figure(
+            retention_of_oldest_month(args.retention_tablespace, args.cold))
         print(f"| {name} | {value} |")
         return
     portal.generate(args.keys, 0, False)  # tenants and keys only
@@ -283,7 +308,8 @@ def main() -> None:
     depth = portal_export.explain_and_time(3 if args.smoke else 20)
     rate, size = insert_rate(args.writes, f"pw_end_{time.time_ns()}_")
     figures.append((f"usage writer, table at ~{size:,} rows", f"{rate:,.0f} rows/s"))
-    figures.append(retention_figure(retention_of_oldest_month(args.retention_tablespace)))
+    figures.append(retention_figure(
+        retention_of_oldest_month(args.retention_tablespace, args.cold)))
     for r in pages:
         figures.append((f"{r.label} p50 / p95", r.row().split("|")[2].strip() + " / "
                         + r.row().split("|")[3].strip() + " ms"))
