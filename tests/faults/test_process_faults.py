@@ -227,17 +227,22 @@ def test_a_killed_gateway_strands_no_money_and_loses_no_served_row(priced, tmp_p
         stop(victim.proc)
 
 
-@pytest.mark.parametrize("mode", ["closed", "open"])
-def test_redis_stopped_and_started_under_load(priced, mode, tmp_path):
-    redis_dir = Path(tempfile.mkdtemp(prefix="tp-redis-"))
-    server = RedisServer(redis_dir)
+def gateway_on_own_redis(mode: str, prefix: str, log: Path) -> tuple[RedisServer, Gateway]:
+    """A private redis-server (stoppable, its data kept across a restart) and a gateway on
+    it with GATEWAY_REDIS_FAILURE=``mode``, logging at INFO to ``log``."""
+    server = RedisServer(Path(tempfile.mkdtemp(prefix="tp-redis-")))
     server.start()
-    prefix = "gwfault:"
-    log = tmp_path / "gateway.log"
     env = gateway_env(REDIS_URL=server.url, GATEWAY_REDIS_PREFIX=prefix,
                       GATEWAY_REDIS_FAILURE=mode, GATEWAY_CONCURRENCY_LEASE_SECONDS="2",
                       LOG_LEVEL="INFO")
-    gw = start_gateway(env, log=log)
+    return server, start_gateway(env, log=log)
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_redis_stopped_and_started_under_load(priced, mode, tmp_path):
+    prefix = "gwfault:"
+    log = tmp_path / "gateway.log"
+    server, gw = gateway_on_own_redis(mode, prefix, log)
     try:
         answers = closed_loop([gw.base_url], priced.secret, 16, 4.0, during=[
             (1.0, server.stop), (2.5, server.start)])
@@ -275,15 +280,9 @@ def test_an_idle_fail_open_gateway_pays_its_outage_debts_when_redis_returns(pric
     """Requests served on this process's own limits during an outage are charged to the
     shared accounts as soon as Redis is back, with no further request to notice it: the
     health probe pings Redis once a second while it is away."""
-    redis_dir = Path(tempfile.mkdtemp(prefix="tp-redis-"))
-    server = RedisServer(redis_dir)
-    server.start()
     prefix = "gwidle:"
     log = tmp_path / "gateway.log"
-    env = gateway_env(REDIS_URL=server.url, GATEWAY_REDIS_PREFIX=prefix,
-                      GATEWAY_REDIS_FAILURE="open", GATEWAY_CONCURRENCY_LEASE_SECONDS="2",
-                      LOG_LEVEL="INFO")
-    gw = start_gateway(env, log=log)
+    server, gw = gateway_on_own_redis("open", prefix, log)
     headers = {"Authorization": f"Bearer {priced.secret}"}
     try:
         answers = closed_loop([gw.base_url], priced.secret, 1, 0.5)  # the accounts exist
