@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 import shutil
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,11 @@ defaults
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response
+    # HAProxy can only send a request again if it holds all of it: without this, a request
+    # whose body came a moment after its headers, sent on a kept-alive connection that the
+    # draining process closed at that instant, is not retried; HAProxy closes the client's
+    # connection without an answer instead (seen once in CI: "Server disconnected").
+    option http-buffer-request
 
 frontend api
     bind {bind}:{port}
@@ -57,11 +64,17 @@ listen stats
 """
 
 
+# An access line's status, termination state and retries (httplog: ... status bytes
+# cookie cookie TERM actconn/feconn/beconn/srv_conn/RETRIES ...).
+ACCESS_LINE = re.compile(r" (-?\d+) \d+ \S+ \S+ (\S{4}) \d+/\d+/\d+/\d+/(\+?\d+) ")
+
+
 @dataclass
 class HAProxy:
     proc: subprocess.Popen
     url: str
     stats_url: str
+    log: Path
 
     def _rows(self) -> list[dict[str, str]]:
         text = httpx.get(self.stats_url + "/stats;csv", timeout=5).text.lstrip("# ")
@@ -71,6 +84,17 @@ class HAProxy:
     def states(self) -> dict[str, str]:
         """Each server's health as HAProxy sees it (UP, DOWN, ...), by name (g0, g1, ...)."""
         return {row["svname"]: row["status"] for row in self._rows()}
+
+    def unusual(self, limit: int = 20) -> list[str]:
+        """The access lines of the load's requests that were retried, redispatched or not
+        answered 200 with a clean end (termination state ``----``), for a failure's
+        message."""
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            match = ACCESS_LINE.search(line) if " api gateways/" in line else None
+            if match and (match[1], match[2], match[3]) != ("200", "----", "0"):
+                found.append(line)
+        return found[-limit:]
 
     def sessions(self) -> dict[str, int]:
         """How many requests (sessions) each server has been given so far."""
@@ -94,7 +118,7 @@ def start_haproxy(servers: Sequence[tuple[str, int]], workdir: Path, *,
                                 stderr=subprocess.STDOUT)
     wait_for_port(port, proc, host=bind)
     wait_for_port(stats_port, proc, host=bind)
-    return HAProxy(proc, f"http://{bind}:{port}", f"http://{bind}:{stats_port}")
+    return HAProxy(proc, f"http://{bind}:{port}", f"http://{bind}:{stats_port}", log)
 
 
 def stream_body(text: str) -> dict:
@@ -140,6 +164,18 @@ async def one_request(client: httpx.AsyncClient, url: str, secret: str, n: int) 
                           "" if ok else raw[-300:].decode("utf-8", "replace"))
     except httpx.TransportError as exc:
         return Result(stream, 0, "", False, repr(exc))
+
+
+def all_answered(results: list[Result], proxy: HAProxy) -> list[str]:
+    """Assert that every request of the load was answered 200 in full (a stream to its
+    [DONE]), streams and plain answers alike, each with its own request id; the ids."""
+    outcomes = Counter((r.stream, r.status, r.complete) for r in results)
+    bad = [r for r in results if r.status != 200 or not r.complete]
+    assert not bad, (outcomes, bad[:5], proxy.unusual())
+    assert outcomes[(True, 200, True)] >= 20 and outcomes[(False, 200, True)] >= 20, outcomes
+    ids = [r.request_id for r in results]
+    assert len(set(ids)) == len(ids), "a request id was answered twice"
+    return ids
 
 
 def load(url: str, secret: str, clients: int, stop_event: threading.Event,
