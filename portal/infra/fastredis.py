@@ -25,6 +25,7 @@ import collections
 import hashlib
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import hiredis
@@ -345,14 +346,12 @@ class ClusterFastRedis:
     already moved gets ``ASK`` (followed as above); a script whose keys are split between
     the two masters, or one the importing master lacks some keys of, gets ``TRYAGAIN`` until
     the move ends. A command refused with TRYAGAIN did not run, so it is sent again (from
-    the slot's owner, after TRYAGAIN_FIRST_WAIT, doubling up to TRYAGAIN_MAX_WAIT) for up to
+    the slot's owner, after the pauses of ``moving_slot_pauses``) for up to
     ``tryagain_seconds`` (REDIS_CLUSTER_TRYAGAIN_SECONDS) before the TRYAGAIN is raised (an
     outage to the caller).
     Each MOVED, ASK and TRYAGAIN is counted (``turnpike_redis_redirects_total{kind}``)."""
 
     MAX_REDIRECTS = 5
-    TRYAGAIN_FIRST_WAIT = 0.025
-    TRYAGAIN_MAX_WAIT = 0.2
 
     def __init__(self, url: str, tryagain_seconds: float = 2.0) -> None:
         target = parse_redis_url(url)
@@ -432,21 +431,18 @@ class ClusterFastRedis:
     async def _routed(self, key: Any, args: tuple[Any, ...]) -> Any:
         """``args`` on its key's master, following redirections; TRYAGAIN (a slot moving
         with this command's keys split) waited out for up to ``tryagain_seconds``."""
-        wait = self.TRYAGAIN_FIRST_WAIT
-        deadline: float | None = None
+        pauses: Iterator[float] | None = None
         while True:
             try:
                 return await self._redirected(key, args)
             except ResponseError as exc:
                 if not str(exc).startswith("TRYAGAIN"):
                     raise
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.tryagain_seconds
-                if now + wait > deadline:
+                pauses = pauses or moving_slot_pauses(self.tryagain_seconds)
+                wait = next(pauses, None)
+                if wait is None:
                     raise
             await asyncio.sleep(wait)
-            wait = min(wait * 2, self.TRYAGAIN_MAX_WAIT)
 
     async def _redirected(self, key: Any, args: tuple[Any, ...]) -> Any:
         client = await self._owner(key)
@@ -491,6 +487,19 @@ class ClusterFastRedis:
         for client in self._nodes.values():
             client.close()
         self._nodes.clear()
+
+
+def moving_slot_pauses(budget: float, first: float = 0.025,
+                       most: float = 0.2) -> Iterator[float]:
+    """The pauses before sending again a command refused because its slot is moving (it
+    did not run): ``first`` seconds, doubling up to ``most``, as long as the next attempt
+    still starts within ``budget`` seconds of the first refusal (this generator's first
+    step). The hot path's client and the sync cluster client (portal.infra.redis) both."""
+    deadline = time.monotonic() + budget
+    wait = first
+    while time.monotonic() + wait <= deadline:
+        yield wait
+        wait = min(wait * 2, most)
 
 
 def slot_of(key: Any) -> int:

@@ -86,24 +86,23 @@ def _resharding_cluster() -> type[redis.RedisCluster]:
     import redis
     from redis.exceptions import ClusterError
 
-    from portal.infra.fastredis import ClusterFastRedis as Fast
+    from portal.infra.fastredis import moving_slot_pauses
 
     class ReshardingCluster(redis.RedisCluster):
         def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-            wait, deadline = Fast.TRYAGAIN_FIRST_WAIT, 0.0
-            budget = float(settings.REDIS_CLUSTER_TRYAGAIN_SECONDS)
+            pauses = None
             while True:
                 try:
                     return super().execute_command(*args, **kwargs)
                 except ClusterError as exc:
                     if "TTL exhausted" not in str(exc):
                         raise
-                    now = time.monotonic()
-                    deadline = deadline or now + budget
-                    if now + wait > deadline:
+                    pauses = pauses or moving_slot_pauses(
+                        float(settings.REDIS_CLUSTER_TRYAGAIN_SECONDS))
+                    wait = next(pauses, None)
+                    if wait is None:
                         raise
                 time.sleep(wait)
-                wait = min(wait * 2, Fast.TRYAGAIN_MAX_WAIT)
 
     return ReshardingCluster
 

@@ -64,11 +64,10 @@ process's settings (the soak's driver); everything else uses the settings' prefi
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from django.conf import settings
-from django.core.signals import setting_changed
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from portal.infra.hotsettings import hot
 
 Ident = int | str
 
@@ -111,33 +110,15 @@ def slot(name: str | bytes) -> int:
     return int(key_slot(name.encode() if isinstance(name, str) else name))
 
 
-# The settings' prefix, read once: a request builds ~20 names, and each settings lookup
-# goes through Django's lazy settings object. A changed setting (override_settings in
-# tests) clears it.
-_prefix: str | None = None
-
-
 def _p(prefix: str | None) -> str:
-    global _prefix
-    if prefix is not None:
-        return prefix
-    if _prefix is None:
-        _prefix = settings.GATEWAY_REDIS_PREFIX
-    return _prefix
+    """``prefix``, or the settings' (read once, through ``hot``: a request builds ~20 names,
+    and each read of ``settings`` goes through Django's lazy settings object)."""
+    return prefix if prefix is not None else hot.GATEWAY_REDIS_PREFIX
 
 
 def prefix() -> str:
     """The prefix every name starts with (settings.GATEWAY_REDIS_PREFIX, read once)."""
-    return _prefix if _prefix is not None else _p(None)
-
-
-def _forget_prefix(*, setting: str, **kwargs: Any) -> None:
-    global _prefix
-    if setting == "GATEWAY_REDIS_PREFIX":
-        _prefix = None
-
-
-setting_changed.connect(_forget_prefix, dispatch_uid="portal.infra.rediskeys.prefix")
+    return hot.GATEWAY_REDIS_PREFIX
 
 
 def _t(tenant: Ident, prefix: str | None) -> str:

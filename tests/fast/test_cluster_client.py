@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from redis.exceptions import NoScriptError, ResponseError
 
-from portal.infra import metrics
-from portal.infra.fastredis import ClusterFastRedis, FastRedis, slot_of
+from portal.infra import fastredis, metrics
+from portal.infra.fastredis import ClusterFastRedis, FastRedis, moving_slot_pauses, slot_of
 
 KEY = "gw:{g1.0}acct:tenant:1"
 SLOT = slot_of(KEY)
@@ -151,3 +151,18 @@ def test_asking_and_its_command_are_written_together_on_the_connection() -> None
     assert data.count(asking) == 1
     assert data.split(asking)[1].startswith(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n"
                                            % (len(KEY), KEY.encode()))
+
+
+def test_the_pauses_double_to_their_ceiling_and_end_with_the_budget(monkeypatch) -> None:
+    """One policy for both cluster clients: 25 ms doubling to 200 ms, counted from the first
+    refusal, no attempt started past the budget (the clock moves only by the pauses)."""
+    clock = [100.0]
+    monkeypatch.setattr(fastredis.time, "monotonic", lambda: clock[0])
+    pauses = moving_slot_pauses(1.0)
+    clock[0] = 250.0  # the budget starts at the first refusal, not when the policy is made
+    taken = []
+    for wait in pauses:
+        taken.append(wait)
+        clock[0] += wait
+    assert taken == [0.025, 0.05, 0.1, 0.2, 0.2, 0.2, 0.2]  # 0.975 s; one more would pass 1 s
+    assert list(moving_slot_pauses(0.01)) == []  # a budget shorter than one pause: none
