@@ -45,6 +45,7 @@ from billing.usage import record_usage
 from gateway import accesslog, pipeline
 from gateway.context import RelayContext
 from gateway.errors import GatewayError, InvalidJSON, InvalidRequest, MissingModel, NotFound
+from gateway.metrics import observe
 from gateway.respond import Receive, Send
 from gateway.translate.responses import ResponsesEncoder
 from gateway.wire.sse import DONE, event_data
@@ -137,10 +138,11 @@ async def responses_socket(scope: dict[str, Any], receive: Receive, send: Send) 
     ctx = RelayContext.start(scope, "responses")
     try:
         await pipeline.authenticate(ctx)
-    except GatewayError as error:  # the same row as a refused HTTP request
+    except GatewayError as error:  # the same row, line and counts as a refused HTTP request
         ctx.status, ctx.error_code = error.status, error.code
         record_usage(ctx.usage_event())
         accesslog.emit(ctx)
+        observe(ctx)
         await refuse(scope, send, error)
         return
     if _draining:  # shutting down: no new socket (the client retries on another process)

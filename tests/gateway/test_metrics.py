@@ -296,6 +296,21 @@ def test_a_refused_key_counts_a_401_and_nothing_else(scraper: Scraper,
 
 
 
+def test_a_websocket_refused_at_its_handshake_counts_like_the_http_refusal(
+        scraper: Scraper, world: dict[str, Any]) -> None:
+    before = scraper.read()
+    for gateway in (scraper.allow, scraper.token):
+        resp = httpx.get(gateway.base_url + "/responses", timeout=30, headers={
+            "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Authorization": "Bearer sk-tp-not-a-key"})
+        assert resp.status_code == 401
+    settled(scraper, before, {
+        requests_sample("responses", "", "", "4xx", "invalid_api_key", "false"): 2,
+        timing("turnpike_request_duration_seconds_count", "responses", "", "", "false"): 2,
+    })
+
+
 def test_a_rate_limited_request_counts_a_limiter_refusal(scraper: Scraper,
                                                          world: dict[str, Any]) -> None:
     limited = world["make_key"](rpm=2)
