@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +164,36 @@ async def one_request(client: httpx.AsyncClient, url: str, secret: str, n: int) 
                           "" if ok else raw[-300:].decode("utf-8", "replace"))
     except httpx.TransportError as exc:
         return Result(stream, 0, "", False, repr(exc))
+
+
+def rolling_restart(proxy: HAProxy, url: str, secret: str, clients: int, servers: int,
+                    restart: Callable[[int], None], up_within: float = 30.0,
+                    answers_between: int = 20) -> list[Result]:
+    """``clients`` closed-loop clients through ``url`` while each of the ``servers`` behind
+    ``proxy`` is restarted in turn (``restart(i)`` for server gi, returning once the new
+    process runs); before the next one, HAProxy sees gi UP again (within ``up_within``
+    seconds) and ``answers_between`` more answers come. Every result of the load."""
+    from tests.faults.test_process_faults import wait_until
+
+    results: list[Result] = []
+    stop_load = threading.Event()
+    loader = threading.Thread(target=load, args=(url, secret, clients, stop_load, results))
+    loader.start()
+    try:
+        wait_until(lambda: len(results) >= 20, 60, "the load to start")
+        for i in range(servers):
+            before, name = len(results), f"g{i}"
+            restart(i)
+            wait_until(lambda name=name: proxy.states().get(name) == "UP", up_within,
+                       lambda name=name: f"HAProxy to see the new {name} up: {proxy.states()}")
+            # Requests went on being answered through the restart.
+            wait_until(lambda before=before: len(results) >= before + answers_between, 60,
+                       "answers after the restart")
+    finally:
+        stop_load.set()
+        loader.join(120)
+    assert not loader.is_alive()
+    return results
 
 
 def all_answered(results: list[Result], proxy: HAProxy) -> list[str]:

@@ -32,10 +32,9 @@ from billing.services import ledger_mismatches, tenant_topup
 from tests.conftest import gateway_env
 from tests.faults.loadbalancer import (
     HAPROXY,
-    Result,
     all_answered,
     events,
-    load,
+    rolling_restart,
     start_haproxy,
     stream_body,
 )
@@ -315,31 +314,19 @@ def test_a_rolling_restart_behind_haproxy_loses_nothing(priced, tmp_path):
     gateways = [start_gateway_on(p, env) for p in ports]
     retired: list[Gateway] = []
     proxy = start_haproxy([("127.0.0.1", p) for p in ports], tmp_path)
-    results: list[Result] = []
-    stop_load = threading.Event()
-    loader = threading.Thread(target=load, args=(proxy.url + "/v1", priced.secret, 12,
-                                                 stop_load, results))
+
+    def restart(i: int) -> None:
+        old = gateways[i]
+        old.proc.send_signal(signal.SIGTERM)
+        assert old.proc.wait(60) == 0, old.log.read_text()[-3000:]
+        retired.append(old)
+        gateways[i] = start_gateway_on(ports[i], env)
+
     try:
         wait_until(lambda: set(proxy.states().values()) == {"UP"}, 30,
                    lambda: f"HAProxy to see every gateway up: {proxy.states()}")
-        loader.start()
-        wait_until(lambda: len(results) >= 20, 60, "the load to start")
-        for i, port in enumerate(ports):
-            old = gateways[i]
-            before = len(results)
-            old.proc.send_signal(signal.SIGTERM)
-            assert old.proc.wait(60) == 0, old.log.read_text()[-3000:]
-            retired.append(old)
-            gateways[i] = start_gateway_on(port, env)
-            name = f"g{i}"
-            wait_until(lambda name=name: proxy.states().get(name) == "UP", 30,
-                       lambda name=name: f"HAProxy to see the new {name} up: {proxy.states()}")
-            # Requests went on being answered through the restart.
-            wait_until(lambda before=before: len(results) >= before + 20, 60,
-                       "answers after the restart")
-        stop_load.set()
-        loader.join(120)
-        assert not loader.is_alive()
+        results = rolling_restart(proxy, proxy.url + "/v1", priced.secret, 12, len(ports),
+                                  restart)
         ids = all_answered(results, proxy)
         wait_written(gateways, prefix)
         # Exactly one row for every answered request, each charged what it cost.
@@ -356,9 +343,6 @@ def test_a_rolling_restart_behind_haproxy_loses_nothing(priced, tmp_path):
             assert account_drifts(0.2) == []
             call_command("billing", "check", stdout=StringIO())
     finally:
-        stop_load.set()
-        if loader.is_alive():
-            loader.join(60)
         stop(proxy.proc)
         for gw in gateways + retired:
             stop(gw.proc)

@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -46,7 +45,7 @@ from keys.models import ApiKey
 from keys.services import CreatedKey, key_create, tenant_get_or_create
 from tests.conftest import DEMO_MODELS, gateway_env
 from tests.faults import netns
-from tests.faults.loadbalancer import HAProxy, Result, all_answered, load, start_haproxy
+from tests.faults.loadbalancer import HAProxy, all_answered, rolling_restart, start_haproxy
 from tests.faults.test_process_faults import shared_state, wait_until, wait_written
 from tests.gateway.test_policy_processes import burst as policy_burst
 from tests.servers import FakeUpstream, Gateway, new_log, stop, wait_for_port
@@ -370,29 +369,9 @@ def test_an_admin_change_reaches_every_process_within_the_snapshot_ttl(quiet):
 
 def test_a_rolling_restart_of_every_process_behind_haproxy_loses_nothing(quiet):
     made = new_key(concurrency=64)
-    results: list[Result] = []
-    stop_load = threading.Event()
-    loader = threading.Thread(target=load, args=(quiet.lb, made.secret, 8, stop_load,
-                                                 results))
     proxy = quiet.proxy
-    try:
-        loader.start()
-        wait_until(lambda: len(results) >= 20, 60, "the load to start")
-        for i in range(len(quiet.gateways)):
-            before = len(results)
-            quiet.restart(i)
-            name = f"g{i}"
-            wait_until(lambda name=name: proxy.states().get(name) == "UP", 120,
-                       lambda name=name: f"HAProxy to see the new {name} up: {proxy.states()}")
-            wait_until(lambda before=before: len(results) >= before + 10, 60,
-                       "answers after the restart")
-        stop_load.set()
-        loader.join(120)
-        assert not loader.is_alive()
-    finally:
-        stop_load.set()
-        if loader.is_alive():
-            loader.join(60)
+    results = rolling_restart(proxy, quiet.lb, made.secret, 8, len(quiet.gateways),
+                              quiet.restart, up_within=120, answers_between=10)
     ids = all_answered(results, proxy)
     wait_written(quiet.gateways, settings.GATEWAY_REDIS_PREFIX)
     # Exactly one row for every answered request, each charged what it cost.
