@@ -53,6 +53,8 @@ _KEY_TOTALS_LOCK = 0x7475726B  # "turk": the rebuild of KeyUsageTotals
 # RollupState row that says which days of it KeyUsageTotals holds.
 DASHBOARD_DAYS = 30
 KEY_TOTALS = "key_totals"
+# The RollupState row naming the hour rolled up only in part (see ``partial_hour``).
+PARTIAL_HOUR = "hourly_partial"
 
 
 def _bucket_filters(column: str) -> list[Q]:
@@ -312,18 +314,48 @@ def hour_start(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
+def rollup_cutoff(now: datetime | None = None) -> datetime:
+    """The moment up to which an hour not over yet is rolled up: now, less
+    BILLING_ROLLUP_SETTLE_SECONDS (how late a row may land after its request started and
+    still be in the rollup that covers it)."""
+    return _now(now) - timedelta(seconds=max(float(settings.BILLING_ROLLUP_SETTLE_SECONDS), 0))
+
+
+def partial_hour() -> tuple[datetime, datetime] | None:
+    """(hour, through): the UsageRollupHourly rows of ``hour`` (and its per-tenant rows) hold
+    exactly its raw rows with ``created_at`` before ``through`` (``hour`` + 1 h once it was
+    rolled whole); None before the first rollup of an hour not over."""
+    state = RollupState.objects.filter(name=PARTIAL_HOUR).values_list("since", "through").first()
+    return (state[0], state[1]) if state else None
+
+
 def rollup_hour(hour: datetime, now: datetime | None = None) -> int:
     """Make the UsageRollupHourly rows of one UTC hour (any moment in it) equal to the
     aggregate of its UsageLog rows, and its UsageRollupTenantHourly rows equal to their
-    sum per tenant and model, like ``rollup_day``. Returns its (per-key) rollup rows."""
+    sum per tenant and model, like ``rollup_day``. Returns its (per-key) rollup rows.
+
+    An hour not over by the cutoff (``rollup_cutoff``) is rolled up to the cutoff only, and
+    the RollupState row PARTIAL_HOUR says so (``partial_hour``), in the same transaction:
+    the dashboard then reads that hour from its rollup and only the rows after the cutoff
+    raw. Rolling the hour whole later (it ended) moves that row's ``through`` to its end."""
     start = hour_start(hour)
+    end = start + timedelta(hours=1)
+    upto = min(end, max(rollup_cutoff(now), start))
     kept_from = retention_start(now)
     expired = kept_from is not None and start < day_bounds(kept_from)[0]
     with transaction.atomic():
         _lock(_ROLLUP_HOUR_LOCK, int(start.timestamp()) // 3600)
-        return _roll(UsageRollupHourly, UsageRollupTenantHourly, "hour", start, start,
-                     start + timedelta(hours=1), label=start.strftime("%Y-%m-%d %H:00 UTC"),
-                     expired=expired)[0]
+        rows = _roll(UsageRollupHourly, UsageRollupTenantHourly, "hour", start, start, upto,
+                     label=start.strftime("%Y-%m-%d %H:00 UTC"), expired=expired)[0]
+        if upto < end:
+            RollupState.objects.bulk_create(
+                [RollupState(name=PARTIAL_HOUR, since=start, through=upto)],
+                update_conflicts=True, unique_fields=["name"],
+                update_fields=["since", "through", "updated_at"])
+        else:
+            RollupState.objects.filter(name=PARTIAL_HOUR, since=start).update(
+                through=end, updated_at=timezone.now())
+        return rows
 
 
 def rollup_hours(start: datetime, end: datetime, now: datetime | None = None) -> int:
@@ -362,11 +394,12 @@ def _advance(name: str, since: datetime, through: datetime) -> None:
 
 def rollup_recent_hours(now: datetime | None = None) -> dict[str, int]:
     """The hourly task: roll up every UTC hour from the first one not yet rolled after it
-    ended (the start of yesterday, local, on the first run) through the current one, the
-    previous hour always included (rows land up to a few seconds late). Returns rollup
-    rows per hour."""
+    ended (the start of yesterday, local, on the first run) through the one holding the
+    cutoff (``rollup_cutoff``: normally the current hour), that one up to the cutoff only,
+    the hour before it always included (rows land up to a few seconds late). The watermark
+    moves to the start of the hour holding the cutoff. Returns rollup rows per hour."""
     moment = _now(now)
-    current = hour_start(moment)
+    current = hour_start(rollup_cutoff(moment))
     state = _state("hourly")
     if state is None:
         first = hour_start(day_bounds(local_date(moment) - timedelta(days=1))[0])

@@ -101,3 +101,19 @@ def test_the_partitions_benchmark_runs_and_reports():
     # The figure splits the lock (DETACH) from the drop, timed statement by statement.
     assert "DETACH" in table[retention[0]] and "DROP" in table[retention[0]]
     assert any(name.startswith("CSV export") for name in table)
+
+
+def test_the_dashboard_hour_benchmark_runs_and_reports():
+    url = fresh_database(os.environ["DATABASE_URL"],
+                         os.environ.get("TEST_DATABASE_NAME", "turnpike") + "_bench_hour")
+    env = {**os.environ}
+    env.pop("REDIS_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.dashboard_hour", "--rows", "3000", "--repeat", "3",
+         "--database-url", url],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )
+    # The benchmark itself checks that both ways count every row once.
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 3,000 |")]
+    assert len(rows) == 1 and rows[0].count(" / ") == 2, result.stdout[-2000:]

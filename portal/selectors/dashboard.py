@@ -7,14 +7,18 @@ Sources, so the page costs the same on a 10M-row usage table as on an empty one:
   up after they ended): ``UsageRollup``;
 - the hours after that, up to ``RollupState('hourly').through`` (the minute task):
   ``UsageRollupHourly``;
-- the rest (normally the current partial hour, at most a minute and a bit more): the raw
-  ``UsageLog`` rows, through the (tenant, created_at) index.
+- the hour not over yet, as far as the minute task rolled it (BILLING_ROLLUP_SETTLE_SECONDS
+  ago, when it ran: ``rollups.partial_hour``): ``UsageRollupHourly`` too;
+- the rest (normally the last BILLING_ROLLUP_SETTLE_SECONDS and up to a minute more): the
+  raw ``UsageLog`` rows, through the (tenant, created_at) index.
 
-The three ranges never overlap, so nothing is counted twice, and the page is exact (to
-the rows written so far) whether or not Celery beat runs: without it the watermarks stay
-behind and the raw rows cover more (right, only slower). Hours are UTC hours; for "today
-by hour" they are shown in local time (zones with half-hour offsets see their local day
-start inside an hour: that hour counts to the day it starts in).
+The ranges never overlap, so nothing is counted twice, and the page is exact (to the rows
+written so far, but for a row written more than BILLING_ROLLUP_SETTLE_SECONDS after its
+request started: it shows after the next minute's rollup) whether or not Celery beat runs:
+without it the watermarks stay behind and the raw rows cover more (right, only slower).
+Hours are UTC hours; for "today by hour" they are shown in local time (zones with
+half-hour offsets see their local day start inside an hour: that hour counts to the day it
+starts in).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from django.db.models import Exists, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from billing import rollups
 from billing.models import (
     LATENCY_BOUNDS_MS,
     LATENCY_FIELDS,
@@ -323,8 +328,11 @@ def _window_parts(tenant: Tenant, first: date, end: date) -> list[KeyPart]:
 
 # Over the complexity limit (C901) on purpose: data sources stitched by time range (daily,
 # hourly rollups, raw rows; per tenant or per key); each step is commented.
+PARTIAL_TRIES = 3  # reads of the figures before giving up the partial hour's rollup
+
+
 @analytics()
-def overview(tenant: Tenant, key: ApiKey | None = None,  # noqa: C901
+def overview(tenant: Tenant, key: ApiKey | None = None,
              now: datetime | None = None) -> Overview:
     """The dashboard's figures for ``tenant`` (and only ``key`` of it, when given: its
     rows must be the tenant's, which the caller fetched by tenant).
@@ -332,8 +340,25 @@ def overview(tenant: Tenant, key: ApiKey | None = None,  # noqa: C901
     The tenant's figures come from the per-tenant rollups (a row per day or hour and model,
     whatever the number of keys); one key's from the per-key rollups of that key. The key
     ranking (top keys) reads ``KeyUsageTotals`` for the daily part of the window (see
-    ``_window_parts``), the per-key hourly rollups and raw rows for the rest."""
+    ``_window_parts``), the per-key hourly rollups and raw rows for the rest.
+
+    The hour the minute rollup covers only in part (``rollups.partial_hour``) is read from
+    its rollup up to where that stops, and raw after it. That rollup is rewritten every
+    minute, its extent with it (one transaction): the extent is read before the figures
+    and again after them, and the figures are read again if it moved in between (else a
+    row could be counted both in the rollup and raw). After PARTIAL_TRIES moves, the hour
+    is read raw."""
     now = now or timezone.now()
+    for _ in range(PARTIAL_TRIES):
+        partial = rollups.partial_hour()
+        figures = _overview(tenant, key, now, partial)
+        if rollups.partial_hour() == partial:
+            return figures
+    return _overview(tenant, key, now, None)
+
+
+def _overview(tenant: Tenant, key: ApiKey | None, now: datetime,  # noqa: C901
+              partial: tuple[datetime, datetime] | None) -> Overview:
     today = local_date(now)
     first_day = min(today - timedelta(days=DAYS - 1), today.replace(day=1))
     window_day = today - timedelta(days=DAYS - 1)
@@ -357,6 +382,11 @@ def overview(tenant: Tenant, key: ApiKey | None = None,  # noqa: C901
     t1 = t0
     if hourly and hourly.since <= t0 and hourly.through > t0:
         t1 = min(hourly.through, hour_start(now) + timedelta(hours=1))
+    # The hour at t1 rolled up in part, to ``raw_from``: its rollup rows are read with the
+    # hours before it, the raw rows from ``raw_from`` on.
+    raw_from = hours_end = t1
+    if partial is not None and partial[0] == t1 and t1 < partial[1] <= now:
+        raw_from, hours_end = partial[1], t1 + timedelta(hours=1)
 
     by_day = {d: Totals() for d in (first_day + timedelta(days=i)
                                     for i in range((today - first_day).days + 1))}
@@ -385,9 +415,9 @@ def overview(tenant: Tenant, key: ApiKey | None = None,  # noqa: C901
         if day == today:
             bump(by_hour, timezone.localtime(hour), row)
 
-    # 2. hourly rollups of [t0, t1).
-    if t1 > t0:
-        qs = hourly_rollup.objects.filter(**scope, hour__gte=t0, hour__lt=t1)
+    # 2. hourly rollups of [t0, t1), and of the hour at t1 when it is rolled up in part.
+    if hours_end > t0:
+        qs = hourly_rollup.objects.filter(**scope, hour__gte=t0, hour__lt=hours_end)
         for row in _values(qs, "hour", MEASURES):
             add_hour(row["hour"], row)
         window = qs.filter(hour__gte=hour_start(day_bounds(window_day)[0]))
@@ -396,9 +426,9 @@ def overview(tenant: Tenant, key: ApiKey | None = None,  # noqa: C901
         if key is None:
             key_parts.append((UsageRollupHourly.objects.filter(
                 tenant=tenant, hour__gte=max(t0, hour_start(day_bounds(window_day)[0])),
-                hour__lt=t1), None, 1))
+                hour__lt=hours_end), None, 1))
 
-    # 3. raw rows: since t1 (normally the current hour), and before d0 (if any); one
+    # 3. raw rows: since raw_from (normally the last minutes), and before d0 (if any); one
     # GROUP BY by hour and model each (rows of an hour that starts before the window count
     # for their day only).
     window_start = day_bounds(window_day)[0]
@@ -422,7 +452,7 @@ def overview(tenant: Tenant, key: ApiKey | None = None,  # noqa: C901
             key_parts.append((UsageLog.objects.filter(tenant=tenant, **created),
                               measure_aggregates(), 1))
 
-    raw(t1)
+    raw(raw_from)
     if d0 > first_day:
         raw(day_bounds(first_day)[0], day_bounds(d0)[0])
 

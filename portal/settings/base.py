@@ -547,6 +547,11 @@ BILLING_DEFAULT_MAX_OUTPUT_TOKENS = env_int("BILLING_DEFAULT_MAX_OUTPUT_TOKENS",
 # 0: keep them forever. Deleted in batches of BILLING_USAGE_EXPIRE_BATCH rows.
 BILLING_USAGE_RETENTION_DAYS = env_int("BILLING_USAGE_RETENTION_DAYS", 90)
 BILLING_USAGE_EXPIRE_BATCH = env_int("BILLING_USAGE_EXPIRE_BATCH", 10_000)
+# The minute rollup (billing.rollup_hourly) rolls the hour not over yet up to this many
+# seconds ago, and the dashboard reads raw rows only after that: a row written later than
+# this after its request started (a stream longer than it) shows there at the next rollup
+# (within a minute) instead of at once. Larger: more raw rows read per dashboard view.
+BILLING_ROLLUP_SETTLE_SECONDS = env_float("BILLING_ROLLUP_SETTLE_SECONDS", 300.0)
 # PostgreSQL: the usage log is partitioned by UTC month (billing.partitions); the daily
 # billing.create_usage_partitions task keeps partitions for the current month and this
 # many months after it (rows of a month without one wait in the default partition).

@@ -140,10 +140,12 @@ def check_period(day: date) -> None:
 
 
 def roll(day: date) -> None:
-    """The day and its hours, as on the day after (its raw rows are not expired then)."""
+    """The day and its hours, as in the first hour of the day after (its raw rows are not
+    expired then, and its last hour is over by more than BILLING_ROLLUP_SETTLE_SECONDS)."""
     start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
-    rollups.rollup_day(day, now=start + timedelta(days=1))
-    rollups.rollup_hours(start, start + timedelta(hours=23), now=start + timedelta(days=1))
+    later = start + timedelta(days=1, hours=1)
+    rollups.rollup_day(day, now=later)
+    rollups.rollup_hours(start, start + timedelta(hours=23), now=later)
 
 
 def test_tenant_rollups_equal_the_raw_rows_per_tenant_and_model(world):

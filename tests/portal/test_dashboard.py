@@ -32,6 +32,7 @@ from billing.models import (
     UsageLog,
     UsageRollup,
     UsageRollupHourly,
+    UsageRollupTenantHourly,
 )
 from billing.usage import UsageEvent, write_events
 from keys.models import ApiKey, Membership, Tenant
@@ -255,6 +256,63 @@ def test_dashboard_does_not_count_rows_twice_once_the_current_hour_is_rolled(wor
     rollups.rollup_recent_hours(NOW)
     rollups.rollup_hour(NOW)  # the current hour has rollups too: still read raw
     check_known_figures(overview(w["acme"], now=NOW), w)
+
+
+def test_the_current_hour_is_read_from_its_rollup_up_to_the_cutoff_and_raw_after(world):
+    """BILLING_ROLLUP_SETTLE_SECONDS (300) before the minute task ran, its rollup of the
+    hour stops; the dashboard reads the rows after that raw. A row written later than that
+    after its request started shows from the next rollup on."""
+    w = world
+    known_rows(w)  # 14:05 and 14:20 in the current hour (NOW is 14:30)
+    rollups.rollup_recent_days(NOW)
+    rollups.rollup_recent_hours(NOW)
+    hour = at("2025-06-15T14:00:00")
+    assert rollups.partial_hour() == (hour, NOW - timedelta(seconds=300))
+    assert RollupState.objects.get(name="hourly").through == hour
+    assert UsageRollupTenantHourly.objects.filter(tenant=w["acme"], hour=hour).aggregate(
+        n=Sum("requests"))["n"] == 2
+    log(at("2025-06-15T14:27:00"), w["acme"], w["a1"], cost="0.5")  # after the cutoff: raw
+    figures = overview(w["acme"], now=NOW)
+    assert (figures.today_totals.requests, figures.today_totals.cost) == (4, Decimal("0.62"))
+    # A request that started at 14:10 and was written only now: in neither part, until the
+    # next minute's rollup takes it.
+    log(at("2025-06-15T14:10:00"), w["acme"], w["a2"], cost="1")
+    assert overview(w["acme"], now=NOW).today_totals.requests == 4
+    rollups.rollup_recent_hours(NOW + timedelta(minutes=1))
+    later = overview(w["acme"], now=NOW + timedelta(minutes=1))
+    assert (later.today_totals.requests, later.today_totals.cost) == (5, Decimal("1.62"))
+    assert {k: x.requests for k, x in later.by_key.items()} == {w["a1"].pk: 4, w["a2"].pk: 3}
+    # Once the hour is over by the cutoff, it is rolled whole and the watermark passes it.
+    rollups.rollup_recent_hours(at("2025-06-15T15:06:00"))
+    assert RollupState.objects.get(name="hourly").through == at("2025-06-15T15:00:00")
+    assert rollups.partial_hour() == (at("2025-06-15T15:00:00"), at("2025-06-15T15:01:00"))
+
+
+def test_a_rollup_committed_while_the_dashboard_reads_counts_no_row_twice(world, monkeypatch):
+    """The minute task moves the partial hour's cutoff between the dashboard's read of it
+    and its read of the rollup rows: read with the old cutoff, the row between the two
+    cutoffs would be in the rollup and in the raw rows; the dashboard sees the move and
+    reads again."""
+    w = world
+    known_rows(w)
+    rollups.rollup_recent_days(NOW)
+    rollups.rollup_recent_hours(NOW)  # the current hour up to 14:25
+    log(at("2025-06-15T14:27:00"), w["acme"], w["a1"], cost="0.5")
+    real, seen = rollups.partial_hour, []
+
+    def racing() -> Any:
+        extent = real()
+        seen.append(extent)
+        if len(seen) == 1:  # the task commits right after the first look
+            rollups.rollup_recent_hours(NOW + timedelta(minutes=3))  # now up to 14:28
+        return extent
+
+    monkeypatch.setattr(rollups, "partial_hour", racing)
+    figures = overview(w["acme"], now=NOW)
+    assert (figures.today_totals.requests, figures.today_totals.cost) == (4, Decimal("0.62"))
+    assert {h.hour: x.requests for h, x in figures.by_hour.items() if x.requests} == {
+        9: 1, 14: 3}
+    assert [extent[1].minute for extent in seen] == [25, 28, 28, 28]  # read twice
 
 
 def test_the_dashboard_page_shows_the_figures_and_charts(world):
