@@ -80,17 +80,21 @@ def test_the_capacity_benchmark_measures_what_it_reports(tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
                     reason="the partitions benchmark needs PostgreSQL")
-def test_the_partitions_benchmark_runs_and_reports():
+def run_on_fresh_database(module: str, suffix: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m module args --database-url URL`` on a new, empty database of its own,
+    without Redis."""
     url = fresh_database(os.environ["DATABASE_URL"],
-                         os.environ.get("TEST_DATABASE_NAME", "turnpike") + "_bench_partition")
+                         os.environ.get("TEST_DATABASE_NAME", "turnpike") + suffix)
     env = {**os.environ}
     env.pop("REDIS_URL", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.partitions", "--smoke", "--rows", "6000",
-         "--window-rows", "3000", "--keys", "2000", "--writes", "600", "--export-rows", "500",
-         "--database-url", url],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
-    )
+    return subprocess.run([sys.executable, "-m", module, *args, "--database-url", url],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_the_partitions_benchmark_runs_and_reports():
+    result = run_on_fresh_database(
+        "benchmarks.partitions", "_bench_partition", "--smoke", "--rows", "6000",
+        "--window-rows", "3000", "--keys", "2000", "--writes", "600", "--export-rows", "500")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = dict(line.strip("| ").split(" | ", 1) for line in result.stdout.splitlines()
                  if line.startswith("| ") and not line.startswith("| measure"))
@@ -104,15 +108,8 @@ def test_the_partitions_benchmark_runs_and_reports():
 
 
 def test_the_dashboard_hour_benchmark_runs_and_reports():
-    url = fresh_database(os.environ["DATABASE_URL"],
-                         os.environ.get("TEST_DATABASE_NAME", "turnpike") + "_bench_hour")
-    env = {**os.environ}
-    env.pop("REDIS_URL", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.dashboard_hour", "--rows", "3000", "--repeat", "3",
-         "--database-url", url],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
-    )
+    result = run_on_fresh_database("benchmarks.dashboard_hour", "_bench_hour", "--rows", "3000",
+                                   "--repeat", "3")
     # The benchmark itself checks that both ways count every row once.
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 3,000 |")]
