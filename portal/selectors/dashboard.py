@@ -326,8 +326,6 @@ def _window_parts(tenant: Tenant, first: date, end: date) -> list[KeyPart]:
     return parts
 
 
-# Over the complexity limit (C901) on purpose: data sources stitched by time range (daily,
-# hourly rollups, raw rows; per tenant or per key); each step is commented.
 PARTIAL_TRIES = 3  # reads of the figures before giving up the partial hour's rollup
 
 
@@ -347,16 +345,34 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
     minute, its extent with it (one transaction): the extent is read before the figures
     and again after them, and the figures are read again if it moved in between (else a
     row could be counted both in the rollup and raw). After PARTIAL_TRIES moves, the hour
-    is read raw."""
+    is read raw. The key ranking, read later (when the page asks), is checked the same way
+    and read from raw rows if the extent moved since the figures."""
     now = now or timezone.now()
     for _ in range(PARTIAL_TRIES):
         partial = rollups.partial_hour()
         figures = _overview(tenant, key, now, partial)
         if rollups.partial_hour() == partial:
+            if partial is not None:
+                figures.rank_keys = _checked(figures.rank_keys, partial,
+                                             lambda: _overview(tenant, key, now, None))
             return figures
     return _overview(tenant, key, now, None)
 
 
+def _checked(rank: Callable[[int | None], KeyRanking], partial: tuple[datetime, datetime],
+             raw: Callable[[], Overview]) -> Callable[[int | None], KeyRanking]:
+    """``rank``, unless the partial hour's extent moved from ``partial`` by the time it has
+    read: then the ranking of ``raw()`` (the hour read raw)."""
+    def ranked(limit: int | None) -> KeyRanking:
+        out = rank(limit)
+        if rollups.partial_hour() == partial:
+            return out
+        return raw().rank_keys(limit)
+    return ranked
+
+
+# Over the complexity limit (C901) on purpose: data sources stitched by time range (daily,
+# hourly rollups, raw rows; per tenant or per key); each step is commented.
 def _overview(tenant: Tenant, key: ApiKey | None, now: datetime,  # noqa: C901
               partial: tuple[datetime, datetime] | None) -> Overview:
     today = local_date(now)

@@ -313,6 +313,15 @@ def test_a_rollup_committed_while_the_dashboard_reads_counts_no_row_twice(world,
     assert {h.hour: x.requests for h, x in figures.by_hour.items() if x.requests} == {
         9: 1, 14: 3}
     assert [extent[1].minute for extent in seen] == [25, 28, 28, 28]  # read twice
+    # The key ranking is read when the page asks for it: a rollup committed before that is
+    # seen, and the ranking read without the partial hour's rollup.
+    monkeypatch.setattr(rollups, "partial_hour", real)
+    log(at("2025-06-15T14:29:00"), w["acme"], w["a1"], cost="0.25")  # after 14:28: raw
+    rollups.rollup_recent_hours(NOW + timedelta(minutes=5))  # now up to 14:30, with it
+    assert rollups.partial_hour()[1] == NOW
+    assert {k: (x.requests, x.cost) for k, x in figures.by_key.items()} == {
+        w["a1"].pk: (5, Decimal("1.87")), w["a2"].pk: (2, Decimal("0.50"))}
+    assert [k["id"] for k in figures.top_keys()] == [w["a1"].pk, w["a2"].pk]
 
 
 def test_the_dashboard_page_shows_the_figures_and_charts(world):
