@@ -22,10 +22,10 @@ from gateway.metrics import metrics_app
 from gateway.readiness import healthz_app, readyz_app
 from gateway.websocket import refused_socket, responses_socket
 
+# The API's endpoints (a longer path before its prefix: the pattern tries them in order).
 ENDPOINTS = ("responses/compact", "responses", "chat/completions", "models",
              "dashboard/billing/subscription", "dashboard/billing/usage")
-ENDPOINT = (r"(?P<endpoint>responses/compact|responses|chat/completions|models"
-            r"|dashboard/billing/subscription|dashboard/billing/usage)")
+ENDPOINT = f"(?P<endpoint>{'|'.join(map(re.escape, ENDPOINTS))})"
 
 
 def _prefix() -> str:

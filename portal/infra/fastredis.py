@@ -280,17 +280,14 @@ class FastRedis:
 
     async def evalsha(self, script: str, keys: list[Any], args: list[Any]) -> Any:
         """Run a Lua script by its SHA1, loading it on the first NOSCRIPT."""
-        sha = self._shas.get(script)
-        if sha is None:
-            sha = self._shas[script] = hashlib.sha1(script.encode()).hexdigest()
         try:
-            transport = self._transport
-            if transport is not None and not transport.is_closing():  # execute(), inlined
-                return await self._send(("EVALSHA", sha, len(keys), *keys, *args))
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+            reply = self.send_evalsha(script, keys, args)  # a ready connection: sent now
+            if reply is not None:
+                return await reply
+            return await self.execute("EVALSHA", self._sha(script), len(keys), *keys, *args)
         except NoScriptError:
             await self.execute("SCRIPT", "LOAD", script)
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.execute("EVALSHA", self._sha(script), len(keys), *keys, *args)
 
     def send_evalsha(self, script: str, keys: list[Any],
                      args: list[Any]) -> asyncio.Future[Any] | None:
@@ -301,10 +298,14 @@ class FastRedis:
         transport = self._transport
         if transport is None or transport.is_closing():
             return None
+        return self._send(("EVALSHA", self._sha(script), len(keys), *keys, *args))
+
+    def _sha(self, script: str) -> str:
+        """The script's SHA1 (computed once per script: they are kilobytes)."""
         sha = self._shas.get(script)
         if sha is None:
             sha = self._shas[script] = hashlib.sha1(script.encode()).hexdigest()
-        return self._send(("EVALSHA", sha, len(keys), *keys, *args))
+        return sha
 
     def close(self) -> None:
         self._fail(RedisConnectionError("Redis client closed"))
