@@ -51,7 +51,9 @@ class RelayContext:
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     outcome: Outcome = field(default_factory=Outcome)  # the upstream exchange's record
     stream_open: bool = False  # an SSE response has started and not yet ended
-    events_sent: int = 0  # SSE events sent so far (the next Responses sequence_number)
+    # SSE events sent so far (the next Responses sequence_number; the trace's stream span):
+    # counted on Responses streams and traced requests only (gateway.respond.send_chunk)
+    events_sent: int = 0
     turn: Turn | None = None  # a /v1/responses request the store follows (gateway.stored)
     capture: Capture | None = None  # set while body capture is on for the key (gateway.capture)
     method: str = ""

@@ -75,9 +75,12 @@ async def start_stream(ctx: RelayContext, send: Send) -> None:
 
 async def send_chunk(ctx: RelayContext, send: Send, data: bytes) -> None:
     if data:
-        # Events end with a blank line: counting them (C speed) is what lets a stream that
-        # breaks later end with a correctly numbered Responses error event.
-        ctx.events_sent += data.count(b"\n\n")
+        # Events end with a blank line: counting them (C speed) is what lets a Responses
+        # stream that breaks later end with a correctly numbered error event, and what a
+        # trace's stream span reports. Nothing else reads the count: a Chat stream's events
+        # go uncounted unless traced (a scan of every byte relayed).
+        if ctx.trace is not None or ctx.endpoint.startswith("responses"):
+            ctx.events_sent += data.count(b"\n\n")
         if ctx.capture is not None:
             ctx.capture.response(data)
         await send({"type": "http.response.body", "body": data, "more_body": True})

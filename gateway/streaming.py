@@ -27,7 +27,15 @@ import orjson
 from gateway.errors import GatewayError, UpstreamError
 from gateway.providers.base import error_answer, is_error_answer
 from gateway.wire import usage as usage_wire
-from gateway.wire.sse import DONE, SseSplitter, encode, event_data, event_json, event_name
+from gateway.wire.sse import (
+    DONE,
+    SseSplitter,
+    encode,
+    event_data,
+    event_json,
+    event_name,
+    split_events,
+)
 from gateway.wire.usage import Usage
 
 # What a request with this usage is charged, when the upstream served it (True) or when
@@ -58,20 +66,104 @@ class StreamTap:
         self.verified = False  # the first event was the protocol's opening
         self.ended_failed = False  # the proper end was the protocol's failure event
         self.failure: GatewayError | None = None  # the first event showed the answer is not one
-        self.events = 0
+        self._events = 0  # counted one by one; ``events`` adds the blocks' when asked
+        self._counted = 0  # ``relayed`` entries whose blocks ``_events`` includes
         # Every event relayed, kept (not parsed) in case the upstream never reports usage and
-        # Turnpike must count the tokens itself.
+        # Turnpike must count the tokens itself: single events, and blocks of quiet events
+        # (whole events with their blank lines) as they passed (``relayed_events``).
         self.relayed: list[bytes] = []
 
     def feed(self, chunk: bytes) -> bytes:
+        # Whole events come as one block: once the stream is proved, most of them need no
+        # look at all and pass at C speed (``_relay_block``); a fast upstream's whole answer
+        # can be a single read, proved by its first event.
+        block = self.splitter.feed_block(chunk)
+        if block is None:  # runs of blank lines: event by event, as they always were
+            return self._on_events(self.splitter.feed(b""))
+        if not self.verified:
+            return self._prove(block)
+        return self._relay_block(block)
+
+    def _prove(self, block: bytes) -> bytes:
+        """Event by event until one proves the stream (or shows it is not an answer), then
+        the rest of the block as a block."""
         out = []
-        for event in self.splitter.feed(chunk):
+        start = 0
+        while start < len(block) and not self.verified:
+            end = block.find(b"\n\n", start)  # a block's events are each ended by one
+            event, start = block[start:end], end + 2
+            if not self._check_first(event) and self.failure is not None:
+                return b"".join(out)  # nothing of a failed answer is relayed
+            kept = self.on_event(event)
+            if kept is not None:
+                out.append(kept + b"\n\n")
+        if start < len(block):
+            out.append(self._relay_block(block[start:]))
+        return b"".join(out)
+
+    def _relay_block(self, block: bytes) -> bytes:
+        """Whole events, each ended by one blank line: the quiet ones at the start pass as
+        they are (counted and kept as one block), the rest are taken one by one."""
+        if not block:
+            return b""
+        head = self._quiet_head(block)
+        if not head:
+            events = block.split(b"\n\n")
+        else:
+            self.relayed.append(head)
+            if len(head) == len(block):
+                return block
+            events = block[len(head):].split(b"\n\n")
+        events.pop()  # the block ends with a blank line
+        return head + self._on_events(events) if head else self._on_events(events)
+
+    def _on_events(self, events: list[bytes]) -> bytes:
+        out = []
+        for event in events:
             if not self.verified and not self._check_first(event) and self.failure is not None:
                 break  # nothing of a failed answer is relayed
             kept = self.on_event(event)
             if kept is not None:
                 out.append(kept + b"\n\n")
         return b"".join(out)
+
+    # Substrings that may make an event matter to the tap (``on_event`` would do more than
+    # count and keep it); an event without any of them is surely quiet.
+    MARKS: tuple[bytes, ...] = ()
+
+    def quiet(self, block: bytes) -> bool:
+        """Whether ``on_event`` would pass every event of this block on unchanged, with
+        nothing to note but the count: decided with substring counts, exactly."""
+        return False
+
+    def quiet_end(self, block: bytes) -> int:
+        """Where the events that may be quiet end (a guess that ``quiet`` then checks): the
+        start of the event holding the first mark, or the block's end."""
+        first = min((i for i in (block.find(mark) for mark in self.MARKS) if i >= 0),
+                    default=-1)
+        return len(block) if first < 0 else block.rfind(b"\n\n", 0, first) + 2
+
+    def _quiet_head(self, block: bytes) -> bytes:
+        """The whole events at the start of the block up to ``quiet_end``, if they are quiet;
+        else nothing."""
+        cut = self.quiet_end(block)
+        if cut <= 1:
+            return b""
+        head = block[:cut]
+        return head if self.quiet(head) else b""
+
+    @property
+    def events(self) -> int:
+        """Events relayed so far (a Responses error or keep-alive event takes the next
+        sequence number): the blocks' events are counted only when someone asks."""
+        for kept in self.relayed[self._counted:]:  # a single event, kept without its blank
+            self._events += kept.count(b"\n\n")   # line, adds nothing here
+        self._counted = len(self.relayed)
+        return self._events
+
+    def relayed_events(self) -> list[bytes]:
+        """The events relayed so far, one by one (kept as blocks while relaying)."""
+        return split_events(self.relayed)
 
     def finish(self) -> bytes:
         rest = self.splitter.rest()
@@ -116,7 +208,7 @@ class StreamTap:
         raise NotImplementedError
 
     def on_event(self, event: bytes) -> bytes | None:
-        self.events += 1
+        self._events += 1
         return event
 
     def ended_with(self) -> tuple[GatewayError, bool] | None:
@@ -150,12 +242,36 @@ class ChatTap(StreamTap):
     def is_opening(self, data: Any) -> bool:
         return isinstance(data, dict) and isinstance(data.get("choices"), list)
 
+    # A finish reason and usage are strings and objects when set: null ones are counted out.
+    MARKS = (DONE, b'"finish_reason":"', b'"finish_reason": "', b'"usage":{', b'"usage": {')
+
+    def quiet(self, block: bytes) -> bool:
+        # on_event's own tests, over the block: no [DONE], and every "usage" and
+        # "finish_reason" key is a null one (JSON strings escape their quotes: only keys match).
+        if DONE in block:
+            return False
+        if b'"usage"' in block and block.count(b'"usage"') != (
+                block.count(b'"usage":null') + block.count(b'"usage": null')):
+            return False
+        reasons = block.count(b'"finish_reason"')
+        return not reasons or reasons == block.count(b'"finish_reason":null') + (
+            block.count(b'"finish_reason": null'))
+
+    def quiet_end(self, block: bytes) -> int:
+        # What matters in a Chat stream comes at its end (the finish reason, usage, [DONE]):
+        # the quiet events are guessed to end with the last one still unfinished, found
+        # from the block's end rather than by searching the whole block for each mark.
+        last = block.rfind(b'"finish_reason":null')
+        if last < 0:
+            return super().quiet_end(block)
+        return block.find(b"\n\n", last) + 2
+
     def on_event(self, event: bytes) -> bytes | None:
-        self.events += 1
+        self._events += 1
         data = event_data(event)
         if data is None:
             return event
-        self.relayed.append(data)
+        self.relayed.append(event)
         if data == DONE:
             if not self.finished:
                 # [DONE] without any finish_reason: the answer did not finish (lines that
@@ -199,7 +315,8 @@ class ChatTap(StreamTap):
         return encode(error.body())
 
     def ended_with(self) -> tuple[GatewayError, bool] | None:
-        last = next((d for d in reversed(self.relayed) if d != DONE), None)
+        datas = (event_data(event) for event in reversed(self.relayed_events()))
+        last = next((d for d in datas if d is not None and d != DONE), None)
         if last is None or b'"error"' not in last:
             return None
         try:
@@ -212,8 +329,8 @@ class ChatTap(StreamTap):
 
     def relayed_text(self) -> str:
         out: list[str] = []
-        for data in self.relayed:
-            chunk = event_json(b"data: " + data)
+        for event in self.relayed_events():
+            chunk = event_json(event)
             for choice in (chunk.get("choices") or []) if isinstance(chunk, dict) else []:
                 delta = choice.get("delta") or {} if isinstance(choice, dict) else {}
                 for key in ("content", "reasoning_content", "refusal"):
@@ -241,8 +358,14 @@ class ResponsesTap(StreamTap):
     def is_opening(self, data: Any) -> bool:
         return isinstance(data, dict) and str(data.get("type", "")).startswith("response.")
 
+    MARKS = (b'"response.created"', *TERMINAL_EVENTS)
+
+    def quiet(self, block: bytes) -> bool:
+        return (self.response_id is not None or b'"response.created"' not in block) and \
+            not any(t in block for t in TERMINAL_EVENTS)
+
     def on_event(self, event: bytes) -> bytes | None:
-        self.events += 1
+        self._events += 1
         self.relayed.append(event)
         if self.response_id is None and b'"response.created"' in event:
             data = event_json(event)
@@ -268,7 +391,8 @@ class ResponsesTap(StreamTap):
         return event
 
     def ended_with(self) -> tuple[GatewayError, bool] | None:
-        data = event_data(self.relayed[-1]) if self.relayed else None
+        events = self.relayed_events()
+        data = event_data(events[-1]) if events else None
         if data is None or (not self.ended_failed and b'"error"' not in data):
             return None
         try:
@@ -284,7 +408,7 @@ class ResponsesTap(StreamTap):
 
     def relayed_text(self) -> str:
         out: list[str] = []
-        for event in self.relayed:
+        for event in self.relayed_events():
             if b".delta" not in event:
                 continue
             data = event_json(event)

@@ -31,6 +31,29 @@ class SseSplitter:
         self._buf = parts.pop()
         return [p for p in parts if p]
 
+    def feed_block(self, chunk: bytes) -> bytes | None:
+        """For a relay that passes events on unchanged: the whole events received so far as
+        one block of bytes (b"" while there is none), or None when the block is not simply
+        events each ended by one blank line (a run of blank lines, or a buffer starting
+        with one); ``feed(b"")`` then splits what was received as ``feed`` would.
+
+        A block is exactly what joining ``feed``'s events, each with its blank line, would
+        give, and holds ``block.count(b"\\n\\n")`` events: it is taken with two searches,
+        not one list of events."""
+        buf = received = self._buf + chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self._buf = buf
+            return b""
+        block, rest = buf[:end + 2], buf[end + 2:]
+        if block.startswith(b"\n") or rest.startswith(b"\n") or b"\n\n\n" in block:
+            self._buf = received  # as received: feed normalises it once, as always
+            return None
+        self._buf = rest
+        return block
+
     def buffered(self) -> int:
         """Bytes held that are not a whole event yet."""
         return len(self._buf)
@@ -39,6 +62,12 @@ class SseSplitter:
         """What is left after the stream ended: an event that lacked its final blank line."""
         rest, self._buf = self._buf.strip(b"\n"), b""
         return rest
+
+
+def split_events(blocks: list[bytes]) -> list[bytes]:
+    """The events of blocks of whole events (as ``SseSplitter.feed_block`` gives them, or
+    single events), without their blank lines."""
+    return [event for block in blocks for event in block.split(b"\n\n") if event]
 
 
 def event_data(event: bytes) -> bytes | None:
