@@ -87,7 +87,7 @@ class StreamTap:
     def _prove(self, block: bytes) -> bytes:
         """Event by event until one proves the stream (or shows it is not an answer), then
         the rest of the block as a block."""
-        out = []
+        out: list[bytes] = []
         start = 0
         while start < len(block) and not self.verified:
             end = block.find(b"\n\n", start)  # a block's events are each ended by one
