@@ -383,11 +383,15 @@ def test_the_operations_overview_reads_today_from_the_tenant_rollups(world):
     log(now, w["acme"], w["a1"], cost="1")
     log(now, w["acme"], w["a2"], "o3", status=500, cost="2")
     log(now, w["globex"], w["g1"], cost="0.5")
+    log(now, w["globex"], w["g1"], status=502, code="upstream_error")
+    log(now, None, None, status=401)
     rollups.rollup_day(rollups.local_date(now))
     window = today()
-    assert (window.requests, window.errors, window.spend) == (3, 1, Decimal("3.5"))
+    assert (window.requests, window.errors, window.spend) == (5, 3, Decimal("3.5"))
+    assert window.classes_known
+    assert (window.client_errors, window.server_errors, window.upstream_errors) == (1, 1, 1)
     assert [(t["tenant__name"], t["requests"], t["spend"]) for t in window.top_tenants] == [
-        ("acme", 2, Decimal("3")), ("globex", 1, Decimal("0.5"))]
+        ("acme", 2, Decimal("3")), ("globex", 2, Decimal("0.5"))]
 
 
 def test_deleting_keys_that_share_a_day_and_model_folds_their_rollups_together() -> None:
