@@ -89,20 +89,18 @@ def recent_hours(now: datetime | None = None) -> Window:
     return _recent(now, None)
 
 
-def _rolled_to(hour: datetime, partial: Extent | None, hourly: RollupState | None,
-               now: datetime) -> datetime:
+def _rolled_to(hour: datetime, partial: Extent | None, hourly: RollupState | None) -> datetime:
     """How far the hourly rollup rows of ``hour`` hold its raw rows: its end (whole), a
     moment inside it (the rows before it), or ``hour`` itself (none: read it raw).
 
     The partial hour's extent, when it names this hour, is what its rows hold now (written
-    with them); past ``now`` (a read as at an earlier moment) it is not used, as in the
-    dashboard. Otherwise the hourly watermark (``RollupState('hourly')``) says whether the
-    minute task rolled the hour whole after it ended."""
+    with them), even past ``now`` (a worker's clock ahead): the raw part after it has no end,
+    so every row is still read once. Otherwise the hourly watermark
+    (``RollupState('hourly')``) says whether the minute task rolled the hour whole after it
+    ended."""
     end = hour + HOUR
     if partial is not None and partial[0] == hour:
-        if partial[1] >= end:
-            return end
-        return partial[1] if partial[1] <= now else hour
+        return min(partial[1], end)
     if hourly is not None and hourly.since <= hour and end <= hourly.through:
         return end
     return hour
@@ -118,7 +116,7 @@ def _sources(now: datetime, partial: Extent | None) -> tuple[list[datetime], Q |
     rolled: list[datetime] = []
     spans: list[tuple[datetime, datetime | None]] = []  # raw [start, end), adjacent merged
     for hour in (since, since + HOUR):
-        upto = _rolled_to(hour, partial, hourly, now)
+        upto = _rolled_to(hour, partial, hourly)
         if upto > hour:
             rolled.append(hour)
         if upto < hour + HOUR:
