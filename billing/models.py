@@ -158,12 +158,19 @@ TTFB_FIELDS = tuple(f"ttfb_{i}" for i in range(LATENCY_BUCKETS))
 
 
 class RollupMeasures(models.Model):
-    """What every rollup row counts: requests, errors (status >= 400), tokens by kind, cost,
-    and the latency/TTFB histograms (``lat_0..lat_N``, ``ttfb_0..ttfb_N``; a request without
-    a TTFB is in no TTFB bucket)."""
+    """What every rollup row counts: requests, errors (status >= 400) and the errors by class
+    (``billing.rollups.ERROR_CLASSES``: client, server, upstream; the operations overview
+    shows them), tokens by kind, cost, and the latency/TTFB histograms (``lat_0..lat_N``,
+    ``ttfb_0..ttfb_N``; a request without a TTFB is in no TTFB bucket). Rows rolled up
+    before the classes existed hold 0 for them until their period is rolled up again."""
 
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
+    # A default in the database too: a rollup task of the previous release, still running
+    # during a rolling upgrade, inserts rows without these columns and gets 0, not an error.
+    client_errors = models.PositiveIntegerField(default=0, db_default=0)
+    server_errors = models.PositiveIntegerField(default=0, db_default=0)
+    upstream_errors = models.PositiveIntegerField(default=0, db_default=0)
     input_tokens = models.PositiveBigIntegerField(default=0)
     cached_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)

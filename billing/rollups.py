@@ -3,10 +3,10 @@ Celery tasks in billing/tasks.py, which only parse their arguments and call thes
 
 Days are local calendar days in settings.TIME_ZONE, like the RPD counters; hours are UTC
 hours (``UsageRollupHourly.hour`` is the hour's start). Each period is one GROUP BY over its
-raw rows (requests, errors, token and cost sums, and the latency/TTFB histogram buckets as
-filtered counts), under a PostgreSQL advisory lock for that period, then an upsert that
-writes only the rows that changed. Every function here is idempotent: running it twice in a
-row changes nothing the second time.
+raw rows (requests, errors and errors by class, token and cost sums, and the latency/TTFB
+histogram buckets as filtered counts), under a PostgreSQL advisory lock for that period,
+then an upsert that writes only the rows that changed. Every function here is idempotent:
+running it twice in a row changes nothing the second time.
 """
 
 from __future__ import annotations
@@ -41,8 +41,14 @@ from portal.infra.redis import sync_redis
 
 log = logging.getLogger(__name__)
 
+# The errors by class that the rollups count and the operations overview shows: an upstream
+# error is an answer whose error code says the upstream failed, was unreachable or timed
+# out (whatever its status); client and server errors are the other 4xx and 5xx answers. So
+# the three never overlap, and every error (status >= 400) is in at most one of them.
+UPSTREAM_CODES = ("upstream_error", "upstream_unavailable", "upstream_timeout")
+ERROR_CLASSES = ("client_errors", "server_errors", "upstream_errors")
 SUMMED = (*TOKEN_FIELDS, "cost")
-COUNTED = ("requests", "errors")
+COUNTED = ("requests", "errors", *ERROR_CLASSES)
 HISTOGRAM = (*LATENCY_FIELDS, *TTFB_FIELDS)
 MEASURES = (*COUNTED, *SUMMED, *HISTOGRAM)
 # Namespaces of the PostgreSQL advisory locks that serialise rollups of one day / one hour.
@@ -65,12 +71,22 @@ def _bucket_filters(column: str) -> list[Q]:
     return filters
 
 
+def error_class_filters() -> dict[str, Q]:
+    """The UsageLog rows of each error class (ERROR_CLASSES), as filters: the one definition
+    of the classes, for the rollups and for whatever counts raw rows beside them."""
+    upstream = Q(error_code__in=UPSTREAM_CODES)
+    return {"client_errors": Q(status_code__gte=400, status_code__lt=500) & ~upstream,
+            "server_errors": Q(status_code__gte=500) & ~upstream,
+            "upstream_errors": upstream}
+
+
 def measure_aggregates() -> dict[str, object]:
     """The aggregates of UsageLog rows that make one rollup row (for ``.annotate`` or
-    ``.aggregate`` on a UsageLog queryset): also used by the dashboard for the rows newer
-    than the last complete hour."""
+    ``.aggregate`` on a UsageLog queryset): also used by the dashboard and the operations
+    overview for the rows newer than the rollups they read."""
     out: dict[str, object] = {"requests": Count("id"),
                               "errors": Count("id", filter=Q(status_code__gte=400))}
+    out.update({name: Count("id", filter=q) for name, q in error_class_filters().items()})
     out.update({name: Sum(name) for name in SUMMED})
     for name, q in zip(LATENCY_FIELDS, _bucket_filters("latency_ms"), strict=True):
         out[name] = Count("id", filter=q)
@@ -285,9 +301,10 @@ def _roll(per_key: RollupModel, per_tenant: RollupModel, period: str, value: dat
 
 def rollup_day(day: date, now: datetime | None = None) -> int:
     """Make the UsageRollup rows of one local day equal to the aggregate of its UsageLog
-    rows, per (tenant, key, model): requests, errors (status >= 400), token and cost sums,
-    latency and TTFB histograms; and the day's UsageRollupTenant rows equal to their sum
-    per (tenant, model). Returns the number of (per-key) rollup rows the day has.
+    rows, per (tenant, key, model): requests, errors (status >= 400) and errors by class,
+    token and cost sums, latency and TTFB histograms; and the day's UsageRollupTenant rows
+    equal to their sum per (tenant, model). Returns the number of (per-key) rollup rows the
+    day has.
 
     One transaction. Rows that are already right are left alone, so a second run (or the
     10-minute task on a quiet day) writes nothing. A day whose raw rows have expired (it is

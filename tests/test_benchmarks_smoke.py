@@ -114,3 +114,12 @@ def test_the_dashboard_hour_benchmark_runs_and_reports():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 3,000 |")]
     assert len(rows) == 1 and rows[0].count(" / ") == 2, result.stdout[-2000:]
+
+
+def test_the_ops_overview_benchmark_runs_and_reports():
+    result = run_on_fresh_database("benchmarks.ops_overview", "_bench_ops", "--rows", "3000",
+                                   "--repeat", "3")
+    # The benchmark itself checks that the rollup and the raw reads give the same figures.
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 3,000 |")]
+    assert len(rows) == 1 and rows[0].count(" / ") == 3, result.stdout[-2000:]

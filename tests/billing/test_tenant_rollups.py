@@ -1,8 +1,9 @@
 """The per-tenant rollups (a row per day or hour, tenant and model) and the per-key totals of
 the dashboard's window (KeyUsageTotals): after the rollup functions and the scheduled task
 run (called directly, so deterministically), they equal a direct aggregation of the raw
-usage rows, computed here in Python; re-rolling a period that changed follows the change;
-and the dashboard reads them (a tampered row shows), staying exact while they are rebuilt.
+usage rows (errors by class included), computed here in Python; re-rolling a period that
+changed follows the change; and the dashboard reads them (a tampered row shows), staying
+exact while they are rebuilt.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.db.models import Sum
 
 from billing import rollups
 from billing.models import (
@@ -37,6 +39,9 @@ _ids = itertools.count(1)
 NOW = datetime(2025, 6, 15, 14, 30, tzinfo=UTC)  # TIME_ZONE is UTC in the tests
 DAY = date(2025, 6, 2)
 SUMMED = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "cost")
+CLASSES = ("client_errors", "server_errors", "upstream_errors")
+# The error codes of upstream failures, as the operations overview has always counted them.
+UPSTREAM = {"upstream_error", "upstream_unavailable", "upstream_timeout"}
 
 
 def at(text: str) -> datetime:
@@ -45,11 +50,12 @@ def at(text: str) -> datetime:
 
 def log(when: datetime, tenant: Tenant | None, key: ApiKey | None, model: str = "gpt-5", *,
         status: int = 200, inp: int = 0, out: int = 0, cost: str = "0", latency: int = 100,
-        ttfb: int | None = None) -> UsageLog:
+        ttfb: int | None = None, code: str = "") -> UsageLog:
     return UsageLog.objects.create(
         created_at=when, request_id=f"tr-{next(_ids)}", key=key,
         key_prefix=key.prefix if key else "", tenant=tenant, endpoint="responses",
-        model=model, status_code=status, input_tokens=inp, cached_tokens=inp // 2,
+        model=model, status_code=status, error_code=code, input_tokens=inp,
+        cached_tokens=inp // 2,
         output_tokens=out, reasoning_tokens=out // 3, cost=Decimal(cost),
         latency_ms=latency, ttfb_ms=ttfb)
 
@@ -60,7 +66,8 @@ def bucket(ms: int) -> int:
 
 def expected(rows: Any, group: Callable[[UsageLog], tuple[Any, ...]],
              histograms: bool = True) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """The raw rows summed per ``group`` independently of billing.rollups."""
+    """The raw rows summed per ``group`` independently of billing.rollups; with
+    ``histograms`` also what only rollup rows count (histograms, errors by class)."""
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
         g = out.setdefault(group(r), {"requests": 0, "errors": 0, **dict.fromkeys(SUMMED, 0)})
@@ -70,6 +77,11 @@ def expected(rows: Any, group: Callable[[UsageLog], tuple[Any, ...]],
             g["lat"][bucket(r.latency_ms)] += 1
             if r.ttfb_ms is not None:
                 g["ttfb"][bucket(r.ttfb_ms)] += 1
+            upstream = r.error_code in UPSTREAM
+            for name, hit in (("client_errors", 400 <= r.status_code < 500 and not upstream),
+                              ("server_errors", r.status_code >= 500 and not upstream),
+                              ("upstream_errors", upstream)):
+                g[name] = g.get(name, 0) + hit
         g["requests"] += 1
         g["errors"] += r.status_code >= 400
         for name in SUMMED:
@@ -86,6 +98,7 @@ def stored(model: Any, group: tuple[str, ...], histograms: bool = True,
         if histograms:
             row["lat"] = [getattr(r, f) for f in LATENCY_FIELDS]
             row["ttfb"] = [getattr(r, f) for f in TTFB_FIELDS]
+            row.update({name: getattr(r, name) for name in CLASSES})
         out[tuple(getattr(r, g) for g in group)] = row
     return out
 
@@ -115,16 +128,23 @@ def world() -> dict[str, Any]:
 
 
 def some_rows(w: dict[str, Any], day: date) -> None:
-    """Several keys of two tenants, two models, errors, histograms, a keyless row."""
+    """Several keys of two tenants, two models, errors of each class (an upstream code with a
+    4xx status is an upstream error), histograms, a keyless row."""
     d = day.isoformat()
     log(at(f"{d}T00:00:00"), w["acme"], w["a1"], inp=10, out=5, cost="0.01", latency=20,
         ttfb=5)
     log(at(f"{d}T00:20:00"), w["acme"], w["a2"], inp=4, out=9, cost="0.02", latency=130000)
-    log(at(f"{d}T00:40:00"), w["acme"], w["a3"], "o3", status=500, latency=1500, ttfb=900)
+    log(at(f"{d}T00:40:00"), w["acme"], w["a3"], "o3", status=500, latency=1500, ttfb=900,
+        code="internal_error")
     log(at(f"{d}T00:59:59"), w["acme"], w["a1"], "o3", inp=7, out=3, cost="0.5", latency=260)
     log(at(f"{d}T01:10:00"), w["globex"], w["g1"], inp=100, out=20, cost="1.25", latency=240,
         ttfb=99)
-    log(at(f"{d}T01:15:00"), w["acme"], w["a2"], status=429, latency=3)
+    log(at(f"{d}T01:15:00"), w["acme"], w["a2"], status=429, latency=3,
+        code="rate_limit_exceeded")
+    log(at(f"{d}T01:30:00"), w["globex"], w["g1"], status=504, latency=30000,
+        code="upstream_timeout")
+    log(at(f"{d}T01:45:00"), w["globex"], w["g1"], "o3", status=429, latency=2,
+        code="upstream_unavailable")
     log(at(f"{d}T23:59:59"), w["acme"], None, "", status=401, latency=1)
     log(at(f"{d}T12:00:00"), w["globex"], w["g1"], "o3", inp=1, out=1, cost="0.001",
         latency=50, ttfb=25)
@@ -165,6 +185,31 @@ def test_tenant_rollups_equal_the_raw_rows_per_tenant_and_model(world):
     before = list(UsageRollupTenant.objects.order_by("id").values())
     roll(DAY)  # idempotent: nothing rewritten
     assert list(UsageRollupTenant.objects.order_by("id").values()) == before
+
+
+def test_the_error_classes_equal_the_raw_rows_per_key_and_per_tenant(world):
+    """client_errors, server_errors and upstream_errors of the per-key and per-tenant rollups
+    of a day and of its hours equal the raw rows counted here (an upstream error code counts
+    as upstream whatever the status; the three classes never overlap)."""
+    some_rows(world, DAY)
+    roll(DAY)
+    start = datetime.combine(DAY, datetime.min.time(), tzinfo=UTC)
+    rows = UsageLog.objects.filter(created_at__gte=start, created_at__lt=start + timedelta(1))
+    group = ("tenant_id", "key_id", "model")
+
+    def per_key(r: UsageLog) -> tuple[Any, ...]:
+        return (r.tenant_id, r.key_id, r.model)
+
+    assert stored(UsageRollup, group, date=DAY) == expected(rows, per_key)
+    for h in range(24):
+        hour = start + timedelta(hours=h)
+        assert stored(UsageRollupHourly, group, hour=hour) == expected(
+            rows.filter(created_at__gte=hour, created_at__lt=hour + timedelta(hours=1)),
+            per_key), hour
+    check_period(DAY)  # per tenant
+    for model in (UsageRollup, UsageRollupHourly, UsageRollupTenant, UsageRollupTenantHourly):
+        assert model.objects.aggregate(**{n: Sum(n) for n in CLASSES}) == {
+            "client_errors": 2, "server_errors": 1, "upstream_errors": 2}, model
 
 
 def test_re_rolling_a_changed_day_and_hour_follows_the_raw_rows(world):
@@ -338,11 +383,15 @@ def test_the_operations_overview_reads_today_from_the_tenant_rollups(world):
     log(now, w["acme"], w["a1"], cost="1")
     log(now, w["acme"], w["a2"], "o3", status=500, cost="2")
     log(now, w["globex"], w["g1"], cost="0.5")
+    log(now, w["globex"], w["g1"], status=502, code="upstream_error")
+    log(now, None, None, status=401)
     rollups.rollup_day(rollups.local_date(now))
     window = today()
-    assert (window.requests, window.errors, window.spend) == (3, 1, Decimal("3.5"))
+    assert (window.requests, window.errors, window.spend) == (5, 3, Decimal("3.5"))
+    assert window.classes_known
+    assert (window.client_errors, window.server_errors, window.upstream_errors) == (1, 1, 1)
     assert [(t["tenant__name"], t["requests"], t["spend"]) for t in window.top_tenants] == [
-        ("acme", 2, Decimal("3")), ("globex", 1, Decimal("0.5"))]
+        ("acme", 2, Decimal("3")), ("globex", 2, Decimal("0.5"))]
 
 
 def test_deleting_keys_that_share_a_day_and_model_folds_their_rollups_together() -> None:
@@ -352,8 +401,10 @@ def test_deleting_keys_that_share_a_day_and_model_folds_their_rollups_together()
     tenant, _ = tenant_get_or_create(name="fold")
     first, second, kept = (key_create(tenant=tenant, name=n).key for n in ("a", "b", "c"))
     start = datetime.combine(DAY, datetime.min.time(), tzinfo=UTC)
-    for key, cost in ((first, "1"), (second, "2"), (kept, "4"), (None, "8")):
-        log(start + timedelta(hours=3), tenant, key, inp=10, out=5, cost=cost, latency=120)
+    for key, cost, status in ((first, "1", 502), (second, "2", 200), (kept, "4", 200),
+                              (None, "8", 404)):
+        log(start + timedelta(hours=3), tenant, key, inp=10, out=5, cost=cost, latency=120,
+            status=status, code={502: "upstream_error", 404: "model_not_found"}.get(status, ""))
     rollups.rollup_day(DAY, now=start + timedelta(days=1))
     rollups.rollup_hours(start, start + timedelta(hours=23), now=start + timedelta(days=1))
 
@@ -364,8 +415,10 @@ def test_deleting_keys_that_share_a_day_and_model_folds_their_rollups_together()
     want = expected(rows, lambda r: (r.key_id, r.model))
     assert stored(UsageRollup, ("key_id", "model"), date=DAY) == want
     assert want[(None, "gpt-5")]["cost"] == Decimal("11")
+    assert (want[(None, "gpt-5")]["upstream_errors"], want[(None, "gpt-5")]["client_errors"]) \
+        == (1, 1)  # the first key's error joined the key-less row's
     hourly = UsageRollupHourly.objects.filter(tenant=tenant, key__isnull=True).get()
-    assert (hourly.requests, hourly.cost) == (3, Decimal("11"))
+    assert (hourly.requests, hourly.cost, hourly.upstream_errors) == (3, Decimal("11"), 1)
     # A re-roll of the day from the raw rows (whose key was emptied too) changes nothing.
     rollups.rollup_day(DAY, now=start + timedelta(days=2))
     assert stored(UsageRollup, ("key_id", "model"), date=DAY) == want

@@ -15,7 +15,7 @@ from django.core import mail
 from django.test import Client, override_settings
 from django.utils import timezone
 
-from billing import redemption
+from billing import redemption, rollups
 from billing.models import LedgerEntry, ModelPrice, UsageLog
 from gateway.models import Credential, Upstream
 from gateway.services import upstream_create
@@ -415,10 +415,16 @@ def test_the_admin_overview_is_for_staff_only(acme, routes):
     for name in rediskeys.all_cooldowns():
         sync_redis().hset(name, str(credential.pk), int((now.timestamp() + 120) * 1000))
     Upstream.objects.filter(name="claude").update(auto_disabled=True, health="down")
+    rollups.rollup_day(rollups.local_today())  # today's row reads the daily rollups
+    since = rollups.hour_start(timezone.now()) - timedelta(hours=1)
     page = client_for(staff).get("/admin/").content.decode()
     assert "Operations overview" in page
-    hour = page.split('id="ops-hour"', 1)[1].split("</tr>", 1)[0]
-    assert re.findall(r"<td>([^<]*)</td>", hour)[:5] == ["4", "3 (75.0%)", "1", "1", "1"]
+    labels = {f"Since {hour:%H:%M} UTC (this hour and the last)" for hour in (
+        since, rollups.hour_start(timezone.now()) - timedelta(hours=1))}  # an hour may begin
+    assert any(label in page for label in labels)
+    for row in ("ops-recent", "ops-today"):  # errors by class in both windows
+        cells = page.split(f'id="{row}"', 1)[1].split("</tr>", 1)[0]
+        assert re.findall(r"<td>([^<]*)</td>", cells)[:5] == ["4", "3 (75.0%)", "1", "1", "1"]
     assert "acme" in page and "auto-disabled" in page
     upstream_row = page.split(">oa</a>", 1)[1].split("</tr>", 1)[0]
     assert " s)" in upstream_row  # a credential cooling down
