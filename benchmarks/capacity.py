@@ -81,6 +81,12 @@ def scenarios(smoke: bool) -> dict[str, dict[str, Any]]:
         "chat_stream": dict(path="/chat/completions", body={
             **CHAT, "stream": True, "messages": [{"role": "user", "content": stream}]},
             concurrency=clients, stream=True),
+        # The same streams as a model sends them (events 5 ms apart, every upstream read one
+        # event): the CPU per event relayed that sizing for long-lived streams needs.
+        "chat_stream_paced": dict(path="/chat/completions", body={
+            **CHAT, "stream": True, "messages": [{"role": "user", "content":
+                                                  f"[[mock chunks={chunks} delay=5]]"}]},
+            concurrency=clients * 2, stream=True),
         "responses": dict(path="/responses", body=RESPONSES, concurrency=clients),
         "responses_stream": dict(path="/responses", body={
             **RESPONSES, "stream": True, "input": stream}, concurrency=clients, stream=True),

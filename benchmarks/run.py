@@ -404,6 +404,13 @@ def scenarios(seconds: float, smoke: bool) -> dict[str, dict[str, Any]]:
         "nonstream_translated": dict(path="/responses", body={
             "model": "bench-chat-only", "input": "Say hello."}, concurrency=64,
             seconds=seconds, turnpike_only=True),
+        # Streams as a model sends them: 100 events 5 ms apart, 128 at once, so each upstream
+        # read is one event (the unpaced "stream" above can arrive in a read or two): what a
+        # stream's relay costs per event when every event is a wake-up of its own.
+        "stream_paced": dict(path="/chat/completions", body={**CHAT, "stream": True,
+                             "messages": [{"role": "user",
+                                           "content": f"[[mock chunks={chunks} delay=5]]"}]},
+                             concurrency=128, seconds=seconds, stream=True),
         "ttfb_paced": dict(path="/chat/completions", body={**CHAT, "stream": True,
                            "messages": [{"role": "user",
                                          "content": "[[mock chunks=5 delay=20]]"}]},

@@ -144,10 +144,12 @@ class StreamTap:
         return len(block) if first < 0 else block.rfind(b"\n\n", 0, first) + 2
 
     def _quiet_head(self, block: bytes) -> bytes:
-        """The whole events at the start of the block up to ``quiet_end``, if they are quiet;
-        else nothing."""
+        """The whole block if it is quiet (most are: a paced stream's read is one event),
+        else the events up to ``quiet_end`` if they are, else nothing."""
+        if self.quiet(block):
+            return block
         cut = self.quiet_end(block)
-        if cut <= 1:
+        if cut <= 1 or cut >= len(block):
             return b""
         head = block[:cut]
         return head if self.quiet(head) else b""

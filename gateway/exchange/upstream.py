@@ -129,26 +129,88 @@ class Upstream:
     async def chunks(self) -> AsyncIterator[bytes | None]:
         """Body chunks as they arrive; None after GATEWAY_KEEPALIVE_SECONDS of silence."""
         content = self.resp.content
-        wait = hot.GATEWAY_KEEPALIVE_SECONDS
-        while True:
-            # What has arrived already is taken without arming the keep-alive timer (a
-            # timer per chunk was a visible share of a busy stream's relay); the timer
-            # covers only the waits. read_nowait raises the stream's error as readany does.
-            chunk = content.read_nowait()
-            if not chunk:
-                if content.at_eof():
-                    return
-                try:
-                    async with asyncio.timeout(wait) as timer:
-                        chunk = await content.readany()
-                except TimeoutError:
-                    if timer.expired():
-                        yield None
-                        continue
-                    raise
+        lull = _Lull(hot.GATEWAY_KEEPALIVE_SECONDS)
+        try:
+            while True:
+                # What has arrived already is taken at once; read_nowait raises the stream's
+                # error as readany does. Only a wait is watched for silence.
+                chunk = content.read_nowait()
                 if not chunk:
-                    return
-            yield chunk
+                    if content.at_eof():
+                        return
+                    lull.begin()
+                    try:
+                        chunk = await content.readany()
+                    except asyncio.CancelledError:
+                        if lull.ended_in_silence():
+                            yield None
+                            continue
+                        raise
+                    finally:
+                        lull.waiting = False
+                    if not chunk:
+                        return
+                yield chunk
+        finally:
+            lull.close()
+
+
+class _Lull:
+    """The keep-alive clock of one upstream stream: one timer for the whole stream, not one
+    armed and cancelled around every wait (a visible share of a paced stream's relay, where
+    every event is a wait of its own). It fires when the current wait could have lasted
+    ``seconds``; then a wait that really did is interrupted, as ``asyncio.timeout`` would
+    (cancelling the task, taken back by ``ended_in_silence``), and the timer is set again
+    for whatever wait is current."""
+
+    __slots__ = ("cancelling", "expired", "handle", "loop", "seconds", "since", "task",
+                 "waiting")
+
+    def __init__(self, seconds: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.seconds = seconds
+        self.since = self.loop.time()
+        self.waiting = False
+        self.expired = False
+        self.cancelling = 0
+        self.handle: asyncio.TimerHandle | None = self.loop.call_at(self.since + seconds,
+                                                                    self._fire)
+
+    def begin(self) -> None:
+        """A wait for the upstream starts now."""
+        self.since = self.loop.time()
+        self.cancelling = self.task.cancelling()
+        self.waiting = True
+
+    def _fire(self) -> None:
+        due = self.since + self.seconds
+        now = self.loop.time()
+        if self.waiting and now >= due:
+            self.handle = None
+            self.expired = True
+            self.task.cancel()
+        elif not self.task.done():
+            # A wait that began since (or none now: the next one begins later still).
+            self.handle = self.loop.call_at(due if self.waiting else now + self.seconds,
+                                            self._fire)
+
+    def ended_in_silence(self) -> bool:
+        """After a CancelledError in the wait: True if this clock caused it and nobody
+        else cancelled the task meanwhile (the error is then swallowed and the clock set
+        again); False for a real cancellation, which goes on."""
+        if not self.expired:
+            return False
+        self.expired = False
+        self.handle = self.loop.call_at(self.loop.time() + self.seconds, self._fire)
+        return self.task.uncancel() <= self.cancelling
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
 
 
 async def read_answer(out: Outcome, resp: aiohttp.ClientResponse) -> bytes:
