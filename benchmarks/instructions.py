@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bare", action="store_true", help="also the bare proxy")
     parser.add_argument("--nonstream", type=int, default=600, help="non-stream requests")
     parser.add_argument("--stream", type=int, default=150, help="100-event streams")
+    parser.add_argument("--paced", type=int, default=0,
+                        help="100-event streams paced as a model sends them (events 50 ms "
+                             "apart, 8 clients: one event per read even under valgrind)")
     parser.add_argument("--database-url", default=os.environ.get(
         "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/turnpike_bench"))
     parser.add_argument("--redis-url", default=os.environ.get(
@@ -89,15 +92,23 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         for name, (proc, port, out) in procs.items():
             url = f"http://127.0.0.1:{port}/v1"
-            for scenario, n in (("nonstream", args.nonstream), ("stream", args.stream)):
+            for scenario, n in (("nonstream", args.nonstream), ("stream", args.stream),
+                                ("stream_paced", args.paced)):
+                if not n:
+                    continue
                 spec = specs[scenario]
+                clients = 16
+                if scenario == "stream_paced":
+                    spec = {**spec, "body": {**spec["body"], "messages": [
+                        {"role": "user", "content": "[[mock chunks=100 delay=50]]"}]}}
+                    clients = 8
                 stream = bool(spec.get("stream"))
                 loadgen(url + spec["path"], spec["body"], stack.key, 8, 600, stream,
-                        requests=100)
+                        requests=min(100, n))
                 _control("-i", "on", str(proc.pid))
                 _control("--zero", str(proc.pid))
-                load = loadgen(url + spec["path"], spec["body"], stack.key, 16, 1800, stream,
-                               requests=n)
+                load = loadgen(url + spec["path"], spec["body"], stack.key, clients, 1800,
+                               stream, requests=n)
                 before = set(glob.glob(out + ".*"))
                 _control("--dump", str(proc.pid))
                 _control("-i", "off", str(proc.pid))
