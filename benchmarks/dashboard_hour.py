@@ -29,19 +29,12 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from benchmarks.portal import say, setup_django
+from benchmarks.portal import database_url, say, setup_django
 
 DB_NAME = os.environ.get("DASHBOARD_HOUR_BENCH_DB", "turnpike_bench_hour")
 KEYS = 100
 MODELS = ("gpt-5", "gpt-5-mini", "o3", "gpt-4o-mini")
 
-
-def _url() -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/turnpike")
-    parts = urlsplit(base)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + DB_NAME, parts.query, ""))
 
 
 def load(rows: int, start: Any, span: int) -> Any:
@@ -108,7 +101,7 @@ def main() -> None:
                         help="the database to use (default: DASHBOARD_HOUR_BENCH_DB on the "
                              "server of DATABASE_URL)")
     args = parser.parse_args()
-    setup_django(args.database_url or _url())
+    setup_django(args.database_url or database_url(DB_NAME))
     from django.test.utils import override_settings
     from django.utils import timezone
 

@@ -34,19 +34,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from benchmarks.portal import say, setup_django
+from benchmarks.portal import database_url, say, setup_django
 
 DB_NAME = os.environ.get("OPS_OVERVIEW_BENCH_DB", "turnpike_bench_ops")
 TENANTS = 200
 MODELS = ("gpt-5", "gpt-5-mini", "o3", "gpt-4o-mini")
 
-
-def _url() -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/turnpike")
-    parts = urlsplit(base)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + DB_NAME, parts.query, ""))
 
 
 def load(rows: int, start: datetime, span: int) -> None:
@@ -132,7 +125,7 @@ def main() -> None:
                         help="the database to use (default: OPS_OVERVIEW_BENCH_DB on the "
                              "server of DATABASE_URL)")
     args = parser.parse_args()
-    setup_django(args.database_url or _url())
+    setup_django(args.database_url or database_url(DB_NAME))
     from django.utils import timezone
 
     from billing import rollups

@@ -46,10 +46,11 @@ MODELS = ("gpt-5", "gpt-5-mini", "o3", "gpt-4o-mini")
 USER = "bench-portal@example.com"
 
 
-def _database_url() -> str:
+def database_url(name: str = DB_NAME) -> str:
+    """DATABASE_URL (or the local default) with its database renamed: a benchmark's own."""
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/turnpike")
     parts = urlsplit(base)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + DB_NAME, parts.query, ""))
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
 
 
 def _ensure_database(url: str) -> None:
@@ -65,7 +66,7 @@ def _ensure_database(url: str) -> None:
 
 
 def setup_django(url: str | None = None) -> None:
-    url = url or _database_url()
+    url = url or database_url()
     _ensure_database(url)
     os.environ["DATABASE_URL"] = url
     os.environ.pop("REDIS_URL", None)

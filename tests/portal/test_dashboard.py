@@ -41,6 +41,7 @@ from portal import live
 from portal.selectors.dashboard import overview
 from portal.tenancy import SESSION_KEY
 from tests.conftest import wait_for_usage
+from tests.portal.rollup_race import rollup_after_first_look
 
 pytestmark = pytest.mark.django_db(transaction=True)
 _ids = itertools.count(1)
@@ -298,16 +299,8 @@ def test_a_rollup_committed_while_the_dashboard_reads_counts_no_row_twice(world,
     rollups.rollup_recent_days(NOW)
     rollups.rollup_recent_hours(NOW)  # the current hour up to 14:25
     log(at("2025-06-15T14:27:00"), w["acme"], w["a1"], cost="0.5")
-    real, seen = rollups.partial_hour, []
-
-    def racing() -> Any:
-        extent = real()
-        seen.append(extent)
-        if len(seen) == 1:  # the task commits right after the first look
-            rollups.rollup_recent_hours(NOW + timedelta(minutes=3))  # now up to 14:28
-        return extent
-
-    monkeypatch.setattr(rollups, "partial_hour", racing)
+    real = rollups.partial_hour
+    seen = rollup_after_first_look(monkeypatch, NOW + timedelta(minutes=3))  # to 14:28
     figures = overview(w["acme"], now=NOW)
     assert (figures.today_totals.requests, figures.today_totals.cost) == (4, Decimal("0.62"))
     assert {h.hour: x.requests for h, x in figures.by_hour.items() if x.requests} == {

@@ -22,6 +22,7 @@ from keys.models import Tenant
 from keys.services import tenant_get_or_create
 from portal.selectors import overview
 from portal.selectors.overview import Window, recent_hours
+from tests.portal.rollup_race import rollup_after_first_look
 
 pytestmark = pytest.mark.django_db
 _ids = itertools.count(1)
@@ -189,16 +190,7 @@ def test_a_rollup_committed_between_the_extent_reads_counts_no_row_twice(tenants
     would be in the rollup and in the raw rows. The overview sees the move and reads again."""
     some_rows(tenants)
     rollups.rollup_recent_hours(NOW)  # the current hour up to 14:25
-    real, seen = rollups.partial_hour, []
-
-    def racing() -> Any:
-        extent = real()
-        seen.append(extent)
-        if len(seen) == 1:  # the task commits right after the first look
-            rollups.rollup_recent_hours(NOW + timedelta(minutes=3))  # now up to 14:28
-        return extent
-
-    monkeypatch.setattr(rollups, "partial_hour", racing)
+    seen = rollup_after_first_look(monkeypatch, NOW + timedelta(minutes=3))  # to 14:28
     assert figures(recent_hours(NOW)) == raw_window()
     assert [extent[1].minute for extent in seen] == [25, 28, 28, 28]  # read twice
 
