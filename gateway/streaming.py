@@ -256,8 +256,10 @@ class ChatTap(StreamTap):
                 block.count(b'"usage":null') + block.count(b'"usage": null')):
             return False
         reasons = block.count(b'"finish_reason"')
-        return not reasons or reasons == block.count(b'"finish_reason":null') + (
-            block.count(b'"finish_reason": null'))
+        if not reasons:
+            return True
+        nulls = block.count(b'"finish_reason":null')
+        return reasons == nulls or reasons == nulls + block.count(b'"finish_reason": null')
 
     def quiet_end(self, block: bytes) -> int:
         # What matters in a Chat stream comes at its end (the finish reason, usage, [DONE]):
