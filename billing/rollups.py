@@ -12,9 +12,10 @@ running it twice in a row changes nothing the second time.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -40,6 +41,7 @@ from portal.infra import rediskeys
 from portal.infra.redis import sync_redis
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # The errors by class that the rollups count and the operations overview shows: an upstream
 # error is an answer whose error code says the upstream failed, was unreachable or timed
@@ -344,6 +346,77 @@ def partial_hour() -> tuple[datetime, datetime] | None:
     rolled whole); None before the first rollup of an hour not over."""
     state = RollupState.objects.filter(name=PARTIAL_HOUR).values_list("since", "through").first()
     return (state[0], state[1]) if state else None
+
+
+def read_settled(read: Callable[[tuple[datetime, datetime] | None], _T],
+                 tries: int = 3) -> _T:
+    """``read(partial_hour())``, read again if the minute rollup moved the partial hour's
+    extent meanwhile (its rows and its extent are rewritten in one transaction: with the
+    old extent a row could be counted in the rollup and raw); after ``tries`` moves,
+    ``read(None)``, the partial hour raw."""
+    for _ in range(tries):
+        partial = partial_hour()
+        result = read(partial)
+        if partial_hour() == partial:
+            return result
+    return read(None)
+
+
+def rolled_to(hour: datetime, partial: tuple[datetime, datetime] | None,
+              hourly: RollupState | None) -> datetime:
+    """How far the hourly rollup rows of ``hour`` hold its raw rows: its end (whole), a
+    moment inside it (the rows before it), or ``hour`` itself (none: read it raw).
+
+    The partial hour's extent (``partial_hour``), when it names this hour, is what its rows
+    hold now (written with them), even past now (a worker's clock ahead): a raw part after
+    it with no end still reads every row once. Otherwise the hourly watermark
+    (``RollupState('hourly')``) says whether the minute task rolled the hour whole after it
+    ended."""
+    end = hour + timedelta(hours=1)
+    if partial is not None and partial[0] == hour:
+        return min(partial[1], end)
+    if hourly is not None and hourly.since <= hour and end <= hourly.through:
+        return end
+    return hour
+
+
+def hourly_sources(start: datetime, now: datetime,
+                   partial: tuple[datetime, datetime] | None) -> tuple[list[datetime], Q]:
+    """Where the rows created from ``start`` on are read (no end: a row stamped after ``now``
+    counts): the UTC hours whose hourly rollup rows are read (each whole, or up to the
+    partial extent), and the filter of the raw rows read besides them, so that every row
+    is in exactly one. A ``start`` inside an hour (a local day in a half-hour time
+    zone) reads that hour's part raw. ``partial`` is ``partial_hour()``, read by the caller
+    before and again after reading the rows: if it moved meanwhile, the rows are read again
+    (it is rewritten with the partial hour's rollup, in one transaction)."""
+    hourly = RollupState.objects.filter(name="hourly").first()
+    first = hour_start(start)
+    if first < start:
+        first += timedelta(hours=1)
+    rolled: list[datetime] = []
+    spans: list[tuple[datetime, datetime | None]] = []  # raw [start, end)
+    if start < first:
+        spans.append((start, first))
+    last = hour_start(now)
+    hour = first
+    while hour <= last:
+        upto = rolled_to(hour, partial, hourly)
+        if upto > hour:
+            rolled.append(hour)
+        hour += timedelta(hours=1)
+        if upto < hour:
+            spans.append((upto, hour))
+    spans.append((hour, None))  # after the last hour: any row stamped later
+    merged: list[tuple[datetime, datetime | None]] = []
+    for lo, hi in spans:
+        if merged and merged[-1][1] == lo:
+            merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    raw = Q()
+    for lo, hi in merged:
+        raw |= Q(created_at__gte=lo) if hi is None else Q(created_at__gte=lo, created_at__lt=hi)
+    return rolled, raw
 
 
 def rollup_hour(hour: datetime, now: datetime | None = None) -> int:

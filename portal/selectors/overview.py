@@ -28,11 +28,11 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connections
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
 
 from billing import rollups
-from billing.models import RollupState, UsageLog, UsageRollupTenant, UsageRollupTenantHourly
+from billing.models import UsageLog, UsageRollupTenant, UsageRollupTenantHourly
 from billing.rollups import ERROR_CLASSES, hour_start, local_today, measure_aggregates
 from keys.models import Tenant
 from portal.infra.dbrouter import analytics, analytics_alias
@@ -80,72 +80,22 @@ def recent_hours(now: datetime | None = None) -> Window:
     them, and the figures are read again if it moved in between (else a row could be
     counted both in the rollup and raw). After PARTIAL_TRIES moves, the partial hour is read
     raw (hours the watermark says were rolled whole stay read from their rollups)."""
-    now = now or timezone.now()
-    for _ in range(PARTIAL_TRIES):
-        partial = rollups.partial_hour()
-        window = _recent(now, partial)
-        if rollups.partial_hour() == partial:
-            return window
-    return _recent(now, None)
-
-
-def _rolled_to(hour: datetime, partial: Extent | None, hourly: RollupState | None) -> datetime:
-    """How far the hourly rollup rows of ``hour`` hold its raw rows: its end (whole), a
-    moment inside it (the rows before it), or ``hour`` itself (none: read it raw).
-
-    The partial hour's extent, when it names this hour, is what its rows hold now (written
-    with them), even past ``now`` (a worker's clock ahead): the raw part after it has no end,
-    so every row is still read once. Otherwise the hourly watermark
-    (``RollupState('hourly')``) says whether the minute task rolled the hour whole after it
-    ended."""
-    end = hour + HOUR
-    if partial is not None and partial[0] == hour:
-        return min(partial[1], end)
-    if hourly is not None and hourly.since <= hour and end <= hourly.through:
-        return end
-    return hour
-
-
-def _sources(now: datetime, partial: Extent | None) -> tuple[list[datetime], Q | None]:
-    """The recent hours' sources: the hours whose rollup rows are read, and the filter of
-    the raw rows read besides them (None: none), so that every row of the window is in
-    exactly one. The raw part of the current hour has no end (a row stamped after ``now``
-    counts, as it always did)."""
-    since = hour_start(now) - HOUR
-    hourly = RollupState.objects.filter(name="hourly").first()
-    rolled: list[datetime] = []
-    spans: list[tuple[datetime, datetime | None]] = []  # raw [start, end), adjacent merged
-    for hour in (since, since + HOUR):
-        upto = _rolled_to(hour, partial, hourly)
-        if upto > hour:
-            rolled.append(hour)
-        if upto < hour + HOUR:
-            end = None if hour > since else hour + HOUR
-            if spans and spans[-1][1] == upto:
-                spans[-1] = (spans[-1][0], end)
-            else:
-                spans.append((upto, end))
-    raw = None
-    for start, end in spans:
-        span = Q(created_at__gte=start) if end is None else Q(created_at__gte=start,
-                                                               created_at__lt=end)
-        raw = span if raw is None else raw | span
-    return rolled, raw
+    moment = now or timezone.now()
+    return rollups.read_settled(lambda partial: _recent(moment, partial), PARTIAL_TRIES)
 
 
 def _recent(now: datetime, partial: Extent | None) -> Window:
-    rolled, raw = _sources(now, partial)
+    rolled, raw = rollups.hourly_sources(hour_start(now) - HOUR, now, partial)
     window = Window(since=hour_start(now) - HOUR)
     parts: list[QuerySet[Any]] = []
     if rolled:
         hours = UsageRollupTenantHourly.objects.filter(hour__in=rolled).order_by()
         window.add(hours.aggregate(**{n: Sum(n) for n in COUNTS}, spend=Sum("cost")))
         parts.append(hours)
-    if raw is not None:
-        rows = UsageLog.objects.filter(raw).order_by()
-        aggregates = measure_aggregates()
-        window.add(rows.aggregate(**{n: aggregates[n] for n in COUNTS}, spend=Sum("cost")))
-        parts.append(rows)
+    rows = UsageLog.objects.filter(raw).order_by()
+    aggregates = measure_aggregates()
+    window.add(rows.aggregate(**{n: aggregates[n] for n in COUNTS}, spend=Sum("cost")))
+    parts.append(rows)
     window.top_tenants = _top_tenants(parts)
     return window
 
