@@ -7,8 +7,8 @@ the page's keys (at most ``PAGE_SIZE``):
     (``UsageRollupHourly``, index (key, hour); the hour not over yet up to how far the
     minute task rolled it) and only the raw ``UsageLog`` rows after them (normally the
     last five or six minutes; index (key, created_at)), as the operations overview reads
-    its hours (``billing.rollups.hourly_sources``): live, and as cheap for a key with a
-    million requests today as for an idle one;
+    its hours (``billing.rollups.hourly_sources``): live, without reading every request
+    the key made today;
   - this month: the ``UsageRollup`` rows of the month's earlier days, plus today's raw
     figure (the day before's rollup is redone every 10 minutes, so the first minutes after
     midnight may miss yesterday's last ones);
