@@ -42,6 +42,8 @@ from portal.infra.redis import sync_redis
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+# (hour, rolled up through): how far the partial hour's rollup holds its rows (``partial_hour``).
+Extent = tuple[datetime, datetime]
 
 # The errors by class that the rollups count and the operations overview shows: an upstream
 # error is an answer whose error code says the upstream failed, was unreachable or timed
@@ -340,7 +342,7 @@ def rollup_cutoff(now: datetime | None = None) -> datetime:
     return _now(now) - timedelta(seconds=max(float(settings.BILLING_ROLLUP_SETTLE_SECONDS), 0))
 
 
-def partial_hour() -> tuple[datetime, datetime] | None:
+def partial_hour() -> Extent | None:
     """(hour, through): the UsageRollupHourly rows of ``hour`` (and its per-tenant rows) hold
     exactly its raw rows with ``created_at`` before ``through`` (``hour`` + 1 h once it was
     rolled whole); None before the first rollup of an hour not over."""
@@ -348,7 +350,7 @@ def partial_hour() -> tuple[datetime, datetime] | None:
     return (state[0], state[1]) if state else None
 
 
-def read_settled(read: Callable[[tuple[datetime, datetime] | None], _T],
+def read_settled(read: Callable[[Extent | None], _T],
                  tries: int = 3) -> _T:
     """``read(partial_hour())``, read again if the minute rollup moved the partial hour's
     extent meanwhile (its rows and its extent are rewritten in one transaction: with the
@@ -362,7 +364,7 @@ def read_settled(read: Callable[[tuple[datetime, datetime] | None], _T],
     return read(None)
 
 
-def rolled_to(hour: datetime, partial: tuple[datetime, datetime] | None,
+def rolled_to(hour: datetime, partial: Extent | None,
               hourly: RollupState | None) -> datetime:
     """How far the hourly rollup rows of ``hour`` hold its raw rows: its end (whole), a
     moment inside it (the rows before it), or ``hour`` itself (none: read it raw).
@@ -381,7 +383,7 @@ def rolled_to(hour: datetime, partial: tuple[datetime, datetime] | None,
 
 
 def hourly_sources(start: datetime, now: datetime,
-                   partial: tuple[datetime, datetime] | None) -> tuple[list[datetime], Q]:
+                   partial: Extent | None) -> tuple[list[datetime], Q]:
     """Where the rows created from ``start`` on are read (no end: a row stamped after ``now``
     counts): the UTC hours whose hourly rollup rows are read (each whole, or up to the
     partial extent), and the filter of the raw rows read besides them, so that every row

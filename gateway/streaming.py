@@ -107,15 +107,13 @@ class StreamTap:
         if not block:
             return b""
         head = self._quiet_head(block)
-        if not head:
-            events = block.split(b"\n\n")
-        else:
+        if head:
             self.relayed.append(head)
             if len(head) == len(block):
                 return block
-            events = block[len(head):].split(b"\n\n")
+        events = block[len(head):].split(b"\n\n")
         events.pop()  # the block ends with a blank line
-        return head + self._on_events(events) if head else self._on_events(events)
+        return head + self._on_events(events)
 
     def _on_events(self, events: list[bytes]) -> bytes:
         out = []

@@ -347,19 +347,16 @@ def overview(tenant: Tenant, key: ApiKey | None = None,
     row could be counted both in the rollup and raw). After PARTIAL_TRIES moves, the hour
     is read raw. The key ranking, read later (when the page asks), is checked the same way
     and read from raw rows if the extent moved since the figures."""
-    now = now or timezone.now()
-    for _ in range(PARTIAL_TRIES):
-        partial = rollups.partial_hour()
-        figures = _overview(tenant, key, now, partial)
-        if rollups.partial_hour() == partial:
-            if partial is not None:
-                figures.rank_keys = _checked(figures.rank_keys, partial,
-                                             lambda: _overview(tenant, key, now, None))
-            return figures
-    return _overview(tenant, key, now, None)
+    moment = now or timezone.now()
+    figures, partial = rollups.read_settled(
+        lambda extent: (_overview(tenant, key, moment, extent), extent), PARTIAL_TRIES)
+    if partial is not None:
+        figures.rank_keys = _checked(figures.rank_keys, partial,
+                                     lambda: _overview(tenant, key, moment, None))
+    return figures
 
 
-def _checked(rank: Callable[[int | None], KeyRanking], partial: tuple[datetime, datetime],
+def _checked(rank: Callable[[int | None], KeyRanking], partial: rollups.Extent,
              raw: Callable[[], Overview]) -> Callable[[int | None], KeyRanking]:
     """``rank``, unless the partial hour's extent moved from ``partial`` by the time it has
     read: then the ranking of ``raw()`` (the hour read raw)."""
@@ -374,7 +371,7 @@ def _checked(rank: Callable[[int | None], KeyRanking], partial: tuple[datetime, 
 # Over the complexity limit (C901) on purpose: data sources stitched by time range (daily,
 # hourly rollups, raw rows; per tenant or per key); each step is commented.
 def _overview(tenant: Tenant, key: ApiKey | None, now: datetime,  # noqa: C901
-              partial: tuple[datetime, datetime] | None) -> Overview:
+              partial: rollups.Extent | None) -> Overview:
     today = local_date(now)
     first_day = min(today - timedelta(days=DAYS - 1), today.replace(day=1))
     window_day = today - timedelta(days=DAYS - 1)

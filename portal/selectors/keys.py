@@ -131,7 +131,7 @@ def fill_figures(rows: list[KeyRow], now: datetime | None = None) -> None:
 
 
 def _today(ids: list[int], start: datetime, now: datetime,
-           partial: tuple[datetime, datetime] | None) -> dict[int, tuple[int, Decimal]]:
+           partial: rollups.Extent | None) -> dict[int, tuple[int, Decimal]]:
     """Requests and cost per key since ``start``: hourly rollups where they hold the rows,
     raw rows for the rest (``rollups.hourly_sources``)."""
     rolled, raw = rollups.hourly_sources(start, now, partial)

@@ -45,7 +45,6 @@ HOUR = timedelta(hours=1)
 COUNTS = ("requests", "errors", *ERROR_CLASSES)
 PARTIAL_TRIES = 3  # reads of the recent hours before giving up the partial hour's rollup
 _CENT = Decimal("0.000001")
-Extent = tuple[datetime, datetime]  # rollups.partial_hour(): (hour, rolled up through)
 
 
 @dataclass
@@ -84,7 +83,7 @@ def recent_hours(now: datetime | None = None) -> Window:
     return rollups.read_settled(lambda partial: _recent(moment, partial), PARTIAL_TRIES)
 
 
-def _recent(now: datetime, partial: Extent | None) -> Window:
+def _recent(now: datetime, partial: rollups.Extent | None) -> Window:
     rolled, raw = rollups.hourly_sources(hour_start(now) - HOUR, now, partial)
     window = Window(since=hour_start(now) - HOUR)
     parts: list[QuerySet[Any]] = []
