@@ -83,18 +83,15 @@ def load(rows: int, start: datetime, span: int) -> None:
 def before(now: datetime) -> Any:
     """The overview's last hour as it was read until it read rollups (its query, as it was):
     the raw rows of the 60 minutes before ``now``."""
-    from django.db.models import Count, Q, Sum
+    from django.db.models import Count, Sum
 
     from billing.models import UsageLog
+    from billing.rollups import error_class_filters, failed
 
     rows = UsageLog.objects.filter(created_at__gte=now - timedelta(hours=1))
-    upstream = Q(error_code__in=("upstream_error", "upstream_unavailable", "upstream_timeout"))
     totals = rows.aggregate(
-        requests=Count("id"), errors=Count("id", filter=Q(status_code__gte=400)),
-        client_errors=Count("id", filter=Q(status_code__gte=400, status_code__lt=500)
-                            & ~upstream),
-        upstream_errors=Count("id", filter=upstream),
-        server_errors=Count("id", filter=Q(status_code__gte=500) & ~upstream),
+        requests=Count("id"), errors=Count("id", filter=failed()),
+        **{name: Count("id", filter=q) for name, q in error_class_filters().items()},
         spend=Sum("cost"))
     top = list(rows.filter(tenant__isnull=False).values("tenant_id", "tenant__name")
                .annotate(requests=Count("id"), spend=Sum("cost"))

@@ -158,7 +158,8 @@ TTFB_FIELDS = tuple(f"ttfb_{i}" for i in range(LATENCY_BUCKETS))
 
 
 class RollupMeasures(models.Model):
-    """What every rollup row counts: requests, errors (status >= 400) and the errors by class
+    """What every rollup row counts: requests, errors (``billing.rollups.failed``: status >= 400
+    or an upstream failure, e.g. a stream broken off after its 200) and the errors by class
     (``billing.rollups.ERROR_CLASSES``: client, server, upstream; the operations overview
     shows them), tokens by kind, cost, and the latency/TTFB histograms (``lat_0..lat_N``,
     ``ttfb_0..ttfb_N``; a request without a TTFB is in no TTFB bucket). Rows rolled up

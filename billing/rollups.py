@@ -35,7 +35,7 @@ from billing.models import (
     UsageRollupTenant,
     UsageRollupTenantHourly,
 )
-from billing.usagerow import TOKEN_FIELDS
+from billing.usagerow import TOKEN_FIELDS, UPSTREAM_CODES
 from keys.limits import local_day_and_seconds_left
 from portal.infra import rediskeys
 from portal.infra.redis import sync_redis
@@ -45,11 +45,8 @@ _T = TypeVar("_T")
 # (hour, rolled up through): how far the partial hour's rollup holds its rows (``partial_hour``).
 Extent = tuple[datetime, datetime]
 
-# The errors by class that the rollups count and the operations overview shows: an upstream
-# error is an answer whose error code says the upstream failed, was unreachable or timed
-# out (whatever its status); client and server errors are the other 4xx and 5xx answers. So
-# the three never overlap, and every error (status >= 400) is in at most one of them.
-UPSTREAM_CODES = ("upstream_error", "upstream_unavailable", "upstream_timeout")
+# The errors by class (billing.usagerow.UPSTREAM_CODES says which): the rollups count them,
+# the operations overview and the usage log show them.
 ERROR_CLASSES = ("client_errors", "server_errors", "upstream_errors")
 SUMMED = (*TOKEN_FIELDS, "cost")
 COUNTED = ("requests", "errors", *ERROR_CLASSES)
@@ -84,12 +81,17 @@ def error_class_filters() -> dict[str, Q]:
             "upstream_errors": upstream}
 
 
+def failed() -> Q:
+    """The UsageLog rows that count as errors: the union of the three classes (the rows
+    ``billing.usagerow.error_class`` puts in one)."""
+    return Q(status_code__gte=400) | Q(error_code__in=UPSTREAM_CODES)
+
+
 def measure_aggregates() -> dict[str, object]:
     """The aggregates of UsageLog rows that make one rollup row (for ``.annotate`` or
     ``.aggregate`` on a UsageLog queryset): also used by the dashboard and the operations
     overview for the rows newer than the rollups they read."""
-    out: dict[str, object] = {"requests": Count("id"),
-                              "errors": Count("id", filter=Q(status_code__gte=400))}
+    out: dict[str, object] = {"requests": Count("id"), "errors": Count("id", filter=failed())}
     out.update({name: Count("id", filter=q) for name, q in error_class_filters().items()})
     out.update({name: Sum(name) for name in SUMMED})
     for name, q in zip(LATENCY_FIELDS, _bucket_filters("latency_ms"), strict=True):
@@ -305,7 +307,7 @@ def _roll(per_key: RollupModel, per_tenant: RollupModel, period: str, value: dat
 
 def rollup_day(day: date, now: datetime | None = None) -> int:
     """Make the UsageRollup rows of one local day equal to the aggregate of its UsageLog
-    rows, per (tenant, key, model): requests, errors (status >= 400) and errors by class,
+    rows, per (tenant, key, model): requests, errors (``failed``) and errors by class,
     token and cost sums, latency and TTFB histograms; and the day's UsageRollupTenant rows
     equal to their sum per (tenant, model). Returns the number of (per-key) rollup rows the
     day has.

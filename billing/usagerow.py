@@ -71,6 +71,35 @@ LINKS: dict[str, str] = {"key_id": "keys.ApiKey", "tenant_id": "keys.Tenant",
 TEXT_LIMITS: dict[str, int] = {"model": 200, "error_code": 64, "user_agent": 300,
                                 "client_request_id": 64}
 TOKEN_FIELDS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
+# The errors by class: an upstream error is an answer whose error code says the upstream
+# failed, was unreachable, timed out, refused Turnpike's credential, answered what could not
+# be read, or broke its stream off (whatever the status: a stream cut after its 200 went out
+# keeps that status); client and server errors are the other 4xx and 5xx answers. So the
+# three never overlap, and together they are the errors: every answer with status >= 400 or
+# an upstream code. billing.rollups has the same as database filters.
+UPSTREAM_CODES = ("upstream_error", "upstream_unavailable", "upstream_timeout",
+                  "upstream_stream_cut", "upstream_bad_response", "upstream_auth_failed")
+
+
+def error_class(status_code: int, error_code: str) -> str | None:
+    """The class of one row (``client_errors``, ``server_errors``, ``upstream_errors``);
+    None for a success."""
+    if error_code in UPSTREAM_CODES:
+        return "upstream_errors"
+    if status_code >= 500:
+        return "server_errors"
+    return "client_errors" if status_code >= 400 else None
+
+
+def status_class(status_code: int, error_code: str) -> str:
+    """What the usage log's status filter and badge call the row: ``success``,
+    ``client_error`` or ``upstream_error`` (a server or upstream error, e.g. a stream the
+    upstream broke off after its 200 went out)."""
+    found = error_class(status_code, error_code)
+    return ("success" if found is None else "client_error" if found == "client_errors"
+            else "upstream_error")
+
+
 MEMBER_FIELDS = ("request_id", "created_at", "model", "endpoint", "status_code",
                  "error_code", "stream", *TOKEN_FIELDS, "cost", "latency_ms", "ttfb_ms",
                  "estimated")

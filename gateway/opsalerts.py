@@ -51,9 +51,6 @@ WEBHOOK_TIMEOUT = 10.0
 THREAD_RETRY_PAUSES = (1.0, 5.0, 15.0)
 STYLES = ("json", "slack", "feishu", "dingtalk")
 ALERTS_ADMIN = "/admin/gateway/operatoralert/"
-# Error codes of answers that failed because of an upstream, whatever their status.
-UPSTREAM_FAILURES = ("upstream_error", "upstream_timeout", "upstream_unavailable",
-                     "upstream_stream_cut", "upstream_bad_response", "upstream_auth_failed")
 
 
 class DeliveryError(Exception):
@@ -425,22 +422,28 @@ def check_spool(now: float) -> bool | None:
 
 def check_error_rate(now: float) -> bool | None:
     """Firing when at least OPERATOR_ALERT_ERROR_RATE of the requests of the last
-    OPERATOR_ALERT_ERROR_WINDOW seconds failed (status 5xx, or an upstream failure);
-    resolved when fewer did. With fewer than OPERATOR_ALERT_ERROR_MIN_REQUESTS requests in
-    the window, no change either way (None), as when the rate is 0 (off)."""
-    from django.db.models import Count, Q
+    OPERATOR_ALERT_ERROR_WINDOW seconds failed: server and upstream errors as the rollups
+    and dashboards count them (billing.rollups.error_class_filters: status 5xx, or an
+    upstream failure whatever the status); resolved when fewer did. With fewer than
+    OPERATOR_ALERT_ERROR_MIN_REQUESTS requests in the window, no change either way (None),
+    as when the rate is 0 (off). The window (minutes) is read from the raw rows by their
+    time index: the rollups' hours are too coarse for it."""
+    from django.db.models import Count
 
     from billing.models import UsageLog
+    from billing.rollups import error_class_filters
 
     threshold = settings.OPERATOR_ALERT_ERROR_RATE
     if threshold <= 0:
         return None
     window = settings.OPERATOR_ALERT_ERROR_WINDOW
     end = datetime.fromtimestamp(now, tz=timezone.get_current_timezone())
-    counts = UsageLog.objects.filter(
+    window_rows = UsageLog.objects.filter(
         created_at__gt=end - timedelta(seconds=window), created_at__lte=end,
-    ).aggregate(total=Count("id"), failed=Count("id", filter=Q(status_code__gte=500)
-                                                | Q(error_code__in=UPSTREAM_FAILURES)))
+    )
+    classes = error_class_filters()
+    counts = window_rows.aggregate(total=Count("id"), failed=Count(
+        "id", filter=classes["server_errors"] | classes["upstream_errors"]))
     total, failed = counts["total"] or 0, counts["failed"] or 0
     if total < max(1, settings.OPERATOR_ALERT_ERROR_MIN_REQUESTS):
         return None

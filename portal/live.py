@@ -40,7 +40,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from billing.usagerow import TOKEN_FIELDS
+from billing.usagerow import TOKEN_FIELDS, error_class, status_class
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def _row(e: Any) -> dict[str, Any]:
         "request_id": e.request_id, "created_at": e.created_at.isoformat(),
         "model": e.model, "key_id": e.key_id, "key_prefix": e.key_prefix,
         "endpoint": e.endpoint, "status": e.status_code, "error_code": e.error_code,
+        "status_class": status_class(e.status_code, e.error_code),
         "stream": e.stream, "cost": str(e.cost), "input_tokens": e.input_tokens,
         "cached_tokens": e.cached_tokens, "output_tokens": e.output_tokens,
         "reasoning_tokens": e.reasoning_tokens, "latency_ms": e.latency_ms,
@@ -76,7 +77,8 @@ def messages_for(rows: Iterable[Any]) -> dict[int, dict[str, Any]]:
     out = {}
     for tenant_id, mine in by_tenant.items():
         totals: dict[str, Any] = {"requests": len(mine),
-                                  "errors": sum(1 for e in mine if e.status_code >= 400)}
+                                  "errors": sum(1 for e in mine
+                                                if error_class(e.status_code, e.error_code))}
         for name in TOKEN_FIELDS:
             totals[name] = sum(getattr(e, name) for e in mine)
         totals["cost"] = str(sum((e.cost for e in mine), Decimal(0)))

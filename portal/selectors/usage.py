@@ -32,7 +32,8 @@ from django.utils.translation import gettext_lazy as _
 
 from billing.models import UsageLog
 from billing.pricing import FREE, Price, cost
-from billing.usagerow import MEMBER_FIELDS, TOKEN_FIELDS
+from billing.rollups import error_class_filters, failed
+from billing.usagerow import MEMBER_FIELDS, TOKEN_FIELDS, status_class
 from gateway.models import CapturedExchange
 from keys.models import ApiKey, Tenant
 from portal.infra.dbrouter import analytics, analytics_alias
@@ -54,7 +55,7 @@ class UsageFilterForm(LogFilterForm):
         ("", _("Any status")),
         ("success", _("Success")),
         ("client_error", _("Client error (4xx)")),
-        ("upstream_error", _("Upstream error (5xx)")),
+        ("upstream_error", _("Upstream error (5xx or a broken stream)")),
     ]
     STREAM_CHOICES = [("", _("Any")), ("yes", _("Streamed")), ("no", _("Not streamed"))]
 
@@ -117,12 +118,8 @@ def filtered(tenant: Tenant, data: dict[str, Any]) -> QuerySet[UsageLog]:
     if data.get("endpoint"):
         rows = rows.filter(endpoint=data["endpoint"])
     status = data.get("status")
-    if status == "success":
-        rows = rows.filter(status_code__lt=400)
-    elif status == "client_error":
-        rows = rows.filter(status_code__gte=400, status_code__lt=500)
-    elif status == "upstream_error":
-        rows = rows.filter(status_code__gte=500)
+    if status:
+        rows = rows.filter(_STATUS_FILTERS[status]())
     if data.get("error_code"):
         rows = rows.filter(error_code=data["error_code"])
     if data.get("stream") in ("yes", "no"):
@@ -264,14 +261,21 @@ def masked_key(row: dict[str, Any]) -> str:
     return f"{row['key_prefix']}…" if row.get("key_prefix") else ""
 
 
-def status_class(code: int) -> str:
-    return "success" if code < 400 else "client_error" if code < 500 else "upstream_error"
+def _server_or_upstream() -> Q:
+    classes = error_class_filters()
+    return classes["server_errors"] | classes["upstream_errors"]
+
+
+# The status filter's rows, by the classes of billing.rollups (what the dashboards count).
+_STATUS_FILTERS = {"success": lambda: ~failed(),
+                   "client_error": lambda: error_class_filters()["client_errors"],
+                   "upstream_error": _server_or_upstream}
 
 
 def _masked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         row["key_masked"] = masked_key(row)
-        row["status_class"] = status_class(row["status_code"])
+        row["status_class"] = status_class(row["status_code"], row["error_code"])
     return rows
 
 
@@ -286,7 +290,7 @@ def totals(rows: QuerySet[UsageLog], cap: int = TOTALS_CAP) -> dict[str, Any]:
         requests=Count("id"), input_tokens=Sum("input_tokens"),
         cached_tokens=Sum("cached_tokens"), output_tokens=Sum("output_tokens"),
         reasoning_tokens=Sum("reasoning_tokens"), cost=Sum("cost"),
-        errors=Count("id", filter=Q(status_code__gte=400)))
+        errors=Count("id", filter=failed()))
     capped = agg["requests"] >= cap  # the newest ``cap`` rows, perhaps of more
     for name in TOKEN_FIELDS:
         agg[name] = agg[name] or 0
@@ -461,7 +465,9 @@ def live_row(log: UsageLog) -> dict[str, Any]:
         "request_id": log.request_id, "created_at": log.created_at.isoformat(),
         "key": f"{log.key_prefix}…" if log.key_prefix else "",
         "model": log.model, "endpoint": log.endpoint, "status": log.status_code,
-        "error_code": log.error_code, "stream": log.stream,
+        "error_code": log.error_code, "status_class": status_class(log.status_code,
+                                                                  log.error_code),
+        "stream": log.stream,
         "input_tokens": log.input_tokens, "cached_tokens": log.cached_tokens,
         "output_tokens": log.output_tokens, "reasoning_tokens": log.reasoning_tokens,
         "cost": format(log.cost, "f"), "latency_ms": log.latency_ms, "ttfb_ms": log.ttfb_ms,

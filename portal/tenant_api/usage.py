@@ -139,7 +139,10 @@ class LogFilter(Schema):
     model: str | None = Field(None, max_length=200, pattern=NO_NUL)
     endpoint: Literal[sel.ENDPOINTS] | None = None  # type: ignore[valid-type]
     status: Literal["success", "client_error", "upstream_error"] | None = Field(
-        None, description="success: below 400; client_error: 4xx; upstream_error: 5xx.")
+        None, description="success: below 400 and no upstream failure; client_error: 4xx; "
+                    "upstream_error: 5xx, or an upstream failure whatever the status (a "
+                    "stream the upstream broke off after its 200, error code "
+                    "upstream_stream_cut).")
     error_code: str | None = Field(None, max_length=64, pattern=NO_NUL)
     stream: bool | None = None
     date_from: dt.date | None = Field(None, description="First local day (TIME_ZONE).")
@@ -274,7 +277,7 @@ def usage_detail(request: HttpRequest, request_id: str) -> dict[str, Any]:
     row.update(key_masked=log.key.masked if log.key else (
         f"{log.key_prefix}…" if log.key_prefix else ""),
         key__name=log.key.name if log.key else None,
-        status_class=sel.status_class(log.status_code))
+        status_class=sel.status_class(log.status_code, log.error_code))
     return {**_row(row), "client_ip": log.client_ip, "user_agent": log.user_agent or "",
             "multiplier": money(breakdown["multiplier"]),
             "per_request": money(breakdown["per_request"]),

@@ -137,7 +137,7 @@ def usage_detail(request: HttpRequest, request_id: str) -> HttpResponse:
     context: dict[str, Any] = {
         "log": log, "key_masked": log.key.masked if log.key else (
             f"{log.key_prefix}…" if log.key_prefix else ""),
-        "status_class": sel.status_class(log.status_code),
+        "status_class": sel.status_class(log.status_code, log.error_code),
         "breakdown": sel.cost_breakdown(log),
         "staff": staff,
         "attempts": sel.attempts_for(log, staff=staff),

@@ -171,7 +171,7 @@
       if (placeholder) { placeholder.remove(); }
       var li = document.createElement("li");
       var status = document.createElement("span");
-      status.className = "badge " + (row.status >= 400 ? "bad" : "ok");
+      status.className = "badge " + (row.status_class === "success" ? "ok" : "bad");
       status.textContent = row.status;
       li.appendChild(status);
       li.appendChild(document.createTextNode(" " + hourFmt.format(new Date(row.created_at)) +
@@ -216,7 +216,7 @@
       } else {
         rows.forEach(function (r) {
           today.requests += 1;
-          today.errors += r.status >= 400 ? 1 : 0;
+          today.errors += r.status_class === "success" ? 0 : 1;
           ["input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens"].forEach(function (n) {
             today[n] += r[n];
           });

@@ -4,7 +4,7 @@
 // arrives, either call `window.TurnpikeLive.on("usage", fn)` if that global exists, or
 // dispatch `document.dispatchEvent(new CustomEvent("turnpike:usage", {detail: row}))`.
 // `row` is `portal.selectors.usage.live_row(log)`: request_id, created_at (ISO), key, model,
-// endpoint, status, error_code, stream, the four token counts, cost, latency_ms, ttfb_ms.
+// endpoint, status, error_code, status_class, stream, the four token counts, cost, latency_ms, ttfb_ms.
 // Rows are prepended only while the table shows the first page with no filters
 // (`data-live="on"`, set by the server); rows are built with textContent, never HTML.
 "use strict";
@@ -44,7 +44,7 @@
     cell(tr, row.endpoint || "");
     const status = cell(tr, "");
     const badge = document.createElement("span");
-    badge.className = "badge " + (row.status < 400 ? "ok" : row.status < 500 ? "warn" : "bad");
+    badge.className = "badge " + ({ success: "ok", client_error: "warn" }[row.status_class] || "bad");
     badge.textContent = String(row.status);
     status.append(badge);
     if (row.error_code) status.append(" " + row.error_code);

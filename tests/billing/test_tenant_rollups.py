@@ -40,8 +40,10 @@ NOW = datetime(2025, 6, 15, 14, 30, tzinfo=UTC)  # TIME_ZONE is UTC in the tests
 DAY = date(2025, 6, 2)
 SUMMED = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "cost")
 CLASSES = ("client_errors", "server_errors", "upstream_errors")
-# The error codes of upstream failures, as the operations overview has always counted them.
-UPSTREAM = {"upstream_error", "upstream_unavailable", "upstream_timeout"}
+# The error codes the gateway writes when an upstream failed (gateway.errors, providers.base
+# and decoding, exchange.passthrough), written out here independently of billing.usagerow.
+UPSTREAM = {"upstream_error", "upstream_unavailable", "upstream_timeout", "upstream_stream_cut",
+            "upstream_bad_response", "upstream_auth_failed"}
 
 
 def at(text: str) -> datetime:
@@ -83,7 +85,7 @@ def expected(rows: Any, group: Callable[[UsageLog], tuple[Any, ...]],
                               ("upstream_errors", upstream)):
                 g[name] = g.get(name, 0) + hit
         g["requests"] += 1
-        g["errors"] += r.status_code >= 400
+        g["errors"] += r.status_code >= 400 or r.error_code in UPSTREAM
         for name in SUMMED:
             g[name] += getattr(r, name)
     return out
@@ -129,7 +131,8 @@ def world() -> dict[str, Any]:
 
 def some_rows(w: dict[str, Any], day: date) -> None:
     """Several keys of two tenants, two models, errors of each class (an upstream code with a
-    4xx status is an upstream error), histograms, a keyless row."""
+    4xx status is an upstream error, and so is a stream cut after its 200), histograms, a
+    keyless row."""
     d = day.isoformat()
     log(at(f"{d}T00:00:00"), w["acme"], w["a1"], inp=10, out=5, cost="0.01", latency=20,
         ttfb=5)
@@ -148,6 +151,10 @@ def some_rows(w: dict[str, Any], day: date) -> None:
     log(at(f"{d}T23:59:59"), w["acme"], None, "", status=401, latency=1)
     log(at(f"{d}T12:00:00"), w["globex"], w["g1"], "o3", inp=1, out=1, cost="0.001",
         latency=50, ttfb=25)
+    log(at(f"{d}T12:30:00"), w["acme"], w["a1"], inp=3, out=2, cost="0.003", latency=900,
+        ttfb=40, code="upstream_stream_cut")
+    log(at(f"{d}T13:00:00"), w["acme"], w["a3"], status=502, latency=80,
+        code="upstream_auth_failed")
 
 
 def check_period(day: date) -> None:
@@ -176,7 +183,8 @@ def test_tenant_rollups_equal_the_raw_rows_per_tenant_and_model(world):
     # Only the day rolled up has rows: the next day's raw rows are not in any rollup yet.
     assert not UsageRollupTenant.objects.filter(date=DAY + timedelta(days=1)).exists()
     acme = UsageRollupTenant.objects.get(date=DAY, tenant=world["acme"], model="gpt-5")
-    assert (acme.requests, acme.errors, acme.cost) == (3, 1, Decimal("0.03"))  # 2 keys' rows
+    # Three keys' rows: a 429, a stream cut after its 200 and a 502 among them.
+    assert (acme.requests, acme.errors, acme.cost) == (5, 3, Decimal("0.033"))
     # The tenant row is the sum of its keys' rows, histograms included.
     per_key = UsageRollup.objects.filter(date=DAY, tenant=world["acme"], model="gpt-5")
     assert [sum(getattr(r, f) for r in per_key) for f in LATENCY_FIELDS] == [
@@ -209,7 +217,8 @@ def test_the_error_classes_equal_the_raw_rows_per_key_and_per_tenant(world):
     check_period(DAY)  # per tenant
     for model in (UsageRollup, UsageRollupHourly, UsageRollupTenant, UsageRollupTenantHourly):
         assert model.objects.aggregate(**{n: Sum(n) for n in CLASSES}) == {
-            "client_errors": 2, "server_errors": 1, "upstream_errors": 2}, model
+            "client_errors": 2, "server_errors": 1, "upstream_errors": 4}, model
+        assert model.objects.aggregate(Sum("errors")) == {"errors__sum": 7}, model
 
 
 def test_re_rolling_a_changed_day_and_hour_follows_the_raw_rows(world):

@@ -139,6 +139,9 @@ def test_create_a_key_copy_it_call_v1_and_see_it_live(
              > before, timeout=15, message="the request never appeared on the dashboard")
     newest = driver.find_element(By.CSS_SELECTOR, feed).text
     assert key.prefix in newest and MODEL in newest and "200" in newest
+    # Coloured by the row's status class as the server names it (billing.usagerow).
+    badge = driver.find_element(By.CSS_SELECTOR, feed + " .badge")
+    assert badge.get_attribute("class").split() == ["badge", "ok"]
     check_page(driver, "flows-02-dashboard-live")
 
     # And in the usage log, with its detail page.

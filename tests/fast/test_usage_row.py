@@ -155,5 +155,6 @@ def test_field_lists_shown_elsewhere_name_only_row_fields():
     assert set(usagerow.MEMBER_FIELDS) <= own  # the CSV export has all a member may see
     assert set(usagerow.MEMBER_FIELDS) <= set(usage_selectors.LIST_COLUMNS)
     live_row = live.messages_for([full_row()])[7]["rows"][0]
-    assert set(live_row) - {"status"} <= set(usagerow.FIELDS)  # "status": status_code
+    # "status": status_code; "status_class": usagerow.status_class of it and error_code
+    assert set(live_row) - {"status", "status_class"} <= set(usagerow.FIELDS)
     assert not {"upstream_id", "credential_id", "attempts", "client_ip"} & set(live_row)

@@ -433,12 +433,14 @@ def event(tenant: Tenant, key: ApiKey | None, **kw: Any) -> UsageEvent:
 def test_one_message_per_tenant_per_batch(world):
     w = world
     batch = [event(w["acme"], w["a1"]), event(w["acme"], w["a2"], status_code=500),
+             event(w["acme"], w["a1"], stream=True, error_code="upstream_stream_cut"),
              event(w["globex"], w["g1"]), event(w["acme"], None, tenant_id=None)]
     msgs = live.messages_for(batch)
     assert set(msgs) == {w["acme"].pk, w["globex"].pk}
     acme = msgs[w["acme"].pk]
-    assert acme["count"] == 2 and acme["totals"]["errors"] == 1
-    assert acme["totals"]["cost"] == "1.0"
+    # The 500 and the stream cut after its 200: both errors, as the rollups count them.
+    assert acme["count"] == 3 and acme["totals"]["errors"] == 2
+    assert acme["totals"]["cost"] == "1.5"
     assert {r["key_prefix"] for r in acme["rows"]} == {w["a1"].prefix, w["a2"].prefix}
     assert "upstream_id" not in json.dumps(acme) and "credential" not in json.dumps(acme)
 

@@ -29,8 +29,10 @@ _ids = itertools.count(1)
 NOW = datetime(2025, 6, 15, 14, 30, tzinfo=UTC)  # TIME_ZONE is UTC in the tests
 PREVIOUS = datetime(2025, 6, 15, 13, 0, tzinfo=UTC)  # the window's start
 CURRENT = PREVIOUS + timedelta(hours=1)
-# The error codes of upstream failures, as the overview has always counted them.
-UPSTREAM = {"upstream_error", "upstream_unavailable", "upstream_timeout"}
+# The error codes the gateway writes when an upstream failed, whatever the status (written
+# out here independently of billing.usagerow).
+UPSTREAM = {"upstream_error", "upstream_unavailable", "upstream_timeout", "upstream_stream_cut",
+            "upstream_bad_response", "upstream_auth_failed"}
 
 
 def at(hhmmss: str) -> datetime:
@@ -53,7 +55,8 @@ def tenants() -> dict[str, Tenant]:
 def some_rows(t: dict[str, Tenant]) -> None:
     """Rows before the window, in the previous hour (at its start, late in it), in the
     current hour before the minute rollup's cutoff (14:25 at NOW) and after it; every error
-    class (an upstream code with a 4xx status is an upstream error); a tenant-less row; and
+    class (an upstream code with a 4xx status is an upstream error, and so is a stream the
+    upstream broke off after its 200); a tenant-less row; and
     tenants whose rank depends on adding the raw tail to the rollups (globex: 1.00 in the
     previous hour; initech: 0.60 there and 0.60 after the cutoff)."""
     log(at("12:59:59"), t["umbrella"], "50")  # before the window: never counted
@@ -62,12 +65,14 @@ def some_rows(t: dict[str, Tenant]) -> None:
     log(at("13:20:00"), t["initech"], "0.60")
     log(at("13:30:00"), t["acme"], status=502, code="upstream_error")
     log(at("13:40:00"), t["acme"], status=429, code="rate_limit_exceeded")
+    log(at("13:45:00"), t["acme"], status=200, code="upstream_stream_cut")
     log(at("13:58:30"), t["acme"], "0.05", status=500, code="internal_error")
     log(at("13:59:59"), None, "0.01", status=401, code="invalid_api_key")
     log(at("14:05:00"), t["acme"], "0.10", model="o3")
     log(at("14:20:00"), t["globex"], status=504, code="upstream_timeout")
     log(at("14:24:30"), t["acme"], "0.02", status=404, code="model_not_found")
     log(at("14:25:00"), t["acme"], "0.03")  # exactly the cutoff: raw
+    log(at("14:26:00"), t["globex"], status=502, code="upstream_bad_response")
     log(at("14:27:00"), t["initech"], "0.60", status=429, code="upstream_unavailable")
     log(at("14:29:00"), t["umbrella"], "0.01", status=503, code="upstream_unavailable")
 
@@ -81,7 +86,7 @@ def raw_window() -> dict[str, Any]:
     for r in UsageLog.objects.filter(created_at__gte=PREVIOUS).select_related("tenant"):
         upstream = r.error_code in UPSTREAM
         got["requests"] += 1
-        got["errors"] += r.status_code >= 400
+        got["errors"] += r.status_code >= 400 or upstream
         got["client_errors"] += 400 <= r.status_code < 500 and not upstream
         got["server_errors"] += r.status_code >= 500 and not upstream
         got["upstream_errors"] += upstream
@@ -112,7 +117,7 @@ def test_the_raw_rows_of_the_window_are_what_this_test_expects(tenants):
     some_rows(tenants)
     want = raw_window()
     assert (want["requests"], want["errors"], want["client_errors"], want["server_errors"],
-            want["upstream_errors"]) == (13, 8, 3, 1, 4)
+            want["upstream_errors"]) == (15, 10, 3, 1, 6)
     assert want["spend"] == Decimal("2.67")
     # initech is first only with its raw tail added to the previous hour's rollup.
     assert [t[0] for t in want["top"]] == ["initech", "globex", "acme", "umbrella"]
@@ -226,7 +231,7 @@ def test_today_counts_the_errors_by_class_from_the_daily_rollups(tenants, monkey
     window = overview.today()
     assert window.classes_known
     assert (window.requests, window.errors, window.client_errors, window.server_errors,
-            window.upstream_errors) == (14, 8, 3, 1, 4)
+            window.upstream_errors) == (16, 10, 3, 1, 6)
     assert window.spend == Decimal("52.67")
     assert [t["tenant__name"] for t in window.top_tenants] == [
         "umbrella", "initech", "globex", "acme"]

@@ -490,6 +490,34 @@ def test_usage_log_filters_and_cursor_pages(world):
     assert detail["cost"] == "0.500000" and len(detail["breakdown"]) == 4
 
 
+def test_a_stream_broken_off_after_its_200_is_an_upstream_error(world):
+    """The row keeps the 200 that went out, its error code says the upstream broke the stream
+    off: the log's status filter, its status class and the totals count it as an upstream
+    error, as the rollups and dashboards do."""
+    a = world["a"]
+    now = timezone.now()
+    for request_id, status, code in (("req-ok", 200, ""), ("req-cut", 200, "upstream_stream_cut"),
+                                     ("req-500", 500, "internal_error")):
+        UsageLog.objects.create(tenant=a.tenant, key=a.key, key_prefix=a.key.prefix,
+                                request_id=request_id, created_at=now, endpoint="responses",
+                                model="gpt-cut", status_code=status, error_code=code,
+                                stream=True)
+    client, headers = Client(), bearer(write_token(a))
+
+    def listed(query: str) -> dict[str, str]:
+        got = client.get(f"{V1}/usage/log?model=gpt-cut{query}", headers=headers).json()
+        return {r["request_id"]: r["status_class"] for r in got["items"]}
+
+    assert listed("") == {"req-ok": "success", "req-cut": "upstream_error",
+                          "req-500": "upstream_error"}
+    assert set(listed("&status=upstream_error")) == {"req-cut", "req-500"}
+    assert set(listed("&status=success")) == {"req-ok"}
+    detail = client.get(f"{V1}/usage/log/req-cut", headers=headers).json()
+    assert (detail["status_code"], detail["status_class"]) == (200, "upstream_error")
+    totals = client.get(f"{V1}/usage/log/totals?model=gpt-cut", headers=headers).json()
+    assert (totals["requests"], totals["errors"]) == (3, 2)
+
+
 def test_usage_summaries_by_day_hour_model_and_key(world):
     a = world["a"]
     client, headers = Client(), bearer(write_token(a))

@@ -106,10 +106,11 @@ def test_an_empty_log_says_what_will_appear(acme):
     ("endpoint=chat/completions", {"chat"}),
     ("status=success", {"base", "o3", "chat", "stream", "other key"}),
     ("status=client_error", {"429"}),
-    ("status=upstream_error", {"502"}),
+    ("status=upstream_error", {"502", "cut", "500"}),
     ("error_code=rate_limit_exceeded", {"429"}),
-    ("stream=yes", {"stream"}),
-    ("stream=no", {"base", "o3", "chat", "429", "502", "other key"}),
+    ("stream=yes", {"stream", "cut"}),
+    ("stream=no", {"base", "o3", "chat", "429", "502", "500", "other key"}),
+    ("error_code=upstream_stream_cut", {"cut"}),
     ("status=upstream_error&error_code=rate_limit_exceeded", set()),
 ])
 def test_each_filter_narrows_the_log(acme, key_a, query, expected):
@@ -120,7 +121,10 @@ def test_each_filter_narrows_the_log(acme, key_a, query, expected):
         "chat": log(acme, key_a, endpoint="chat/completions"),
         "429": log(acme, key_a, status_code=429, error_code="rate_limit_exceeded"),
         "502": log(acme, key_a, status_code=502, error_code="upstream_error"),
+        "500": log(acme, key_a, status_code=500, error_code="internal_error"),
         "stream": log(acme, key_a, stream=True),
+        # The upstream broke the stream off after its 200 went out: an upstream error.
+        "cut": log(acme, key_a, stream=True, error_code="upstream_stream_cut"),
         "other key": log(acme, other_key),
     }
     names = {v.request_id: k for k, v in made.items()}
@@ -129,6 +133,15 @@ def test_each_filter_narrows_the_log(acme, key_a, query, expected):
     assert {names[i] for i in ids(page.content)} == expected
     assert {names[r[1]] for r in csv_rows(client.get(f"/portal/usage/export.csv?{query}"))[1:]
             } == expected
+
+
+def test_a_stream_cut_after_its_200_shows_as_an_upstream_error(acme, key_a):
+    cut = log(acme, key_a, stream=True, error_code="upstream_stream_cut")
+    client = member("a@example.com", acme)
+    html = client.get("/portal/usage/").content.decode()
+    assert '<span class="badge bad">200</span> <span class="mono">upstream_stream_cut' in html
+    detail = client.get(f"/portal/usage/{cut.request_id}/").content.decode()
+    assert '<span class="badge bad">200</span>' in detail and "badge ok" not in detail
 
 
 def test_the_key_filter_takes_a_key_id_or_its_prefix(acme, key_a):
