@@ -55,7 +55,7 @@ class UsageFilterForm(LogFilterForm):
         ("", _("Any status")),
         ("success", _("Success")),
         ("client_error", _("Client error (4xx)")),
-        ("upstream_error", _("Upstream error (5xx or a broken stream)")),
+        ("upstream_error", _("Server or upstream error")),
     ]
     STREAM_CHOICES = [("", _("Any")), ("yes", _("Streamed")), ("no", _("Not streamed"))]
 

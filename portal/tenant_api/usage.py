@@ -139,7 +139,8 @@ class LogFilter(Schema):
     model: str | None = Field(None, max_length=200, pattern=NO_NUL)
     endpoint: Literal[sel.ENDPOINTS] | None = None  # type: ignore[valid-type]
     status: Literal["success", "client_error", "upstream_error"] | None = Field(
-        None, description="success: below 400 and no upstream failure; client_error: 4xx; "
+        None, description="success: below 400 and no upstream failure; client_error: 4xx "
+                    "other than upstream failures; "
                     "upstream_error: 5xx, or an upstream failure whatever the status (a "
                     "stream the upstream broke off after its 200, error code "
                     "upstream_stream_cut).")
