@@ -19,6 +19,10 @@ same rows:
 - ``before``: the query the overview made until it read rollups: the raw rows of the last
   60 minutes (fewer rows than the window: 60 minutes, not 60 + ``--minute``).
 
+And the operator alert's error-rate check (``gateway.opsalerts.error_counts``: the raw rows
+of its OPERATOR_ALERT_ERROR_WINDOW, 300 s by default, up to the same minute), checked
+against the rows counted here.
+
 It uses its own PostgreSQL database (OPS_OVERVIEW_BENCH_DB, default turnpike_bench_ops, on the
 server of DATABASE_URL), emptied at the start. It checks that ``rollup`` and ``raw`` give the
 same figures, and prints p50/p95 in milliseconds as a Markdown table for BENCHMARKS.md.
@@ -45,7 +49,8 @@ MODELS = ("gpt-5", "gpt-5-mini", "o3", "gpt-4o-mini")
 def load(rows: int, start: datetime, span: int) -> None:
     """An empty usage log and rollups, then ``rows`` rows of TENANTS tenants evenly over the
     ``span`` seconds from ``start``: 1 in 50 a 429, 1 in 70 a 500, 1 in 90 a 502
-    ``upstream_error`` (where they coincide, the later rule wins)."""
+    ``upstream_error``, 1 in 110 a stream cut after its 200 (``upstream_stream_cut``; where
+    they coincide, the later rule wins)."""
     from django.db import connection
 
     from keys.models import Tenant
@@ -67,9 +72,10 @@ def load(rows: int, start: datetime, span: int) -> None:
             SELECT %s + (g::bigint * %s / %s) * interval '1 second', 'ob' || g, 'sk-o',
                    (ARRAY{tenants})[1 + (g * 7) %% {len(tenants)}], 'responses',
                    (ARRAY{list(MODELS)})[1 + (g / 7) %% {len(MODELS)}],
-                   CASE WHEN g %% 90 = 0 THEN 502 WHEN g %% 70 = 0 THEN 500
-                        WHEN g %% 50 = 0 THEN 429 ELSE 200 END,
-                   CASE WHEN g %% 90 = 0 THEN 'upstream_error' WHEN g %% 70 = 0
+                   CASE WHEN g %% 110 = 0 THEN 200 WHEN g %% 90 = 0 THEN 502
+                        WHEN g %% 70 = 0 THEN 500 WHEN g %% 50 = 0 THEN 429 ELSE 200 END,
+                   CASE WHEN g %% 110 = 0 THEN 'upstream_stream_cut'
+                        WHEN g %% 90 = 0 THEN 'upstream_error' WHEN g %% 70 = 0
                         THEN 'internal_error' WHEN g %% 50 = 0 THEN 'rate_limit_exceeded'
                         ELSE '' END,
                    g %% 2 = 0, 100 + g %% 2000, (g %% 3) * 50, 50 + g %% 800, g %% 200,
@@ -99,6 +105,22 @@ def before(now: datetime) -> Any:
     return totals, top
 
 
+def alert_counts(now: datetime, window: float) -> tuple[int, int]:
+    """(requests, failed) of the window counted here in SQL of its own: 5xx, or an upstream
+    failure code whatever the status."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("""
+            SELECT count(*), count(*) FILTER (WHERE status_code >= 500 OR error_code IN
+                ('upstream_error', 'upstream_unavailable', 'upstream_timeout',
+                 'upstream_stream_cut', 'upstream_bad_response', 'upstream_auth_failed'))
+            FROM billing_usagelog WHERE created_at > %s AND created_at <= %s""",
+                    [now - timedelta(seconds=window), now])
+        total, failed = cur.fetchone()
+    return total, failed
+
+
 def timed(read: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
     """(p50, p95) of ``read()`` in ms over ``repeat`` reads after warm-ups, and its result."""
     for _ in range(3):
@@ -123,10 +145,12 @@ def main() -> None:
                              "server of DATABASE_URL)")
     args = parser.parse_args()
     setup_django(args.database_url or database_url(DB_NAME))
+    from django.conf import settings
     from django.utils import timezone
 
     from billing import rollups
     from billing.models import RollupState
+    from gateway.opsalerts import error_counts
     from portal.selectors.overview import recent_hours
 
     since = rollups.hour_start(timezone.now()) - timedelta(days=1, hours=1)
@@ -147,9 +171,12 @@ def main() -> None:
     RollupState.objects.all().delete()  # no beat: nothing vouches for the rollups
     measured["raw"] = timed(lambda: recent_hours(now), args.repeat)
     measured["before"] = timed(lambda: before(now), args.repeat)
+    window = float(settings.OPERATOR_ALERT_ERROR_WINDOW)
+    measured["alert"] = timed(lambda: error_counts(now.timestamp(), window), args.repeat)
     rolled, raw = shown(measured["rollup"][2]), shown(measured["raw"][2])
     assert rolled == raw, (rolled, raw)  # the same figures, every row once
     assert rolled[0] == total, (rolled[0], total)
+    assert measured["alert"][2] == alert_counts(now, window), measured["alert"][2]
     table = ["| requests an hour | read at | rows in the window | rollup p50 / p95 ms | "
              "raw p50 / p95 ms | before (raw 60 min) p50 / p95 ms |", "|---|---|---|---|---|---|"]
     cells = " | ".join(f"{measured[w][0]:.1f} / {measured[w][1]:.1f}"
@@ -158,6 +185,10 @@ def main() -> None:
     for way in ("rollup", "raw", "before"):
         say(f"{way}: p50 {measured[way][0]:.1f} ms, p95 {measured[way][1]:.1f} ms")
     print("\n".join(table))
+    alert = measured["alert"]
+    print(f"\nerror-rate alert (gateway.opsalerts.error_counts, {window:g} s window, "
+          f"{alert[2][0]:,} rows, {alert[2][1]:,} failed): p50 {alert[0]:.1f} ms, "
+          f"p95 {alert[1]:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -422,29 +422,14 @@ def check_spool(now: float) -> bool | None:
 
 def check_error_rate(now: float) -> bool | None:
     """Firing when at least OPERATOR_ALERT_ERROR_RATE of the requests of the last
-    OPERATOR_ALERT_ERROR_WINDOW seconds failed: server and upstream errors as the rollups
-    and dashboards count them (billing.rollups.error_class_filters: status 5xx, or an
-    upstream failure whatever the status); resolved when fewer did. With fewer than
-    OPERATOR_ALERT_ERROR_MIN_REQUESTS requests in the window, no change either way (None),
-    as when the rate is 0 (off). The window (minutes) is read from the raw rows by their
-    time index: the rollups' hours are too coarse for it."""
-    from django.db.models import Count
-
-    from billing.models import UsageLog
-    from billing.rollups import error_class_filters
-
+    OPERATOR_ALERT_ERROR_WINDOW seconds failed (``error_counts``); resolved when fewer did.
+    With fewer than OPERATOR_ALERT_ERROR_MIN_REQUESTS requests in the window, no change
+    either way (None), as when the rate is 0 (off)."""
     threshold = settings.OPERATOR_ALERT_ERROR_RATE
     if threshold <= 0:
         return None
     window = settings.OPERATOR_ALERT_ERROR_WINDOW
-    end = datetime.fromtimestamp(now, tz=timezone.get_current_timezone())
-    window_rows = UsageLog.objects.filter(
-        created_at__gt=end - timedelta(seconds=window), created_at__lte=end,
-    )
-    classes = error_class_filters()
-    counts = window_rows.aggregate(total=Count("id"), failed=Count(
-        "id", filter=classes["server_errors"] | classes["upstream_errors"]))
-    total, failed = counts["total"] or 0, counts["failed"] or 0
+    total, failed = error_counts(now, window)
     if total < max(1, settings.OPERATOR_ALERT_ERROR_MIN_REQUESTS):
         return None
     share = failed / total
@@ -455,6 +440,26 @@ def check_error_rate(now: float) -> bool | None:
         summary = f"Error rate back under the threshold. {summary}"
     transition(AlertKind.ERROR_RATE, "", firing, summary, "/admin/billing/usagelog/")
     return firing
+
+
+def error_counts(now: float, window: float) -> tuple[int, int]:
+    """(requests, failed requests) of the ``window`` seconds up to ``now``: failed are the
+    server and upstream errors as the rollups and dashboards count them
+    (billing.rollups.error_class_filters: status 5xx, or an upstream failure whatever the
+    status). Read from the raw rows by their time index, since the rollups' hours are too
+    coarse for a window of minutes (``python -m benchmarks.ops_overview`` times it)."""
+    from django.db.models import Count
+
+    from billing.models import UsageLog
+    from billing.rollups import error_class_filters
+
+    end = datetime.fromtimestamp(now, tz=timezone.get_current_timezone())
+    classes = error_class_filters()
+    counts = UsageLog.objects.filter(
+        created_at__gt=end - timedelta(seconds=window), created_at__lte=end,
+    ).aggregate(total=Count("id"), failed=Count(
+        "id", filter=classes["server_errors"] | classes["upstream_errors"]))
+    return counts["total"] or 0, counts["failed"] or 0
 
 
 def test_alert() -> dict[str, str]:

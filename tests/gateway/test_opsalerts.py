@@ -403,3 +403,27 @@ def test_nothing_is_recorded_without_a_target():
     assert not opsalerts.transition("error_rate", "", True, "x", "/admin/")
     assert opsalerts.check() == {}
     assert not OperatorAlert.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_error_rate_counts_failures_as_the_dashboards_do():
+    """Failed: a 5xx, or an upstream failure whatever its status (a stream cut after its 200,
+    an upstream's 429 that made it unavailable); a client's own 4xx is not. Only the
+    window's rows count, its end included and its start not."""
+    from datetime import UTC, datetime, timedelta
+
+    from billing.models import UsageLog
+
+    end = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
+    rows = [(end, 200, "upstream_stream_cut"), (end - timedelta(seconds=10), 502,
+                                                 "upstream_auth_failed"),
+            (end - timedelta(seconds=20), 500, "internal_error"),
+            (end - timedelta(seconds=30), 429, "upstream_unavailable"),
+            (end - timedelta(seconds=40), 429, "rate_limit_exceeded"),
+            (end - timedelta(seconds=50), 200, ""),
+            (end - timedelta(seconds=300), 503, "upstream_error"),  # the window's start: out
+            (end + timedelta(seconds=1), 500, "internal_error")]  # after its end: out
+    for n, (when, status, code) in enumerate(rows):
+        UsageLog.objects.create(created_at=when, request_id=f"rate-{n}", endpoint="responses",
+                                model="gpt-5", status_code=status, error_code=code)
+    assert opsalerts.error_counts(end.timestamp(), 300) == (6, 4)
