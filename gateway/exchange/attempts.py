@@ -126,6 +126,9 @@ async def run_route(ctx: RelayContext, out: Outcome, operation: str, route: Rout
     provider = route.upstream.provider
     protocol = provider.protocol(operation)
     raw = raw_mode(ctx.headers)
+    turn = ctx.turn
+    if turn is not None and turn.references:  # items named by id, resolved by the store
+        payload, body = turn.body_for(route.upstream, payload, body)
     if not provider.native_compaction and (operation == "compact"
                                            or has_compaction_trigger(payload)):
         await compact(ctx, out, operation, route, payload, send, settle)

@@ -60,6 +60,7 @@ from gateway.outcome import Outcome
 from gateway.respond import Receive, Send, send_chunk, send_json, start_stream
 from gateway.stored import runs as runstate
 from gateway.stored import store
+from gateway.stored.chain import resolved_input
 from gateway.stored.records import StoredRecord, new_id
 from gateway.stored.runs import TERMINAL
 from gateway.translate.responses import ResponsesEncoder
@@ -195,6 +196,11 @@ async def start(ctx: RelayContext, key: KeySnapshot, model: str, session: str,
     assert turn is not None and turn.storing and ticket is not None
     if turn.pin is not None:  # a run never passes through to the upstream's own copy
         payload = (await turn.expand())[0]
+    if turn.references:  # nor to the item references': every route gets the items
+        items = resolved_input(payload.get("input"),
+                               {i: item for i, (item, _) in turn.references.items()})
+        if items is not None:
+            payload = {**payload, "input": items}
     response_id = new_id("resp")
     created = int(time.time())
     response = queued_response(ctx, turn, response_id, created)

@@ -15,6 +15,16 @@ stores responses or that names a previous response, and leaves a ``Turn`` on the
                           ``encrypted_content``; ids dropped), then the new input.
                           ``instructions`` are not carried over. The reservation estimate
                           counts the whole conversation.
+    item_reference        every input item that names an earlier item by its id (the Vercel
+                          AI SDK sends one for each answered assistant item while ``store`` is
+                          on) is looked up in the tenant's stored responses
+                          (``store.find_items``). A route gets the stored item in its place
+                          (``body_for``; reasoning without its encrypted content is dropped, as
+                          in an expansion), except a route to the upstream that served that
+                          item's response when that upstream keeps responses itself: it gets
+                          the reference. An id Turnpike does not hold stays a reference: an
+                          upstream that keeps responses may know it, a translated route
+                          answers 400.
     capture               the exchange hands the final response object over where it passes
                           (``capture``): a passthrough JSON body, a passthrough stream's
                           terminal event, the translated encoder's final response.
@@ -32,7 +42,7 @@ import orjson
 
 from gateway.errors import InvalidRequest, NotFound
 from gateway.stored import store
-from gateway.stored.records import StoredRecord, input_items
+from gateway.stored.records import StoredRecord, history_item, input_items, keep_output
 
 if TYPE_CHECKING:
     from gateway.charging import Settlement
@@ -83,6 +93,9 @@ class Turn:
     passthrough: bool = False  # captured on a passthrough path (the upstream's own id)
     route: Route | None = None  # where it was served
     history: bytes | None = None  # the record's history_json(), once built
+    # The items the input's item_references name that the store holds, by id, each with
+    # the response it belongs to (``store.find_items``); None: the input names none.
+    references: dict[str, tuple[dict[str, Any], StoredRecord]] | None = None
 
     # --- the upstream body -------------------------------------------------------------
 
@@ -93,6 +106,27 @@ class Turn:
             assert prev is not None
             self.expanded = expanded_body(self.payload, await store.history(prev))
         return self.expanded
+
+    def body_for(self, upstream: UpstreamRef, payload: dict[str, Any],
+                 body: bytes) -> tuple[dict[str, Any], bytes]:
+        """The body ``upstream`` gets: each item_reference the store resolved replaced by
+        its item, but for an upstream that keeps responses and served that item's response
+        (it knows the id)."""
+        refs = self.references
+        if not refs:
+            return payload, body
+        keeps = upstream.provider.stores_responses
+        swap = {i: item for i, (item, record) in refs.items()
+                if not (keeps and record.upstream_id == upstream.id)}
+        new = resolved_input(payload.get("input"), swap)
+        if new is None:
+            return payload, body
+        out = {**payload, "input": new}
+        return out, orjson.dumps(out)
+
+    def references_bytes(self) -> int:
+        """What the resolved items add to the body at most (the reservation estimate)."""
+        return sum(len(orjson.dumps(item)) for item, _ in (self.references or {}).values())
 
     # --- the record --------------------------------------------------------------------
 
@@ -170,6 +204,35 @@ def expanded_body(payload: dict[str, Any],
     return body, orjson.dumps(body)
 
 
+def item_references(value: Any) -> list[str]:
+    """The ids the input's ``item_reference`` items name, in order, once each."""
+    if not isinstance(value, list):
+        return []
+    return list(dict.fromkeys(
+        i["id"] for i in value if isinstance(i, dict) and i.get("type") == "item_reference"
+        and isinstance(i.get("id"), str) and i["id"]))
+
+
+def resolved_input(value: Any, swap: dict[str, dict[str, Any]]) -> list[Any] | None:
+    """``value`` with each item_reference to an id of ``swap`` replaced by that item as an
+    expansion replays it (no id; a reasoning item without its encrypted content left out);
+    None when it names none of them."""
+    if not swap or not isinstance(value, list):
+        return None
+    out: list[Any] = []
+    changed = False
+    for item in value:
+        if isinstance(item, dict) and item.get("type") == "item_reference" and \
+                item.get("id") in swap:
+            changed = True
+            found = swap[item["id"]]
+            if keep_output(found):
+                out.append(history_item(found))
+        else:
+            out.append(item)
+    return out if changed else None
+
+
 # --- the pipeline's step -------------------------------------------------------------------
 
 async def prepare(ctx: RelayContext, key: KeySnapshot, payload: dict[str, Any], body: bytes,
@@ -177,14 +240,17 @@ async def prepare(ctx: RelayContext, key: KeySnapshot, payload: dict[str, Any], 
     """(the body to route and admit, its bytes, its size for the reservation estimate)."""
     prev_id = payload.get("previous_response_id")
     storing = key.store_days > 0 and payload.get("store") is not False
-    if prev_id is None and not storing:
+    refs = item_references(payload.get("input"))
+    if prev_id is None and not storing and not refs:
         return payload, body, len(body)
     turn = Turn(tenant_id=key.tenant_id, key_id=key.key_id, store_days=key.store_days,
                 storing=storing, payload=payload, body=body,
                 items=input_items(payload.get("input")))
     ctx.turn = turn
+    if refs:
+        turn.references = await store.find_items(refs, key.tenant_id)
     if prev_id is None:
-        return payload, body, len(body)
+        return payload, body, len(body) + turn.references_bytes()
     assert isinstance(prev_id, str)  # gateway.validate checked the type
     if key.store_days <= 0:
         raise storage_off()
@@ -195,9 +261,9 @@ async def prepare(ctx: RelayContext, key: KeySnapshot, payload: dict[str, Any], 
     turn.pin = pinned_route(pin, key.tenant_id, candidates)
     if turn.pin is not None:
         # Passed through as is; the upstream counts the whole conversation it keeps.
-        return payload, body, len(body) + prev.context_bytes
+        return payload, body, len(body) + prev.context_bytes + turn.references_bytes()
     expanded, raw = await turn.expand()
-    return expanded, raw, len(raw)
+    return expanded, raw, len(raw) + turn.references_bytes()
 
 
 def pinned_route(pin: str | None, tenant_id: int,

@@ -136,6 +136,15 @@ class StoredRecord:
         return [*(history_item(i) for i in self.input_items),
                 *(history_item(i) for i in output if isinstance(i, dict) and keep_output(i))]
 
+    def items(self) -> list[dict[str, Any]]:
+        """Every item of this turn with its id: the input items, then the output items (what
+        an ``item_reference`` may name). An input ``item_reference`` is not an item of its
+        own: its id is the item it names, held by an earlier response."""
+        output = self.response.get("output") or ()
+        return [i for i in (*self.input_items, *output)
+                if isinstance(i, dict) and isinstance(i.get("id"), str) and i["id"]
+                and i.get("type") != "item_reference"]
+
     def history_json(self) -> bytes:
         """``history()`` as a JSON array: what the staged ``resp:{id}:items`` holds, so a
         conversation is expanded by splicing bytes, with one parse for the whole of it."""

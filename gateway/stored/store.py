@@ -9,6 +9,10 @@
     lookup()    a response and its pin: the staged copy first (one MGET with the tombstone
                 and the pin), then the database; another tenant's, a deleted or an expired
                 response is None, the same as one that never existed.
+    find_items()  the items an ``item_reference`` names, by their ids, and the response each
+                belongs to: the staged index ``item:{id}`` (written with the document), this
+                process's pending records, then the database (a GIN index over the item ids
+                of every row); each response read with ``lookup``, so the same rules hold.
     chain()     a response's ancestors, oldest first: staged copies (one MGET), the rest in
                 one query (``id IN ancestors``).
     delete()    tombstone + drop the staged copy and the pin, then the row.
@@ -43,6 +47,7 @@ TOMBSTONE_SECONDS = 7 * 86400
 
 doc_key = rediskeys.stored_response
 items_key = rediskeys.stored_items
+item_key = rediskeys.stored_item
 tombstone_key = rediskeys.stored_deleted
 pin_key = rediskeys.response_pin
 journal_key = rediskeys.store_journal
@@ -53,11 +58,13 @@ deletions_key = rediskeys.store_deletions
 
 JOURNAL = RedisJournal("store", journal_key)
 
-# KEYS: 1 the document, 2 the journal, 3 the pin, 4 the turn's history items. ARGV: 1 the
-# document, 2 its TTL, 3 the pin ("" for none), 4 the pin's TTL, 5 the history items.
+# KEYS: 1 the document, 2 the journal, 3 the pin, 4 the turn's history items, 5… the index
+# entry of each of its items. ARGV: 1 the document, 2 its TTL, 3 the pin ("" for none), 4 the
+# pin's TTL, 5 the history items, 6 the response's id.
 _STAGE_LUA = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[2])
+for i = 5, #KEYS do redis.call('SET', KEYS[i], ARGV[6], 'EX', ARGV[2]) end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4]) end
 return 1
@@ -139,9 +146,12 @@ async def stage(record: StoredRecord, pin: str | None = None,
     if client is not None:
         try:
             await client.evalsha(_STAGE_LUA, [doc_key(record.id), journal_key(),
-                                              pin_key(record.id), items_key(record.id)],
+                                              pin_key(record.id), items_key(record.id),
+                                              *(item_key(record.tenant_id, i["id"])
+                                                for i in record.items())],
                                  [doc, min(ttl, int(settings.GATEWAY_STORE_CACHE_SECONDS)),
-                                  pin or "", ttl, history or record.history_json()])
+                                  pin or "", ttl, history or record.history_json(),
+                                  record.id])
         except Exception as exc:
             _failed(exc)
         else:
@@ -188,6 +198,90 @@ async def lookup(response_id: str, tenant_id: int) -> tuple[StoredRecord | None,
     if record is None or record.tenant_id != tenant_id or record.expired(now):
         return None, None
     return record, pin
+
+
+async def find_items(ids: list[str],
+                     tenant_id: int) -> dict[str, tuple[dict[str, Any], StoredRecord]]:
+    """The items of this tenant's stored responses with these ids, each with the response it
+    belongs to. An id no response of the tenant holds (a deleted or an expired response's,
+    or one never stored here) is left out."""
+    owners: dict[str, str] = {}
+    client = _redis()
+    if client is not None:
+        try:
+            values = await client.execute("MGET", *(item_key(tenant_id, i) for i in ids))
+        except Exception as exc:
+            _failed(exc)
+        else:
+            owners = {i: v.decode() for i, v in zip(ids, values, strict=True) if v is not None}
+    for staged in list(local.pending.values()):
+        if staged.tenant_id == tenant_id:
+            owners.update((i["id"], staged.id) for i in staged.items()
+                          if i["id"] in ids and i["id"] not in owners)
+    found = await _items_of(owners, tenant_id)
+    # The database for the rest (also an id whose staged owner was deleted since: another
+    # response may hold an item of that id too).
+    missing = [i for i in ids if i not in found]
+    if missing:
+        from asgiref.sync import sync_to_async
+
+        found.update(await _items_of(await sync_to_async(
+            load_item_owners, thread_sensitive=False)(missing, tenant_id, time.time()),
+            tenant_id))
+    return found
+
+
+async def _items_of(owners: dict[str, str],
+                    tenant_id: int) -> dict[str, tuple[dict[str, Any], StoredRecord]]:
+    """The items of ``owners`` ({item id: response id}) found in their responses, each
+    response read with ``lookup`` (so another tenant's, a deleted or an expired one holds
+    nothing)."""
+    found: dict[str, tuple[dict[str, Any], StoredRecord]] = {}
+    for response_id in dict.fromkeys(owners.values()):
+        owner = (await lookup(response_id, tenant_id))[0]
+        if owner is None:
+            continue
+        for item in owner.items():
+            if owners.get(item["id"]) == response_id:
+                found[item["id"]] = (item, owner)
+    return found
+
+
+# The ids of a stored response's items, as PostgreSQL indexes them (storedresp_item_ids, a
+# GIN index on this expression: migration gateway 0010).
+ITEM_IDS_SQL = ("""(jsonb_path_query_array(input_items, '$[*] ? (!exists(@.type) || """
+                """@.type != "item_reference").id') || """
+                "jsonb_path_query_array(response, '$.output[*].id'))")
+# Without PostgreSQL (the embedded default: one process, a small store), the newest rows
+# searched for an item id.
+SCAN_ROWS = 10_000
+
+
+def load_item_owners(ids: list[str], tenant_id: int, now: float) -> dict[str, str]:
+    """{item id: response id} of this tenant's unexpired rows holding these items (sync)."""
+    from django.db import close_old_connections, connection
+
+    from gateway.models import StoredResponse
+    from gateway.stored.records import from_epoch
+
+    close_old_connections()
+    wanted = set(ids)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id, {ITEM_IDS_SQL}::text FROM {StoredResponse._meta.db_table} "
+                f"WHERE {ITEM_IDS_SQL} ?| %s AND tenant_id = %s AND expires_at > %s",
+                [list(wanted), tenant_id, from_epoch(now)])
+            return {item_id: rid for rid, held in cursor.fetchall()
+                    for item_id in orjson.loads(held) if item_id in wanted}
+    owners: dict[str, str] = {}
+    rows = (StoredResponse.objects.filter(tenant_id=tenant_id, expires_at__gt=from_epoch(now))
+            .order_by("-created_at").values_list("id", "input_items", "response")[:SCAN_ROWS])
+    for rid, items, response in rows:
+        record = StoredRecord(id=rid, tenant_id=tenant_id, key_id=None, created_at=0,
+                              expires_at=0, status="", input_items=items, response=response)
+        owners.update((i["id"], rid) for i in record.items() if i["id"] in wanted)
+    return owners
 
 
 async def get(response_id: str, tenant_id: int) -> StoredRecord | None:

@@ -292,6 +292,13 @@ def stored_items(response_id: str, *, prefix: str | None = None) -> str:
     return f"{_p(prefix)}{STORE_TAG}resp:{response_id}:items"
 
 
+def stored_item(tenant_id: int, item_id: str, *, prefix: str | None = None) -> str:
+    """The response of a tenant's that an item (input or output, by its id) belongs to,
+    while that response is staged: what an ``item_reference`` is resolved by before the
+    database has the row. Per tenant: a client chooses its input items' ids."""
+    return f"{_p(prefix)}{STORE_TAG}item:{tenant_id}:{item_id}"
+
+
 def stored_deleted(response_id: str, *, prefix: str | None = None) -> str:
     return f"{_p(prefix)}{STORE_TAG}resp:{response_id}:deleted"
 

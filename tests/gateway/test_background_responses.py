@@ -154,6 +154,27 @@ def test_queued_then_in_progress_then_completed_through_a_celery_worker(
 
 
 @needs_redis
+def test_a_background_run_gets_the_items_its_references_name(
+        worker: CeleryWorker, gateway: Any, fake_upstream: Any, api_key: Any) -> None:
+    """The worker runs the request with each item_reference the store resolved replaced by
+    the stored item (a run never passes a reference through)."""
+    fake_upstream.clear()
+    upstream_create(name="bg-refs", kind="openai-chat", base_url=fake_upstream.openai_url,
+                    models=[model_for("openai-chat")], api_keys=[UPSTREAM_SECRET])
+    sdk = openai.OpenAI(base_url=gateway.base_url, api_key=api_key.secret, max_retries=0)
+    first = sdk.responses.create(model=model_for("openai-chat"), input="first question")
+    queued = sdk.responses.create(model=model_for("openai-chat"), background=True, input=[
+        {"role": "user", "content": "first question"},
+        *({"type": "item_reference", "id": item.id} for item in first.output),
+        {"role": "user", "content": "second question"}])
+    assert wait_done(sdk, queued.id).status == "completed"
+    sent = upstream_bodies(fake_upstream)[-1]
+    assert [(m["role"], m["content"]) for m in sent["messages"]] == [
+        ("user", "first question"), ("assistant", first.output_text),
+        ("user", "second question")]
+
+
+@needs_redis
 def test_a_background_stream_from_the_post_and_its_resume_with_starting_after(
         worker: CeleryWorker, sdk: openai.OpenAI) -> None:
     stream = sdk.responses.create(model=MODEL, input=slow(8, 0.1), background=True,

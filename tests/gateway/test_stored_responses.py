@@ -165,6 +165,78 @@ def test_a_conversation_carried_only_by_response_ids(sdk: openai.OpenAI, fake_up
     assert got.id == third.id and got.output_text == DEFAULT_TEXT
 
 
+# --- a conversation carried by item references (the Vercel AI SDK with store on) -------------
+
+def referenced(response: Any) -> list[dict[str, str]]:
+    """An answered turn as the Vercel AI SDK sends it back while ``store`` is on: each
+    output item named by its id, its content left out."""
+    return [{"type": "item_reference", "id": item.id} for item in response.output]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_conversation_whose_answers_are_item_references(
+        sdk: openai.OpenAI, fake_upstream: Any, kind: str, stream: bool) -> None:
+    """The whole conversation in ``input``, the earlier answers as item references and no
+    previous_response_id. An ``openai`` upstream served those items and keeps responses:
+    it gets the references as sent. Every other kind gets the items from Turnpike's store,
+    at once (the writer has not run: the staged index), the same history an expansion by
+    previous_response_id sends."""
+    model = model_for(kind)
+    first = create(sdk, stream, model=model, tools=[WEATHER_TOOL], input=QUESTION)
+    call = tool_call_of(first)
+    second = create(sdk, stream, model=model, tools=[WEATHER_TOOL], input=[
+        {"role": "user", "content": QUESTION}, *referenced(first),
+        {"type": "function_call_output", "call_id": call.call_id, "output": TOOL_OUTPUT}])
+    assert second.output_text == DEFAULT_TEXT and second.status == "completed"
+    third = create(sdk, stream, model=model, tools=[WEATHER_TOOL], input=[
+        {"role": "user", "content": QUESTION}, *referenced(first),
+        {"type": "function_call_output", "call_id": call.call_id, "output": TOOL_OUTPUT},
+        *referenced(second), {"role": "user", "content": FOLLOW_UP}])
+    assert third.output_text == DEFAULT_TEXT
+
+    sent = sent_requests(fake_upstream)
+    assert len(sent) == 3
+    if kind == "openai":
+        assert sent[1].body["input"][1:-1] == referenced(first)
+        return
+    for body in (sent[1].body, sent[2].body):
+        assert "item_reference" not in str(body)
+    history = [("user", QUESTION), ("tool_call", call.call_id, "get_weather",
+                                    {"city": "Paris"}),
+               ("tool_result", call.call_id, TOOL_OUTPUT)]
+    assert without_reasoning(upstream_turns(sent[1]))[-3:] == history
+    assert without_reasoning(upstream_turns(sent[2]))[-5:] == [
+        *history, ("assistant", DEFAULT_TEXT), ("user", FOLLOW_UP)]
+    if kind == "anthropic":  # the signed thinking comes back, from the stored item
+        thinking = [b for m in sent[1].body["messages"] if m["role"] == "assistant"
+                    for b in m["content"] if isinstance(b, dict) and b["type"] == "thinking"]
+        assert thinking and thinking[0]["signature"] == "sig_fake"
+    if kind == "openai-responses":  # it keeps no responses: the items, without their ids
+        reasoning = [i for i in sent[1].body["input"] if i.get("type") == "reasoning"]
+        assert reasoning and reasoning[0]["encrypted_content"] == "enc_fake"
+        assert all("id" not in i for i in sent[1].body["input"][1:-1])
+
+
+def test_an_item_reference_turnpike_does_not_hold_is_a_400_on_a_translated_route(
+        sdk: openai.OpenAI, gateway: Any, fake_upstream: Any) -> None:
+    """Never stored, or another tenant's: the same answer, and nothing reaches the
+    upstream."""
+    other = Tenant.objects.create(name="other-items")
+    theirs = openai.OpenAI(base_url=gateway.base_url, max_retries=0,
+                           api_key=key_create(tenant=other, name="o").secret)
+    their_answer = theirs.responses.create(model=model_for("anthropic"), input="hello")
+    for item_id in ("msg_never_stored", their_answer.output[0].id):
+        before = len(sent_requests(fake_upstream))
+        with pytest.raises(openai.BadRequestError) as caught:
+            sdk.responses.create(model=model_for("anthropic"), input=[
+                {"role": "user", "content": "hi"}, {"type": "item_reference", "id": item_id}])
+        error = caught.value.body
+        assert error["param"] == "input" and f"Item with id '{item_id}' not found" in \
+            error["message"], error
+        assert len(sent_requests(fake_upstream)) == before
+
+
 def test_the_expanded_conversation_is_what_is_reserved_and_charged(
         sdk: openai.OpenAI, fake_upstream: Any, gateway: Any, api_key: Any) -> None:
     """Usage counts the history the upstream was sent (the fake counts its words)."""

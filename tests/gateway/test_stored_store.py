@@ -220,3 +220,67 @@ async def test_the_journal_under_the_names_before_the_hash_tags_is_drained(acme:
     assert await in_thread(store.drain_journal)() == 2
     assert await in_thread(ids_in_db)() == {"resp_old_1", "resp_old_2"}
     assert client.llen(journal) == 0
+
+
+# --- item_reference: the items of stored responses, by id ---------------------------------
+
+def items_of(found: dict[str, Any]) -> dict[str, str]:
+    """{item id: the id of the response it was found in}."""
+    return {item_id: owner.id for item_id, (item, owner) in found.items()
+            if item["id"] == item_id}
+
+
+@QUIET
+async def test_items_are_found_staged_then_in_the_database_for_their_tenant_only(
+        acme: Any) -> None:
+    """Right after staging (the Redis index, before any writer ran), then from the database
+    once the staged copies are gone (the GIN index on PostgreSQL). Another tenant finds
+    nothing, not even an item of the same id it stored itself; a deleted response's items
+    are gone; an input item_reference is not an item of the response that sent it."""
+    tenant, key = acme
+    first = record("resp_i1", tenant, key)
+    question = first.input_items[0]["id"]
+    second = record("resp_i2", tenant, key)
+    second.input_items = input_items([{"type": "item_reference", "id": "msg_resp_i1"},
+                                      {"role": "user", "content": "and then?"}])
+    other = await in_thread(Tenant.objects.create)(name="globex")
+    theirs = record("resp_theirs", other)
+    theirs.response["output"][0]["id"] = "msg_resp_i2"  # an id both tenants hold
+    for staged in (first, second, theirs):
+        await store.stage(staged)
+    wanted = ["msg_resp_i1", question, "msg_resp_i2", "msg_nobody"]
+    want = {"msg_resp_i1": "resp_i1", question: "resp_i1", "msg_resp_i2": "resp_i2"}
+    assert items_of(await store.find_items(wanted, tenant.pk)) == want
+    found = await store.find_items(["msg_resp_i1"], tenant.pk)
+    assert found["msg_resp_i1"][0]["content"][0]["text"] == "answer resp_i1"
+    assert items_of(await store.find_items(["msg_resp_i2"], other.pk)) == {
+        "msg_resp_i2": "resp_theirs"}
+
+    assert await in_thread(store.drain_journal)() == 3
+    client = sync_redis()
+    assert client is not None
+    staged_keys = [k for k in client.scan_iter(match=f"{ISOLATED}*") if b"}item:" in k or
+                   b"resp:" in k]
+    assert any(b"}item:" in k for k in staged_keys)
+    client.delete(*staged_keys)
+    assert items_of(await store.find_items(wanted, tenant.pk)) == want  # the database
+    assert items_of(await store.find_items(wanted, other.pk)) == {"msg_resp_i2": "resp_theirs"}
+
+    await store.delete(first)
+    assert items_of(await store.find_items(wanted, tenant.pk)) == {"msg_resp_i2": "resp_i2"}
+    await store.close()
+
+
+@override_settings(REDIS_URL=None, GATEWAY_USAGE_FLUSH_INTERVAL=3600,
+                   GATEWAY_REDIS_PREFIX=ISOLATED)
+async def test_without_redis_items_are_found_pending_then_written(acme: Any) -> None:
+    tenant, key = acme
+    staged = record("resp_local", tenant, key)
+    await store.stage(staged)
+    assert items_of(await store.find_items(["msg_resp_local"], tenant.pk)) == {
+        "msg_resp_local": "resp_local"}
+    await store.writer().flush()
+    assert not store.local.pending
+    assert items_of(await store.find_items(["msg_resp_local"], tenant.pk)) == {
+        "msg_resp_local": "resp_local"}
+    await store.close()

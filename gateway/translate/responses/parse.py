@@ -102,9 +102,12 @@ def parse_item(item: Any) -> c.Item | None:
             return c.Message(role="user",
                              parts=[c.Part("text", COMPACTION_PREAMBLE + compacted)])
         return c.Opaque(item)
-    if kind == "item_reference":
-        raise c.TranslationError("item_reference inputs need stored responses, which this "
-                                 "upstream does not keep.", param="input")
+    if kind == "item_reference":  # one the store does not hold (gateway.stored.chain)
+        raise c.TranslationError(
+            f"Item with id '{item.get('id')}' not found: no stored response of this "
+            "tenant holds it (deleted, expired, stored with store=false, or never stored "
+            "here), and this upstream keeps no responses. Send the item itself instead.",
+            param="input")
     return c.Opaque(item)
 
 
