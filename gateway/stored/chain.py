@@ -24,7 +24,7 @@ stores responses or that names a previous response, and leaves a ``Turn`` on the
                           item's response when that upstream keeps responses itself: it gets
                           the reference. An id Turnpike does not hold stays a reference: an
                           upstream that keeps responses may know it, a translated route
-                          answers 400.
+                          answers 400. The turn is stored with the items it named.
     capture               the exchange hands the final response object over where it passes
                           (``capture``): a passthrough JSON body, a passthrough stream's
                           terminal event, the translated encoder's final response.
@@ -248,7 +248,11 @@ async def prepare(ctx: RelayContext, key: KeySnapshot, payload: dict[str, Any], 
                 items=input_items(payload.get("input")))
     ctx.turn = turn
     if refs:
-        turn.references = await store.find_items(refs, key.tenant_id)
+        found = turn.references = await store.find_items(refs, key.tenant_id)
+        # Stored as the items named, so the turn stands on its own (its input items, a
+        # later expansion of it); a reference Turnpike did not hold stays one.
+        turn.items = [found[i["id"]][0] if i.get("type") == "item_reference"
+                      and i.get("id") in found else i for i in turn.items]
     if prev_id is None:
         return payload, body, len(body) + turn.references_bytes()
     assert isinstance(prev_id, str)  # gateway.validate checked the type

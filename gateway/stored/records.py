@@ -72,6 +72,10 @@ def input_items(value: Any) -> list[dict[str, Any]]:
 
 
 def history_item(item: dict[str, Any]) -> dict[str, Any]:
+    """An item as a later turn replays it: without its id, but for a reference (to an item
+    Turnpike did not hold when it came: only its id says which)."""
+    if item.get("type") == "item_reference":
+        return item
     return {k: v for k, v in item.items() if k != "id"}
 
 

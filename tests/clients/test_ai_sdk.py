@@ -11,14 +11,17 @@ import os
 import shutil
 import subprocess
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from django.utils import timezone
 
-from gateway.models import StoredResponse
+from gateway.models import CapturedExchange, StoredResponse
 from gateway.services import upstream_create
+from keys.services import key_update
 from tests.conftest import UPSTREAM_SECRET
 from tests.gateway.matrix_cases import model_for, sent_requests, upstream_turns
 
@@ -45,6 +48,17 @@ def converse(base_url: str, key: str, model: str, stream: bool) -> dict[str, Any
     return orjson.loads(done.stdout.strip().splitlines()[-1])
 
 
+def wait_captured(key: Any, count: int, timeout: float = 10.0) -> list[CapturedExchange]:
+    """The key's captured exchanges, oldest first, once ``count`` are written (off the
+    response path)."""
+    deadline = time.monotonic() + timeout
+    while len(rows := list(CapturedExchange.objects.filter(key=key)
+                           .order_by("created_at", "pk"))) < count:
+        assert time.monotonic() < deadline, f"{len(rows)} of {count} captures after {timeout}s"
+        time.sleep(0.02)
+    return rows
+
+
 def wait_stored(response_id: str, timeout: float = 10.0) -> StoredResponse:
     """The row, once the store's writer has put it in the database (off the response path)."""
     deadline = time.monotonic() + timeout
@@ -62,14 +76,21 @@ def test_a_two_turn_conversation_with_store_on(gateway: Any, fake_upstream: Any,
     upstream_create(name=f"aisdk-{kind}", kind=kind, models=[model_for(kind)],
                     base_url=fake_upstream.openai_url if kind.startswith("openai")
                     else fake_upstream.url, api_keys=[UPSTREAM_SECRET])
+    # Body capture keeps the requests as the SDK sent them.
+    key_update(key=api_key.key, capture_bodies="on",
+               capture_bodies_until=timezone.now() + timedelta(hours=1))
     got = converse(gateway.base_url, api_key.secret, model_for(kind), stream)
     assert got["first"]["text"] and got["second"]["text"], got
-    # The SDK sent the first answer as a reference (what Turnpike stored of its input)...
-    second = wait_stored(got["second"]["id"])
-    assert [i["type"] for i in second.input_items] == ["message", "item_reference",
-                                                       "message"], second.input_items
+    # The SDK sent the first answer as a reference...
     first = wait_stored(got["first"]["id"])
-    assert second.input_items[1]["id"] == first.response["output"][0]["id"]
+    answer_id = first.response["output"][0]["id"]
+    sent_input = orjson.loads(wait_captured(api_key.key, 2)[1].request_body)["input"]
+    assert [i.get("type") or i.get("role") for i in sent_input] == [
+        "user", "item_reference", "user"], sent_input
+    assert sent_input[1] == {"type": "item_reference", "id": answer_id}
+    # ...stored as the item it names...
+    second = wait_stored(got["second"]["id"])
+    assert second.input_items[1] == first.response["output"][0]
     # ...and the upstream got the answer's text in its place.
     sent = sent_requests(fake_upstream)
     assert len(sent) == 2

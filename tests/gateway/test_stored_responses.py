@@ -208,6 +208,15 @@ def test_a_conversation_whose_answers_are_item_references(
     assert without_reasoning(upstream_turns(sent[1]))[-3:] == history
     assert without_reasoning(upstream_turns(sent[2]))[-5:] == [
         *history, ("assistant", DEFAULT_TEXT), ("user", FOLLOW_UP)]
+    # The turn was stored with the items it named: a later turn by previous_response_id
+    # expands to the same conversation.
+    fourth = create(sdk, stream, model=model, tools=[WEATHER_TOOL],
+                    previous_response_id=second.id, input=FOLLOW_UP)
+    assert fourth.output_text == DEFAULT_TEXT
+    sent = sent_requests(fake_upstream)
+    assert "item_reference" not in str(sent[3].body)
+    assert without_reasoning(upstream_turns(sent[3]))[-5:] == [
+        *history, ("assistant", DEFAULT_TEXT), ("user", FOLLOW_UP)]
     if kind == "anthropic":  # the signed thinking comes back, from the stored item
         thinking = [b for m in sent[1].body["messages"] if m["role"] == "assistant"
                     for b in m["content"] if isinstance(b, dict) and b["type"] == "thinking"]

@@ -80,6 +80,17 @@ def ids_in_db() -> set[str]:
     return set(StoredResponse.objects.values_list("id", flat=True))
 
 
+def test_a_reference_keeps_its_id_when_replayed() -> None:
+    """A later turn replays an item without its id, but a reference is only its id: an
+    expansion that carried one on without it would name nothing."""
+    from gateway.stored.records import history_item
+
+    assert history_item({"type": "item_reference", "id": "msg_1"}) == {
+        "type": "item_reference", "id": "msg_1"}
+    assert history_item({"type": "message", "id": "msg_1", "role": "user"}) == {
+        "type": "message", "role": "user"}
+
+
 def test_input_items_get_types_ids_and_typed_content() -> None:
     items = input_items([{"role": "user", "content": "hi"},
                          {"type": "message", "role": "assistant", "content": "yo", "id": "m1"},
