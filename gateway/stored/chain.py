@@ -240,7 +240,9 @@ async def prepare(ctx: RelayContext, key: KeySnapshot, payload: dict[str, Any], 
     """(the body to route and admit, its bytes, its size for the reservation estimate)."""
     prev_id = payload.get("previous_response_id")
     storing = key.store_days > 0 and payload.get("store") is not False
-    refs = item_references(payload.get("input"))
+    # (Looked for in the bytes first: most requests name none, and an agent's input holds
+    # hundreds of items.)
+    refs = item_references(payload.get("input")) if b"item_reference" in body else []
     if prev_id is None and not storing and not refs:
         return payload, body, len(body)
     turn = Turn(tenant_id=key.tenant_id, key_id=key.key_id, store_days=key.store_days,
