@@ -10,9 +10,10 @@
                 and the pin), then the database; another tenant's, a deleted or an expired
                 response is None, the same as one that never existed.
     find_items()  the items an ``item_reference`` names, by their ids, and the response each
-                belongs to: the staged index ``item:{id}`` (written with the document), this
-                process's pending records, then the database (a GIN index over the item ids
-                of every row); each response read with ``lookup``, so the same rules hold.
+                belongs to: the staged index ``item:{tenant}:{id}`` (written with the
+                document), this process's pending records, then the database (a GIN index
+                over the item ids of every row); each response read with ``lookup``, so the
+                same rules hold.
     chain()     a response's ancestors, oldest first: staged copies (one MGET), the rest in
                 one query (``id IN ancestors``).
     delete()    tombstone + drop the staged copy and the pin, then the row.
