@@ -33,6 +33,9 @@ in_thread = partial(sync_to_async, thread_sensitive=False)  # the loop's worker 
 # this test's journal.
 ISOLATED = settings.GATEWAY_REDIS_PREFIX + "store-tests:"
 QUIET = override_settings(GATEWAY_USAGE_FLUSH_INTERVAL=3600, GATEWAY_REDIS_PREFIX=ISOLATED)
+# The embedded default: no Redis at all.
+NO_REDIS = override_settings(REDIS_URL=None, GATEWAY_USAGE_FLUSH_INTERVAL=3600,
+                             GATEWAY_REDIS_PREFIX=ISOLATED)
 
 
 def record(rid: str, tenant: Tenant, key: ApiKey | None = None, *,
@@ -173,8 +176,7 @@ async def test_links_to_rows_deleted_meanwhile(acme: Any) -> None:
     await store.close()
 
 
-@override_settings(REDIS_URL=None, GATEWAY_USAGE_FLUSH_INTERVAL=3600,
-                   GATEWAY_REDIS_PREFIX=ISOLATED)
+@NO_REDIS
 async def test_without_redis_the_process_keeps_what_it_staged(acme: Any) -> None:
     tenant, key = acme
     first = record("resp_x", tenant, key)
@@ -282,8 +284,7 @@ async def test_items_are_found_staged_then_in_the_database_for_their_tenant_only
     await store.close()
 
 
-@override_settings(REDIS_URL=None, GATEWAY_USAGE_FLUSH_INTERVAL=3600,
-                   GATEWAY_REDIS_PREFIX=ISOLATED)
+@NO_REDIS
 async def test_without_redis_items_are_found_pending_then_written(acme: Any) -> None:
     tenant, key = acme
     staged = record("resp_local", tenant, key)
