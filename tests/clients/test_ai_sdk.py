@@ -38,10 +38,11 @@ pytestmark = [
 ]
 
 
-def converse(base_url: str, key: str, model: str, stream: bool) -> dict[str, Any]:
+def converse(base_url: str, key: str, model: str, stream: bool,
+             first: str = "first question") -> dict[str, Any]:
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
            "BASE_URL": base_url, "API_KEY": key, "MODEL": model, "STREAM": "1" if stream
-           else "0"}
+           else "0", "FIRST": first}
     done = subprocess.run([NODE or "node", str(HERE / "conversation.mjs")], env=env, cwd=HERE,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -97,3 +98,39 @@ def test_a_two_turn_conversation_with_store_on(gateway: Any, fake_upstream: Any,
     turns = [t for t in upstream_turns(sent[1]) if t[0] not in ("reasoning", "instructions")]
     assert turns == [("user", "first question"), ("assistant", got["first"]["text"]),
                      ("user", "second question")], turns
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai-responses"])
+def test_a_reasoning_model_s_answer_comes_back_with_its_reasoning(
+        gateway: Any, fake_upstream: Any, api_key: Any, kind: str) -> None:
+    """For a model the SDK takes for a reasoning model (``gpt-5…``) it references the
+    reasoning item too, and the text only after it: both resolve, and the upstream gets the
+    reasoning back in its own form (Anthropic's signed thinking, the Responses item's
+    encrypted content)."""
+    fake_upstream.clear()
+    upstream_create(name=f"aisdk-r-{kind}", kind=kind, models=["gpt-5-mini"],
+                    base_url=fake_upstream.openai_url if kind.startswith("openai")
+                    else fake_upstream.url, api_keys=[UPSTREAM_SECRET])
+    key_update(key=api_key.key, capture_bodies="on",
+               capture_bodies_until=timezone.now() + timedelta(hours=1))
+    question = "[[fake reasoning=1]] first question"
+    got = converse(gateway.base_url, api_key.secret, "gpt-5-mini", False, first=question)
+    first = wait_stored(got["first"]["id"])
+    assert [i["type"] for i in first.response["output"]] == ["reasoning", "message"]
+    sent_input = orjson.loads(wait_captured(api_key.key, 2)[1].request_body)["input"]
+    assert sent_input[1:3] == [{"type": "item_reference", "id": i["id"]}
+                               for i in first.response["output"]], sent_input
+    second = wait_stored(got["second"]["id"])
+    assert [i["type"] for i in second.input_items] == ["message", "reasoning", "message",
+                                                       "message"], second.input_items
+    (sent,) = sent_requests(fake_upstream)[1:]
+    turns = [t for t in upstream_turns(sent) if t[0] not in ("instructions", "reasoning")]
+    assert turns == [("user", question), ("assistant", got["first"]["text"]),
+                     ("user", "second question")], turns
+    if kind == "anthropic":
+        thinking = [b for m in sent.body["messages"] if m["role"] == "assistant"
+                    for b in m["content"] if isinstance(b, dict) and b["type"] == "thinking"]
+        assert thinking and thinking[0]["signature"] == "sig_fake"
+    else:
+        reasoning = [i for i in sent.body["input"] if i.get("type") == "reasoning"]
+        assert reasoning and reasoning[0]["encrypted_content"] == "enc_fake"
