@@ -68,7 +68,10 @@ def worker(django_db_setup: Any, django_db_blocker: Any,
     assert client is not None
     client.delete("celery")  # tasks an earlier, interrupted run left in the queue
     with django_db_blocker.unblock():
-        env = gateway_env(GATEWAY_CONCURRENCY_LEASE_SECONDS=WORKER_LEASE)
+        # Snapshots read afresh on every run, as the test gateway does: a route table the
+        # worker kept for its default second would still be the previous test's.
+        env = gateway_env(GATEWAY_CONCURRENCY_LEASE_SECONDS=WORKER_LEASE,
+                          GATEWAY_SNAPSHOT_TTL="0")
     started = start_celery_worker(env, tmp_path_factory.mktemp("celery") / "worker.log")
     yield started
     started.stop()
