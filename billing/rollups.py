@@ -81,6 +81,13 @@ def error_class_filters() -> dict[str, Q]:
             "upstream_errors": upstream}
 
 
+def server_or_upstream() -> Q:
+    """The rows of a server or an upstream error (what the error-rate alert counts as failed,
+    and the usage log's ``upstream_error`` status filter shows)."""
+    classes = error_class_filters()
+    return classes["server_errors"] | classes["upstream_errors"]
+
+
 def failed() -> Q:
     """The UsageLog rows that count as errors: the union of the three classes (the rows
     ``billing.usagerow.error_class`` puts in one)."""

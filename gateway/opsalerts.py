@@ -445,20 +445,18 @@ def check_error_rate(now: float) -> bool | None:
 def error_counts(now: float, window: float) -> tuple[int, int]:
     """(requests, failed requests) of the ``window`` seconds up to ``now``: failed are the
     server and upstream errors as the rollups and dashboards count them
-    (billing.rollups.error_class_filters: status 5xx, or an upstream failure whatever the
+    (billing.rollups.server_or_upstream: status 5xx, or an upstream failure whatever the
     status). Read from the raw rows by their time index, since the rollups' hours are too
     coarse for a window of minutes (``python -m benchmarks.ops_overview`` times it)."""
     from django.db.models import Count
 
     from billing.models import UsageLog
-    from billing.rollups import error_class_filters
+    from billing.rollups import server_or_upstream
 
     end = datetime.fromtimestamp(now, tz=timezone.get_current_timezone())
-    classes = error_class_filters()
     counts = UsageLog.objects.filter(
         created_at__gt=end - timedelta(seconds=window), created_at__lte=end,
-    ).aggregate(total=Count("id"), failed=Count(
-        "id", filter=classes["server_errors"] | classes["upstream_errors"]))
+    ).aggregate(total=Count("id"), failed=Count("id", filter=server_or_upstream()))
     return counts["total"] or 0, counts["failed"] or 0
 
 

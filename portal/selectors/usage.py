@@ -32,7 +32,7 @@ from django.utils.translation import gettext_lazy as _
 
 from billing.models import UsageLog
 from billing.pricing import FREE, Price, cost
-from billing.rollups import error_class_filters, failed
+from billing.rollups import error_class_filters, failed, server_or_upstream
 from billing.usagerow import MEMBER_FIELDS, TOKEN_FIELDS, status_class
 from gateway.models import CapturedExchange
 from keys.models import ApiKey, Tenant
@@ -119,7 +119,7 @@ def filtered(tenant: Tenant, data: dict[str, Any]) -> QuerySet[UsageLog]:
         rows = rows.filter(endpoint=data["endpoint"])
     status = data.get("status")
     if status:
-        rows = rows.filter(_STATUS_FILTERS[status]())
+        rows = rows.filter(_status_filter(status))
     if data.get("error_code"):
         rows = rows.filter(error_code=data["error_code"])
     if data.get("stream") in ("yes", "no"):
@@ -261,15 +261,14 @@ def masked_key(row: dict[str, Any]) -> str:
     return f"{row['key_prefix']}…" if row.get("key_prefix") else ""
 
 
-def _server_or_upstream() -> Q:
-    classes = error_class_filters()
-    return classes["server_errors"] | classes["upstream_errors"]
-
-
-# The status filter's rows, by the classes of billing.rollups (what the dashboards count).
-_STATUS_FILTERS = {"success": lambda: ~failed(),
-                   "client_error": lambda: error_class_filters()["client_errors"],
-                   "upstream_error": _server_or_upstream}
+def _status_filter(status: str) -> Q:
+    """The rows of a status filter choice, by the classes of billing.rollups (what the
+    dashboards count)."""
+    if status == "success":
+        return ~failed()
+    if status == "client_error":
+        return error_class_filters()["client_errors"]
+    return server_or_upstream()
 
 
 def _masked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
